@@ -1,0 +1,34 @@
+# Switchyard: `make run` starts everything on embedded defaults; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test unit integration lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> creating the virtual environment in $(VENV) and installing Switchyard with its test tools"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/switchyard dev
+
+lint: install
+	$(BIN)/ruff check orchestrator workers api tests
+
+unit: install
+	$(BIN)/python -m pytest tests/unit
+
+integration: install
+	$(BIN)/python -m pytest tests/integration
+
+test: install lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .switchyard .pytest_cache

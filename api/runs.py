@@ -1,0 +1,117 @@
+"""Runs: start, list, read, events, context."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+
+from flask import Blueprint, request
+
+from api import serializers
+from api.auth import principal, requires
+from api.context import int_arg, json_object, services
+from orchestrator import service
+from orchestrator.db import repository as repo
+from orchestrator.db.session import transaction
+from orchestrator.errors import InvalidRequest, NotFound
+from orchestrator.states import RunStatus
+
+bp = Blueprint("runs", __name__)
+
+
+@bp.post("/runs")
+@requires("operator")
+def start_run():
+    body = json_object({"workflow_id", "version", "input"}, required={"workflow_id"})
+    workflow_id, version = body["workflow_id"], body.get("version")
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise InvalidRequest("'workflow_id' must be a non-empty string")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise InvalidRequest("'version' must be a positive integer")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise InvalidRequest("Idempotency-Key must be 1-200 characters")
+    who = principal()
+    with transaction(services().sessions) as session:
+        run, created = service.start_run(
+            session, services().settings, who.tenant_id, workflow_id, version, body.get("input", {}),
+            idempotency_key=key, body_hash=service.request_hash(body) if key else None,
+            trigger_type="api", triggered_by=request.args.get("triggered_by") or who.token_id,
+        )
+        workflow = repo.get_workflow(session, who.tenant_id, run.workflow_id)
+        result = serializers.run_json(run, workflow.name, list(repo.run_steps(session, run.id)))
+    if created:
+        services().doorbell.ring(run.id)
+    return result, 201 if created else 200
+
+
+def _cursor_decode(raw: str) -> tuple[datetime, str]:
+    try:
+        created, _, run_id = base64.urlsafe_b64decode(raw.encode() + b"==").decode().partition("|")
+        return datetime.fromisoformat(created), run_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("'cursor' is not a cursor this API gave out; use next_cursor from a previous page") from None
+
+
+def _cursor_encode(created: datetime, run_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created.isoformat()}|{run_id}".encode()).decode().rstrip("=")
+
+
+@bp.get("/runs")
+@requires("viewer")
+def list_runs():
+    status = request.args.get("status") or None
+    if status is not None and status not in RunStatus.__members__.values():
+        raise InvalidRequest(f"'status' must be one of {[s.value for s in RunStatus]}")
+    limit = int_arg("limit", 50, 1, 500)
+    cursor = request.args.get("cursor")
+    before = _cursor_decode(cursor) if cursor else None
+    who = principal()
+    with services().sessions() as session:
+        runs = repo.list_runs(session, who.tenant_id, status, request.args.get("workflow_id") or None, limit + 1, before)
+        names = {w.id: w.name for w in repo.list_workflows(session, who.tenant_id)}
+        page = runs[:limit]
+        next_cursor = _cursor_encode(page[-1].created_at, page[-1].id) if len(runs) > limit else None
+        return {"runs": [serializers.run_json(r, names.get(r.workflow_id)) for r in page], "next_cursor": next_cursor}
+
+
+def _load_run(session, run_id: str):
+    run = repo.get_run(session, principal().tenant_id, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+@bp.get("/runs/<run_id>")
+@requires("viewer")
+def get_run(run_id: str):
+    with services().sessions() as session:
+        run = _load_run(session, run_id)
+        workflow = repo.get_workflow(session, run.tenant_id, run.workflow_id)
+        return serializers.run_json(run, workflow.name, list(repo.run_steps(session, run.id)))
+
+
+@bp.get("/runs/<run_id>/events")
+@requires("viewer")
+def run_events(run_id: str):
+    after = int_arg("after", 0, 0, 2**31 - 1)
+    limit = int_arg("limit", 1000, 1, 5000)
+    with services().sessions() as session:
+        _load_run(session, run_id)
+        events = repo.run_events(session, run_id, after, limit)
+        return {"events": [serializers.event_json(e) for e in events],
+                "next_after": events[-1].seq if events else after}
+
+
+@bp.get("/runs/<run_id>/context")
+@requires("viewer")
+def run_context(run_id: str):
+    with services().sessions() as session:
+        run = _load_run(session, run_id)
+        steps = repo.run_steps(session, run.id)
+        return {
+            "run": {"id": run.id, "attempt": run.attempt, "workflow_id": run.workflow_id},
+            "input": run.input,
+            "steps": {s.step_id: {"status": s.status, "output": s.output} for s in steps},
+        }

@@ -1,0 +1,104 @@
+"""Rows -> the contract's JSON shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from orchestrator.db.models import Event, Run, Step, Workflow, WorkflowVersion
+from orchestrator.states import StepStatus
+
+
+def ts(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def step_json(step: Step) -> dict[str, Any]:
+    return {
+        "id": step.step_id,
+        "type": step.type,
+        "status": step.status,
+        "attempt": step.attempt,
+        "max_attempts": step.max_attempts,
+        "queue": step.queue,
+        "queued_at": ts(step.queued_at),
+        "started_at": ts(step.started_at),
+        "completed_at": ts(step.completed_at),
+        "output": step.output,
+        "error": step.error,
+        "skipped_reason": step.skipped_reason,
+        "worker": step.worker,
+        "usage": step.usage,
+    }
+
+
+def current_step(steps: list[Step]) -> str | None:
+    """The first step doing something now (running, then waiting, then queued or retrying)."""
+    for wanted in (StepStatus.RUNNING, StepStatus.WAITING, StepStatus.QUEUED, StepStatus.RETRYING):
+        for step in steps:
+            if step.status == wanted:
+                return step.step_id
+    return None
+
+
+def run_json(run: Run, workflow_name: str | None, steps: list[Step] | None = None) -> dict[str, Any]:
+    body = {
+        "id": run.id,
+        "workflow": {"id": run.workflow_id, "version": run.workflow_version, "name": workflow_name},
+        "status": run.status,
+        "waiting_on": run.waiting_on,
+        "current_step": current_step(steps) if steps is not None else None,
+        "pending_approvals": [],
+        "input": run.input,
+        "output": run.output,
+        "error": run.error,
+        "trigger_type": run.trigger_type,
+        "triggered_by": run.triggered_by,
+        "retry_of": run.retry_of,
+        "attempt": run.attempt,
+        "created_at": ts(run.created_at),
+        "started_at": ts(run.started_at),
+        "completed_at": ts(run.completed_at),
+        "usage": run.usage,
+        "output_files": [],
+    }
+    if steps is not None:
+        body["steps"] = [step_json(s) for s in steps]
+    return body
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "type": event.type,
+        "step_id": event.step_id,
+        "attempt": event.attempt,
+        "data": event.data,
+        "created_at": ts(event.created_at),
+    }
+
+
+def workflow_json(workflow: Workflow, versions: list[WorkflowVersion] | None = None) -> dict[str, Any]:
+    body = {
+        "id": workflow.id,
+        "name": workflow.name,
+        "kind": workflow.kind,
+        "version": workflow.latest_version,
+        "created_at": ts(workflow.created_at),
+        "updated_at": ts(workflow.updated_at),
+    }
+    if versions is not None:
+        body["versions"] = [{"version": v.version, "created_at": ts(v.created_at)} for v in versions]
+        latest = next((v for v in versions if v.version == workflow.latest_version), None)
+        body["definition"] = latest.definition if latest else None
+    return body
+
+
+def version_json(version: WorkflowVersion) -> dict[str, Any]:
+    return {
+        "id": version.workflow_id,
+        "version": version.version,
+        "name": version.definition.get("name"),
+        "definition": version.definition,
+        "created_at": ts(version.created_at),
+    }

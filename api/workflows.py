@@ -1,0 +1,63 @@
+"""Workflows: publish versions, list, read."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint
+
+from api import serializers
+from api.auth import principal, requires
+from api.context import json_body, services
+from orchestrator import service
+from orchestrator.db import repository as repo
+from orchestrator.db.session import transaction
+from orchestrator.errors import InvalidRequest, NotFound
+
+bp = Blueprint("workflows", __name__)
+WORKFLOW_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def _check_id(workflow_id: str) -> None:
+    if not WORKFLOW_ID.match(workflow_id):
+        raise InvalidRequest("a workflow id is 1-100 characters of letters, digits, '_', '.' and '-'")
+
+
+@bp.put("/workflows/<workflow_id>")
+@requires("admin")
+def publish(workflow_id: str):
+    _check_id(workflow_id)
+    raw = json_body()
+    with transaction(services().sessions) as session:
+        version = service.publish_workflow(session, services().settings, principal().tenant_id, workflow_id, raw)
+        body = serializers.version_json(version)
+    return body, 201
+
+
+@bp.get("/workflows")
+@requires("viewer")
+def list_workflows():
+    with services().sessions() as session:
+        workflows = repo.list_workflows(session, principal().tenant_id)
+        return {"workflows": [serializers.workflow_json(w) for w in workflows]}
+
+
+@bp.get("/workflows/<workflow_id>")
+@requires("viewer")
+def get_workflow(workflow_id: str):
+    with services().sessions() as session:
+        workflow = repo.get_workflow(session, principal().tenant_id, workflow_id)
+        if workflow is None:
+            raise NotFound(f"workflow {workflow_id!r} not found")
+        versions = repo.list_versions(session, principal().tenant_id, workflow_id)
+        return serializers.workflow_json(workflow, list(versions))
+
+
+@bp.get("/workflows/<workflow_id>/versions/<int:number>")
+@requires("viewer")
+def get_version(workflow_id: str, number: int):
+    with services().sessions() as session:
+        version = repo.get_version(session, principal().tenant_id, workflow_id, number)
+        if version is None:
+            raise NotFound(f"workflow {workflow_id!r} has no version {number}")
+        return serializers.version_json(version)

@@ -1,0 +1,136 @@
+"""The broker edge: the Celery app factory, publishing step messages, and the scheduler's doorbell.
+
+Messages carry ids only (run, step, attempt); the database is the truth (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from queue import Empty
+
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_STEP_TASK = "switchyard.run_step"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for Switchyard's delivery guarantees (tasks are registered by workers)."""
+    app = Celery("switchyard", broker=settings.resolved_broker_url, set_as_current=False)
+    conf = dict(
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.default_queue,
+        task_ignore_result=True,
+        # At-least-once: ack after the step ran, redeliver if the worker process died. The claim
+        # guard in the database makes a redelivery harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Task events on, so a stock Flower can watch the same broker.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    if settings.uses_embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        }
+    else:
+        conf["broker_transport_options"] = {"visibility_timeout": 3600}
+    app.conf.update(conf)
+    return app
+
+
+def publish_steps(app: Celery, messages: Iterable[dict], cancel_grace_s: float) -> None:
+    """Publish one Celery message per step attempt, over one producer connection."""
+    from orchestrator.outcomes import task_id
+
+    with app.producer_or_acquire() as producer:
+        for m in messages:
+            app.send_task(
+                RUN_STEP_TASK,
+                args=[m["run_id"], m["step_id"], m["attempt"]],
+                task_id=task_id(m["run_id"], m["step_id"], m["attempt"]),
+                queue=m["queue"],
+                soft_time_limit=m["soft_time_limit"],
+                time_limit=m["soft_time_limit"] + cancel_grace_s,
+                producer=producer,
+            )
+
+
+def revoke(app: Celery, task_ids: list[str]) -> None:
+    """Ask workers to stop these attempts now (terminate the process running them).
+
+    Best effort: the steps are already `cancelled` in the database, and the heartbeat's cooperative
+    flag stops them even where broadcast is not available (the embedded broker).
+    """
+    if not task_ids:
+        return
+    try:
+        app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+    except Exception as exc:  # noqa: BLE001 - the signal is an optimisation over the database fact
+        log.warning("could not broadcast revoke for %d tasks: %s", len(task_ids), exc)
+
+
+class Doorbell:
+    """Wakes a scheduler when a run has work: a small message on the wake queue.
+
+    The message's body does not matter (runs carry a `has_work` flag in the database); the doorbell
+    only spares the scheduler from polling. A lost ring costs at most one sweep interval.
+    """
+
+    def __init__(self, app: Celery, queue_name: str):
+        self.app = app
+        exchange = Exchange(queue_name, type="direct", durable=False)
+        self.queue = Queue(queue_name, exchange, routing_key=queue_name, durable=False)
+
+    def ring(self, reason: str = "") -> None:
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.publish(
+                    {"reason": reason},
+                    exchange=self.queue.exchange,
+                    routing_key=self.queue.routing_key,
+                    declare=[self.queue],
+                    serializer="json",
+                    retry=True,
+                    retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+                )
+        except Exception as exc:  # noqa: BLE001 - the sweep is the safety net
+            log.warning("could not wake the scheduler (%s); the next sweep will pick the work up", exc)
+
+    def connection(self) -> Connection:
+        return self.app.connection_for_read()
+
+    def wait(self, simple_queue, timeout: float) -> int:
+        """Block until a ring or ``timeout``; then drain what else rang. Returns how many rings."""
+        rings = 0
+        try:
+            message = simple_queue.get(block=True, timeout=max(timeout, 0.001))
+        except Empty:
+            return 0
+        message.ack()
+        rings += 1
+        while True:
+            try:
+                simple_queue.get_nowait().ack()
+                rings += 1
+            except Empty:
+                return rings

@@ -1,0 +1,208 @@
+"""The `switchyard` command: api, scheduler, worker, dev, db upgrade, token create.
+
+The commands for the API and the worker import ``api`` and ``workers`` inside their functions:
+the orchestrator does not depend on them, the command line merely starts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+import httpx
+
+from orchestrator.settings import DEV_SECRET_KEY, Settings, load
+
+ROLES = ("viewer", "operator", "admin")
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group()
+def main() -> None:
+    """Switchyard: durable runs of AI-agent workflows on Celery workers."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Serve the REST API (werkzeug, threaded; use gunicorn 'api.wsgi:app' in production)."""
+    from werkzeug.serving import run_simple
+
+    from api import create_app
+
+    _logging()
+    run_simple(host, port, create_app(load()), threaded=True, use_reloader=False)
+
+
+@main.command()
+def scheduler() -> None:
+    """Advance runs: dispatch ready steps, fire due retries and timers, recover lost work."""
+    from orchestrator import broker
+    from orchestrator.db.session import make_engine, make_sessionmaker
+    from orchestrator.scheduler import Scheduler
+
+    _logging()
+    settings = load()
+    sched = Scheduler(settings, make_sessionmaker(make_engine(settings)), broker.make_celery(settings))
+    sched.install_signal_handlers()
+    sched.run_forever()
+
+
+@main.command()
+@click.option("--concurrency", "-c", default=2, show_default=True, type=int)
+@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: the steps queue).")
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "threads", "solo"]))
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int, queues: str | None, pool: str, loglevel: str) -> None:
+    """Run a Celery worker that executes agent, tool and LLM steps."""
+    from workers.app import make_worker_app
+
+    settings = load()
+    app = make_worker_app(settings)
+    argv = [
+        "worker", f"--concurrency={concurrency}", f"--queues={queues or settings.default_queue}",
+        f"--pool={pool}", f"--loglevel={loglevel}", f"--hostname=switchyard-{os.getpid()}@%h",
+    ]
+    if settings.uses_embedded_broker:
+        # The embedded broker has no broadcast channel for worker gossip.
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    app.worker_main(argv=argv)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply Alembic migrations up to head."""
+    from orchestrator.db import migrate
+
+    settings = load()
+    migrate.upgrade(settings)
+    click.echo("database schema is at head")
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@click.option("--tenant", required=True)
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--name", default="")
+def token_create(tenant: str, role: str, name: str) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    click.echo(_create_token(load(), tenant, role, name))
+
+
+def _create_token(settings: Settings, tenant: str, role: str, name: str = "") -> str:
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+
+    with transaction(make_sessionmaker(make_engine(settings))) as session:
+        _, plaintext = repo.create_token(session, tenant, role, name)
+    return plaintext
+
+
+def _publish_sample(settings: Settings, tenant: str) -> None:
+    from orchestrator import service
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+    from orchestrator.sample import SAMPLE_DEFINITION, SAMPLE_WORKFLOW_ID
+
+    with transaction(make_sessionmaker(make_engine(settings))) as session:
+        if repo.get_workflow(session, tenant, SAMPLE_WORKFLOW_ID) is None:
+            service.publish_workflow(session, settings, tenant, SAMPLE_WORKFLOW_ID, SAMPLE_DEFINITION)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--tenant", default="demo", show_default=True)
+def dev(host: str, port: int, tenant: str) -> None:
+    """API + scheduler + worker on embedded defaults (SQLite file, filesystem broker), with a sample workflow."""
+    from orchestrator.db import migrate
+    from orchestrator.sample import SAMPLE_WORKFLOW_ID
+
+    settings = load()
+    if settings.secret_key == DEV_SECRET_KEY:
+        click.echo("note: using the development secret key; set SWITCHYARD_SECRET_KEY outside development")
+    click.echo(f"[1/4] migrating {settings.resolved_database_url}")
+    migrate.upgrade(settings)
+    click.echo(f"[2/4] publishing the sample workflow '{SAMPLE_WORKFLOW_ID}' for tenant '{tenant}'")
+    _publish_sample(settings, tenant)
+    plaintext = _create_token(settings, tenant, "admin", "switchyard dev")
+    click.echo("[3/4] starting the API, the scheduler and a worker")
+    exe = [sys.executable, "-m", "orchestrator.cli"]
+    children = [
+        subprocess.Popen([*exe, "api", "--host", host, "--port", str(port)]),
+        subprocess.Popen([*exe, "scheduler"]),
+        subprocess.Popen([*exe, "worker", "--concurrency", "2", "--pool", "threads", "--loglevel", "WARNING"]),
+    ]
+    base = f"http://{host}:{port}/api/v1"
+    _wait_healthy(base, children)
+    body = json.dumps({"workflow_id": SAMPLE_WORKFLOW_ID, "input": {"ticket": "My invoice is wrong"}})
+    click.echo(
+        f"[4/4] Switchyard is up at {base}\n\n  token: {plaintext}\n\n"
+        f"Start a run of the sample workflow:\n\n"
+        f"  curl -s -X POST {base}/runs -H 'Authorization: Bearer {plaintext}' "
+        f"-H 'Content-Type: application/json' -d '{body}'\n\n"
+        f"Then watch it: curl -s {base}/runs/<run id> -H 'Authorization: Bearer {plaintext}'\n"
+        f"Press Ctrl-C to stop.",
+    )
+    _supervise(children)
+
+
+def _wait_healthy(base: str, children: list[subprocess.Popen], deadline_s: float = 60) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if any(c.poll() is not None for c in children):
+            _stop(children)
+            raise click.ClickException("a process exited during start-up; see its output above")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    _stop(children)
+    raise click.ClickException(f"the API did not answer {base}/healthz within {deadline_s}s; is the port free?")
+
+
+def _supervise(children: list[subprocess.Popen]) -> None:
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"] and all(c.poll() is None for c in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    _stop(children)
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Persistence: tables, the session factory, migrations and the repository (the only SQL)."""

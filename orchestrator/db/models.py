@@ -1,0 +1,164 @@
+"""Tables. Every schema change is an Alembic revision; a test checks that the two agree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, ForeignKey, ForeignKeyConstraint, Index, Integer, String, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from orchestrator.db.types import JsonType, UTCDateTime, db_now
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JsonType, Any: JsonType}
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(UTCDateTime(), default=db_now(), nullable=False)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created()
+
+
+class ApiToken(Base):
+    """A bearer token. Only its SHA-256 is stored; the token itself is shown once at creation."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = _created()
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Workflow(Base):
+    __tablename__ = "workflows"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    latest_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class WorkflowVersion(Base):
+    """An immutable published definition; runs are pinned to one."""
+
+    __tablename__ = "workflow_versions"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "workflow_id"], ["workflows.tenant_id", "workflows.id"]),
+    )
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = _created()
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        # GET /runs?status=… newest first, with keyset pagination on (created_at, id).
+        Index("ix_runs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
+        Index("ix_runs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_runs_tenant_workflow_created", "tenant_id", "workflow_id", "created_at", "id"),
+        # The scheduler's queue of runs with something to do; partial, so it stays tiny.
+        Index("ix_runs_has_work", "has_work", postgresql_where=text("has_work"), sqlite_where=text("has_work")),
+        Index("uq_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
+        ForeignKeyConstraint(
+            ["tenant_id", "workflow_id", "workflow_version"],
+            ["workflow_versions.tenant_id", "workflow_versions.workflow_id", "workflow_versions.version"],
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    workflow_id: Mapped[str] = mapped_column(String(100))
+    workflow_version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    waiting_on: Mapped[str | None] = mapped_column(String(16))
+    input: Mapped[Any] = mapped_column(JsonType)
+    output: Mapped[Any | None] = mapped_column(JsonType)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    usage: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    trigger_type: Mapped[str] = mapped_column(String(16))
+    triggered_by: Mapped[str | None] = mapped_column(String(200))
+    retry_of: Mapped[str | None] = mapped_column(String(40))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    has_work: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Step(Base):
+    """One row per step of a run; ``attempt`` counts the attempts dispatched so far."""
+
+    __tablename__ = "steps"
+    __table_args__ = (
+        Index("ix_steps_due", "due_at", postgresql_where=text("due_at IS NOT NULL"), sqlite_where=text("due_at IS NOT NULL")),
+        Index(
+            "ix_steps_lease",
+            "lease_expires_at",
+            postgresql_where=text("lease_expires_at IS NOT NULL"),
+            sqlite_where=text("lease_expires_at IS NOT NULL"),
+        ),
+    )
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    step_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(100))
+    output: Mapped[Any | None] = mapped_column(JsonType)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    skipped_reason: Mapped[str | None] = mapped_column(String(32))
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A retry's backoff, a timer, an event wait's timeout: the scheduler acts when due_at passes.
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Event(Base):
+    """The append-only log of a run; ``seq`` is dense per run and written with the change it records."""
+
+    __tablename__ = "events"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    step_id: Mapped[str | None] = mapped_column(String(64))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    data: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = _created()
+
+
+class Outbox(Base):
+    """A Celery message committed with the state change that calls for it, deleted once published."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40))
+    step_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(100))
+    soft_time_limit: Mapped[float] = mapped_column()
+    created_at: Mapped[datetime] = _created()
+

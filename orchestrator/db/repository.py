@@ -1,0 +1,388 @@
+"""Every SQL statement of Switchyard, as named functions over a Session (STYLE.md: one manager module).
+
+Status changes are guarded: ``UPDATE … WHERE status IN (allowed_from)`` with the allowed set taken
+from ``orchestrator.states``; a function reports what it actually changed, and zero rows means the
+change was stale or a duplicate. Callers that change a run hold its row lock (``lock_run``), taken
+before any step row, so every writer locks in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from orchestrator import ids
+from orchestrator.db.models import ApiToken, Event, Outbox, Run, Step, Tenant, Workflow, WorkflowVersion
+from orchestrator.db.types import db_now
+from orchestrator.states import RunStatus, StepStatus, run_allowed_from, step_allowed_from
+
+LIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
+# A locked run's row as read (sqlalchemy Row with Run's columns); never an ORM object, so that only
+# the guarded statements below write to it.
+RunRow = Any
+
+
+def now(session: Session) -> datetime:
+    """The database's clock."""
+    return session.execute(select(db_now())).scalar_one()
+
+
+# --- tenants and tokens -------------------------------------------------------------------------
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def ensure_tenant(session: Session, tenant_id: str) -> None:
+    if session.get(Tenant, tenant_id) is None:
+        session.add(Tenant(id=tenant_id, name=tenant_id))
+        session.flush()
+
+
+def create_token(session: Session, tenant_id: str, role: str, name: str = "") -> tuple[str, str]:
+    """Store a new token's hash and return (token id, the token itself, shown only now)."""
+    ensure_tenant(session, tenant_id)
+    token = "sy_" + secrets.token_urlsafe(32)
+    token_id = ids.new_id("tok")
+    session.add(ApiToken(id=token_id, tenant_id=tenant_id, role=role, name=name, token_hash=hash_token(token)))
+    session.flush()
+    return token_id, token
+
+
+def find_token(session: Session, token: str) -> ApiToken | None:
+    """The live (not revoked) token with this value, or None."""
+    return session.execute(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    ).scalar_one_or_none()
+
+
+# --- workflows ----------------------------------------------------------------------------------
+
+
+def publish_workflow(
+    session: Session, tenant_id: str, workflow_id: str, name: str, kind: str, definition: dict
+) -> WorkflowVersion:
+    """Append a new immutable version; the workflow row is locked so versions stay dense."""
+    ensure_tenant(session, tenant_id)
+    workflow = session.execute(
+        select(Workflow).where(Workflow.tenant_id == tenant_id, Workflow.id == workflow_id).with_for_update()
+    ).scalar_one_or_none()
+    if workflow is None:
+        workflow = Workflow(tenant_id=tenant_id, id=workflow_id, name=name, kind=kind, latest_version=1)
+        session.add(workflow)
+    else:
+        workflow.latest_version += 1
+        workflow.name, workflow.kind, workflow.updated_at = name, kind, db_now()
+    session.flush()
+    version = WorkflowVersion(
+        tenant_id=tenant_id, workflow_id=workflow_id, version=workflow.latest_version, definition=definition
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def list_workflows(session: Session, tenant_id: str) -> Sequence[Workflow]:
+    return session.execute(select(Workflow).where(Workflow.tenant_id == tenant_id).order_by(Workflow.id)).scalars().all()
+
+
+def get_workflow(session: Session, tenant_id: str, workflow_id: str) -> Workflow | None:
+    return session.get(Workflow, (tenant_id, workflow_id))
+
+
+def list_versions(session: Session, tenant_id: str, workflow_id: str) -> Sequence[WorkflowVersion]:
+    return (
+        session.execute(
+            select(WorkflowVersion)
+            .where(WorkflowVersion.tenant_id == tenant_id, WorkflowVersion.workflow_id == workflow_id)
+            .order_by(WorkflowVersion.version)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def get_version(session: Session, tenant_id: str, workflow_id: str, version: int) -> WorkflowVersion | None:
+    return session.get(WorkflowVersion, (tenant_id, workflow_id, version))
+
+
+def get_definitions(session: Session, keys: Iterable[tuple[str, str, int]]) -> dict[tuple[str, str, int], dict]:
+    """Definitions of several (tenant, workflow, version) at once."""
+    keys = list(set(keys))
+    if not keys:
+        return {}
+    cols = (WorkflowVersion.tenant_id, WorkflowVersion.workflow_id, WorkflowVersion.version)
+    rows = session.execute(select(*cols, WorkflowVersion.definition).where(tuple_(*cols).in_(keys))).all()
+    return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+
+# --- runs: reads and creation -------------------------------------------------------------------
+
+
+def find_run_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Run | None:
+    return session.execute(
+        select(Run).where(Run.tenant_id == tenant_id, Run.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def insert_run(session: Session, run: Run, steps: list[Step], events: list[dict]) -> Run:
+    """Insert a run with its steps and first events (run.last_seq is set from the events)."""
+    run.last_seq = len(events)
+    session.add(run)
+    session.flush()
+    session.add_all(steps)
+    session.execute(insert(Event), [dict(run_id=run.id, seq=i + 1, **e) for i, e in enumerate(events)])
+    session.flush()
+    return run
+
+
+def get_run(session: Session, tenant_id: str, run_id: str) -> Run | None:
+    return session.execute(select(Run).where(Run.id == run_id, Run.tenant_id == tenant_id)).scalar_one_or_none()
+
+
+def list_runs(
+    session: Session,
+    tenant_id: str,
+    status: str | None,
+    workflow_id: str | None,
+    limit: int,
+    before: tuple[datetime, str] | None,
+) -> Sequence[Run]:
+    """Newest first, keyset-paginated on (created_at, id) so any page costs one index range scan."""
+    query = select(Run).where(Run.tenant_id == tenant_id)
+    if status:
+        query = query.where(Run.status == status)
+    if workflow_id:
+        query = query.where(Run.workflow_id == workflow_id)
+    if before:
+        created_at, run_id = before
+        query = query.where(
+            or_(Run.created_at < created_at, and_(Run.created_at == created_at, Run.id < run_id))
+        )
+    return session.execute(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)).scalars().all()
+
+
+def run_steps(session: Session, run_id: str) -> Sequence[Step]:
+    return session.execute(select(Step).where(Step.run_id == run_id).order_by(Step.position)).scalars().all()
+
+
+def run_events(session: Session, run_id: str, after: int, limit: int) -> Sequence[Event]:
+    return (
+        session.execute(
+            select(Event).where(Event.run_id == run_id, Event.seq > after).order_by(Event.seq).limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def succeeded_outputs(session: Session, run_id: str) -> dict[str, Any]:
+    rows = session.execute(
+        select(Step.step_id, Step.output).where(Step.run_id == run_id, Step.status == StepStatus.SUCCEEDED)
+    ).all()
+    return {step_id: output for step_id, output in rows}
+
+
+# --- changing a locked run ----------------------------------------------------------------------
+
+
+def lock_run(session: Session, run_id: str) -> RunRow | None:
+    """Lock a run's row for this transaction (waiting for other writers) and return it."""
+    return session.execute(select(Run.__table__).where(Run.id == run_id).with_for_update()).one_or_none()
+
+
+def lock_runs_with_work(session: Session, limit: int) -> Sequence[RunRow]:
+    """Up to ``limit`` runs flagged with work, locked; runs another scheduler holds are skipped."""
+    return session.execute(
+        select(Run.__table__)
+        .where(Run.has_work.is_(True))
+        .order_by(Run.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+
+
+@dataclass
+class StepView:
+    """A step as the scheduler and the outcome writer see it, with the clock checks done in SQL.
+
+    A plain value, not an ORM object: changing it never writes anything by itself.
+    """
+
+    step_id: str
+    type: str
+    status: StepStatus
+    attempt: int
+    queue: str
+    due: bool
+    lease_expired: bool
+
+
+def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list[StepView]]:
+    """The steps of locked runs, with `due` (due_at passed) and `lease_expired` computed by the database."""
+    clock = db_now()
+    rows = session.execute(
+        select(
+            Step.run_id, Step.step_id, Step.type, Step.status, Step.attempt, Step.queue,
+            (Step.due_at <= clock).label("due"), (Step.lease_expires_at < clock).label("expired"),
+        )
+        .where(Step.run_id.in_(run_ids))
+        .order_by(Step.run_id, Step.position)
+    ).all()
+    result: dict[str, list[StepView]] = {run_id: [] for run_id in run_ids}
+    for r in rows:
+        result[r.run_id].append(
+            StepView(r.step_id, r.type, StepStatus(r.status), r.attempt, r.queue, bool(r.due), bool(r.expired))
+        )
+    return result
+
+
+@dataclass
+class RunChanges:
+    """What one transaction does to one locked run: its new status and values, and its events."""
+
+    run: RunRow
+    events: list[dict] = field(default_factory=list)
+    run_values: dict[str, Any] = field(default_factory=dict)
+    run_target: RunStatus | None = None
+
+    def event(self, type_: str, step_id: str | None = None, attempt: int | None = None, **data: Any) -> None:
+        self.events.append({"type": type_, "step_id": step_id, "attempt": attempt, "data": data})
+
+
+def update_steps(
+    session: Session,
+    run_id: str,
+    step_ids: Sequence[str],
+    target: StepStatus,
+    *,
+    only_from: Iterable[StepStatus] | None = None,
+    at_attempt: int | None = None,
+    **values: Any,
+) -> list[str]:
+    """Move steps to ``target`` where the table allows it; return the ids actually changed.
+
+    ``only_from`` narrows the table's allowed set; ``at_attempt`` also requires that attempt number,
+    so a report from an older attempt matches nothing.
+    """
+    if not step_ids:
+        return []
+    allowed = step_allowed_from(target)
+    if only_from is not None:
+        allowed = allowed & frozenset(only_from)
+    query = (
+        update(Step)
+        .where(Step.run_id == run_id, Step.step_id.in_(step_ids), Step.status.in_([s.value for s in allowed]))
+        .values(status=target.value, **values)
+        .returning(Step.step_id)
+        .execution_options(synchronize_session=False)
+    )
+    if at_attempt is not None:
+        query = query.where(Step.attempt == at_attempt)
+    return list(session.execute(query).scalars())
+
+
+class StaleRunState(Exception):
+    """The run's status changed under a writer that held its lock: a bug, so the transaction is undone."""
+
+
+def apply_run_changes(session: Session, changes: RunChanges) -> None:
+    """Write the run's new status (guarded), its other values and its events.
+
+    Raises StaleRunState if the guard matched nothing, so the caller's transaction rolls back whole.
+    """
+    run = changes.run
+    values = dict(changes.run_values)
+    query = update(Run).where(Run.id == run.id)
+    if changes.run_target is not None and changes.run_target != run.status:
+        values["status"] = changes.run_target.value
+        query = query.where(Run.status.in_([s.value for s in run_allowed_from(changes.run_target)]))
+    if changes.events:
+        values["last_seq"] = run.last_seq + len(changes.events)
+    if not values:
+        return
+    if session.execute(query.values(**values).execution_options(synchronize_session=False)).rowcount != 1:
+        raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
+    if changes.events:
+        session.execute(
+            insert(Event),
+            [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)],
+        )
+
+
+# --- the worker's side of an attempt ------------------------------------------------------------
+
+
+def extend_lease(session: Session, run_id: str, step_id: str, attempt: int, lease_s: float) -> bool:
+    """Extend a running attempt's lease; False if the attempt is no longer running or must stop."""
+    updated = session.execute(
+        update(Step)
+        .where(
+            Step.run_id == run_id,
+            Step.step_id == step_id,
+            Step.attempt == attempt,
+            Step.status == StepStatus.RUNNING,
+            Step.cancel_requested.is_(False),
+        )
+        .values(lease_expires_at=db_now(lease_s))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return updated == 1
+
+
+# --- the scheduler's sweep ----------------------------------------------------------------------
+
+
+def flag_runs_with_due_steps(session: Session) -> int:
+    """Flag runs whose retry/timer is due or whose running step's lease expired; returns how many."""
+    clock = db_now()
+    due = select(Step.run_id).where(
+        or_(
+            Step.due_at <= clock,
+            and_(Step.status == StepStatus.RUNNING, Step.lease_expires_at < clock),
+        )
+    )
+    return session.execute(
+        update(Run)
+        .where(Run.id.in_(due), Run.has_work.is_(False))
+        .values(has_work=True)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
+def seconds_until_next_due(session: Session) -> float | None:
+    """Seconds until the earliest retry or timer comes due (negative if overdue); None if none waits."""
+    next_due = session.execute(select(func.min(Step.due_at))).scalar_one_or_none()
+    if next_due is None:
+        return None
+    return (next_due - now(session)).total_seconds()
+
+
+def insert_outbox(session: Session, messages: list[dict]) -> list[int]:
+    if not messages:
+        return []
+    return list(session.execute(insert(Outbox).returning(Outbox.id), messages).scalars())
+
+
+def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
+    if outbox_ids:
+        session.execute(delete(Outbox).where(Outbox.id.in_(outbox_ids)))
+
+
+def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Outbox]:
+    """Messages committed but not published after ``older_than_s`` (the publisher died in between)."""
+    return (
+        session.execute(
+            select(Outbox).where(Outbox.created_at < db_now(-older_than_s)).order_by(Outbox.id).limit(limit)
+        )
+        .scalars()
+        .all()
+    )

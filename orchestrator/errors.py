@@ -1,0 +1,100 @@
+"""One tree of domain errors. The HTTP layer maps them to contract bodies in one place (api/errors.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SwitchyardError(Exception):
+    """Root of every error this code base raises on purpose."""
+
+    code = "internal"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidRequest(SwitchyardError):
+    """The request is malformed or fails validation; nothing was changed."""
+
+    code = "invalid_request"
+
+
+class DefinitionInvalid(InvalidRequest):
+    """A workflow definition was refused; ``details.problems`` lists every reason."""
+
+
+class NotFound(SwitchyardError):
+    """No such thing in this tenant."""
+
+    code = "not_found"
+
+
+class Conflict(SwitchyardError):
+    """The action clashes with the current state."""
+
+    code = "conflict"
+
+
+class InvalidTransitionError(Conflict):
+    """The run's status does not allow this action; details carry ``status`` and ``allowed_from``."""
+
+    code = "invalid_transition"
+
+
+class IdempotencyConflict(Conflict):
+    """The same Idempotency-Key was used with a different body."""
+
+    code = "idempotency_conflict"
+
+
+class RuntimeNotApplicable(InvalidRequest):
+    """A run action on a conversational workflow."""
+
+    code = "runtime_not_applicable"
+
+
+class Unauthorized(SwitchyardError):
+    """No token, or a token that is unknown or revoked."""
+
+    code = "unauthorized"
+
+
+class Forbidden(SwitchyardError):
+    """The token's role is too low for the action."""
+
+    code = "forbidden"
+
+
+# --- errors of a step's execution (raised by executors, mapped to outcomes by the worker) ---
+
+
+class StepError(SwitchyardError):
+    """A step attempt failed. Subclasses say whether another attempt may help."""
+
+    code = "step_failed"
+    retryable = True
+
+    def __init__(self, message: str, code: str | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message, details)
+        if code:
+            self.code = code
+
+
+class RetryableStepError(StepError):
+    """A failure another attempt may cure (a tool error, a timeout, a provider hiccup)."""
+
+
+class PermanentStepError(StepError):
+    """A failure no retry can cure (bad arguments, a template error, an unknown tool)."""
+
+    retryable = False
+
+
+class StepCancelled(StepError):
+    """The step stopped because its run was cancelled or failed elsewhere."""
+
+    code = "run_stopped"
+    retryable = False

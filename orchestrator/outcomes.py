@@ -1,0 +1,260 @@
+"""The one writer of step outcomes (STYLE.md habit 3).
+
+Workers report through ``claim_attempt`` and ``record_outcome``; the scheduler reports a lost worker
+through ``apply_outcome``. Retry and fail-fast are decided here by the pure modules and written in
+the same transaction as the step's new status and its events.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from orchestrator import dag, retry
+from orchestrator.catalog import DefinitionCatalog
+from orchestrator.db import repository as repo
+from orchestrator.db.repository import RunChanges, StepView
+from orchestrator.db.types import db_now
+from orchestrator.definitions import Definition
+from orchestrator.errors import StepError
+from orchestrator.states import RunStatus, StepStatus
+
+USAGE_KEYS = ("steps", "tool_calls", "llm_calls", "tokens_in", "tokens_out", "credits")
+
+
+def empty_usage() -> dict[str, float]:
+    return {key: 0 for key in USAGE_KEYS}
+
+
+def task_id(run_id: str, step_id: str, attempt: int) -> str:
+    """The Celery task id of one attempt: derived, so cancel can revoke it without storing it."""
+    return f"{run_id}.{step_id}.{attempt}"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: str
+    message: str
+    retryable: bool
+
+    @classmethod
+    def of(cls, exc: StepError) -> ErrorInfo:
+        return cls(exc.code, exc.message, exc.retryable)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: an output, or an error; usage either way."""
+
+    output: Any = None
+    error: ErrorInfo | None = None
+    usage: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.error is not None and self.error.code == "run_stopped"
+
+
+WORKER_LOST = Outcome(error=ErrorInfo("worker_lost", "the worker stopped heartbeating; its lease expired", True))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed attempt and everything its executor needs to know."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    tenant_id: str
+    workflow_id: str
+    run_input: Any
+    run_attempt: int
+    outputs: dict[str, Any]
+    definition: Definition
+
+
+def claim_attempt(
+    session: Session, catalog: DefinitionCatalog, run_id: str, step_id: str, attempt: int, worker: str, lease_s: float
+) -> Claim | None:
+    """queued -> running for exactly this attempt, with a lease; None if the message is stale or a duplicate.
+
+    A message that arrives while its run is paused puts the step back to `pending` (the attempt is
+    not spent), so resume dispatches it again.
+    """
+    run = repo.lock_run(session, run_id)
+    if run is None:
+        return None
+    changes = RunChanges(run)
+    if run.status == RunStatus.PAUSED:
+        if repo.update_steps(
+            session, run_id, [step_id], StepStatus.PENDING,
+            only_from=[StepStatus.QUEUED], at_attempt=attempt, attempt=attempt - 1, queued_at=None,
+        ):
+            changes.event("step_deferred", step_id, attempt, reason="run_paused")
+            repo.apply_run_changes(session, changes)
+        return None
+    if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+        return None
+    claimed = repo.update_steps(
+        session, run_id, [step_id], StepStatus.RUNNING,
+        at_attempt=attempt, started_at=db_now(), worker=worker, lease_expires_at=db_now(lease_s),
+    )
+    if not claimed:
+        return None
+    changes.event("step_started", step_id, attempt, worker=worker)
+    repo.apply_run_changes(session, changes)
+    definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
+    return Claim(
+        run_id=run_id, step_id=step_id, attempt=attempt, tenant_id=run.tenant_id, workflow_id=run.workflow_id,
+        run_input=run.input, run_attempt=run.attempt, outputs=repo.succeeded_outputs(session, run_id),
+        definition=definition,
+    )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    applied: bool
+    revoke: list[str] = field(default_factory=list)
+
+
+def record_outcome(
+    session: Session,
+    catalog: DefinitionCatalog,
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    outcome: Outcome,
+    rand: Callable[[], float] = random.random,
+) -> Recorded:
+    """Write a worker's report of one attempt; a stale or duplicate report changes nothing.
+
+    Returns which Celery tasks fail-fast cancelled, for the caller to revoke after the commit.
+    """
+    run = repo.lock_run(session, run_id)
+    if run is None:
+        return Recorded(False)
+    views = repo.steps_for_update(session, [run_id])[run_id]
+    view = next((v for v in views if v.step_id == step_id), None)
+    if view is None or view.status != StepStatus.RUNNING or view.attempt != attempt:
+        return Recorded(False)
+    definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
+    changes = RunChanges(run)
+    revoke = apply_outcome(session, changes, definition, views, view, outcome, rand)
+    if revoke is None:
+        return Recorded(False)
+    changes.run_values["has_work"] = True
+    repo.apply_run_changes(session, changes)
+    return Recorded(True, revoke)
+
+
+def apply_outcome(
+    session: Session,
+    changes: RunChanges,
+    definition: Definition,
+    views: list[StepView],
+    view: StepView,
+    outcome: Outcome,
+    rand: Callable[[], float] = random.random,
+) -> list[str] | None:
+    """Apply one attempt's outcome to its running step (run locked by the caller).
+
+    Returns the task ids to revoke, or None if the step was no longer at that attempt.
+    """
+    step, run_id = view, changes.run.id
+    attempt = step.attempt
+    finished = dict(completed_at=db_now(), lease_expires_at=None)
+    if outcome.succeeded:
+        if not repo.update_steps(
+            session, run_id, [step.step_id], StepStatus.SUCCEEDED, at_attempt=attempt,
+            output=outcome.output, usage=outcome.usage or None, error=None, **finished,
+        ):
+            return None
+        changes.event("step_completed", step.step_id, attempt, output=outcome.output)
+        _add_usage(changes, outcome.usage)
+        step.status = StepStatus.SUCCEEDED
+        return []
+    error = outcome.error
+    if outcome.cancelled:
+        if not repo.update_steps(
+            session, run_id, [step.step_id], StepStatus.CANCELLED, at_attempt=attempt, error=error.as_json(), **finished
+        ):
+            return None
+        changes.event("step_cancelled", step.step_id, attempt, reason="run_stopped")
+        step.status = StepStatus.CANCELLED
+        return []
+    policy = definition.retry_policy(definition.step(step.step_id))
+    decision = retry.decide(policy, attempt, error.retryable, rand)
+    if decision.retry:
+        if not repo.update_steps(
+            session, run_id, [step.step_id], StepStatus.RETRYING, at_attempt=attempt,
+            error=error.as_json(), due_at=db_now(decision.delay_s), lease_expires_at=None,
+        ):
+            return None
+        changes.event(
+            "step_retrying", step.step_id, attempt,
+            error=error.as_json(), delay_s=round(decision.delay_s, 3), next_attempt=attempt + 1,
+        )
+        _add_usage(changes, outcome.usage)
+        step.status = StepStatus.RETRYING
+        return []
+    if not repo.update_steps(
+        session, run_id, [step.step_id], StepStatus.FAILED, at_attempt=attempt, error=error.as_json(), **finished
+    ):
+        return None
+    changes.event("step_failed", step.step_id, attempt, error=error.as_json())
+    _add_usage(changes, outcome.usage)
+    step.status = StepStatus.FAILED
+    return fail_run(session, changes, views, step.step_id, error)
+
+
+def fail_run(
+    session: Session, changes: RunChanges, views: list[StepView], failed_step: str, error: ErrorInfo
+) -> list[str]:
+    """Fail-fast: the run fails, in-flight steps are cancelled, never-started ones skipped (blocked)."""
+    run_id = changes.run.id
+    before = {v.step_id: v for v in views}
+    plan = dag.fail_fast(failed_step, {s: v.status for s, v in before.items()})
+    stopped = {"code": "run_stopped", "message": f"run failed at step {failed_step!r}", "retryable": False}
+    cancelled = repo.update_steps(
+        session, run_id, plan.cancel, StepStatus.CANCELLED,
+        cancel_requested=True, error=stopped, completed_at=db_now(), lease_expires_at=None, due_at=None,
+    )
+    revoke = []
+    for step_id in cancelled:
+        row = before[step_id]
+        changes.event("step_cancelled", step_id, row.attempt, reason="run_stopped")
+        if row.status in (StepStatus.QUEUED, StepStatus.RUNNING):
+            revoke.append(task_id(run_id, step_id, row.attempt))
+        row.status = StepStatus.CANCELLED
+    skipped = repo.update_steps(
+        session, run_id, plan.skip, StepStatus.SKIPPED, skipped_reason="blocked", completed_at=db_now()
+    )
+    for step_id in skipped:
+        changes.event("step_completed", step_id, None, skipped=True, reason="blocked")
+        before[step_id].status = StepStatus.SKIPPED
+    changes.run_target = RunStatus.FAILED
+    changes.run_values.update(
+        error={"code": error.code, "message": error.message, "step_id": failed_step},
+        completed_at=db_now(), waiting_on=None,
+    )
+    changes.event("run_failed", failed_step, None, error={"code": error.code, "message": error.message})
+    return revoke
+
+
+def _add_usage(changes: RunChanges, usage: dict[str, float]) -> None:
+    total = dict(changes.run_values.get("usage") or changes.run.usage or empty_usage())
+    for key in USAGE_KEYS:
+        total[key] = total.get(key, 0) + usage.get(key, 0)
+    total["steps"] = total.get("steps", 0) + 1
+    changes.run_values["usage"] = total

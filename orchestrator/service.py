@@ -1,0 +1,101 @@
+"""Use cases the API calls: publish a workflow, start a run. Validation first, then one write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from orchestrator import ids
+from orchestrator.db import repository as repo
+from orchestrator.db.models import Run, Step, WorkflowVersion
+from orchestrator.definitions import Definition, input_problems, parse_definition
+from orchestrator.errors import IdempotencyConflict, InvalidRequest, NotFound, RuntimeNotApplicable
+from orchestrator.outcomes import empty_usage
+from orchestrator.settings import Settings
+from orchestrator.states import RunStatus, StepStatus
+
+
+def publish_workflow(session: Session, settings: Settings, tenant_id: str, workflow_id: str, raw: Any) -> WorkflowVersion:
+    """Validate a definition and store it as the workflow's next version; DefinitionInvalid if refused."""
+    definition = parse_definition(raw, settings.max_steps_per_definition)
+    return repo.publish_workflow(
+        session, tenant_id, workflow_id, definition.name, definition.kind, definition.model_dump(mode="json", exclude_unset=True)
+    )
+
+
+def request_hash(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def start_run(
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    workflow_id: str,
+    version: int | None,
+    run_input: Any,
+    *,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+    trigger_type: str = "api",
+    triggered_by: str | None = None,
+    retry_of: str | None = None,
+) -> tuple[Run, bool]:
+    """Create a run pinned to a workflow version; returns (run, created).
+
+    The same Idempotency-Key with the same body returns the first run (created False); with a
+    different body it raises IdempotencyConflict.
+    """
+    if idempotency_key:
+        existing = repo.find_run_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            if existing.request_hash != body_hash:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used with a different request body; use a new key",
+                    {"run_id": existing.id},
+                )
+            return existing, False
+    workflow = repo.get_workflow(session, tenant_id, workflow_id)
+    if workflow is None:
+        raise NotFound(f"workflow {workflow_id!r} not found; publish it with PUT /api/v1/workflows/{workflow_id}")
+    number = version or workflow.latest_version
+    stored = repo.get_version(session, tenant_id, workflow_id, number)
+    if stored is None:
+        raise NotFound(f"workflow {workflow_id!r} has no version {number}; latest is {workflow.latest_version}")
+    definition = Definition.model_validate(stored.definition)
+    if definition.kind == "conversational":
+        raise RuntimeNotApplicable(f"workflow {workflow_id!r} is conversational; it has no runs")
+    problems = input_problems(definition, run_input)
+    if problems:
+        raise InvalidRequest("input does not match the workflow's input_schema: " + "; ".join(problems), {"problems": problems})
+    run = Run(
+        id=ids.new_id("run"), tenant_id=tenant_id, workflow_id=workflow_id, workflow_version=number,
+        status=RunStatus.QUEUED.value, input=run_input, usage=empty_usage(), trigger_type=trigger_type,
+        triggered_by=triggered_by, retry_of=retry_of, attempt=1, idempotency_key=idempotency_key,
+        request_hash=body_hash, has_work=True,
+    )
+    steps = [
+        Step(
+            run_id=run.id, step_id=step.id, position=i, type=step.type, status=StepStatus.PENDING.value, attempt=0,
+            max_attempts=definition.retry_policy(step).max_attempts, queue=step.queue or settings.default_queue,
+            cancel_requested=False,
+        )
+        for i, step in enumerate(definition.steps)
+    ]
+    events = [{"type": "run_created", "step_id": None, "attempt": None,
+               "data": {"workflow_id": workflow_id, "version": number, "trigger_type": trigger_type}}]
+    try:
+        with session.begin_nested():
+            repo.insert_run(session, run, steps, events)
+    except IntegrityError:
+        # Another request with the same Idempotency-Key won the race; answer as it did.
+        if idempotency_key:
+            return start_run(session, settings, tenant_id, workflow_id, version, run_input,
+                             idempotency_key=idempotency_key, body_hash=body_hash)
+        raise
+    session.refresh(run)
+    return run, True

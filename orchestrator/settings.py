@@ -1,0 +1,63 @@
+"""One typed settings object, read once from ``SWITCHYARD_*`` environment variables.
+
+Nothing else in the code base reads the environment (STYLE.md habit 7): every factory takes a
+``Settings`` and passes it on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET_KEY = "switchyard-dev-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".switchyard"), description="Where the embedded defaults keep files.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means a SQLite file in data_dir.")
+    broker_url: str = Field(default="", description="Celery broker URL; empty means the embedded filesystem broker.")
+    secret_key: str = DEV_SECRET_KEY
+
+    default_queue: str = "steps"
+    wake_queue: str = "switchyard.wake"
+
+    # Leases and sweeps. The lease is extended by the worker's heartbeat every lease_s / 3.
+    lease_s: float = 30.0
+    sweep_interval_s: float = 5.0
+    outbox_republish_after_s: float = 10.0
+    cancel_grace_s: float = 5.0
+
+    max_body_bytes: int = 1024 * 1024
+    max_steps_per_definition: int = 1000
+
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str = ""
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout_s: float = 60.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'switchyard.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+
+def load() -> Settings:
+    """Read the settings from the environment (and nothing else)."""
+    return Settings()

@@ -1,0 +1,51 @@
+"""Templates (``{{ … }}``) in step fields, rendered in Jinja2's immutable sandbox.
+
+The sandbox refuses attribute access to Python internals, so a definition cannot reach them;
+such an attempt fails the step with a permanent ``template_error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from orchestrator.errors import PermanentStepError
+
+_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def syntax_problems(value: Any, where: str) -> list[str]:
+    """Template syntax errors anywhere inside ``value`` (strings, lists, dicts), for validation at publish."""
+    problems: list[str] = []
+    if isinstance(value, str):
+        if "{{" in value or "{%" in value:
+            try:
+                _env.parse(value)
+            except TemplateSyntaxError as exc:
+                problems.append(f"{where}: template syntax error: {exc.message}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problems.extend(syntax_problems(item, f"{where}.{key}"))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            problems.extend(syntax_problems(item, f"{where}[{i}]"))
+    return problems
+
+
+def render(value: Any, context: dict[str, Any]) -> Any:
+    """Render every string inside ``value``; other JSON values pass through unchanged."""
+    if isinstance(value, str):
+        if "{{" not in value and "{%" not in value:
+            return value
+        try:
+            return _env.from_string(value).render(context)
+        except (UndefinedError, SecurityError, TemplateSyntaxError) as exc:
+            raise PermanentStepError(f"template {value!r} failed: {exc}", code="template_error") from exc
+    if isinstance(value, dict):
+        return {key: render(item, context) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render(item, context) for item in value]
+    return value

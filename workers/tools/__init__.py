@@ -1,0 +1,38 @@
+"""The tool registry: built-in tools, and project tools from the ``switchyard.tools`` entry points.
+
+A tool is a callable ``tool(args: dict, ctx: StepContext) -> JSON value``; it raises a StepError
+subclass to fail (retryable or permanent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from orchestrator import registry
+from orchestrator.errors import PermanentStepError
+from workers.tools import builtin
+
+Tool = Callable[[dict, Any], Any]
+
+BUILTINS: dict[str, Tool] = {
+    "echo": builtin.echo,
+    "sleep": builtin.sleep,
+    "fail": builtin.fail,
+    "http.request": builtin.http_request,
+}
+
+
+@cache
+def _project_tools() -> dict[str, Tool]:
+    return {ep.name: ep.load() for ep in entry_points(group=registry.ENTRY_POINT_GROUP)}
+
+
+def get_tool(name: str) -> Tool:
+    """The tool called ``name``; PermanentStepError if no such tool is installed on this worker."""
+    tool = BUILTINS.get(name) or _project_tools().get(name)
+    if tool is None:
+        raise PermanentStepError(f"tool {name!r} is not installed on this worker", code="unknown_tool")
+    return tool

@@ -1,0 +1,74 @@
+"""The built-in tools: echo, sleep, fail, http.request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from orchestrator.errors import PermanentStepError, RetryableStepError
+
+
+def echo(args: dict, ctx) -> Any:
+    """Returns its arguments."""
+    return args
+
+
+def sleep(args: dict, ctx) -> Any:
+    """Sleeps ``seconds``, stopping at once when the attempt is cancelled or times out."""
+    seconds = _number(args, "seconds", default=1.0)
+    ctx.sleep(seconds)
+    return {"slept_s": seconds}
+
+
+def fail(args: dict, ctx) -> Any:
+    """Fails with ``message``; with ``until_attempt: N`` it fails attempts before N and then succeeds."""
+    until = args.get("until_attempt")
+    if until is not None and ctx.attempt >= int(until):
+        return {"attempt": ctx.attempt, "succeeded_after_failures": ctx.attempt - 1}
+    raise RetryableStepError(str(args.get("message", "failed on purpose")), code="tool_failed")
+
+
+def http_request(args: dict, ctx) -> Any:
+    """A real HTTP call. 5xx and transport errors are retryable; 4xx fail for good.
+
+    The attempt's idempotency key goes out as the ``Idempotency-Key`` header, the same on every
+    redelivery of one attempt, so a receiving service can drop duplicates.
+    """
+    url = args.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise PermanentStepError("http.request needs an http(s) 'url'", code="invalid_args")
+    headers = {str(k): str(v) for k, v in (args.get("headers") or {}).items()}
+    headers.setdefault("Idempotency-Key", ctx.idempotency_key)
+    timeout = min(_number(args, "timeout_s", default=30.0), max(ctx.remaining_s, 0.1))
+    try:
+        response = httpx.request(
+            str(args.get("method", "GET")).upper(),
+            url,
+            headers=headers,
+            json=args.get("json"),
+            content=args.get("body"),
+            params=args.get("params"),
+            timeout=timeout,
+            follow_redirects=False,
+        )
+    except httpx.HTTPError as exc:
+        raise RetryableStepError(f"http.request to {url} failed: {exc}", code="http_error") from exc
+    result = {"status": response.status_code, "headers": dict(response.headers)}
+    try:
+        result["json"] = response.json()
+    except ValueError:
+        result["text"] = response.text
+    if response.status_code >= 500 or response.status_code == 429:
+        raise RetryableStepError(f"{url} answered {response.status_code}", code="http_status", details=result)
+    if response.status_code >= 400 and args.get("raise_for_status", True):
+        raise PermanentStepError(f"{url} answered {response.status_code}", code="http_status", details=result)
+    return result
+
+
+def _number(args: dict, key: str, default: float) -> float:
+    value = args.get(key, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PermanentStepError(f"argument {key!r} must be a number, got {value!r}", code="invalid_args") from None
