@@ -22,7 +22,12 @@ def sleep(args: dict, ctx) -> Any:
 
 
 def fail(args: dict, ctx) -> Any:
-    """Fails with ``message``; with ``until_attempt: N`` it fails attempts before N and then succeeds."""
+    """Fails with ``message``; with ``until_attempt: N`` it fails attempts before N and then succeeds.
+
+    ``after_s`` waits (cooperatively) before failing, to fail while other steps are mid-flight.
+    """
+    if "after_s" in args:
+        ctx.sleep(_number(args, "after_s", default=0.0))
     until = args.get("until_attempt")
     if until is not None and ctx.attempt >= int(until):
         return {"attempt": ctx.attempt, "succeeded_after_failures": ctx.attempt - 1}

@@ -1,0 +1,272 @@
+"""Integration fixtures: a PostgreSQL database and a Redis db of their own for this test session,
+migrated with Alembic, real `switchyard worker` and `switchyard scheduler` processes, and the Flask
+app in process against the same database.
+
+Without PostgreSQL or Redis these tests skip on a laptop, and fail when SWITCHYARD_REQUIRE_SERVICES=1
+(set by .ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy.engine import make_url
+
+from orchestrator.db import migrate
+from orchestrator.settings import Settings
+
+PG_URL = os.environ.get("SWITCHYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REQUIRE = os.environ.get("SWITCHYARD_REQUIRE_SERVICES") == "1"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _unavailable(what: str, exc: Exception):
+    message = f"{what} is not reachable ({exc}); start it or set SWITCHYARD_TEST_PG_URL / SWITCHYARD_TEST_REDIS_URL"
+    if REQUIRE:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this session, migrated to head, dropped afterwards."""
+    name = f"switchyard_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        admin = psycopg.connect(_libpq(PG_URL), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(Settings(database_url=url))
+    yield url
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """A Redis database number nobody else is using, flushed afterwards."""
+    claim_key = "switchyard:test-session"
+    for db in range(1, 16):
+        client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=3)
+        try:
+            claimed = client.set(claim_key, os.getpid(), nx=True, ex=3600) and client.dbsize() == 1
+        except redis.ConnectionError as exc:
+            _unavailable("Redis", exc)
+        if claimed:
+            yield f"{REDIS_URL}/{db}"
+            client.flushdb()
+            return
+    pytest.fail("every Redis database 1-15 is in use by another test session; flush a stale one")
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("processes")
+
+
+@pytest.fixture(scope="session")
+def fake_llm():
+    """An OpenAI-compatible endpoint on loopback (see tests/integration/fake_openai.py)."""
+    from tests.integration.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url, broker_url, artifacts, fake_llm) -> Settings:
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        data_dir=artifacts / "data",
+        sweep_interval_s=1.0,
+        lease_s=6.0,
+        outbox_republish_after_s=3.0,
+        openai_base_url=fake_llm.url,
+        openai_api_key="test-key",
+    )
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "SWITCHYARD_DATABASE_URL": settings.database_url,
+        "SWITCHYARD_BROKER_URL": settings.broker_url,
+        "SWITCHYARD_DATA_DIR": str(settings.data_dir),
+        "SWITCHYARD_SWEEP_INTERVAL_S": str(settings.sweep_interval_s),
+        "SWITCHYARD_LEASE_S": str(settings.lease_s),
+        "SWITCHYARD_OUTBOX_REPUBLISH_AFTER_S": str(settings.outbox_republish_after_s),
+        "SWITCHYARD_OPENAI_BASE_URL": settings.openai_base_url,
+        "SWITCHYARD_OPENAI_API_KEY": settings.openai_api_key,
+        "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+class Processes:
+    """Real `switchyard` processes started for the session; their output goes to files."""
+
+    def __init__(self, settings: Settings, folder: Path):
+        self.settings, self.folder = settings, folder
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            env=_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, kill: bool = False) -> None:
+        proc = self.procs.pop(name)
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.folder / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes (then fail, saying what)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def engine_processes(settings, artifacts) -> Iterator[Processes]:
+    """Two worker processes (prefork, 3 children each) and one scheduler, for the whole session."""
+    from orchestrator.broker import make_celery
+
+    procs = Processes(settings, artifacts)
+    for i in (1, 2):
+        procs.start(f"worker{i}", "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
+    procs.start("scheduler", "scheduler")
+    celery = make_celery(settings)
+
+    def both_workers_answer():
+        for name in ("worker1", "worker2", "scheduler"):
+            if procs.procs[name].poll() is not None:
+                pytest.fail(f"{name} exited during start-up:\n{procs.log_tail(name)}")
+        return len(celery.control.ping(timeout=0.5)) >= 2
+
+    wait_for(both_workers_answer, 60, "two Celery workers to answer ping")
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    from api import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture(scope="session")
+def tokens(settings) -> dict[str, str]:
+    """Tokens of every role for tenant 'acme', and an admin token for tenant 'globex'."""
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+
+    sessions = make_sessionmaker(make_engine(settings))
+    result = {}
+    with transaction(sessions) as session:
+        for role in ("viewer", "operator", "admin"):
+            result[role] = repo.create_token(session, "acme", role, f"test {role}")[1]
+        result["other_tenant"] = repo.create_token(session, "globex", "admin", "other tenant")[1]
+    return result
+
+
+class Api:
+    """The Flask test client with a token, speaking JSON."""
+
+    def __init__(self, client, token: str | None):
+        self.client, self.token = client, token
+
+    def _headers(self, headers):
+        result = dict(headers or {})
+        if self.token:
+            result.setdefault("Authorization", f"Bearer {self.token}")
+        return result
+
+    def get(self, path, **kw):
+        return self.client.get(f"/api/v1{path}", headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def post(self, path, json=None, **kw):
+        return self.client.post(f"/api/v1{path}", json=json, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def put(self, path, json=None, **kw):
+        return self.client.put(f"/api/v1{path}", json=json, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def as_(self, token: str | None) -> Api:
+        return Api(self.client, token)
+
+
+@pytest.fixture
+def api(app, tokens) -> Api:
+    return Api(app.test_client(), tokens["admin"])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def publish(api: Api, definition: dict, workflow_id: str | None = None) -> str:
+    workflow_id = workflow_id or unique("wf")
+    response = api.put(f"/workflows/{workflow_id}", json=definition)
+    assert response.status_code == 201, response.get_json()
+    return workflow_id
+
+
+def start(api: Api, workflow_id: str, run_input=None) -> str:
+    response = api.post("/runs", json={"workflow_id": workflow_id, "input": run_input or {}})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["id"]
+
+
+def wait_run(api: Api, run_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 60) -> dict:
+    def finished():
+        run = api.get(f"/runs/{run_id}").get_json()
+        return run if run["status"] in statuses else None
+
+    return wait_for(finished, timeout, f"run {run_id} to reach {statuses}", interval=0.1)
+
+
+def events(api: Api, run_id: str) -> list[dict]:
+    return api.get(f"/runs/{run_id}/events").get_json()["events"]

@@ -1,0 +1,64 @@
+"""A small HTTP server on loopback that speaks the OpenAI chat completions API.
+
+It answers deterministically: with tools offered and no tool result yet in the conversation it asks
+for the first tool, otherwise it answers with the last user message. It records every request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PROMPT_TOKENS, COMPLETION_TOKENS = 11, 7
+
+
+class FakeOpenAI:
+    def __init__(self):
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if self.path != "/v1/chat/completions":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                reply = json.dumps(server.complete(body)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def complete(self, body: dict) -> dict:
+        messages = body["messages"]
+        message: dict = {"role": "assistant", "content": None}
+        if body.get("tools") and not any(m["role"] == "tool" for m in messages):
+            tool = body["tools"][0]["function"]["name"]
+            message["tool_calls"] = [{
+                "id": "call_1", "type": "function",
+                "function": {"name": tool, "arguments": json.dumps({"from": "fake-llm"})},
+            }]
+        else:
+            last_user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+            message["content"] = f"fake answer to: {last_user}"
+        return {
+            "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS},
+        }
+
+    def start(self) -> None:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
