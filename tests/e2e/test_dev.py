@@ -1,0 +1,83 @@
+"""`switchyard dev` — what `make run` starts — on embedded defaults: SQLite and the filesystem broker.
+
+Runs the command as a user would, in an empty directory, then runs the curl line it prints and
+follows the run to `succeeded`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dev(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env["PYTHONPATH"] = str(ROOT)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "dev", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    yield proc, lines, ready, tmp_path
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl to run the printed command")
+def test_dev_serves_health_within_60s_and_its_curl_line_runs_the_sample_to_success(dev):
+    proc, lines, ready, folder = dev
+    started = time.monotonic()
+    assert ready.wait(60), "switchyard dev did not come up within 60 s:\n" + "".join(lines)
+    assert time.monotonic() - started < 60
+    output = "".join(lines)
+    base = re.search(r"Switchyard is up at (\S+)", output).group(1)
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert (folder / ".switchyard" / "switchyard.db").exists()
+
+    curl = next(line.strip() for line in lines if line.strip().startswith("curl -s -X POST"))
+    created = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True, text=True, check=True).stdout)
+    token = re.search(r"token: (\S+)", output).group(1)
+
+    deadline = time.monotonic() + 60
+    while True:
+        run = httpx.get(f"{base}/runs/{created['id']}", headers={"Authorization": f"Bearer {token}"}).json()
+        if run["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert run["status"] == "succeeded", run
+    assert {s["status"] for s in run["steps"]} == {"succeeded"}
+    assert run["usage"]["llm_calls"] >= 1
