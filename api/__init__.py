@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from celery import Celery
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import broker
+from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.settings import Settings, load
 
@@ -19,10 +21,18 @@ class Services:
     settings: Settings
     sessions: sessionmaker[Session]
     doorbell: broker.Doorbell
+    celery: Celery
+    catalog: DefinitionCatalog
+
+    def after_commit(self, effects) -> None:
+        """Signal what a committed control asks for: wake the scheduler, revoke stopped tasks."""
+        if effects.ring:
+            self.doorbell.ring(effects.run_id)
+        broker.revoke(self.celery, effects.revoke)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import auth, errors, runs, system, workflows
+    from api import approvals, auth, controls, errors, events, runs, system, workflows
 
     settings = settings or load()
     app = Flask(__name__)
@@ -33,9 +43,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings=settings,
         sessions=make_sessionmaker(make_engine(settings)),
         doorbell=broker.Doorbell(celery, settings.wake_queue),
+        celery=celery,
+        catalog=DefinitionCatalog(),
     )
     errors.register(app)
     auth.register(app)
-    for blueprint in (system.bp, workflows.bp, runs.bp):
+    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     return app

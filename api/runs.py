@@ -39,8 +39,7 @@ def start_run():
             idempotency_key=key, body_hash=service.request_hash(body) if key else None,
             trigger_type="api", triggered_by=request.args.get("triggered_by") or who.token_id,
         )
-        workflow = repo.get_workflow(session, who.tenant_id, run.workflow_id)
-        result = serializers.run_json(run, workflow.name, list(repo.run_steps(session, run.id)))
+        result = serializers.full_run(session, run)
     if created:
         services().doorbell.ring(run.id)
     return result, 201 if created else 200
@@ -72,8 +71,10 @@ def list_runs():
         runs = repo.list_runs(session, who.tenant_id, status, request.args.get("workflow_id") or None, limit + 1, before)
         names = {w.id: w.name for w in repo.list_workflows(session, who.tenant_id)}
         page = runs[:limit]
+        pending = repo.pending_approvals(session, [r.id for r in page])
         next_cursor = _cursor_encode(page[-1].created_at, page[-1].id) if len(runs) > limit else None
-        return {"runs": [serializers.run_json(r, names.get(r.workflow_id)) for r in page], "next_cursor": next_cursor}
+        return {"runs": [serializers.run_json(r, names.get(r.workflow_id), None, pending[r.id]) for r in page],
+                "next_cursor": next_cursor}
 
 
 def _load_run(session, run_id: str):
@@ -87,9 +88,7 @@ def _load_run(session, run_id: str):
 @requires("viewer")
 def get_run(run_id: str):
     with services().sessions() as session:
-        run = _load_run(session, run_id)
-        workflow = repo.get_workflow(session, run.tenant_id, run.workflow_id)
-        return serializers.run_json(run, workflow.name, list(repo.run_steps(session, run.id)))
+        return serializers.full_run(session, _load_run(session, run_id))
 
 
 @bp.get("/runs/<run_id>/events")

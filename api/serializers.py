@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from orchestrator.db.models import Event, Run, Step, Workflow, WorkflowVersion
+from sqlalchemy.orm import Session
+
+from orchestrator.db import repository as repo
+from orchestrator.db.models import Approval, Event, Question, Run, Step, Workflow, WorkflowVersion
 from orchestrator.states import StepStatus
 
 
@@ -41,14 +44,52 @@ def current_step(steps: list[Step]) -> str | None:
     return None
 
 
-def run_json(run: Run, workflow_name: str | None, steps: list[Step] | None = None) -> dict[str, Any]:
+def approval_json(approval: Approval) -> dict[str, Any]:
+    return {
+        "id": approval.id,
+        "run_id": approval.run_id,
+        "step_id": approval.step_id,
+        "round": approval.round,
+        "status": approval.status,
+        "prompt": approval.prompt,
+        "comment": approval.comment,
+        "decided_by": approval.decided_by,
+        "created_at": ts(approval.created_at),
+        "decided_at": ts(approval.decided_at),
+    }
+
+
+def question_json(question: Question) -> dict[str, Any]:
+    return {
+        "id": question.id,
+        "run_id": question.run_id,
+        "step_id": question.step_id,
+        "question": question.question,
+        "status": question.status,
+        "answer": question.answer,
+        "answered_by": question.answered_by,
+        "created_at": ts(question.created_at),
+        "answered_at": ts(question.answered_at),
+    }
+
+
+def full_run(session: Session, run: Run) -> dict[str, Any]:
+    """A run with its steps and pending approvals, as GET /runs/{id} answers."""
+    workflow = repo.get_workflow(session, run.tenant_id, run.workflow_id)
+    pending = repo.pending_approvals(session, [run.id])[run.id]
+    return run_json(run, workflow.name if workflow else None, list(repo.run_steps(session, run.id)), pending)
+
+
+def run_json(
+    run: Run, workflow_name: str | None, steps: list[Step] | None = None, pending: list[Approval] | None = None
+) -> dict[str, Any]:
     body = {
         "id": run.id,
         "workflow": {"id": run.workflow_id, "version": run.workflow_version, "name": workflow_name},
         "status": run.status,
         "waiting_on": run.waiting_on,
         "current_step": current_step(steps) if steps is not None else None,
-        "pending_approvals": [],
+        "pending_approvals": [approval_json(a) for a in pending or []],
         "input": run.input,
         "output": run.output,
         "error": run.error,

@@ -21,7 +21,7 @@ from orchestrator.db.repository import RunChanges, StepView
 from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition
 from orchestrator.errors import StepError
-from orchestrator.states import RunStatus, StepStatus
+from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
 
 USAGE_KEYS = ("steps", "tool_calls", "llm_calls", "tokens_in", "tokens_out", "credits")
 
@@ -50,16 +50,26 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True)
+class Suspension:
+    """An agent asked a person something: the step waits, holding no worker, and goes on from
+    ``checkpoint`` once the question is answered."""
+
+    question: str
+    checkpoint: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """What one attempt came to: an output, or an error; usage either way."""
+    """What one attempt came to: an output, an error, or a suspension; usage in every case."""
 
     output: Any = None
     error: ErrorInfo | None = None
     usage: dict[str, float] = field(default_factory=dict)
+    suspend: Suspension | None = None
 
     @property
     def succeeded(self) -> bool:
-        return self.error is None
+        return self.error is None and self.suspend is None
 
     @property
     def cancelled(self) -> bool:
@@ -82,6 +92,8 @@ class Claim:
     run_attempt: int
     outputs: dict[str, Any]
     definition: Definition
+    checkpoint: dict[str, Any] | None
+    approval: dict[str, Any] | None
 
 
 def claim_attempt(
@@ -118,7 +130,8 @@ def claim_attempt(
     return Claim(
         run_id=run_id, step_id=step_id, attempt=attempt, tenant_id=run.tenant_id, workflow_id=run.workflow_id,
         run_input=run.input, run_attempt=run.attempt, outputs=repo.succeeded_outputs(session, run_id),
-        definition=definition,
+        definition=definition, checkpoint=repo.step_checkpoint(session, run_id, step_id),
+        approval=repo.latest_approval_decision(session, run_id),
     )
 
 
@@ -167,55 +180,63 @@ def apply_outcome(
     outcome: Outcome,
     rand: Callable[[], float] = random.random,
 ) -> list[str] | None:
-    """Apply one attempt's outcome to its running step (run locked by the caller).
+    """Apply an outcome to a running or waiting step (its run locked by the caller).
 
-    Returns the task ids to revoke, or None if the step was no longer at that attempt.
+    Retries are decided by the pure policy; a step failing for good fails the run (fail-fast). In a
+    run that already ended (a graceful cancel lets steps finish) the step's result is recorded and
+    nothing else happens. Returns the task ids to revoke, or None if the step was not at that attempt.
     """
-    step, run_id = view, changes.run.id
-    attempt = step.attempt
-    finished = dict(completed_at=db_now(), lease_expires_at=None)
-    if outcome.succeeded:
-        if not repo.update_steps(
-            session, run_id, [step.step_id], StepStatus.SUCCEEDED, at_attempt=attempt,
-            output=outcome.output, usage=outcome.usage or None, error=None, **finished,
-        ):
+    run_id, attempt = changes.run.id, view.attempt
+    run_ended = changes.run.status in TERMINAL_RUN
+
+    def move(target: StepStatus, **values: Any) -> bool:
+        moved = repo.update_steps(
+            session, run_id, [view.step_id], target, only_from=[view.status], at_attempt=attempt, **values
+        )
+        if moved:
+            view.status = target
+        return bool(moved)
+
+    finished = dict(completed_at=db_now(), lease_expires_at=None, due_at=None)
+    if outcome.suspend is not None:
+        if not move(StepStatus.WAITING, checkpoint=outcome.suspend.checkpoint, lease_expires_at=None):
             return None
-        changes.event("step_completed", step.step_id, attempt, output=outcome.output)
+        question_id = repo.insert_question(
+            session, changes.run.tenant_id, run_id, view.step_id, outcome.suspend.question
+        )
+        changes.event("step_waiting", view.step_id, attempt, waiting_on="question", question_id=question_id)
+        _add_usage(changes, outcome.usage, step_done=False)
+        return []
+    if outcome.succeeded:
+        if not move(StepStatus.SUCCEEDED, output=outcome.output, usage=outcome.usage or None, error=None, **finished):
+            return None
+        changes.event("step_completed", view.step_id, attempt, output=outcome.output)
         _add_usage(changes, outcome.usage)
-        step.status = StepStatus.SUCCEEDED
         return []
     error = outcome.error
     if outcome.cancelled:
-        if not repo.update_steps(
-            session, run_id, [step.step_id], StepStatus.CANCELLED, at_attempt=attempt, error=error.as_json(), **finished
-        ):
+        if not move(StepStatus.CANCELLED, error=error.as_json(), **finished):
             return None
-        changes.event("step_cancelled", step.step_id, attempt, reason="run_stopped")
-        step.status = StepStatus.CANCELLED
+        changes.event("step_cancelled", view.step_id, attempt, reason="run_stopped")
         return []
-    policy = definition.retry_policy(definition.step(step.step_id))
-    decision = retry.decide(policy, attempt, error.retryable, rand)
+    policy = definition.retry_policy(definition.step(view.step_id))
+    decision = retry.decide(policy, attempt, error.retryable and not run_ended, rand)
     if decision.retry:
-        if not repo.update_steps(
-            session, run_id, [step.step_id], StepStatus.RETRYING, at_attempt=attempt,
-            error=error.as_json(), due_at=db_now(decision.delay_s), lease_expires_at=None,
-        ):
+        if not move(StepStatus.RETRYING, error=error.as_json(), due_at=db_now(decision.delay_s), lease_expires_at=None):
             return None
         changes.event(
-            "step_retrying", step.step_id, attempt,
+            "step_retrying", view.step_id, attempt,
             error=error.as_json(), delay_s=round(decision.delay_s, 3), next_attempt=attempt + 1,
         )
-        _add_usage(changes, outcome.usage)
-        step.status = StepStatus.RETRYING
+        _add_usage(changes, outcome.usage, step_done=False)
         return []
-    if not repo.update_steps(
-        session, run_id, [step.step_id], StepStatus.FAILED, at_attempt=attempt, error=error.as_json(), **finished
-    ):
+    if not move(StepStatus.FAILED, error=error.as_json(), **finished):
         return None
-    changes.event("step_failed", step.step_id, attempt, error=error.as_json())
+    changes.event("step_failed", view.step_id, attempt, error=error.as_json())
     _add_usage(changes, outcome.usage)
-    step.status = StepStatus.FAILED
-    return fail_run(session, changes, views, step.step_id, error)
+    if run_ended:
+        return []
+    return fail_run(session, changes, views, view.step_id, error)
 
 
 def fail_run(
@@ -243,6 +264,7 @@ def fail_run(
     for step_id in skipped:
         changes.event("step_completed", step_id, None, skipped=True, reason="blocked")
         before[step_id].status = StepStatus.SKIPPED
+    repo.close_open_requests(session, run_id)
     changes.run_target = RunStatus.FAILED
     changes.run_values.update(
         error={"code": error.code, "message": error.message, "step_id": failed_step},
@@ -252,9 +274,10 @@ def fail_run(
     return revoke
 
 
-def _add_usage(changes: RunChanges, usage: dict[str, float]) -> None:
+def _add_usage(changes: RunChanges, usage: dict[str, float], step_done: bool = True) -> None:
+    """Roll a step attempt's usage up into the run's; ``steps`` counts steps that finished."""
     total = dict(changes.run_values.get("usage") or changes.run.usage or empty_usage())
     for key in USAGE_KEYS:
         total[key] = total.get(key, 0) + usage.get(key, 0)
-    total["steps"] = total.get("steps", 0) + 1
+    total["steps"] = total.get("steps", 0) + int(step_done)
     changes.run_values["usage"] = total

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker, dag
+from orchestrator import broker, dag, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Step
 from orchestrator.db.repository import RunChanges, StepView
 from orchestrator.db.session import transaction
 from orchestrator.db.types import db_now
-from orchestrator.definitions import Definition, TimerStep
-from orchestrator.outcomes import WORKER_LOST, apply_outcome
+from orchestrator.definitions import ApprovalStep, Definition, QuestionStep, TimerStep, WaitEventStep
+from orchestrator.errors import StepError
+from orchestrator.outcomes import WORKER_LOST, ErrorInfo, Outcome, apply_outcome
 from orchestrator.settings import Settings
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
 
@@ -61,9 +62,21 @@ def advance_run(session: Session, run, views: list[StepView], definition: Defini
         repo.apply_run_changes(session, changes)
         return
     _fire_due(session, changes, views, definition, out)
-    decision = dag.advance(definition.needs, {v.step_id: v.status for v in views}, {v.step_id: v.type for v in views})
-    _dispatch(session, changes, views, definition, decision.dispatch, out)
-    _park(session, changes, views, definition, decision.park)
+    if changes.run_target is RunStatus.FAILED:
+        repo.apply_run_changes(session, changes)
+        return
+    while True:
+        decision = dag.advance(
+            definition.needs, {v.step_id: v.status for v in views}, {v.step_id: v.type for v in views}
+        )
+        _dispatch(session, changes, views, definition, decision.dispatch, out)
+        _park(session, changes, views, definition, decision.park, out)
+        if changes.run_target is RunStatus.FAILED:
+            repo.apply_run_changes(session, changes)
+            return
+        # A parked step may have completed at once (an event kept from before it waited): go again.
+        if all(v.status is StepStatus.WAITING for v in views if v.step_id in decision.park):
+            break
     if decision.run_status is RunStatus.SUCCEEDED:
         outputs = repo.succeeded_outputs(session, run.id)
         sinks = dag.sink_steps([s.id for s in definition.steps], definition.needs)
@@ -81,7 +94,7 @@ def advance_run(session: Session, run, views: list[StepView], definition: Defini
 
 
 def _fire_due(session, changes: RunChanges, views: list[StepView], definition: Definition, out: Pass) -> None:
-    """Retries whose backoff has passed are queued again; timers whose time has come succeed."""
+    """Retries whose backoff has passed are queued again; timers fire; event waits time out."""
     run_id = changes.run.id
     retry_ids = [v.step_id for v in views if v.status is StepStatus.RETRYING and v.due]
     for step_id in repo.update_steps(
@@ -92,13 +105,16 @@ def _fire_due(session, changes: RunChanges, views: list[StepView], definition: D
         view.status, view.attempt = StepStatus.QUEUED, view.attempt + 1
         changes.event("step_queued", step_id, view.attempt)
         out.messages.append(_message(run_id, view, definition))
-    timer_ids = [v.step_id for v in views if v.status is StepStatus.WAITING and v.type == "timer" and v.due]
-    for step_id in repo.update_steps(
-        session, run_id, timer_ids, StepStatus.SUCCEEDED,
-        only_from=[StepStatus.WAITING], due_at=None, completed_at=db_now(), output={"fired": True},
-    ):
-        next(v for v in views if v.step_id == step_id).status = StepStatus.SUCCEEDED
-        changes.event("step_completed", step_id, 1, output={"fired": True})
+    for view in [v for v in views if v.status is StepStatus.WAITING and v.due]:
+        if changes.run_target is RunStatus.FAILED:
+            return
+        if view.type == "timer":
+            outcome = Outcome(output={"fired": True})
+        elif view.type == "wait_event":
+            outcome = Outcome(error=ErrorInfo("event_timeout", "no event arrived before timeout_s", False))
+        else:
+            continue
+        out.revoke += apply_outcome(session, changes, definition, views, view, outcome) or []
 
 
 def _dispatch(session, changes: RunChanges, views, definition: Definition, step_ids: list[str], out: Pass) -> None:
@@ -113,18 +129,61 @@ def _dispatch(session, changes: RunChanges, views, definition: Definition, step_
         out.messages.append(_message(run_id, view, definition))
 
 
-def _park(session, changes: RunChanges, views, definition: Definition, step_ids: list[str]) -> None:
+def _park(session, changes: RunChanges, views, definition: Definition, step_ids: list[str], out: Pass) -> None:
     """Approval, question, event and timer steps wait in the database, holding no worker."""
-    run_id = changes.run.id
+    run = changes.run
+    context = None
     for step_id in step_ids:
         step = definition.step(step_id)
-        due = db_now(step.duration_s) if isinstance(step, TimerStep) else None
-        if repo.update_steps(
-            session, run_id, [step_id], StepStatus.WAITING,
-            only_from=[StepStatus.PENDING], attempt=1, queued_at=db_now(), started_at=db_now(), due_at=due,
+        view = next(v for v in views if v.step_id == step_id)
+        if step.type != "timer" and context is None:
+            context = templates.run_context(
+                run.input, repo.succeeded_outputs(session, run.id),
+                {"id": run.id, "attempt": run.attempt, "workflow_id": run.workflow_id},
+                repo.latest_approval_decision(session, run.id),
+            )
+        due, key, problem = None, None, None
+        if isinstance(step, TimerStep):
+            due = db_now(step.duration_s)
+        elif isinstance(step, WaitEventStep):
+            due = db_now(step.timeout_s) if step.timeout_s else None
+            try:
+                key = str(templates.render(step.correlation_key, context))[:200]
+            except StepError as exc:
+                problem = ErrorInfo.of(exc)
+        if not repo.update_steps(
+            session, run.id, [step_id], StepStatus.WAITING, only_from=[StepStatus.PENDING],
+            attempt=1, queued_at=db_now(), started_at=db_now(), due_at=due, correlation_key=key,
         ):
-            next(v for v in views if v.step_id == step_id).status = StepStatus.WAITING
-            changes.event("step_waiting", step_id, 1, waiting_on=dag.WAITING_TYPES[step.type])
+            continue
+        view.status, view.attempt = StepStatus.WAITING, 1
+        extra = {}
+        if isinstance(step, ApprovalStep):
+            prompt = _render_text(step.prompt, context)
+            extra["approval_id"] = repo.insert_approval(session, run.tenant_id, run.id, step_id, prompt)
+        elif isinstance(step, QuestionStep):
+            extra["question_id"] = repo.insert_question(
+                session, run.tenant_id, run.id, step_id, _render_text(step.question, context) or "?"
+            )
+        elif key is not None:
+            extra["correlation_key"] = key
+        changes.event("step_waiting", step_id, 1, waiting_on=dag.WAITING_TYPES[step.type], **extra)
+        if problem is not None:
+            out.revoke += apply_outcome(session, changes, definition, views, view, Outcome(error=problem)) or []
+        elif key is not None:
+            kept = repo.kept_event(session, run.tenant_id, key, step.event_name)
+            if kept is not None:
+                delivered = Outcome(output={"event_id": kept.id, "name": kept.name, "payload": kept.payload})
+                apply_outcome(session, changes, definition, views, view, delivered)
+
+
+def _render_text(template: str | None, context: dict) -> str | None:
+    if template is None:
+        return None
+    try:
+        return str(templates.render(template, context))
+    except StepError as exc:
+        return f"{template} (template error: {exc.message})"
 
 
 def _message(run_id: str, view: StepView, definition: Definition) -> dict:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     outbox_republish_after_s: float = 10.0
     cancel_grace_s: float = 5.0
 
+    # How long POST /events keeps an event for steps that start waiting on its key later.
+    event_keep_s: float = 3600.0
+
     max_body_bytes: int = 1024 * 1024
     max_steps_per_definition: int = 1000
 

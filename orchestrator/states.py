@@ -36,7 +36,9 @@ class StepStatus(StrEnum):
 R, S = RunStatus, StepStatus
 
 RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
-    R.QUEUED: frozenset({R.RUNNING, R.CANCELLED}),
+    # A run can wait, fail or even finish within the scheduler's first pass, before any worker ran a
+    # step (an approval first; a template error in a wait; an event that was already kept).
+    R.QUEUED: frozenset({R.RUNNING, R.WAITING, R.SUCCEEDED, R.FAILED, R.CANCELLED}),
     R.RUNNING: frozenset({R.WAITING, R.PAUSED, R.SUCCEEDED, R.FAILED, R.CANCELLED}),
     R.WAITING: frozenset({R.RUNNING, R.PAUSED, R.SUCCEEDED, R.FAILED, R.CANCELLED}),
     # A step in flight may still fail for good while its run is paused: fail-fast applies.
@@ -51,8 +53,11 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     S.PENDING: frozenset({S.QUEUED, S.WAITING, S.SKIPPED, S.CANCELLED}),
     # queued -> pending: the run was paused before a worker claimed the attempt.
     S.QUEUED: frozenset({S.RUNNING, S.PENDING, S.CANCELLED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED}),
+    # running -> waiting: an agent asked a human (`human.ask`) and gave its worker back.
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED, S.WAITING}),
     S.RETRYING: frozenset({S.QUEUED, S.CANCELLED}),
+    # waiting -> pending: a human answered an agent's question (it is dispatched again to go on), or
+    # an approval asked for changes and goes round again.
     S.WAITING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PENDING}),
     # succeeded -> pending: an approval asked for changes and its upstream step runs again.
     S.SUCCEEDED: frozenset({S.PENDING}),
@@ -73,9 +78,10 @@ class InvalidTransition(Exception):
 
     def __init__(self, current: str, target: str, allowed_from: frozenset[str], action: str | None = None):
         self.current, self.target, self.action = current, target, action
-        self.allowed_from = sorted(allowed_from)
+        # Plain strings: the repr of a StrEnum member would leak "<RunStatus.X: 'x'>" into the message.
+        self.allowed_from = sorted(str(s) for s in allowed_from)
         what = action or f"-> {target}"
-        super().__init__(f"{what} is not allowed from {current!r}; allowed from {self.allowed_from}")
+        super().__init__(f"{what} is not allowed from {str(current)!r}; allowed from {self.allowed_from}")
 
 
 def _allowed_from(table: dict, target) -> frozenset:

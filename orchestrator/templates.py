@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError
-from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from orchestrator.errors import PermanentStepError
@@ -42,10 +41,29 @@ def render(value: Any, context: dict[str, Any]) -> Any:
             return value
         try:
             return _env.from_string(value).render(context)
-        except (UndefinedError, SecurityError, TemplateSyntaxError) as exc:
-            raise PermanentStepError(f"template {value!r} failed: {exc}", code="template_error") from exc
+        except Exception as exc:  # noqa: BLE001 - any error in a template (undefined, 1/0, 'a' + 1) is
+            # the definition's fault: retrying cannot cure it.
+            raise PermanentStepError(f"template {value!r} failed: {type(exc).__name__}: {exc}",
+                                     code="template_error") from exc
     if isinstance(value, dict):
         return {key: render(item, context) for key, item in value.items()}
     if isinstance(value, list):
         return [render(item, context) for item in value]
     return value
+
+
+def run_context(
+    run_input: Any,
+    outputs: dict[str, Any],
+    run: dict[str, Any],
+    approval: dict[str, Any] | None = None,
+    attempt: int | None = None,
+) -> dict[str, Any]:
+    """What templates see: ``input``, ``steps.<id>.output``, ``run``, ``approval`` and ``attempt``."""
+    return {
+        "input": run_input,
+        "steps": {step_id: {"output": output} for step_id, output in outputs.items()},
+        "run": run,
+        "approval": approval or {},
+        "attempt": attempt,
+    }

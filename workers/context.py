@@ -23,6 +23,8 @@ class StepContext:
     deadline: float  # time.monotonic() after which the attempt has timed out
     stop: threading.Event = field(default_factory=threading.Event)
     usage: dict[str, float] = field(default_factory=dict)
+    # Where a suspended agent left off, with the human's answer once there is one.
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -52,3 +54,11 @@ class StepContext:
     @property
     def remaining_s(self) -> float:
         return max(self.deadline - time.monotonic(), 0.0)
+
+
+class Suspend(Exception):  # noqa: N818 - control flow, like dramatiq's Retry, not an error
+    """The step asks a person and gives its worker back; it goes on from ``checkpoint`` later."""
+
+    def __init__(self, question: str, checkpoint: dict[str, Any]):
+        super().__init__(question)
+        self.question, self.checkpoint = question, checkpoint

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestrator import broker, outcomes
+from orchestrator import broker, outcomes, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.errors import StepError
-from orchestrator.outcomes import ErrorInfo, Outcome
+from orchestrator.outcomes import ErrorInfo, Outcome, Suspension
 from orchestrator.settings import Settings
 from workers import executors
-from workers.context import StepContext
+from workers.context import StepContext, Suspend
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
         step_id=step_id,
         attempt=attempt,
         step=step,
-        template_context={
-            "input": claim.run_input,
-            "steps": {sid: {"output": out} for sid, out in claim.outputs.items()},
-            "run": {"id": run_id, "attempt": claim.run_attempt, "workflow_id": claim.workflow_id},
-            "attempt": attempt,
-        },
+        template_context=templates.run_context(
+            claim.run_input, claim.outputs,
+            {"id": run_id, "attempt": claim.run_attempt, "workflow_id": claim.workflow_id},
+            claim.approval, attempt,
+        ),
+        checkpoint=claim.checkpoint,
         settings=settings,
         deadline=time.monotonic() + claim.definition.timeout_s(step),
     )
@@ -103,6 +103,8 @@ def run_executor(ctx: StepContext) -> Outcome:
     try:
         output = executors.execute(ctx)
         return Outcome(output=output, usage=ctx.usage)
+    except Suspend as suspend:
+        return Outcome(usage=ctx.usage, suspend=Suspension(suspend.question, suspend.checkpoint))
     except StepError as exc:
         return Outcome(error=ErrorInfo.of(exc), usage=ctx.usage)
     except SoftTimeLimitExceeded:

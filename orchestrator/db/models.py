@@ -109,6 +109,12 @@ class Step(Base):
     __table_args__ = (
         Index("ix_steps_due", "due_at", postgresql_where=text("due_at IS NOT NULL"), sqlite_where=text("due_at IS NOT NULL")),
         Index(
+            "ix_steps_correlation",
+            "correlation_key",
+            postgresql_where=text("correlation_key IS NOT NULL"),
+            sqlite_where=text("correlation_key IS NOT NULL"),
+        ),
+        Index(
             "ix_steps_lease",
             "lease_expires_at",
             postgresql_where=text("lease_expires_at IS NOT NULL"),
@@ -129,6 +135,10 @@ class Step(Base):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     worker: Mapped[str | None] = mapped_column(String(200))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Where an agent suspended (waiting on a human), so the next dispatch continues from there.
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    # A wait_event step's rendered key; POST /events finds waiting steps by it.
+    correlation_key: Mapped[str | None] = mapped_column(String(200))
     # A retry's backoff, a timer, an event wait's timeout: the scheduler acts when due_at passes.
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -162,3 +172,52 @@ class Outbox(Base):
     soft_time_limit: Mapped[float] = mapped_column()
     created_at: Mapped[datetime] = _created()
 
+
+
+class Approval(Base):
+    """One round of an approval step: pending until a person approves, rejects or asks for changes."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_tenant_status", "tenant_id", "status", "created_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    step_id: Mapped[str] = mapped_column(String(64))
+    round: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    prompt: Mapped[str | None] = mapped_column(String(2000))
+    comment: Mapped[str | None] = mapped_column(String(10000))
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created()
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Question(Base):
+    """A question to a person, from a `question` step or an agent's `human.ask` call."""
+
+    __tablename__ = "questions"
+    __table_args__ = (Index("ix_questions_tenant_status", "tenant_id", "status", "created_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    step_id: Mapped[str] = mapped_column(String(64))
+    question: Mapped[str] = mapped_column(String(10000))
+    status: Mapped[str] = mapped_column(String(20))
+    answer: Mapped[Any | None] = mapped_column(JsonType)
+    answered_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created()
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class InboundEvent(Base):
+    """An event from POST /events, kept for a while so a step that starts waiting later still gets it."""
+
+    __tablename__ = "inbound_events"
+    __table_args__ = (Index("ix_inbound_events_key", "tenant_id", "correlation_key", "expires_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    correlation_key: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[Any | None] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
