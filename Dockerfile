@@ -1,0 +1,27 @@
+# One image for every Switchyard process: the API (gunicorn), the scheduler, the Celery workers,
+# `switchyard db upgrade` and Flower. compose.yaml picks the process with `command:`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# pyproject.toml names README.md as the package's readme, so the build needs it too.
+COPY pyproject.toml README.md ./
+COPY orchestrator ./orchestrator
+COPY workers ./workers
+COPY api ./api
+RUN pip install '.[flower]'
+
+# Run as an unprivileged user. SWITCHYARD_DATA_DIR only matters on the embedded defaults
+# (SQLite file, filesystem broker); point it at a directory that user may write.
+RUN useradd --create-home --uid 10001 --user-group switchyard \
+    && install -d -o switchyard -g switchyard /var/lib/switchyard
+ENV SWITCHYARD_DATA_DIR=/var/lib/switchyard
+USER switchyard
+
+EXPOSE 8080
+CMD ["switchyard", "api", "--host", "0.0.0.0", "--port", "8080"]
