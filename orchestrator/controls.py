@@ -11,11 +11,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orchestrator import service, states
+from orchestrator import outcomes, service, states
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import RunChanges
 from orchestrator.db.types import db_now
+from orchestrator.definitions import Definition
 from orchestrator.errors import InvalidRequest, InvalidTransitionError, NotFound, RuntimeNotApplicable
 from orchestrator.outcomes import task_id
 from orchestrator.settings import Settings
@@ -54,10 +55,12 @@ def lock_owned_run(session: Session, tenant_id: str, run_id: str):
     return run
 
 
-def check_applicable(session: Session, catalog: DefinitionCatalog, run) -> None:
+def check_applicable(session: Session, catalog: DefinitionCatalog, run) -> Definition:
+    """The run's definition; RuntimeNotApplicable if its workflow is conversational."""
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     if definition.kind == "conversational":
         raise RuntimeNotApplicable(f"workflow {run.workflow_id!r} is conversational; run actions do not apply")
+    return definition
 
 
 def control(
@@ -74,7 +77,7 @@ def control(
     if action not in states.CONTROLS:
         raise NotFound(f"no run action {action!r}; actions are {list(ACTIONS)}")
     run = lock_owned_run(session, tenant_id, run_id)
-    check_applicable(session, catalog, run)
+    definition = check_applicable(session, catalog, run)
     try:
         states.apply_control(action, RunStatus(run.status))
     except states.InvalidTransition as exc:
@@ -82,10 +85,10 @@ def control(
             f"cannot {action} a run that is {run.status}; allowed from {exc.allowed_from}",
             {"status": run.status, "allowed_from": exc.allowed_from, "action": action},
         ) from None
-    return _HANDLERS[action](session, settings, run, actor, body)
+    return _HANDLERS[action](session, settings, run, definition, actor, body)
 
 
-def _pause(session, settings, run, actor: Actor, body) -> Effects:
+def _pause(session, settings, run, definition, actor: Actor, body) -> Effects:
     _no_body(body)
     changes = RunChanges(run, run_target=RunStatus.PAUSED)
     changes.event("run_paused", **actor.audit())
@@ -93,7 +96,7 @@ def _pause(session, settings, run, actor: Actor, body) -> Effects:
     return Effects(run.id)
 
 
-def _resume(session, settings, run, actor: Actor, body) -> Effects:
+def _resume(session, settings, run, definition, actor: Actor, body) -> Effects:
     _no_body(body)
     # Back to running; the scheduler's next pass decides whether it is really waiting.
     changes = RunChanges(run, run_target=RunStatus.RUNNING, run_values={"has_work": True})
@@ -102,7 +105,7 @@ def _resume(session, settings, run, actor: Actor, body) -> Effects:
     return Effects(run.id, ring=True)
 
 
-def _cancel(session, settings, run, actor: Actor, body) -> Effects:
+def _cancel(session, settings, run, definition, actor: Actor, body) -> Effects:
     unknown = set(body) - {"reason", "mode"}
     if unknown:
         raise InvalidRequest(f"unknown fields for cancel: {sorted(unknown)}; allowed: ['mode', 'reason']")
@@ -144,18 +147,13 @@ def _cancel(session, settings, run, actor: Actor, body) -> Effects:
     return effects
 
 
-def _retry(session, settings, run, actor: Actor, body) -> Effects:
+def _retry(session, settings, run, definition, actor: Actor, body) -> Effects:
     """The same run goes on from where it failed: failed, cancelled and skipped steps start over."""
     _no_body(body)
     views = repo.steps_for_update(session, [run.id])[run.id]
     again = [v.step_id for v in views if v.status in (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SKIPPED)]
     changes = RunChanges(run, run_target=RunStatus.QUEUED)
-    repo.update_steps(
-        session, run.id, again, StepStatus.PENDING,
-        attempt=0, error=None, output=None, skipped_reason=None, cancel_requested=False, worker=None,
-        queued_at=None, started_at=None, completed_at=None, due_at=None, lease_expires_at=None, checkpoint=None,
-        correlation_key=None,
-    )
+    outcomes.reopen_steps(session, run.id, definition, views, again)
     changes.run_values.update(
         attempt=run.attempt + 1, error=None, completed_at=None, has_work=True, waiting_on=None
     )
@@ -164,7 +162,7 @@ def _retry(session, settings, run, actor: Actor, body) -> Effects:
     return Effects(run.id, ring=True)
 
 
-def _rerun(session, settings, run, actor: Actor, body) -> Effects:
+def _rerun(session, settings, run, definition, actor: Actor, body) -> Effects:
     """A new run of the same workflow version with the same input."""
     _no_body(body)
     new_run, _ = service.start_run(

@@ -38,7 +38,7 @@ def decide_approval(
     if decision not in DECISIONS:
         raise NotFound(f"no approval decision {decision!r}; use one of {list(DECISIONS)}")
     run = lock_owned_run(session, tenant_id, run_id)
-    check_applicable(session, catalog, run)
+    definition = check_applicable(session, catalog, run)
     approval = repo.get_approval(session, run_id, approval_id)
     if approval is None:
         raise NotFound(f"approval {approval_id!r} not found in run {run_id!r}")
@@ -47,7 +47,6 @@ def decide_approval(
             f"approval {approval_id} is already {approval.status}",
             {"status": approval.status, "allowed_from": ["pending"]},
         )
-    definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     step_def = definition.step(approval.step_id)
     if decision == "request_changes" and approval.round >= step_def.max_rounds:
         raise InvalidTransitionError(
@@ -64,10 +63,7 @@ def decide_approval(
                   decision=DECISIONS[decision], comment=comment, round=approval.round, **actor.audit())
     effects = Effects(run_id, ring=True)
     if decision == "request_changes":
-        again = [approval.step_id, *step_def.needs]
-        repo.update_steps(session, run_id, again, StepStatus.PENDING,
-                          only_from=[StepStatus.WAITING, StepStatus.SUCCEEDED], attempt=0, output=None,
-                          completed_at=None, started_at=None, queued_at=None, worker=None, error=None)
+        again = outcomes.reopen_steps(session, run_id, definition, views, [approval.step_id, *step_def.needs])
         changes.event("steps_reopened", approval.step_id, None, steps=again, reason="changes_requested")
     else:
         outcome = (
@@ -91,7 +87,7 @@ def answer_question(
 ) -> Effects:
     """Answer an open question: a `question` step succeeds with it; an agent goes on with it."""
     run = lock_owned_run(session, tenant_id, run_id)
-    check_applicable(session, catalog, run)
+    definition = check_applicable(session, catalog, run)
     question = repo.get_question(session, run_id, question_id)
     if question is None:
         raise NotFound(f"question {question_id!r} not found in run {run_id!r}")
@@ -102,7 +98,6 @@ def answer_question(
     view = next(v for v in views if v.step_id == question.step_id)
     changes = RunChanges(run, run_values={"has_work": True})
     changes.event("question_answered", view.step_id, view.attempt, question_id=question_id, **actor.audit())
-    definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     if view.type == "agent":
         # The agent goes on in a new attempt, from its checkpoint, with the answer as the tool's result.
         checkpoint = dict(repo.step_checkpoint(session, run_id, view.step_id) or {})

@@ -219,8 +219,11 @@ def apply_outcome(
             return None
         changes.event("step_cancelled", view.step_id, attempt, reason="run_stopped")
         return []
+    # A reopened step gets a fresh budget (its row's max_attempts moved up) while attempt numbers, and
+    # so Celery task ids, keep growing: decide on the attempt's place within the current budget.
     policy = definition.retry_policy(definition.step(view.step_id))
-    decision = retry.decide(policy, attempt, error.retryable and not run_ended, rand)
+    attempt_in_budget = attempt - (view.max_attempts - policy.max_attempts)
+    decision = retry.decide(policy, attempt_in_budget, error.retryable and not run_ended, rand)
     if decision.retry:
         if not move(StepStatus.RETRYING, error=error.as_json(), due_at=db_now(decision.delay_s), lease_expires_at=None):
             return None
@@ -281,3 +284,25 @@ def _add_usage(changes: RunChanges, usage: dict[str, float], step_done: bool = T
         total[key] = total.get(key, 0) + usage.get(key, 0)
     total["steps"] = total.get("steps", 0) + int(step_done)
     changes.run_values["usage"] = total
+
+
+def reopen_steps(
+    session: Session, run_id: str, definition: Definition, views: list[StepView], step_ids: list[str]
+) -> list[str]:
+    """Put finished or waiting steps back to `pending` to run again, each with a fresh retry budget.
+
+    Attempt numbers keep counting, so a new attempt never reuses an old Celery task id (which a
+    worker may still hold as revoked).
+    """
+    reopened = []
+    for view in views:
+        if view.step_id not in step_ids:
+            continue
+        budget = definition.retry_policy(definition.step(view.step_id)).max_attempts
+        reopened += repo.update_steps(
+            session, run_id, [view.step_id], StepStatus.PENDING,
+            max_attempts=view.attempt + budget, error=None, output=None, skipped_reason=None,
+            cancel_requested=False, worker=None, queued_at=None, started_at=None, completed_at=None,
+            due_at=None, lease_expires_at=None, checkpoint=None, correlation_key=None,
+        )
+    return reopened

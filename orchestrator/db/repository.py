@@ -233,6 +233,7 @@ class StepView:
     type: str
     status: StepStatus
     attempt: int
+    max_attempts: int
     queue: str
     due: bool
     lease_expired: bool
@@ -243,7 +244,7 @@ def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list
     clock = db_now()
     rows = session.execute(
         select(
-            Step.run_id, Step.step_id, Step.type, Step.status, Step.attempt, Step.queue,
+            Step.run_id, Step.step_id, Step.type, Step.status, Step.attempt, Step.max_attempts, Step.queue,
             (Step.due_at <= clock).label("due"), (Step.lease_expires_at < clock).label("expired"),
         )
         .where(Step.run_id.in_(run_ids))
@@ -252,7 +253,8 @@ def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list
     result: dict[str, list[StepView]] = {run_id: [] for run_id in run_ids}
     for r in rows:
         result[r.run_id].append(
-            StepView(r.step_id, r.type, StepStatus(r.status), r.attempt, r.queue, bool(r.due), bool(r.expired))
+            StepView(r.step_id, r.type, StepStatus(r.status), r.attempt, r.max_attempts, r.queue, bool(r.due),
+                     bool(r.expired))
         )
     return result
 
