@@ -17,6 +17,13 @@ Statuses = Mapping[str, StepStatus]
 
 # Step types that do not run on a worker: the scheduler parks them in `waiting`.
 WAITING_TYPES = {"approval": "approval", "question": "question", "wait_event": "event", "timer": "timer"}
+# A worker step waits too when its agent asked a person (`human.ask`) and gave the worker back.
+SUSPENDED_WAITS_ON = "question"
+
+
+def waiting_on(step_type: str) -> str:
+    """What a step of this type waits on while it is `waiting`."""
+    return WAITING_TYPES.get(step_type, SUSPENDED_WAITS_ON)
 
 
 def graph_problems(step_ids: Sequence[str], needs: Needs) -> list[str]:
@@ -113,7 +120,7 @@ def advance(needs: Needs, statuses: Statuses, types: Mapping[str, str]) -> Advan
     active = [s for s, st in after.items() if st in IN_FLIGHT_STEP]
     waiting = [s for s in active if after[s] is StepStatus.WAITING]
     if active and len(waiting) == len(active):
-        return Advance(dispatch, park, RunStatus.WAITING, WAITING_TYPES[types[waiting[0]]])
+        return Advance(dispatch, park, RunStatus.WAITING, waiting_on(types[waiting[0]]))
     return Advance(dispatch, park, RunStatus.RUNNING)
 
 

@@ -167,7 +167,7 @@ def _park(session, changes: RunChanges, views, definition: Definition, step_ids:
             )
         elif key is not None:
             extra["correlation_key"] = key
-        changes.event("step_waiting", step_id, 1, waiting_on=dag.WAITING_TYPES[step.type], **extra)
+        changes.event("step_waiting", step_id, 1, waiting_on=dag.waiting_on(step.type), **extra)
         if problem is not None:
             out.revoke += apply_outcome(session, changes, definition, views, view, Outcome(error=problem)) or []
         elif key is not None:
@@ -221,11 +221,28 @@ class Scheduler:
             )
             for run in runs:
                 key = (run.tenant_id, run.workflow_id, run.workflow_version)
-                advance_run(session, run, views[run.id], definitions[key], out)
+                self._advance_one(session, run, views[run.id], definitions[key], out)
             outbox_ids = repo.insert_outbox(session, out.messages)
         self._publish(out.messages, outbox_ids)
         broker.revoke(self.celery, out.revoke)
         return len(runs)
+
+    def _advance_one(self, session: Session, run, views: list[StepView], definition: Definition, out: Pass) -> None:
+        """Advance one run in a savepoint: a run that trips a bug is set aside (logged, with an event)
+        instead of failing the batch again and again and stalling every other run."""
+        mine = Pass()
+        try:
+            with session.begin_nested():
+                advance_run(session, run, views, definition, mine)
+        except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
+            log.exception("advancing run %s failed; it is set aside until an operator acts on it", run.id)
+            with session.begin_nested():
+                changes = RunChanges(run, run_values={"has_work": False})
+                changes.event("scheduler_error", error=f"{type(exc).__name__}: {exc}"[:2000])
+                repo.apply_run_changes(session, changes)
+            return
+        out.messages += mine.messages
+        out.revoke += mine.revoke
 
     def _publish(self, messages: list[dict], outbox_ids: list[int]) -> None:
         if not messages:

@@ -15,6 +15,10 @@ from orchestrator.errors import PermanentStepError
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
+# Before any approval was decided, ``approval.comment`` is None rather than undefined, so a template
+# can say ``{% if approval.comment %}`` on its first round.
+NO_APPROVAL = {"id": None, "step_id": None, "status": None, "comment": None, "round": 0}
+
 
 def syntax_problems(value: Any, where: str) -> list[str]:
     """Template syntax errors anywhere inside ``value`` (strings, lists, dicts), for validation at publish."""
@@ -64,6 +68,6 @@ def run_context(
         "input": run_input,
         "steps": {step_id: {"output": output} for step_id, output in outputs.items()},
         "run": run,
-        "approval": approval or {},
+        "approval": approval or NO_APPROVAL,
         "attempt": attempt,
     }

@@ -162,3 +162,30 @@ def test_llm_and_agent_steps_against_an_openai_compatible_endpoint(api, fake_llm
     assert run["usage"]["tokens_in"] == 3 * PROMPT_TOKENS and run["usage"]["tokens_out"] == 3 * COMPLETION_TOKENS
     asked = [r for r in fake_llm.requests if r["body"]["model"] == "test-model"]
     assert asked and all(r["auth"] == "Bearer test-key" for r in asked)
+
+
+def test_a_run_that_trips_the_scheduler_is_set_aside_and_the_others_go_on(api, settings):
+    """A run whose rows the scheduler cannot handle (here: a step row renamed behind its back) must not
+    stall every other run: it is set aside with a `scheduler_error` event."""
+    from sqlalchemy import update
+
+    from orchestrator.db.models import Run, Step
+    from orchestrator.db.session import make_engine
+    from tests.integration.conftest import wait_for
+
+    gate = publish(api, {"name": "gate", "steps": [
+        {"id": "gate", "type": "approval"}, {"id": "after", "type": "tool", "tool": "echo", "needs": ["gate"]}]})
+    broken = start(api, gate)
+    wait_run(api, broken, statuses=("waiting",), timeout=20)
+    engine = make_engine(settings)
+    with engine.begin() as connection:
+        connection.execute(update(Step).where(Step.run_id == broken, Step.step_id == "after").values(step_id="ghost"))
+        connection.execute(update(Run).where(Run.id == broken).values(has_work=True))
+    engine.dispose()
+
+    fine = publish(api, {"name": "fine", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {"n": 1}}]})
+    assert wait_run(api, start(api, fine), timeout=20)["status"] == "succeeded"
+    error = wait_for(lambda: [e for e in events(api, broken) if e["type"] == "scheduler_error"], 10,
+                     "the broken run's scheduler_error event")
+    assert error[0]["data"]["error"] == "KeyError: 'ghost'"
+    assert api.get(f"/runs/{broken}").get_json()["status"] == "waiting"

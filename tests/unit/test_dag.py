@@ -234,3 +234,9 @@ def test_advance_with_nothing_ready_and_work_in_flight_is_running():
 )
 def test_sink_steps(ids, needs, sinks):
     assert dag.sink_steps(ids, needs) == sinks
+
+
+def test_an_agent_that_asked_a_person_keeps_the_run_waiting_on_a_question():
+    decision = dag.advance({"agent": [], "after": ["agent"]}, {"agent": S.WAITING, "after": S.PENDING},
+                           {"agent": "agent", "after": "tool"})
+    assert decision == dag.Advance(dispatch=[], park=[], run_status=R.WAITING, waiting_on="question")
