@@ -89,6 +89,36 @@ def revoke(app: Celery, task_ids: list[str]) -> None:
         log.warning("could not broadcast revoke for %d tasks: %s", len(task_ids), exc)
 
 
+class BrokerEpoch:
+    """Tells whether the broker lost its messages since the schedulers last looked.
+
+    Redis keeps queues in memory: a restart without persistence, a failover to an empty replica or a
+    FLUSHDB drops every step message in flight, and the outbox rows are gone by then. A marker key
+    set next to the queues disappears with them, so its absence means "re-publish every `queued`
+    step from the database" (DESIGN.md: the scheduler can rebuild every message from the database).
+    The embedded broker keeps its files, so it never reports a loss.
+    """
+
+    KEY = "switchyard:broker-epoch"
+
+    def __init__(self, settings: Settings):
+        self.client = None
+        if not settings.uses_embedded_broker:
+            import redis
+
+            self.client = redis.Redis.from_url(settings.resolved_broker_url, socket_timeout=5,
+                                               socket_connect_timeout=5)
+
+    def lost(self) -> bool:
+        """True if the marker is missing: messages published before may be gone."""
+        return self.client is not None and not self.client.exists(self.KEY)
+
+    def mark(self) -> None:
+        """Set the marker, after every message that should exist was published again."""
+        if self.client is not None:
+            self.client.set(self.KEY, "1")
+
+
 class Doorbell:
     """Wakes a scheduler when a run has work: a small message on the wake queue.
 

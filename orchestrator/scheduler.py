@@ -204,6 +204,7 @@ class Scheduler:
         self.sessions = sessions
         self.celery = celery
         self.doorbell = broker.Doorbell(celery, settings.wake_queue)
+        self.epoch = broker.BrokerEpoch(settings)
         self.catalog = DefinitionCatalog()
         self.batch_size = batch_size
         self.stopping = threading.Event()
@@ -256,7 +257,10 @@ class Scheduler:
             repo.delete_outbox(session, outbox_ids)
 
     def sweep(self) -> None:
-        """The safety net: flag due and lost work, re-publish what was committed but never sent."""
+        """The safety net: flag due and lost work, re-publish what was committed but never sent, and
+        every queued step if the broker lost its messages."""
+        if self.epoch.lost():
+            self._republish_queued()
         with transaction(self.sessions) as session:
             flagged = repo.flag_runs_with_due_steps(session)
             stale = repo.stale_outbox(session, self.settings.outbox_republish_after_s)
@@ -271,6 +275,25 @@ class Scheduler:
         if messages:
             log.warning("re-publishing %d step messages left in the outbox", len(messages))
             self._publish(messages, stale_ids)
+
+    def _republish_queued(self) -> None:
+        """Publish every `queued` step's message again; a copy that did survive is dropped by the
+        workers' claim guard, so duplicates cost a little and lose nothing."""
+        with transaction(self.sessions) as session:
+            rows = repo.queued_steps(session)
+            definitions = self.catalog.get_many(
+                session, list({(r.tenant_id, r.workflow_id, r.workflow_version) for r in rows})
+            )
+        messages = []
+        for r in rows:
+            definition = definitions[(r.tenant_id, r.workflow_id, r.workflow_version)]
+            messages.append(dict(run_id=r.run_id, step_id=r.step_id, attempt=r.attempt, queue=r.queue,
+                                 soft_time_limit=definition.timeout_s(definition.step(r.step_id))))
+        if messages:
+            log.warning("the broker lost its messages (restart or flush): re-publishing %d queued steps",
+                        len(messages))
+            broker.publish_steps(self.celery, messages, self.settings.cancel_grace_s)
+        self.epoch.mark()
 
     def drain(self) -> int:
         """Advance batches until no run has work left. Returns runs advanced."""
@@ -290,23 +313,33 @@ class Scheduler:
         return max(0.0, min(until_due + 0.01, self.settings.sweep_interval_s))
 
     def run_forever(self) -> None:
-        """Loop until stop(): sweep, drain, sleep until a ring or the next due time."""
+        """Loop until stop(): sweep, drain, sleep until a ring or the next due time.
+
+        Any failure (the database or the broker going away) drops the broker connection and starts
+        over after a second, so the scheduler heals by itself once the service is back.
+        """
         log.info("scheduler started (sweep every %.1fs)", self.settings.sweep_interval_s)
-        with self.doorbell.connection() as conn:
-            wake_queue = conn.SimpleQueue(self.doorbell.queue)
-            next_sweep = 0.0
-            while not self.stopping.is_set():
-                try:
-                    if time.monotonic() >= next_sweep:
-                        self.sweep()
-                        next_sweep = time.monotonic() + self.settings.sweep_interval_s
-                    self.drain()
-                    timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0))
-                    self.doorbell.wait(wake_queue, timeout)
-                except Exception:  # noqa: BLE001 - a passing outage must not end the scheduler
-                    log.exception("scheduler pass failed; retrying in 1s")
-                    self.stopping.wait(1.0)
-            wake_queue.close()
+        while not self.stopping.is_set():
+            try:
+                with self.doorbell.connection() as conn:
+                    wake_queue = conn.SimpleQueue(self.doorbell.queue)
+                    try:
+                        self._loop(wake_queue)
+                    finally:
+                        _close_quietly(wake_queue)
+            except Exception:  # noqa: BLE001 - a passing outage must not end the scheduler
+                log.exception("scheduler pass failed; reconnecting in 1s")
+                self.stopping.wait(1.0)
+
+    def _loop(self, wake_queue) -> None:
+        next_sweep = 0.0
+        while not self.stopping.is_set():
+            if time.monotonic() >= next_sweep:
+                self.sweep()
+                next_sweep = time.monotonic() + self.settings.sweep_interval_s
+            self.drain()
+            timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0))
+            self.doorbell.wait(wake_queue, timeout)
 
     def stop(self, *_args) -> None:
         self.stopping.set()
@@ -314,3 +347,10 @@ class Scheduler:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+
+
+def _close_quietly(resource) -> None:
+    try:
+        resource.close()
+    except Exception as exc:  # noqa: BLE001 - the connection may already be gone
+        log.debug("closing %r failed: %s", resource, exc)

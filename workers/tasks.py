@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import OperationalError
 
 from orchestrator import broker, outcomes, templates
 from orchestrator.catalog import DefinitionCatalog
@@ -57,16 +58,41 @@ def register(app: Celery, settings: Settings) -> None:
     @app.task(name=broker.RUN_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)
     def run_step(task, run_id: str, step_id: str, attempt: int) -> None:
         worker = f"{task.request.hostname or 'worker'}:{os.getpid()}"
-        execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker)
+        try:
+            execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker)
+        except DatabaseUnavailable as exc:
+            # The attempt was never claimed: nothing ran. Send the message again shortly rather than
+            # acknowledge it and leave the step `queued` with no message anywhere.
+            delay = min(2 ** task.request.retries, CLAIM_RETRY_MAX_DELAY_S)
+            log.warning("database unavailable before %s.%s attempt %d was claimed (%s); retrying in %ss",
+                        run_id, step_id, attempt, exc, delay)
+            raise task.retry(countdown=delay, max_retries=None) from exc
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached to claim an attempt."""
+
+
+# Delays between claims tried while the database is down stay far below Redis' visibility timeout.
+CLAIM_RETRY_MAX_DELAY_S = 10
+# How long a worker keeps trying to write an outcome it has while the database is down.
+RECORD_RETRY_S = 300
 
 
 def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
-    """Run one delivered attempt end to end; a stale or duplicate delivery does nothing."""
+    """Run one delivered attempt end to end; a stale or duplicate delivery does nothing.
+
+    Raises DatabaseUnavailable if the attempt could not be claimed because the database is down.
+    """
     settings = rt.settings
-    with transaction(rt.sessions) as session:
-        claim = outcomes.claim_attempt(session, rt.catalog, run_id, step_id, attempt, worker, settings.lease_s)
+    try:
+        with transaction(rt.sessions) as session:
+            claim = outcomes.claim_attempt(session, rt.catalog, run_id, step_id, attempt, worker, settings.lease_s)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
     if claim is None:
-        log.info("dropped stale delivery", extra={"run_id": run_id, "step_id": step_id, "attempt": attempt})
+        log.info("dropped stale delivery of %s.%s attempt %d", run_id, step_id, attempt,
+                 extra={"run_id": run_id, "step_id": step_id, "attempt": attempt})
         return
     step = claim.definition.step(step_id)
     ctx = StepContext(
@@ -87,15 +113,34 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
     heartbeat.start()
     try:
         outcome = run_executor(ctx)
+        recorded = _record(rt, run_id, step_id, attempt, outcome)
     finally:
+        # The heartbeat keeps the lease alive until the outcome is written, also while the database
+        # is briefly down, so the attempt is not taken for lost.
         heartbeat.finish()
-    with transaction(rt.sessions) as session:
-        recorded = outcomes.record_outcome(session, rt.catalog, run_id, step_id, attempt, outcome)
     if not recorded.applied:
         log.info("outcome of a stopped attempt dropped", extra={"run_id": run_id, "step_id": step_id, "attempt": attempt})
         return
     rt.doorbell.ring(run_id)
     broker.revoke(rt.celery, recorded.revoke)
+
+
+def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outcome) -> outcomes.Recorded:
+    """Write the outcome, retrying with backoff while the database is unreachable (the work is done;
+    losing its result would run it again)."""
+    deadline = time.monotonic() + RECORD_RETRY_S
+    delay = 0.2
+    while True:
+        try:
+            with transaction(rt.sessions) as session:
+                return outcomes.record_outcome(session, rt.catalog, run_id, step_id, attempt, outcome)
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable while recording %s.%s attempt %d (%s); retrying in %.1fs",
+                        run_id, step_id, attempt, str(exc).splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def run_executor(ctx: StepContext) -> Outcome:

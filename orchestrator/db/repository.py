@@ -380,6 +380,16 @@ def seconds_until_next_due(session: Session) -> float | None:
     return (next_due - now(session)).total_seconds()
 
 
+def queued_steps(session: Session) -> Sequence[Any]:
+    """Every step attempt waiting in a broker queue, with its run's workflow version (to rebuild its message)."""
+    return session.execute(
+        select(Step.run_id, Step.step_id, Step.attempt, Step.queue, Run.tenant_id, Run.workflow_id,
+               Run.workflow_version)
+        .join(Run, Run.id == Step.run_id)
+        .where(Step.status == StepStatus.QUEUED)
+    ).all()
+
+
 def insert_outbox(session: Session, messages: list[dict]) -> list[int]:
     if not messages:
         return []

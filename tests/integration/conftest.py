@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -41,37 +43,53 @@ def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A fresh database for this session, migrated to head, dropped afterwards."""
-    name = f"switchyard_test_{os.getpid()}_{secrets.token_hex(3)}"
+@contextmanager
+def fresh_database(prefix: str = "switchyard_test") -> Iterator[str]:
+    """A new database on the test server, migrated to head, dropped afterwards."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         admin = psycopg.connect(_libpq(PG_URL), autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         _unavailable("PostgreSQL", exc)
     admin.execute(f'CREATE DATABASE "{name}"')
     url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(Settings(database_url=url))
-    yield url
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    try:
+        migrate.upgrade(Settings(database_url=url))
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
-@pytest.fixture(scope="session")
-def broker_url() -> Iterator[str]:
+@contextmanager
+def claimed_redis_db(base_url: str = REDIS_URL) -> Iterator[str]:
     """A Redis database number nobody else is using, flushed afterwards."""
     claim_key = "switchyard:test-session"
     for db in range(1, 16):
-        client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=3)
+        client = redis.Redis.from_url(f"{base_url}/{db}", socket_connect_timeout=3)
         try:
             claimed = client.set(claim_key, os.getpid(), nx=True, ex=3600) and client.dbsize() == 1
         except redis.ConnectionError as exc:
             _unavailable("Redis", exc)
         if claimed:
-            yield f"{REDIS_URL}/{db}"
-            client.flushdb()
+            try:
+                yield f"{base_url}/{db}"
+            finally:
+                client.flushdb()
             return
     pytest.fail("every Redis database 1-15 is in use by another test session; flush a stale one")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    with claimed_redis_db() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -129,24 +147,30 @@ class Processes:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        # A session of its own, so that kill() takes the worker's pool children with it, as when its
+        # machine dies.
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", *args],
-            env=_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
         )
         self.procs[name] = proc
         return proc
 
     def stop(self, name: str, kill: bool = False) -> None:
+        """SIGTERM (a warm shutdown) or, with ``kill`` or after 20 s, SIGKILL to the whole process group."""
         proc = self.procs.pop(name)
-        if kill:
-            proc.kill()
-        else:
+        if not kill:
             proc.terminate()
+            try:
+                proc.wait(timeout=20)
+                return
+            except subprocess.TimeoutExpired:
+                pass
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.folder / f"{name}.log"

@@ -1,0 +1,118 @@
+"""Delivery guarantees on the session's PostgreSQL, Redis, workers and scheduler: a message delivered
+twice, a scheduler that dies between its commit and its publish, and a broker that loses its messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from orchestrator.broker import make_celery, publish_steps
+from orchestrator.db.models import Outbox, Step
+from orchestrator.db.session import make_engine
+from tests.integration.conftest import ROOT, _env, events, publish, start, wait_for, wait_run
+
+pytestmark = pytest.mark.usefixtures("engine_processes")
+
+ONE_SLOW_STEP = {"name": "one slow step", "steps": [
+    {"id": "slow", "type": "tool", "tool": "sleep", "args": {"seconds": 1}},
+    {"id": "after", "type": "tool", "tool": "echo", "needs": ["slow"], "args": {"done": True}},
+]}
+
+
+def by_id(run: dict) -> dict[str, dict]:
+    return {s["id"]: s for s in run["steps"]}
+
+
+def count_events(api, run_id: str, kind: str, step_id: str) -> int:
+    return sum(1 for e in events(api, run_id) if e["type"] == kind and e["step_id"] == step_id)
+
+
+def scalar(settings, query):
+    engine = make_engine(settings)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(query).scalar_one_or_none()
+    finally:
+        engine.dispose()
+
+
+def worker_logs(engine_processes) -> str:
+    return "\n".join(engine_processes.log_tail(name, 2000) for name in ("worker1", "worker2"))
+
+
+def test_a_message_delivered_twice_records_one_outcome(api, settings, engine_processes):
+    run_id = start(api, publish(api, ONE_SLOW_STEP))
+    wait_for(lambda: by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "running", 20,
+             "the slow step to run")
+    message = dict(run_id=run_id, step_id="slow", attempt=1, queue=settings.default_queue, soft_time_limit=60)
+    celery = make_celery(settings)
+    # Once while the attempt runs on another worker, once after it finished: both are duplicates.
+    publish_steps(celery, [message], settings.cancel_grace_s)
+    run = wait_run(api, run_id)
+    publish_steps(celery, [message], settings.cancel_grace_s)
+    dropped = f"dropped stale delivery of {run_id}.slow attempt 1"
+    wait_for(lambda: worker_logs(engine_processes).count(dropped) == 2, 20, "both duplicates to be dropped")
+
+    assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
+    assert count_events(api, run_id, "step_started", "slow") == 1
+    assert count_events(api, run_id, "step_completed", "slow") == 1
+    assert api.get(f"/runs/{run_id}").get_json()["usage"]["steps"] == 2
+
+
+CRASH_AFTER_COMMIT = """
+import os
+from orchestrator.broker import make_celery
+from orchestrator.db.session import make_engine, make_sessionmaker
+from orchestrator.scheduler import Scheduler
+from orchestrator.settings import load
+
+settings = load()
+scheduler = Scheduler(settings, make_sessionmaker(make_engine(settings)), make_celery(settings))
+scheduler._publish = lambda messages, outbox_ids: os._exit(17)  # dies after the commit, before the publish
+scheduler.advance_batch()
+"""
+
+
+def test_a_crash_between_commit_and_publish_leaves_no_step_queued(api, settings, engine_processes):
+    workflow = publish(api, ONE_SLOW_STEP)
+    engine_processes.stop("scheduler")
+    try:
+        run_id = start(api, workflow)
+        crashed = subprocess.run([sys.executable, "-c", CRASH_AFTER_COMMIT], env=_env(settings), cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+        assert crashed.returncode == 17, crashed.stderr
+        assert by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "queued"
+        assert scalar(settings, select(func.count()).select_from(Outbox).where(Outbox.run_id == run_id)) == 1
+    finally:
+        engine_processes.start("scheduler", "scheduler")
+
+    run = wait_run(api, run_id, timeout=30)
+    assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
+    assert count_events(api, run_id, "step_started", "slow") == 1
+    assert scalar(settings, select(func.count()).select_from(Outbox).where(Outbox.run_id == run_id)) == 0
+
+
+def test_steps_whose_messages_the_broker_lost_are_published_again(api, settings, broker_url, engine_processes):
+    """FLUSHDB stands for a Redis restart without persistence: the queued step's message is gone."""
+    workflow = publish(api, ONE_SLOW_STEP)
+    for name in ("worker1", "worker2"):
+        engine_processes.stop(name)
+    try:
+        run_id = start(api, workflow)
+        wait_for(lambda: by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "queued", 20,
+                 "the step to be queued")
+        client = redis.Redis.from_url(broker_url)
+        assert client.llen(settings.default_queue) == 1
+        client.flushdb()
+        client.set("switchyard:test-session", "flushed by a test", ex=3600)  # keep this db claimed
+    finally:
+        for name in ("worker1", "worker2"):
+            engine_processes.start(name, "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
+    run = wait_run(api, run_id, timeout=30)
+    assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
+    assert "re-publishing 1 queued steps" in engine_processes.log_tail("scheduler", 200)
+    assert scalar(settings, select(Step.attempt).where(Step.run_id == run_id, Step.step_id == "after")) == 1
