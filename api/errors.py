@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from orchestrator import errors
+from orchestrator.db.session import database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,12 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         return error_response(status, HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
 
-    @app.errorhandler(OperationalError)
-    def _database_down(exc):
-        log.warning("database unavailable: %s", exc.orig)
-        return error_response(503, "unavailable", "the database is unavailable; retry shortly", headers={"Retry-After": "2"})
-
     @app.errorhandler(DBAPIError)
-    def _database_error(exc):
+    def _database_error(exc: DBAPIError):
+        if database_unavailable(exc):
+            log.warning("database unavailable: %s", exc.orig)
+            return error_response(503, "unavailable", "the database is unavailable; retry shortly",
+                                  headers={"Retry-After": "2"})
         log.exception("database error")
         return error_response(500, "internal", "internal error; the request was not applied")
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from orchestrator import broker, outcomes, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
-from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.db.session import database_unavailable, make_engine, make_sessionmaker, transaction
 from orchestrator.errors import StepError
 from orchestrator.outcomes import ErrorInfo, Outcome, Suspension
 from orchestrator.settings import Settings
@@ -55,7 +55,9 @@ def _runtime(settings: Settings, celery: Celery) -> Runtime:
 
 
 def register(app: Celery, settings: Settings) -> None:
-    @app.task(name=broker.RUN_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)
+    # max_retries=None: a claim is retried for as long as the database stays down (see below).
+    @app.task(name=broker.RUN_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False,
+              max_retries=None)
     def run_step(task, run_id: str, step_id: str, attempt: int) -> None:
         worker = f"{task.request.hostname or 'worker'}:{os.getpid()}"
         try:
@@ -66,7 +68,7 @@ def register(app: Celery, settings: Settings) -> None:
             delay = min(2 ** task.request.retries, CLAIM_RETRY_MAX_DELAY_S)
             log.warning("database unavailable before %s.%s attempt %d was claimed (%s); retrying in %ss",
                         run_id, step_id, attempt, exc, delay)
-            raise task.retry(countdown=delay, max_retries=None) from exc
+            raise task.retry(countdown=delay) from exc
 
 
 class DatabaseUnavailable(Exception):
@@ -88,7 +90,9 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
     try:
         with transaction(rt.sessions) as session:
             claim = outcomes.claim_attempt(session, rt.catalog, run_id, step_id, attempt, worker, settings.lease_s)
-    except OperationalError as exc:
+    except DBAPIError as exc:
+        if not database_unavailable(exc):
+            raise
         raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
     if claim is None:
         log.info("dropped stale delivery of %s.%s attempt %d", run_id, step_id, attempt,
@@ -134,8 +138,8 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
         try:
             with transaction(rt.sessions) as session:
                 return outcomes.record_outcome(session, rt.catalog, run_id, step_id, attempt, outcome)
-        except OperationalError as exc:
-            if time.monotonic() + delay > deadline:
+        except DBAPIError as exc:
+            if not database_unavailable(exc) or time.monotonic() + delay > deadline:
                 raise
             log.warning("database unavailable while recording %s.%s attempt %d (%s); retrying in %.1fs",
                         run_id, step_id, attempt, str(exc).splitlines()[0], delay)
