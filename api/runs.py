@@ -11,11 +11,11 @@ from flask import Blueprint, request
 from api import serializers
 from api.auth import principal, requires
 from api.context import int_arg, json_object, services
-from orchestrator import service
+from orchestrator import broker, diagnosis, service
 from orchestrator.db import repository as repo
 from orchestrator.db.session import transaction
 from orchestrator.errors import InvalidRequest, NotFound
-from orchestrator.states import RunStatus
+from orchestrator.states import RunStatus, StepStatus
 
 bp = Blueprint("runs", __name__)
 
@@ -114,3 +114,21 @@ def run_context(run_id: str):
             "input": run.input,
             "steps": {s.step_id: {"status": s.status, "output": s.output} for s in steps},
         }
+
+
+@bp.get("/runs/<run_id>/diagnosis")
+@requires("viewer")
+def run_diagnosis(run_id: str):
+    """Why a run is not moving, and the operator action that would move it."""
+    svc = services()
+    with svc.sessions() as session:
+        run = _load_run(session, run_id)
+        steps, approvals, questions = repo.diagnosis_facts(session, run.id)
+    status = RunStatus(run.status)
+    queued = any(s.status is StepStatus.QUEUED for s in steps)
+    # Asking the workers costs up to a second, so only when a queued step makes it matter.
+    consumers = (broker.queue_consumers(svc.celery) if queued and not svc.settings.uses_embedded_broker
+                 else None)
+    causes = diagnosis.diagnose(run.id, status, run.error, steps, approvals, questions, consumers)
+    return {"run_id": run.id, "status": run.status, "waiting_on": run.waiting_on,
+            "causes": [c.as_json() for c in causes]}

@@ -89,6 +89,20 @@ def revoke(app: Celery, task_ids: list[str]) -> None:
         log.warning("could not broadcast revoke for %d tasks: %s", len(task_ids), exc)
 
 
+def queue_consumers(app: Celery, timeout: float = 1.0) -> dict[str, int] | None:
+    """How many online workers consume each queue (Celery's remote control); None if it cannot tell."""
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues()
+    except Exception as exc:  # noqa: BLE001 - the embedded broker has no broadcast; say "unknown"
+        log.info("could not ask the workers for their queues: %s", exc)
+        return None
+    counts: dict[str, int] = {}
+    for queues in (replies or {}).values():
+        for queue in queues:
+            counts[queue["name"]] = counts.get(queue["name"], 0) + 1
+    return counts
+
+
 class BrokerEpoch:
     """Tells whether the broker lost its messages since the schedulers last looked.
 

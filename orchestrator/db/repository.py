@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from orchestrator import ids
+from orchestrator import diagnosis, ids
 from orchestrator.db.models import (
     ApiToken,
     Approval,
@@ -388,6 +388,31 @@ def queued_steps(session: Session) -> Sequence[Any]:
         .join(Run, Run.id == Step.run_id)
         .where(Step.status == StepStatus.QUEUED)
     ).all()
+
+
+def diagnosis_facts(
+    session: Session, run_id: str
+) -> tuple[list[diagnosis.StepFacts], dict[str, str], dict[str, str]]:
+    """What ``diagnosis.diagnose`` reads about a run: its steps (with the database clock's view of their
+    leases and due times), and its pending approvals and open questions by step id."""
+    clock = now(session)
+    steps = []
+    for step in run_steps(session, run_id):
+        due = step.due_at
+        steps.append(diagnosis.StepFacts(
+            step_id=step.step_id, type=step.type, status=StepStatus(step.status), queue=step.queue,
+            attempt=step.attempt,
+            lease_expired=bool(step.lease_expires_at is not None and step.lease_expires_at < clock),
+            due_in_s=(due - clock).total_seconds() if due is not None else None,
+            correlation_key=step.correlation_key,
+        ))
+    approvals = dict(session.execute(
+        select(Approval.step_id, Approval.id).where(Approval.run_id == run_id, Approval.status == "pending")
+    ).all())
+    questions = dict(session.execute(
+        select(Question.step_id, Question.id).where(Question.run_id == run_id, Question.status == "open")
+    ).all())
+    return steps, approvals, questions
 
 
 def insert_outbox(session: Session, messages: list[dict]) -> list[int]:

@@ -116,3 +116,42 @@ def test_steps_whose_messages_the_broker_lost_are_published_again(api, settings,
     assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
     assert "re-publishing 1 queued steps" in engine_processes.log_tail("scheduler", 200)
     assert scalar(settings, select(Step.attempt).where(Step.run_id == run_id, Step.step_id == "after")) == 1
+
+
+def diagnosis_of(api, run_id: str) -> dict:
+    response = api.get(f"/runs/{run_id}/diagnosis")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+@pytest.mark.parametrize("step, kind, action", [
+    ({"id": "s", "type": "approval"}, "approval", "/approve"),
+    ({"id": "s", "type": "question", "question": "Which?"}, "question", "/answer"),
+    ({"id": "s", "type": "wait_event", "correlation_key": "diag-{{ run.id }}"}, "event", "POST /events"),
+    ({"id": "s", "type": "timer", "duration_s": 600}, "timer", "fires it"),
+    ({"id": "s", "type": "tool", "tool": "echo", "queue": "nobody-consumes-this"}, "no_consumers",
+     "switchyard worker --queues nobody-consumes-this"),
+])
+def test_diagnosis_names_what_a_run_waits_on(api, step, kind, action):
+    run_id = start(api, publish(api, {"name": f"diagnose {kind}", "steps": [step]}))
+
+    def cause():
+        causes = diagnosis_of(api, run_id)["causes"]
+        return causes if causes and causes[0]["kind"] == kind else None
+
+    [found] = wait_for(cause, 20, f"the diagnosis to name {kind}")
+    assert found["step_id"] == "s" and action in found["action"]
+    if kind == "event":
+        assert f"diag-{run_id}" in found["message"]
+    api.post(f"/runs/{run_id}/cancel")
+    assert diagnosis_of(api, run_id)["causes"][0]["kind"] == "cancelled"
+
+
+def test_diagnosis_of_a_paused_run_and_of_another_tenants_run(api, tokens):
+    run_id = start(api, publish(api, ONE_SLOW_STEP))
+    wait_for(lambda: api.get(f"/runs/{run_id}").get_json()["status"] == "running", 20, "the run to start")
+    assert api.post(f"/runs/{run_id}/pause").status_code == 200
+    causes = diagnosis_of(api, run_id)["causes"]
+    assert causes[0]["kind"] == "paused" and causes[0]["action"] == f"POST /runs/{run_id}/resume"
+    assert api.as_(tokens["other_tenant"]).get(f"/runs/{run_id}/diagnosis").status_code == 404
+    api.post(f"/runs/{run_id}/cancel")
