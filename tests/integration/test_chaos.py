@@ -151,10 +151,18 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
             .group_by(Event.run_id, Event.step_id)
             .having(func.count() > 1)
         ).all()
+        # Two schedulers never both dispatched one attempt (each run is locked by one of them).
+        dispatched_twice = session.execute(
+            select(Event.run_id, Event.step_id, Event.attempt, func.count())
+            .where(Event.type == "step_queued")
+            .group_by(Event.run_id, Event.step_id, Event.attempt)
+            .having(func.count() > 1)
+        ).all()
         completed = session.execute(
             select(func.count()).select_from(Event).where(Event.type == "step_completed")
         ).scalar_one()
     assert statuses == {"succeeded": RUNS}, statuses
     assert doubled == [], f"steps recorded as completed more than once: {doubled[:5]}"
+    assert dispatched_twice == [], f"attempts dispatched twice: {dispatched_twice[:5]}"
     assert completed == RUNS * 4
     print(f"\nchaos: {RUNS} runs succeeded, settled {settled_after:.1f}s after the last fault")
