@@ -32,6 +32,8 @@ def step_json(step: Step) -> dict[str, Any]:
         "skipped_reason": step.skipped_reason,
         "worker": step.worker,
         "usage": step.usage,
+        "waiting_on": step.waiting_on,
+        "policy": step.policy or [],
     }
 
 
@@ -54,6 +56,7 @@ def approval_json(approval: Approval) -> dict[str, Any]:
         "prompt": approval.prompt,
         "comment": approval.comment,
         "decided_by": approval.decided_by,
+        "call": approval.call,
         "created_at": ts(approval.created_at),
         "decided_at": ts(approval.decided_at),
     }
@@ -97,6 +100,8 @@ def run_json(
         "triggered_by": run.triggered_by,
         "retry_of": run.retry_of,
         "attempt": run.attempt,
+        "risk_level": run.risk_level,
+        "limits": run.limits,
         "created_at": ts(run.created_at),
         "started_at": ts(run.started_at),
         "completed_at": ts(run.completed_at),

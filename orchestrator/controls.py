@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from orchestrator import outcomes, service, states
+from orchestrator import outcomes, policy, service, states
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import RunChanges
@@ -97,10 +98,23 @@ def _pause(session, settings, run, definition, actor: Actor, body) -> Effects:
 
 
 def _resume(session, settings, run, definition, actor: Actor, body) -> Effects:
-    _no_body(body)
-    # Back to running; the scheduler's next pass decides whether it is really waiting.
+    """Back to running, optionally with raised limits (``{"limits": {"tokens": N, ...}}``); steps that
+    stopped at the budget are dispatched again and go on from their checkpoints."""
+    unknown = set(body) - {"limits"}
+    if unknown:
+        raise InvalidRequest(f"unknown fields for resume: {sorted(unknown)}; allowed: ['limits']")
+    # The scheduler's next pass decides whether the run is really waiting.
     changes = RunChanges(run, run_target=RunStatus.RUNNING, run_values={"has_work": True})
-    changes.event("run_resumed", **actor.audit())
+    if "limits" in body:
+        try:
+            raised = policy.Limits.model_validate(body["limits"]).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            raise InvalidRequest(f"'limits': {exc.errors(include_url=False)[0]['msg']}") from None
+        changes.run_values["limits"] = {**(run.limits or {}), **raised}
+    views = repo.steps_for_update(session, [run.id])[run.id]
+    repo.update_steps(session, run.id, [v.step_id for v in views if v.waiting_on == "budget"], StepStatus.PENDING,
+                      only_from=[StepStatus.WAITING], waiting_on=None)
+    changes.event("run_resumed", limits=changes.run_values.get("limits"), **actor.audit())
     repo.apply_run_changes(session, changes)
     return Effects(run.id, ring=True)
 

@@ -102,12 +102,15 @@ class Advance:
     waiting_on: str | None = None
 
 
-def advance(needs: Needs, statuses: Statuses, types: Mapping[str, str]) -> Advance:
+def advance(
+    needs: Needs, statuses: Statuses, types: Mapping[str, str], waits: Mapping[str, str] | None = None
+) -> Advance:
     """Decide the next move of a live run from its steps' statuses.
 
     Ready worker steps are dispatched, ready approval/question/event/timer steps are parked in
     `waiting`; the run is `succeeded` when every step succeeded, `waiting` when the only work
-    left waits on the outside world, and `running` otherwise.
+    left waits on the outside world, and `running` otherwise. ``waits`` says what a waiting worker
+    step waits on (an agent's question, a gated tool call's approval), where its type does not tell.
     """
     ready = ready_steps(needs, statuses)
     dispatch = [s for s in ready if types[s] not in WAITING_TYPES]
@@ -120,7 +123,8 @@ def advance(needs: Needs, statuses: Statuses, types: Mapping[str, str]) -> Advan
     active = [s for s, st in after.items() if st in IN_FLIGHT_STEP]
     waiting = [s for s in active if after[s] is StepStatus.WAITING]
     if active and len(waiting) == len(active):
-        return Advance(dispatch, park, RunStatus.WAITING, waiting_on(types[waiting[0]]))
+        first = waiting[0]
+        return Advance(dispatch, park, RunStatus.WAITING, (waits or {}).get(first) or waiting_on(types[first]))
     return Advance(dispatch, park, RunStatus.RUNNING)
 
 

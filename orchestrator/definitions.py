@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from orchestrator import dag, registry, templates
 from orchestrator.errors import DefinitionInvalid
+from orchestrator.policy import Policy
 from orchestrator.retry import RetryPolicy
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
@@ -119,6 +120,8 @@ class Definition(_Strict):
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     defaults: Defaults = Defaults()
+    # What tool calls may do, as data (orchestrator/policy.py); the default allows every call.
+    policy: Policy = Policy()
     steps: list[Step] = Field(min_length=1)
 
     def step(self, step_id: str) -> Step:
@@ -184,6 +187,9 @@ def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
                 if name not in known | registry.AGENT_ONLY_TOOLS:
                     problems.append(f"steps.{i}.tools: unknown tool {name!r}; known tools: {sorted(known)}")
         problems += templates.syntax_problems(step.model_dump(exclude={"id", "type", "needs"}), f"steps.{i}")
+    for i, rule in enumerate(definition.policy.rules):
+        if rule.tool is not None and rule.tool not in known | registry.AGENT_ONLY_TOOLS:
+            problems.append(f"policy.rules.{i}.tool: unknown tool {rule.tool!r}; known tools: {sorted(known)}")
     if definition.input_schema is not None:
         try:
             jsonschema.Draft202012Validator.check_schema(definition.input_schema)

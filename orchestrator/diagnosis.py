@@ -23,11 +23,13 @@ class StepFacts:
     lease_expired: bool = False
     due_in_s: float | None = None  # a retry's or timer's due time, seconds from now (negative: overdue)
     correlation_key: str | None = None
+    waiting_on: str | None = None  # what a waiting agent or tool step waits on (question, approval, budget)
 
 
 @dataclass(frozen=True)
 class Cause:
-    kind: str  # paused, approval, question, event, timer, retry, no_consumers, queued, worker_lost, scheduler, failed
+    kind: str  # paused, budget_exceeded, approval, question, event, timer, retry, no_consumers, queued,
+    # worker_lost, scheduler, failed, cancelled
     step_id: str | None
     message: str
     action: str
@@ -70,6 +72,9 @@ def diagnose(
 def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cause | None:
     sid = step.step_id
     if step.status is StepStatus.WAITING:
+        if step.waiting_on == "budget":
+            return Cause("budget_exceeded", sid, f"step {sid!r} stopped before a call that would exceed the run's limits",
+                         f"POST /runs/{run_id}/resume with {{\"limits\": {{\"tokens\": ...}}}} to raise them, or /cancel")
         if sid in approvals:
             return Cause("approval", sid, f"step {sid!r} waits for an approval ({approvals[sid]})",
                          f"POST /runs/{run_id}/approvals/{approvals[sid]}/approve, /reject or /request_changes")

@@ -47,6 +47,8 @@ def decide_approval(
             f"approval {approval_id} is already {approval.status}",
             {"status": approval.status, "allowed_from": ["pending"]},
         )
+    if approval.call is not None:
+        return _decide_gated_call(session, run, definition, approval, decision, comment, actor)
     step_def = definition.step(approval.step_id)
     if decision == "request_changes" and approval.round >= step_def.max_rounds:
         raise InvalidTransitionError(
@@ -72,6 +74,35 @@ def decide_approval(
             else Outcome(error=ErrorInfo("approval_rejected", comment or "the approval was rejected", False))
         )
         effects.revoke = outcomes.apply_outcome(session, changes, definition, views, view, outcome) or []
+    repo.apply_run_changes(session, changes)
+    return effects
+
+
+def _decide_gated_call(session, run, definition, approval, decision: str, comment, actor: Actor) -> Effects:
+    """A person decides a tool call a policy sent for approval. Approved, the step is dispatched again and
+    makes the call; rejected, an agent is told and goes on, while a `tool` step fails with approval_rejected."""
+    if decision == "request_changes":
+        raise InvalidTransitionError(
+            "request_changes applies to approval steps; approve or reject this tool call",
+            {"status": approval.status, "allowed_from": ["pending"], "decisions": ["approve", "reject"]},
+        )
+    who = actor.triggered_by or actor.token_id
+    repo.decide_approval(session, approval.id, DECISIONS[decision], comment, who)
+    views = repo.steps_for_update(session, [run.id])[run.id]
+    view = next(v for v in views if v.step_id == approval.step_id)
+    changes = RunChanges(run, run_values={"has_work": True})
+    changes.event("approval_decided", view.step_id, view.attempt, approval_id=approval.id,
+                  decision=DECISIONS[decision], comment=comment, call=approval.call, **actor.audit())
+    effects = Effects(run.id, ring=True)
+    if decision == "reject" and view.type == "tool":
+        error = ErrorInfo("approval_rejected", comment or "the approver refused the tool call", False)
+        effects.revoke = outcomes.apply_outcome(session, changes, definition, views, view, Outcome(error=error)) or []
+    else:
+        checkpoint = dict(repo.step_checkpoint(session, run.id, view.step_id) or {})
+        checkpoint["approval"] = {"approved": decision == "approve", "comment": comment, "decided_by": who}
+        repo.set_checkpoint(session, run.id, view.step_id, checkpoint)
+        repo.update_steps(session, run.id, [view.step_id], StepStatus.PENDING, only_from=[StepStatus.WAITING],
+                          waiting_on=None)
     repo.apply_run_changes(session, changes)
     return effects
 
@@ -103,7 +134,8 @@ def answer_question(
         checkpoint = dict(repo.step_checkpoint(session, run_id, view.step_id) or {})
         checkpoint["answer"] = answer
         repo.set_checkpoint(session, run_id, view.step_id, checkpoint)
-        repo.update_steps(session, run_id, [view.step_id], StepStatus.PENDING, only_from=[StepStatus.WAITING])
+        repo.update_steps(session, run_id, [view.step_id], StepStatus.PENDING, only_from=[StepStatus.WAITING],
+                          waiting_on=None)
     else:
         outcomes.apply_outcome(session, changes, definition, views, view, Outcome(output={"answer": answer}))
     repo.apply_run_changes(session, changes)

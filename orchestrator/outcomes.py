@@ -14,13 +14,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orchestrator import dag, retry
+from orchestrator import dag, policy, retry
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import RunChanges, StepView
 from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition
 from orchestrator.errors import StepError
+from orchestrator.policy import Limits
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
 
 USAGE_KEYS = ("steps", "tool_calls", "llm_calls", "tokens_in", "tokens_out", "credits")
@@ -51,11 +52,14 @@ class ErrorInfo:
 
 @dataclass(frozen=True)
 class Suspension:
-    """An agent asked a person something: the step waits, holding no worker, and goes on from
-    ``checkpoint`` once the question is answered."""
+    """A step gave its worker back to wait — on a person's answer (``question``), on the approval of
+    a tool call (``approval``, the ``call``) or on a raised budget (``budget``) — and goes on from
+    ``checkpoint`` when it is dispatched again."""
 
-    question: str
+    kind: str
+    text: str
     checkpoint: dict[str, Any]
+    call: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Outcome:
     error: ErrorInfo | None = None
     usage: dict[str, float] = field(default_factory=dict)
     suspend: Suspension | None = None
+    # The policy decisions taken about the attempt's tool calls, in order.
+    policy: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
@@ -94,6 +100,13 @@ class Claim:
     definition: Definition
     checkpoint: dict[str, Any] | None
     approval: dict[str, Any] | None
+    run_usage: dict[str, float] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+
+
+def effective_limits(definition: Definition, raised: dict[str, Any] | None) -> Limits:
+    """The definition's limits with an operator's raised ones over them."""
+    return definition.policy.limits.model_copy(update=raised or {})
 
 
 def claim_attempt(
@@ -132,6 +145,7 @@ def claim_attempt(
         run_input=run.input, run_attempt=run.attempt, outputs=repo.succeeded_outputs(session, run_id),
         definition=definition, checkpoint=repo.step_checkpoint(session, run_id, step_id),
         approval=repo.latest_approval_decision(session, run_id),
+        run_usage=dict(run.usage or {}), limits=effective_limits(definition, run.limits),
     )
 
 
@@ -198,13 +212,14 @@ def apply_outcome(
         return bool(moved)
 
     finished = dict(completed_at=db_now(), lease_expires_at=None, due_at=None)
+    if outcome.policy:
+        _record_policy(session, changes, view, outcome.policy)
     if outcome.suspend is not None:
-        if not move(StepStatus.WAITING, checkpoint=outcome.suspend.checkpoint, lease_expires_at=None):
+        suspension = outcome.suspend
+        if not move(StepStatus.WAITING, checkpoint=suspension.checkpoint, lease_expires_at=None,
+                    waiting_on=suspension.kind):
             return None
-        question_id = repo.insert_question(
-            session, changes.run.tenant_id, run_id, view.step_id, outcome.suspend.question
-        )
-        changes.event("step_waiting", view.step_id, attempt, waiting_on="question", question_id=question_id)
+        _suspend(session, changes, view, attempt, suspension)
         _add_usage(changes, outcome.usage, step_done=False)
         return []
     if outcome.succeeded:
@@ -277,6 +292,37 @@ def fail_run(
     return revoke
 
 
+def _suspend(session: Session, changes: RunChanges, view: StepView, attempt: int, suspension: Suspension) -> None:
+    """What a suspended step waits on: a question or an approval in the inbox, or a paused run."""
+    run = changes.run
+    if suspension.kind == "budget":
+        # Paused before the call, not failed: an operator raises the budget (resume) or cancels.
+        if changes.run_target not in TERMINAL_RUN and run.status != RunStatus.PAUSED:
+            changes.run_target = RunStatus.PAUSED
+        changes.event("step_waiting", view.step_id, attempt, waiting_on="budget", reason=suspension.text)
+        changes.event("run_paused", view.step_id, attempt, reason="budget_exceeded", detail=suspension.text)
+        return
+    if suspension.kind == "approval":
+        approval_id = repo.insert_approval(session, run.tenant_id, run.id, view.step_id, suspension.text[:2000],
+                                           call=suspension.call)
+        changes.event("step_waiting", view.step_id, attempt, waiting_on="approval", approval_id=approval_id,
+                      call=suspension.call)
+        return
+    question_id = repo.insert_question(session, run.tenant_id, run.id, view.step_id, suspension.text)
+    changes.event("step_waiting", view.step_id, attempt, waiting_on="question", question_id=question_id)
+
+
+def _record_policy(session: Session, changes: RunChanges, view: StepView, decisions: list[dict[str, Any]]) -> None:
+    """Keep the attempt's policy decisions on the step, one event each, and raise the run's risk level."""
+    repo.append_step_policy(session, changes.run.id, view.step_id, decisions)
+    for decision in decisions:
+        changes.event("policy_decision", view.step_id, view.attempt, **decision)
+    current = changes.run_values.get("risk_level", changes.run.risk_level)
+    risk = policy.highest_risk([current, *(d.get("risk") for d in decisions)])
+    if risk != current:
+        changes.run_values["risk_level"] = risk
+
+
 def _add_usage(changes: RunChanges, usage: dict[str, float], step_done: bool = True) -> None:
     """Roll a step attempt's usage up into the run's; ``steps`` counts steps that finished."""
     total = dict(changes.run_values.get("usage") or changes.run.usage or empty_usage())
@@ -303,6 +349,6 @@ def reopen_steps(
             session, run_id, [view.step_id], StepStatus.PENDING,
             max_attempts=view.attempt + budget, error=None, output=None, skipped_reason=None,
             cancel_requested=False, worker=None, queued_at=None, started_at=None, completed_at=None,
-            due_at=None, lease_expires_at=None, checkpoint=None, correlation_key=None,
+            due_at=None, lease_expires_at=None, checkpoint=None, correlation_key=None, waiting_on=None,
         )
     return reopened

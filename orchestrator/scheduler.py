@@ -67,7 +67,8 @@ def advance_run(session: Session, run, views: list[StepView], definition: Defini
         return
     while True:
         decision = dag.advance(
-            definition.needs, {v.step_id: v.status for v in views}, {v.step_id: v.type for v in views}
+            definition.needs, {v.step_id: v.status for v in views}, {v.step_id: v.type for v in views},
+            {v.step_id: v.waiting_on for v in views if v.waiting_on},
         )
         _dispatch(session, changes, views, definition, decision.dispatch, out)
         _park(session, changes, views, definition, decision.park, out)

@@ -112,6 +112,9 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
         checkpoint=claim.checkpoint,
         settings=settings,
         deadline=time.monotonic() + claim.definition.timeout_s(step),
+        policy=claim.definition.policy,
+        limits=claim.limits,
+        run_usage=claim.run_usage,
     )
     heartbeat = _Heartbeat(rt, ctx)
     heartbeat.start()
@@ -149,18 +152,19 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
 
 def run_executor(ctx: StepContext) -> Outcome:
     """The executor's result or exception, as an Outcome."""
+    seen = dict(usage=ctx.usage, policy=ctx.decisions)
     try:
         output = executors.execute(ctx)
-        return Outcome(output=output, usage=ctx.usage)
+        return Outcome(output=output, **seen)
     except Suspend as suspend:
-        return Outcome(usage=ctx.usage, suspend=Suspension(suspend.question, suspend.checkpoint))
+        return Outcome(suspend=Suspension(suspend.kind, suspend.text, suspend.checkpoint, suspend.call), **seen)
     except StepError as exc:
-        return Outcome(error=ErrorInfo.of(exc), usage=ctx.usage)
+        return Outcome(error=ErrorInfo.of(exc), **seen)
     except SoftTimeLimitExceeded:
-        return Outcome(error=ErrorInfo("timeout", "the step ran past its timeout_s", True), usage=ctx.usage)
+        return Outcome(error=ErrorInfo("timeout", "the step ran past its timeout_s", True), **seen)
     except Exception as exc:  # noqa: BLE001 - any bug in a tool is that step's failure, not the worker's
         log.exception("step raised an unexpected error", extra={"run_id": ctx.run_id, "step_id": ctx.step_id})
-        return Outcome(error=ErrorInfo("step_error", f"{type(exc).__name__}: {exc}", True), usage=ctx.usage)
+        return Outcome(error=ErrorInfo("step_error", f"{type(exc).__name__}: {exc}", True), **seen)
 
 
 class _Heartbeat(threading.Thread):

@@ -100,6 +100,10 @@ class Run(Base):
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The highest risk level of the tool calls made or pending so far (low, medium, high).
+    risk_level: Mapped[str | None] = mapped_column(String(8))
+    # An operator's raised limits (POST /runs/{id}/resume), over the definition's policy limits.
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
 
 
 class Step(Base):
@@ -145,6 +149,10 @@ class Step(Base):
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # What a waiting agent or tool step waits on (question, approval, budget); parked steps leave it null.
+    waiting_on: Mapped[str | None] = mapped_column(String(16))
+    # Every policy decision taken about this step's tool calls, in order, across its attempts.
+    policy: Mapped[list[Any] | None] = mapped_column(JsonType)
 
 
 class Event(Base):
@@ -190,6 +198,8 @@ class Approval(Base):
     decided_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = _created()
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A tool call a policy sent for approval ({"tool", "args", "rule", "rationale"}); null for approval steps.
+    call: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
 
 
 class Question(Base):

@@ -237,6 +237,7 @@ class StepView:
     queue: str
     due: bool
     lease_expired: bool
+    waiting_on: str | None = None
 
 
 def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list[StepView]]:
@@ -245,7 +246,7 @@ def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list
     rows = session.execute(
         select(
             Step.run_id, Step.step_id, Step.type, Step.status, Step.attempt, Step.max_attempts, Step.queue,
-            (Step.due_at <= clock).label("due"), (Step.lease_expires_at < clock).label("expired"),
+            (Step.due_at <= clock).label("due"), (Step.lease_expires_at < clock).label("expired"), Step.waiting_on,
         )
         .where(Step.run_id.in_(run_ids))
         .order_by(Step.run_id, Step.position)
@@ -254,7 +255,7 @@ def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list
     for r in rows:
         result[r.run_id].append(
             StepView(r.step_id, r.type, StepStatus(r.status), r.attempt, r.max_attempts, r.queue, bool(r.due),
-                     bool(r.expired))
+                     bool(r.expired), r.waiting_on)
         )
     return result
 
@@ -404,7 +405,7 @@ def diagnosis_facts(
             attempt=step.attempt,
             lease_expired=bool(step.lease_expires_at is not None and step.lease_expires_at < clock),
             due_in_s=(due - clock).total_seconds() if due is not None else None,
-            correlation_key=step.correlation_key,
+            correlation_key=step.correlation_key, waiting_on=step.waiting_on,
         ))
     approvals = dict(session.execute(
         select(Approval.step_id, Approval.id).where(Approval.run_id == run_id, Approval.status == "pending")
@@ -440,6 +441,17 @@ def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Se
 # --- people and the outside world: approvals, questions, inbound events -------------------------
 
 
+def append_step_policy(session: Session, run_id: str, step_id: str, decisions: list[dict]) -> None:
+    """Add policy decisions to the step's record (the run is locked by the caller)."""
+    current = session.execute(
+        select(Step.policy).where(Step.run_id == run_id, Step.step_id == step_id)
+    ).scalar_one_or_none()
+    session.execute(
+        update(Step).where(Step.run_id == run_id, Step.step_id == step_id)
+        .values(policy=[*(current or []), *decisions]).execution_options(synchronize_session=False)
+    )
+
+
 def step_checkpoint(session: Session, run_id: str, step_id: str) -> dict | None:
     return session.execute(
         select(Step.checkpoint).where(Step.run_id == run_id, Step.step_id == step_id)
@@ -453,14 +465,18 @@ def set_checkpoint(session: Session, run_id: str, step_id: str, checkpoint: dict
     )
 
 
-def insert_approval(session: Session, tenant_id: str, run_id: str, step_id: str, prompt: str | None) -> str:
-    """A new pending round for an approval step; rounds count from 1."""
+def insert_approval(
+    session: Session, tenant_id: str, run_id: str, step_id: str, prompt: str | None, call: dict | None = None
+) -> str:
+    """A new pending round for an approval step, or for a tool ``call`` a policy gated; rounds count from 1."""
     rounds = session.execute(
         select(func.count()).select_from(Approval).where(Approval.run_id == run_id, Approval.step_id == step_id)
     ).scalar_one()
     approval_id = ids.new_id("apr")
     session.add(Approval(id=approval_id, tenant_id=tenant_id, run_id=run_id, step_id=step_id,
-                         round=rounds + 1, status="pending", prompt=prompt))
+                         round=rounds + 1, status="pending", prompt=prompt,
+                         # SQL NULL, not JSON null, for approval steps: templates look for call IS NULL.
+                         **({"call": call} if call is not None else {})))
     session.flush()
     return approval_id
 
@@ -504,7 +520,8 @@ def pending_approvals(session: Session, run_ids: Sequence[str]) -> dict[str, lis
 def latest_approval_decision(session: Session, run_id: str) -> dict | None:
     """The run's most recent decided approval, for templates (``approval.comment``)."""
     row = session.execute(
-        select(Approval).where(Approval.run_id == run_id, Approval.status != "pending", Approval.decided_at.is_not(None))
+        select(Approval).where(Approval.run_id == run_id, Approval.status != "pending", Approval.decided_at.is_not(None),
+                               Approval.call.is_(None))
         .order_by(Approval.decided_at.desc()).limit(1)
     ).scalar_one_or_none()
     if row is None:

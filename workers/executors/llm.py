@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator import templates
-from workers.context import StepContext
+from workers.context import BudgetExceeded, StepContext, Suspend
 from workers.providers import Reply, provider_for
 
 
 def run(ctx: StepContext) -> Any:
     messages = initial_messages(ctx)
-    reply = call_model(ctx, messages, [], turn=0)
+    try:
+        reply = call_model(ctx, messages, [], turn=0)
+    except BudgetExceeded as exc:
+        raise Suspend("budget", str(exc), {"kind": "budget"}) from None
     return {"text": reply.content, "model": ctx.step.model}
 
 
@@ -23,9 +26,16 @@ def initial_messages(ctx: StepContext) -> list[dict]:
     return messages
 
 
+def estimate_tokens(messages: list[dict]) -> int:
+    """The prompt's size in words: what the scripted model counts, and a rough stand-in for a real
+    model's tokens, so a budget can stop a call before it is made."""
+    return sum(len(str(m.get("content") or "").split()) for m in messages)
+
+
 def call_model(ctx: StepContext, messages: list[dict], tool_specs: list[dict], turn: int) -> Reply:
     """One model call, counted in the step's usage (calls, tokens in and out from the provider's reply)."""
     ctx.check()
+    ctx.check_budget("tokens", estimate_tokens(messages))
     provider, model_name = provider_for(ctx.step.model, ctx.settings)
     reply = provider.chat(model_name, messages, tool_specs, ctx, turn)
     ctx.count("llm_calls")

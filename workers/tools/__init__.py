@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator import registry
 from orchestrator.errors import PermanentStepError
+from orchestrator.policy import ToolSpec
 from workers.tools import builtin
 
 Tool = Callable[[dict, Any], Any]
@@ -23,6 +24,19 @@ BUILTINS: dict[str, Tool] = {
     "fail": builtin.fail,
     "http.request": builtin.http_request,
 }
+
+
+# Risk levels and argument schemas: the built-ins' own; a project tool declares its own as the
+# callable's ``risk`` and ``args_schema`` attributes (default: medium, any object).
+BUILTIN_SPECS: dict[str, ToolSpec] = builtin.SPECS
+
+
+def spec_for(name: str) -> ToolSpec:
+    """The risk level and argument schema of tool ``name``."""
+    if name in BUILTIN_SPECS:
+        return BUILTIN_SPECS[name]
+    tool = _project_tools().get(name)
+    return ToolSpec(name, getattr(tool, "risk", "medium"), getattr(tool, "args_schema", builtin.ANY_OBJECT))
 
 
 @cache

@@ -7,6 +7,22 @@ from typing import Any
 import httpx
 
 from orchestrator.errors import PermanentStepError, RetryableStepError
+from orchestrator.policy import ToolSpec
+
+# Each built-in's risk level and the JSON Schema of its arguments (policies decide on them).
+ANY_OBJECT = {"type": "object"}
+SPECS: dict[str, ToolSpec] = {
+    "echo": ToolSpec("echo", "low", ANY_OBJECT),
+    "sleep": ToolSpec("sleep", "low", {"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0}}}),
+    "fail": ToolSpec("fail", "low", {"type": "object", "properties": {
+        "message": {"type": "string"}, "until_attempt": {"type": "integer"}, "after_s": {"type": "number"}}}),
+    "http.request": ToolSpec("http.request", "high", {
+        "type": "object", "required": ["url"],
+        "properties": {"url": {"type": "string", "pattern": "^https?://"}, "method": {"type": "string"},
+                       "headers": {"type": "object"}, "params": {"type": "object"}, "body": {"type": "string"},
+                       "timeout_s": {"type": "number", "exclusiveMinimum": 0}, "raise_for_status": {"type": "boolean"}},
+    }),
+}
 
 
 def echo(args: dict, ctx) -> Any:
@@ -34,11 +50,15 @@ def fail(args: dict, ctx) -> Any:
     raise RetryableStepError(str(args.get("message", "failed on purpose")), code="tool_failed")
 
 
+MAX_REDIRECTS = 5
+
+
 def http_request(args: dict, ctx) -> Any:
     """A real HTTP call. 5xx and transport errors are retryable; 4xx fail for good.
 
     The attempt's idempotency key goes out as the ``Idempotency-Key`` header, the same on every
-    redelivery of one attempt, so a receiving service can drop duplicates.
+    redelivery of one attempt, so a receiving service can drop duplicates. Redirects are followed
+    only where the policy allows the new URL too (so a redirect cannot reach a private address).
     """
     url = args.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -46,19 +66,24 @@ def http_request(args: dict, ctx) -> Any:
     headers = {str(k): str(v) for k, v in (args.get("headers") or {}).items()}
     headers.setdefault("Idempotency-Key", ctx.idempotency_key)
     timeout = min(_number(args, "timeout_s", default=30.0), max(ctx.remaining_s, 0.1))
-    try:
-        response = httpx.request(
-            str(args.get("method", "GET")).upper(),
-            url,
-            headers=headers,
-            json=args.get("json"),
-            content=args.get("body"),
-            params=args.get("params"),
-            timeout=timeout,
-            follow_redirects=False,
-        )
-    except httpx.HTTPError as exc:
-        raise RetryableStepError(f"http.request to {url} failed: {exc}", code="http_error") from exc
+    method, content = str(args.get("method", "GET")).upper(), args.get("body")
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = httpx.request(method, url, headers=headers, json=args.get("json"), content=content,
+                                     params=args.get("params"), timeout=timeout, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise RetryableStepError(f"http.request to {url} failed: {exc}", code="http_error") from exc
+        if not response.is_redirect:
+            break
+        url = str(response.url.join(response.headers["location"]))
+        decision = ctx.authorize(SPECS["http.request"], {**args, "url": url})
+        if decision.decision != "allowed":
+            raise PermanentStepError(f"http.request: the redirect to {url} is not allowed: {decision.rationale}",
+                                     code="policy_denied", details={"rule": decision.rule})
+        if response.status_code in (301, 302, 303):
+            method, content = ("GET", None) if method != "HEAD" else (method, None)
+    else:
+        raise PermanentStepError(f"http.request: more than {MAX_REDIRECTS} redirects", code="http_redirects")
     result = {"status": response.status_code, "headers": dict(response.headers)}
     try:
         result["json"] = response.json()
