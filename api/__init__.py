@@ -32,7 +32,7 @@ class Services:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import approvals, auth, controls, errors, events, runs, system, workflows
+    from api import approvals, auth, controls, errors, events, monitoring, runs, system, workflows
 
     settings = settings or load()
     app = Flask(__name__)
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     errors.register(app)
     auth.register(app)
-    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp):
+    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp,
+                      monitoring.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     return app

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from orchestrator import ids
@@ -32,7 +32,7 @@ from orchestrator.db.models import (
     Workflow,
     WorkflowVersion,
 )
-from orchestrator.db.types import db_now
+from orchestrator.db.types import db_now, seconds_between
 from orchestrator.states import RunStatus, StepStatus, run_allowed_from, step_allowed_from
 
 LIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
@@ -548,3 +548,78 @@ def step_fields(session: Session, run_id: str, step_id: str) -> Step | None:
     return session.execute(
         select(Step).where(Step.run_id == run_id, Step.step_id == step_id).execution_options(populate_existing=True)
     ).scalar_one_or_none()
+
+
+# --- monitoring: aggregates for GET /metrics and /analytics ---------------------------------------
+# ``tenant_id=None`` means every tenant (the public metrics endpoint); otherwise one tenant's rows.
+# The README's "Monitoring" section says which index serves each query.
+
+DISPATCHED_TYPES = ("tool", "llm", "agent")
+
+
+def _tenant_runs(query, tenant_id: str | None, join_from=None):
+    if tenant_id is None:
+        return query
+    if join_from is not None:
+        query = query.join(Run, Run.id == join_from)
+    return query.where(Run.tenant_id == tenant_id)
+
+
+def count_runs_by_status(session: Session, tenant_id: str | None, since: datetime | None = None) -> dict[str, int]:
+    """How many runs are in each status now (created at or after ``since``, if given)."""
+    query = select(Run.status, func.count()).group_by(Run.status)
+    query = _tenant_runs(query, tenant_id)
+    if since is not None:
+        query = query.where(Run.created_at >= since)
+    return {status: count for status, count in session.execute(query)}
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts (``counts[i]`` = observations <= ``bounds[i]``), total count and sum."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    total: float
+
+
+def _histograms(session: Session, label, value, where, bounds: Sequence[float], tenant_id: str | None,
+                ) -> dict[str, Histogram]:
+    columns = [func.sum(case((value <= bound, 1), else_=0)) for bound in bounds]
+    query = select(label, func.count(), func.coalesce(func.sum(value), 0.0), *columns).where(*where).group_by(label)
+    query = _tenant_runs(query, tenant_id, join_from=Step.run_id)
+    result = {}
+    for row in session.execute(query):
+        result[row[0]] = Histogram(tuple(bounds), tuple(int(c or 0) for c in row[3:]), int(row[1]), float(row[2]))
+    return result
+
+
+def step_duration_histograms(session: Session, tenant_id: str | None, bounds: Sequence[float]) -> dict[str, Histogram]:
+    """Run time of each finished step's last attempt (started -> completed), per step type."""
+    duration = seconds_between(Step.started_at, Step.completed_at)
+    where = (Step.status.in_([StepStatus.SUCCEEDED, StepStatus.FAILED]), Step.started_at.is_not(None),
+             Step.completed_at.is_not(None))
+    return _histograms(session, Step.type, duration, where, bounds, tenant_id)
+
+
+def dispatch_latency_histograms(session: Session, tenant_id: str | None, bounds: Sequence[float]) -> dict[str, Histogram]:
+    """Time from ready (queued by the scheduler) to started (claimed by a worker) of each step's
+    latest attempt, per dispatched step type (steps that wait in the database are not dispatched)."""
+    latency = seconds_between(Step.queued_at, Step.started_at)
+    where = (Step.type.in_(DISPATCHED_TYPES), Step.queued_at.is_not(None), Step.started_at.is_not(None))
+    return _histograms(session, Step.type, latency, where, bounds, tenant_id)
+
+
+def count_step_errors(session: Session, tenant_id: str | None) -> dict[tuple[str, str, str], int]:
+    """Attempts that failed, from the event log: {(event type, step type, error code): count} for
+    ``step_retrying`` (retried) and ``step_failed`` (failed for good)."""
+    code = Event.data[("error", "code")].as_string()
+    query = (
+        select(Event.type, Step.type, code, func.count())
+        .join(Step, and_(Step.run_id == Event.run_id, Step.step_id == Event.step_id))
+        .where(Event.type.in_(["step_retrying", "step_failed"]))
+        .group_by(Event.type, Step.type, code)
+    )
+    query = _tenant_runs(query, tenant_id, join_from=Event.run_id)
+    return {(kind, step_type, c or "unknown"): n for kind, step_type, c, n in session.execute(query)}
