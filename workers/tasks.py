@@ -90,7 +90,9 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
     finally:
         heartbeat.finish()
     with transaction(rt.sessions) as session:
-        recorded = outcomes.record_outcome(session, rt.catalog, run_id, step_id, attempt, outcome)
+        recorded = outcomes.record_outcome(
+            session, rt.catalog, run_id, step_id, attempt, outcome, prices=settings.prices
+        )
     if not recorded.applied:
         log.info("outcome of a stopped attempt dropped", extra={"run_id": run_id, "step_id": step_id, "attempt": attempt})
         return

@@ -22,7 +22,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from orchestrator.db import migrate
-from orchestrator.settings import Settings
+from orchestrator.settings import PriceTable, Settings
 
 PG_URL = os.environ.get("SWITCHYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -101,7 +101,15 @@ def settings(database_url, broker_url, artifacts, fake_llm) -> Settings:
         outbox_republish_after_s=3.0,
         openai_base_url=fake_llm.url,
         openai_api_key="test-key",
+        prices=PRICES,
     )
+
+
+# Credits per unit for the whole session; the scripted model's output tokens have a price of their own.
+PRICES = PriceTable(
+    steps=0.5, tool_calls=0.25, llm_calls=0.125, tokens_in=0.001, tokens_out=0.002,
+    models={"scripted": {"tokens_out": 0.004}},
+)
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -115,6 +123,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "SWITCHYARD_OUTBOX_REPUBLISH_AFTER_S": str(settings.outbox_republish_after_s),
         "SWITCHYARD_OPENAI_BASE_URL": settings.openai_base_url,
         "SWITCHYARD_OPENAI_API_KEY": settings.openai_api_key,
+        "SWITCHYARD_PRICES": settings.prices.model_dump_json(),
         "PYTHONPATH": str(ROOT),
     })
     return env
