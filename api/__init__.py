@@ -32,7 +32,7 @@ class Services:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import approvals, auth, controls, errors, events, monitoring, runs, system, workflows
+    from api import analytics, approvals, auth, controls, errors, events, monitoring, runs, system, workflows
 
     settings = settings or load()
     app = Flask(__name__)
@@ -49,6 +49,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     auth.register(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp,
-                      monitoring.bp):
+                      monitoring.bp, analytics.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     return app

@@ -32,7 +32,7 @@ from orchestrator.db.models import (
     Workflow,
     WorkflowVersion,
 )
-from orchestrator.db.types import db_now, seconds_between
+from orchestrator.db.types import bucket_start, db_now, seconds_between
 from orchestrator.states import RunStatus, StepStatus, run_allowed_from, step_allowed_from
 
 LIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
@@ -565,13 +565,69 @@ def _tenant_runs(query, tenant_id: str | None, join_from=None):
     return query.where(Run.tenant_id == tenant_id)
 
 
-def count_runs_by_status(session: Session, tenant_id: str | None, since: datetime | None = None) -> dict[str, int]:
-    """How many runs are in each status now (created at or after ``since``, if given)."""
+def count_runs_by_status(
+    session: Session, tenant_id: str | None, since: datetime | None = None, statuses: Iterable[str] | None = None
+) -> dict[str, int]:
+    """How many runs are in each status now (created at or after ``since``, in ``statuses``, if given)."""
     query = select(Run.status, func.count()).group_by(Run.status)
     query = _tenant_runs(query, tenant_id)
     if since is not None:
         query = query.where(Run.created_at >= since)
+    if statuses is not None:
+        query = query.where(Run.status.in_(list(statuses)))
     return {status: count for status, count in session.execute(query)}
+
+
+USAGE_FIELDS = ("steps", "tool_calls", "llm_calls", "tokens_in", "tokens_out", "credits")
+FINISHED_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED)
+
+
+def sum_run_usage(session: Session, tenant_id: str, since: datetime) -> dict[str, float]:
+    """The usage of the tenant's runs created at or after ``since``, summed field by field."""
+    query = select(*[func.coalesce(func.sum(Run.usage[key].as_float()), 0.0) for key in USAGE_FIELDS]).where(
+        Run.tenant_id == tenant_id, Run.created_at >= since
+    )
+    return dict(zip(USAGE_FIELDS, session.execute(query).one(), strict=True))
+
+
+def count_steps_finished(session: Session, tenant_id: str, since: datetime) -> int:
+    """Steps of the tenant's runs that finished (succeeded or failed) at or after ``since``."""
+    query = select(func.count()).select_from(Step).join(Run, Run.id == Step.run_id).where(
+        Run.tenant_id == tenant_id, Step.completed_at >= since, Step.status.in_(FINISHED_STEP)
+    )
+    return session.execute(query).scalar_one()
+
+
+TIMESERIES = ("runs_started", "runs_succeeded", "runs_failed", "steps", "credits")
+
+
+def timeseries(session: Session, tenant_id: str, metric: str, unit: str, since: datetime) -> dict[datetime, float]:
+    """{bucket start: value} for one metric of the tenant, from ``since`` on; empty buckets are absent.
+
+    runs_started counts runs by created_at; runs_succeeded and runs_failed count runs by completed_at;
+    steps counts finished steps by completed_at; credits sums the credits of runs that ended, by
+    completed_at.
+    """
+    if metric == "runs_started":
+        column, value, where = Run.created_at, func.count(), [Run.created_at >= since]
+    elif metric in ("runs_succeeded", "runs_failed"):
+        status = RunStatus.SUCCEEDED if metric == "runs_succeeded" else RunStatus.FAILED
+        column, value, where = Run.completed_at, func.count(), [Run.status == status, Run.completed_at >= since]
+    elif metric == "credits":
+        terminal = [RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED]
+        column = Run.completed_at
+        value = func.coalesce(func.sum(Run.usage["credits"].as_float()), 0.0)
+        where = [Run.status.in_(terminal), Run.completed_at >= since]
+    elif metric == "steps":
+        column, value = Step.completed_at, func.count()
+        where = [Step.completed_at >= since, Step.status.in_(FINISHED_STEP)]
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
+    bucket = bucket_start(column, unit).label("bucket")
+    query = select(bucket, value).where(Run.tenant_id == tenant_id, *where).group_by(bucket)
+    if metric == "steps":
+        query = query.select_from(Step).join(Run, Run.id == Step.run_id)
+    return {start: float(v) for start, v in session.execute(query)}
 
 
 @dataclass(frozen=True)
