@@ -8,7 +8,7 @@ from celery import Celery
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker
+from orchestrator import broker, streams
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.settings import Settings, load
@@ -23,6 +23,7 @@ class Services:
     doorbell: broker.Doorbell
     celery: Celery
     catalog: DefinitionCatalog
+    bus: streams.Bus | None
 
     def after_commit(self, effects) -> None:
         """Signal what a committed control asks for: wake the scheduler, revoke stopped tasks."""
@@ -32,23 +33,39 @@ class Services:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import analytics, approvals, auth, controls, errors, events, monitoring, runs, system, workflows
+    from api import (
+        analytics,
+        approvals,
+        auth,
+        controls,
+        errors,
+        events,
+        live,
+        monitoring,
+        runs,
+        system,
+        workflows,
+    )
 
     settings = settings or load()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     celery = broker.make_celery(settings)
+    sessions = make_sessionmaker(make_engine(settings))
+    bus = streams.make_bus(settings)
+    streams.install_publisher(sessions, bus)
     app.extensions["switchyard"] = Services(
         settings=settings,
-        sessions=make_sessionmaker(make_engine(settings)),
+        sessions=sessions,
         doorbell=broker.Doorbell(celery, settings.wake_queue),
         celery=celery,
         catalog=DefinitionCatalog(),
+        bus=bus,
     )
     errors.register(app)
     auth.register(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp,
-                      monitoring.bp, analytics.bp):
+                      monitoring.bp, analytics.bp, live.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     return app

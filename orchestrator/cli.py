@@ -47,13 +47,15 @@ def api(host: str, port: int) -> None:
 @main.command()
 def scheduler() -> None:
     """Advance runs: dispatch ready steps, fire due retries and timers, recover lost work."""
-    from orchestrator import broker
+    from orchestrator import broker, streams
     from orchestrator.db.session import make_engine, make_sessionmaker
     from orchestrator.scheduler import Scheduler
 
     _logging()
     settings = load()
-    sched = Scheduler(settings, make_sessionmaker(make_engine(settings)), broker.make_celery(settings))
+    sessions = make_sessionmaker(make_engine(settings))
+    streams.install_publisher(sessions, streams.make_bus(settings))
+    sched = Scheduler(settings, sessions, broker.make_celery(settings))
     sched.install_signal_handlers()
     sched.run_forever()
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestrator import broker, outcomes, templates
+from orchestrator import broker, outcomes, streams, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
@@ -38,6 +38,7 @@ class Runtime:
 
     def __post_init__(self):
         self.sessions = make_sessionmaker(make_engine(self.settings))
+        streams.install_publisher(self.sessions, streams.make_bus(self.settings))
         self.catalog = DefinitionCatalog()
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
 

@@ -186,6 +186,29 @@ def run_steps(session: Session, run_id: str) -> Sequence[Step]:
     return session.execute(select(Step).where(Step.run_id == run_id).order_by(Step.position)).scalars().all()
 
 
+def run_status(session: Session, run_id: str) -> str | None:
+    return session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
+
+
+RUN_STATUS_EVENTS = ("run_started", "run_waiting", "run_resumed", "run_running", "run_paused", "run_succeeded",
+                     "run_failed", "run_cancelled", "run_retried")
+
+
+def run_status_events(session: Session, tenant_id: str, after: datetime, limit: int) -> list[dict]:
+    """The tenant's run-level events written after ``after``, oldest first, with each run's status now.
+
+    Only the embedded broker's tenant stream reads this (it has no pub/sub); it scans the event log.
+    """
+    rows = session.execute(
+        select(Event.run_id, Event.seq, Event.type, Event.created_at, Run.workflow_id, Run.status, Run.waiting_on)
+        .join(Run, Run.id == Event.run_id)
+        .where(Run.tenant_id == tenant_id, Event.type.in_(RUN_STATUS_EVENTS), Event.created_at > after)
+        .order_by(Event.created_at, Event.seq).limit(limit)
+    ).all()
+    return [{"run_id": r.run_id, "workflow_id": r.workflow_id, "status": r.status, "previous_status": None,
+             "waiting_on": r.waiting_on, "seq": r.seq, "type": r.type, "created_at": r.created_at} for r in rows]
+
+
 def run_events(session: Session, run_id: str, after: int, limit: int) -> Sequence[Event]:
     return (
         session.execute(
@@ -304,6 +327,10 @@ def update_steps(
     return list(session.execute(query).scalars())
 
 
+# Where apply_run_changes leaves what it wrote, for orchestrator.streams to publish after the commit.
+WRITTEN_EVENTS = "switchyard.written_events"
+
+
 class StaleRunState(Exception):
     """The run's status changed under a writer that held its lock: a bug, so the transaction is undone."""
 
@@ -326,9 +353,17 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     if session.execute(query.values(**values).execution_options(synchronize_session=False)).rowcount != 1:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     if changes.events:
-        session.execute(
-            insert(Event),
-            [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)],
+        rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
+        written = session.execute(
+            insert(Event).returning(Event.seq, Event.created_at, sort_by_parameter_order=True), rows
+        ).all()
+        for row, (_, created_at) in zip(rows, written, strict=True):
+            row["created_at"] = created_at
+        status = values.get("status")
+        session.info.setdefault(WRITTEN_EVENTS, []).append(
+            {"tenant_id": run.tenant_id, "run_id": run.id, "workflow_id": run.workflow_id,
+             "previous_status": run.status if status else None, "status": status or run.status,
+             "waiting_on": values.get("waiting_on", run.waiting_on), "events": rows}
         )
 
 
