@@ -118,7 +118,13 @@ class Step(Base):
             postgresql_where=text("correlation_key IS NOT NULL"),
             sqlite_where=text("correlation_key IS NOT NULL"),
         ),
-        # Analytics: steps finished since a time.
+        # Analytics and GET /queues: steps queued, and steps finished, since a time.
+        Index(
+            "ix_steps_queued",
+            "queued_at",
+            postgresql_where=text("queued_at IS NOT NULL"),
+            sqlite_where=text("queued_at IS NOT NULL"),
+        ),
         Index(
             "ix_steps_completed",
             "completed_at",

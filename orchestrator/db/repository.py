@@ -714,3 +714,38 @@ def count_step_errors(session: Session, tenant_id: str | None) -> dict[tuple[str
     )
     query = _tenant_runs(query, tenant_id, join_from=Event.run_id)
     return {(kind, step_type, c or "unknown"): n for kind, step_type, c, n in session.execute(query)}
+
+
+def step_queue_rates(session: Session, tenant_id: str, since: datetime) -> dict[str, dict[str, int]]:
+    """Per queue, the tenant's steps queued and finished since ``since``: {queue: {"enqueued", "completed"}}
+    (a step's latest attempt; ``ix_steps_queued`` and ``ix_steps_completed`` find them)."""
+    result: dict[str, dict[str, int]] = {}
+    for key, column, extra in (("enqueued", Step.queued_at, Step.type.in_(DISPATCHED_TYPES)),
+                               ("completed", Step.completed_at, Step.status.in_(FINISHED_STEP))):
+        query = (select(Step.queue, func.count()).join(Run, Run.id == Step.run_id)
+                 .where(Run.tenant_id == tenant_id, column >= since, extra).group_by(Step.queue))
+        for queue, count in session.execute(query):
+            result.setdefault(queue, {"enqueued": 0, "completed": 0})[key] = count
+    return result
+
+
+def live_step_queues(session: Session, tenant_id: str) -> set[str]:
+    """The queues of the tenant's dispatched steps in live runs."""
+    query = (select(Step.queue).distinct().join(Run, Run.id == Step.run_id)
+             .where(Run.tenant_id == tenant_id, Run.status.in_(list(LIVE_RUN)), Step.type.in_(DISPATCHED_TYPES)))
+    return set(session.execute(query).scalars())
+
+
+def lease_heartbeats(session: Session) -> dict[str, datetime]:
+    """{worker process ("host:pid"): its latest lease expiry} over running attempts (``ix_steps_lease``)."""
+    query = (select(Step.worker, func.max(Step.lease_expires_at))
+             .where(Step.lease_expires_at.is_not(None), Step.worker.is_not(None)).group_by(Step.worker))
+    return {worker: expires for worker, expires in session.execute(query)}
+
+
+def runs_of_tenant(session: Session, tenant_id: str, run_ids: Iterable[str]) -> set[str]:
+    """Which of ``run_ids`` belong to the tenant."""
+    run_ids = list(run_ids)
+    if not run_ids:
+        return set()
+    return set(session.execute(select(Run.id).where(Run.id.in_(run_ids), Run.tenant_id == tenant_id)).scalars())

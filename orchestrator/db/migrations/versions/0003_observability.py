@@ -1,4 +1,4 @@
-"""observability: indexes for analytics and metrics
+"""observability: indexes for analytics, metrics and queue rates
 
 Revision ID: 0003
 Revises: 0002
@@ -22,6 +22,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_runs_tenant_created_status', ['tenant_id', 'created_at', 'status'], unique=False)
         batch_op.create_index('ix_runs_tenant_status_completed', ['tenant_id', 'status', 'completed_at'], unique=False)
     with op.batch_alter_table('steps', schema=None) as batch_op:
+        batch_op.create_index('ix_steps_queued', ['queued_at'], unique=False,
+                              postgresql_where=sa.text('queued_at IS NOT NULL'),
+                              sqlite_where=sa.text('queued_at IS NOT NULL'))
         batch_op.create_index('ix_steps_completed', ['completed_at'], unique=False,
                               postgresql_where=sa.text('completed_at IS NOT NULL'),
                               sqlite_where=sa.text('completed_at IS NOT NULL'))
@@ -35,6 +38,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_events_step_errors')
     with op.batch_alter_table('steps', schema=None) as batch_op:
         batch_op.drop_index('ix_steps_completed')
+        batch_op.drop_index('ix_steps_queued')
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.drop_index('ix_runs_tenant_status_completed')
         batch_op.drop_index('ix_runs_tenant_created_status')
