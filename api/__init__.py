@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         controls,
         errors,
         events,
+        evidence,
         live,
         monitoring,
         runs,
@@ -66,6 +67,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     auth.register(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp,
-                      monitoring.bp, analytics.bp, live.bp):
+                      monitoring.bp, analytics.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     return app

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 import httpx
@@ -128,6 +129,28 @@ def _publish_sample(settings: Settings, tenant: str) -> None:
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         if repo.get_workflow(session, tenant, SAMPLE_WORKFLOW_ID) is None:
             service.publish_workflow(session, settings, tenant, SAMPLE_WORKFLOW_ID, SAMPLE_DEFINITION)
+
+
+@main.group()
+def evidence() -> None:
+    """Evidence packs (GET /runs/{id}/evidence)."""
+
+
+@evidence.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-hmac", is_flag=True, help="Check the files' hashes only, not the manifest's HMAC "
+              "(when SWITCHYARD_SECRET_KEY is not the key of the installation that made the pack).")
+def evidence_verify(file: Path, no_hmac: bool) -> None:
+    """Check every file of a pack against its manifest; exit 1 naming the first problem."""
+    from orchestrator import evidence as packs
+
+    try:
+        found = packs.verify(file, None if no_hmac else load().secret_key)
+    except packs.Invalid as exc:
+        raise click.ClickException(f"{file}: NOT VERIFIED: {exc}") from None
+    click.echo(f"{file}: OK: {len(found['files'])} files match the manifest"
+               f"{'' if no_hmac else ' and its HMAC'} (run {found.get('run_id')}, "
+               f"generated {found.get('generated_at')})")
 
 
 @main.command()

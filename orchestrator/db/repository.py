@@ -481,6 +481,19 @@ def decide_approval(session: Session, approval_id: str, status: str, comment: st
     ).rowcount == 1
 
 
+def run_approvals(session: Session, run_id: str) -> Sequence[Approval]:
+    """Every approval round of a run, with its decision, oldest first."""
+    return session.execute(
+        select(Approval).where(Approval.run_id == run_id).order_by(Approval.created_at, Approval.id)
+    ).scalars().all()
+
+
+def run_questions(session: Session, run_id: str) -> Sequence[Question]:
+    return session.execute(
+        select(Question).where(Question.run_id == run_id).order_by(Question.created_at, Question.id)
+    ).scalars().all()
+
+
 def list_approvals(session: Session, tenant_id: str, status: str | None, limit: int) -> Sequence[Approval]:
     query = select(Approval).where(Approval.tenant_id == tenant_id)
     if status:

@@ -136,11 +136,13 @@ class Processes:
         self.settings, self.folder = settings, folder
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, module: str = "orchestrator.cli", env: dict | None = None
+              ) -> subprocess.Popen:
+        """Start ``python -m module *args`` (by default the `switchyard` command) with the session's env."""
         log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            env=_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [sys.executable, "-m", module, *args],
+            env={**_env(self.settings), **(env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         self.procs[name] = proc
         return proc

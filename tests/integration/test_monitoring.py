@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, _env, publish, start, unique, wait_for
+from tests.integration.conftest import Processes, publish, start, unique, wait_for
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -85,17 +83,14 @@ def free_port() -> int:
 
 def test_stock_flower_sees_the_same_workers(api, settings, artifacts):
     port = free_port()
-    env = {**_env(settings), "FLOWER_UNAUTHENTICATED_API": "true"}
-    log = open(artifacts / "flower.log", "ab")  # noqa: SIM115 - closed below
-    flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "--app", "workers.app", "flower", f"--port={port}", "--address=127.0.0.1"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )
+    flower = Processes(settings, artifacts)
+    proc = flower.start("flower", "--app", "workers.app", "flower", f"--port={port}", "--address=127.0.0.1",
+                        module="celery", env={"FLOWER_UNAUTHENTICATED_API": "true"})
     try:
         ours = {w["name"] for w in api.get("/workers").get_json()["workers"]}
 
         def flower_workers():
-            assert flower.poll() is None, (artifacts / "flower.log").read_text(errors="replace")[-2000:]
+            assert proc.poll() is None, flower.log_tail("flower")
             try:
                 response = httpx.get(f"http://127.0.0.1:{port}/api/workers?refresh=1", timeout=5)
             except httpx.HTTPError:
@@ -105,10 +100,4 @@ def test_stock_flower_sees_the_same_workers(api, settings, artifacts):
         assert wait_for(flower_workers, 60, "Flower to list both workers", interval=0.5) == ours
         assert len(ours) == 2
     finally:
-        flower.terminate()
-        try:
-            flower.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            flower.kill()
-            flower.wait()
-        log.close()
+        flower.stop_all()
