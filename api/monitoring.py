@@ -24,9 +24,12 @@ RATE_WINDOW = timedelta(minutes=1)
 @bp.get("/metrics", endpoint="metrics")
 def metrics_view():
     """Prometheus text. Public (every tenant) with SWITCHYARD_METRICS_PUBLIC=1; otherwise a viewer
-    token sees its own tenant's series."""
+    token sees its own tenant's series (and the depths of the queues its live steps use)."""
+    svc = services()
     tenant_id = None if is_public(request.endpoint) else _viewer_tenant()
-    return Response(metrics.render(services().sessions, tenant_id), content_type=metrics.CONTENT_TYPE)
+    collector = metrics.DatabaseCollector(svc.sessions, tenant_id, svc.settings.default_queue,
+                                          lambda names: broker.queue_depths(svc.celery, names))
+    return Response(metrics.render(collector), content_type=metrics.CONTENT_TYPE)
 
 
 @requires("viewer")

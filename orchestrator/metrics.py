@@ -7,7 +7,7 @@ cumulative over the rows that exist (the latest attempt of every step).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -23,10 +23,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class DatabaseCollector:
-    """A prometheus-client collector that reads runs, steps and events at each ``collect()``."""
+    """A prometheus-client collector that reads runs, steps and events at each ``collect()``, and the
+    depth of the queues in use from the broker (``depths``, given the queue names)."""
 
-    def __init__(self, sessions: sessionmaker[Session], tenant_id: str | None):
+    def __init__(self, sessions: sessionmaker[Session], tenant_id: str | None, default_queue: str,
+                 depths: Callable[[set[str]], dict[str, int | None]]):
         self.sessions, self.tenant_id = sessions, tenant_id
+        self.default_queue, self.depths = default_queue, depths
 
     def collect(self) -> Iterator[Metric]:
         with self.sessions() as session:
@@ -34,6 +37,13 @@ class DatabaseCollector:
             durations = repo.step_duration_histograms(session, self.tenant_id, DURATION_BUCKETS)
             latencies = repo.dispatch_latency_histograms(session, self.tenant_id, LATENCY_BUCKETS)
             errors = repo.count_step_errors(session, self.tenant_id)
+            queues = repo.live_step_queues(session, self.tenant_id) | {self.default_queue}
+        depth = GaugeMetricFamily("switchyard_queue_depth", "Messages waiting in each step queue in use (broker).",
+                                  labels=["queue"])
+        for queue, count in sorted(self.depths(queues).items()):
+            if count is not None:  # the broker did not answer: no sample rather than a wrong one
+                depth.add_metric([queue], count)
+        yield depth
         runs = GaugeMetricFamily("switchyard_runs", "Runs in each status now.", labels=["status"])
         for status in RunStatus:
             runs.add_metric([status.value], by_status.get(status.value, 0))
@@ -70,8 +80,8 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def render(sessions: sessionmaker[Session], tenant_id: str | None) -> bytes:
-    """The Prometheus text exposition for one tenant, or for every tenant when ``tenant_id`` is None."""
+def render(collector: DatabaseCollector) -> bytes:
+    """The Prometheus text exposition of what ``collector`` reads now."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(sessions, tenant_id))
+    registry.register(collector)
     return generate_latest(registry)

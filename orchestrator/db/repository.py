@@ -742,10 +742,12 @@ def step_queue_rates(session: Session, tenant_id: str, since: datetime) -> dict[
     return result
 
 
-def live_step_queues(session: Session, tenant_id: str) -> set[str]:
-    """The queues of the tenant's dispatched steps in live runs."""
+def live_step_queues(session: Session, tenant_id: str | None) -> set[str]:
+    """The queues of dispatched steps in live runs (of one tenant, or of all when ``tenant_id`` is None)."""
     query = (select(Step.queue).distinct().join(Run, Run.id == Step.run_id)
-             .where(Run.tenant_id == tenant_id, Run.status.in_(list(LIVE_RUN)), Step.type.in_(DISPATCHED_TYPES)))
+             .where(Run.status.in_(list(LIVE_RUN)), Step.type.in_(DISPATCHED_TYPES)))
+    if tenant_id is not None:
+        query = query.where(Run.tenant_id == tenant_id)
     return set(session.execute(query).scalars())
 
 

@@ -46,6 +46,7 @@ def test_metrics_count_runs_steps_retries_and_failures(api):
     assert grew("switchyard_step_dispatch_latency_seconds_count", type="tool") == 2
     assert grew("switchyard_step_retries_total", type="tool", code="tool_failed") == 1
     assert grew("switchyard_step_failures_total", type="tool", code="tool_failed") == 1
+    assert after[("switchyard_queue_depth", (("queue", "steps"),))] >= 0
     # Buckets are cumulative: each is at most the next one.
     buckets = sorted(
         (float(dict(labels)["le"]), value) for (name, labels), value in after.items()

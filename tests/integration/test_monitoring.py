@@ -63,6 +63,8 @@ def test_queues_show_a_queue_nobody_consumes_growing(api, settings):
         q = wait_for(lambda e=expected: (q := depth_of(queue)) and q["depth"] == q["enqueued_last_minute"] == e and q,
                      15, f"the depth of {queue} to reach {expected}")
         assert q["consumers"] == 0 and q["workers"] == [] and q["completed_last_minute"] == 0
+    exposed = api.get("/metrics").get_data(as_text=True)
+    assert f'switchyard_queue_depth{{queue="{queue}"}} 2.0' in exposed
     steps = depth_of(settings.default_queue)
     assert steps["consumers"] == 2 and set(steps["workers"]) == worker_names(settings)
     for run_id in runs:
