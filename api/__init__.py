@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from celery import Celery
-from flask import Flask
+from flask import Flask, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker, streams
+from orchestrator import broker, logs, streams
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.settings import Settings, load
@@ -66,7 +66,27 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     errors.register(app)
     auth.register(app)
+    _log_context(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp,
                       monitoring.bp, analytics.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     return app
+
+
+def _log_context(app: Flask) -> None:
+    """Every log line of a request names the caller's tenant, and the run its URL names."""
+
+    @app.before_request
+    def _bind():  # runs after authentication, which registered its hook first
+        principal = g.get("principal")
+        g.log_token = logs.bind(tenant=principal.tenant_id if principal else None,
+                                run_id=(request.view_args or {}).get("run_id"))
+
+    @app.teardown_request
+    def _unbind(_exc):
+        token = g.pop("log_token", None)
+        if token is not None:
+            try:
+                logs.unbind(token)
+            except ValueError:  # a streamed response may finish in another context; it ends with it
+                pass

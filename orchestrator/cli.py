@@ -7,7 +7,6 @@ the orchestrator does not depend on them, the command line merely starts them.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -23,8 +22,10 @@ from orchestrator.settings import DEV_SECRET_KEY, Settings, load
 ROLES = ("viewer", "operator", "admin")
 
 
-def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(settings: Settings, level: str = "INFO") -> None:
+    from orchestrator import logs
+
+    logs.configure(settings.log_format, level)
 
 
 @click.group()
@@ -41,8 +42,9 @@ def api(host: str, port: int) -> None:
 
     from api import create_app
 
-    _logging()
-    run_simple(host, port, create_app(load()), threaded=True, use_reloader=False)
+    settings = load()
+    _logging(settings)
+    run_simple(host, port, create_app(settings), threaded=True, use_reloader=False)
 
 
 @main.command()
@@ -52,8 +54,8 @@ def scheduler() -> None:
     from orchestrator.db.session import make_engine, make_sessionmaker
     from orchestrator.scheduler import Scheduler
 
-    _logging()
     settings = load()
+    _logging(settings)
     sessions = make_sessionmaker(make_engine(settings))
     streams.install_publisher(sessions, streams.make_bus(settings))
     sched = Scheduler(settings, sessions, broker.make_celery(settings))

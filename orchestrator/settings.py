@@ -7,6 +7,7 @@ Nothing else in the code base reads the environment (STYLE.md habit 7): every fa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     # embedded broker (no pub/sub) each stream polls the database every stream_poll_s instead.
     stream_keepalive_s: float = 15.0
     stream_poll_s: float = 0.5
+
+    # "json": one JSON object per line, with tenant, run_id, step_id and attempt where a line concerns a run.
+    log_format: Literal["text", "json"] = "text"
 
     max_body_bytes: int = 1024 * 1024
     max_steps_per_definition: int = 1000

@@ -6,6 +6,7 @@ outcome in exactly one place).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestrator import broker, outcomes, streams, templates
+from orchestrator import broker, logs, outcomes, streams, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
@@ -63,12 +64,20 @@ def register(app: Celery, settings: Settings) -> None:
 
 def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
     """Run one delivered attempt end to end; a stale or duplicate delivery does nothing."""
+    with logs.bound(run_id=run_id, step_id=step_id, attempt=attempt):
+        _execute_attempt(rt, run_id, step_id, attempt, worker)
+
+
+def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
     settings = rt.settings
     with transaction(rt.sessions) as session:
         claim = outcomes.claim_attempt(session, rt.catalog, run_id, step_id, attempt, worker, settings.lease_s)
     if claim is None:
-        log.info("dropped stale delivery", extra={"run_id": run_id, "step_id": step_id, "attempt": attempt})
+        log.info("dropped stale delivery")
         return
+    logs.bind(tenant=claim.tenant_id)  # undone with the rest when execute_attempt's block ends
+    started = time.monotonic()
+    log.info("attempt started on %s", worker)
     step = claim.definition.step(step_id)
     ctx = StepContext(
         run_id=run_id,
@@ -94,9 +103,11 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
         recorded = outcomes.record_outcome(
             session, rt.catalog, run_id, step_id, attempt, outcome, prices=settings.prices
         )
+    result = "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else f"error {outcome.error.code}"
     if not recorded.applied:
-        log.info("outcome of a stopped attempt dropped", extra={"run_id": run_id, "step_id": step_id, "attempt": attempt})
+        log.info("attempt finished (%s) but was stopped meanwhile; its outcome was dropped", result)
         return
+    log.info("attempt finished: %s in %.3fs", result, time.monotonic() - started)
     rt.doorbell.ring(run_id)
     broker.revoke(rt.celery, recorded.revoke)
 
@@ -113,7 +124,7 @@ def run_executor(ctx: StepContext) -> Outcome:
     except SoftTimeLimitExceeded:
         return Outcome(error=ErrorInfo("timeout", "the step ran past its timeout_s", True), usage=ctx.usage)
     except Exception as exc:  # noqa: BLE001 - any bug in a tool is that step's failure, not the worker's
-        log.exception("step raised an unexpected error", extra={"run_id": ctx.run_id, "step_id": ctx.step_id})
+        log.exception("step raised an unexpected error")
         return Outcome(error=ErrorInfo("step_error", f"{type(exc).__name__}: {exc}", True), usage=ctx.usage)
 
 
@@ -125,8 +136,13 @@ class _Heartbeat(threading.Thread):
         self.rt, self.ctx = rt, ctx
         self.done = threading.Event()
         self.interval = min(rt.settings.lease_s / 3, 1.0)
+        # A thread starts with an empty context: take the attempt's, so its log lines name the run.
+        self.log_context = contextvars.copy_context()
 
     def run(self) -> None:
+        self.log_context.run(self._beat)
+
+    def _beat(self) -> None:
         ctx = self.ctx
         while not self.done.wait(self._next_wait()):
             if time.monotonic() >= ctx.deadline:

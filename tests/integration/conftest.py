@@ -102,6 +102,7 @@ def settings(database_url, broker_url, artifacts, fake_llm) -> Settings:
         openai_base_url=fake_llm.url,
         openai_api_key="test-key",
         prices=PRICES,
+        log_format="json",
     )
 
 
@@ -124,6 +125,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "SWITCHYARD_OPENAI_BASE_URL": settings.openai_base_url,
         "SWITCHYARD_OPENAI_API_KEY": settings.openai_api_key,
         "SWITCHYARD_PRICES": settings.prices.model_dump_json(),
+        "SWITCHYARD_LOG_FORMAT": settings.log_format,
         "PYTHONPATH": str(ROOT),
     })
     return env
