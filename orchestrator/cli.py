@@ -70,9 +70,11 @@ def scheduler() -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency: int, queues: str | None, pool: str, loglevel: str) -> None:
     """Run a Celery worker that executes agent, tool and LLM steps."""
+    from workers import metrics
     from workers.app import make_worker_app
 
     settings = load()
+    metrics.serve(settings)  # before the pool forks its children, who inherit the set-up
     app = make_worker_app(settings)
     argv = [
         "worker", f"--concurrency={concurrency}", f"--queues={queues or settings.default_queue}",

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
 
     # Monitoring. GET /metrics needs a viewer token unless metrics_public is on.
     metrics_public: bool = False
+    # The workers' own metrics (prometheus multiprocess mode): the directory the prefork children
+    # write to (off when unset) and where the worker's main process serves them (0: not served).
+    metrics_dir: Path | None = None
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"
     # How long GET /queues and GET /workers wait for the workers' answers to Celery's inspect.
     inspect_timeout_s: float = 1.0
     # Live streams: a comment line this often keeps proxies from closing an idle stream; with the

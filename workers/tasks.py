@@ -24,6 +24,7 @@ from orchestrator.errors import StepError
 from orchestrator.outcomes import ErrorInfo, Outcome, Suspension
 from orchestrator.settings import Settings
 from workers import executors
+from workers import metrics as worker_metrics
 from workers.context import StepContext, Suspend
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,12 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
     heartbeat = _Heartbeat(rt, ctx)
     heartbeat.start()
     try:
-        outcome = run_executor(ctx)
+        with worker_metrics.attempt(step.type):
+            outcome = run_executor(ctx)
     finally:
         heartbeat.finish()
+    worker_metrics.finished(step.type, "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
+                            time.monotonic() - started, outcome.usage)
     with transaction(rt.sessions) as session:
         recorded = outcomes.record_outcome(
             session, rt.catalog, run_id, step_id, attempt, outcome, prices=settings.prices
