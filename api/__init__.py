@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from celery import Celery
-from flask import Flask
+from flask import Flask, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker
+from orchestrator import broker, logs, streams
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.settings import Settings, load
@@ -23,6 +23,7 @@ class Services:
     doorbell: broker.Doorbell
     celery: Celery
     catalog: DefinitionCatalog
+    bus: streams.Bus | None
 
     def after_commit(self, effects) -> None:
         """Signal what a committed control asks for: wake the scheduler, revoke stopped tasks."""
@@ -32,22 +33,60 @@ class Services:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import approvals, auth, controls, errors, events, runs, system, workflows
+    from api import (
+        analytics,
+        approvals,
+        auth,
+        controls,
+        errors,
+        events,
+        evidence,
+        live,
+        monitoring,
+        runs,
+        system,
+        workflows,
+    )
 
     settings = settings or load()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     celery = broker.make_celery(settings)
+    sessions = make_sessionmaker(make_engine(settings))
+    bus = streams.make_bus(settings)
+    streams.install_publisher(sessions, bus)
     app.extensions["switchyard"] = Services(
         settings=settings,
-        sessions=make_sessionmaker(make_engine(settings)),
+        sessions=sessions,
         doorbell=broker.Doorbell(celery, settings.wake_queue),
         celery=celery,
         catalog=DefinitionCatalog(),
+        bus=bus,
     )
     errors.register(app)
     auth.register(app)
-    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp):
+    _log_context(app)
+    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp,
+                      monitoring.bp, analytics.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     return app
+
+
+def _log_context(app: Flask) -> None:
+    """Every log line of a request names the caller's tenant, and the run its URL names."""
+
+    @app.before_request
+    def _bind():  # runs after authentication, which registered its hook first
+        principal = g.get("principal")
+        g.log_token = logs.bind(tenant=principal.tenant_id if principal else None,
+                                run_id=(request.view_args or {}).get("run_id"))
+
+    @app.teardown_request
+    def _unbind(_exc):
+        token = g.pop("log_token", None)
+        if token is not None:
+            try:
+                logs.unbind(token)
+            except ValueError:  # a streamed response may finish in another context; it ends with it
+                pass

@@ -13,6 +13,8 @@ from orchestrator.errors import Forbidden, Unauthorized
 
 ROLES = ("viewer", "operator", "admin")
 PUBLIC_ENDPOINTS = {"system.healthz", "system.readyz"}
+# Endpoints that need no token when a setting says so: GET /metrics with SWITCHYARD_METRICS_PUBLIC=1.
+PUBLIC_WHEN = {"monitoring.metrics": "metrics_public"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ def register(app: Flask) -> None:
     def _authenticate():
         if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
             return
+        if is_public(request.endpoint):
+            return
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -39,6 +43,12 @@ def register(app: Flask) -> None:
         if found is None:
             raise Unauthorized("unknown or revoked token; create one with `switchyard token create`")
         g.principal = Principal(found.id, found.tenant_id, found.role)
+
+
+def is_public(endpoint: str | None) -> bool:
+    """Whether ``endpoint`` is open to anyone under the current settings."""
+    setting = PUBLIC_WHEN.get(endpoint or "")
+    return setting is not None and bool(getattr(services().settings, setting))
 
 
 def principal() -> Principal:

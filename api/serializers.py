@@ -7,13 +7,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from orchestrator import streams
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Approval, Event, Question, Run, Step, Workflow, WorkflowVersion
 from orchestrator.states import StepStatus
 
 
 def ts(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+    return streams.ts(value)
 
 
 def step_json(step: Step) -> dict[str, Any]:
@@ -114,14 +115,7 @@ def run_json(
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    return {
-        "seq": event.seq,
-        "type": event.type,
-        "step_id": event.step_id,
-        "attempt": event.attempt,
-        "data": event.data,
-        "created_at": ts(event.created_at),
-    }
+    return streams.event_json(event.seq, event.type, event.step_id, event.attempt, event.data, event.created_at)
 
 
 def workflow_json(workflow: Workflow, versions: list[WorkflowVersion] | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from queue import Empty
 
 from celery import Celery
@@ -178,3 +179,45 @@ class Doorbell:
                 rings += 1
             except Empty:
                 return rings
+
+
+# --- monitoring: what the broker and the workers say --------------------------------------------
+
+
+def queue_depths(app: Celery, names: Iterable[str]) -> dict[str, int | None]:
+    """Messages waiting in each queue, read from the broker (on Redis, LLEN of the queue's lists, its
+    priority lists included); 0 for a queue the broker does not know, None if the broker is down."""
+    names = sorted(set(names))
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.default_channel
+            depths = {}
+            for name in names:
+                try:
+                    depths[name] = channel.queue_declare(queue=name, passive=True).message_count
+                except conn.channel_errors:
+                    depths[name] = 0  # never declared, or emptied and removed: nothing waits
+            return depths
+    except Exception as exc:  # noqa: BLE001 - monitoring answers "unknown" rather than failing
+        log.warning("could not read queue depths from the broker: %s", exc)
+        return {name: None for name in names}
+
+
+def inspect_workers(app: Celery, timeout: float) -> dict[str, dict]:
+    """{worker name: {"stats", "active_queues", "active"}} of the workers that answered Celery's inspect
+    within ``timeout`` seconds (the three broadcasts run at once). Empty where the broker has no
+    broadcast (the embedded broker) or is down."""
+    inspect = app.control.inspect(timeout=timeout)
+    calls = {"stats": inspect.stats, "active_queues": inspect.active_queues, "active": inspect.active}
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = {key: pool.submit(call) for key, call in calls.items()}
+        answers = {}
+        for key, future in futures.items():
+            try:
+                answers[key] = future.result() or {}
+            except Exception as exc:  # noqa: BLE001 - no answer is an answer: nobody is listening
+                log.warning("celery inspect %s failed: %s", key, exc)
+                answers[key] = {}
+    names = set().union(*(set(a) for a in answers.values()))
+    return {name: {key: answers[key].get(name) for key in calls} for name in sorted(names)}

@@ -7,12 +7,12 @@ the orchestrator does not depend on them, the command line merely starts them.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 import httpx
@@ -22,8 +22,10 @@ from orchestrator.settings import DEV_SECRET_KEY, Settings, load
 ROLES = ("viewer", "operator", "admin")
 
 
-def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(settings: Settings, level: str = "INFO") -> None:
+    from orchestrator import logs
+
+    logs.configure(settings.log_format, level)
 
 
 @click.group()
@@ -40,20 +42,23 @@ def api(host: str, port: int) -> None:
 
     from api import create_app
 
-    _logging()
-    run_simple(host, port, create_app(load()), threaded=True, use_reloader=False)
+    settings = load()
+    _logging(settings)
+    run_simple(host, port, create_app(settings), threaded=True, use_reloader=False)
 
 
 @main.command()
 def scheduler() -> None:
     """Advance runs: dispatch ready steps, fire due retries and timers, recover lost work."""
-    from orchestrator import broker
+    from orchestrator import broker, streams
     from orchestrator.db.session import make_engine, make_sessionmaker
     from orchestrator.scheduler import Scheduler
 
-    _logging()
     settings = load()
-    sched = Scheduler(settings, make_sessionmaker(make_engine(settings)), broker.make_celery(settings))
+    _logging(settings)
+    sessions = make_sessionmaker(make_engine(settings))
+    streams.install_publisher(sessions, streams.make_bus(settings))
+    sched = Scheduler(settings, sessions, broker.make_celery(settings))
     sched.install_signal_handlers()
     sched.run_forever()
 
@@ -65,9 +70,11 @@ def scheduler() -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency: int, queues: str | None, pool: str, loglevel: str) -> None:
     """Run a Celery worker that executes agent, tool and LLM steps."""
+    from workers import metrics
     from workers.app import make_worker_app
 
     settings = load()
+    metrics.serve(settings)  # before the pool forks its children, who inherit the set-up
     app = make_worker_app(settings)
     argv = [
         "worker", f"--concurrency={concurrency}", f"--queues={queues or settings.default_queue}",
@@ -126,6 +133,28 @@ def _publish_sample(settings: Settings, tenant: str) -> None:
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         if repo.get_workflow(session, tenant, SAMPLE_WORKFLOW_ID) is None:
             service.publish_workflow(session, settings, tenant, SAMPLE_WORKFLOW_ID, SAMPLE_DEFINITION)
+
+
+@main.group()
+def evidence() -> None:
+    """Evidence packs (GET /runs/{id}/evidence)."""
+
+
+@evidence.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-hmac", is_flag=True, help="Check the files' hashes only, not the manifest's HMAC "
+              "(when SWITCHYARD_SECRET_KEY is not the key of the installation that made the pack).")
+def evidence_verify(file: Path, no_hmac: bool) -> None:
+    """Check every file of a pack against its manifest; exit 1 naming the first problem."""
+    from orchestrator import evidence as packs
+
+    try:
+        found = packs.verify(file, None if no_hmac else load().secret_key)
+    except packs.Invalid as exc:
+        raise click.ClickException(f"{file}: NOT VERIFIED: {exc}") from None
+    click.echo(f"{file}: OK: {len(found['files'])} files match the manifest"
+               f"{'' if no_hmac else ' and its HMAC'} (run {found.get('run_id')}, "
+               f"generated {found.get('generated_at')})")
 
 
 @main.command()

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orchestrator import dag, policy, retry
+from orchestrator import dag, metering, policy, retry
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import RunChanges, StepView
@@ -22,6 +22,7 @@ from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition
 from orchestrator.errors import StepError
 from orchestrator.policy import Limits
+from orchestrator.settings import PriceTable
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
 
 USAGE_KEYS = ("steps", "tool_calls", "llm_calls", "tokens_in", "tokens_out", "credits")
@@ -163,10 +164,12 @@ def record_outcome(
     attempt: int,
     outcome: Outcome,
     rand: Callable[[], float] = random.random,
+    prices: PriceTable | None = None,
 ) -> Recorded:
     """Write a worker's report of one attempt; a stale or duplicate report changes nothing.
 
-    Returns which Celery tasks fail-fast cancelled, for the caller to revoke after the commit.
+    The attempt's usage is priced in credits by ``prices`` and rolled up on the run. Returns which
+    Celery tasks fail-fast cancelled, for the caller to revoke after the commit.
     """
     run = repo.lock_run(session, run_id)
     if run is None:
@@ -177,7 +180,7 @@ def record_outcome(
         return Recorded(False)
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     changes = RunChanges(run)
-    revoke = apply_outcome(session, changes, definition, views, view, outcome, rand)
+    revoke = apply_outcome(session, changes, definition, views, view, outcome, rand, prices)
     if revoke is None:
         return Recorded(False)
     changes.run_values["has_work"] = True
@@ -193,15 +196,24 @@ def apply_outcome(
     view: StepView,
     outcome: Outcome,
     rand: Callable[[], float] = random.random,
+    prices: PriceTable | None = None,
 ) -> list[str] | None:
     """Apply an outcome to a running or waiting step (its run locked by the caller).
 
     Retries are decided by the pure policy; a step failing for good fails the run (fail-fast). In a
     run that already ended (a graceful cancel lets steps finish) the step's result is recorded and
-    nothing else happens. Returns the task ids to revoke, or None if the step was not at that attempt.
+    nothing else happens. With ``prices``, the outcome's usage is priced in credits (the per-step
+    price only when the step finished). Returns the task ids to revoke, or None if the step was not
+    at that attempt.
     """
     run_id, attempt = changes.run.id, view.attempt
     run_ended = changes.run.status in TERMINAL_RUN
+    model = getattr(definition.step(view.step_id), "model", None)
+
+    def usage(step_done: bool) -> dict[str, float]:
+        if prices is None:
+            return dict(outcome.usage)
+        return {**outcome.usage, "credits": metering.credits(prices, outcome.usage, model, step_done)}
 
     def move(target: StepStatus, **values: Any) -> bool:
         moved = repo.update_steps(
@@ -220,19 +232,23 @@ def apply_outcome(
                     waiting_on=suspension.kind):
             return None
         _suspend(session, changes, view, attempt, suspension)
-        _add_usage(changes, outcome.usage, step_done=False)
+        _add_usage(changes, usage(False), step_done=False)
         return []
     if outcome.succeeded:
-        if not move(StepStatus.SUCCEEDED, output=outcome.output, usage=outcome.usage or None, error=None, **finished):
+        done = usage(True)
+        if not move(StepStatus.SUCCEEDED, output=outcome.output, usage=done if outcome.usage or prices else None,
+                    error=None, **finished):
             return None
         changes.event("step_completed", view.step_id, attempt, output=outcome.output)
-        _add_usage(changes, outcome.usage)
+        _add_usage(changes, done)
         return []
     error = outcome.error
     if outcome.cancelled:
         if not move(StepStatus.CANCELLED, error=error.as_json(), **finished):
             return None
         changes.event("step_cancelled", view.step_id, attempt, reason="run_stopped")
+        # What a stopped attempt used before it stopped was still spent.
+        _add_usage(changes, usage(False), step_done=False)
         return []
     # A reopened step gets a fresh budget (its row's max_attempts moved up) while attempt numbers, and
     # so Celery task ids, keep growing: decide on the attempt's place within the current budget.
@@ -246,12 +262,12 @@ def apply_outcome(
             "step_retrying", view.step_id, attempt,
             error=error.as_json(), delay_s=round(decision.delay_s, 3), next_attempt=attempt + 1,
         )
-        _add_usage(changes, outcome.usage, step_done=False)
+        _add_usage(changes, usage(False), step_done=False)
         return []
     if not move(StepStatus.FAILED, error=error.as_json(), **finished):
         return None
     changes.event("step_failed", view.step_id, attempt, error=error.as_json())
-    _add_usage(changes, outcome.usage)
+    _add_usage(changes, usage(True))
     if run_ended:
         return []
     return fail_run(session, changes, views, view.step_id, error)
@@ -329,6 +345,7 @@ def _add_usage(changes: RunChanges, usage: dict[str, float], step_done: bool = T
     for key in USAGE_KEYS:
         total[key] = total.get(key, 0) + usage.get(key, 0)
     total["steps"] = total.get("steps", 0) + int(step_done)
+    total["credits"] = round(total["credits"], metering.PRECISION)
     changes.run_values["usage"] = total
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker, dag, templates
+from orchestrator import broker, dag, logs, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Step
@@ -223,7 +223,8 @@ class Scheduler:
             )
             for run in runs:
                 key = (run.tenant_id, run.workflow_id, run.workflow_version)
-                self._advance_one(session, run, views[run.id], definitions[key], out)
+                with logs.bound(run_id=run.id, tenant=run.tenant_id):
+                    self._advance_one(session, run, views[run.id], definitions[key], out)
             outbox_ids = repo.insert_outbox(session, out.messages)
         self._publish(out.messages, outbox_ids)
         broker.revoke(self.celery, out.revoke)

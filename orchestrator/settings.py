@@ -7,11 +7,36 @@ Nothing else in the code base reads the environment (STYLE.md habit 7): every fa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET_KEY = "switchyard-dev-secret-change-me"
+
+
+class ModelPrices(BaseModel):
+    """Credits per token for one model (or provider), overriding the table's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens_in: float | None = Field(default=None, ge=0)
+    tokens_out: float | None = Field(default=None, ge=0)
+    llm_calls: float | None = Field(default=None, ge=0)
+
+
+class PriceTable(BaseModel):
+    """Credits per unit of usage: per step finished, tool call, LLM call and token in/out.
+
+    ``models`` overrides the LLM prices per model name (``openai/gpt-4o``) or provider (``openai``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    steps: float = Field(default=0.0, ge=0)
+    tool_calls: float = Field(default=0.0, ge=0)
+    llm_calls: float = Field(default=0.0, ge=0)
+    tokens_in: float = Field(default=0.0, ge=0)
+    tokens_out: float = Field(default=0.0, ge=0)
+    models: dict[str, ModelPrices] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -33,6 +58,26 @@ class Settings(BaseSettings):
 
     # How long POST /events keeps an event for steps that start waiting on its key later.
     event_keep_s: float = 3600.0
+
+    # Metering: credits per unit of usage, as JSON in SWITCHYARD_PRICES (see PriceTable).
+    prices: PriceTable = Field(default_factory=PriceTable)
+
+    # Monitoring. GET /metrics needs a viewer token unless metrics_public is on.
+    metrics_public: bool = False
+    # The workers' own metrics (prometheus multiprocess mode): the directory the prefork children
+    # write to (off when unset) and where the worker's main process serves them (0: not served).
+    metrics_dir: Path | None = None
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"
+    # How long GET /queues and GET /workers wait for the workers' answers to Celery's inspect.
+    inspect_timeout_s: float = 1.0
+    # Live streams: a comment line this often keeps proxies from closing an idle stream; with the
+    # embedded broker (no pub/sub) each stream polls the database every stream_poll_s instead.
+    stream_keepalive_s: float = 15.0
+    stream_poll_s: float = 0.5
+
+    # "json": one JSON object per line, with tenant, run_id, step_id and attempt where a line concerns a run.
+    log_format: Literal["text", "json"] = "text"
 
     max_body_bytes: int = 1024 * 1024
     max_steps_per_definition: int = 1000

@@ -6,9 +6,9 @@ command line (``celery --app workers.app worker|flower``) looks an app up by mod
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
-from orchestrator import broker
+from orchestrator import broker, logs
 from orchestrator.settings import Settings, load
 
 
@@ -17,6 +17,12 @@ def make_worker_app(settings: Settings) -> Celery:
 
     app = broker.make_celery(settings)
     tasks.register(app, settings)
+
+    @signals.setup_logging.connect(weak=False)
+    def _logging(loglevel=None, **_kwargs):
+        # Connected, this replaces Celery's own logging set-up: every line in the settings' format.
+        logs.configure(settings.log_format, loglevel or "INFO")
+
     return app
 
 

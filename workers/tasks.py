@@ -6,6 +6,7 @@ outcome in exactly one place).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -16,7 +17,7 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator import broker, outcomes, templates
+from orchestrator import broker, logs, outcomes, streams, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.session import database_unavailable, make_engine, make_sessionmaker, transaction
@@ -24,6 +25,7 @@ from orchestrator.errors import StepError
 from orchestrator.outcomes import ErrorInfo, Outcome, Suspension
 from orchestrator.settings import Settings
 from workers import executors
+from workers import metrics as worker_metrics
 from workers.context import StepContext, Suspend
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Runtime:
 
     def __post_init__(self):
         self.sessions = make_sessionmaker(make_engine(self.settings))
+        streams.install_publisher(self.sessions, streams.make_bus(self.settings))
         self.catalog = DefinitionCatalog()
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
 
@@ -86,6 +89,11 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
 
     Raises DatabaseUnavailable if the attempt could not be claimed because the database is down.
     """
+    with logs.bound(run_id=run_id, step_id=step_id, attempt=attempt):
+        _execute_attempt(rt, run_id, step_id, attempt, worker)
+
+
+def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
     settings = rt.settings
     try:
         with transaction(rt.sessions) as session:
@@ -95,9 +103,11 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
             raise
         raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
     if claim is None:
-        log.info("dropped stale delivery of %s.%s attempt %d", run_id, step_id, attempt,
-                 extra={"run_id": run_id, "step_id": step_id, "attempt": attempt})
+        log.info("dropped stale delivery of %s.%s attempt %d", run_id, step_id, attempt)
         return
+    logs.bind(tenant=claim.tenant_id)  # undone with the rest when execute_attempt's block ends
+    started = time.monotonic()
+    log.info("attempt started on %s", worker)
     step = claim.definition.step(step_id)
     ctx = StepContext(
         run_id=run_id,
@@ -119,15 +129,20 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
     heartbeat = _Heartbeat(rt, ctx)
     heartbeat.start()
     try:
-        outcome = run_executor(ctx)
+        with worker_metrics.attempt(step.type):
+            outcome = run_executor(ctx)
+        worker_metrics.finished(step.type, "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
+                                time.monotonic() - started, outcome.usage)
         recorded = _record(rt, run_id, step_id, attempt, outcome)
     finally:
         # The heartbeat keeps the lease alive until the outcome is written, also while the database
         # is briefly down, so the attempt is not taken for lost.
         heartbeat.finish()
+    result = "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else f"error {outcome.error.code}"
     if not recorded.applied:
-        log.info("outcome of a stopped attempt dropped", extra={"run_id": run_id, "step_id": step_id, "attempt": attempt})
+        log.info("attempt finished (%s) but was stopped meanwhile; its outcome was dropped", result)
         return
+    log.info("attempt finished: %s in %.3fs", result, time.monotonic() - started)
     rt.doorbell.ring(run_id)
     broker.revoke(rt.celery, recorded.revoke)
 
@@ -140,7 +155,9 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
     while True:
         try:
             with transaction(rt.sessions) as session:
-                return outcomes.record_outcome(session, rt.catalog, run_id, step_id, attempt, outcome)
+                return outcomes.record_outcome(
+                    session, rt.catalog, run_id, step_id, attempt, outcome, prices=rt.settings.prices
+                )
         except DBAPIError as exc:
             if not database_unavailable(exc) or time.monotonic() + delay > deadline:
                 raise
@@ -163,7 +180,7 @@ def run_executor(ctx: StepContext) -> Outcome:
     except SoftTimeLimitExceeded:
         return Outcome(error=ErrorInfo("timeout", "the step ran past its timeout_s", True), **seen)
     except Exception as exc:  # noqa: BLE001 - any bug in a tool is that step's failure, not the worker's
-        log.exception("step raised an unexpected error", extra={"run_id": ctx.run_id, "step_id": ctx.step_id})
+        log.exception("step raised an unexpected error")
         return Outcome(error=ErrorInfo("step_error", f"{type(exc).__name__}: {exc}", True), **seen)
 
 
@@ -175,8 +192,13 @@ class _Heartbeat(threading.Thread):
         self.rt, self.ctx = rt, ctx
         self.done = threading.Event()
         self.interval = min(rt.settings.lease_s / 3, 1.0)
+        # A thread starts with an empty context: take the attempt's, so its log lines name the run.
+        self.log_context = contextvars.copy_context()
 
     def run(self) -> None:
+        self.log_context.run(self._beat)
+
+    def _beat(self) -> None:
         ctx = self.ctx
         while not self.done.wait(self._next_wait()):
             if time.monotonic() >= ctx.deadline:

@@ -71,6 +71,10 @@ class Run(Base):
         Index("ix_runs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
         Index("ix_runs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_runs_tenant_workflow_created", "tenant_id", "workflow_id", "created_at", "id"),
+        # Analytics: runs created since (by status, per bucket) read this index alone; runs that
+        # ended in a status since a time (per bucket) read the next one.
+        Index("ix_runs_tenant_created_status", "tenant_id", "created_at", "status"),
+        Index("ix_runs_tenant_status_completed", "tenant_id", "status", "completed_at"),
         # The scheduler's queue of runs with something to do; partial, so it stays tiny.
         Index("ix_runs_has_work", "has_work", postgresql_where=text("has_work"), sqlite_where=text("has_work")),
         Index("uq_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
@@ -118,6 +122,19 @@ class Step(Base):
             postgresql_where=text("correlation_key IS NOT NULL"),
             sqlite_where=text("correlation_key IS NOT NULL"),
         ),
+        # Analytics and GET /queues: steps queued, and steps finished, since a time.
+        Index(
+            "ix_steps_queued",
+            "queued_at",
+            postgresql_where=text("queued_at IS NOT NULL"),
+            sqlite_where=text("queued_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_steps_completed",
+            "completed_at",
+            postgresql_where=text("completed_at IS NOT NULL"),
+            sqlite_where=text("completed_at IS NOT NULL"),
+        ),
         Index(
             "ix_steps_lease",
             "lease_expires_at",
@@ -159,6 +176,15 @@ class Event(Base):
     """The append-only log of a run; ``seq`` is dense per run and written with the change it records."""
 
     __tablename__ = "events"
+    __table_args__ = (
+        # Metrics: retries and failures by code, without reading the whole log.
+        Index(
+            "ix_events_step_errors",
+            "type",
+            postgresql_where=text("type IN ('step_retrying', 'step_failed')"),
+            sqlite_where=text("type IN ('step_retrying', 'step_failed')"),
+        ),
+    )
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(String(40))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from orchestrator import diagnosis, ids
@@ -32,7 +32,7 @@ from orchestrator.db.models import (
     Workflow,
     WorkflowVersion,
 )
-from orchestrator.db.types import db_now
+from orchestrator.db.types import bucket_start, db_now, seconds_between
 from orchestrator.states import RunStatus, StepStatus, run_allowed_from, step_allowed_from
 
 LIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
@@ -186,6 +186,29 @@ def run_steps(session: Session, run_id: str) -> Sequence[Step]:
     return session.execute(select(Step).where(Step.run_id == run_id).order_by(Step.position)).scalars().all()
 
 
+def run_status(session: Session, run_id: str) -> str | None:
+    return session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
+
+
+RUN_STATUS_EVENTS = ("run_started", "run_waiting", "run_resumed", "run_running", "run_paused", "run_succeeded",
+                     "run_failed", "run_cancelled", "run_retried")
+
+
+def run_status_events(session: Session, tenant_id: str, after: datetime, limit: int) -> list[dict]:
+    """The tenant's run-level events written after ``after``, oldest first, with each run's status now.
+
+    Only the embedded broker's tenant stream reads this (it has no pub/sub); it scans the event log.
+    """
+    rows = session.execute(
+        select(Event.run_id, Event.seq, Event.type, Event.created_at, Run.workflow_id, Run.status, Run.waiting_on)
+        .join(Run, Run.id == Event.run_id)
+        .where(Run.tenant_id == tenant_id, Event.type.in_(RUN_STATUS_EVENTS), Event.created_at > after)
+        .order_by(Event.created_at, Event.seq).limit(limit)
+    ).all()
+    return [{"run_id": r.run_id, "workflow_id": r.workflow_id, "status": r.status, "previous_status": None,
+             "waiting_on": r.waiting_on, "seq": r.seq, "type": r.type, "created_at": r.created_at} for r in rows]
+
+
 def run_events(session: Session, run_id: str, after: int, limit: int) -> Sequence[Event]:
     return (
         session.execute(
@@ -305,6 +328,10 @@ def update_steps(
     return list(session.execute(query).scalars())
 
 
+# Where apply_run_changes leaves what it wrote, for orchestrator.streams to publish after the commit.
+WRITTEN_EVENTS = "switchyard.written_events"
+
+
 class StaleRunState(Exception):
     """The run's status changed under a writer that held its lock: a bug, so the transaction is undone."""
 
@@ -327,9 +354,17 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     if session.execute(query.values(**values).execution_options(synchronize_session=False)).rowcount != 1:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     if changes.events:
-        session.execute(
-            insert(Event),
-            [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)],
+        rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
+        written = session.execute(
+            insert(Event).returning(Event.seq, Event.created_at, sort_by_parameter_order=True), rows
+        ).all()
+        for row, (_, created_at) in zip(rows, written, strict=True):
+            row["created_at"] = created_at
+        status = values.get("status")
+        session.info.setdefault(WRITTEN_EVENTS, []).append(
+            {"tenant_id": run.tenant_id, "run_id": run.id, "workflow_id": run.workflow_id,
+             "previous_status": run.status if status else None, "status": status or run.status,
+             "waiting_on": values.get("waiting_on", run.waiting_on), "events": rows}
         )
 
 
@@ -497,6 +532,19 @@ def decide_approval(session: Session, approval_id: str, status: str, comment: st
     ).rowcount == 1
 
 
+def run_approvals(session: Session, run_id: str) -> Sequence[Approval]:
+    """Every approval round of a run, with its decision, oldest first."""
+    return session.execute(
+        select(Approval).where(Approval.run_id == run_id).order_by(Approval.created_at, Approval.id)
+    ).scalars().all()
+
+
+def run_questions(session: Session, run_id: str) -> Sequence[Question]:
+    return session.execute(
+        select(Question).where(Question.run_id == run_id).order_by(Question.created_at, Question.id)
+    ).scalars().all()
+
+
 def list_approvals(session: Session, tenant_id: str, status: str | None, limit: int) -> Sequence[Approval]:
     query = select(Approval).where(Approval.tenant_id == tenant_id)
     if status:
@@ -600,3 +648,171 @@ def step_fields(session: Session, run_id: str, step_id: str) -> Step | None:
     return session.execute(
         select(Step).where(Step.run_id == run_id, Step.step_id == step_id).execution_options(populate_existing=True)
     ).scalar_one_or_none()
+
+
+# --- monitoring: aggregates for GET /metrics and /analytics ---------------------------------------
+# ``tenant_id=None`` means every tenant (the public metrics endpoint); otherwise one tenant's rows.
+# The README's "Monitoring" section says which index serves each query.
+
+DISPATCHED_TYPES = ("tool", "llm", "agent")
+
+
+def _tenant_runs(query, tenant_id: str | None, join_from=None):
+    if tenant_id is None:
+        return query
+    if join_from is not None:
+        query = query.join(Run, Run.id == join_from)
+    return query.where(Run.tenant_id == tenant_id)
+
+
+def count_runs_by_status(
+    session: Session, tenant_id: str | None, since: datetime | None = None, statuses: Iterable[str] | None = None
+) -> dict[str, int]:
+    """How many runs are in each status now (created at or after ``since``, in ``statuses``, if given)."""
+    query = select(Run.status, func.count()).group_by(Run.status)
+    query = _tenant_runs(query, tenant_id)
+    if since is not None:
+        query = query.where(Run.created_at >= since)
+    if statuses is not None:
+        query = query.where(Run.status.in_(list(statuses)))
+    return {status: count for status, count in session.execute(query)}
+
+
+USAGE_FIELDS = ("steps", "tool_calls", "llm_calls", "tokens_in", "tokens_out", "credits")
+FINISHED_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED)
+
+
+def sum_run_usage(session: Session, tenant_id: str, since: datetime) -> dict[str, float]:
+    """The usage of the tenant's runs created at or after ``since``, summed field by field."""
+    query = select(*[func.coalesce(func.sum(Run.usage[key].as_float()), 0.0) for key in USAGE_FIELDS]).where(
+        Run.tenant_id == tenant_id, Run.created_at >= since
+    )
+    return dict(zip(USAGE_FIELDS, session.execute(query).one(), strict=True))
+
+
+def count_steps_finished(session: Session, tenant_id: str, since: datetime) -> int:
+    """Steps of the tenant's runs that finished (succeeded or failed) at or after ``since``."""
+    query = select(func.count()).select_from(Step).join(Run, Run.id == Step.run_id).where(
+        Run.tenant_id == tenant_id, Step.completed_at >= since, Step.status.in_(FINISHED_STEP)
+    )
+    return session.execute(query).scalar_one()
+
+
+TIMESERIES = ("runs_started", "runs_succeeded", "runs_failed", "steps", "credits")
+
+
+def timeseries(session: Session, tenant_id: str, metric: str, unit: str, since: datetime) -> dict[datetime, float]:
+    """{bucket start: value} for one metric of the tenant, from ``since`` on; empty buckets are absent.
+
+    runs_started counts runs by created_at; runs_succeeded and runs_failed count runs by completed_at;
+    steps counts finished steps by completed_at; credits sums the credits of runs that ended, by
+    completed_at.
+    """
+    if metric == "runs_started":
+        column, value, where = Run.created_at, func.count(), [Run.created_at >= since]
+    elif metric in ("runs_succeeded", "runs_failed"):
+        status = RunStatus.SUCCEEDED if metric == "runs_succeeded" else RunStatus.FAILED
+        column, value, where = Run.completed_at, func.count(), [Run.status == status, Run.completed_at >= since]
+    elif metric == "credits":
+        terminal = [RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED]
+        column = Run.completed_at
+        value = func.coalesce(func.sum(Run.usage["credits"].as_float()), 0.0)
+        where = [Run.status.in_(terminal), Run.completed_at >= since]
+    elif metric == "steps":
+        column, value = Step.completed_at, func.count()
+        where = [Step.completed_at >= since, Step.status.in_(FINISHED_STEP)]
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
+    bucket = bucket_start(column, unit).label("bucket")
+    query = select(bucket, value).where(Run.tenant_id == tenant_id, *where).group_by(bucket)
+    if metric == "steps":
+        query = query.select_from(Step).join(Run, Run.id == Step.run_id)
+    return {start: float(v) for start, v in session.execute(query)}
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts (``counts[i]`` = observations <= ``bounds[i]``), total count and sum."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    total: float
+
+
+def _histograms(session: Session, label, value, where, bounds: Sequence[float], tenant_id: str | None,
+                ) -> dict[str, Histogram]:
+    columns = [func.sum(case((value <= bound, 1), else_=0)) for bound in bounds]
+    query = select(label, func.count(), func.coalesce(func.sum(value), 0.0), *columns).where(*where).group_by(label)
+    query = _tenant_runs(query, tenant_id, join_from=Step.run_id)
+    result = {}
+    for row in session.execute(query):
+        result[row[0]] = Histogram(tuple(bounds), tuple(int(c or 0) for c in row[3:]), int(row[1]), float(row[2]))
+    return result
+
+
+def step_duration_histograms(session: Session, tenant_id: str | None, bounds: Sequence[float]) -> dict[str, Histogram]:
+    """Run time of each finished step's last attempt (started -> completed), per step type."""
+    duration = seconds_between(Step.started_at, Step.completed_at)
+    where = (Step.status.in_([StepStatus.SUCCEEDED, StepStatus.FAILED]), Step.started_at.is_not(None),
+             Step.completed_at.is_not(None))
+    return _histograms(session, Step.type, duration, where, bounds, tenant_id)
+
+
+def dispatch_latency_histograms(session: Session, tenant_id: str | None, bounds: Sequence[float]) -> dict[str, Histogram]:
+    """Time from ready (queued by the scheduler) to started (claimed by a worker) of each step's
+    latest attempt, per dispatched step type (steps that wait in the database are not dispatched)."""
+    latency = seconds_between(Step.queued_at, Step.started_at)
+    where = (Step.type.in_(DISPATCHED_TYPES), Step.queued_at.is_not(None), Step.started_at.is_not(None))
+    return _histograms(session, Step.type, latency, where, bounds, tenant_id)
+
+
+def count_step_errors(session: Session, tenant_id: str | None) -> dict[tuple[str, str, str], int]:
+    """Attempts that failed, from the event log: {(event type, step type, error code): count} for
+    ``step_retrying`` (retried) and ``step_failed`` (failed for good)."""
+    code = Event.data[("error", "code")].as_string()
+    query = (
+        select(Event.type, Step.type, code, func.count())
+        .join(Step, and_(Step.run_id == Event.run_id, Step.step_id == Event.step_id))
+        .where(Event.type.in_(["step_retrying", "step_failed"]))
+        .group_by(Event.type, Step.type, code)
+    )
+    query = _tenant_runs(query, tenant_id, join_from=Event.run_id)
+    return {(kind, step_type, c or "unknown"): n for kind, step_type, c, n in session.execute(query)}
+
+
+def step_queue_rates(session: Session, tenant_id: str, since: datetime) -> dict[str, dict[str, int]]:
+    """Per queue, the tenant's steps queued and finished since ``since``: {queue: {"enqueued", "completed"}}
+    (a step's latest attempt; ``ix_steps_queued`` and ``ix_steps_completed`` find them)."""
+    result: dict[str, dict[str, int]] = {}
+    for key, column, extra in (("enqueued", Step.queued_at, Step.type.in_(DISPATCHED_TYPES)),
+                               ("completed", Step.completed_at, Step.status.in_(FINISHED_STEP))):
+        query = (select(Step.queue, func.count()).join(Run, Run.id == Step.run_id)
+                 .where(Run.tenant_id == tenant_id, column >= since, extra).group_by(Step.queue))
+        for queue, count in session.execute(query):
+            result.setdefault(queue, {"enqueued": 0, "completed": 0})[key] = count
+    return result
+
+
+def live_step_queues(session: Session, tenant_id: str | None) -> set[str]:
+    """The queues of dispatched steps in live runs (of one tenant, or of all when ``tenant_id`` is None)."""
+    query = (select(Step.queue).distinct().join(Run, Run.id == Step.run_id)
+             .where(Run.status.in_(list(LIVE_RUN)), Step.type.in_(DISPATCHED_TYPES)))
+    if tenant_id is not None:
+        query = query.where(Run.tenant_id == tenant_id)
+    return set(session.execute(query).scalars())
+
+
+def lease_heartbeats(session: Session) -> dict[str, datetime]:
+    """{worker process ("host:pid"): its latest lease expiry} over running attempts (``ix_steps_lease``)."""
+    query = (select(Step.worker, func.max(Step.lease_expires_at))
+             .where(Step.lease_expires_at.is_not(None), Step.worker.is_not(None)).group_by(Step.worker))
+    return {worker: expires for worker, expires in session.execute(query)}
+
+
+def runs_of_tenant(session: Session, tenant_id: str, run_ids: Iterable[str]) -> set[str]:
+    """Which of ``run_ids`` belong to the tenant."""
+    run_ids = list(run_ids)
+    if not run_ids:
+        return set()
+    return set(session.execute(select(Run.id).where(Run.id.in_(run_ids), Run.tenant_id == tenant_id)).scalars())

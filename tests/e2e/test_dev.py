@@ -81,3 +81,14 @@ def test_dev_serves_health_within_60s_and_its_curl_line_runs_the_sample_to_succe
     assert run["status"] == "succeeded", run
     assert {s["status"] for s in run["steps"]} == {"succeeded"}
     assert run["usage"]["llm_calls"] >= 1
+
+    # The live stream works without Redis too: each stream polls the database (embedded broker).
+    headers = {"Authorization": f"Bearer {token}"}
+    again = httpx.post(f"{base}/runs", headers=headers, json={"workflow_id": "triage", "input": {"ticket": "x"}}).json()
+    seen = []
+    with httpx.stream("GET", f"{base}/runs/{again['id']}/events/stream", headers=headers, timeout=30) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("id: "):
+                seen.append(int(line[4:]))
+    logged = httpx.get(f"{base}/runs/{again['id']}/events", headers=headers).json()["events"]
+    assert seen == [e["seq"] for e in logged] and logged[-1]["type"] == "run_succeeded"

@@ -24,7 +24,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from orchestrator.db import migrate
-from orchestrator.settings import Settings
+from orchestrator.settings import PriceTable, Settings
 
 PG_URL = os.environ.get("SWITCHYARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SWITCHYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -119,7 +119,16 @@ def settings(database_url, broker_url, artifacts, fake_llm) -> Settings:
         outbox_republish_after_s=3.0,
         openai_base_url=fake_llm.url,
         openai_api_key="test-key",
+        prices=PRICES,
+        log_format="json",
     )
+
+
+# Credits per unit for the whole session; the scripted model's output tokens have a price of their own.
+PRICES = PriceTable(
+    steps=0.5, tool_calls=0.25, llm_calls=0.125, tokens_in=0.001, tokens_out=0.002,
+    models={"scripted": {"tokens_out": 0.004}},
+)
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -133,6 +142,8 @@ def _env(settings: Settings) -> dict[str, str]:
         "SWITCHYARD_OUTBOX_REPUBLISH_AFTER_S": str(settings.outbox_republish_after_s),
         "SWITCHYARD_OPENAI_BASE_URL": settings.openai_base_url,
         "SWITCHYARD_OPENAI_API_KEY": settings.openai_api_key,
+        "SWITCHYARD_PRICES": settings.prices.model_dump_json(),
+        "SWITCHYARD_LOG_FORMAT": settings.log_format,
         "PYTHONPATH": str(ROOT),
     })
     return env
@@ -145,13 +156,16 @@ class Processes:
         self.settings, self.folder = settings, folder
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, module: str = "orchestrator.cli", env: dict | None = None
+              ) -> subprocess.Popen:
+        """Start ``python -m module *args`` (by default the `switchyard` command) with the session's env."""
         log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         # A session of its own, so that kill() takes the worker's pool children with it, as when its
         # machine dies.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            env=_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            [sys.executable, "-m", module, *args],
+            env={**_env(self.settings), **(env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            start_new_session=True,
         )
         self.procs[name] = proc
         return proc

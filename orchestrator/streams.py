@@ -1,0 +1,250 @@
+"""Live event streams: publish a run's events after the commit that wrote them, follow them from an API.
+
+The database stays the truth. ``apply_run_changes`` leaves what it wrote in the session; after the
+commit, the publisher sends it on Redis pub/sub: the run's events to ``switchyard:run:<id>`` and, when
+the run's status changed, a status change to ``switchyard:tenant:<id>``. A follower catches up from the
+database first, then takes events live from its subscription, de-duplicated by ``seq``; a gap (a lost
+publish, a publisher that died after its commit) sends it back to the database, and so does every
+quiet ``keepalive_s``. With the embedded broker there is no pub/sub: followers poll the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.db import repository as repo
+from orchestrator.settings import Settings
+from orchestrator.states import TERMINAL_RUN
+
+log = logging.getLogger(__name__)
+
+TERMINAL_VALUES = {s.value for s in TERMINAL_RUN}
+
+
+def run_channel(run_id: str) -> str:
+    return f"switchyard:run:{run_id}"
+
+
+def tenant_channel(tenant_id: str) -> str:
+    return f"switchyard:tenant:{tenant_id}"
+
+
+def ts(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def event_json(seq: int, type_: str, step_id: str | None, attempt: int | None, data: Any,
+               created_at: datetime | None) -> dict[str, Any]:
+    """An event as the API shows it (GET /runs/{id}/events and the streams)."""
+    return {"seq": seq, "type": type_, "step_id": step_id, "attempt": attempt, "data": data,
+            "created_at": ts(created_at)}
+
+
+# --- the bus ------------------------------------------------------------------------------------
+
+
+class Subscription:
+    """One Redis pub/sub connection listening on one channel."""
+
+    def __init__(self, client: redis.Redis, channel: str):
+        self.pubsub = client.pubsub()
+        self.pubsub.subscribe(channel)
+        # Wait for Redis to confirm: from then on nothing published is missed, so a catch-up read
+        # from the database that follows cannot leave a hole between itself and the live messages.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.5)
+            if message and message["type"] == "subscribe":
+                return
+        self.close()
+        raise redis.ConnectionError(f"Redis did not confirm the subscription to {channel}")
+
+    def get(self, timeout: float) -> dict | None:
+        """The next message's payload, or None after ``timeout`` seconds without one."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+            if message and message["type"] == "message":
+                return json.loads(message["data"])
+        return None
+
+    def close(self) -> None:
+        try:
+            self.pubsub.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+            pass
+
+
+class Bus:
+    """Publishes committed events and opens subscriptions, over one Redis client (thread-safe pool)."""
+
+    def __init__(self, url: str):
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30)
+
+    def publish(self, written: list[dict]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for item in written:
+            events = [event_json(e["seq"], e["type"], e["step_id"], e["attempt"], e["data"], e["created_at"])
+                      for e in item["events"]]
+            status = {k: item[k] for k in ("run_id", "workflow_id", "status", "previous_status", "waiting_on")}
+            pipe.publish(run_channel(item["run_id"]), json.dumps({**status, "events": events}, default=str))
+            if item["previous_status"] is not None:
+                last = events[-1]
+                change = {**status, "seq": last["seq"], "type": last["type"], "created_at": last["created_at"]}
+                pipe.publish(tenant_channel(item["tenant_id"]), json.dumps(change, default=str))
+        pipe.execute()
+
+    def subscribe(self, channel: str) -> Subscription:
+        return Subscription(self.client, channel)
+
+
+def make_bus(settings: Settings) -> Bus | None:
+    """The pub/sub bus on the broker's Redis; None with the embedded broker (followers poll instead)."""
+    url = settings.resolved_broker_url
+    return Bus(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
+
+
+def install_publisher(sessions: sessionmaker[Session], bus: Bus | None) -> None:
+    """Publish what each transaction of ``sessions`` wrote to the event log, after its commit."""
+
+    def _published(session: Session) -> None:
+        written = session.info.pop(repo.WRITTEN_EVENTS, None)
+        if not written or bus is None:
+            return
+        try:
+            bus.publish(written)
+        except Exception as exc:  # noqa: BLE001 - followers find the events in the database anyway
+            log.warning("could not publish %d runs' events (%s); live streams catch up from the database",
+                        len(written), exc)
+
+    def _discarded(session: Session, *_args) -> None:
+        session.info.pop(repo.WRITTEN_EVENTS, None)
+
+    sa_event.listen(sessions, "after_commit", _published)
+    sa_event.listen(sessions, "after_rollback", _discarded)
+
+
+# --- following a run ----------------------------------------------------------------------------
+
+KEEPALIVE = None  # what a follower yields when nothing happened for a while
+
+
+@dataclass
+class Follow:
+    sessions: sessionmaker[Session]
+    run_id: str
+    after: int
+    subscription: Subscription | None
+    keepalive_s: float
+    poll_s: float
+
+    def __iter__(self) -> Iterator[dict | None]:
+        """Every event after ``after`` in order, each once, then live ones; ends when the run is
+        terminal and every event is out. Yields KEEPALIVE (None) after ``keepalive_s`` of quiet."""
+        last = self.after
+        try:
+            while True:
+                caught_up, terminal = yield from self._catch_up(last)
+                last = caught_up
+                if terminal:
+                    return
+                last = yield from self._live(last)
+        finally:
+            if self.subscription is not None:
+                self.subscription.close()
+
+    def _catch_up(self, last: int):
+        while True:
+            with self.sessions() as session:
+                status = repo.run_status(session, self.run_id)
+                rows = repo.run_events(session, self.run_id, last, 500)
+            for e in rows:
+                yield event_json(e.seq, e.type, e.step_id, e.attempt, e.data, e.created_at)
+                last = e.seq
+            if len(rows) < 500:
+                # The status was read before the events: if it was terminal, they include the last one.
+                return last, status is None or status in TERMINAL_VALUES
+
+    def _live(self, last: int):
+        """Live events until a gap, the run's end or a quiet spell sends us back to the database."""
+        if self.subscription is None:
+            # The embedded broker has no pub/sub: a short poll of the database per stream instead.
+            waited = 0.0
+            while waited < self.keepalive_s:
+                time.sleep(self.poll_s)
+                waited += self.poll_s
+                with self.sessions() as session:
+                    if repo.run_events(session, self.run_id, last, 1):
+                        return last
+            yield KEEPALIVE
+            return last
+        while True:
+            message = self.subscription.get(self.keepalive_s)
+            if message is None:
+                yield KEEPALIVE
+                return last
+            for e in message["events"]:
+                if e["seq"] <= last:
+                    continue
+                if e["seq"] != last + 1:
+                    return last
+                yield e
+                last = e["seq"]
+            if message["status"] in TERMINAL_VALUES:
+                return last
+
+
+def follow_run(sessions: sessionmaker[Session], bus: Bus | None, settings: Settings, run_id: str,
+               after: int) -> Follow:
+    """Subscribe (before reading anything, so nothing falls between) and return the follower."""
+    subscription = bus.subscribe(run_channel(run_id)) if bus is not None else None
+    return Follow(sessions, run_id, after, subscription, settings.stream_keepalive_s, settings.stream_poll_s)
+
+
+def follow_tenant(bus: Bus | None, sessions: sessionmaker[Session], settings: Settings,
+                  tenant_id: str) -> Iterator[dict | None]:
+    """The tenant's run status changes as they happen, forever; KEEPALIVE after quiet spells.
+
+    Subscribes before returning, so every change committed after the call is seen.
+    """
+    if bus is None:
+        with sessions() as session:
+            since = repo.now(session)
+        return _poll_tenant(sessions, settings, tenant_id, since)
+    subscription = bus.subscribe(tenant_channel(tenant_id))
+
+    def changes() -> Iterator[dict | None]:
+        try:
+            while True:
+                yield subscription.get(settings.stream_keepalive_s)
+        finally:
+            subscription.close()
+
+    return changes()
+
+
+def _poll_tenant(sessions: sessionmaker[Session], settings: Settings, tenant_id: str,
+                 cursor: datetime) -> Iterator[dict | None]:
+    """Without pub/sub (embedded broker): poll the tenant's run-level events from the database."""
+    quiet = 0.0
+    while True:
+        time.sleep(settings.stream_poll_s)
+        with sessions() as session:
+            changes = repo.run_status_events(session, tenant_id, cursor, 500)
+        for change in changes:
+            cursor = max(cursor, change["created_at"])
+            yield {**change, "created_at": ts(change["created_at"])}
+        quiet = 0.0 if changes else quiet + settings.stream_poll_s
+        if quiet >= settings.stream_keepalive_s:
+            quiet = 0.0
+            yield KEEPALIVE
