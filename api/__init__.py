@@ -32,10 +32,11 @@ class Services:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import approvals, auth, controls, errors, events, runs, system, workflows
+    from api import approvals, auth, controls, errors, events, runs, system, tokens, workflows
 
     settings = settings or load()
-    app = Flask(__name__)
+    # No static route: every route of this app is in api.auth.ROUTE_ROLES.
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     celery = broker.make_celery(settings)
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         catalog=DefinitionCatalog(),
     )
     errors.register(app)
-    auth.register(app)
-    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp):
+    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
+    auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
     return app

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import current_app, request
+from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def services():
@@ -24,18 +27,30 @@ def json_body() -> Any:
     return data
 
 
-def json_object(allowed: set[str], required: set[str] = frozenset()) -> dict:
-    """A JSON object body with only ``allowed`` keys and every ``required`` one."""
+def parse_body(model: type[M], *, optional: bool = False) -> M:
+    """The JSON body validated by ``model``; with ``optional``, no body at all means ``model()``.
+
+    Raises InvalidRequest naming every problem (``details.problems``; ``details.unknown`` lists
+    fields the model does not have).
+    """
+    if optional and not request.get_data(cache=True).strip():
+        return model()
     body = json_body()
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidRequest(f"unknown fields: {unknown}; allowed: {sorted(allowed)}", {"unknown": unknown})
-    missing = sorted(required - set(body))
-    if missing:
-        raise InvalidRequest(f"missing fields: {missing}", {"missing": missing})
-    return body
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems, unknown = [], []
+        for err in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            if err["type"] == "extra_forbidden":
+                unknown.append(where)
+            problems.append(f"{where}: {err['msg']}")
+        details: dict[str, Any] = {"problems": problems}
+        if unknown:
+            details["unknown"] = unknown
+        raise InvalidRequest("invalid request body: " + "; ".join(problems), details) from None
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:

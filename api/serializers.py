@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from orchestrator.db import repository as repo
-from orchestrator.db.models import Approval, Event, Question, Run, Step, Workflow, WorkflowVersion
+from orchestrator.db.models import ApiToken, Approval, Event, Question, Run, Step, Workflow, WorkflowVersion
 from orchestrator.states import StepStatus
 
 
@@ -142,4 +142,15 @@ def version_json(version: WorkflowVersion) -> dict[str, Any]:
         "name": version.definition.get("name"),
         "definition": version.definition,
         "created_at": ts(version.created_at),
+    }
+
+
+def token_json(token: ApiToken) -> dict[str, Any]:
+    """A token's record; never its secret (only a hash is stored) nor the hash."""
+    return {
+        "id": token.id,
+        "role": token.role,
+        "name": token.name,
+        "created_at": ts(token.created_at),
+        "revoked_at": ts(token.revoked_at),
     }

@@ -76,6 +76,37 @@ def find_token(session: Session, token: str) -> ApiToken | None:
     ).scalar_one_or_none()
 
 
+def get_token(session: Session, tenant_id: str, token_id: str) -> ApiToken | None:
+    return session.execute(
+        select(ApiToken).where(ApiToken.id == token_id, ApiToken.tenant_id == tenant_id)
+    ).scalar_one_or_none()
+
+
+def list_tokens(session: Session, tenant_id: str | None) -> Sequence[ApiToken]:
+    """The tokens of a tenant (every tenant's with None), oldest first, revoked ones included."""
+    query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)
+    if tenant_id is not None:
+        query = query.where(ApiToken.tenant_id == tenant_id)
+    return session.execute(query).scalars().all()
+
+
+def revoke_token(session: Session, tenant_id: str | None, token_id: str) -> ApiToken | None:
+    """Revoke a token (of this tenant, or of any with None); None if there is no such token.
+
+    Revoking twice keeps the first time. The token answers 401 from the commit on: find_token reads
+    revoked_at on every request.
+    """
+    query = select(ApiToken).where(ApiToken.id == token_id).with_for_update()
+    if tenant_id is not None:
+        query = query.where(ApiToken.tenant_id == tenant_id)
+    token = session.execute(query).scalar_one_or_none()
+    if token is not None and token.revoked_at is None:
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(revoked_at=db_now())
+                        .execution_options(synchronize_session=False))
+        session.refresh(token)
+    return token
+
+
 # --- workflows ----------------------------------------------------------------------------------
 
 
