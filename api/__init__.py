@@ -32,7 +32,19 @@ class Services:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import approvals, auth, controls, errors, events, runs, system, tokens, workflows
+    from api import (
+        approvals,
+        auth,
+        controls,
+        errors,
+        events,
+        limits,
+        openapi,
+        runs,
+        system,
+        tokens,
+        workflows,
+    )
 
     settings = settings or load()
     # No static route: every route of this app is in api.auth.ROUTE_ROLES.
@@ -48,7 +60,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         catalog=DefinitionCatalog(),
     )
     errors.register(app)
-    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp):
+    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
+                      openapi.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
+    limits.register(app, settings)  # after auth: the rate limit counts per tenant
     return app

@@ -22,6 +22,7 @@ PUBLIC, SIGNED = "public", "signed"
 ROUTE_ROLES: dict[str, str] = {
     "system.healthz": PUBLIC,
     "system.readyz": PUBLIC,
+    "openapi.spec": PUBLIC,
     "workflows.list_workflows": "viewer",
     "workflows.get_workflow": "viewer",
     "workflows.get_version": "viewer",

@@ -21,10 +21,39 @@ def json_body() -> Any:
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise InvalidRequest("the request needs a JSON body")
-    data = request.get_json(force=True, silent=True)
+    try:
+        data = request.get_json(force=True, silent=True)
+    except RecursionError:
+        data, raw = None, b"!"  # nested beyond what the parser can follow
     if data is None and raw.strip() != b"null":
-        raise InvalidRequest("the request body is not valid JSON")
+        raise InvalidRequest("the request body is not valid JSON (or is nested too deeply)")
+    problem = json_problem(data)
+    if problem:
+        raise InvalidRequest(problem)
     return data
+
+
+MAX_JSON_DEPTH = 64
+
+
+def json_problem(value: Any) -> str | None:
+    """Why a parsed JSON value is refused, or None: a NUL character anywhere (PostgreSQL stores none in
+    text or JSONB), or nesting deeper than MAX_JSON_DEPTH (which recursive code downstream cannot
+    follow). Iterative, so it cannot itself run out of stack."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "strings in the body may not contain NUL (\\u0000) characters"
+        elif isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return None
 
 
 def parse_body(model: type[M], *, optional: bool = False) -> M:

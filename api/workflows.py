@@ -50,7 +50,7 @@ def get_workflow(workflow_id: str):
         return serializers.workflow_json(workflow, list(versions))
 
 
-@bp.get("/workflows/<workflow_id>/versions/<int:number>")
+@bp.get("/workflows/<workflow_id>/versions/<int(min=1, max=2147483647):number>")
 def get_version(workflow_id: str, number: int):
     with services().sessions() as session:
         version = repo.get_version(session, principal().tenant_id, workflow_id, number)

@@ -34,8 +34,11 @@ class Settings(BaseSettings):
     # How long POST /events keeps an event for steps that start waiting on its key later.
     event_keep_s: float = 3600.0
 
+    # Limits of the API (API.md "Errors": 413, 429). A rate limit of 0 turns it off.
     max_body_bytes: int = 1024 * 1024
+    max_input_bytes: int = 256 * 1024
     max_steps_per_definition: int = 1000
+    rate_limit_per_min: int = 6000
 
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""

@@ -21,6 +21,7 @@ from tests.integration.conftest import Api, publish, unique, wait_for
 EXPECTED = {
     "system.healthz": "public",
     "system.readyz": "public",
+    "openapi.spec": "public",
     "workflows.list_workflows": "viewer",
     "workflows.get_workflow": "viewer",
     "workflows.get_version": "viewer",
@@ -170,7 +171,7 @@ def tenant_expectations(acme, other: Api):
         app = acme.api.client.application
         return [not_found(method, path, body) for e, method, path, _ in routes(app, values) if e == endpoint]
     return {
-        "system.healthz": [], "system.readyz": [],  # no tenant data
+        "system.healthz": [], "system.readyz": [], "openapi.spec": [],  # no tenant data
         "workflows.list_workflows": [listing("/workflows", "workflows", flow)],
         "workflows.get_workflow": [not_found("GET", f"/workflows/{flow}")],
         "workflows.get_version": [not_found("GET", f"/workflows/{flow}/versions/1")],
