@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         runs,
         system,
         tokens,
+        webhooks,
         workflows,
     )
 
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     errors.register(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
-                      openapi.bp):
+                      webhooks.bp, openapi.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
     limits.register(app, settings)  # after auth: the rate limit counts per tenant

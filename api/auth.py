@@ -41,6 +41,9 @@ ROUTE_ROLES: dict[str, str] = {
     "tokens.list_tokens": "admin",
     "tokens.create_token": "admin",
     "tokens.revoke_token": "admin",
+    "webhooks.list_secrets": "admin",
+    "webhooks.create_secret": "admin",
+    "webhooks.receive": SIGNED,
 }
 
 

@@ -45,11 +45,14 @@ TRIGGERED_BY = query("triggered_by", {"type": "string", "minLength": 1, "maxLeng
                      "A name recorded on the audit trail.")
 
 
+ANY_JSON: dict[str, Any] = {"description": "Any JSON value; it becomes the run's input."}
+
+
 @dataclass(frozen=True)
 class Op:
     summary: str
     ok: tuple[int, type[BaseModel]]
-    body: type[BaseModel] | None = None
+    body: type[BaseModel] | dict[str, Any] | None = None  # a model, or a JSON Schema as it is
     body_required: bool = True
     query: tuple[dict[str, Any], ...] = ()
     headers: tuple[dict[str, Any], ...] = ()
@@ -99,6 +102,16 @@ OPERATIONS: dict[str, Op] = {
     "tokens.create_token": Op("Create a token; the answer's `token` is the only time it is shown.",
                               (201, R.TokenCreated), schemas.TokenCreate),
     "tokens.revoke_token": Op("Revoke a token: it answers 401 from now on.", (200, R.Token)),
+    "webhooks.list_secrets": Op("A workflow's webhook secrets (never their values).", (200, R.WebhookSecretList)),
+    "webhooks.create_secret": Op("A new webhook secret, shown only in this answer; the secrets in use stay valid "
+                                 "for the overlap.", (201, R.WebhookSecretCreated), schemas.WebhookSecretCreate,
+                                 body_required=False),
+    "webhooks.receive": Op("Start a run from a signed delivery; the JSON body is the run's input.", (201, R.Run),
+                           ANY_JSON, body_required=False, errors=(413,), headers=({
+                               "name": "X-Switchyard-Signature", "in": "header", "required": True,
+                               "schema": {"type": "string"},
+                               "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'> with "
+                                              "the workflow's webhook secret; at most 300 s old, used once."},)),
 }
 
 _PART = re.compile(r"<(?:(\w+)(?:\(([^)]*)\))?:)?(\w+)>")
@@ -151,8 +164,8 @@ def _operation(endpoint: str, op: Op, path_params: list[dict[str, Any]]) -> dict
     else:
         operation["description"] = f"Needs a token with the `{role}` role or higher."
     if op.body:
-        operation["requestBody"] = {"required": op.body_required, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
+        schema = op.body if isinstance(op.body, dict) else {"$ref": f"#/components/schemas/{op.body.__name__}"}
+        operation["requestBody"] = {"required": op.body_required, "content": {"application/json": {"schema": schema}}}
     return operation
 
 

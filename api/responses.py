@@ -216,3 +216,18 @@ class TokenCreated(Token):
 
 class TokenList(_Out):
     tokens: list[Token]
+
+
+class WebhookSecret(_Out):
+    id: str
+    workflow_id: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class WebhookSecretCreated(WebhookSecret):
+    secret: str
+
+
+class WebhookSecretList(_Out):
+    webhook_secrets: list[WebhookSecret]

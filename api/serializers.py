@@ -8,7 +8,17 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from orchestrator.db import repository as repo
-from orchestrator.db.models import ApiToken, Approval, Event, Question, Run, Step, Workflow, WorkflowVersion
+from orchestrator.db.models import (
+    ApiToken,
+    Approval,
+    Event,
+    Question,
+    Run,
+    Step,
+    WebhookSecret,
+    Workflow,
+    WorkflowVersion,
+)
 from orchestrator.states import StepStatus
 
 
@@ -154,3 +164,9 @@ def token_json(token: ApiToken) -> dict[str, Any]:
         "created_at": ts(token.created_at),
         "revoked_at": ts(token.revoked_at),
     }
+
+
+def webhook_secret_json(row: WebhookSecret) -> dict[str, Any]:
+    """A webhook secret's record: id and validity, never the secret (it is not stored)."""
+    return {"id": row.id, "workflow_id": row.workflow_id, "created_at": ts(row.created_at),
+            "expires_at": ts(row.expires_at)}

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     max_steps_per_definition: int = 1000
     rate_limit_per_min: int = 6000
 
+    # Webhooks in: how far a signature's timestamp may be from now, and how long a rotated secret
+    # stays valid beside the new one.
+    webhook_tolerance_s: int = 300
+    webhook_rotation_overlap_s: float = 86400.0
+
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""
     openai_model: str = "gpt-4o-mini"

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator import ids
@@ -29,6 +30,8 @@ from orchestrator.db.models import (
     Run,
     Step,
     Tenant,
+    WebhookDelivery,
+    WebhookSecret,
     Workflow,
     WorkflowVersion,
 )
@@ -579,3 +582,57 @@ def step_fields(session: Session, run_id: str, step_id: str) -> Step | None:
     return session.execute(
         select(Step).where(Step.run_id == run_id, Step.step_id == step_id).execution_options(populate_existing=True)
     ).scalar_one_or_none()
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+
+def insert_webhook_secret(session: Session, tenant_id: str, workflow_id: str, salt: str) -> WebhookSecret:
+    row = WebhookSecret(id=ids.new_id("whs"), tenant_id=tenant_id, workflow_id=workflow_id, salt=salt)
+    session.add(row)
+    session.flush()
+    session.refresh(row)
+    return row
+
+
+def expire_webhook_secrets(session: Session, tenant_id: str, workflow_id: str, after_s: float) -> None:
+    """Secrets of the workflow still valid now stop being valid ``after_s`` seconds from now (or
+    sooner, if they were to stop sooner already)."""
+    until = db_now(after_s)
+    live = and_(WebhookSecret.tenant_id == tenant_id, WebhookSecret.workflow_id == workflow_id)
+    session.execute(update(WebhookSecret).where(live, WebhookSecret.expires_at.is_(None))
+                    .values(expires_at=until).execution_options(synchronize_session=False))
+    session.execute(update(WebhookSecret).where(live, WebhookSecret.expires_at > until)
+                    .values(expires_at=until).execution_options(synchronize_session=False))
+
+
+def list_webhook_secrets(session: Session, tenant_id: str, workflow_id: str) -> Sequence[WebhookSecret]:
+    return session.execute(
+        select(WebhookSecret).where(WebhookSecret.tenant_id == tenant_id, WebhookSecret.workflow_id == workflow_id)
+        .order_by(WebhookSecret.created_at, WebhookSecret.id)
+    ).scalars().all()
+
+
+def live_webhook_secrets(session: Session, workflow_id: str) -> Sequence[WebhookSecret]:
+    """Every tenant's unexpired secrets for a workflow id: the signature decides whose workflow it is."""
+    return session.execute(
+        select(WebhookSecret).where(
+            WebhookSecret.workflow_id == workflow_id,
+            or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > db_now()),
+        )
+    ).scalars().all()
+
+
+def record_webhook_delivery(session: Session, signature: str, secret_id: str, keep_s: float) -> bool:
+    """Remember an accepted signature for ``keep_s`` seconds; False if it was seen already (a replay).
+
+    Forgets the signatures past their time first, so the table stays the size of a few minutes' traffic.
+    """
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.expires_at < db_now()))
+    try:
+        with session.begin_nested():
+            session.execute(insert(WebhookDelivery).values(
+                signature=signature, secret_id=secret_id, expires_at=db_now(keep_s)))
+    except IntegrityError:
+        return False
+    return True
