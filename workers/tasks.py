@@ -6,6 +6,7 @@ outcome in exactly one place).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestrator import broker, outcomes, templates
+from orchestrator import broker, outcomes, redact, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
@@ -99,7 +100,16 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
 
 
 def run_executor(ctx: StepContext) -> Outcome:
-    """The executor's result or exception, as an Outcome."""
+    """The executor's result or exception, as an Outcome; an error's message never carries a secret
+    of this process (a provider may echo its API key back in an error body)."""
+    outcome = _outcome_of(ctx)
+    if outcome.error is not None:
+        scrubbed = redact.redact(outcome.error.message, redact.known_secrets(ctx.settings))
+        outcome = dataclasses.replace(outcome, error=dataclasses.replace(outcome.error, message=scrubbed))
+    return outcome
+
+
+def _outcome_of(ctx: StepContext) -> Outcome:
     try:
         output = executors.execute(ctx)
         return Outcome(output=output, usage=ctx.usage)
