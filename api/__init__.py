@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         controls,
         errors,
         events,
+        files,
         limits,
         openapi,
         runs,
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     errors.register(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
-                      webhooks.bp, openapi.bp):
+                      webhooks.bp, files.bp, openapi.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
     limits.register(app, settings)  # after auth: the rate limit counts per tenant

@@ -44,6 +44,7 @@ ROUTE_ROLES: dict[str, str] = {
     "webhooks.list_secrets": "admin",
     "webhooks.create_secret": "admin",
     "webhooks.receive": SIGNED,
+    "files.download": SIGNED,
 }
 
 

@@ -51,7 +51,7 @@ ANY_JSON: dict[str, Any] = {"description": "Any JSON value; it becomes the run's
 @dataclass(frozen=True)
 class Op:
     summary: str
-    ok: tuple[int, type[BaseModel]]
+    ok: tuple[int, type[BaseModel] | None]  # None: the answer is a file, not JSON
     body: type[BaseModel] | dict[str, Any] | None = None  # a model, or a JSON Schema as it is
     body_required: bool = True
     query: tuple[dict[str, Any], ...] = ()
@@ -102,6 +102,10 @@ OPERATIONS: dict[str, Op] = {
     "tokens.create_token": Op("Create a token; the answer's `token` is the only time it is shown.",
                               (201, R.TokenCreated), schemas.TokenCreate),
     "tokens.revoke_token": Op("Revoke a token: it answers 401 from now on.", (200, R.Token)),
+    "files.download": Op("An output file, for whoever holds a URL that GET /runs/{run_id} signed (valid 15 "
+                         "minutes; no bearer token).", (200, None), query=(
+                             query("expires", {"type": "string"}, "Unix time the URL stops working."),
+                             query("sig", {"type": "string"}, "HMAC-SHA256 of the run, the name and expires."))),
     "webhooks.list_secrets": Op("A workflow's webhook secrets (never their values).", (200, R.WebhookSecretList)),
     "webhooks.create_secret": Op("A new webhook secret, shown only in this answer; the secrets in use stay valid "
                                  "for the overlap.", (201, R.WebhookSecretCreated), schemas.WebhookSecretCreate,
@@ -144,7 +148,9 @@ def _json(schema_name: str, description: str, headers: dict | None = None) -> di
 
 def _operation(endpoint: str, op: Op, path_params: list[dict[str, Any]]) -> dict[str, Any]:
     role = ROUTE_ROLES[endpoint]
-    answers = {str(op.ok[0]): _json(op.ok[1].__name__, "Success.")}
+    answers = {str(op.ok[0]): _json(op.ok[1].__name__, "Success.") if op.ok[1] else {
+        "description": "The file.", "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                     "format": "binary"}}}}}
     answers.update({str(code): _json(model.__name__, "Success.") for code, model in op.other_ok.items()})
     errors = set(op.errors) | {503}
     if role not in (PUBLIC,):
@@ -171,7 +177,7 @@ def _operation(endpoint: str, op: Op, path_params: list[dict[str, Any]]) -> dict
 
 def _components() -> dict[str, Any]:
     models = [(m, "validation") for m in schemas.REQUEST_BODIES.values()]
-    models += [(m, "serialization") for m in {R.Error, R.Status, *(op.ok[1] for op in OPERATIONS.values()),
+    models += [(m, "serialization") for m in {R.Error, R.Status, *(op.ok[1] for op in OPERATIONS.values() if op.ok[1]),
                                                *(m for op in OPERATIONS.values() for m in op.other_ok.values())}]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return top["$defs"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from api.files import output_files
 from orchestrator.db import repository as repo
 from orchestrator.db.models import (
     ApiToken,
@@ -84,10 +85,13 @@ def question_json(question: Question) -> dict[str, Any]:
 
 
 def full_run(session: Session, run: Run) -> dict[str, Any]:
-    """A run with its steps and pending approvals, as GET /runs/{id} answers."""
+    """A run with its steps, pending approvals and output files (URLs signed now), as GET /runs/{id}
+    answers. Lists of runs leave ``output_files`` empty: signing URLs is for the one run asked for."""
     workflow = repo.get_workflow(session, run.tenant_id, run.workflow_id)
     pending = repo.pending_approvals(session, [run.id])[run.id]
-    return run_json(run, workflow.name if workflow else None, list(repo.run_steps(session, run.id)), pending)
+    body = run_json(run, workflow.name if workflow else None, list(repo.run_steps(session, run.id)), pending)
+    body["output_files"] = output_files(run.id)
+    return body
 
 
 def run_json(

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     webhook_tolerance_s: int = 300
     webhook_rotation_overlap_s: float = 86400.0
 
+    # Output files: where they are kept (default data_dir/artifacts) and how long a signed URL lives.
+    artifacts_dir: Path | None = None
+    file_url_ttl_s: int = 900
+
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""
     openai_model: str = "gpt-4o-mini"

@@ -43,6 +43,7 @@ EXPECTED = {
     "webhooks.list_secrets": "admin",
     "webhooks.create_secret": "admin",
     "webhooks.receive": "signed",
+    "files.download": "signed",
 }
 RANKS = {"viewer": 1, "operator": 2, "admin": 3}
 CALLERS = ("none", "bad", "viewer", "operator", "admin")
@@ -197,6 +198,7 @@ def tenant_expectations(acme, other: Api):
         "webhooks.list_secrets": [not_found("GET", f"/workflows/{flow}/webhook-secrets")],
         "webhooks.create_secret": [not_found("POST", f"/workflows/{flow}/webhook-secrets", {})],
         "webhooks.receive": [],  # no bearer token: the signature names the tenant (test_security_webhooks)
+        "files.download": [],  # no bearer token: the signed URL is the permission (test_security_files)
     }
 
 
