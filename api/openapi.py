@@ -49,6 +49,39 @@ ANY_JSON: dict[str, Any] = {"description": "Any JSON value; it becomes the run's
 
 
 @dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from an answer to the next call (schemathesis' stateful phase follows them)."""
+
+    name: str
+    endpoint: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        link: dict[str, Any] = {"operationId": self.endpoint.replace(".", "_")}
+        if self.parameters:
+            link["parameters"] = self.parameters
+        if self.body is not None:
+            link["requestBody"] = self.body
+        return link
+
+
+def run_links(pointer: str) -> tuple[Link, ...]:
+    """Links to what can be done with the run whose id is at ``pointer`` of the answer."""
+    run_id = {"run_id": f"$response.body#{pointer}"}
+    return (Link("GetRun", "runs.get_run", run_id), Link("GetEvents", "runs.run_events", run_id),
+            Link("GetContext", "runs.run_context", run_id), Link("Act", "controls.act", run_id))
+
+
+def workflow_links(pointer: str) -> tuple[Link, ...]:
+    """Links to what can be done with the workflow whose id is at ``pointer`` of the answer."""
+    ref = f"$response.body#{pointer}"
+    return (Link("StartRun", "runs.start_run", body={"workflow_id": ref}),
+            Link("GetWorkflow", "workflows.get_workflow", {"workflow_id": ref}),
+            Link("CreateWebhookSecret", "webhooks.create_secret", {"workflow_id": ref}))
+
+
+@dataclass(frozen=True)
 class Op:
     summary: str
     ok: tuple[int, type[BaseModel] | None]  # None: the answer is a file, not JSON
@@ -58,35 +91,40 @@ class Op:
     headers: tuple[dict[str, Any], ...] = ()
     errors: tuple[int, ...] = ()
     other_ok: dict[int, type[BaseModel]] = field(default_factory=dict)
+    links: tuple[Link, ...] = ()  # from every success answer
 
 
 OPERATIONS: dict[str, Op] = {
     "system.healthz": Op("Liveness: the process answers.", (200, R.Status)),
     "system.readyz": Op("Readiness: the database answers.", (200, R.Status), errors=(503,)),
     "openapi.spec": Op("This document.", (200, R.Document)),
-    "workflows.list_workflows": Op("The tenant's workflows.", (200, R.WorkflowList)),
+    "workflows.list_workflows": Op("The tenant's workflows.", (200, R.WorkflowList),
+                                   links=workflow_links("/workflows/0/id")),
     "workflows.get_workflow": Op("A workflow: latest definition and its versions.", (200, R.Workflow)),
     "workflows.get_version": Op("One immutable version of a workflow.", (200, R.WorkflowVersion)),
-    "workflows.publish": Op("Publish a new version of a definition.", (201, R.WorkflowVersion), schemas.Definition),
+    "workflows.publish": Op("Publish a new version of a definition.", (201, R.WorkflowVersion), schemas.Definition,
+                            links=(*workflow_links("/id"), Link("GetVersion", "workflows.get_version", {
+                                "workflow_id": "$response.body#/id", "number": "$response.body#/version"}))),
     "runs.list_runs": Op("The tenant's runs, newest first.", (200, R.RunPage), query=(
         query("status", {"type": "string", "enum": [s.value for s in RunStatus]}),
         query("workflow_id", {"type": "string"}),
         limit(50, 500),
         query("cursor", {"type": "string"}, "next_cursor of the previous page."),
-    )),
+    ), links=run_links("/runs/0/id")),
     "runs.get_run": Op("A run with its steps.", (200, R.Run)),
     "runs.run_events": Op("A run's event log after a sequence number.", (200, R.EventPage), query=(
         query("after", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0}), limit(1000, 5000),
     )),
     "runs.run_context": Op("A run's input and step outputs.", (200, R.RunContext)),
     "runs.start_run": Op("Start a run.", (201, R.Run), schemas.StartRun, other_ok={200: R.Run}, errors=(409,),
+                         links=run_links("/id"),
                          query=(TRIGGERED_BY,), headers=({
                              "name": "Idempotency-Key", "in": "header", "required": False,
                              "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                              "description": "The same key and body answer the first run (200); another body 409."},)),
     "controls.act": Op("Pause, resume, cancel, retry or rerun a run (rerun answers 201 with the new run).",
                        (200, R.Run), schemas.ControlBody, body_required=False, query=(TRIGGERED_BY,),
-                       errors=(409,), other_ok={201: R.Run}),
+                       errors=(409,), other_ok={201: R.Run}, links=run_links("/id")),
     "approvals.inbox": Op("The tenant's approvals.", (200, R.ApprovalList), query=(
         query("status", {"type": "string", "enum": ["pending", "approved", "rejected", "changes_requested",
                                                      "cancelled", "all"], "default": "pending"}), limit(100, 500))),
@@ -100,7 +138,8 @@ OPERATIONS: dict[str, Op] = {
                             schemas.InboundEvent, query=(TRIGGERED_BY,)),
     "tokens.list_tokens": Op("The tenant's tokens (never their secrets).", (200, R.TokenList)),
     "tokens.create_token": Op("Create a token; the answer's `token` is the only time it is shown.",
-                              (201, R.TokenCreated), schemas.TokenCreate),
+                              (201, R.TokenCreated), schemas.TokenCreate,
+                              links=(Link("RevokeToken", "tokens.revoke_token", {"token_id": "$response.body#/id"}),)),
     "tokens.revoke_token": Op("Revoke a token: it answers 401 from now on.", (200, R.Token)),
     "files.download": Op("An output file, for whoever holds a URL that GET /runs/{run_id} signed (valid 15 "
                          "minutes; no bearer token).", (200, None), query=(
@@ -109,7 +148,8 @@ OPERATIONS: dict[str, Op] = {
     "webhooks.list_secrets": Op("A workflow's webhook secrets (never their values).", (200, R.WebhookSecretList)),
     "webhooks.create_secret": Op("A new webhook secret, shown only in this answer; the secrets in use stay valid "
                                  "for the overlap.", (201, R.WebhookSecretCreated), schemas.WebhookSecretCreate,
-                                 body_required=False),
+                                 body_required=False, links=(Link("ListSecrets", "webhooks.list_secrets", {
+                                     "workflow_id": "$response.body#/workflow_id"}),)),
     "webhooks.receive": Op("Start a run from a signed delivery; the JSON body is the run's input.", (201, R.Run),
                            ANY_JSON, body_required=False, errors=(413,), headers=({
                                "name": "X-Switchyard-Signature", "in": "header", "required": True,
@@ -152,6 +192,9 @@ def _operation(endpoint: str, op: Op, path_params: list[dict[str, Any]]) -> dict
         "description": "The file.", "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                      "format": "binary"}}}}}
     answers.update({str(code): _json(model.__name__, "Success.") for code, model in op.other_ok.items()})
+    if op.links:
+        for code in (op.ok[0], *op.other_ok):
+            answers[str(code)]["links"] = {link.name: link.as_json() for link in op.links}
     errors = set(op.errors) | {503}
     if role not in (PUBLIC,):
         errors |= {401} if role == SIGNED else {400, 401, 403, 429}

@@ -83,7 +83,8 @@ def signed_path(secret_key: str, run_id: str, name: str, now: float, ttl_s: int)
 
 def verify(secret_key: str, run_id: str, name: str, expires: str | None, sig: str | None, now: float) -> None:
     """Unauthorized unless ``sig`` signs this run, name and expiry and the expiry has not passed."""
-    if not expires or not sig or not expires.isdigit() or len(expires) > 12:
+    # [0-9] and not str.isdigit(): '¹' is a digit to isdigit() and not a number to int().
+    if not expires or not sig or not re.fullmatch(r"[0-9]{1,12}", expires):
         raise Unauthorized("this file URL needs its signature ('expires' and 'sig'); take a fresh one from GET /runs/{id}")
     if not hmac.compare_digest(_signature(secret_key, run_id, name, int(expires)), sig):
         raise Unauthorized("this file URL's signature does not match; take a fresh one from GET /runs/{id}")

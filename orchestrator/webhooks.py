@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from typing import Any
 
@@ -49,9 +50,10 @@ def parse_header(header: str | None) -> tuple[int, list[str]]:
     timestamp, signatures = None, []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit() and len(value) <= 12:
+        # [0-9] and not str.isdigit(): '¹' is a digit to isdigit() and not a number to int().
+        if key == "t" and re.fullmatch(r"[0-9]{1,12}", value):
             timestamp = int(value)
-        elif key == "v1" and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        elif key == "v1" and re.fullmatch(r"[0-9a-f]{64}", value):
             signatures.append(value)
     if timestamp is None or not signatures:
         raise Unauthorized(f"malformed {HEADER} header: expected t=<unix seconds>,v1=<64 hex digits>")

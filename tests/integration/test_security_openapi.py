@@ -1,8 +1,10 @@
 """The OpenAPI document covers the whole app, and the app keeps to it under schemathesis.
 
-schemathesis generates requests for every operation from the document (stateless phase, valid and
-invalid data) and checks each answer: no 5xx, and status, content type, headers and body as the
-document says.
+schemathesis generates requests from the document and checks each answer: no 5xx, and status,
+content type, headers and body as the document says. The stateless phase sends valid and invalid
+requests to every operation; the stateful phase follows the document's links (publish -> start ->
+act on the run, list -> decide an approval, …) over real runs of a tenant of its own. The app under
+test is built from the integration settings with the rate limit off, so no answer is a 429.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.openapi import _path
+from tests.integration.conftest import Api, publish, start, wait_for
 
 
 def test_openapi_needs_no_token_and_covers_every_rule(app):
@@ -47,6 +50,13 @@ def test_request_bodies_are_the_validating_models(app):
 
 
 @pytest.fixture(scope="module")
+def fuzz_app(settings):
+    from api import create_app
+
+    return create_app(settings.model_copy(update={"rate_limit_per_min": 0}))
+
+
+@pytest.fixture(scope="module")
 def fuzz_token(settings):
     """An admin token of a tenant of its own, so the fuzzing touches nobody else's things."""
     from orchestrator.db import repository as repo
@@ -58,7 +68,7 @@ def fuzz_token(settings):
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
-EXAMPLES_PER_OPERATION = 100  # about 4,000 requests, well under a minute
+EXAMPLES_PER_OPERATION = 75  # about 3,000 requests; the stateful phase adds about 1,200
 
 
 def fuzz(operation, mode, headers: dict, calls: dict) -> str | None:
@@ -80,9 +90,10 @@ def fuzz(operation, mode, headers: dict, calls: dict) -> str | None:
     return None
 
 
-def test_app_keeps_to_its_openapi_document(app, fuzz_token):
+def test_app_keeps_to_its_openapi_document_stateless(fuzz_app, fuzz_token):
     """Every operation, EXAMPLES_PER_OPERATION valid and as many invalid requests each; every failure
     is reported at the end."""
+    app = fuzz_app
     api_schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     headers = {"Authorization": f"Bearer {fuzz_token}"}
     failures, labels, calls = {}, set(), {}
@@ -99,3 +110,43 @@ def test_app_keeps_to_its_openapi_document(app, fuzz_token):
     assert labels == documented - {"GET /api/v1/openapi.json"}
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
     assert sum(calls.values()) >= 2000, calls
+
+
+WAITS = {"name": "waits for people", "steps": [
+    {"id": "review", "type": "approval", "prompt": "ok?"},
+    {"id": "ask", "type": "question", "question": "why?"},
+    {"id": "after", "type": "tool", "tool": "echo", "needs": ["review", "ask"]},
+]}
+
+
+def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, fuzz_token, engine_processes):
+    """Sequences of calls along the links, over a few real runs waiting on approvals and questions."""
+    api = Api(fuzz_app.test_client(), fuzz_token)
+    workflow = publish(api, WAITS)
+    runs = [start(api, workflow) for _ in range(3)]
+    wait_for(lambda: len(api.get("/approvals").get_json()["approvals"]) >= 3, 30, "the seeded runs to wait")
+    # Revoking tokens is left to the stateless phase: a link from GET /tokens would revoke our own.
+    api_schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app).exclude(
+        method="DELETE", path="/api/v1/tokens/{token_id}")
+    answers: dict[str, int] = {}
+
+    class Machine(api_schema.as_state_machine()):
+        def before_call(self, case):
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {fuzz_token}"}
+
+        def after_call(self, response, case):
+            key = f"{case.method} {case.operation.path} {response.status_code}"
+            answers[key] = answers.get(key, 0) + 1
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+    Machine.run(settings=hypothesis.settings(
+        max_examples=120, stateful_step_count=10, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(hypothesis.HealthCheck)))
+    assert sum(answers.values()) >= 1000, answers
+    # The links were followed to real things: some calls on the seeded runs succeeded.
+    acted = sum(n for key, n in answers.items() if key.startswith(("POST /api/v1/runs/{run_id}/", "GET /api/v1/runs/{run_id}"))
+                and key.endswith((" 200", " 201")))
+    assert acted > 0, answers
+    assert all(api.get(f"/runs/{run}").status_code == 200 for run in runs)

@@ -70,3 +70,10 @@ def test_the_store_writes_lists_and_replaces(tmp_path):
     assert store.path(RUN, "a.txt").read_bytes() == b"three"
     with pytest.raises(NotFound):
         store.path(RUN, "c.txt")
+
+
+@pytest.mark.parametrize("expires", ["\u00b9", "\u0663", "1e9", "-1", " 1", "1" * 13, ""])
+def test_an_expiry_that_is_not_plain_digits_is_refused_not_a_crash(expires):
+    # '¹' and '٣' are digits to str.isdigit() but not numbers to int(); schemathesis found the first.
+    with pytest.raises(Unauthorized):
+        artifacts.verify(KEY, RUN, "a.txt", expires, "0" * 64, T0)
