@@ -16,10 +16,11 @@ COPY workers ./workers
 COPY api ./api
 RUN pip install '.[flower]'
 
-# Run as an unprivileged user. SWITCHYARD_DATA_DIR only matters on the embedded defaults
-# (SQLite file, filesystem broker); point it at a directory that user may write.
+# Run as an unprivileged user. SWITCHYARD_DATA_DIR holds the embedded defaults (SQLite file,
+# filesystem broker) and the output files (artifacts/, a volume the API and workers share in
+# compose.yaml); point it at a directory that user may write.
 RUN useradd --create-home --uid 10001 --user-group switchyard \
-    && install -d -o switchyard -g switchyard /var/lib/switchyard
+    && install -d -o switchyard -g switchyard /var/lib/switchyard /var/lib/switchyard/artifacts
 ENV SWITCHYARD_DATA_DIR=/var/lib/switchyard
 USER switchyard
 

@@ -41,15 +41,21 @@ def create_app(settings: Settings | None = None) -> Flask:
         errors,
         events,
         evidence,
+        files,
+        limits,
         live,
         monitoring,
+        openapi,
         runs,
         system,
+        tokens,
+        webhooks,
         workflows,
     )
 
     settings = settings or load()
-    app = Flask(__name__)
+    # No static route: every route of this app is in api.auth.ROUTE_ROLES.
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     celery = broker.make_celery(settings)
@@ -65,11 +71,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         bus=bus,
     )
     errors.register(app)
-    auth.register(app)
-    _log_context(app)
-    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp,
-                      monitoring.bp, analytics.bp, live.bp, evidence.bp):
+    for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
+                      webhooks.bp, files.bp, openapi.bp, monitoring.bp, analytics.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
+    auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
+    _log_context(app)  # after auth, whose hook names the caller
+    limits.register(app, settings)  # after auth: the rate limit counts per tenant
     return app
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from api import serializers
-from api.auth import principal, requires
-from api.context import int_arg, json_object, services
+from api import schemas, serializers
+from api.auth import principal
+from api.context import int_arg, parse_body, services
 from api.controls import actor
 from orchestrator import human
 from orchestrator.db import repository as repo
@@ -29,7 +29,6 @@ def _status_arg(allowed: tuple[str, ...], default: str) -> str | None:
 
 
 @bp.get("/approvals")
-@requires("viewer")
 def inbox():
     status = _status_arg(APPROVAL_STATUSES, "pending")
     with services().sessions() as session:
@@ -38,12 +37,8 @@ def inbox():
 
 
 @bp.post("/runs/<run_id>/approvals/<approval_id>/<any(approve, reject, request_changes):decision>")
-@requires("operator")
 def decide(run_id: str, approval_id: str, decision: str):
-    body = json_object({"comment"}) if request.get_data(cache=True).strip() else {}
-    comment = body.get("comment")
-    if comment is not None and (not isinstance(comment, str) or len(comment) > 10000):
-        raise InvalidRequest("'comment' must be a string of at most 10000 characters")
+    comment = parse_body(schemas.Decision, optional=True).comment
     svc = services()
     with transaction(svc.sessions) as session:
         effects = human.decide_approval(
@@ -55,7 +50,6 @@ def decide(run_id: str, approval_id: str, decision: str):
 
 
 @bp.get("/questions")
-@requires("viewer")
 def open_questions():
     status = _status_arg(QUESTION_STATUSES, "open")
     with services().sessions() as session:
@@ -64,13 +58,12 @@ def open_questions():
 
 
 @bp.post("/runs/<run_id>/questions/<question_id>/answer")
-@requires("operator")
 def answer(run_id: str, question_id: str):
-    body = json_object({"answer"}, required={"answer"})
+    body = parse_body(schemas.Answer)
     svc = services()
     with transaction(svc.sessions) as session:
         effects = human.answer_question(
-            session, svc.catalog, principal().tenant_id, run_id, question_id, body["answer"], actor()
+            session, svc.catalog, principal().tenant_id, run_id, question_id, body.answer, actor()
         )
     svc.after_commit(effects)
     with svc.sessions() as session:

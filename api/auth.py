@@ -1,9 +1,13 @@
-"""Bearer tokens: who is calling (tenant and role), and the role each view requires."""
+"""Who is calling (tenant and role), and the one table of what each endpoint requires.
+
+``ROUTE_ROLES`` maps every endpoint of the app to the least role it needs. ``create_app`` refuses to
+build an app with an endpoint the table does not name, and a request to an endpoint missing from the
+table is refused (fail closed), so a new route cannot go out unguarded by accident.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import wraps
 
 from flask import Flask, g, request
 
@@ -12,8 +16,47 @@ from orchestrator.db import repository as repo
 from orchestrator.errors import Forbidden, Unauthorized
 
 ROLES = ("viewer", "operator", "admin")
-PUBLIC_ENDPOINTS = {"system.healthz", "system.readyz"}
-# Endpoints that need no token when a setting says so: GET /metrics with SWITCHYARD_METRICS_PUBLIC=1.
+# Not a role: no bearer token is read. PUBLIC answers anyone; SIGNED checks its own signature (webhooks).
+PUBLIC, SIGNED = "public", "signed"
+
+ROUTE_ROLES: dict[str, str] = {
+    "system.healthz": PUBLIC,
+    "system.readyz": PUBLIC,
+    "openapi.spec": PUBLIC,
+    "workflows.list_workflows": "viewer",
+    "workflows.get_workflow": "viewer",
+    "workflows.get_version": "viewer",
+    "workflows.publish": "admin",
+    "runs.list_runs": "viewer",
+    "runs.get_run": "viewer",
+    "runs.run_events": "viewer",
+    "runs.run_context": "viewer",
+    "runs.start_run": "operator",
+    "controls.act": "operator",
+    "approvals.inbox": "viewer",
+    "approvals.open_questions": "viewer",
+    "approvals.decide": "operator",
+    "approvals.answer": "operator",
+    "events.post_event": "operator",
+    "tokens.list_tokens": "admin",
+    "tokens.create_token": "admin",
+    "tokens.revoke_token": "admin",
+    "webhooks.list_secrets": "admin",
+    "webhooks.create_secret": "admin",
+    "webhooks.receive": SIGNED,
+    "files.download": SIGNED,
+    "runs.run_diagnosis": "viewer",
+    "evidence.run_evidence": "viewer",
+    "live.run_stream": "viewer",
+    "live.tenant_stream": "viewer",
+    "analytics.summary": "viewer",
+    "analytics.timeseries": "viewer",
+    "monitoring.queues": "viewer",
+    "monitoring.workers": "viewer",
+    # A viewer sees its tenant's series; with SWITCHYARD_METRICS_PUBLIC=1 anyone sees every tenant's.
+    "monitoring.metrics": "viewer",
+}
+# Endpoints open to anyone when a setting says so.
 PUBLIC_WHEN = {"monitoring.metrics": "metrics_public"}
 
 
@@ -27,22 +70,45 @@ class Principal:
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
+def unguarded_endpoints(app: Flask) -> list[str]:
+    """Endpoints of ``app`` that ROUTE_ROLES does not name (should be none)."""
+    return sorted({rule.endpoint for rule in app.url_map.iter_rules()} - set(ROUTE_ROLES))
+
+
 def register(app: Flask) -> None:
+    """Check every request against ROUTE_ROLES: 401 without a live token, 403 with too low a role.
+
+    Raises RuntimeError at start-up if an endpoint of ``app`` is missing from the table.
+    """
+    missing = unguarded_endpoints(app)
+    if missing:
+        raise RuntimeError(f"endpoints without an entry in api.auth.ROUTE_ROLES: {missing}")
+
     @app.before_request
-    def _authenticate():
-        if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+    def _authorize():
+        if request.endpoint is None:
+            return  # no such route: the 404/405 handler answers
+        needed = ROUTE_ROLES.get(request.endpoint)
+        if needed in (PUBLIC, SIGNED) or is_public(request.endpoint):
             return
-        if is_public(request.endpoint):
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("send 'Authorization: Bearer <token>'; create one with `switchyard token create`")
-        with services().sessions() as session:
-            found = repo.find_token(session, token.strip())
-        if found is None:
-            raise Unauthorized("unknown or revoked token; create one with `switchyard token create`")
-        g.principal = Principal(found.id, found.tenant_id, found.role)
+        who = _authenticate()
+        g.principal = who
+        if needed is None:
+            raise Forbidden(f"endpoint {request.endpoint!r} has no access rule; it is refused to every role")
+        if not who.has(needed):
+            raise Forbidden(f"this action needs the {needed!r} role; your token is {who.role!r}")
+
+
+def _authenticate() -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send 'Authorization: Bearer <token>'; create one with `switchyard token create`")
+    with services().sessions() as session:
+        found = repo.find_token(session, token.strip())
+    if found is None:
+        raise Unauthorized("unknown or revoked token; create one with `switchyard token create`")
+    return Principal(found.id, found.tenant_id, found.role)
 
 
 def is_public(endpoint: str | None) -> bool:
@@ -52,20 +118,5 @@ def is_public(endpoint: str | None) -> bool:
 
 
 def principal() -> Principal:
+    """The caller of this request (set by the check above for every endpoint that needs a token)."""
     return g.principal
-
-
-def requires(role: str):
-    """Refuse the view with 403 unless the caller's role is at least ``role``."""
-
-    def decorate(view):
-        @wraps(view)
-        def wrapper(*args, **kwargs):
-            if not principal().has(role):
-                raise Forbidden(f"this action needs the {role!r} role; your token is {principal().role!r}")
-            return view(*args, **kwargs)
-
-        wrapper.required_role = role
-        return wrapper
-
-    return decorate

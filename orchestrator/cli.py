@@ -1,4 +1,4 @@
-"""The `switchyard` command: api, scheduler, worker, dev, db upgrade, token create.
+"""The `switchyard` command: api, scheduler, worker, dev, db upgrade, token create|list|revoke.
 
 The commands for the API and the worker import ``api`` and ``workers`` inside their functions:
 the orchestrator does not depend on them, the command line merely starts them.
@@ -113,6 +113,34 @@ def token() -> None:
 def token_create(tenant: str, role: str, name: str) -> None:
     """Create a token and print it once (only its hash is stored)."""
     click.echo(_create_token(load(), tenant, role, name))
+
+
+@token.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's tokens (default: every tenant's).")
+def token_list(tenant: str | None) -> None:
+    """List tokens: id, tenant, role, name, created, revoked (never the secret: it is not stored)."""
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker
+
+    settings = load()
+    with make_sessionmaker(make_engine(settings))() as session:
+        for t in repo.list_tokens(session, tenant):
+            revoked = t.revoked_at.isoformat() if t.revoked_at else "-"
+            click.echo(f"{t.id}\t{t.tenant_id}\t{t.role}\t{t.name or '-'}\t{t.created_at.isoformat()}\t{revoked}")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token by its id (tok_…); it answers 401 from now on."""
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+
+    with transaction(make_sessionmaker(make_engine(load()))) as session:
+        found = repo.revoke_token(session, None, token_id)
+    if found is None:
+        raise click.ClickException(f"no token {token_id!r}")
+    click.echo(f"revoked {token_id}")
 
 
 def _create_token(settings: Settings, tenant: str, role: str, name: str = "") -> str:

@@ -26,6 +26,12 @@ class DefinitionInvalid(InvalidRequest):
     """A workflow definition was refused; ``details.problems`` lists every reason."""
 
 
+class PayloadTooLarge(SwitchyardError):
+    """A value in the request is over its size limit; ``details`` say which and the limit."""
+
+    code = "payload_too_large"
+
+
 class NotFound(SwitchyardError):
     """No such thing in this tenant."""
 

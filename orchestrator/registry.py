@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import entry_points
 
-BUILTIN_TOOLS = frozenset({"echo", "sleep", "fail", "http.request"})
+BUILTIN_TOOLS = frozenset({"echo", "sleep", "fail", "http.request", "file.write"})
 # Tools only an agent may call: the engine answers them itself.
 AGENT_ONLY_TOOLS = frozenset({"human.ask"})
 ENTRY_POINT_GROUP = "switchyard.tools"

@@ -13,7 +13,13 @@ from orchestrator import ids
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Run, Step, WorkflowVersion
 from orchestrator.definitions import Definition, input_problems, parse_definition
-from orchestrator.errors import IdempotencyConflict, InvalidRequest, NotFound, RuntimeNotApplicable
+from orchestrator.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RuntimeNotApplicable,
+)
 from orchestrator.outcomes import empty_usage
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
@@ -69,6 +75,10 @@ def start_run(
     definition = Definition.model_validate(stored.definition)
     if definition.kind == "conversational":
         raise RuntimeNotApplicable(f"workflow {workflow_id!r} is conversational; it has no runs")
+    size = len(json.dumps(run_input, separators=(",", ":")))
+    if size > settings.max_input_bytes:
+        raise PayloadTooLarge(f"the run's input is {size} bytes as JSON, over the limit of {settings.max_input_bytes}",
+                              {"field": "input", "limit_bytes": settings.max_input_bytes, "size_bytes": size})
     problems = input_problems(definition, run_input)
     if problems:
         raise InvalidRequest("input does not match the workflow's input_schema: " + "; ".join(problems), {"problems": problems})

@@ -79,8 +79,20 @@ class Settings(BaseSettings):
     # "json": one JSON object per line, with tenant, run_id, step_id and attempt where a line concerns a run.
     log_format: Literal["text", "json"] = "text"
 
+    # Limits of the API (API.md "Errors": 413, 429). A rate limit of 0 turns it off.
     max_body_bytes: int = 1024 * 1024
+    max_input_bytes: int = 256 * 1024
     max_steps_per_definition: int = 1000
+    rate_limit_per_min: int = 6000
+
+    # Webhooks in: how far a signature's timestamp may be from now, and how long a rotated secret
+    # stays valid beside the new one.
+    webhook_tolerance_s: int = 300
+    webhook_rotation_overlap_s: float = 86400.0
+
+    # Output files: where they are kept (default data_dir/artifacts) and how long a signed URL lives.
+    artifacts_dir: Path | None = None
+    file_url_ttl_s: int = 900
 
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""

@@ -1,14 +1,15 @@
 """Templates (``{{ … }}``) in step fields, rendered in Jinja2's immutable sandbox.
 
-The sandbox refuses attribute access to Python internals, so a definition cannot reach them;
-such an attempt fails the step with a permanent ``template_error``.
+A template that names a Python internal outright (``x.__class__``, ``x['__y__']``, ``x|attr('__z')``)
+is refused at publish; one that reaches for it by a computed name is stopped by the sandbox when it
+renders, which fails the step with a permanent ``template_error``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from orchestrator.errors import PermanentStepError
@@ -26,7 +27,7 @@ def syntax_problems(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         if "{{" in value or "{%" in value:
             try:
-                _env.parse(value)
+                problems.extend(f"{where}: {p}" for p in _internals(_env.parse(value)))
             except TemplateSyntaxError as exc:
                 problems.append(f"{where}: template syntax error: {exc.message}")
     elif isinstance(value, dict):
@@ -36,6 +37,23 @@ def syntax_problems(value: Any, where: str) -> list[str]:
         for i, item in enumerate(value):
             problems.extend(syntax_problems(item, f"{where}[{i}]"))
     return problems
+
+
+def _internals(tree: nodes.Template) -> list[str]:
+    """Python internals the template names outright: dunder names (``__class__``) and mangled private
+    names (``_TemplateReference__context``). A data key like ``_id`` is not one."""
+    found = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem):
+            name = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        else:
+            name = node.args[0].value if node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const) \
+                else None
+        if isinstance(name, str) and name.startswith("_") and "__" in name:
+            found.append(f"template reaches for the Python internal {name!r}; templates may only read data")
+    return found
 
 
 def render(value: Any, context: dict[str, Any]) -> Any:

@@ -7,6 +7,7 @@ outcome in exactly one place).
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator import broker, logs, outcomes, streams, templates
+from orchestrator import broker, logs, outcomes, redact, streams, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.session import database_unavailable, make_engine, make_sessionmaker, transaction
@@ -168,7 +169,16 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
 
 
 def run_executor(ctx: StepContext) -> Outcome:
-    """The executor's result or exception, as an Outcome."""
+    """The executor's result or exception, as an Outcome; an error's message never carries a secret
+    of this process (a provider may echo its API key back in an error body)."""
+    outcome = _outcome_of(ctx)
+    if outcome.error is not None:
+        scrubbed = redact.redact(outcome.error.message, redact.known_secrets(ctx.settings))
+        outcome = dataclasses.replace(outcome, error=dataclasses.replace(outcome.error, message=scrubbed))
+    return outcome
+
+
+def _outcome_of(ctx: StepContext) -> Outcome:
     seen = dict(usage=ctx.usage, policy=ctx.decisions)
     try:
         output = executors.execute(ctx)

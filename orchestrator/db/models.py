@@ -257,3 +257,34 @@ class InboundEvent(Base):
     payload: Mapped[Any | None] = mapped_column(JsonType)
     created_at: Mapped[datetime] = _created()
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookSecret(Base):
+    """A signing secret of a workflow's webhook (``POST /hooks/{workflow_id}``).
+
+    The secret itself is never stored: it is derived from SWITCHYARD_SECRET_KEY, the id and the salt
+    (orchestrator/webhooks.py), so a copy of the database does not reveal it. A rotated secret keeps
+    working until ``expires_at``; a current one has none.
+    """
+
+    __tablename__ = "webhook_secrets"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "workflow_id"], ["workflows.tenant_id", "workflows.id"]),
+        Index("ix_webhook_secrets_workflow", "workflow_id", "tenant_id"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    workflow_id: Mapped[str] = mapped_column(String(100))
+    salt: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WebhookDelivery(Base):
+    """A signature already accepted, kept until its timestamp is past the tolerance: a replay of it
+    collides with this row and is refused."""
+
+    __tablename__ = "webhook_deliveries"
+    signature: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret_id: Mapped[str] = mapped_column(String(40))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

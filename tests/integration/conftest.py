@@ -272,6 +272,9 @@ class Api:
     def put(self, path, json=None, **kw):
         return self.client.put(f"/api/v1{path}", json=json, headers=self._headers(kw.pop("headers", None)), **kw)
 
+    def delete(self, path, **kw):
+        return self.client.delete(f"/api/v1{path}", headers=self._headers(kw.pop("headers", None)), **kw)
+
     def as_(self, token: str | None) -> Api:
         return Api(self.client, token)
 

@@ -1,7 +1,9 @@
 """A small HTTP server on loopback that speaks the OpenAI chat completions API.
 
 It answers deterministically: with tools offered and no tool result yet in the conversation it asks
-for the first tool, otherwise it answers with the last user message. It records every request.
+for the first tool, otherwise it answers with the last user message. It records every request. For
+the model ``leaky`` it refuses the request with a 400 that echoes the Authorization header back, as
+careless proxies do.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class FakeOpenAI:
                 if self.path != "/v1/chat/completions":
                     self.send_response(404)
                     self.end_headers()
+                    return
+                if body.get("model") == "leaky":
+                    self.send_response(400)
+                    self.end_headers()
+                    self.wfile.write(f"bad request from {self.headers.get('Authorization')}".encode())
                     return
                 reply = json.dumps(server.complete(body)).encode()
                 self.send_response(200)

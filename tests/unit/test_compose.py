@@ -155,3 +155,9 @@ def test_dockerfile_runs_switchyard_as_a_user_with_flower():
 def test_flower_extra_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert any(req.startswith("flower") for req in project["optional-dependencies"]["flower"])
+
+
+def test_api_and_workers_share_the_output_files(services, compose):
+    for name in ("api", "worker"):
+        assert "artifacts:/var/lib/switchyard/artifacts" in services[name]["volumes"]
+    assert "artifacts" in compose["volumes"]

@@ -23,6 +23,7 @@ BUILTINS: dict[str, Tool] = {
     "sleep": builtin.sleep,
     "fail": builtin.fail,
     "http.request": builtin.http_request,
+    "file.write": builtin.file_write,
 }
 
 

@@ -1,12 +1,15 @@
-"""The built-in tools: echo, sleep, fail, http.request."""
+"""The built-in tools: echo, sleep, fail, http.request, file.write."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import httpx
 
-from orchestrator.errors import PermanentStepError, RetryableStepError
+from orchestrator import artifacts
+from orchestrator.errors import NotFound, PermanentStepError, RetryableStepError
 from orchestrator.policy import ToolSpec
 
 # Each built-in's risk level and the JSON Schema of its arguments (policies decide on them).
@@ -16,6 +19,8 @@ SPECS: dict[str, ToolSpec] = {
     "sleep": ToolSpec("sleep", "low", {"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0}}}),
     "fail": ToolSpec("fail", "low", {"type": "object", "properties": {
         "message": {"type": "string"}, "until_attempt": {"type": "integer"}, "after_s": {"type": "number"}}}),
+    "file.write": ToolSpec("file.write", "medium", {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "text": {"type": "string"}, "base64": {"type": "string"}}}),
     "http.request": ToolSpec("http.request", "high", {
         "type": "object", "required": ["url"],
         "properties": {"url": {"type": "string", "pattern": "^https?://"}, "method": {"type": "string"},
@@ -94,6 +99,34 @@ def http_request(args: dict, ctx) -> Any:
     if response.status_code >= 400 and args.get("raise_for_status", True):
         raise PermanentStepError(f"{url} answered {response.status_code}", code="http_status", details=result)
     return result
+
+
+def file_write(args: dict, ctx) -> Any:
+    """Writes an output file of the run: ``name`` and either ``text`` (UTF-8) or ``base64``.
+
+    The run lists it in ``output_files`` with a signed URL. Writing the same name again replaces it,
+    so a retried attempt leaves one file.
+    """
+    name = args.get("name")
+    if not isinstance(name, str) or not artifacts.NAME.match(name):
+        raise PermanentStepError("file.write needs a 'name' of letters, digits, '.', '_' and '-' (not starting "
+                                 "with '.' or '-')", code="invalid_args")
+    if isinstance(args.get("text"), str):
+        data = args["text"].encode()
+    elif isinstance(args.get("base64"), str):
+        try:
+            data = base64.b64decode(args["base64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise PermanentStepError("file.write: 'base64' is not valid base64", code="invalid_args") from None
+    else:
+        raise PermanentStepError("file.write needs 'text' or 'base64'", code="invalid_args")
+    try:
+        stored = artifacts.store(ctx.settings).write(ctx.run_id, name, data)
+    except NotFound as exc:
+        raise PermanentStepError(exc.message, code="invalid_args") from None
+    except OSError as exc:
+        raise RetryableStepError(f"file.write could not store {name!r}: {exc.strerror}", code="storage_error") from exc
+    return {"name": stored.name, "size_bytes": stored.size_bytes}
 
 
 def _number(args: dict, key: str, default: float) -> float:

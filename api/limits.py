@@ -1,0 +1,89 @@
+"""Limits on what one request and one tenant may ask: clean URLs and a per-tenant rate limit.
+
+The rate limit is a fixed window of one minute per tenant: a counter in Redis when the broker is
+Redis (so every API process shares it), in process memory otherwise (the embedded default has one
+API process). Over the limit answers 429 ``rate_limited`` with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+from flask import Flask, g, request
+
+from api.errors import error_response
+from orchestrator.errors import InvalidRequest
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+WINDOW_S = 60
+
+
+class MemoryWindow:
+    """Fixed-window counters in this process; the clock is injected for tests."""
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.counts: dict[tuple[str, int], int] = {}
+
+    def hit(self, key: str, limit: int) -> float | None:
+        """Count one request for ``key``; None if within ``limit``, else seconds until the next window."""
+        now = self.clock()
+        window = int(now // WINDOW_S)
+        with self.lock:
+            if len(self.counts) > 10000:  # forget finished windows
+                self.counts = {k: v for k, v in self.counts.items() if k[1] == window}
+            count = self.counts[(key, window)] = self.counts.get((key, window), 0) + 1
+        return None if count <= limit else (window + 1) * WINDOW_S - now
+
+
+class RedisWindow:
+    """Fixed-window counters in Redis, shared by every API process (INCR, then EXPIRE with the window)."""
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.time):
+        self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        self.clock = clock
+
+    def hit(self, key: str, limit: int) -> float | None:
+        now = self.clock()
+        window = int(now // WINDOW_S)
+        name = f"switchyard:ratelimit:{key}:{window}"
+        try:
+            with self.client.pipeline() as pipe:
+                count, _ = pipe.incr(name).expire(name, WINDOW_S * 2).execute()
+        except redis.RedisError as exc:
+            # Fail open: a broker hiccup must not take the API down with it.
+            log.warning("rate limit not checked, Redis unavailable: %s", exc)
+            return None
+        return None if count <= limit else (window + 1) * WINDOW_S - now
+
+
+def make_window(settings: Settings) -> MemoryWindow | RedisWindow:
+    url = settings.resolved_broker_url
+    return RedisWindow(url) if url.startswith(("redis://", "rediss://")) else MemoryWindow()
+
+
+def register(app: Flask, settings: Settings) -> None:
+    """Refuse NUL characters in the URL and rate-limit each tenant (after authentication)."""
+    window = make_window(settings) if settings.rate_limit_per_min > 0 else None
+
+    @app.before_request
+    def _limits():
+        if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+            raise InvalidRequest("the URL may not contain NUL characters")
+        who = g.get("principal")
+        if window is None or who is None:
+            return None
+        wait = window.hit(who.tenant_id, settings.rate_limit_per_min)
+        if wait is None:
+            return None
+        retry_after = str(max(1, math.ceil(wait)))
+        return error_response(
+            429, "rate_limited", f"over the limit of {settings.rate_limit_per_min} requests a minute for this tenant; "
+            f"retry in {retry_after} s", {"limit_per_min": settings.rate_limit_per_min}, {"Retry-After": retry_after})

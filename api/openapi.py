@@ -1,0 +1,283 @@
+"""The OpenAPI 3.1 document, ``GET /api/v1/openapi.json``, built from the app itself.
+
+Paths and path parameters come from the app's url_map; request bodies from the pydantic models the
+views validate with (api/schemas.py); answers from api/responses.py. ``OPERATIONS`` says, per
+endpoint, what the url_map cannot: the summary, query parameters, body and answers. A url_map rule
+without an entry here makes ``build`` fail, and a test checks that every rule is in the document.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Flask, current_app
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from api import responses as R
+from api import schemas
+from api.auth import PUBLIC, ROUTE_ROLES, SIGNED
+from orchestrator.states import RunStatus
+
+bp = Blueprint("openapi", __name__)
+
+ERROR_TEXT = {400: "invalid_request (or runtime_not_applicable)", 401: "unauthorized: no, unknown or revoked token",
+              403: "forbidden: role too low", 404: "not_found: no such thing in this tenant",
+              409: "invalid_transition or idempotency_conflict", 413: "payload_too_large",
+              429: "rate_limited: over the tenant's rate limit; see Retry-After",
+              503: "unavailable: the database does not answer; see Retry-After"}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.", "required": True,
+                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+
+
+def query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def limit(default: int, high: int) -> dict[str, Any]:
+    return query("limit", {"type": "integer", "minimum": 1, "maximum": high, "default": default},
+                 f"Page size, 1-{high}.")
+
+
+TRIGGERED_BY = query("triggered_by", {"type": "string", "minLength": 1, "maxLength": 200},
+                     "A name recorded on the audit trail.")
+
+
+SINCE = query("since", {"type": "string"}, "An RFC 3339 time, or a span back from now: 90m, 24h, 7d.")
+
+ANY_JSON: dict[str, Any] = {"description": "Any JSON value; it becomes the run's input."}
+
+
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from an answer to the next call (schemathesis' stateful phase follows them)."""
+
+    name: str
+    endpoint: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        link: dict[str, Any] = {"operationId": self.endpoint.replace(".", "_")}
+        if self.parameters:
+            link["parameters"] = self.parameters
+        if self.body is not None:
+            link["requestBody"] = self.body
+        return link
+
+
+def run_links(pointer: str) -> tuple[Link, ...]:
+    """Links to what can be done with the run whose id is at ``pointer`` of the answer."""
+    run_id = {"run_id": f"$response.body#{pointer}"}
+    return (Link("GetRun", "runs.get_run", run_id), Link("GetEvents", "runs.run_events", run_id),
+            Link("GetContext", "runs.run_context", run_id), Link("Act", "controls.act", run_id))
+
+
+def workflow_links(pointer: str) -> tuple[Link, ...]:
+    """Links to what can be done with the workflow whose id is at ``pointer`` of the answer."""
+    ref = f"$response.body#{pointer}"
+    return (Link("StartRun", "runs.start_run", body={"workflow_id": ref}),
+            Link("GetWorkflow", "workflows.get_workflow", {"workflow_id": ref}),
+            Link("CreateWebhookSecret", "webhooks.create_secret", {"workflow_id": ref}))
+
+
+@dataclass(frozen=True)
+class Op:
+    summary: str
+    ok: tuple[int, type[BaseModel] | None]  # None: the answer is a file, not JSON
+    body: type[BaseModel] | dict[str, Any] | None = None  # a model, or a JSON Schema as it is
+    body_required: bool = True
+    query: tuple[dict[str, Any], ...] = ()
+    headers: tuple[dict[str, Any], ...] = ()
+    errors: tuple[int, ...] = ()
+    other_ok: dict[int, type[BaseModel]] = field(default_factory=dict)
+    links: tuple[Link, ...] = ()  # from every success answer
+    media: str = "application/octet-stream"  # the success answer's type when it is not JSON
+
+
+OPERATIONS: dict[str, Op] = {
+    "system.healthz": Op("Liveness: the process answers.", (200, R.Status)),
+    "system.readyz": Op("Readiness: the database answers.", (200, R.Status), errors=(503,)),
+    "openapi.spec": Op("This document.", (200, R.Document)),
+    "workflows.list_workflows": Op("The tenant's workflows.", (200, R.WorkflowList),
+                                   links=workflow_links("/workflows/0/id")),
+    "workflows.get_workflow": Op("A workflow: latest definition and its versions.", (200, R.Workflow)),
+    "workflows.get_version": Op("One immutable version of a workflow.", (200, R.WorkflowVersion)),
+    "workflows.publish": Op("Publish a new version of a definition.", (201, R.WorkflowVersion), schemas.Definition,
+                            links=(*workflow_links("/id"), Link("GetVersion", "workflows.get_version", {
+                                "workflow_id": "$response.body#/id", "number": "$response.body#/version"}))),
+    "runs.list_runs": Op("The tenant's runs, newest first.", (200, R.RunPage), query=(
+        query("status", {"type": "string", "enum": [s.value for s in RunStatus]}),
+        query("workflow_id", {"type": "string"}),
+        limit(50, 500),
+        query("cursor", {"type": "string"}, "next_cursor of the previous page."),
+    ), links=run_links("/runs/0/id")),
+    "runs.get_run": Op("A run with its steps.", (200, R.Run)),
+    "runs.run_events": Op("A run's event log after a sequence number.", (200, R.EventPage), query=(
+        query("after", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0}), limit(1000, 5000),
+    )),
+    "runs.run_context": Op("A run's input and step outputs.", (200, R.RunContext)),
+    "runs.start_run": Op("Start a run.", (201, R.Run), schemas.StartRun, other_ok={200: R.Run}, errors=(409,),
+                         links=run_links("/id"),
+                         query=(TRIGGERED_BY,), headers=({
+                             "name": "Idempotency-Key", "in": "header", "required": False,
+                             "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                             "description": "The same key and body answer the first run (200); another body 409."},)),
+    "controls.act": Op("Pause, resume, cancel, retry or rerun a run (rerun answers 201 with the new run).",
+                       (200, R.Run), schemas.ControlBody, body_required=False, query=(TRIGGERED_BY,),
+                       errors=(409,), other_ok={201: R.Run}, links=run_links("/id")),
+    "approvals.inbox": Op("The tenant's approvals.", (200, R.ApprovalList), query=(
+        query("status", {"type": "string", "enum": ["pending", "approved", "rejected", "changes_requested",
+                                                     "cancelled", "all"], "default": "pending"}), limit(100, 500))),
+    "approvals.open_questions": Op("The tenant's questions.", (200, R.QuestionList), query=(
+        query("status", {"type": "string", "enum": ["open", "answered", "cancelled", "all"], "default": "open"}),
+        limit(100, 500))),
+    "approvals.decide": Op("Approve, reject or request changes.", (200, R.Run), schemas.Decision,
+                           body_required=False, query=(TRIGGERED_BY,), errors=(409,)),
+    "approvals.answer": Op("Answer a question.", (200, R.Run), schemas.Answer, query=(TRIGGERED_BY,), errors=(409,)),
+    "events.post_event": Op("Deliver an event to wait_event steps waiting on its key.", (202, R.EventAccepted),
+                            schemas.InboundEvent, query=(TRIGGERED_BY,)),
+    "tokens.list_tokens": Op("The tenant's tokens (never their secrets).", (200, R.TokenList)),
+    "tokens.create_token": Op("Create a token; the answer's `token` is the only time it is shown.",
+                              (201, R.TokenCreated), schemas.TokenCreate,
+                              links=(Link("RevokeToken", "tokens.revoke_token", {"token_id": "$response.body#/id"}),)),
+    "tokens.revoke_token": Op("Revoke a token: it answers 401 from now on.", (200, R.Token)),
+    "files.download": Op("An output file, for whoever holds a URL that GET /runs/{run_id} signed (valid 15 "
+                         "minutes; no bearer token).", (200, None), query=(
+                             query("expires", {"type": "string"}, "Unix time the URL stops working."),
+                             query("sig", {"type": "string"}, "HMAC-SHA256 of the run, the name and expires."))),
+    "webhooks.list_secrets": Op("A workflow's webhook secrets (never their values).", (200, R.WebhookSecretList)),
+    "webhooks.create_secret": Op("A new webhook secret, shown only in this answer; the secrets in use stay valid "
+                                 "for the overlap.", (201, R.WebhookSecretCreated), schemas.WebhookSecretCreate,
+                                 body_required=False, links=(Link("ListSecrets", "webhooks.list_secrets", {
+                                     "workflow_id": "$response.body#/workflow_id"}),)),
+    "webhooks.receive": Op("Start a run from a signed delivery; the JSON body is the run's input.", (201, R.Run),
+                           ANY_JSON, body_required=False, errors=(413,), headers=({
+                               "name": "X-Switchyard-Signature", "in": "header", "required": True,
+                               "schema": {"type": "string"},
+                               "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'> with "
+                                              "the workflow's webhook secret; at most 300 s old, used once."},)),
+    "runs.run_diagnosis": Op("Why a run is not moving, and the operator action that would move it.",
+                             (200, R.Diagnosis)),
+    "evidence.run_evidence": Op("The run's evidence pack: a zip of the run, its workflow version, steps, events, "
+                                "approvals, outputs and audit entries, with a manifest of SHA-256 hashes.",
+                                (200, None), media="application/zip"),
+    "live.run_stream": Op("The run's events as Server-Sent Events, from Last-Event-ID (or `after`) on, live; the "
+                          "stream ends once the run is terminal.", (200, None), media="text/event-stream", query=(
+                              query("after", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),),
+                          headers=({"name": "Last-Event-ID", "in": "header", "required": False,
+                                    "schema": {"type": "string"}, "description": "The seq of the last event seen."},)),
+    "live.tenant_stream": Op("The tenant's run status changes as Server-Sent Events, live (no replay).",
+                             (200, None), media="text/event-stream"),
+    "analytics.summary": Op("Live and recent runs by status, success rate, steps executed and usage.",
+                            (200, R.AnalyticsSummary), query=(SINCE,)),
+    "analytics.timeseries": Op("One metric per time bucket.", (200, R.Timeseries), query=(
+        query("metric", {"type": "string", "enum": ["runs_started", "runs_succeeded", "runs_failed", "steps",
+                                                    "credits"]}),
+        query("bucket", {"type": "string", "enum": ["minute", "hour", "day"], "default": "hour"}), SINCE)),
+    "monitoring.queues": Op("Each step queue: depth from the broker, consumers, the tenant's rates.",
+                            (200, R.QueueList)),
+    "monitoring.workers": Op("Online workers: pool, queues, active tasks, last heartbeat.", (200, R.WorkerList)),
+    "monitoring.metrics": Op("Prometheus text: runs by status, step durations, dispatch latency, retries, "
+                             "failures (no token needed with SWITCHYARD_METRICS_PUBLIC=1).", (200, None),
+                             media="text/plain"),
+}
+
+_PART = re.compile(r"<(?:(\w+)(?:\(([^)]*)\))?:)?(\w+)>")
+
+
+def _path(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    """A werkzeug rule as an OpenAPI path and its path parameters."""
+    params = []
+    for converter, args, name in _PART.findall(rule):
+        if converter == "any":
+            schema: dict[str, Any] = {"type": "string", "enum": [a.strip() for a in args.split(",")]}
+        elif converter == "int":
+            bounds = dict(re.findall(r"(min|max)=(\d+)", args))
+            schema = {"type": "integer", "minimum": int(bounds.get("min", 0))}
+            if "max" in bounds:
+                schema["maximum"] = int(bounds["max"])
+        else:
+            schema = {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return _PART.sub(lambda m: "{" + m.group(3) + "}", rule), params
+
+
+def _json(schema_name: str, description: str, headers: dict | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"description": description, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
+    if headers:
+        body["headers"] = headers
+    return body
+
+
+def _operation(endpoint: str, op: Op, path_params: list[dict[str, Any]]) -> dict[str, Any]:
+    role = ROUTE_ROLES[endpoint]
+    answers = {str(op.ok[0]): _json(op.ok[1].__name__, "Success.") if op.ok[1] else {
+        "description": "Not JSON: see the summary.", "content": {op.media: {"schema": {"type": "string"}}}}}
+    answers.update({str(code): _json(model.__name__, "Success.") for code, model in op.other_ok.items()})
+    if op.links:
+        for code in (op.ok[0], *op.other_ok):
+            answers[str(code)]["links"] = {link.name: link.as_json() for link in op.links}
+    errors = set(op.errors) | {503}
+    if role not in (PUBLIC,):
+        errors |= {401} if role == SIGNED else {400, 401, 403, 429}
+    if path_params or op.body:
+        errors |= {400, 404}
+    if op.body:
+        errors |= {413}
+    for code in sorted(errors):
+        answers[str(code)] = _json("Error", ERROR_TEXT[code], RETRY_AFTER if code in (429, 503) else None)
+    operation: dict[str, Any] = {
+        "operationId": endpoint.replace(".", "_"), "summary": op.summary, "tags": [endpoint.split(".")[0]],
+        "parameters": [*path_params, *op.query, *op.headers], "responses": answers,
+    }
+    if role in (PUBLIC, SIGNED):
+        operation["security"] = []
+    else:
+        operation["description"] = f"Needs a token with the `{role}` role or higher."
+    if op.body:
+        schema = op.body if isinstance(op.body, dict) else {"$ref": f"#/components/schemas/{op.body.__name__}"}
+        operation["requestBody"] = {"required": op.body_required, "content": {"application/json": {"schema": schema}}}
+    return operation
+
+
+def _components() -> dict[str, Any]:
+    models = [(m, "validation") for m in schemas.REQUEST_BODIES.values()]
+    models += [(m, "serialization") for m in {R.Error, R.Status, *(op.ok[1] for op in OPERATIONS.values() if op.ok[1]),
+                                               *(m for op in OPERATIONS.values() for m in op.other_ok.values())}]
+    _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    return top["$defs"]
+
+
+def build(app: Flask) -> dict[str, Any]:
+    """The document for every rule of ``app``; KeyError names a rule OPERATIONS does not describe."""
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint not in OPERATIONS:
+            raise KeyError(f"endpoint {rule.endpoint!r} ({rule.rule}) has no entry in api.openapi.OPERATIONS")
+        path, params = _path(rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(rule.endpoint, OPERATIONS[rule.endpoint], params)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Switchyard run API", "version": "1",
+                 "description": "Durable runs of AI-agent workflows. Errors: {\"error\": {\"code\", \"message\", "
+                                "\"details\"}}; another tenant's things answer 404."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {"schemas": _components(),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+@bp.get("/openapi.json")
+def spec():
+    """The document, built once per app."""
+    cache = current_app.extensions.setdefault("openapi", {})
+    if "spec" not in cache:
+        cache["spec"] = build(current_app)
+    return cache["spec"]

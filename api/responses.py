@@ -1,0 +1,305 @@
+"""The shapes the API answers, for the OpenAPI document (api/serializers.py builds them).
+
+schemathesis checks every answer of the running app against these, so they are kept exact: every
+field the serializers write is required here, and nullable where the serializer can write null.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.states import RunStatus, StepStatus
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Out):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class Error(_Out):
+    """Every error answer: ``{"error": {"code", "message", "details"}}`` (API.md "Errors")."""
+
+    error: ErrorDetail
+
+
+class Status(_Out):
+    status: str
+
+
+class Document(BaseModel):
+    """An OpenAPI 3.1 document (this one)."""
+
+    model_config = ConfigDict(extra="allow")
+    openapi: str
+    paths: dict[str, Any]
+
+
+class Approval(_Out):
+    id: str
+    run_id: str
+    step_id: str
+    round: int
+    status: Literal["pending", "approved", "rejected", "changes_requested", "cancelled"]
+    prompt: str | None
+    comment: str | None
+    decided_by: str | None
+    call: dict[str, Any] | None  # the tool call a policy sent for approval; null for approval steps
+    created_at: datetime
+    decided_at: datetime | None
+
+
+class Question(_Out):
+    id: str
+    run_id: str
+    step_id: str
+    question: str
+    status: Literal["open", "answered", "cancelled"]
+    answer: Any
+    answered_by: str | None
+    created_at: datetime
+    answered_at: datetime | None
+
+
+class Step(_Out):
+    id: str
+    type: str
+    status: StepStatus
+    attempt: int
+    max_attempts: int
+    queue: str
+    queued_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    output: Any
+    error: dict[str, Any] | None
+    skipped_reason: str | None
+    worker: str | None
+    usage: dict[str, Any] | None
+    waiting_on: str | None
+    policy: list[dict[str, Any]]
+
+
+class WorkflowRef(_Out):
+    id: str
+    version: int
+    name: str | None
+
+
+class OutputFile(_Out):
+    name: str
+    size_bytes: int
+    url: str
+    url_expires_at: datetime
+
+
+class RunSummary(_Out):
+    """A run as GET /runs lists it."""
+
+    id: str
+    workflow: WorkflowRef
+    status: RunStatus
+    waiting_on: str | None
+    current_step: str | None
+    pending_approvals: list[Approval]
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    trigger_type: Literal["api", "rerun", "webhook"]
+    triggered_by: str | None
+    retry_of: str | None
+    attempt: int
+    risk_level: Literal["low", "medium", "high"] | None
+    limits: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    usage: dict[str, Any]
+    output_files: list[OutputFile]
+
+
+class Run(RunSummary):
+    """A run with its steps, as GET /runs/{run_id} and every action on a run answer."""
+
+    steps: list[Step]
+
+
+class RunPage(_Out):
+    runs: list[RunSummary]
+    next_cursor: str | None
+
+
+class Event(_Out):
+    seq: int
+    type: str
+    step_id: str | None
+    attempt: int | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventPage(_Out):
+    events: list[Event]
+    next_after: int
+
+
+class RunContext(_Out):
+    run: dict[str, Any]
+    input: Any
+    steps: dict[str, Any]
+
+
+class VersionRef(_Out):
+    version: int
+    created_at: datetime
+
+
+class WorkflowSummary(_Out):
+    id: str
+    name: str
+    kind: Literal["workflow", "conversational"]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Workflow(WorkflowSummary):
+    """GET /workflows/{id}: the latest definition and every version."""
+
+    versions: list[VersionRef]
+    definition: dict[str, Any] | None
+
+
+class WorkflowList(_Out):
+    workflows: list[WorkflowSummary]
+
+
+class WorkflowVersion(_Out):
+    id: str
+    version: int
+    name: str | None
+    definition: dict[str, Any]
+    created_at: datetime
+
+
+class ApprovalList(_Out):
+    approvals: list[Approval]
+
+
+class QuestionList(_Out):
+    questions: list[Question]
+
+
+class Delivery(_Out):
+    run_id: str
+    step_id: str
+
+
+class EventAccepted(_Out):
+    id: str
+    delivered_to: list[Delivery]
+
+
+class Token(_Out):
+    id: str
+    role: Literal["viewer", "operator", "admin"]
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(Token):
+    token: str
+
+
+class TokenList(_Out):
+    tokens: list[Token]
+
+
+class WebhookSecret(_Out):
+    id: str
+    workflow_id: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class WebhookSecretCreated(WebhookSecret):
+    secret: str
+
+
+class WebhookSecretList(_Out):
+    webhook_secrets: list[WebhookSecret]
+
+
+class Cause(_Out):
+    kind: str
+    step_id: str | None
+    message: str
+    action: str
+
+
+class Diagnosis(_Out):
+    run_id: str
+    status: RunStatus
+    waiting_on: str | None
+    causes: list[Cause]
+
+
+class AnalyticsSummary(_Out):
+    since: datetime
+    until: datetime
+    live_runs: dict[str, int]
+    recent_runs: dict[str, int]
+    success_rate: float | None
+    steps_executed: int
+    usage: dict[str, float]
+
+
+class Point(_Out):
+    t: datetime
+    value: float
+
+
+class Timeseries(_Out):
+    metric: str
+    bucket: Literal["minute", "hour", "day"]
+    since: datetime
+    until: datetime
+    points: list[Point]
+
+
+class Queue(_Out):
+    name: str
+    depth: int | None
+    consumers: int
+    workers: list[str]
+    enqueued_last_minute: int
+    completed_last_minute: int
+
+
+class QueueList(_Out):
+    queues: list[Queue]
+    at: datetime
+
+
+class Worker(_Out):
+    name: str
+    status: str
+    pool: dict[str, Any]
+    queues: list[str]
+    active_tasks: int
+    tasks: list[dict[str, Any]]
+    processed: int
+    last_heartbeat: datetime | None
+    answered_at: datetime
+
+
+class WorkerList(_Out):
+    workers: list[Worker]

@@ -1,0 +1,157 @@
+"""The OpenAPI document covers the whole app, and the app keeps to it under schemathesis.
+
+schemathesis generates requests from the document and checks each answer: no 5xx, and status,
+content type, headers and body as the document says. The stateless phase sends valid and invalid
+requests to every operation; the stateful phase follows the document's links (publish -> start ->
+act on the run, list -> decide an approval, …) over real runs of a tenant of its own. The app under
+test is built from the integration settings with the rate limit off, so no answer is a 429.
+"""
+
+from __future__ import annotations
+
+import hypothesis
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from api.openapi import _path
+from tests.integration.conftest import Api, publish, start, wait_for
+
+
+def test_openapi_needs_no_token_and_covers_every_rule(app):
+    response = app.test_client().get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.1")
+    for rule in app.url_map.iter_rules():
+        path, _ = _path(rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = spec["paths"][path][method.lower()]
+            assert "200" in operation["responses"] or "201" in operation["responses"] or "202" in operation["responses"]
+            if operation.get("security") != []:
+                error = operation["responses"]["401"]["content"]["application/json"]["schema"]
+                assert error == {"$ref": "#/components/schemas/Error"}
+
+
+def test_request_bodies_are_the_validating_models(app):
+    from api import schemas
+
+    spec = app.test_client().get("/api/v1/openapi.json").get_json()
+    start = spec["paths"]["/api/v1/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert start == {"$ref": "#/components/schemas/StartRun"}
+    assert spec["components"]["schemas"]["StartRun"]["additionalProperties"] is False
+    assert set(spec["components"]["schemas"]["StartRun"]["properties"]) == set(schemas.StartRun.model_fields)
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(settings):
+    from api import create_app
+
+    return create_app(settings.model_copy(update={"rate_limit_per_min": 0}))
+
+
+@pytest.fixture(scope="module")
+def fuzz_token(settings):
+    """An admin token of a tenant of its own, so the fuzzing touches nobody else's things."""
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+
+    with transaction(make_sessionmaker(make_engine(settings))) as session:
+        return repo.create_token(session, "fuzz", "admin", "schemathesis")[1]
+
+
+# The live streams stay open until their run ends (or, the tenant's, until the client goes): a WSGI call
+# would never return. tests/integration/test_streams.py checks them over a real HTTP server instead.
+STREAMS = {"GET /api/v1/events/stream", "GET /api/v1/runs/{run_id}/events/stream"}
+STREAM_PATHS = r".*/events/stream$"
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+EXAMPLES_PER_OPERATION = 75  # about 3,000 requests; the stateful phase adds about 1,200
+
+
+def fuzz(operation, mode, headers: dict, calls: dict) -> str | None:
+    """Run one operation in one generation mode; the failure's text, or None."""
+
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck), phases=[hypothesis.Phase.generate])
+    def check(case):
+        calls[mode.value] = calls.get(mode.value, 0) + 1
+        case.call_and_validate(headers=headers, checks=CHECKS)
+
+    try:
+        check()
+    except hypothesis.errors.Unsatisfiable:
+        return None  # no invalid request can be made for this operation (e.g. no parameters at all)
+    except Exception as exc:  # noqa: BLE001 - the caller collects every operation's failure, then fails once
+        return f"{type(exc).__name__}: {exc}"[:3000]
+    return None
+
+
+def test_app_keeps_to_its_openapi_document_stateless(fuzz_app, fuzz_token):
+    """Every operation, EXAMPLES_PER_OPERATION valid and as many invalid requests each; every failure
+    is reported at the end."""
+    app = fuzz_app
+    api_schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app).exclude(path_regex=STREAM_PATHS)
+    headers = {"Authorization": f"Bearer {fuzz_token}"}
+    failures, labels, calls = {}, set(), {}
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        labels.add(operation.label)
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            failure = fuzz(operation, mode, headers, calls)
+            if failure:
+                failures[f"{operation.label} ({mode.value})"] = failure
+    spec = app.test_client().get("/api/v1/openapi.json").get_json()
+    documented = {f"{method.upper()} {path}" for path, ops in spec["paths"].items() for method in ops}
+    # schemathesis leaves out the document's own path.
+    assert labels == documented - {"GET /api/v1/openapi.json"} - STREAMS
+    assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
+    assert sum(calls.values()) >= 2000, calls
+
+
+WAITS = {"name": "waits for people", "steps": [
+    {"id": "review", "type": "approval", "prompt": "ok?"},
+    {"id": "ask", "type": "question", "question": "why?"},
+    {"id": "after", "type": "tool", "tool": "echo", "needs": ["review", "ask"]},
+]}
+
+
+def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, fuzz_token, engine_processes):
+    """Sequences of calls along the links, over a few real runs waiting on approvals and questions."""
+    api = Api(fuzz_app.test_client(), fuzz_token)
+    workflow = publish(api, WAITS)
+    runs = [start(api, workflow) for _ in range(3)]
+    wait_for(lambda: len(api.get("/approvals").get_json()["approvals"]) >= 3, 30, "the seeded runs to wait")
+    # Revoking tokens is left to the stateless phase: a link from GET /tokens would revoke our own.
+    api_schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app).exclude(
+        method="DELETE", path="/api/v1/tokens/{token_id}").exclude(path_regex=STREAM_PATHS)
+    answers: dict[str, int] = {}
+
+    class Machine(api_schema.as_state_machine()):
+        def before_call(self, case):
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {fuzz_token}"}
+
+        def after_call(self, response, case):
+            key = f"{case.method} {case.operation.path} {response.status_code}"
+            answers[key] = answers.get(key, 0) + 1
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+    Machine.run(settings=hypothesis.settings(
+        max_examples=120, stateful_step_count=10, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(hypothesis.HealthCheck)))
+    assert sum(answers.values()) >= 1000, answers
+    # The links were followed to real things: some calls on the seeded runs succeeded.
+    acted = sum(n for key, n in answers.items() if key.startswith(("POST /api/v1/runs/{run_id}/", "GET /api/v1/runs/{run_id}"))
+                and key.endswith((" 200", " 201")))
+    assert acted > 0, answers
+    assert all(api.get(f"/runs/{run}").status_code == 200 for run in runs)
