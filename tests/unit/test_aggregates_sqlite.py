@@ -70,8 +70,8 @@ def test_runs_by_status_and_usage(sessions):
         assert repo.count_runs_by_status(session, "a") == {"succeeded": 1, "failed": 1, "running": 1}
         assert repo.count_runs_by_status(session, None)["succeeded"] == 2
         assert repo.count_runs_by_status(session, "a", since=T0 + timedelta(minutes=1)) == {"failed": 1, "running": 1}
-        assert repo.sum_run_usage(session, "a", T0)["credits"] == pytest.approx(1.75)
-        assert repo.count_steps_finished(session, "a", T0) == 2
+        usage = repo.sum_run_usage(session, "a", T0)
+        assert usage["credits"] == pytest.approx(1.75) and usage["steps"] == 3 and usage["tool_calls"] == 3
 
 
 @pytest.mark.parametrize("metric, unit, expected", [
