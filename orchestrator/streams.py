@@ -98,7 +98,7 @@ class Bus:
                       for e in item["events"]]
             status = {k: item[k] for k in ("run_id", "workflow_id", "status", "previous_status", "waiting_on")}
             pipe.publish(run_channel(item["run_id"]), json.dumps({**status, "events": events}, default=str))
-            if item["previous_status"] is not None:
+            if item["status_changed"]:
                 last = events[-1]
                 change = {**status, "seq": last["seq"], "type": last["type"], "created_at": last["created_at"]}
                 pipe.publish(tenant_channel(item["tenant_id"]), json.dumps(change, default=str))

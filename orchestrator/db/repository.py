@@ -151,8 +151,9 @@ def insert_run(session: Session, run: Run, steps: list[Step], events: list[dict]
     session.add(run)
     session.flush()
     session.add_all(steps)
-    session.execute(insert(Event), [dict(run_id=run.id, seq=i + 1, **e) for i, e in enumerate(events)])
+    rows = _insert_events(session, run.id, 0, events)
     session.flush()
+    _stage_written(session, run, rows, previous_status=None, status=run.status, waiting_on=None, status_changed=True)
     return run
 
 
@@ -190,7 +191,7 @@ def run_status(session: Session, run_id: str) -> str | None:
     return session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
 
 
-RUN_STATUS_EVENTS = ("run_started", "run_waiting", "run_resumed", "run_running", "run_paused", "run_succeeded",
+RUN_STATUS_EVENTS = ("run_created", "run_started", "run_waiting", "run_resumed", "run_running", "run_paused", "run_succeeded",
                      "run_failed", "run_cancelled", "run_retried")
 
 
@@ -353,18 +354,33 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     if session.execute(query.values(**values).execution_options(synchronize_session=False)).rowcount != 1:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     if changes.events:
-        rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
-        written = session.execute(
-            insert(Event).returning(Event.seq, Event.created_at, sort_by_parameter_order=True), rows
-        ).all()
-        for row, (_, created_at) in zip(rows, written, strict=True):
-            row["created_at"] = created_at
+        rows = _insert_events(session, run.id, run.last_seq, changes.events)
         status = values.get("status")
-        session.info.setdefault(WRITTEN_EVENTS, []).append(
-            {"tenant_id": run.tenant_id, "run_id": run.id, "workflow_id": run.workflow_id,
-             "previous_status": run.status if status else None, "status": status or run.status,
-             "waiting_on": values.get("waiting_on", run.waiting_on), "events": rows}
-        )
+        _stage_written(session, run, rows, previous_status=run.status if status else None,
+                       status=status or run.status, waiting_on=values.get("waiting_on", run.waiting_on),
+                       status_changed=status is not None)
+
+
+def _insert_events(session: Session, run_id: str, last_seq: int, events: list[dict]) -> list[dict]:
+    """Append events after ``last_seq``; returns the rows written, with the database's created_at."""
+    rows = [dict(run_id=run_id, seq=last_seq + i + 1, **e) for i, e in enumerate(events)]
+    written = session.execute(
+        insert(Event).returning(Event.seq, Event.created_at, sort_by_parameter_order=True), rows
+    ).all()
+    for row, (_, created_at) in zip(rows, written, strict=True):
+        row["created_at"] = created_at
+    return rows
+
+
+def _stage_written(session: Session, run, rows: list[dict], previous_status: str | None, status: str,
+                   waiting_on: str | None, status_changed: bool) -> None:
+    """Leave what this transaction wrote to a run's log for the publisher (orchestrator.streams);
+    ``status_changed`` for a new run or one whose status the transaction changed."""
+    session.info.setdefault(WRITTEN_EVENTS, []).append(
+        {"tenant_id": run.tenant_id, "run_id": run.id, "workflow_id": run.workflow_id,
+         "previous_status": previous_status, "status": status, "waiting_on": waiting_on,
+         "status_changed": status_changed, "events": rows}
+    )
 
 
 # --- the worker's side of an attempt ------------------------------------------------------------

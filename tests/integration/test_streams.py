@@ -152,7 +152,7 @@ def test_tenant_stream_shows_this_tenants_run_status_changes_only(api, server, t
                 statuses.append((message.data["previous_status"], message.data["status"]))
                 if message.data["status"] == "succeeded":
                     break
-        assert statuses == [("queued", "running"), ("running", "succeeded")]
+        assert statuses == [(None, "queued"), ("queued", "running"), ("running", "succeeded")]
         # The other tenant's stream carries nothing of this run: read what it buffered meanwhile, up to
         # a keep-alive that came fresh (after the buffer was drained).
         drained_from = time.time()

@@ -101,3 +101,33 @@ def test_histograms_and_error_counts(sessions):
     assert set(latency) == {"tool"} and latency["tool"].counts == (1, 3) and latency["tool"].count == 3
     assert errors == {("step_retrying", "tool", "boom"): 1, ("step_failed", "tool", "boom"): 1}
     assert everyone[("step_retrying", "tool", "boom")] == 2
+
+
+def test_without_pub_sub_streams_poll_the_database(sessions):
+    """The embedded broker's path: a run's follower and the tenant's stream poll SQLite."""
+    import threading
+
+    from orchestrator import streams
+    from orchestrator.db.repository import RunChanges
+    from orchestrator.states import RunStatus
+
+    def write(*types, finish=False):
+        with transaction(sessions) as session:
+            changes = RunChanges(repo.lock_run(session, "r3"), run_target=RunStatus.SUCCEEDED if finish else None)
+            for kind in types:
+                changes.event(kind, "w", 1)
+            repo.apply_run_changes(session, changes)
+            assert session.info[repo.WRITTEN_EVENTS][0]["status_changed"] is finish  # staged for a publisher
+
+    settings = Settings(stream_poll_s=0.01, stream_keepalive_s=5)
+    tenant = streams.follow_tenant(None, sessions, settings, "a")  # sees what is written from now on
+    follow = iter(streams.follow_run(sessions, None, settings, "r3", 0))
+    write("step_waiting")
+    assert next(follow)["type"] == "step_waiting"  # caught up from the database
+    # Written while the follower polls: it picks them up and ends, the run being terminal.
+    later = threading.Timer(0.2, write, ("step_completed", "run_succeeded"), {"finish": True})
+    later.start()
+    assert [e["type"] for e in follow] == ["step_completed", "run_succeeded"]
+    later.join()
+    change = next(tenant)
+    assert (change["run_id"], change["type"], change["status"]) == ("r3", "run_succeeded", "succeeded")
