@@ -29,6 +29,8 @@ REQUESTS = [
     ("GET /analytics/timeseries?metric=credits&bucket=hour", "/api/v1/analytics/timeseries?metric=credits&bucket=hour",
      True),
     ("GET /analytics/summary?since=7d", "/api/v1/analytics/summary?since=7d", False),
+    # Metrics aggregate every step and the error events at each scrape (README "Prometheus metrics").
+    ("GET /metrics (a viewer token)", "/api/v1/metrics", False),
 ]
 
 SEED = """
