@@ -26,15 +26,11 @@ def metrics_view():
     """Prometheus text. Public (every tenant) with SWITCHYARD_METRICS_PUBLIC=1; otherwise a viewer
     token sees its own tenant's series (and the depths of the queues its live steps use)."""
     svc = services()
-    tenant_id = None if is_public(request.endpoint) else _viewer_tenant()
+    # Public: every tenant. Otherwise the token's tenant (every role can read, so no further check).
+    tenant_id = None if is_public(request.endpoint) else principal().tenant_id
     collector = metrics.DatabaseCollector(svc.sessions, tenant_id, svc.settings.default_queue,
                                           lambda names: broker.queue_depths(svc.celery, names))
     return Response(metrics.render(collector), content_type=metrics.CONTENT_TYPE)
-
-
-@requires("viewer")
-def _viewer_tenant() -> str:
-    return principal().tenant_id
 
 
 @bp.get("/queues")

@@ -189,7 +189,13 @@ class Follow:
             yield KEEPALIVE
             return last
         while True:
-            message = self.subscription.get(self.keepalive_s)
+            try:
+                message = self.subscription.get(self.keepalive_s)
+            except redis.RedisError as exc:
+                log.warning("live stream of %s falls back to polling the database: %s", self.run_id, exc)
+                self.subscription.close()
+                self.subscription = None
+                return last
             if message is None:
                 yield KEEPALIVE
                 return last
@@ -207,8 +213,19 @@ class Follow:
 def follow_run(sessions: sessionmaker[Session], bus: Bus | None, settings: Settings, run_id: str,
                after: int) -> Follow:
     """Subscribe (before reading anything, so nothing falls between) and return the follower."""
-    subscription = bus.subscribe(run_channel(run_id)) if bus is not None else None
+    subscription = _subscribe(bus, run_channel(run_id))
     return Follow(sessions, run_id, after, subscription, settings.stream_keepalive_s, settings.stream_poll_s)
+
+
+def _subscribe(bus: Bus | None, channel: str) -> Subscription | None:
+    """A subscription, or None to poll the database instead (no pub/sub, or Redis not answering)."""
+    if bus is None:
+        return None
+    try:
+        return bus.subscribe(channel)
+    except redis.RedisError as exc:
+        log.warning("live stream falls back to polling the database: cannot subscribe to %s (%s)", channel, exc)
+        return None
 
 
 def follow_tenant(bus: Bus | None, sessions: sessionmaker[Session], settings: Settings,
@@ -217,11 +234,11 @@ def follow_tenant(bus: Bus | None, sessions: sessionmaker[Session], settings: Se
 
     Subscribes before returning, so every change committed after the call is seen.
     """
-    if bus is None:
+    subscription = _subscribe(bus, tenant_channel(tenant_id))
+    if subscription is None:
         with sessions() as session:
             since = repo.now(session)
         return _poll_tenant(sessions, settings, tenant_id, since)
-    subscription = bus.subscribe(tenant_channel(tenant_id))
 
     def changes() -> Iterator[dict | None]:
         try:
