@@ -161,3 +161,12 @@ def test_without_pub_sub_streams_poll_the_database(sessions):
     later.join()
     change = next(tenant)
     assert (change["run_id"], change["type"], change["status"]) == ("r3", "run_succeeded", "succeeded")
+
+
+def test_a_stream_polls_when_redis_refuses_the_subscription(sessions):
+    from orchestrator import streams
+
+    unreachable = streams.Bus("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    follow = streams.follow_run(sessions, unreachable, Settings(stream_poll_s=0.01), "r1", 0)
+    assert follow.subscription is None
+    assert list(follow) == []  # r1 is terminal and has no events after 0: caught up, the stream ends
