@@ -160,8 +160,13 @@ class Follow:
                     return
                 last = yield from self._live(last)
         finally:
-            if self.subscription is not None:
-                self.subscription.close()
+            self.close()
+
+    def close(self) -> None:
+        """Give the Redis connection back; also for a follower that was never iterated."""
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
 
     def _catch_up(self, last: int):
         while True:
@@ -228,26 +233,38 @@ def _subscribe(bus: Bus | None, channel: str) -> Subscription | None:
         return None
 
 
-def follow_tenant(bus: Bus | None, sessions: sessionmaker[Session], settings: Settings,
-                  tenant_id: str) -> Iterator[dict | None]:
-    """The tenant's run status changes as they happen, forever; KEEPALIVE after quiet spells.
+@dataclass
+class TenantFollow:
+    """The tenant's run status changes as they happen, forever; KEEPALIVE after quiet spells."""
 
-    Subscribes before returning, so every change committed after the call is seen.
-    """
-    subscription = _subscribe(bus, tenant_channel(tenant_id))
-    if subscription is None:
-        with sessions() as session:
-            since = repo.now(session)
-        return _poll_tenant(sessions, settings, tenant_id, since)
+    sessions: sessionmaker[Session]
+    settings: Settings
+    tenant_id: str
+    subscription: Subscription | None
+    since: datetime  # where polling starts (without a subscription)
 
-    def changes() -> Iterator[dict | None]:
+    def __iter__(self) -> Iterator[dict | None]:
         try:
-            while True:
-                yield subscription.get(settings.stream_keepalive_s)
+            if self.subscription is None:
+                yield from _poll_tenant(self.sessions, self.settings, self.tenant_id, self.since)
+            while self.subscription is not None:
+                yield self.subscription.get(self.settings.stream_keepalive_s)
         finally:
-            subscription.close()
+            self.close()
 
-    return changes()
+    def close(self) -> None:
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
+
+
+def follow_tenant(bus: Bus | None, sessions: sessionmaker[Session], settings: Settings,
+                  tenant_id: str) -> TenantFollow:
+    """Subscribe before returning, so every change committed after the call is seen."""
+    subscription = _subscribe(bus, tenant_channel(tenant_id))
+    with sessions() as session:
+        since = repo.now(session)
+    return TenantFollow(sessions, settings, tenant_id, subscription, since)
 
 
 def _poll_tenant(sessions: sessionmaker[Session], settings: Settings, tenant_id: str,

@@ -150,7 +150,7 @@ def test_without_pub_sub_streams_poll_the_database(sessions):
             assert session.info[repo.WRITTEN_EVENTS][0]["status_changed"] is finish  # staged for a publisher
 
     settings = Settings(stream_poll_s=0.01, stream_keepalive_s=5)
-    tenant = streams.follow_tenant(None, sessions, settings, "a")  # sees what is written from now on
+    tenant = iter(streams.follow_tenant(None, sessions, settings, "a"))  # sees what is written from now on
     follow = iter(streams.follow_run(sessions, None, settings, "r3", 0))
     write("step_waiting")
     assert next(follow)["type"] == "step_waiting"  # caught up from the database
