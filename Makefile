@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test unit integration lint clean
+.PHONY: install run test unit integration lint bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ integration: install
 
 test: install lint
 	$(BIN)/python -m pytest
+
+# 1,000,000 runs seeded in PostgreSQL (SWITCHYARD_TEST_PG_URL): GET /analytics/summary and GET /runs?status=failed
+# must answer in under 100 ms (median).
+bench: install
+	$(BIN)/python -m tests.bench.bench_analytics
 
 clean:
 	rm -rf $(VENV) .switchyard .pytest_cache

@@ -65,7 +65,6 @@ def summary():
         since = since_arg(now, timedelta(hours=24))
         live = repo.count_runs_by_status(session, tenant_id, statuses=list(repo.LIVE_RUN))
         recent = repo.count_runs_by_status(session, tenant_id, since=since)
-        steps = repo.count_steps_finished(session, tenant_id, since)
         usage = repo.sum_run_usage(session, tenant_id, since)
     ended = {s: recent.get(s, 0) for s in TERMINAL_RUN}
     finished = sum(ended.values())
@@ -75,7 +74,7 @@ def summary():
         "live_runs": {"total": sum(live.values()), **{s.value: live.get(s, 0) for s in repo.LIVE_RUN}},
         "recent_runs": {"total": sum(recent.values()), **{s.value: recent.get(s, 0) for s in RunStatus}},
         "success_rate": round(ended[RunStatus.SUCCEEDED] / finished, 4) if finished else None,
-        "steps_executed": steps,
+        "steps_executed": _number(usage["steps"]),
         "usage": {key: _number(value) for key, value in usage.items()},
     }
 

@@ -59,9 +59,12 @@ def run_stream(run_id: str):
     follow = streams.follow_run(svc.sessions, svc.bus, svc.settings, run_id, after)
 
     def items() -> Iterator[str]:
-        yield f"retry: {RETRY_MS}\n\n"
-        for event in follow:
-            yield ": keepalive\n\n" if event is streams.KEEPALIVE else sse(event["seq"], event["type"], event)
+        try:
+            yield f"retry: {RETRY_MS}\n\n"
+            for event in follow:
+                yield ": keepalive\n\n" if event is streams.KEEPALIVE else sse(event["seq"], event["type"], event)
+        finally:
+            follow.close()  # the client may leave before the follower ever ran
 
     return _response(items())
 
@@ -73,11 +76,14 @@ def tenant_stream():
     changes = streams.follow_tenant(svc.bus, svc.sessions, svc.settings, principal().tenant_id)
 
     def items() -> Iterator[str]:
-        yield f"retry: {RETRY_MS}\n\n"
-        for change in changes:
-            if change is streams.KEEPALIVE:
-                yield ": keepalive\n\n"
-            else:
-                yield sse(f"{change['run_id']}:{change['seq']}", "run_status", change)
+        try:
+            yield f"retry: {RETRY_MS}\n\n"
+            for change in changes:
+                if change is streams.KEEPALIVE:
+                    yield ": keepalive\n\n"
+                else:
+                    yield sse(f"{change['run_id']}:{change['seq']}", "run_status", change)
+        finally:
+            changes.close()  # closes the subscription, even if the generator never started
 
     return _response(items())

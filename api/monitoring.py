@@ -26,6 +26,7 @@ def metrics_view():
     """Prometheus text. Public (every tenant) with SWITCHYARD_METRICS_PUBLIC=1; otherwise a viewer
     token sees its own tenant's series (and the depths of the queues its live steps use)."""
     svc = services()
+    # Public: every tenant. Otherwise the token's tenant (every role can read, so no further check).
     tenant_id = None if is_public(request.endpoint) else principal().tenant_id
     collector = metrics.DatabaseCollector(svc.sessions, tenant_id, svc.settings.default_queue,
                                           lambda names: broker.queue_depths(svc.celery, names))

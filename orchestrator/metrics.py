@@ -1,8 +1,9 @@
 """Prometheus metrics computed from the database at scrape time.
 
 Every number comes from the rows, not from counters kept in one process's memory, so any API
-process behind a load balancer answers the same series, and a restart loses nothing. Histograms are
-cumulative over the rows that exist (the latest attempt of every step).
+process behind a load balancer answers the same series, and a restart loses nothing. The step
+histograms are cumulative: a scrape first folds the steps finished since the last one into
+``metric_rollups`` (one process at a time), then reads the rollups plus the few newer steps.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import Histogram
+from orchestrator.db.session import transaction
 from orchestrator.states import RunStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
+BUCKETS = {"duration": DURATION_BUCKETS, "latency": LATENCY_BUCKETS}
+# Steps finished longer ago than this are folded into the rollups at a scrape; newer ones are read
+# from the steps table (the lag leaves room for transactions still committing older completions).
+ROLLUP_LAG_S = 60.0
 
 
 class DatabaseCollector:
@@ -32,10 +38,13 @@ class DatabaseCollector:
         self.default_queue, self.depths = default_queue, depths
 
     def collect(self) -> Iterator[Metric]:
+        with transaction(self.sessions) as session:
+            # Holds the watermark until the histograms are read: scrapes take turns, briefly.
+            watermark = repo.advance_step_rollups(session, BUCKETS, ROLLUP_LAG_S)
+            durations = repo.step_histograms(session, self.tenant_id, "duration", DURATION_BUCKETS, watermark)
+            latencies = repo.step_histograms(session, self.tenant_id, "latency", LATENCY_BUCKETS, watermark)
         with self.sessions() as session:
             by_status = repo.count_runs_by_status(session, self.tenant_id)
-            durations = repo.step_duration_histograms(session, self.tenant_id, DURATION_BUCKETS)
-            latencies = repo.dispatch_latency_histograms(session, self.tenant_id, LATENCY_BUCKETS)
             errors = repo.count_step_errors(session, self.tenant_id)
             queues = repo.live_step_queues(session, self.tenant_id) | {self.default_queue}
         depth = GaugeMetricFamily("switchyard_queue_depth", "Messages waiting in each step queue in use (broker).",

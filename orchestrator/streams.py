@@ -98,7 +98,7 @@ class Bus:
                       for e in item["events"]]
             status = {k: item[k] for k in ("run_id", "workflow_id", "status", "previous_status", "waiting_on")}
             pipe.publish(run_channel(item["run_id"]), json.dumps({**status, "events": events}, default=str))
-            if item["previous_status"] is not None:
+            if item["status_changed"]:
                 last = events[-1]
                 change = {**status, "seq": last["seq"], "type": last["type"], "created_at": last["created_at"]}
                 pipe.publish(tenant_channel(item["tenant_id"]), json.dumps(change, default=str))
@@ -160,8 +160,13 @@ class Follow:
                     return
                 last = yield from self._live(last)
         finally:
-            if self.subscription is not None:
-                self.subscription.close()
+            self.close()
+
+    def close(self) -> None:
+        """Give the Redis connection back; also for a follower that was never iterated."""
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
 
     def _catch_up(self, last: int):
         while True:
@@ -189,7 +194,13 @@ class Follow:
             yield KEEPALIVE
             return last
         while True:
-            message = self.subscription.get(self.keepalive_s)
+            try:
+                message = self.subscription.get(self.keepalive_s)
+            except redis.RedisError as exc:
+                log.warning("live stream of %s falls back to polling the database: %s", self.run_id, exc)
+                self.subscription.close()
+                self.subscription = None
+                return last
             if message is None:
                 yield KEEPALIVE
                 return last
@@ -207,30 +218,53 @@ class Follow:
 def follow_run(sessions: sessionmaker[Session], bus: Bus | None, settings: Settings, run_id: str,
                after: int) -> Follow:
     """Subscribe (before reading anything, so nothing falls between) and return the follower."""
-    subscription = bus.subscribe(run_channel(run_id)) if bus is not None else None
+    subscription = _subscribe(bus, run_channel(run_id))
     return Follow(sessions, run_id, after, subscription, settings.stream_keepalive_s, settings.stream_poll_s)
 
 
-def follow_tenant(bus: Bus | None, sessions: sessionmaker[Session], settings: Settings,
-                  tenant_id: str) -> Iterator[dict | None]:
-    """The tenant's run status changes as they happen, forever; KEEPALIVE after quiet spells.
-
-    Subscribes before returning, so every change committed after the call is seen.
-    """
+def _subscribe(bus: Bus | None, channel: str) -> Subscription | None:
+    """A subscription, or None to poll the database instead (no pub/sub, or Redis not answering)."""
     if bus is None:
-        with sessions() as session:
-            since = repo.now(session)
-        return _poll_tenant(sessions, settings, tenant_id, since)
-    subscription = bus.subscribe(tenant_channel(tenant_id))
+        return None
+    try:
+        return bus.subscribe(channel)
+    except redis.RedisError as exc:
+        log.warning("live stream falls back to polling the database: cannot subscribe to %s (%s)", channel, exc)
+        return None
 
-    def changes() -> Iterator[dict | None]:
+
+@dataclass
+class TenantFollow:
+    """The tenant's run status changes as they happen, forever; KEEPALIVE after quiet spells."""
+
+    sessions: sessionmaker[Session]
+    settings: Settings
+    tenant_id: str
+    subscription: Subscription | None
+    since: datetime  # where polling starts (without a subscription)
+
+    def __iter__(self) -> Iterator[dict | None]:
         try:
-            while True:
-                yield subscription.get(settings.stream_keepalive_s)
+            if self.subscription is None:
+                yield from _poll_tenant(self.sessions, self.settings, self.tenant_id, self.since)
+            while self.subscription is not None:
+                yield self.subscription.get(self.settings.stream_keepalive_s)
         finally:
-            subscription.close()
+            self.close()
 
-    return changes()
+    def close(self) -> None:
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
+
+
+def follow_tenant(bus: Bus | None, sessions: sessionmaker[Session], settings: Settings,
+                  tenant_id: str) -> TenantFollow:
+    """Subscribe before returning, so every change committed after the call is seen."""
+    subscription = _subscribe(bus, tenant_channel(tenant_id))
+    with sessions() as session:
+        since = repo.now(session)
+    return TenantFollow(sessions, settings, tenant_id, subscription, since)
 
 
 def _poll_tenant(sessions: sessionmaker[Session], settings: Settings, tenant_id: str,

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, ForeignKeyConstraint, Index, Integer, String, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from orchestrator.db.types import JsonType, UTCDateTime, db_now
@@ -288,3 +298,25 @@ class WebhookDelivery(Base):
     signature: Mapped[str] = mapped_column(String(64), primary_key=True)
     secret_id: Mapped[str] = mapped_column(String(40))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class MetricRollup(Base):
+    """Histogram buckets of finished steps up to the watermark, so a scrape of GET /metrics reads
+    these rows and the steps since the watermark instead of every step ever run."""
+
+    __tablename__ = "metric_rollups"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series: Mapped[str] = mapped_column(String(32), primary_key=True)
+    step_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # The bucket's upper bound as Prometheus writes it ("0.5", "+Inf"); counts are per bucket, not cumulative.
+    le: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class MetricWatermark(Base):
+    """How far (by steps.completed_at) the rollups reach."""
+
+    __tablename__ = "metric_watermarks"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    upto: Mapped[datetime] = mapped_column(UTCDateTime())

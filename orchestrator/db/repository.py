@@ -12,10 +12,23 @@ import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,6 +38,8 @@ from orchestrator.db.models import (
     Approval,
     Event,
     InboundEvent,
+    MetricRollup,
+    MetricWatermark,
     Outbox,
     Question,
     Run,
@@ -185,8 +200,9 @@ def insert_run(session: Session, run: Run, steps: list[Step], events: list[dict]
     session.add(run)
     session.flush()
     session.add_all(steps)
-    session.execute(insert(Event), [dict(run_id=run.id, seq=i + 1, **e) for i, e in enumerate(events)])
+    rows = _insert_events(session, run.id, 0, events)
     session.flush()
+    _stage_written(session, run, rows, previous_status=None, status=run.status, waiting_on=None, status_changed=True)
     return run
 
 
@@ -224,7 +240,7 @@ def run_status(session: Session, run_id: str) -> str | None:
     return session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
 
 
-RUN_STATUS_EVENTS = ("run_started", "run_waiting", "run_resumed", "run_running", "run_paused", "run_succeeded",
+RUN_STATUS_EVENTS = ("run_created", "run_started", "run_waiting", "run_resumed", "run_running", "run_paused", "run_succeeded",
                      "run_failed", "run_cancelled", "run_retried")
 
 
@@ -388,18 +404,33 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     if session.execute(query.values(**values).execution_options(synchronize_session=False)).rowcount != 1:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     if changes.events:
-        rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
-        written = session.execute(
-            insert(Event).returning(Event.seq, Event.created_at, sort_by_parameter_order=True), rows
-        ).all()
-        for row, (_, created_at) in zip(rows, written, strict=True):
-            row["created_at"] = created_at
+        rows = _insert_events(session, run.id, run.last_seq, changes.events)
         status = values.get("status")
-        session.info.setdefault(WRITTEN_EVENTS, []).append(
-            {"tenant_id": run.tenant_id, "run_id": run.id, "workflow_id": run.workflow_id,
-             "previous_status": run.status if status else None, "status": status or run.status,
-             "waiting_on": values.get("waiting_on", run.waiting_on), "events": rows}
-        )
+        _stage_written(session, run, rows, previous_status=run.status if status else None,
+                       status=status or run.status, waiting_on=values.get("waiting_on", run.waiting_on),
+                       status_changed=status is not None)
+
+
+def _insert_events(session: Session, run_id: str, last_seq: int, events: list[dict]) -> list[dict]:
+    """Append events after ``last_seq``; returns the rows written, with the database's created_at."""
+    rows = [dict(run_id=run_id, seq=last_seq + i + 1, **e) for i, e in enumerate(events)]
+    written = session.execute(
+        insert(Event).returning(Event.seq, Event.created_at, sort_by_parameter_order=True), rows
+    ).all()
+    for row, (_, created_at) in zip(rows, written, strict=True):
+        row["created_at"] = created_at
+    return rows
+
+
+def _stage_written(session: Session, run, rows: list[dict], previous_status: str | None, status: str,
+                   waiting_on: str | None, status_changed: bool) -> None:
+    """Leave what this transaction wrote to a run's log for the publisher (orchestrator.streams);
+    ``status_changed`` for a new run or one whose status the transaction changed."""
+    session.info.setdefault(WRITTEN_EVENTS, []).append(
+        {"tenant_id": run.tenant_id, "run_id": run.id, "workflow_id": run.workflow_id,
+         "previous_status": previous_status, "status": status, "waiting_on": waiting_on,
+         "status_changed": status_changed, "events": rows}
+    )
 
 
 # --- the worker's side of an attempt ------------------------------------------------------------
@@ -724,14 +755,6 @@ def sum_run_usage(session: Session, tenant_id: str, since: datetime) -> dict[str
     return dict(zip(USAGE_FIELDS, session.execute(query).one(), strict=True))
 
 
-def count_steps_finished(session: Session, tenant_id: str, since: datetime) -> int:
-    """Steps of the tenant's runs that finished (succeeded or failed) at or after ``since``."""
-    query = select(func.count()).select_from(Step).join(Run, Run.id == Step.run_id).where(
-        Run.tenant_id == tenant_id, Step.completed_at >= since, Step.status.in_(FINISHED_STEP)
-    )
-    return session.execute(query).scalar_one()
-
-
 TIMESERIES = ("runs_started", "runs_succeeded", "runs_failed", "steps", "credits")
 
 
@@ -739,28 +762,23 @@ def timeseries(session: Session, tenant_id: str, metric: str, unit: str, since: 
     """{bucket start: value} for one metric of the tenant, from ``since`` on; empty buckets are absent.
 
     runs_started counts runs by created_at; runs_succeeded and runs_failed count runs by completed_at;
-    steps counts finished steps by completed_at; credits sums the credits of runs that ended, by
-    completed_at.
+    steps and credits sum the usage (finished steps, credits) of runs that ended, by completed_at.
+    Every metric reads ``runs`` alone, through an index that starts with the tenant.
     """
     if metric == "runs_started":
         column, value, where = Run.created_at, func.count(), [Run.created_at >= since]
     elif metric in ("runs_succeeded", "runs_failed"):
         status = RunStatus.SUCCEEDED if metric == "runs_succeeded" else RunStatus.FAILED
         column, value, where = Run.completed_at, func.count(), [Run.status == status, Run.completed_at >= since]
-    elif metric == "credits":
+    elif metric in ("credits", "steps"):
         terminal = [RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED]
         column = Run.completed_at
-        value = func.coalesce(func.sum(Run.usage["credits"].as_float()), 0.0)
+        value = func.coalesce(func.sum(Run.usage[metric].as_float()), 0.0)
         where = [Run.status.in_(terminal), Run.completed_at >= since]
-    elif metric == "steps":
-        column, value = Step.completed_at, func.count()
-        where = [Step.completed_at >= since, Step.status.in_(FINISHED_STEP)]
     else:
         raise ValueError(f"unknown metric {metric!r}")
     bucket = bucket_start(column, unit).label("bucket")
     query = select(bucket, value).where(Run.tenant_id == tenant_id, *where).group_by(bucket)
-    if metric == "steps":
-        query = query.select_from(Step).join(Run, Run.id == Step.run_id)
     return {start: float(v) for start, v in session.execute(query)}
 
 
@@ -774,31 +792,109 @@ class Histogram:
     total: float
 
 
-def _histograms(session: Session, label, value, where, bounds: Sequence[float], tenant_id: str | None,
-                ) -> dict[str, Histogram]:
-    columns = [func.sum(case((value <= bound, 1), else_=0)) for bound in bounds]
-    query = select(label, func.count(), func.coalesce(func.sum(value), 0.0), *columns).where(*where).group_by(label)
-    query = _tenant_runs(query, tenant_id, join_from=Step.run_id)
+# Histograms of finished steps, by step type: "duration" is the latest attempt's run time (started ->
+# completed) of steps that succeeded or failed; "latency" the time from queued (ready) to started of
+# dispatched steps. A step is observed when it finishes (completed_at), once per completion.
+STEP_SERIES = ("duration", "latency")
+ROLLUP_WATERMARK = "steps"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _series(series: str):
+    if series == "duration":
+        return (seconds_between(Step.started_at, Step.completed_at),
+                [Step.status.in_(FINISHED_STEP), Step.started_at.is_not(None)])
+    if series == "latency":
+        return (seconds_between(Step.queued_at, Step.started_at),
+                [Step.type.in_(DISPATCHED_TYPES), Step.queued_at.is_not(None), Step.started_at.is_not(None)])
+    raise ValueError(f"unknown series {series!r}")
+
+
+def le_label(bound: float) -> str:
+    return repr(float(bound))
+
+
+def _window(series: str, bounds: Sequence[float], after, upto=None, tenant_id: str | None = None):
+    """Per tenant, step type and bucket: count and sum of the series over steps finished after ``after``
+    (and at or before ``upto``). The bucket is a CASE of inline literals, the same text in GROUP BY."""
+    value, conditions = _series(series)
+    bucket = case(*[(value <= literal_column(le_label(b)), literal_column(f"'{le_label(b)}'")) for b in bounds],
+                  else_=literal_column("'+Inf'"))
+    query = (
+        select(Run.tenant_id.label("tenant_id"), Step.type.label("step_type"), bucket.label("le"),
+               func.count().label("n"), func.coalesce(func.sum(value), 0.0).label("total"))
+        .join(Run, Run.id == Step.run_id)
+        .where(Step.completed_at > after, *conditions)
+        .group_by(Run.tenant_id, Step.type, bucket)
+    )
+    if upto is not None:
+        query = query.where(Step.completed_at <= upto)
+    if tenant_id is not None:
+        query = query.where(Run.tenant_id == tenant_id)
+    return query
+
+
+def advance_step_rollups(session: Session, bounds: dict[str, Sequence[float]], lag_s: float) -> datetime:
+    """Fold the steps finished between the watermark and ``lag_s`` ago into ``metric_rollups``; returns
+    the new watermark, whose row stays locked until the transaction ends (so the caller reads rollups
+    and newer steps that agree: no other process can move the watermark meanwhile).
+
+    The lag leaves room for transactions still committing steps finished just before it.
+    """
+    session.execute(_upsert(session, MetricWatermark).values(name=ROLLUP_WATERMARK, upto=EPOCH)
+                    .on_conflict_do_nothing(index_elements=["name"]))
+    after = session.execute(
+        select(MetricWatermark.upto).where(MetricWatermark.name == ROLLUP_WATERMARK).with_for_update()
+    ).scalar_one()
+    upto = now(session) - timedelta(seconds=lag_s)
+    if upto <= after:
+        return after
+    for series in STEP_SERIES:
+        rows = [dict(series=series, tenant_id=r.tenant_id, step_type=r.step_type, le=r.le, count=r.n, total=r.total)
+                for r in session.execute(_window(series, bounds[series], after, upto))]
+        if rows:
+            insert_ = _upsert(session, MetricRollup).values(rows)
+            session.execute(insert_.on_conflict_do_update(
+                index_elements=["tenant_id", "series", "step_type", "le"],
+                set_={"count": MetricRollup.count + insert_.excluded.count,
+                      "total": MetricRollup.total + insert_.excluded.total},
+            ))
+    session.execute(update(MetricWatermark).where(MetricWatermark.name == ROLLUP_WATERMARK).values(upto=upto))
+    return upto
+
+
+def step_histograms(session: Session, tenant_id: str | None, series: str, bounds: Sequence[float],
+                    watermark: datetime) -> dict[str, Histogram]:
+    """One series' histogram per step type: the rollups plus the steps finished after ``watermark``
+    (what advance_step_rollups returned in this transaction)."""
+    tail = _window(series, bounds, watermark, tenant_id=tenant_id)
+    rolled = select(MetricRollup.tenant_id, MetricRollup.step_type, MetricRollup.le,
+                    MetricRollup.count.label("n"), MetricRollup.total).where(MetricRollup.series == series)
+    if tenant_id is not None:
+        rolled = rolled.where(MetricRollup.tenant_id == tenant_id)
+    both = union_all(rolled, tail).subquery()
+    rows = session.execute(
+        select(both.c.step_type, both.c.le, func.sum(both.c.n), func.sum(both.c.total))
+        .group_by(both.c.step_type, both.c.le)
+    ).all()
+    per_type: dict[str, dict[str, tuple[int, float]]] = {}
+    for step_type, le, n, total in rows:
+        per_type.setdefault(step_type, {})[le] = (int(n), float(total))
     result = {}
-    for row in session.execute(query):
-        result[row[0]] = Histogram(tuple(bounds), tuple(int(c or 0) for c in row[3:]), int(row[1]), float(row[2]))
+    for step_type, buckets in per_type.items():
+        running, cumulative = 0, []
+        for bound in bounds:
+            running += buckets.get(le_label(bound), (0, 0.0))[0]
+            cumulative.append(running)
+        count = sum(n for n, _ in buckets.values())
+        result[step_type] = Histogram(tuple(bounds), tuple(cumulative), count, sum(t for _, t in buckets.values()))
     return result
 
 
-def step_duration_histograms(session: Session, tenant_id: str | None, bounds: Sequence[float]) -> dict[str, Histogram]:
-    """Run time of each finished step's last attempt (started -> completed), per step type."""
-    duration = seconds_between(Step.started_at, Step.completed_at)
-    where = (Step.status.in_([StepStatus.SUCCEEDED, StepStatus.FAILED]), Step.started_at.is_not(None),
-             Step.completed_at.is_not(None))
-    return _histograms(session, Step.type, duration, where, bounds, tenant_id)
-
-
-def dispatch_latency_histograms(session: Session, tenant_id: str | None, bounds: Sequence[float]) -> dict[str, Histogram]:
-    """Time from ready (queued by the scheduler) to started (claimed by a worker) of each step's
-    latest attempt, per dispatched step type (steps that wait in the database are not dispatched)."""
-    latency = seconds_between(Step.queued_at, Step.started_at)
-    where = (Step.type.in_(DISPATCHED_TYPES), Step.queued_at.is_not(None), Step.started_at.is_not(None))
-    return _histograms(session, Step.type, latency, where, bounds, tenant_id)
+def _upsert(session: Session, table):
+    """INSERT … ON CONFLICT for this session's backend (PostgreSQL and SQLite both have it)."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 def count_step_errors(session: Session, tenant_id: str | None) -> dict[tuple[str, str, str], int]:

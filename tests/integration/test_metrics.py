@@ -95,3 +95,24 @@ def test_public_metrics_need_no_token_and_cover_every_tenant(settings, api, toke
 
     public = Api(create_app(settings.model_copy(update={"metrics_public": True})).test_client(), None)
     assert total_runs(samples(public.get("/metrics"))) == runs_in_db() > runs_in_db("acme")
+
+
+def test_folding_steps_into_the_rollups_changes_no_histogram(api, settings):
+    """On PostgreSQL: fold every finished step into metric_rollups (no lag) between two scrapes."""
+    from orchestrator import metrics
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+
+    workflow = publish(api, {"name": "rolled", "steps": [{"id": "a", "type": "tool", "tool": "echo"}]})
+    wait_run(api, start(api, workflow))
+
+    def histogram_samples():
+        return {k: v for k, v in samples(api.get("/metrics")).items()
+                if k[0].startswith(("switchyard_step_duration", "switchyard_step_dispatch"))}
+
+    before = histogram_samples()
+    engine = make_engine(settings)
+    with transaction(make_sessionmaker(engine)) as session:
+        repo.advance_step_rollups(session, metrics.BUCKETS, lag_s=0)
+    engine.dispose()
+    assert histogram_samples() == before

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from werkzeug.serving import make_server
 
-from tests.integration.conftest import events, publish, start, wait_run
+from tests.integration.conftest import events, publish, start, wait_for, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -78,7 +78,17 @@ def created(event: dict) -> float:
     return datetime.fromisoformat(event["created_at"].replace("Z", "+00:00")).timestamp()
 
 
-def test_run_stream_delivers_every_event_in_order_within_a_second_and_resumes(api, server, tokens):
+def subscribers(settings, channel: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url)
+    try:
+        return dict(client.pubsub_numsub(channel))[channel.encode()]
+    finally:
+        client.close()
+
+
+def test_run_stream_delivers_every_event_in_order_within_a_second_and_resumes(api, server, tokens, settings):
     run_id = start(api, publish(api, SLOW))
     first, second = [], []
     opened_first = time.time()
@@ -110,6 +120,8 @@ def test_run_stream_delivers_every_event_in_order_within_a_second_and_resumes(ap
     assert len(live) >= 8, f"only {len(live)} events were live; the run was too quick to test latency"
     late = [(m.event, round(m.received - t, 3)) for m, t in live if not -0.1 <= m.received - t < 1.0]
     assert late == []
+    # Both streams gave their Redis subscription back: the one dropped mid-run included.
+    wait_for(lambda: subscribers(settings, f"switchyard:run:{run_id}") == 0, 5, "the run's subscriptions to close")
 
 
 def test_after_parameter_and_a_finished_run(api, server, tokens):
@@ -139,7 +151,7 @@ def test_stream_errors_are_contract_errors(api, server, tokens, case, status, co
     assert response.status_code == status and response.json()["error"]["code"] == code
 
 
-def test_tenant_stream_shows_this_tenants_run_status_changes_only(api, server, tokens):
+def test_tenant_stream_shows_this_tenants_run_status_changes_only(api, server, tokens, settings):
     workflow = publish(api, {"name": "t", "steps": [{"id": "a", "type": "tool", "tool": "echo"}]})
     with httpx.stream("GET", f"{server}/events/stream", headers=auth(tokens["other_tenant"]), timeout=10) as theirs, \
             httpx.stream("GET", f"{server}/events/stream", headers=auth(tokens["viewer"]), timeout=10) as mine:
@@ -152,7 +164,7 @@ def test_tenant_stream_shows_this_tenants_run_status_changes_only(api, server, t
                 statuses.append((message.data["previous_status"], message.data["status"]))
                 if message.data["status"] == "succeeded":
                     break
-        assert statuses == [("queued", "running"), ("running", "succeeded")]
+        assert statuses == [(None, "queued"), ("queued", "running"), ("running", "succeeded")]
         # The other tenant's stream carries nothing of this run: read what it buffered meanwhile, up to
         # a keep-alive that came fresh (after the buffer was drained).
         drained_from = time.time()
@@ -162,3 +174,5 @@ def test_tenant_stream_shows_this_tenants_run_status_changes_only(api, server, t
                     break
                 continue
             assert message.data["run_id"] != run_id
+    wait_for(lambda: subscribers(settings, "switchyard:tenant:acme") == subscribers(
+        settings, "switchyard:tenant:globex") == 0, 5, "the tenant streams' subscriptions to close")

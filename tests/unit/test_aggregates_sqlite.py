@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select, update
 
 from orchestrator.db import migrate
 from orchestrator.db import repository as repo
-from orchestrator.db.models import Event, Run, Step, Tenant, Workflow, WorkflowVersion
+from orchestrator.db.models import Event, MetricRollup, Run, Step, Tenant, Workflow, WorkflowVersion
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.db.types import db_now
 from orchestrator.settings import Settings
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -70,8 +71,8 @@ def test_runs_by_status_and_usage(sessions):
         assert repo.count_runs_by_status(session, "a") == {"succeeded": 1, "failed": 1, "running": 1}
         assert repo.count_runs_by_status(session, None)["succeeded"] == 2
         assert repo.count_runs_by_status(session, "a", since=T0 + timedelta(minutes=1)) == {"failed": 1, "running": 1}
-        assert repo.sum_run_usage(session, "a", T0)["credits"] == pytest.approx(1.75)
-        assert repo.count_steps_finished(session, "a", T0) == 2
+        usage = repo.sum_run_usage(session, "a", T0)
+        assert usage["credits"] == pytest.approx(1.75) and usage["steps"] == 3 and usage["tool_calls"] == 3
 
 
 @pytest.mark.parametrize("metric, unit, expected", [
@@ -90,14 +91,82 @@ def test_timeseries_buckets(sessions, metric, unit, expected):
     assert points == pytest.approx(expected)
 
 
-def test_histograms_and_error_counts(sessions):
+DURATION = (1.0, 2.5, 10.0, 7200.0)
+LATENCY = (0.75, 5.0)
+
+
+def histograms(sessions, lag_s=10**9):
+    """As a scrape reads them; the default lag folds nothing (the watermark stays at the epoch)."""
+    with transaction(sessions) as session:
+        watermark = repo.advance_step_rollups(session, {"duration": DURATION, "latency": LATENCY}, lag_s)
+        return (repo.step_histograms(session, "a", "duration", DURATION, watermark),
+                repo.step_histograms(session, None, "latency", LATENCY, watermark))
+
+
+def test_histograms_are_the_same_before_and_after_the_rollup_and_count_each_step_once(sessions):
+    def check(lag_s=10**9):
+        durations, latency = histograms(sessions, lag_s)
+        assert durations["tool"].counts == (0, 1, 1, 2) and durations["tool"].count == 2
+        assert durations["tool"].total == pytest.approx(2 + 3597, abs=0.01)
+        # r3's approval step was never dispatched; tenant b's step counts where no tenant is asked for.
+        assert set(latency) == {"tool"} and latency["tool"].counts == (1, 3) and latency["tool"].count == 3
+
+    check()  # nothing rolled up yet: every step is read from the steps table
+    for _ in range(2):  # the second advance finds nothing new and must not add anything again
+        check(lag_s=60)
     with sessions() as session:
-        durations = repo.step_duration_histograms(session, "a", (1.0, 2.5, 10.0, 7200.0))
-        latency = repo.dispatch_latency_histograms(session, None, (0.75, 5.0))
+        assert session.execute(select(func.count()).select_from(MetricRollup)).scalar_one() > 0
+    # A step finishing now (after the watermark) is added from the steps table.
+    with transaction(sessions) as session:
+        session.execute(insert(Step).values(_step("r3", "y", "succeeded", T0, T0, None)))
+        session.execute(update(Step).where(Step.step_id == "y").values(
+            started_at=db_now(-5), completed_at=db_now()))
+    durations, _ = histograms(sessions, lag_s=60)
+    assert durations["tool"].counts == (0, 1, 2, 3) and durations["tool"].count == 3
+
+
+def test_error_counts(sessions):
+    with sessions() as session:
         errors = repo.count_step_errors(session, "a")
         everyone = repo.count_step_errors(session, None)
-    assert durations["tool"].counts == (0, 1, 1, 2) and durations["tool"].count == 2
-    assert durations["tool"].total == pytest.approx(2 + 3597, abs=0.01)
-    assert set(latency) == {"tool"} and latency["tool"].counts == (1, 3) and latency["tool"].count == 3
     assert errors == {("step_retrying", "tool", "boom"): 1, ("step_failed", "tool", "boom"): 1}
     assert everyone[("step_retrying", "tool", "boom")] == 2
+
+
+def test_without_pub_sub_streams_poll_the_database(sessions):
+    """The embedded broker's path: a run's follower and the tenant's stream poll SQLite."""
+    import threading
+
+    from orchestrator import streams
+    from orchestrator.db.repository import RunChanges
+    from orchestrator.states import RunStatus
+
+    def write(*types, finish=False):
+        with transaction(sessions) as session:
+            changes = RunChanges(repo.lock_run(session, "r3"), run_target=RunStatus.SUCCEEDED if finish else None)
+            for kind in types:
+                changes.event(kind, "w", 1)
+            repo.apply_run_changes(session, changes)
+            assert session.info[repo.WRITTEN_EVENTS][0]["status_changed"] is finish  # staged for a publisher
+
+    settings = Settings(stream_poll_s=0.01, stream_keepalive_s=5)
+    tenant = iter(streams.follow_tenant(None, sessions, settings, "a"))  # sees what is written from now on
+    follow = iter(streams.follow_run(sessions, None, settings, "r3", 0))
+    write("step_waiting")
+    assert next(follow)["type"] == "step_waiting"  # caught up from the database
+    # Written while the follower polls: it picks them up and ends, the run being terminal.
+    later = threading.Timer(0.2, write, ("step_completed", "run_succeeded"), {"finish": True})
+    later.start()
+    assert [e["type"] for e in follow] == ["step_completed", "run_succeeded"]
+    later.join()
+    change = next(tenant)
+    assert (change["run_id"], change["type"], change["status"]) == ("r3", "run_succeeded", "succeeded")
+
+
+def test_a_stream_polls_when_redis_refuses_the_subscription(sessions):
+    from orchestrator import streams
+
+    unreachable = streams.Bus("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    follow = streams.follow_run(sessions, unreachable, Settings(stream_poll_s=0.01), "r1", 0)
+    assert follow.subscription is None
+    assert list(follow) == []  # r1 is terminal and has no events after 0: caught up, the stream ends

@@ -1,4 +1,4 @@
-"""observability: indexes for analytics, metrics and queue rates
+"""observability: indexes for analytics, metrics and queue rates; metric rollups
 
 Revision ID: 0003
 Revises: 0002
@@ -18,6 +18,20 @@ STEP_ERRORS = "type IN ('step_retrying', 'step_failed')"
 
 
 def upgrade() -> None:
+    op.create_table('metric_rollups',
+    sa.Column('tenant_id', sa.String(length=64), nullable=False),
+    sa.Column('series', sa.String(length=32), nullable=False),
+    sa.Column('step_type', sa.String(length=16), nullable=False),
+    sa.Column('le', sa.String(length=16), nullable=False),
+    sa.Column('count', sa.BigInteger(), nullable=False),
+    sa.Column('total', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('tenant_id', 'series', 'step_type', 'le')
+    )
+    op.create_table('metric_watermarks',
+    sa.Column('name', sa.String(length=32), nullable=False),
+    sa.Column('upto', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('name')
+    )
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.create_index('ix_runs_tenant_created_status', ['tenant_id', 'created_at', 'status'], unique=False)
         batch_op.create_index('ix_runs_tenant_status_completed', ['tenant_id', 'status', 'completed_at'], unique=False)
@@ -34,6 +48,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table('metric_watermarks')
+    op.drop_table('metric_rollups')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index('ix_events_step_errors')
     with op.batch_alter_table('steps', schema=None) as batch_op:
