@@ -458,8 +458,10 @@ def insert_approval(session: Session, tenant_id: str, run_id: str, step_id: str,
         select(func.count()).select_from(Approval).where(Approval.run_id == run_id, Approval.step_id == step_id)
     ).scalar_one()
     approval_id = ids.new_id("apr")
+    # Cut to the column's size: a rendered prompt can be any length, and a failed insert would
+    # leave the run stuck in the scheduler.
     session.add(Approval(id=approval_id, tenant_id=tenant_id, run_id=run_id, step_id=step_id,
-                         round=rounds + 1, status="pending", prompt=prompt))
+                         round=rounds + 1, status="pending", prompt=prompt[:2000] if prompt else prompt))
     session.flush()
     return approval_id
 
