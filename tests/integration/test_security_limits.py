@@ -98,3 +98,22 @@ def test_an_approval_prompt_longer_than_its_column_is_cut_not_a_stuck_run(api, e
     waiting = wait_for(lambda: api.get(f"/runs/{run}").get_json()["pending_approvals"], 30,
                        "the run to wait on its approval")
     assert waiting[0]["prompt"] == "p" * 2000
+
+
+def test_signed_endpoints_are_rate_limited_per_client_address(settings):
+    """Webhooks and file URLs carry no token: forged deliveries from one address hit a limit too."""
+    import secrets
+
+    from api import create_app
+
+    limited = create_app(settings.model_copy(update={"rate_limit_per_min": 3}))
+    client = limited.test_client()
+    address = f"127.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+    for _ in range(2):  # a second go if the minute turned over in the middle of the first
+        window = int(time.time() // 60)
+        answers = [client.post("/api/v1/hooks/nope", data=b"{}", environ_base={"REMOTE_ADDR": address})
+                   for _ in range(4)]
+        if int(time.time() // 60) == window:
+            break
+    assert [a.status_code for a in answers] == [401, 401, 401, 429]
+    assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
