@@ -27,7 +27,7 @@ class ControlBody(_Body):
     """POST /runs/{run_id}/{action}: only cancel takes fields; the others take none."""
 
     reason: str | None = Field(default=None, max_length=2000)
-    mode: Literal["immediate", "graceful"] | None = None
+    mode: Literal["immediate", "graceful"] = "immediate"
 
 
 class Decision(_Body):
