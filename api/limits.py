@@ -1,6 +1,7 @@
-"""Limits on what one request and one tenant may ask: clean URLs and a per-tenant rate limit.
+"""Limits on what one request and one tenant may ask: clean URLs and a rate limit.
 
-The rate limit is a fixed window of one minute per tenant: a counter in Redis when the broker is
+The rate limit is a fixed window of one minute per tenant (per client address for the signed
+endpoints, webhooks and file URLs, which carry no token): a counter in Redis when the broker is
 Redis (so every API process shares it), in process memory otherwise (the embedded default has one
 API process). Over the limit answers 429 ``rate_limited`` with ``Retry-After``.
 """
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import redis
 from flask import Flask, g, request
 
+from api.auth import ROUTE_ROLES, SIGNED
 from api.errors import error_response
 from orchestrator.errors import InvalidRequest
 from orchestrator.settings import Settings
@@ -78,12 +80,20 @@ def register(app: Flask, settings: Settings) -> None:
         if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
             raise InvalidRequest("the URL may not contain NUL characters")
         who = g.get("principal")
-        if window is None or who is None:
+        if who is not None:
+            key = who.tenant_id
+        elif ROUTE_ROLES.get(request.endpoint) == SIGNED:
+            # No tenant before the signature is checked: count the caller's address instead, so a
+            # flood of forged deliveries is turned away before it costs a database query each.
+            key = f"addr:{request.remote_addr}"
+        else:
             return None
-        wait = window.hit(who.tenant_id, settings.rate_limit_per_min)
+        if window is None:
+            return None
+        wait = window.hit(key, settings.rate_limit_per_min)
         if wait is None:
             return None
         retry_after = str(max(1, math.ceil(wait)))
         return error_response(
-            429, "rate_limited", f"over the limit of {settings.rate_limit_per_min} requests a minute for this tenant; "
+            429, "rate_limited", f"over the limit of {settings.rate_limit_per_min} requests a minute; "
             f"retry in {retry_after} s", {"limit_per_min": settings.rate_limit_per_min}, {"Retry-After": retry_after})

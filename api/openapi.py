@@ -223,7 +223,7 @@ def _operation(endpoint: str, op: Op, path_params: list[dict[str, Any]]) -> dict
             answers[str(code)]["links"] = {link.name: link.as_json() for link in op.links}
     errors = set(op.errors) | {503}
     if role not in (PUBLIC,):
-        errors |= {401} if role == SIGNED else {400, 401, 403, 429}
+        errors |= {401, 429} if role == SIGNED else {400, 401, 403, 429}
     if path_params or op.body:
         errors |= {400, 404}
     if op.body:

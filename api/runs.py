@@ -11,6 +11,7 @@ from flask import Blueprint, request
 from api import schemas, serializers
 from api.auth import principal
 from api.context import int_arg, parse_body, services
+from api.controls import actor
 from orchestrator import broker, diagnosis, service
 from orchestrator.db import repository as repo
 from orchestrator.db.session import transaction
@@ -27,12 +28,12 @@ def start_run():
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
         raise InvalidRequest("Idempotency-Key must be 1-200 characters")
-    who = principal()
+    who, by = principal(), actor()
     with transaction(services().sessions) as session:
         run, created = service.start_run(
             session, services().settings, who.tenant_id, workflow_id, version, body.input,
             idempotency_key=key, body_hash=service.request_hash(body.model_dump(exclude_unset=True)) if key else None,
-            trigger_type="api", triggered_by=request.args.get("triggered_by") or who.token_id,
+            trigger_type="api", triggered_by=by.triggered_by or who.token_id,
         )
         result = serializers.full_run(session, run)
     if created:

@@ -29,7 +29,7 @@ class ControlBody(_Body):
     budgets for this run); the others take none."""
 
     reason: str | None = Field(default=None, max_length=2000)
-    mode: Literal["immediate", "graceful"] | None = None
+    mode: Literal["immediate", "graceful"] = "immediate"
     limits: Limits | None = None
 
 

@@ -573,8 +573,10 @@ def insert_approval(
         select(func.count()).select_from(Approval).where(Approval.run_id == run_id, Approval.step_id == step_id)
     ).scalar_one()
     approval_id = ids.new_id("apr")
+    # Cut to the column's size: a rendered prompt can be any length, and a failed insert would
+    # leave the run stuck in the scheduler.
     session.add(Approval(id=approval_id, tenant_id=tenant_id, run_id=run_id, step_id=step_id,
-                         round=rounds + 1, status="pending", prompt=prompt,
+                         round=rounds + 1, status="pending", prompt=prompt[:2000] if prompt else prompt,
                          # SQL NULL, not JSON null, for approval steps: templates look for call IS NULL.
                          **({"call": call} if call is not None else {})))
     session.flush()

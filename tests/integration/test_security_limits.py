@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import Api, publish
+from tests.integration.conftest import Api, publish, wait_for
 
 ECHO = {"name": "echo", "steps": [{"id": "a", "type": "tool", "tool": "echo"}]}
 
@@ -81,3 +81,39 @@ def test_rate_limit_per_tenant_answers_429_with_retry_after(settings):
     # Other tenants have counters of their own; public endpoints are not counted.
     assert client.as_(other).get("/runs?limit=1").status_code == 200
     assert client.as_(None).get("/healthz").status_code == 200
+
+
+def test_a_long_triggered_by_is_400_not_a_database_error(api):
+    workflow = publish(api, ECHO)
+    response = api.post(f"/runs?triggered_by={'x' * 201}", json={"workflow_id": workflow, "input": {}})
+    _error(response, 400, "invalid_request")
+    named = api.post("/runs?triggered_by=nightly-import", json={"workflow_id": workflow, "input": {}})
+    assert named.status_code == 201 and named.get_json()["triggered_by"] == "nightly-import"
+
+
+def test_an_approval_prompt_longer_than_its_column_is_cut_not_a_stuck_run(api, engine_processes):
+    workflow = publish(api, {"name": "long prompt", "steps": [
+        {"id": "review", "type": "approval", "prompt": "{{ input.text }}"}]})
+    run = api.post("/runs", json={"workflow_id": workflow, "input": {"text": "p" * 5000}}).get_json()["id"]
+    waiting = wait_for(lambda: api.get(f"/runs/{run}").get_json()["pending_approvals"], 30,
+                       "the run to wait on its approval")
+    assert waiting[0]["prompt"] == "p" * 2000
+
+
+def test_signed_endpoints_are_rate_limited_per_client_address(settings):
+    """Webhooks and file URLs carry no token: forged deliveries from one address hit a limit too."""
+    import secrets
+
+    from api import create_app
+
+    limited = create_app(settings.model_copy(update={"rate_limit_per_min": 3}))
+    client = limited.test_client()
+    address = f"127.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+    for _ in range(2):  # a second go if the minute turned over in the middle of the first
+        window = int(time.time() // 60)
+        answers = [client.post("/api/v1/hooks/nope", data=b"{}", environ_base={"REMOTE_ADDR": address})
+                   for _ in range(4)]
+        if int(time.time() // 60) == window:
+            break
+    assert [a.status_code for a in answers] == [401, 401, 401, 429]
+    assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
