@@ -118,7 +118,8 @@ def run_diagnosis(run_id: str):
     status = RunStatus(run.status)
     queued = any(s.status is StepStatus.QUEUED for s in steps)
     # Asking the workers costs up to a second, so only when a queued step makes it matter.
-    consumers = (broker.queue_consumers(svc.celery) if queued and not svc.settings.uses_embedded_broker
+    consumers = (broker.queue_consumers(svc.celery, svc.settings.inspect_timeout_s)
+                 if queued and not svc.settings.uses_embedded_broker
                  else None)
     causes = diagnosis.diagnose(run.id, status, run.error, steps, approvals, questions, consumers)
     return {"run_id": run.id, "status": run.status, "waiting_on": run.waiting_on,

@@ -53,7 +53,9 @@ def test_request_bodies_are_the_validating_models(app):
 def fuzz_app(settings):
     from api import create_app
 
-    return create_app(settings.model_copy(update={"rate_limit_per_min": 0}))
+    # No rate limit, so no answer is a 429; a short wait for the workers' inspect replies, since
+    # GET /queues and /workers wait that long on every one of their ~150 calls.
+    return create_app(settings.model_copy(update={"rate_limit_per_min": 0, "inspect_timeout_s": 0.05}))
 
 
 @pytest.fixture(scope="module")
