@@ -221,11 +221,12 @@ def apply_outcome(
         )
         if moved:
             view.status = target
+            # Only a report that moved the step leaves its policy decisions: a stale one changes nothing.
+            if outcome.policy:
+                _record_policy(session, changes, view, outcome.policy)
         return bool(moved)
 
     finished = dict(completed_at=db_now(), lease_expires_at=None, due_at=None)
-    if outcome.policy:
-        _record_policy(session, changes, view, outcome.policy)
     if outcome.suspend is not None:
         suspension = outcome.suspend
         if not move(StepStatus.WAITING, checkpoint=suspension.checkpoint, lease_expires_at=None,
