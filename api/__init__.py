@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         live,
         monitoring,
         openapi,
+        policies,
         runs,
         system,
         tokens,
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     errors.register(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
-                      webhooks.bp, files.bp, openapi.bp, monitoring.bp, analytics.bp, live.bp, evidence.bp):
+                      webhooks.bp, files.bp, openapi.bp, policies.bp, monitoring.bp, analytics.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
     _log_context(app)  # after auth, whose hook names the caller

@@ -46,6 +46,8 @@ ROUTE_ROLES: dict[str, str] = {
     "webhooks.receive": SIGNED,
     "files.download": SIGNED,
     "runs.run_diagnosis": "viewer",
+    "policies.get_policy": "viewer",
+    "policies.put_policy": "admin",
     "evidence.run_evidence": "viewer",
     "live.run_stream": "viewer",
     "live.tenant_stream": "viewer",

@@ -159,6 +159,11 @@ OPERATIONS: dict[str, Op] = {
                                "schema": {"type": "string"},
                                "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'> with "
                                               "the workflow's webhook secret; at most 300 s old, used once."},)),
+    "policies.get_policy": Op("The tenant's policy on tool calls (with none set: allow everything, no limits).",
+                              (200, R.TenantPolicy)),
+    "policies.put_policy": Op("Replace the tenant's policy: its rules come before every workflow's own, the "
+                              "stricter default applies, and its limits cap every run.", (200, R.TenantPolicy),
+                              schemas.Policy),
     "runs.run_diagnosis": Op("Why a run is not moving, and the operator action that would move it.",
                              (200, R.Diagnosis)),
     "evidence.run_evidence": Op("The run's evidence pack: a zip of the run, its workflow version, steps, events, "

@@ -238,6 +238,10 @@ class WebhookSecretList(_Out):
     webhook_secrets: list[WebhookSecret]
 
 
+class TenantPolicy(_Out):
+    policy: dict[str, Any]
+
+
 class Cause(_Out):
     kind: str
     step_id: str | None

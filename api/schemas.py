@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.definitions import Definition
-from orchestrator.policy import Limits
+from orchestrator.policy import Limits, Policy
 
 
 class _Body(BaseModel):
@@ -72,5 +72,5 @@ class WebhookSecretCreate(_Body):
 REQUEST_BODIES: dict[str, type[BaseModel]] = {
     "StartRun": StartRun, "ControlBody": ControlBody, "Decision": Decision, "Answer": Answer,
     "InboundEvent": InboundEvent, "TokenCreate": TokenCreate, "WebhookSecretCreate": WebhookSecretCreate,
-    "Definition": Definition,
+    "Definition": Definition, "Policy": Policy,
 }

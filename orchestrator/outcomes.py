@@ -103,11 +103,13 @@ class Claim:
     approval: dict[str, Any] | None
     run_usage: dict[str, float] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    tenant_policy: policy.Policy | None = None
 
 
-def effective_limits(definition: Definition, raised: dict[str, Any] | None) -> Limits:
-    """The definition's limits with an operator's raised ones over them."""
-    return definition.policy.limits.model_copy(update=raised or {})
+def effective_limits(definition: Definition, raised: dict[str, Any] | None, tenant: policy.Policy | None) -> Limits:
+    """The definition's limits with an operator's raised ones over them, capped by the tenant's."""
+    return policy.combined_limits(definition.policy.limits.model_copy(update=raised or {}),
+                                  tenant.limits if tenant is not None else None)
 
 
 def claim_attempt(
@@ -141,12 +143,15 @@ def claim_attempt(
     changes.event("step_started", step_id, attempt, worker=worker)
     repo.apply_run_changes(session, changes)
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
+    stored = repo.tenant_policy(session, run.tenant_id)
+    tenant = policy.Policy.model_validate(stored) if stored else None
     return Claim(
         run_id=run_id, step_id=step_id, attempt=attempt, tenant_id=run.tenant_id, workflow_id=run.workflow_id,
         run_input=run.input, run_attempt=run.attempt, outputs=repo.succeeded_outputs(session, run_id),
         definition=definition, checkpoint=repo.step_checkpoint(session, run_id, step_id),
         approval=repo.latest_approval_decision(session, run_id),
-        run_usage=dict(run.usage or {}), limits=effective_limits(definition, run.limits),
+        run_usage=dict(run.usage or {}), limits=effective_limits(definition, run.limits, tenant),
+        tenant_policy=tenant,
     )
 
 

@@ -91,17 +91,23 @@ class Decision:
 _DECIDED = {"allow": "allowed", "deny": "denied", "require_approval": "approval_required"}
 
 
-def decide(policy: Policy, spec: ToolSpec, args: Any, addresses: Sequence[str] = ()) -> Decision:
-    """Decide one call of ``spec`` with ``args``. ``addresses`` are the IPs a `url` argument's host
-    resolves to (the caller resolves; this module does no I/O)."""
+STRICTNESS = {"allow": 0, "require_approval": 1, "deny": 2}
+
+
+def decide(policy: Policy, spec: ToolSpec, args: Any, addresses: Sequence[str] = (),
+           tenant: Policy | None = None) -> Decision:
+    """Decide one call of ``spec`` with ``args`` under the workflow's ``policy`` and the ``tenant``'s.
+
+    The tenant's rules come first (its guardrails hold in every workflow), then the workflow's; with
+    no rule matching, the stricter of the two defaults decides. ``addresses`` are the IPs a `url`
+    argument's host resolves to (the caller resolves; this module does no I/O)."""
     risk_factors = [f"tool risk {spec.risk}"]
     schema_error = _schema_error(spec, args)
     if schema_error is not None:
         return Decision(spec.name, "denied", "args_schema", f"the arguments do not match the tool's schema: "
                         f"{schema_error}", spec.risk, risk_factors, [])
-    index, rule = _matching_rule(policy.rules, spec)
-    where = f"rules[{index}]" if rule is not None else "default"
-    verdict = rule.decision if rule is not None else policy.default
+    where, rule = _first_match(spec, tenant, policy)
+    verdict = rule.decision if rule is not None else _default(policy, tenant)
     rationale = (rule.rationale if rule is not None and rule.rationale else
                  f"{'rule ' + where if rule is not None else 'the policy default'} says {verdict}")
     constraints = rule.constraints if rule is not None and rule.constraints else Constraints()
@@ -117,6 +123,31 @@ def decide(policy: Policy, spec: ToolSpec, args: Any, addresses: Sequence[str] =
                         f"{host} resolves to a private, loopback or link-local address; a policy rule must list "
                         f"the host in constraints.hosts to allow it", spec.risk, risk_factors, applied)
     return Decision(spec.name, _DECIDED[verdict], where, rationale, spec.risk, risk_factors, applied)
+
+
+def _first_match(spec: ToolSpec, tenant: Policy | None, workflow: Policy) -> tuple[str, Rule | None]:
+    """The first rule matching the call, named by where it stands; ("default", None) if none does."""
+    for prefix, policy in (("tenant.", tenant), ("", workflow)):
+        if policy is None:
+            continue
+        index, rule = _matching_rule(policy.rules, spec)
+        if rule is not None:
+            return f"{prefix}rules[{index}]", rule
+    return "default", None
+
+
+def _default(workflow: Policy, tenant: Policy | None) -> str:
+    defaults = [workflow.default] + ([tenant.default] if tenant is not None else [])
+    return max(defaults, key=STRICTNESS.__getitem__)
+
+
+def combined_limits(*limits: Limits | None) -> Limits:
+    """Each limit the tightest of those given (a limit left unset by one does not loosen another's)."""
+    values: dict[str, float] = {}
+    for one in limits:
+        for key, value in (one.model_dump(exclude_none=True) if one is not None else {}).items():
+            values[key] = min(values.get(key, value), value)
+    return Limits(**values)
 
 
 def highest_risk(levels: Sequence[str | None]) -> str | None:

@@ -41,6 +41,7 @@ class StepContext:
     checkpoint: dict[str, Any] | None = None
     # The workflow's policy, the run's effective limits and the run's usage before this attempt.
     policy: policies.Policy = field(default_factory=policies.Policy)
+    tenant_policy: policies.Policy | None = None
     limits: policies.Limits = field(default_factory=policies.Limits)
     run_usage: dict[str, float] = field(default_factory=dict)
     # Every policy decision taken in this attempt, recorded on the step with the outcome.
@@ -80,7 +81,7 @@ class StepContext:
         """Decide a call under the workflow's policy (resolving a `url` argument's host) and record it."""
         url = args.get("url") if isinstance(args, dict) else None
         host = urlsplit(url).hostname if isinstance(url, str) else None
-        decision = policies.decide(self.policy, spec, args, self.resolve(host) if host else ())
+        decision = policies.decide(self.policy, spec, args, self.resolve(host) if host else (), self.tenant_policy)
         self.record_decision(decision.as_json())
         return decision
 

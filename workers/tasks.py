@@ -126,6 +126,7 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
         policy=claim.definition.policy,
         limits=claim.limits,
         run_usage=claim.run_usage,
+        tenant_policy=claim.tenant_policy,
     )
     heartbeat = _Heartbeat(rt, ctx)
     heartbeat.start()

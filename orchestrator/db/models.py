@@ -34,6 +34,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = _created()
+    # The tenant's policy on tool calls (orchestrator/policy.py), over every workflow's own.
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
 
 
 class ApiToken(Base):

@@ -77,6 +77,17 @@ def ensure_tenant(session: Session, tenant_id: str) -> None:
         session.flush()
 
 
+def tenant_policy(session: Session, tenant_id: str) -> dict | None:
+    """The tenant's policy on tool calls, as stored (None: none set)."""
+    return session.execute(select(Tenant.policy).where(Tenant.id == tenant_id)).scalar_one_or_none()
+
+
+def set_tenant_policy(session: Session, tenant_id: str, policy: dict) -> None:
+    ensure_tenant(session, tenant_id)
+    session.execute(update(Tenant).where(Tenant.id == tenant_id).values(policy=policy)
+                    .execution_options(synchronize_session=False))
+
+
 def create_token(session: Session, tenant_id: str, role: str, name: str = "") -> tuple[str, str]:
     """Store a new token's hash and return (token id, the token itself, shown only now)."""
     ensure_tenant(session, tenant_id)

@@ -116,3 +116,46 @@ def test_a_definition_with_a_bad_policy_is_refused(api):
                                                            "steps": [{"id": "a", "type": "tool", "tool": "echo"}]})
         assert response.status_code == 400 and problem in response.get_json()["error"]["message"], policy
     assert api.get("/workflows/bad-policy").status_code == 404
+
+
+@pytest.fixture
+def tenant_policy(settings):
+    """A tenant of its own with an admin token, so its policy touches no other test's runs."""
+    from api import create_app
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+    from tests.integration.conftest import Api, unique
+
+    with transaction(make_sessionmaker(make_engine(settings))) as session:
+        token = repo.create_token(session, unique("policy-tenant"), "admin")[1]
+    return Api(create_app(settings).test_client(), token)
+
+
+def test_a_tenant_policy_comes_before_the_workflows_own_and_caps_its_limits(tenant_policy):
+    api = tenant_policy
+    assert api.get("/policy").get_json()["policy"] == {"rules": [], "default": "allow", "limits": {
+        "tool_calls": None, "tokens": None, "credits": None}}
+    bad = api.put("/policy", json={"rules": [{"tool": "no.such.tool", "decision": "deny"}]})
+    assert bad.status_code == 400 and "unknown tool 'no.such.tool'" in bad.get_json()["error"]["message"]
+    assert api.put("/policy", json={"rules": [{"risk": "high", "decision": "deny", "rationale": "tenant rule"}],
+                                    "limits": {"tool_calls": 1}}).status_code == 200
+
+    workflow = publish(api, {
+        "name": "workflow allows everything",
+        "policy": {"rules": [{"tool": "http.request", "decision": "allow"}], "limits": {"tool_calls": 10}},
+        "steps": [{"id": "act", "type": "agent", "model": "scripted", "tools": ["echo", "http.request"], "script": [
+            {"tool_calls": [{"name": "http.request", "args": {"url": "https://api.example.com/"}}]},
+            {"tool_calls": [{"name": "echo", "args": {"n": 1}}]},
+            {"tool_calls": [{"name": "echo", "args": {"n": 2}}]},
+            "done"]}],
+    })
+    run_id = start(api, workflow)
+    run = wait_status(api, run_id, "paused")
+    decisions = by_id(run)["act"]["policy"]
+    # The tenant's rule wins over the workflow's allow; the tenant's limit of one tool call caps its ten.
+    assert (decisions[0]["decision"], decisions[0]["rule"], decisions[0]["rationale"]) == (
+        "denied", "tenant.rules[0]", "tenant rule")
+    assert [d["tool"] for d in decisions] == ["http.request", "echo", "echo"]
+    assert run["usage"]["tool_calls"] == 1
+    assert "tool call limit of 1" in [e for e in events(api, run_id) if e["type"] == "run_paused"][-1]["data"]["detail"]
+    api.post(f"/runs/{run_id}/cancel")

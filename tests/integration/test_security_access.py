@@ -45,6 +45,8 @@ EXPECTED = {
     "webhooks.receive": "signed",
     "files.download": "signed",
     "runs.run_diagnosis": "viewer",
+    "policies.get_policy": "viewer",
+    "policies.put_policy": "admin",
     "evidence.run_evidence": "viewer",
     "live.run_stream": "viewer",
     "live.tenant_stream": "viewer",
@@ -178,6 +180,18 @@ def tenant_expectations(acme, other: Api):
         assert response.status_code == 201 and response.get_json()["version"] == 1
         assert acme.api.get(f"/workflows/{acme.workflow}").get_json()["version"] == 1
 
+    def reads_its_own_policy():
+        acme.api.put("/policy", json={"rules": [{"tool": "sleep", "decision": "deny"}]})
+        try:
+            assert other.get("/policy").get_json()["policy"]["rules"] == []
+        finally:
+            acme.api.put("/policy", json={})  # acme's runs in later tests must not meet this rule
+
+    def sets_its_own_policy():
+        assert other.put("/policy", json={"default": "deny"}).status_code == 200
+        assert acme.api.get("/policy").get_json()["policy"]["default"] == "allow"
+        other.put("/policy", json={})
+
     run, flow = acme.run, acme.workflow
     values = {"run_id": run, "workflow_id": flow, "approval_id": acme.approval, "question_id": acme.question,
               "token_id": acme.token["id"]}
@@ -212,6 +226,7 @@ def tenant_expectations(acme, other: Api):
         "webhooks.receive": [],  # no bearer token: the signature names the tenant (test_security_webhooks)
         "files.download": [],  # no bearer token: the signed URL is the permission (test_security_files)
         "runs.run_diagnosis": [not_found("GET", f"/runs/{run}/diagnosis")],
+        "policies.get_policy": [reads_its_own_policy], "policies.put_policy": [sets_its_own_policy],
         "evidence.run_evidence": [not_found("GET", f"/runs/{run}/evidence")],
         "live.run_stream": [not_found("GET", f"/runs/{run}/events/stream")],
         # Aggregates and streams of the caller's tenant only: test_streams, test_analytics and test_metrics
