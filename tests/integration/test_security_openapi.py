@@ -152,9 +152,20 @@ def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, fuzz_token, engine
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
 
-    Machine.run(settings=hypothesis.settings(
-        max_examples=120, stateful_step_count=10, deadline=None, derandomize=True, database=None,
-        suppress_health_check=list(hypothesis.HealthCheck)))
+    # The app is live: its state moves on between sequences (a decided approval stays decided), so now and
+    # then hypothesis finds a sequence's prefix answered differently than before and stops with
+    # FlakyStrategyDefinition. That says nothing about the app, so the phase goes again with another
+    # sequence length; a 5xx or an answer off the document fails at once, whatever the try.
+    for step_count in (10, 9, 11):
+        try:
+            Machine.run(settings=hypothesis.settings(
+                max_examples=120, stateful_step_count=step_count, deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(hypothesis.HealthCheck)))
+            break
+        except hypothesis.errors.FlakyStrategyDefinition:
+            continue
+    else:
+        pytest.fail("the stateful phase could not complete a run of sequences in three tries")
     assert sum(answers.values()) >= 1000, answers
     # The links were followed to real things: some calls on the seeded runs succeeded.
     acted = sum(n for key, n in answers.items() if key.startswith(("POST /api/v1/runs/{run_id}/", "GET /api/v1/runs/{run_id}"))
