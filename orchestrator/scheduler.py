@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import broker, dag, logs, templates
@@ -20,7 +21,7 @@ from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Step
 from orchestrator.db.repository import RunChanges, StepView
-from orchestrator.db.session import transaction
+from orchestrator.db.session import database_unavailable, transaction
 from orchestrator.db.types import db_now
 from orchestrator.definitions import ApprovalStep, Definition, QuestionStep, TimerStep, WaitEventStep
 from orchestrator.errors import StepError
@@ -211,24 +212,46 @@ class Scheduler:
         self.stopping = threading.Event()
 
     def advance_batch(self) -> int:
-        """Advance up to batch_size runs with work in one transaction, then publish. Returns runs advanced."""
+        """Advance up to batch_size runs with work in one transaction, then publish. Returns runs advanced.
+
+        The batch is first tried without a savepoint per run (two round trips fewer per run) and with
+        the events of all its runs inserted in one statement at the end; if any
+        run raises, that transaction is rolled back whole and the batch is done again with each run in
+        a savepoint of its own, so the run that trips a bug is set aside and the others advance.
+        """
+        try:
+            out, advanced, outbox_ids = self._advance_locked(isolated=False)
+        except Exception as exc:  # noqa: BLE001 - redone run by run below; an outage goes up
+            if isinstance(exc, DBAPIError) and database_unavailable(exc):
+                raise
+            log.info("a batch raised (%s: %s); advancing it again, one savepoint per run", type(exc).__name__, exc)
+            out, advanced, outbox_ids = self._advance_locked(isolated=True)
+        self._publish(out.messages, outbox_ids)
+        broker.revoke(self.celery, out.revoke)
+        return advanced
+
+    def _advance_locked(self, isolated: bool) -> tuple[Pass, int, list[int]]:
         out = Pass()
         with transaction(self.sessions) as session:
             runs = repo.lock_runs_with_work(session, self.batch_size)
             if not runs:
-                return 0
+                return out, 0, []
             views = repo.steps_for_update(session, [r.id for r in runs])
             definitions = self.catalog.get_many(
                 session, [(r.tenant_id, r.workflow_id, r.workflow_version) for r in runs]
             )
+            if not isolated:
+                repo.defer_events(session)
             for run in runs:
                 key = (run.tenant_id, run.workflow_id, run.workflow_version)
                 with logs.bound(run_id=run.id, tenant=run.tenant_id):
-                    self._advance_one(session, run, views[run.id], definitions[key], out)
+                    if isolated:
+                        self._advance_one(session, run, views[run.id], definitions[key], out)
+                    else:
+                        advance_run(session, run, views[run.id], definitions[key], out)
+            repo.flush_events(session)
             outbox_ids = repo.insert_outbox(session, out.messages)
-        self._publish(out.messages, outbox_ids)
-        broker.revoke(self.celery, out.revoke)
-        return len(runs)
+        return out, len(runs), outbox_ids
 
     def _advance_one(self, session: Session, run, views: list[StepView], definition: Definition, out: Pass) -> None:
         """Advance one run in a savepoint: a run that trips a bug is set aside (logged, with an event)

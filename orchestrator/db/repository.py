@@ -211,7 +211,8 @@ def insert_run(session: Session, run: Run, steps: list[Step], events: list[dict]
     session.add(run)
     session.flush()
     session.add_all(steps)
-    rows = _insert_events(session, run.id, 0, events)
+    rows = [dict(run_id=run.id, seq=i + 1, **e) for i, e in enumerate(events)]
+    _insert_events(session, rows)
     session.flush()
     _stage_written(session, run, rows, previous_status=None, status=run.status, waiting_on=None, status_changed=True)
     return run
@@ -415,22 +416,46 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     if session.execute(query.values(**values).execution_options(synchronize_session=False)).rowcount != 1:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     if changes.events:
-        rows = _insert_events(session, run.id, run.last_seq, changes.events)
+        rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
         status = values.get("status")
-        _stage_written(session, run, rows, previous_status=run.status if status else None,
-                       status=status or run.status, waiting_on=values.get("waiting_on", run.waiting_on),
-                       status_changed=status is not None)
+        staged = dict(previous_status=run.status if status else None, status=status or run.status,
+                      waiting_on=values.get("waiting_on", run.waiting_on), status_changed=status is not None)
+        deferred = session.info.get(DEFERRED_EVENTS)
+        if deferred is not None:
+            deferred.append((run, rows, staged))
+            return
+        _insert_events(session, rows)
+        _stage_written(session, run, rows, **staged)
 
 
-def _insert_events(session: Session, run_id: str, last_seq: int, events: list[dict]) -> list[dict]:
-    """Append events after ``last_seq``; returns the rows written, with the database's created_at."""
-    rows = [dict(run_id=run_id, seq=last_seq + i + 1, **e) for i, e in enumerate(events)]
+# Where apply_run_changes keeps events for one insert at flush_events, after defer_events.
+DEFERRED_EVENTS = "switchyard.deferred_events"
+
+
+def defer_events(session: Session) -> None:
+    """From now on in this session, apply_run_changes keeps the events it would insert, and
+    flush_events inserts them all in one statement (the scheduler's pass: one insert per batch,
+    not one per run). Nothing may read a run's events in between."""
+    session.info[DEFERRED_EVENTS] = []
+
+
+def flush_events(session: Session) -> None:
+    """Insert the events deferred since defer_events, and stop deferring."""
+    deferred = session.info.pop(DEFERRED_EVENTS, None) or []
+    _insert_events(session, [row for _, rows, _ in deferred for row in rows])
+    for run, rows, staged in deferred:
+        _stage_written(session, run, rows, **staged)
+
+
+def _insert_events(session: Session, rows: list[dict]) -> None:
+    """Append event rows (run_id, seq, …); each row gets the database's created_at."""
+    if not rows:
+        return
     written = session.execute(
         insert(Event).returning(Event.seq, Event.created_at, sort_by_parameter_order=True), rows
     ).all()
     for row, (_, created_at) in zip(rows, written, strict=True):
         row["created_at"] = created_at
-    return rows
 
 
 def _stage_written(session: Session, run, rows: list[dict], previous_status: str | None, status: str,

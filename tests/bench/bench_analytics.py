@@ -1,4 +1,4 @@
-"""`make bench`: GET /analytics/summary and GET /runs?status=failed against 1,000,000 seeded runs.
+"""`make bench-analytics`: GET /analytics/summary and GET /runs?status=failed against 1,000,000 seeded runs.
 
 Creates a PostgreSQL database of its own on SWITCHYARD_TEST_PG_URL, migrates it, seeds one tenant with
 a million runs over 30 days (and one finished step each) in SQL, then times each request through the

@@ -1,0 +1,528 @@
+"""`make bench`: Switchyard against a raw Celery baseline, in one run, on the same broker.
+
+Creates a PostgreSQL database and claims a Redis db of its own, starts real worker processes (the same
+count and pool for Switchyard and for the raw Celery app of tests/bench/raw_app.py) and a scheduler,
+runs each benchmark, prints a table and writes BENCHMARKS.md. Not a test: no figure here fails a build.
+
+    python -m tests.bench.bench_engine [--steps 20000] [--workers 1 --concurrency 2] [--runs 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import redis
+from celery import chain
+from sqlalchemy import text
+
+from tests.bench import census
+from tests.bench.bench_analytics import SEED, _libpq
+from tests.integration.conftest import PG_URL, REDIS_URL, claimed_redis_db, fresh_database
+
+ROOT = Path(__file__).resolve().parents[2]
+TENANT = "perf"
+# The names tests/bench/raw_app.py uses (not imported: that module builds its app from the environment).
+RAW_QUEUE, CHAIN_KEY = "bench.raw", "bench:chain"
+COUNT_KEY, FIRST_KEY, LAST_KEY = "bench:noop:count", "bench:noop:first", "bench:noop:last"
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+class Bench:
+    """The database, broker and processes of one `make bench`, and the figures it collects."""
+
+    def __init__(self, args, database_url: str, broker_url: str, folder: Path):
+        from orchestrator import broker
+        from orchestrator.db.session import make_engine, make_sessionmaker
+        from orchestrator.settings import Settings
+
+        self.args, self.folder = args, folder
+        self.settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=folder / "data",
+                                 max_steps_per_definition=2000, rate_limit_per_min=0, log_format="json")
+        self.engine = make_engine(self.settings)
+        self.sessions = make_sessionmaker(self.engine)
+        self.celery = broker.make_celery(self.settings)
+        self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
+        self.redis = redis.Redis.from_url(broker_url)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.rows: list[tuple[str, str, str, str]] = []  # (figure, switchyard, raw celery, ratio)
+        self.notes: dict[str, object] = {}
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {**os.environ, "SWITCHYARD_DATABASE_URL": s.database_url, "SWITCHYARD_BROKER_URL": s.broker_url,
+                "SWITCHYARD_DATA_DIR": str(s.data_dir), "SWITCHYARD_MAX_STEPS_PER_DEFINITION": "2000",
+                "SWITCHYARD_RATE_LIMIT_PER_MIN": "0", "SWITCHYARD_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT)}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def start_workers(self, prefix: str, argv: list[str]) -> None:
+        a = self.args
+        for i in range(a.workers):
+            self.start(f"{prefix}{i}", [*argv, f"--concurrency={a.concurrency}", "--pool=prefork",
+                                        "--loglevel=WARNING"])
+        deadline = time.monotonic() + 60
+        while len(self.celery.control.ping(timeout=0.5)) < self.live_workers():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{prefix} workers did not answer ping; see {self.folder}")
+
+    def live_workers(self) -> int:
+        return sum(1 for n in self.procs if n.startswith(("sy-worker", "raw-worker")))
+
+    def start_switchyard(self) -> None:
+        self.start("scheduler", [sys.executable, "-m", "orchestrator.cli", "scheduler"])
+        self.start_workers("sy-worker", [sys.executable, "-m", "orchestrator.cli", "worker"])
+
+    def start_raw(self) -> None:
+        self.start_workers("raw-worker", [sys.executable, "-m", "celery", "--app", "tests.bench.raw_app",
+                                          "worker", "--queues=bench.raw", f"--hostname=raw-{os.getpid()}@%h"])
+
+    def stop_raw(self) -> None:
+        for name in [n for n in self.procs if n.startswith("raw-worker")]:
+            self.stop(name)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def publish(self, workflow_id: str, steps: list[dict]) -> None:
+        from orchestrator import service
+        from orchestrator.db.session import transaction
+
+        with transaction(self.sessions) as session:
+            service.publish_workflow(session, self.settings, TENANT, workflow_id,
+                                     {"name": workflow_id, "steps": steps})
+
+    def start_run(self, workflow_id: str) -> str:
+        from orchestrator import service
+        from orchestrator.db.session import transaction
+
+        with transaction(self.sessions) as session:
+            run, _ = service.start_run(session, self.settings, TENANT, workflow_id, None, {})
+            run_id = run.id
+        self.doorbell.ring("bench")
+        return run_id
+
+    def sql(self, query: str, **params):
+        with self.engine.connect() as conn:
+            result = conn.execute(text(query), params).all()
+            conn.commit()
+            return result
+
+    def wait_runs(self, where: str, timeout: float, **params) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sql(f"SELECT count(*) FROM runs WHERE {where} AND status NOT IN "
+                       "('succeeded', 'failed', 'cancelled')", **params)[0][0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"runs ({where}) did not finish in {timeout}s")
+            time.sleep(0.1)
+
+    def row(self, figure: str, ours: float | None, raw: float | None, unit: str, fmt: str = "{:.1f}") -> None:
+        ratio = f"{ours / raw:.2f}×" if ours is not None and raw else "–"
+        self.rows.append((figure, f"{fmt.format(ours)} {unit}" if ours is not None else "–",
+                          f"{fmt.format(raw)} {unit}" if raw is not None else "–", ratio))
+        say(f"  {figure}: switchyard {self.rows[-1][1]}, raw celery {self.rows[-1][2]}, ratio {ratio}")
+
+    # --- the benchmarks ------------------------------------------------------------------------
+
+    def step_to_step(self) -> None:
+        n = 200
+        say(f"step-to-step: a {n}-step sequential workflow, then a raw Celery chain of {n} tasks")
+        steps = [{"id": f"s{i:03d}", "type": "tool", "tool": "echo", "args": {"text": "x"},
+                  **({"needs": [f"s{i - 1:03d}"]} if i else {})} for i in range(n)]
+        self.publish("chain", steps)
+        run_id = self.start_run("chain")
+        self.wait_runs("id = :id", 300, id=run_id)
+        rows = self.sql("SELECT status, started_at, completed_at FROM steps WHERE run_id = :id ORDER BY position",
+                        id=run_id)
+        assert all(r[0] == "succeeded" for r in rows), "a step of the chain did not succeed"
+        ours = [(b[1] - a[2]).total_seconds() * 1000 for a, b in zip(rows, rows[1:], strict=False)]
+        self.redis.delete(CHAIN_KEY)
+        self.start_raw()
+        chain(*[self.celery.signature("bench.link", args=(i,), immutable=True, queue=RAW_QUEUE)
+                for i in range(n)]).apply_async()
+        deadline = time.monotonic() + 120
+        while self.redis.llen(CHAIN_KEY) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the raw chain did not finish")
+            time.sleep(0.05)
+        self.stop_raw()
+        links = sorted((int(i), float(s), float(e)) for i, s, e in
+                       (x.decode().split() for x in self.redis.lrange(CHAIN_KEY, 0, -1)))
+        raw = [(b[1] - a[2]) * 1000 for a, b in zip(links, links[1:], strict=False)]
+        self.row("step-to-step p50", statistics.median(ours), statistics.median(raw), "ms", "{:.2f}")
+        self.row("step-to-step p99", pct(ours, 99), pct(raw, 99), "ms", "{:.2f}")
+        self.notes["chain_total_s"] = (rows[-1][2] - rows[0][1]).total_seconds()
+
+    def throughput(self) -> None:
+        n = self.args.steps
+        say(f"throughput: {n:,} one-step runs, then {n:,} raw Celery no-op tasks")
+        self.publish("one", [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}}])
+        with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
+            for statement in THROUGHPUT_SEED.split(";")[:2]:
+                conn.execute(statement, {"n": n, "tenant": TENANT})
+            commits0 = _commits(conn)
+            t0 = conn.execute("UPDATE runs SET has_work = true WHERE workflow_id = 'one' RETURNING now()").fetchone()[0]
+        self.doorbell.ring("bench")
+        self.wait_runs("workflow_id = 'one'", 3600)
+        with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
+            commits = _commits(conn) - commits0
+            end, ok = conn.execute("SELECT max(completed_at), count(*) FILTER (WHERE status = 'succeeded') FROM runs "
+                                   "WHERE workflow_id = 'one'").fetchone()
+        assert ok == n, f"only {ok} of {n} throughput runs succeeded"
+        ours = n / (end - t0).total_seconds()
+        self.notes["commits_per_step"] = commits / n
+        self.memory("switchyard")
+        self.redis.delete(COUNT_KEY, FIRST_KEY, LAST_KEY)
+        with self.celery.producer_or_acquire() as producer:
+            for _ in range(n):
+                self.celery.send_task("bench.noop", queue=RAW_QUEUE, producer=producer)
+        self.start_raw()
+        deadline = time.monotonic() + 1800
+        while int(self.redis.get(COUNT_KEY) or 0) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the raw no-op tasks did not finish")
+            time.sleep(0.1)
+        raw = n / (float(self.redis.get(LAST_KEY)) - float(self.redis.get(FIRST_KEY)))
+        self.memory("raw")
+        self.stop_raw()
+        self.row(f"throughput ({n:,} no-op steps)", ours, raw, "steps/s", "{:.0f}")
+
+    def memory(self, which: str) -> None:
+        if which == "switchyard":
+            self.notes["rss_scheduler_mb"] = _rss_mb(self.procs["scheduler"].pid)
+            self.notes["rss_worker_main_mb"] = _rss_mb(self.procs["sy-worker0"].pid)
+            self.notes["rss_worker_child_mb"] = _rss_mb(_children(self.procs["sy-worker0"].pid)[0])
+        else:
+            self.notes["rss_raw_worker_main_mb"] = _rss_mb(self.procs["raw-worker0"].pid)
+            self.notes["rss_raw_worker_child_mb"] = _rss_mb(_children(self.procs["raw-worker0"].pid)[0])
+
+    def fan_out(self) -> None:
+        n = 1000
+        say(f"fan-out: one run of {n} parallel steps and a join")
+        steps = [{"id": f"p{i:04d}", "type": "tool", "tool": "echo", "args": {"text": "x"}} for i in range(n)]
+        steps.append({"id": "join", "type": "tool", "tool": "echo", "args": {"text": "done"},
+                      "needs": [s["id"] for s in steps]})
+        self.publish("fan", steps)
+        pid = self.procs["scheduler"].pid
+        cpu0, t0 = _cpu_s(pid), time.monotonic()
+        run_id = self.start_run("fan")
+        self.wait_runs("id = :id", 900, id=run_id)
+        cpu = _cpu_s(pid) - cpu0
+        status, wall = self.sql("SELECT status, extract(epoch FROM completed_at - created_at) FROM runs "
+                                "WHERE id = :id", id=run_id)[0]
+        succeeded = self.sql("SELECT count(*) FROM steps WHERE run_id = :id AND status = 'succeeded' "
+                             "AND attempt = 1", id=run_id)[0][0]
+        join_starts = self.sql("SELECT count(*) FROM events WHERE run_id = :id AND step_id = 'join' "
+                               "AND type = 'step_started'", id=run_id)[0][0]
+        self.notes["fan_out"] = dict(status=status, wall_s=float(wall), scheduler_cpu_s=cpu, succeeded=succeeded,
+                                     steps=n + 1, join_started=join_starts, measured_s=time.monotonic() - t0)
+        self.rows.append((f"fan-out {n} + join: wall", f"{float(wall):.2f} s", "–", "–"))
+        self.rows.append(("fan-out: scheduler CPU", f"{cpu:.2f} s", "–", "–"))
+        self.rows.append(("fan-out: steps succeeded / join runs", f"{succeeded}/{n + 1}, join ran {join_starts}×",
+                          "–", "–"))
+        say(f"  fan-out: {self.notes['fan_out']}")
+
+    def api(self) -> None:
+        from orchestrator.db import repository as repo
+        from orchestrator.db.session import transaction
+
+        clients, per_client = 8, self.args.api_requests
+        say(f"API: gunicorn on loopback, {clients} concurrent clients, {per_client} requests each")
+        with transaction(self.sessions) as session:
+            token = repo.create_token(session, TENANT, "operator", "bench")[1]
+        port = 18000 + os.getpid() % 1000
+        self.start("gunicorn", [sys.executable, "-m", "gunicorn", "--workers", str(self.args.api_workers),
+                                "--bind", f"127.0.0.1:{port}", "api.wsgi:app"])
+        base = f"http://127.0.0.1:{port}/api/v1"
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        _wait_http(f"{base}/healthz", headers)
+        body = json.dumps({"workflow_id": "one", "input": {}}).encode()
+        posts, created = _hammer(clients, per_client, lambda i: (f"{base}/runs", body), headers)
+        ids = [json.loads(b)["id"] for b in created]
+        gets, _ = _hammer(clients, per_client, lambda i: (f"{base}/runs/{ids[i % len(ids)]}", None), headers)
+        self.stop("gunicorn")
+        self.rows.append(("API POST /runs p50 / p99", f"{statistics.median(posts):.1f} / {pct(posts, 99):.1f} ms",
+                          "–", "–"))
+        self.rows.append(("API GET /runs/{id} p50 / p99", f"{statistics.median(gets):.1f} / {pct(gets, 99):.1f} ms",
+                          "–", "–"))
+        say(f"  POST p50 {statistics.median(posts):.1f} p99 {pct(posts, 99):.1f}; "
+            f"GET p50 {statistics.median(gets):.1f} p99 {pct(gets, 99):.1f} ms")
+
+    def data_scale(self) -> None:
+        from api import create_app
+        from orchestrator.db import repository as repo
+        from orchestrator.db.session import transaction
+
+        n = self.args.runs
+        say(f"data scale: seeding {n:,} runs (and a step each) in SQL")
+        started = time.monotonic()
+        with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
+            conn.execute(SEED.replace("%(runs)s", str(n)).replace("FROM runs;", "FROM runs WHERE tenant_id = 'bench';"))
+            conn.execute("VACUUM ANALYZE")
+        say(f"  seeded in {time.monotonic() - started:.0f}s")
+        with transaction(self.sessions) as session:
+            token = repo.create_token(session, "bench", "viewer")[1]
+        client = create_app(self.settings).test_client()
+        headers = {"Authorization": f"Bearer {token}"}
+        first = client.get("/api/v1/runs?status=failed&limit=50", headers=headers).get_json()
+        cursor = first["next_cursor"]
+        for label, path, count in [
+            ("GET /runs?status=failed&limit=50", "/api/v1/runs?status=failed&limit=50", 100),
+            ("GET /runs?status=failed, next page", f"/api/v1/runs?status=failed&limit=50&cursor={cursor}", 100),
+            ("GET /analytics/summary", "/api/v1/analytics/summary", 20),
+        ]:
+            client.get(path, headers=headers)  # warm-up
+            times = []
+            for _ in range(count):
+                t = time.perf_counter()
+                response = client.get(path, headers=headers)
+                times.append((time.perf_counter() - t) * 1000)
+                assert response.status_code == 200, response.get_data(as_text=True)
+            self.rows.append((f"{label} @ {n:,} runs, p50 / p99", f"{statistics.median(times):.1f} / "
+                              f"{pct(times, 99):.1f} ms", "–", "–"))
+            say(f"  {label}: p50 {statistics.median(times):.1f} p99 {pct(times, 99):.1f} ms")
+
+    def round_trips(self) -> None:
+        say("round trips per step: one step through claim, outcome, doorbell and a scheduler pass, counted")
+        self.notes["round_trips"] = census.count(self.settings, self.sessions, self.engine, self.celery, TENANT)
+        say(f"  {self.notes['round_trips']}")
+
+
+THROUGHPUT_SEED = """
+INSERT INTO runs (id, tenant_id, workflow_id, workflow_version, status, input, usage, trigger_type, attempt,
+                  has_work, last_seq, created_at)
+SELECT 'run_tp' || lpad(i::text, 14, '0'), %(tenant)s, 'one', 1, 'queued', '{}'::jsonb,
+       '{"steps": 0, "tool_calls": 0, "llm_calls": 0, "tokens_in": 0, "tokens_out": 0, "credits": 0}'::jsonb,
+       'api', 1, false, 0, now()
+FROM generate_series(1, %(n)s) AS i;
+INSERT INTO steps (run_id, step_id, position, type, status, attempt, max_attempts, queue, cancel_requested)
+SELECT id, 'a', 0, 'tool', 'pending', 0, 3, 'steps', false FROM runs WHERE workflow_id = 'one';
+"""
+
+
+def _commits(conn) -> int:
+    return conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found) or [pid]
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_http(url: str, headers: dict) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2).read()
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _hammer(clients: int, per_client: int, request_of, headers: dict) -> tuple[list[float], list[bytes]]:
+    """``clients`` threads, each sending ``per_client`` requests one after the other; latencies in ms."""
+    times: list[float] = []
+    bodies: list[bytes] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for j in range(per_client):
+            url, data = request_of(k * per_client + j)
+            request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+            t = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = response.read()
+            elapsed = (time.perf_counter() - t) * 1000
+            with lock:
+                times.append(elapsed)
+                bodies.append(body)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return times, bodies
+
+
+def machine(args) -> dict[str, str]:
+    mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?")
+    with psycopg.connect(_libpq(PG_URL)) as conn:
+        pg = conn.execute("SHOW server_version").fetchone()[0]
+    rd = redis.Redis.from_url(REDIS_URL).info("server")["redis_version"]
+    import celery
+
+    return {"cores": str(os.cpu_count()), "cpu": cpu, "ram": f"{int(mem.split()[1]) / 1024 / 1024:.1f} GiB",
+            "python": platform.python_version(), "postgres": pg, "redis": rd, "celery": celery.__version__,
+            "os": platform.platform()}
+
+
+def others() -> str:
+    """What else was running: the other processes by CPU % over their lifetime (ps), grouped by command."""
+    out = subprocess.run(["ps", "-eo", "pid,pcpu,args"], capture_output=True, text=True).stdout
+    mine = {os.getpid()}
+    groups: dict[str, list[float]] = {}
+    for line in out.splitlines()[1:]:
+        pid, cpu, args = line.split(None, 2)
+        if int(pid) in mine or "bench_engine" in args:
+            continue
+        label = " ".join(a.rsplit("/", 1)[-1] if i == 0 else a for i, a in enumerate(args.split()[:4]))[:70]
+        if "/work/wt-ui" in args:
+            label = "[wt-ui] " + label
+        groups.setdefault(label, []).append(float(cpu))
+    busiest = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:10]
+    return "; ".join(f"`{label}` ×{len(cpus)} ({sum(cpus):.0f}% CPU)" for label, cpus in busiest)
+
+
+def write_report(bench: Bench, args, info: dict, started: str, load_before: str, others_seen: str) -> str:
+    lines = ["| figure | Switchyard | raw Celery | ratio |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in bench.rows]
+    table = "\n".join(lines)
+    n = bench.notes
+    memory = (f"scheduler {n.get('rss_scheduler_mb', 0):.0f} MiB; Switchyard worker: main process "
+              f"{n.get('rss_worker_main_mb', 0):.0f} MiB, a pool child {n.get('rss_worker_child_mb', 0):.0f} MiB; raw "
+              f"Celery worker: main {n.get('rss_raw_worker_main_mb', 0):.0f} MiB, a pool child "
+              f"{n.get('rss_raw_worker_child_mb', 0):.0f} MiB")
+    generated = GENERATED.format(
+        date=started, command="make bench " + " ".join(sys.argv[1:]), table=table, memory=memory,
+        machine="\n".join(f"- {k}: {v}" for k, v in info.items()), load=load_before, others=others_seen,
+        workers=f"{args.workers} worker process(es), prefork, concurrency {args.concurrency}",
+        round_trips=n.get("round_trips", "not measured"),
+        commits=f"{n.get('commits_per_step', 0):.2f}",
+    )
+    path = ROOT / "BENCHMARKS.md"
+    old = path.read_text() if path.exists() else ""
+    notes = old.split(NOTES_MARK, 1)[1] if NOTES_MARK in old else "\n(analysis to be written)\n"
+    path.write_text(generated + NOTES_MARK + notes)
+    return table
+
+
+NOTES_MARK = "<!-- everything below is written by hand and kept by make bench -->"
+GENERATED = """# Benchmarks
+
+Written by `make bench` (tests/bench/bench_engine.py) on {date}. Command: `{command}`.
+
+{table}
+
+Memory after the throughput run (RSS): {memory}.
+
+Round trips of one step on the hot path (counted in process, see tests/bench/census.py): {round_trips}.
+PostgreSQL commits per step in the throughput run (pg_stat_database): {commits}.
+
+Workers: {workers}, the same for Switchyard and the raw Celery app, on the same Redis db, one after the other.
+
+## The machine
+
+{machine}
+
+Load average before the run: {load}. Other processes (ps: CPU % over each process's lifetime, grouped by\ncommand; `[wt-ui]` is the other engineer's worktree) {others}.
+
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=20000, help="no-op steps in the throughput run")
+    parser.add_argument("--runs", type=int, default=1_000_000, help="runs seeded for the data-scale figures")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (each side)")
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker process")
+    parser.add_argument("--api-workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--api-requests", type=int, default=50, help="requests per API client")
+    parser.add_argument("--only", default="", help="comma-separated: chain,throughput,fanout,api,data,census")
+    args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    info = machine(args)
+    say(f"machine: {info}")
+    seen_before = others()
+    say(f"also running: {seen_before}")
+    folder = Path(os.environ.get("BENCH_DIR", "/tmp")) / f"switchyard-bench-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with fresh_database("switchyard_bench") as database_url, claimed_redis_db() as broker_url:
+        say(f"database {database_url.rsplit('/', 1)[1]}, redis {broker_url}, process logs in {folder}")
+        bench = Bench(args, database_url, broker_url, folder)
+        try:
+            bench.start_switchyard()
+            say("scheduler and workers are up")
+            for name, step in [("chain", bench.step_to_step), ("throughput", bench.throughput),
+                               ("fanout", bench.fan_out), ("api", bench.api), ("census", bench.round_trips),
+                               ("data", bench.data_scale)]:
+                if not only or name in only:
+                    if name in ("census", "data"):
+                        bench.stop_all()  # the census drives the hot path itself; the seed wants the machine
+                    step()
+        finally:
+            bench.stop_all()
+            bench.engine.dispose()
+        seen = f"at the start: {seen_before}. At the end: {others()}"
+        table = write_report(bench, args, info, started, " ".join(load_before), seen)
+    print(table)
+    say("wrote BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
