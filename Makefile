@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test unit integration lint bench bench-analytics clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: install chromium run test unit integration lint bench bench-analytics clean
 
 install: $(STAMP)
 
@@ -15,6 +17,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
+# The web UI's browser tests (tests/integration/test_ui.py) drive Debian's chromium through Playwright;
+# `playwright install` is never used. As root, install the package when it is missing.
+chromium:
+	@if [ -x $(CHROMIUM) ]; then \
+	  echo "==> $(CHROMIUM) is installed (the browser of the web UI's tests)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "==> $(CHROMIUM) is missing: installing Debian's chromium for the web UI's tests"; \
+	  echo "==> apt-get update"; apt-get update -q && \
+	  echo "==> apt-get install -y chromium (a few minutes)" && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium && \
+	  echo "==> chromium installed: $$($(CHROMIUM) --version 2>/dev/null)"; \
+	else \
+	  echo "==> $(CHROMIUM) is missing and this is not root: install the chromium package; until then the"; \
+	  echo "    web UI's tests skip (and fail in CI, where SWITCHYARD_REQUIRE_SERVICES=1)"; \
+	fi
+
 run: install
 	$(BIN)/switchyard dev
 
@@ -24,10 +42,10 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest tests/unit
 
-integration: install
+integration: install chromium
 	$(BIN)/python -m pytest tests/integration
 
-test: install lint
+test: install chromium lint
 	$(BIN)/python -m pytest
 
 # Switchyard against a raw Celery baseline (step-to-step, throughput, fan-out, API, 1,000,000 runs, memory) on

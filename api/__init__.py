@@ -53,11 +53,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         webhooks,
         workflows,
     )
+    from api.ui import views as ui
 
     settings = settings or load()
     # No static route: every route of this app is in api.auth.ROUTE_ROLES.
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # The web UI's session cookie: signed with the secret key, never readable by scripts.
+    app.config.update(SECRET_KEY=settings.secret_key, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=settings.ui_secure_cookies, SESSION_COOKIE_NAME="switchyard_session",
+                      PERMANENT_SESSION_LIFETIME=settings.ui_session_s)
     app.json.sort_keys = False
     celery = broker.make_celery(settings)
     sessions = make_sessionmaker(make_engine(settings))
@@ -75,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
                       webhooks.bp, files.bp, openapi.bp, policies.bp, monitoring.bp, analytics.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
+    app.register_blueprint(ui.bp)  # the web UI at /; before auth, whose hook it precedes (cookie, not token)
     auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
     _log_context(app)  # after auth, whose hook names the caller
     limits.register(app, settings)  # after auth: the rate limit counts per tenant

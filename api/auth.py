@@ -16,8 +16,11 @@ from orchestrator.db import repository as repo
 from orchestrator.errors import Forbidden, Unauthorized
 
 ROLES = ("viewer", "operator", "admin")
-# Not a role: no bearer token is read. PUBLIC answers anyone; SIGNED checks its own signature (webhooks).
-PUBLIC, SIGNED = "public", "signed"
+# Not a role: no bearer token is read. PUBLIC answers anyone; SIGNED checks its own signature (webhooks);
+# SESSION is the web UI's: its blueprint checks the signed session cookie and the CSRF token of every
+# POST (api/ui/views.py), and acts through this API with the session's token, so each action is
+# checked against this table again.
+PUBLIC, SIGNED, SESSION = "public", "signed", "session"
 
 ROUTE_ROLES: dict[str, str] = {
     "system.healthz": PUBLIC,
@@ -57,6 +60,12 @@ ROUTE_ROLES: dict[str, str] = {
     "monitoring.workers": "viewer",
     # A viewer sees its tenant's series; with SWITCHYARD_METRICS_PUBLIC=1 anyone sees every tenant's.
     "monitoring.metrics": "viewer",
+    # The web UI (outside /api/v1).
+    "ui.static": PUBLIC,
+    **{f"ui.{name}": SESSION for name in (
+        "sign_in", "sign_out", "command", "command_panels", "decide", "answer", "runs", "run", "run_body",
+        "control", "run_evidence", "run_stream", "tenant_stream", "workflows", "workflow", "start", "queues",
+        "analytics")},
 }
 # Endpoints open to anyone when a setting says so.
 PUBLIC_WHEN = {"monitoring.metrics": "metrics_public"}
@@ -91,7 +100,7 @@ def register(app: Flask) -> None:
         if request.endpoint is None:
             return  # no such route: the 404/405 handler answers
         needed = ROUTE_ROLES.get(request.endpoint)
-        if needed in (PUBLIC, SIGNED) or is_public(request.endpoint):
+        if needed in (PUBLIC, SIGNED, SESSION) or is_public(request.endpoint):
             return
         who = _authenticate()
         g.principal = who
@@ -101,7 +110,16 @@ def register(app: Flask) -> None:
             raise Forbidden(f"this action needs the {needed!r} role; your token is {who.role!r}")
 
 
+# The web UI calls this API in-process for the user of a session it checked (api/ui/views.py), and
+# hands over that Principal under this WSGI environ key. No client can set it: an HTTP server puts
+# only CGI variables and HTTP_* header keys in the environ.
+IN_PROCESS = "switchyard.principal"
+
+
 def _authenticate() -> Principal:
+    passed = request.environ.get(IN_PROCESS)
+    if isinstance(passed, Principal):
+        return passed
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

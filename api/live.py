@@ -51,6 +51,12 @@ def _response(items: Iterable[str]) -> Response:
 @bp.get("/runs/<run_id>/events/stream")
 def run_stream(run_id: str):
     """The run's events after Last-Event-ID / ``after``, then live; ends once the run is terminal."""
+    return follow_run(run_id)
+
+
+def follow_run(run_id: str, *, typed: bool = True) -> Response:
+    """The run's stream for the caller's tenant; each message named by its event type, or (``typed``
+    false, for a browser's ``EventSource.onmessage``) all of them plain messages."""
     after = _after()
     svc = services()
     with svc.sessions() as session:
@@ -62,7 +68,7 @@ def run_stream(run_id: str):
         try:
             yield f"retry: {RETRY_MS}\n\n"
             for event in follow:
-                yield ": keepalive\n\n" if event is streams.KEEPALIVE else sse(event["seq"], event["type"], event)
+                yield ": keepalive\n\n" if event is streams.KEEPALIVE else sse(event["seq"], event["type"] if typed else "message", event)
         finally:
             follow.close()  # the client may leave before the follower ever ran
 

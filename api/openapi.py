@@ -257,10 +257,18 @@ def _components() -> dict[str, Any]:
     return top["$defs"]
 
 
+def api_rules(app: Flask) -> list:
+    """The rules of the API (under /api/v1): the web UI's pages at / are not part of the document."""
+    return [rule for rule in app.url_map.iter_rules() if rule.rule.startswith(API_PREFIX)]
+
+
+API_PREFIX = "/api/v1/"
+
+
 def build(app: Flask) -> dict[str, Any]:
     """The document for every rule of ``app``; KeyError names a rule OPERATIONS does not describe."""
     paths: dict[str, dict[str, Any]] = {}
-    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+    for rule in sorted(api_rules(app), key=lambda r: r.rule):
         if rule.endpoint not in OPERATIONS:
             raise KeyError(f"endpoint {rule.endpoint!r} ({rule.rule}) has no entry in api.openapi.OPERATIONS")
         path, params = _path(rule.rule)

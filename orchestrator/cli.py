@@ -213,7 +213,8 @@ def dev(host: str, port: int, tenant: str) -> None:
     _wait_healthy(base, children)
     body = json.dumps({"workflow_id": SAMPLE_WORKFLOW_ID, "input": {"ticket": "My invoice is wrong"}})
     click.echo(
-        f"[4/4] Switchyard is up at {base}\n\n  token: {plaintext}\n\n"
+        f"[4/4] Switchyard is up at {base}\n\n  token: {plaintext}\n"
+        f"  web UI: http://{host}:{port}/ (sign in with the token)\n\n"
         f"Start a run of the sample workflow:\n\n"
         f"  curl -s -X POST {base}/runs -H 'Authorization: Bearer {plaintext}' "
         f"-H 'Content-Type: application/json' -d '{body}'\n\n"

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     artifacts_dir: Path | None = None
     file_url_ttl_s: int = 900
 
+    # The web UI's session cookie: Secure (sent over https only) when the UI is served over https,
+    # and how long a sign-in lasts.
+    ui_secure_cookies: bool = False
+    ui_session_s: int = Field(default=12 * 3600, ge=60)
+
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""
     openai_model: str = "gpt-4o-mini"

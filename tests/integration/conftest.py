@@ -9,10 +9,12 @@ Without PostgreSQL or Redis these tests skip on a laptop, and fail when SWITCHYA
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ import psycopg
 import pytest
 import redis
 from sqlalchemy.engine import make_url
+from werkzeug.serving import make_server
 
 from orchestrator.db import migrate
 from orchestrator.settings import PriceTable, Settings
@@ -277,6 +280,39 @@ class Api:
 
     def as_(self, token: str | None) -> Api:
         return Api(self.client, token)
+
+
+@contextmanager
+def served(app) -> Iterator[str]:
+    """``app`` on a real threaded HTTP server on a loopback port; yields its base URL."""
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{http.server_port}"
+    finally:
+        http.shutdown()
+        thread.join(10)
+
+
+class Ui:
+    """A Flask test client signed in to the web UI, with the session's CSRF token."""
+
+    def __init__(self, client, csrf: str):
+        self.client, self.csrf = client, csrf
+
+    def post(self, path, data: dict):
+        return self.client.post(path, data={**data, "csrf_token": self.csrf})
+
+
+def signed_in(app, token: str) -> Ui:
+    """Sign in to the web UI with ``token`` as a browser would (the form, then its CSRF token)."""
+    client = app.test_client()
+    csrf = re.compile(r'name="csrf_token" value="([^"]+)"')
+    page = client.get("/sign-in").get_data(as_text=True)
+    response = client.post("/sign-in", data={"token": token, "csrf_token": csrf.search(page).group(1)})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return Ui(client, csrf.search(client.get("/runs").get_data(as_text=True)).group(1))
 
 
 @pytest.fixture

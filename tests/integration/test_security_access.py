@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.integration.conftest import Api, publish, unique, wait_for
+from tests.integration.conftest import Api, publish, signed_in, unique, wait_for
 
 # What API.md asks of each endpoint: the least role, or "public" (no token), or "signed" (webhooks:
 # a signature, never a bearer token).
@@ -55,6 +55,12 @@ EXPECTED = {
     "monitoring.queues": "viewer",
     "monitoring.workers": "viewer",
     "monitoring.metrics": "viewer",
+    # The web UI, outside /api/v1: a bearer token opens none of it (issue 7).
+    "ui.static": "public",
+    **{f"ui.{name}": "session" for name in (
+        "sign_in", "sign_out", "command", "command_panels", "decide", "answer", "runs", "run", "run_body",
+        "control", "run_evidence", "run_stream", "tenant_stream", "workflows", "workflow", "start", "queues",
+        "analytics")},
 }
 RANKS = {"viewer": 1, "operator": 2, "admin": 3}
 CALLERS = ("none", "bad", "viewer", "operator", "admin")
@@ -81,6 +87,15 @@ def test_every_endpoint_has_an_expected_role(app):
     assert {rule.endpoint for rule in app.url_map.iter_rules()} == set(EXPECTED)
 
 
+def test_session_rules_are_the_uis_alone(app):
+    """The cookie-checked rule kind never guards an API route: those need a bearer token."""
+    from api import auth
+
+    for rule in app.url_map.iter_rules():
+        if auth.ROUTE_ROLES[rule.endpoint] == auth.SESSION or EXPECTED[rule.endpoint] == "session":
+            assert rule.endpoint.startswith("ui.") and not rule.rule.startswith("/api/"), rule
+
+
 def test_every_route_with_every_role(app, tokens):
     """No token / bad token: 401 unless public; a role below the rule: 403; otherwise the view runs.
 
@@ -103,6 +118,13 @@ def test_every_route_with_every_role(app, tokens):
             assert set(response.get_json()["error"]) == {"code", "message", "details"}, where
         if needed == "public":
             assert status not in (401, 403), where
+        elif needed == "session":  # the UI: only the sign-in page without a session, no POST without CSRF
+            if method == "POST":
+                assert status == 403 and "csrf" in response.get_json()["error"]["message"].lower(), where
+            elif endpoint == "ui.sign_in":
+                assert status == 200, where
+            else:
+                assert status == 302 and response.location.startswith("/sign-in"), where
         elif needed == "signed":
             assert status == 401 and "signature" in response.get_json()["error"]["message"].lower(), where
         elif caller in ("none", "bad"):
@@ -233,6 +255,43 @@ def tenant_expectations(acme, other: Api):
         # check that another tenant's runs never show; queues and workers are shared by the installation.
         "live.tenant_stream": [], "analytics.summary": [], "analytics.timeseries": [],
         "monitoring.queues": [], "monitoring.workers": [], "monitoring.metrics": [],
+        **ui_expectations(acme, other),
+    }
+
+
+def ui_expectations(acme, other: Api) -> dict:
+    """The UI signed in as the other tenant: acme's run pages answer 404, its controls, decisions and
+    answers change nothing (the test checks acme's run, approval and question after)."""
+    ui = signed_in(other.client.application, other.token)
+    run = acme.run
+
+    def not_found(path):
+        def check():
+            response = ui.client.get(path)
+            response.close()
+            assert response.status_code == 404, (path, response.status_code)
+        return check
+
+    def refused(path, data=None):
+        def check():
+            response = ui.post(path, data or {})
+            assert response.status_code == 302, (path, response.status_code)
+            after = ui.client.get(response.location)  # acme's run page (404) or the Command Center's flash
+            assert after.status_code == 404 or "not found" in after.get_data(as_text=True), path
+        return check
+
+    pages = ["sign_in", "sign_out", "command", "command_panels", "runs", "workflows", "start", "queues",
+             "analytics", "tenant_stream", "workflow"]
+    return {
+        "ui.static": [],
+        **{f"ui.{name}": [] for name in pages},  # the caller's own tenant only: the API behind them is checked above
+        "ui.run": [not_found(f"/runs/{run}")],
+        "ui.run_body": [not_found(f"/runs/{run}/body")],
+        "ui.run_evidence": [not_found(f"/runs/{run}/evidence")],
+        "ui.run_stream": [not_found(f"/runs/{run}/stream")],
+        "ui.control": [refused(f"/runs/{run}/cancel"), refused(f"/runs/{run}/pause")],
+        "ui.decide": [refused(f"/runs/{run}/approvals/{acme.approval}/approve")],
+        "ui.answer": [refused(f"/runs/{run}/questions/{acme.question}/answer", {"answer": "x"})],
     }
 
 

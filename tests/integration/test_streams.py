@@ -4,16 +4,14 @@ with Last-Event-ID, and the tenant's stream of run status changes."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
 import pytest
-from werkzeug.serving import make_server
 
-from tests.integration.conftest import events, publish, start, wait_for, wait_run
+from tests.integration.conftest import events, publish, served, start, wait_for, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -34,13 +32,8 @@ def server(settings):
     """The API on a real threaded HTTP server on loopback, with a keep-alive every 0.5 s."""
     from api import create_app
 
-    app = create_app(settings.model_copy(update={"stream_keepalive_s": 0.5}))
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{http.server_port}/api/v1"
-    http.shutdown()
-    thread.join(10)
+    with served(create_app(settings.model_copy(update={"stream_keepalive_s": 0.5}))) as base:
+        yield f"{base}/api/v1"
 
 
 @dataclass

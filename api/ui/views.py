@@ -1,0 +1,295 @@
+"""The web UI: server-rendered pages over the run API, signed in with an API token.
+
+Signing in checks the pasted token once; Flask's signed session cookie (HttpOnly, SameSite=Lax,
+Secure with SWITCHYARD_UI_SECURE_COOKIES) then keeps the token's id and tenant, never the token
+itself, and each request looks the token up again, so a revoked token ends its sessions. Every page
+reads and acts through the API itself, called in-process as that token's principal, so the UI can
+never do more than the token's tenant and role allow: the API checks each call again. Every POST
+carries the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from urllib.parse import urlencode
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+
+from api import auth, evidence, live
+from api.auth import Principal
+from api.context import services
+from api.ui import charts, forms, graph
+from orchestrator.db import repository as repo
+from orchestrator.errors import Forbidden
+from orchestrator.states import CONTROLS, TERMINAL_RUN, RunStatus
+
+bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
+
+# Pages a visitor without a session may see (everything else sends them to sign in).
+OPEN = {"ui.sign_in", "ui.static"}
+ACTIVE = ("running", "waiting", "paused", "queued")
+
+
+# -- session, CSRF and the in-process API ---------------------------------------------------------
+
+@bp.before_app_request
+def _session_guard():
+    if request.blueprint != "ui":
+        return None
+    if request.method == "POST" and not _csrf_ok():
+        raise Forbidden("missing or wrong CSRF token: reload the page and try again")
+    if request.endpoint in OPEN:
+        return None
+    found = None
+    if session.get("token_id") and session.get("tenant"):
+        with services().sessions() as db:
+            found = repo.get_token(db, session["tenant"], session["token_id"])
+    if found is None or found.revoked_at is not None:
+        session.pop("token_id", None)
+        return redirect(url_for("ui.sign_in", next=request.full_path if request.method == "GET" else None))
+    g.principal = Principal(found.id, found.tenant_id, found.role)
+    return None
+
+
+def _csrf_ok() -> bool:
+    sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
+    expected = session.get("csrf") or ""
+    return bool(expected) and secrets.compare_digest(sent, expected)
+
+
+@bp.app_context_processor
+def _template_globals():
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    who = g.get("principal") if request.blueprint == "ui" else None
+    return {"csrf_token": session["csrf"], "who": who,
+            "can_operate": bool(who and who.has("operator")), "status_label": graph.label}
+
+
+def api(method: str, path: str, *, query: dict | None = None, body: dict | None = None):
+    """Call the run API in-process as the session's principal; (status code, JSON body)."""
+    client = current_app.test_client()
+    response = client.open(f"/api/v1{path}", method=method, query_string=query, json=body,
+                           environ_base={auth.IN_PROCESS: g.principal})
+    return response.status_code, response.get_json(silent=True) or {}
+
+
+def get(path: str, **query):
+    status, body = api("GET", path, query={k: v for k, v in query.items() if v not in (None, "")})
+    if status == 404:
+        abort(404)
+    if status >= 400:
+        raise Forbidden(body.get("error", {}).get("message", f"the API answered {status}"))
+    return body
+
+
+def _act(method: str, path: str, body: dict | None, done: str, back: str):
+    """POST to the API, flash what happened, and go back."""
+    status, answer = api(method, path, body=body)
+    if status < 400:
+        flash(done, "ok")
+    else:
+        flash(answer.get("error", {}).get("message", f"the API answered {status}"), "error")
+    return redirect(back)
+
+
+# -- sign in and out ------------------------------------------------------------------------------
+
+@bp.route("/sign-in", methods=["GET", "POST"])
+def sign_in():
+    if request.method == "POST":
+        token = request.form.get("token", "").strip()
+        with services().sessions() as db:
+            found = repo.find_token(db, token) if token else None
+        if found is None:
+            flash("That token is unknown or revoked.", "error")
+            return render_template("sign_in.html"), 401
+        session.clear()
+        session.update(token_id=found.id, tenant=found.tenant_id, csrf=secrets.token_urlsafe(32))
+        session.permanent = True
+        target = request.form.get("next") or ""
+        return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("ui.command"))
+    return render_template("sign_in.html")
+
+
+@bp.post("/sign-out")
+def sign_out():
+    session.clear()
+    return redirect(url_for("ui.sign_in"))
+
+
+# -- Command Center -------------------------------------------------------------------------------
+
+@bp.get("/")
+def command():
+    return render_template("command.html", **_command_data())
+
+
+@bp.get("/command/panels")
+def command_panels():
+    return render_template("_command_panels.html", **_command_data())
+
+
+def _command_data() -> dict:
+    active = [r for status in ACTIVE for r in get("/runs", status=status, limit=20)["runs"]]
+    return {
+        "approvals": get("/approvals")["approvals"],
+        "questions": get("/questions")["questions"],
+        "active": sorted(active, key=lambda r: r["created_at"], reverse=True),
+        "failures": get("/runs", status="failed", limit=10)["runs"],
+    }
+
+
+@bp.post("/runs/<run_id>/approvals/<approval_id>/<any(approve, reject, request_changes):decision>")
+def decide(run_id: str, approval_id: str, decision: str):
+    comment = request.form.get("comment") or None
+    return _act("POST", f"/runs/{run_id}/approvals/{approval_id}/{decision}", {"comment": comment},
+                f"Approval {decision.replace('_', ' ')}d." if decision != "request_changes"
+                else "Changes requested.", request.form.get("back") or url_for("ui.command"))
+
+
+@bp.post("/runs/<run_id>/questions/<question_id>/answer")
+def answer(run_id: str, question_id: str):
+    raw = request.form.get("answer", "")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # plain text is an answer too
+    return _act("POST", f"/runs/{run_id}/questions/{question_id}/answer", {"answer": value},
+                "Answer sent.", request.form.get("back") or url_for("ui.command"))
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+@bp.get("/runs")
+def runs():
+    found = request.args.get("q", "").strip()
+    if found:
+        status, _ = api("GET", f"/runs/{found}")
+        if status == 200:
+            return redirect(url_for("ui.run", run_id=found))
+        flash(f"No run {found!r} in this tenant.", "error")
+    args = {k: request.args.get(k) for k in ("status", "workflow_id", "cursor")}
+    page = get("/runs", limit=25, **args)
+    more = None
+    if page["next_cursor"]:
+        more = url_for("ui.runs") + "?" + urlencode({**{k: v for k, v in args.items() if v}, "cursor": page["next_cursor"]})
+    return render_template("runs.html", runs=page["runs"], more=more, args=args,
+                           statuses=[s.value for s in RunStatus], workflows=get("/workflows")["workflows"])
+
+
+@bp.get("/runs/<run_id>")
+def run(run_id: str):
+    return render_template("run.html", **_run_data(run_id))
+
+
+@bp.get("/runs/<run_id>/body")
+def run_body(run_id: str):
+    """The live part of the run page: re-rendered on each event of the run's stream."""
+    return render_template("_run_body.html", **_run_data(run_id))
+
+
+def _run_data(run_id: str) -> dict:
+    body = get(f"/runs/{run_id}")
+    version = get(f"/workflows/{body['workflow']['id']}/versions/{body['workflow']['version']}")
+    statuses = {s["id"]: s["status"] for s in body["steps"]}
+    status = RunStatus(body["status"])
+    controls = [name for name, control in CONTROLS.items() if status in control.allowed_from]
+    diagnosis = get(f"/runs/{run_id}/diagnosis") if status not in TERMINAL_RUN else None
+    return {"run": body, "layout": graph.layout(version["definition"]["steps"], statuses),
+            "controls": controls, "diagnosis": diagnosis, "events": get(f"/runs/{run_id}/events")["events"]}
+
+
+@bp.post("/runs/<run_id>/<any(pause, resume, cancel, retry, rerun):action>")
+def control(run_id: str, action: str):
+    body = None
+    if action == "cancel":
+        body = {"mode": request.form.get("mode") or "immediate", "reason": request.form.get("reason") or None}
+    status, answer = api("POST", f"/runs/{run_id}/{action}", body=body)
+    if status >= 400:
+        flash(answer.get("error", {}).get("message", f"the API answered {status}"), "error")
+    else:
+        flash(f"{action.capitalize()}: done.", "ok")
+        if action == "rerun":
+            return redirect(url_for("ui.run", run_id=answer["id"]))
+    return redirect(url_for("ui.run", run_id=run_id))
+
+
+@bp.get("/runs/<run_id>/evidence")
+def run_evidence(run_id: str):
+    return evidence.run_evidence(run_id)
+
+
+@bp.get("/runs/<run_id>/stream")
+def run_stream(run_id: str):
+    return live.follow_run(run_id, typed=False)
+
+
+@bp.get("/stream")
+def tenant_stream():
+    return live.tenant_stream()
+
+
+# -- workflows ------------------------------------------------------------------------------------
+
+@bp.get("/workflows")
+def workflows():
+    return render_template("workflows.html", workflows=get("/workflows")["workflows"])
+
+
+@bp.get("/workflows/<workflow_id>")
+def workflow(workflow_id: str):
+    latest = get(f"/workflows/{workflow_id}")
+    number = request.args.get("version", type=int) or latest["version"]
+    version = get(f"/workflows/{workflow_id}/versions/{number}")
+    definition = version["definition"]
+    return render_template("workflow.html", workflow=latest, version=version, definition=definition,
+                           layout=graph.layout(definition["steps"]),
+                           fields=forms.fields(definition.get("input_schema") or {}))
+
+
+@bp.post("/workflows/<workflow_id>/start")
+def start(workflow_id: str):
+    number = request.form.get("version", type=int)
+    definition = get(f"/workflows/{workflow_id}/versions/{number}")["definition"]
+    try:
+        values = forms.parse(definition.get("input_schema") or {}, request.form)
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("ui.workflow", workflow_id=workflow_id, version=number))
+    status, body = api("POST", "/runs", body={"workflow_id": workflow_id, "version": number, "input": values})
+    if status >= 400:
+        flash(body.get("error", {}).get("message", f"the API answered {status}"), "error")
+        return redirect(url_for("ui.workflow", workflow_id=workflow_id, version=number))
+    flash("Run started.", "ok")
+    return redirect(url_for("ui.run", run_id=body["id"]))
+
+
+# -- queues, workers, analytics -------------------------------------------------------------------
+
+@bp.get("/queues")
+def queues():
+    return render_template("queues.html", queues=get("/queues")["queues"], workers=get("/workers")["workers"])
+
+
+@bp.get("/analytics")
+def analytics():
+    bucket = request.args.get("bucket") if request.args.get("bucket") in ("minute", "hour", "day") else "hour"
+    series = {metric: get("/analytics/timeseries", metric=metric, bucket=bucket)["points"]
+              for metric in ("runs_started", "runs_succeeded", "runs_failed", "steps", "credits")}
+    rate = charts.success_rate(series["runs_succeeded"], series["runs_failed"])
+    return render_template("analytics.html", summary=get("/analytics/summary"), bucket=bucket,
+                           rate=charts.bars(rate, percent=True), started=charts.bars(series["runs_started"]),
+                           steps=charts.bars(series["steps"]), credits=charts.bars(series["credits"]))

@@ -1,0 +1,102 @@
+"""The web UI's pure parts: the step graph layout, the start form from an input schema, the charts."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.ui import charts, forms, graph
+
+DIAMOND = [{"id": "a"}, {"id": "b", "needs": ["a"]}, {"id": "c", "needs": ["a"]}, {"id": "d", "needs": ["b", "c"]},
+           {"id": "e", "needs": ["a", "d"]}, {"id": "alone"}]
+
+
+def overlap(p, q) -> bool:
+    return p.x < q.x + q.w and q.x < p.x + p.w and p.y < q.y + q.h and q.y < p.y + p.h
+
+
+def test_layers_run_left_to_right_and_nodes_do_not_overlap():
+    layout = graph.layout(DIAMOND)
+    at = {n.id: n for n in layout.nodes}
+    assert at["a"].x < at["b"].x == at["c"].x < at["d"].x < at["e"].x
+    assert at["b"].y != at["c"].y
+    assert not any(overlap(p, q) for p in layout.nodes for q in layout.nodes if p is not q)
+    assert all(n.x >= 0 and n.y >= 0 and n.x + n.w <= layout.width and n.y + n.h <= layout.height
+               for n in layout.nodes)
+
+
+def test_edges_go_from_the_sources_right_side_to_the_targets_left_side():
+    layout = graph.layout(DIAMOND)
+    at = {n.id: n for n in layout.nodes}
+    assert {(e.source, e.target) for e in layout.edges} == {("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"),
+                                                           ("a", "e"), ("d", "e")}
+    for e in layout.edges:
+        (x0, y0), (x1, y1) = e.points[0], e.points[-1]
+        assert x0 == at[e.source].x + at[e.source].w and y0 == at[e.source].y + at[e.source].h / 2
+        assert x1 == at[e.target].x and y1 == at[e.target].y + at[e.target].h / 2
+    long = next(e for e in layout.edges if (e.source, e.target) == ("a", "e"))
+    assert len(long.points) > 2  # routed around the layers it skips
+    assert not any(n.y < y < n.y + n.h and n.x < x < n.x + n.w for n in layout.nodes for x, y in long.points[1:-1])
+
+
+@pytest.mark.parametrize(("status", "label", "css"), [
+    ("succeeded", "Success", "ok"), ("failed", "Failed", "bad"), ("cancelled", "Cancelled", "cancel"),
+    ("skipped", "Skipped (Blocked)", "skip"), ("running", "Running", "run"), ("retrying", "Running", "run"),
+    ("waiting", "Waiting", "wait"), ("queued", "Pending", "pend"), ("pending", "Pending", "pend"),
+    (None, "Pending", "pend"), ("unheard-of", "Pending", "pend"),
+])
+def test_each_status_has_its_label_and_colour(status, label, css):
+    assert graph.label(status) == (label, css)
+    node = graph.layout([{"id": "s", "type": "tool"}], {"s": status} if status else {}).nodes[0]
+    assert (node.label, node.css, node.type) == (label, css, "tool")
+
+
+def test_unknown_needs_and_empty_definitions_do_not_raise():
+    assert graph.layout([]).nodes == ()
+    layout = graph.layout([{"id": "x", "needs": ["ghost", "x"]}])
+    assert [n.id for n in layout.nodes] == ["x"] and layout.edges == ()
+
+
+SCHEMA = {"type": "object", "required": ["ticket"], "properties": {
+    "ticket": {"type": "string"}, "n": {"type": "integer"}, "ratio": {"type": "number"},
+    "urgent": {"type": "boolean"}, "tags": {"type": "array"}, "team": {"enum": ["a", "b"]}}}
+
+
+def test_the_form_has_a_field_per_property():
+    fields = {f.name: f for f in forms.fields(SCHEMA)}
+    assert {n: f.kind for n, f in fields.items()} == {"ticket": "string", "n": "integer", "ratio": "number",
+                                                     "urgent": "boolean", "tags": "json", "team": "enum"}
+    assert fields["ticket"].required and not fields["n"].required
+    assert [f.name for f in forms.fields({})] == ["input"]
+
+
+@pytest.mark.parametrize(("form", "expected"), [
+    ({"ticket": "T-1"}, {"ticket": "T-1", "urgent": False}),
+    ({"ticket": "T", "n": "3", "ratio": "0.5", "urgent": "on", "tags": '["x"]', "team": "b"},
+     {"ticket": "T", "n": 3, "ratio": 0.5, "urgent": True, "tags": ["x"], "team": "b"}),
+])
+def test_the_form_parses_to_the_input(form, expected):
+    assert forms.parse(SCHEMA, form) == expected
+
+
+@pytest.mark.parametrize("form", [{"ticket": "T", "n": "three"}, {"ticket": "T", "tags": "[oops"}])
+def test_a_field_that_cannot_be_read_is_named(form):
+    with pytest.raises(ValueError, match="'(n|tags)' must be"):
+        forms.parse(SCHEMA, form)
+
+
+def test_a_schema_without_properties_takes_the_input_as_json():
+    assert forms.parse({}, {"input": '{"a": 1}'}) == {"a": 1}
+    with pytest.raises(ValueError):
+        forms.parse({}, {"input": "[1]"})
+
+
+def test_success_rate_and_bars():
+    ok = [{"t": "t1", "value": 3}, {"t": "t2", "value": 0}, {"t": "t3", "value": 0}]
+    bad = [{"t": "t1", "value": 1}, {"t": "t2", "value": 2}, {"t": "t3", "value": 0}]
+    rate = charts.success_rate(ok, bad)
+    assert [p["value"] for p in rate] == [0.75, 0.0, None]
+    chart = charts.bars(rate, percent=True)
+    assert chart.top == 1.0 and [b.h for b in chart.bars] == [120.0, 0.0, 0.0]
+    counts = charts.bars([{"t": "a", "value": 2}, {"t": "b", "value": 4}])
+    assert counts.top == 4 and counts.bars[1].h == charts.HEIGHT and counts.bars[1].y == 0
+    assert charts.bars([]).bars == ()
