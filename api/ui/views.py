@@ -80,9 +80,12 @@ def _template_globals():
 
 def api(method: str, path: str, *, query: dict | None = None, body: dict | None = None):
     """Call the run API in-process as the session's principal; (status code, JSON body)."""
-    client = current_app.test_client()
-    response = client.open(f"/api/v1{path}", method=method, query_string=query, json=body,
-                           environ_base={auth.IN_PROCESS: g.principal})
+    client, who = current_app.test_client(), g.principal
+    # A fresh app context: the nested request would otherwise share this request's `g` (Flask reuses an
+    # active context of the same app), and its teardown would undo what this request's hooks set up.
+    with current_app.app_context():
+        response = client.open(f"/api/v1{path}", method=method, query_string=query, json=body,
+                               environ_base={auth.IN_PROCESS: who})
     return response.status_code, response.get_json(silent=True) or {}
 
 
@@ -120,8 +123,13 @@ def sign_in():
         session.update(token_id=found.id, tenant=found.tenant_id, csrf=secrets.token_urlsafe(32))
         session.permanent = True
         target = request.form.get("next") or ""
-        return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("ui.command"))
+        return redirect(target if _local(target) else url_for("ui.command"))
     return render_template("sign_in.html")
+
+
+def _local(target: str) -> bool:
+    """Whether ``target`` is a path of this site (never another host: no open redirect)."""
+    return target.startswith("/") and not target.startswith(("//", "/\\")) and "\\" not in target
 
 
 @bp.post("/sign-out")
@@ -157,7 +165,7 @@ def decide(run_id: str, approval_id: str, decision: str):
     comment = request.form.get("comment") or None
     return _act("POST", f"/runs/{run_id}/approvals/{approval_id}/{decision}", {"comment": comment},
                 f"Approval {decision.replace('_', ' ')}d." if decision != "request_changes"
-                else "Changes requested.", request.form.get("back") or url_for("ui.command"))
+                else "Changes requested.", url_for("ui.command"))
 
 
 @bp.post("/runs/<run_id>/questions/<question_id>/answer")
@@ -168,7 +176,7 @@ def answer(run_id: str, question_id: str):
     except ValueError:
         value = raw  # plain text is an answer too
     return _act("POST", f"/runs/{run_id}/questions/{question_id}/answer", {"answer": value},
-                "Answer sent.", request.form.get("back") or url_for("ui.command"))
+                "Answer sent.", url_for("ui.command"))
 
 
 # -- runs -----------------------------------------------------------------------------------------

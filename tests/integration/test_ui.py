@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from flask.sessions import SecureCookieSessionInterface
 
 from tests.integration.conftest import REQUIRE, ROOT, Api, publish, served, signed_in, start, wait_for
 
@@ -53,7 +54,7 @@ def server(settings):
     """The whole app (UI and API) on a real threaded HTTP server on loopback."""
     from api import create_app
 
-    with served(create_app(settings.model_copy(update={"stream_keepalive_s": 0.5, "inspect_timeout_s": 0.3}))) as base:
+    with served(create_app(settings.model_copy(update={"stream_keepalive_s": 0.5}))) as base:
         yield base
 
 
@@ -163,6 +164,7 @@ def test_sign_in_start_watch_approve_and_download(page, server, api, tokens):
     page.goto(f"{server}/queues")
     expect(page.get_by_role("heading", name="Workers", exact=True)).to_be_visible()
     expect(page.locator("table.list").nth(0).get_by_text("steps", exact=True)).to_be_visible()
+    expect(page.locator("table.list").nth(1).locator("tbody code").first).to_contain_text("switchyard")
     shot(page, "queues")
     page.goto(f"{server}/analytics")
     expect(page.locator("svg.chart")).to_have_count(4)
@@ -176,6 +178,7 @@ def test_cancel_a_run_from_its_page(page, server, api, tokens):
     from playwright.sync_api import expect
 
     run_id = start(api, publish(api, WAITS))
+    wait_for(lambda: api.get(f"/runs/{run_id}").get_json()["status"] == "waiting", 60, "the run to wait")
     sign_in(page, server, tokens["operator"])
     page.goto(f"{server}/runs/{run_id}")
     expect(node(page, "review")).to_have_attribute("data-status", "waiting")
@@ -222,3 +225,57 @@ def test_a_viewer_sees_no_controls_and_a_forged_post_is_refused(page, server, ap
     operator = signed_in(app, tokens["operator"])
     assert operator.client.post(f"/runs/{run_id}/cancel", data={"mode": "immediate"}).status_code == 403
     assert api.get(f"/runs/{run_id}").get_json()["status"] == "waiting"
+
+
+ASKS = {"name": "Asks a person", "steps": [{"id": "ask", "type": "question", "question": "Which team?"},
+                                          {"id": "after", "type": "tool", "tool": "echo", "needs": ["ask"]}]}
+
+
+def test_runs_list_filters_searches_and_pages(app, api, tokens):
+    workflow = publish(api, WAITS)
+    runs = [start(api, workflow) for _ in range(27)]
+    ui = signed_in(app, tokens["viewer"])
+    first = ui.client.get(f"/runs?workflow_id={workflow}").get_data(as_text=True)
+    shown = set(re.findall(r"run_[0-9a-f]{20}", first))
+    assert len(shown) == 25 and shown <= set(runs)
+    older = re.search(r'href="([^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
+    rest = set(re.findall(r"run_[0-9a-f]{20}", ui.client.get(older).get_data(as_text=True)))
+    assert shown | rest == set(runs) and not shown & rest
+    assert runs[0] not in ui.client.get(f"/runs?workflow_id={workflow}&status=succeeded").get_data(as_text=True)
+    found = ui.client.get(f"/runs?q={runs[3]}")
+    assert found.status_code == 302 and found.location == f"/runs/{runs[3]}"
+    assert "No run" in ui.client.get("/runs?q=run_nope", follow_redirects=True).get_data(as_text=True)
+    for run_id in runs:
+        api.post(f"/runs/{run_id}/cancel")
+
+
+def test_a_question_is_answered_from_the_command_center(app, api, tokens):
+    run_id = start(api, publish(api, ASKS))
+    wait_for(lambda: api.get(f"/runs/{run_id}").get_json()["status"] == "waiting", 30, "the run to ask")
+    question = next(q["id"] for q in api.get("/questions").get_json()["questions"] if q["run_id"] == run_id)
+    ui = signed_in(app, tokens["operator"])
+    assert "Which team?" in ui.client.get("/").get_data(as_text=True)
+    answered = ui.post(f"/runs/{run_id}/questions/{question}/answer", {"answer": '{"team": "blue"}'})
+    assert answered.status_code == 302
+    run = wait_for(lambda: (r := api.get(f"/runs/{run_id}").get_json())["status"] == "succeeded" and r, 30, "the run")
+    assert next(s for s in run["steps"] if s["id"] == "ask")["output"] == {"answer": {"team": "blue"}}
+
+
+def test_sign_in_refuses_bad_tokens_and_foreign_redirects_and_revoking_ends_the_session(app, api):
+    ui = app.test_client()
+    page = ui.get("/sign-in").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert ui.post("/sign-in", data={"token": "sy_nope", "csrf_token": csrf}).status_code == 401
+    token = api.post("/tokens", json={"role": "viewer", "name": "ui session"}).get_json()
+    for target in ("//evil.example/x", "/\\evil.example", "https://evil.example/"):
+        signed = ui.post("/sign-in", data={"token": token["token"], "csrf_token": csrf, "next": target})
+        assert signed.status_code == 302 and signed.location == "/", target
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', ui.get("/runs").get_data(as_text=True)).group(1)
+    cookie = ui.get_cookie("switchyard_session")
+    assert cookie.http_only and cookie.same_site == "Lax"
+    stored = SecureCookieSessionInterface().get_signing_serializer(app).loads(cookie.value)
+    assert set(stored) == {"token_id", "tenant", "csrf", "_permanent"} and token["token"] not in str(stored)
+    assert ui.get("/runs").status_code == 200
+    api.delete(f"/tokens/{token['id']}")
+    gone = ui.get("/runs")
+    assert gone.status_code == 302 and gone.location.startswith("/sign-in")

@@ -1,0 +1,1 @@
+"""The web UI (issue 7): see views.py."""
