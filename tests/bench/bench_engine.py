@@ -468,7 +468,7 @@ Written by `make bench` (tests/bench/bench_engine.py) on {date}. Command: `{comm
 
 Memory after the throughput run (RSS): {memory}.
 
-Round trips of one step on the hot path (counted in process, see tests/bench/census.py): {round_trips}.
+Round trips of one step on the hot path (counted in process, see tests/bench/census.py): {round_trips}
 PostgreSQL commits per step in the throughput run (pg_stat_database): {commits}.
 
 Workers: {workers}, the same for Switchyard and the raw Celery app, on the same Redis db, one after the other.
