@@ -347,3 +347,21 @@ def wait_run(api: Api, run_id: str, statuses=("succeeded", "failed", "cancelled"
 
 def events(api: Api, run_id: str) -> list[dict]:
     return api.get(f"/runs/{run_id}/events").get_json()["events"]
+
+
+def by_id(run: dict) -> dict[str, dict]:
+    """A run's steps by step id."""
+    return {s["id"]: s for s in run["steps"]}
+
+
+def wait_no_task_of(settings: Settings, run_id: str, timeout: float, what: str) -> None:
+    """Poll the workers (Celery's inspect) until none runs a task of ``run_id``."""
+    from orchestrator.broker import make_celery
+
+    celery = make_celery(settings)
+
+    def none_active():
+        active = celery.control.inspect(timeout=0.5).active() or {}
+        return not any(run_id in task["id"] for tasks in active.values() for task in tasks)
+
+    wait_for(none_active, timeout, what)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import events, publish, start, wait_for, wait_run
+from tests.integration.conftest import by_id, events, publish, start, wait_for, wait_no_task_of, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -23,10 +23,6 @@ ALLOWED_FROM = {
     "retry": {"failed", "cancelled"},
     "rerun": {"failed", "cancelled", "succeeded"},
 }
-
-
-def by_id(run: dict) -> dict[str, dict]:
-    return {s["id"]: s for s in run["steps"]}
 
 
 def get_run(api, run_id: str) -> dict:
@@ -255,7 +251,6 @@ def test_resume_after_scheduler_and_workers_were_killed_while_paused(api, settin
 # -- cancel -----------------------------------------------------------------------------------------
 
 def test_immediate_cancel_stops_an_agent_mid_loop_and_a_long_sleep(api, settings):
-    from orchestrator.broker import make_celery
 
     # The agent calls the sleep tool again and again: it is mid-loop whenever it is cancelled.
     loop = [{"tool_calls": [{"name": "sleep", "args": {"seconds": 1}}]}] * 50
@@ -276,13 +271,7 @@ def test_immediate_cancel_stops_an_agent_mid_loop_and_a_long_sleep(api, settings
         assert steps[step_id]["status"] == "cancelled" and steps[step_id]["error"]["code"] == "run_stopped"
     assert steps["later"]["status"] == "skipped" and steps["later"]["started_at"] is None
 
-    celery = make_celery(settings)
-
-    def nothing_of_the_run_active():
-        active = celery.control.inspect(timeout=0.5).active() or {}
-        return not any(run_id in task["id"] for tasks in active.values() for task in tasks)
-
-    wait_for(nothing_of_the_run_active, 5, "the agent and the sleep to leave their workers")
+    wait_no_task_of(settings, run_id, 5, "the agent and the sleep to leave their workers")
     run = get_run(api, run_id)
     assert run["status"] == "cancelled"
     assert {s["id"]: s["status"] for s in run["steps"]} == {

@@ -6,14 +6,10 @@ import time
 
 import pytest
 
-from tests.integration.conftest import events, publish, start, wait_run
+from tests.integration.conftest import by_id, events, publish, start, wait_no_task_of, wait_run
 from tests.integration.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
-
-
-def by_id(run: dict) -> dict[str, dict]:
-    return {s["id"]: s for s in run["steps"]}
 
 
 def test_fail_fast_cancels_the_sibling_in_flight_and_skips_the_join(api):
@@ -59,17 +55,7 @@ def test_sleeping_step_is_stopped_when_its_run_fails(api, settings):
     })
     run_id = start(api, workflow)
     wait_run(api, run_id, timeout=20)
-    from orchestrator.broker import make_celery
-
-    celery = make_celery(settings)
-
-    def sleeper_gone():
-        active = celery.control.inspect(timeout=1).active() or {}
-        return not any(run_id in task["id"] for tasks in active.values() for task in tasks)
-
-    from tests.integration.conftest import wait_for
-
-    wait_for(sleeper_gone, 10, "the cancelled sleep to leave the worker")
+    wait_no_task_of(settings, run_id, 10, "the cancelled sleep to leave the worker")
 
 
 @pytest.mark.parametrize("max_attempts, expected", [(3, "succeeded"), (2, "failed")])

@@ -7,13 +7,18 @@ from datetime import datetime
 
 import pytest
 
-from tests.integration.conftest import events, publish, start, unique, wait_for, wait_run
+from tests.integration.conftest import (
+    by_id,
+    events,
+    publish,
+    start,
+    unique,
+    wait_for,
+    wait_no_task_of,
+    wait_run,
+)
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
-
-
-def by_id(run: dict) -> dict[str, dict]:
-    return {s["id"]: s for s in run["steps"]}
 
 
 def wait_waiting(api, run_id: str, on: str, timeout: float = 20) -> dict:
@@ -143,7 +148,6 @@ def test_question_step_waits_for_the_answer(api):
 
 
 def test_agent_human_ask_gives_the_worker_back_and_gets_the_answer(api, settings):
-    from orchestrator.broker import make_celery
 
     workflow = publish(api, {"name": "agent asks", "steps": [
         {"id": "agent", "type": "agent", "model": "scripted", "tools": ["human.ask", "echo"], "script": [
@@ -154,13 +158,7 @@ def test_agent_human_ask_gives_the_worker_back_and_gets_the_answer(api, settings
     run_id = start(api, workflow)
     run = wait_waiting(api, run_id, "question")
     assert by_id(run)["agent"]["status"] == "waiting"
-    celery = make_celery(settings)
-
-    def no_task_of_the_run_active():
-        active = celery.control.inspect(timeout=0.5).active() or {}
-        return not any(run_id in task["id"] for tasks in active.values() for task in tasks)
-
-    wait_for(no_task_of_the_run_active, 5, "the asking agent to give its worker back")
+    wait_no_task_of(settings, run_id, 5, "the asking agent to give its worker back")
     question = next(q for q in api.get("/questions").get_json()["questions"] if q["run_id"] == run_id)
     assert question["question"] == "Refund the order?"
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import events, publish, start, wait_run
+from tests.integration.conftest import by_id, events, publish, start, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
-
-
-def by_id(run: dict) -> dict[str, dict]:
-    return {s["id"]: s for s in run["steps"]}
 
 
 def wait_status(api, run_id: str, status: str, timeout: float = 20) -> dict:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from orchestrator.broker import make_celery, publish_steps
 from orchestrator.db.models import Outbox, Step
 from orchestrator.db.session import make_engine
-from tests.integration.conftest import ROOT, _env, events, publish, start, wait_for, wait_run
+from tests.integration.conftest import ROOT, _env, by_id, events, publish, start, wait_for, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -21,10 +21,6 @@ ONE_SLOW_STEP = {"name": "one slow step", "steps": [
     {"id": "slow", "type": "tool", "tool": "sleep", "args": {"seconds": 1}},
     {"id": "after", "type": "tool", "tool": "echo", "needs": ["slow"], "args": {"done": True}},
 ]}
-
-
-def by_id(run: dict) -> dict[str, dict]:
-    return {s["id"]: s for s in run["steps"]}
 
 
 def count_events(api, run_id: str, kind: str, step_id: str) -> int:
