@@ -108,6 +108,10 @@ def run_context(run_id: str):
         }
 
 
+# A queued step older than this may be on a queue nobody consumes: the diagnosis asks the workers.
+QUEUED_LONG_S = 3.0
+
+
 @bp.get("/runs/<run_id>/diagnosis")
 def run_diagnosis(run_id: str):
     """Why a run is not moving, and the operator action that would move it."""
@@ -116,10 +120,11 @@ def run_diagnosis(run_id: str):
         run = _load_run(session, run_id)
         steps, approvals, questions = repo.diagnosis_facts(session, run.id)
     status = RunStatus(run.status)
-    queued = any(s.status is StepStatus.QUEUED for s in steps)
-    # Asking the workers costs up to a second, so only when a queued step makes it matter.
+    # Asking the workers (Celery's broadcast) costs up to a second, and the web UI asks for the diagnosis
+    # of a live run on every update: only a step that has waited a while for a worker makes it worth it.
+    stuck = any(s.status is StepStatus.QUEUED and (s.queued_for_s or 0) >= QUEUED_LONG_S for s in steps)
     consumers = (broker.queue_consumers(svc.celery, svc.settings.inspect_timeout_s)
-                 if queued and not svc.settings.uses_embedded_broker
+                 if stuck and not svc.settings.uses_embedded_broker
                  else None)
     causes = diagnosis.diagnose(run.id, status, run.error, steps, approvals, questions, consumers)
     return {"run_id": run.id, "status": run.status, "waiting_on": run.waiting_on,

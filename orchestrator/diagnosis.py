@@ -24,6 +24,7 @@ class StepFacts:
     due_in_s: float | None = None  # a retry's or timer's due time, seconds from now (negative: overdue)
     correlation_key: str | None = None
     waiting_on: str | None = None  # what a waiting agent or tool step waits on (question, approval, budget)
+    queued_for_s: float | None = None  # how long a queued step has waited for a worker
 
 
 @dataclass(frozen=True)

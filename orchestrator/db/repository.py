@@ -542,6 +542,7 @@ def diagnosis_facts(
             lease_expired=bool(step.lease_expires_at is not None and step.lease_expires_at < clock),
             due_in_s=(due - clock).total_seconds() if due is not None else None,
             correlation_key=step.correlation_key, waiting_on=step.waiting_on,
+            queued_for_s=(clock - step.queued_at).total_seconds() if step.queued_at is not None else None,
         ))
     approvals = dict(session.execute(
         select(Approval.step_id, Approval.id).where(Approval.run_id == run_id, Approval.status == "pending")
