@@ -6,12 +6,13 @@ Messages carry ids only (run, step, attempt); the database is the truth (DESIGN.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from queue import Empty
 
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu import Exchange, Queue
 
 from orchestrator.settings import Settings
 
@@ -135,19 +136,37 @@ class BrokerEpoch:
 
 
 class Doorbell:
-    """Wakes a scheduler when a run has work: a small message on the wake queue.
+    """Wakes a scheduler when a run has work.
 
-    The message's body does not matter (runs carry a `has_work` flag in the database); the doorbell
-    only spares the scheduler from polling. A lost ring costs at most one sweep interval.
+    The ring carries nothing that matters (runs carry a `has_work` flag in the database); it only
+    spares the scheduler from polling, and a lost ring costs at most one sweep interval. On Redis it
+    is a short list the scheduler blocks on (one LPUSH a ring, on every step's path: a kombu publish
+    costs several times that); on the embedded broker, a kombu queue.
     """
+
+    MAX_PENDING = 100  # rings kept while no scheduler listens; one is enough to wake it
 
     def __init__(self, app: Celery, queue_name: str):
         self.app = app
+        url = app.conf.broker_url or ""
+        self.key = f"switchyard:doorbell:{queue_name}"
+        self.client = None
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            import redis
+
+            self.url = url
+            self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         exchange = Exchange(queue_name, type="direct", durable=False)
         self.queue = Queue(queue_name, exchange, routing_key=queue_name, durable=False)
 
     def ring(self, reason: str = "") -> None:
         try:
+            if self.client is not None:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.lpush(self.key, reason or "1")
+                pipe.ltrim(self.key, 0, self.MAX_PENDING - 1)
+                pipe.execute()
+                return
             with self.app.producer_or_acquire() as producer:
                 producer.publish(
                     {"reason": reason},
@@ -161,24 +180,52 @@ class Doorbell:
         except Exception as exc:  # noqa: BLE001 - the sweep is the safety net
             log.warning("could not wake the scheduler (%s); the next sweep will pick the work up", exc)
 
-    def connection(self) -> Connection:
-        return self.app.connection_for_read()
+    @contextmanager
+    def listening(self) -> Iterator[Callable[[float], int]]:
+        """A ``wait(timeout) -> rings`` function: block until a ring or ``timeout`` seconds, then
+        take every ring that is waiting (one pass over the runs serves them all)."""
+        if self.client is not None:
+            import redis
 
-    def wait(self, simple_queue, timeout: float) -> int:
-        """Block until a ring or ``timeout``; then drain what else rang. Returns how many rings."""
-        rings = 0
-        try:
-            message = simple_queue.get(block=True, timeout=max(timeout, 0.001))
-        except Empty:
-            return 0
-        message.ack()
-        rings += 1
-        while True:
+            # Its own connection, without a read timeout: BLPOP blocks for up to the wait's timeout.
+            client = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_keepalive=True)
+
+            def wait_redis(timeout: float) -> int:
+                if client.blpop([self.key], timeout=max(timeout, 0.001)) is None:
+                    return 0
+                pipe = client.pipeline(transaction=False)
+                pipe.llen(self.key)
+                pipe.delete(self.key)
+                return 1 + pipe.execute()[0]
+
             try:
-                simple_queue.get_nowait().ack()
-                rings += 1
-            except Empty:
-                return rings
+                yield wait_redis
+            finally:
+                client.close()
+            return
+        with self.app.connection_for_read() as conn:
+            simple_queue = conn.SimpleQueue(self.queue)
+
+            def wait_kombu(timeout: float) -> int:
+                try:
+                    simple_queue.get(block=True, timeout=max(timeout, 0.001)).ack()
+                except Empty:
+                    return 0
+                rings = 1
+                while True:
+                    try:
+                        simple_queue.get_nowait().ack()
+                        rings += 1
+                    except Empty:
+                        return rings
+
+            try:
+                yield wait_kombu
+            finally:
+                try:
+                    simple_queue.close()
+                except Exception as exc:  # noqa: BLE001 - the connection may already be gone
+                    log.debug("closing the wake queue failed: %s", exc)
 
 
 # --- monitoring: what the broker and the workers say --------------------------------------------

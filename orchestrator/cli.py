@@ -56,7 +56,8 @@ def scheduler() -> None:
 
     settings = load()
     _logging(settings)
-    sessions = make_sessionmaker(make_engine(settings))
+    # No ping before each transaction (a round trip each): the scheduler reconnects after an outage.
+    sessions = make_sessionmaker(make_engine(settings, pool_pre_ping=False))
     streams.install_publisher(sessions, streams.make_bus(settings))
     sched = Scheduler(settings, sessions, broker.make_celery(settings))
     sched.install_signal_handlers()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 from orchestrator import dag, registry, templates
 from orchestrator.errors import DefinitionInvalid
@@ -123,6 +123,8 @@ class Definition(_Strict):
     # What tool calls may do, as data (orchestrator/policy.py); the default allows every call.
     policy: Policy = Policy()
     steps: list[Step] = Field(min_length=1)
+    # Per step, the names its templates read; a definition is immutable, so it is worked out once.
+    _template_names: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
@@ -133,6 +135,13 @@ class Definition(_Strict):
     @property
     def needs(self) -> dict[str, list[str]]:
         return {s.id: list(s.needs) for s in self.steps}
+
+    def template_names(self, step_id: str) -> frozenset[str]:
+        """The top-level names (``steps``, ``approval``, …) that the step's templates read."""
+        if step_id not in self._template_names:
+            fields = self.step(step_id).model_dump(exclude={"id", "type", "needs"})
+            self._template_names[step_id] = templates.referenced_names(fields)
+        return self._template_names[step_id]
 
     def retry_policy(self, step: Step) -> RetryPolicy:
         return (step.retry or self.defaults.retry).policy()

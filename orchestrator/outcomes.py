@@ -120,7 +120,7 @@ def claim_attempt(
     A message that arrives while its run is paused puts the step back to `pending` (the attempt is
     not spent), so resume dispatches it again.
     """
-    run = repo.lock_run(session, run_id)
+    run = repo.lock_run(session, run_id, with_tenant_policy=True)
     if run is None:
         return None
     changes = RunChanges(run)
@@ -134,22 +134,22 @@ def claim_attempt(
         return None
     if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
         return None
-    claimed = repo.update_steps(
-        session, run_id, [step_id], StepStatus.RUNNING,
-        at_attempt=attempt, started_at=db_now(), worker=worker, lease_expires_at=db_now(lease_s),
-    )
-    if not claimed:
+    claimed = repo.claim_step(session, run_id, step_id, attempt, worker, lease_s)
+    if claimed is None:
         return None
     changes.event("step_started", step_id, attempt, worker=worker)
     repo.apply_run_changes(session, changes)
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
-    stored = repo.tenant_policy(session, run.tenant_id)
-    tenant = policy.Policy.model_validate(stored) if stored else None
+    tenant = policy.Policy.model_validate(run.tenant_policy) if run.tenant_policy else None
+    # Read the other steps' outputs and the latest approval only if the step's templates use them:
+    # most steps' arguments are plain values, and these reads grow with the run.
+    names = definition.template_names(step_id)
     return Claim(
         run_id=run_id, step_id=step_id, attempt=attempt, tenant_id=run.tenant_id, workflow_id=run.workflow_id,
-        run_input=run.input, run_attempt=run.attempt, outputs=repo.succeeded_outputs(session, run_id),
-        definition=definition, checkpoint=repo.step_checkpoint(session, run_id, step_id),
-        approval=repo.latest_approval_decision(session, run_id),
+        run_input=run.input, run_attempt=run.attempt,
+        outputs=repo.succeeded_outputs(session, run_id) if "steps" in names else {},
+        definition=definition, checkpoint=claimed.checkpoint,
+        approval=repo.latest_approval_decision(session, run_id) if "approval" in names else None,
         run_usage=dict(run.usage or {}), limits=effective_limits(definition, run.limits, tenant),
         tenant_policy=tenant,
     )
@@ -176,16 +176,15 @@ def record_outcome(
     The attempt's usage is priced in credits by ``prices`` and rolled up on the run. Returns which
     Celery tasks fail-fast cancelled, for the caller to revoke after the commit.
     """
-    run = repo.lock_run(session, run_id)
-    if run is None:
+    locked = repo.lock_run_with_step(session, run_id, step_id)
+    if locked is None:
         return Recorded(False)
-    views = repo.steps_for_update(session, [run_id])[run_id]
-    view = next((v for v in views if v.step_id == step_id), None)
-    if view is None or view.status != StepStatus.RUNNING or view.attempt != attempt:
+    run, view, recorded_policy = locked
+    if view.status != StepStatus.RUNNING or view.attempt != attempt:
         return Recorded(False)
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     changes = RunChanges(run)
-    revoke = apply_outcome(session, changes, definition, views, view, outcome, rand, prices)
+    revoke = apply_outcome(session, changes, definition, None, view, outcome, rand, prices, recorded_policy)
     if revoke is None:
         return Recorded(False)
     changes.run_values["has_work"] = True
@@ -197,13 +196,17 @@ def apply_outcome(
     session: Session,
     changes: RunChanges,
     definition: Definition,
-    views: list[StepView],
+    views: list[StepView] | None,
     view: StepView,
     outcome: Outcome,
     rand: Callable[[], float] = random.random,
     prices: PriceTable | None = None,
+    recorded_policy: list[dict[str, Any]] | None = None,
 ) -> list[str] | None:
     """Apply an outcome to a running or waiting step (its run locked by the caller).
+
+    ``views`` are all the run's steps, or None to read them only if fail-fast needs them;
+    ``recorded_policy`` the step's policy decisions so far, which the outcome's are appended to.
 
     Retries are decided by the pure policy; a step failing for good fails the run (fail-fast). In a
     run that already ended (a graceful cancel lets steps finish) the step's result is recorded and
@@ -221,6 +224,8 @@ def apply_outcome(
         return {**outcome.usage, "credits": metering.credits(prices, outcome.usage, model, step_done)}
 
     def move(target: StepStatus, **values: Any) -> bool:
+        if outcome.policy:
+            values["policy"] = [*(recorded_policy or []), *outcome.policy]
         moved = repo.update_steps(
             session, run_id, [view.step_id], target, only_from=[view.status], at_attempt=attempt, **values
         )
@@ -228,7 +233,7 @@ def apply_outcome(
             view.status = target
             # Only a report that moved the step leaves its policy decisions: a stale one changes nothing.
             if outcome.policy:
-                _record_policy(session, changes, view, outcome.policy)
+                _record_policy(changes, view, outcome.policy)
         return bool(moved)
 
     finished = dict(completed_at=db_now(), lease_expires_at=None, due_at=None)
@@ -276,6 +281,8 @@ def apply_outcome(
     _add_usage(changes, usage(True))
     if run_ended:
         return []
+    if views is None:
+        views = repo.steps_for_update(session, [run_id])[run_id]
     return fail_run(session, changes, views, view.step_id, error)
 
 
@@ -334,9 +341,9 @@ def _suspend(session: Session, changes: RunChanges, view: StepView, attempt: int
     changes.event("step_waiting", view.step_id, attempt, waiting_on="question", question_id=question_id)
 
 
-def _record_policy(session: Session, changes: RunChanges, view: StepView, decisions: list[dict[str, Any]]) -> None:
-    """Keep the attempt's policy decisions on the step, one event each, and raise the run's risk level."""
-    repo.append_step_policy(session, changes.run.id, view.step_id, decisions)
+def _record_policy(changes: RunChanges, view: StepView, decisions: list[dict[str, Any]]) -> None:
+    """One event per policy decision of the attempt (the step's row keeps them too), and the run's
+    raised risk level."""
     for decision in decisions:
         changes.event("policy_decision", view.step_id, view.attempt, **decision)
     current = changes.run_values.get("risk_level", changes.run.risk_level)

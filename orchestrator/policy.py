@@ -8,7 +8,9 @@ the risk factors and the constraints that applied, and it is recorded on the ste
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -180,12 +182,20 @@ def _matching_rule(rules: Sequence[Rule], spec: ToolSpec) -> tuple[int, Rule | N
 
 
 def _schema_error(spec: ToolSpec, args: Any) -> str | None:
-    try:
-        jsonschema.validate(args, spec.args_schema)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(the arguments)"
-        return f"{where}: {exc.message}"
-    return None
+    error = jsonschema.exceptions.best_match(_args_validator(json.dumps(spec.args_schema, sort_keys=True))
+                                             .iter_errors(args))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(the arguments)"
+    return f"{where}: {error.message}"
+
+
+@functools.lru_cache(maxsize=256)
+def _args_validator(schema_json: str) -> jsonschema.protocols.Validator:
+    """A validator per tool schema, built once: ``jsonschema.validate`` checks the schema itself and
+    builds a new validator on every call, which costed more than the call of a no-op tool."""
+    schema = json.loads(schema_json)
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
 def _check_constraints(constraints: Constraints, args: Any) -> tuple[list[str], str | None]:

@@ -346,17 +346,13 @@ class Scheduler:
         log.info("scheduler started (sweep every %.1fs)", self.settings.sweep_interval_s)
         while not self.stopping.is_set():
             try:
-                with self.doorbell.connection() as conn:
-                    wake_queue = conn.SimpleQueue(self.doorbell.queue)
-                    try:
-                        self._loop(wake_queue)
-                    finally:
-                        _close_quietly(wake_queue)
+                with self.doorbell.listening() as wait_for_ring:
+                    self._loop(wait_for_ring)
             except Exception:  # noqa: BLE001 - a passing outage must not end the scheduler
                 log.exception("scheduler pass failed; reconnecting in 1s")
                 self.stopping.wait(1.0)
 
-    def _loop(self, wake_queue) -> None:
+    def _loop(self, wait_for_ring) -> None:
         next_sweep = 0.0
         while not self.stopping.is_set():
             if time.monotonic() >= next_sweep:
@@ -364,7 +360,7 @@ class Scheduler:
                 next_sweep = time.monotonic() + self.settings.sweep_interval_s
             self.drain()
             timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0))
-            self.doorbell.wait(wake_queue, timeout)
+            wait_for_ring(timeout)
 
     def stop(self, *_args) -> None:
         self.stopping.set()
@@ -373,9 +369,3 @@ class Scheduler:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-
-def _close_quietly(resource) -> None:
-    try:
-        resource.close()
-    except Exception as exc:  # noqa: BLE001 - the connection may already be gone
-        log.debug("closing %r failed: %s", resource, exc)

@@ -7,9 +7,10 @@ renders, which fails the step with a permanent ``template_error``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from orchestrator.errors import PermanentStepError
@@ -72,6 +73,26 @@ def render(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [render(item, context) for item in value]
     return value
+
+
+def referenced_names(value: Any) -> frozenset[str]:
+    """The top-level names (``input``, ``steps``, ``approval``, …) the templates inside ``value`` read,
+    so a worker loads only the part of the run they need."""
+    if isinstance(value, str):
+        return _names_in(value) if "{{" in value or "{%" in value else frozenset()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return frozenset().union(*(referenced_names(item) for item in value))
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_in(template: str) -> frozenset[str]:
+    try:
+        return frozenset(meta.find_undeclared_variables(_env.parse(template)))
+    except TemplateSyntaxError:
+        return frozenset(("input", "steps", "run", "approval", "attempt"))  # render() reports the error
 
 
 def run_context(

@@ -41,7 +41,9 @@ class Runtime:
     pid: int
 
     def __post_init__(self):
-        self.sessions = make_sessionmaker(make_engine(self.settings))
+        # No ping before each transaction (a round trip each, twice a step): a claim or an outcome that
+        # meets a dropped connection is retried (see DatabaseUnavailable and _record).
+        self.sessions = make_sessionmaker(make_engine(self.settings, pool_pre_ping=False))
         streams.install_publisher(self.sessions, streams.make_bus(self.settings))
         self.catalog = DefinitionCatalog()
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)

@@ -17,13 +17,16 @@ from typing import Any
 
 from sqlalchemy import (
     and_,
+    bindparam,
     case,
+    column,
     delete,
     func,
     insert,
     literal_column,
     or_,
     select,
+    true,
     tuple_,
     union_all,
     update,
@@ -291,9 +294,57 @@ def succeeded_outputs(session: Session, run_id: str) -> dict[str, Any]:
 # --- changing a locked run ----------------------------------------------------------------------
 
 
-def lock_run(session: Session, run_id: str) -> RunRow | None:
-    """Lock a run's row for this transaction (waiting for other writers) and return it."""
-    return session.execute(select(Run.__table__).where(Run.id == run_id).with_for_update()).one_or_none()
+RUNS, STEPS, EVENTS = Run.__table__, Step.__table__, Event.__table__
+
+
+def lock_run(session: Session, run_id: str, *, with_tenant_policy: bool = False) -> RunRow | None:
+    """Lock a run's row for this transaction (waiting for other writers) and return it; with
+    ``with_tenant_policy`` the row also carries its tenant's stored policy as ``tenant_policy``
+    (read in the same round trip: a worker's claim needs both)."""
+    query = select(RUNS)
+    if with_tenant_policy:
+        query = query.add_columns(
+            select(Tenant.policy).where(Tenant.id == RUNS.c.tenant_id).scalar_subquery().label("tenant_policy")
+        )
+    return session.execute(query.where(RUNS.c.id == run_id).with_for_update(of=RUNS)).one_or_none()
+
+
+def lock_run_with_step(session: Session, run_id: str, step_id: str) -> tuple[RunRow, StepView, list | None] | None:
+    """Lock a run's row and read one of its steps in one round trip: (run, the step's view, the
+    step's recorded policy decisions); None if there is no such step. The outcome writer's common
+    case needs no other step of the run."""
+    clock = db_now()
+    row = session.execute(
+        select(
+            RUNS,
+            STEPS.c.type.label("step_type"), STEPS.c.status.label("step_status"),
+            STEPS.c.attempt.label("step_attempt"), STEPS.c.max_attempts, STEPS.c.queue.label("step_queue"),
+            (STEPS.c.due_at <= clock).label("step_due"), (STEPS.c.lease_expires_at < clock).label("step_expired"),
+            STEPS.c.waiting_on.label("step_waiting_on"), STEPS.c.policy.label("step_policy"),
+        )
+        .join(STEPS, and_(STEPS.c.run_id == RUNS.c.id, STEPS.c.step_id == step_id))
+        .where(RUNS.c.id == run_id)
+        .with_for_update(of=RUNS)
+    ).one_or_none()
+    if row is None:
+        return None
+    view = StepView(step_id, row.step_type, StepStatus(row.step_status), row.step_attempt, row.max_attempts,
+                    row.step_queue, bool(row.step_due), bool(row.step_expired), row.step_waiting_on)
+    return row, view, row.step_policy
+
+
+def claim_step(session: Session, run_id: str, step_id: str, attempt: int, worker: str, lease_s: float) -> Any:
+    """``queued → running`` for exactly this attempt, with the worker's name and a lease; returns the
+    step's checkpoint row (``.checkpoint``), or None if the guard matched nothing (stale or duplicate)."""
+    allowed = step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}
+    return session.execute(
+        update(STEPS)
+        .where(STEPS.c.run_id == run_id, STEPS.c.step_id == step_id, STEPS.c.attempt == attempt,
+               STEPS.c.status.in_([s.value for s in allowed]))
+        .values(status=StepStatus.RUNNING.value, started_at=db_now(), worker=worker,
+                lease_expires_at=db_now(lease_s))
+        .returning(STEPS.c.checkpoint)
+    ).one_or_none()
 
 
 def lock_runs_with_work(session: Session, limit: int) -> Sequence[RunRow]:
@@ -378,15 +429,15 @@ def update_steps(
     allowed = step_allowed_from(target)
     if only_from is not None:
         allowed = allowed & frozenset(only_from)
+    # A Core statement on the table (not an ORM-enabled update): it is on every step's hot path.
     query = (
-        update(Step)
-        .where(Step.run_id == run_id, Step.step_id.in_(step_ids), Step.status.in_([s.value for s in allowed]))
+        update(STEPS)
+        .where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(step_ids), STEPS.c.status.in_([s.value for s in allowed]))
         .values(status=target.value, **values)
-        .returning(Step.step_id)
-        .execution_options(synchronize_session=False)
+        .returning(STEPS.c.step_id)
     )
     if at_attempt is not None:
-        query = query.where(Step.attempt == at_attempt)
+        query = query.where(STEPS.c.attempt == at_attempt)
     return list(session.execute(query).scalars())
 
 
@@ -405,27 +456,59 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     """
     run = changes.run
     values = dict(changes.run_values)
-    query = update(Run).where(Run.id == run.id)
+    query = update(RUNS).where(RUNS.c.id == run.id)
     if changes.run_target is not None and changes.run_target != run.status:
         values["status"] = changes.run_target.value
-        query = query.where(Run.status.in_([s.value for s in run_allowed_from(changes.run_target)]))
+        query = query.where(RUNS.c.status.in_([s.value for s in run_allowed_from(changes.run_target)]))
     if changes.events:
         values["last_seq"] = run.last_seq + len(changes.events)
     if not values:
         return
-    if session.execute(query.values(**values).execution_options(synchronize_session=False)).rowcount != 1:
+    query = query.values(**values)
+    rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
+    deferred = session.info.get(DEFERRED_EVENTS)
+    if rows and deferred is None and session.get_bind().dialect.name == "postgresql":
+        # One round trip for both: every transaction on a step's path ends with this.
+        moved = _update_run_inserting_events(session, query, rows)
+    else:
+        moved = session.execute(query).rowcount == 1
+        if moved and rows and deferred is None:
+            _insert_events(session, rows)
+    if not moved:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
-    if changes.events:
-        rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
+    if rows:
         status = values.get("status")
         staged = dict(previous_status=run.status if status else None, status=status or run.status,
                       waiting_on=values.get("waiting_on", run.waiting_on), status_changed=status is not None)
-        deferred = session.info.get(DEFERRED_EVENTS)
         if deferred is not None:
             deferred.append((run, rows, staged))
-            return
-        _insert_events(session, rows)
-        _stage_written(session, run, rows, **staged)
+        else:
+            _stage_written(session, run, rows, **staged)
+
+
+_EVENT_COLUMNS = ("seq", "type", "step_id", "attempt", "data")
+# The events as one JSON parameter, so the statement's text (and SQLAlchemy's compiled cache entry)
+# is the same whatever the number of events.
+_NEW_EVENTS = (
+    func.jsonb_to_recordset(bindparam("new_events", type_=postgresql.JSONB))
+    .table_valued(*(column(name, EVENTS.c[name].type) for name in _EVENT_COLUMNS))
+    .render_derived(name="new_events", with_types=True)
+)
+
+
+def _update_run_inserting_events(session: Session, run_update, rows: list[dict]) -> bool:
+    """Run the run's guarded UPDATE and insert its events in one statement (PostgreSQL: the events
+    are inserted only if the update moved the run). Sets each row's created_at; False if the
+    guard matched nothing."""
+    moved = run_update.returning(RUNS.c.id).cte("moved_run")
+    statement = insert(EVENTS).from_select(
+        ["run_id", *_EVENT_COLUMNS],
+        select(moved.c.id, *(_NEW_EVENTS.c[name] for name in _EVENT_COLUMNS)).select_from(moved).join(_NEW_EVENTS, true()),
+    ).returning(EVENTS.c.seq, EVENTS.c.created_at)
+    created = dict(session.execute(statement, {"new_events": [{k: row[k] for k in _EVENT_COLUMNS} for row in rows]}).all())
+    for row in rows:
+        row["created_at"] = created.get(row["seq"])
+    return bool(created)
 
 
 # Where apply_run_changes keeps events for one insert at flush_events, after defer_events.
@@ -451,8 +534,10 @@ def _insert_events(session: Session, rows: list[dict]) -> None:
     """Append event rows (run_id, seq, …); each row gets the database's created_at."""
     if not rows:
         return
+    columns = ("run_id", "seq", "type", "step_id", "attempt", "data")
     written = session.execute(
-        insert(Event).returning(Event.seq, Event.created_at, sort_by_parameter_order=True), rows
+        insert(EVENTS).returning(EVENTS.c.seq, EVENTS.c.created_at, sort_by_parameter_order=True),
+        [{key: row[key] for key in columns} for row in rows],
     ).all()
     for row, (_, created_at) in zip(rows, written, strict=True):
         row["created_at"] = created_at
@@ -576,17 +661,6 @@ def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Se
 
 
 # --- people and the outside world: approvals, questions, inbound events -------------------------
-
-
-def append_step_policy(session: Session, run_id: str, step_id: str, decisions: list[dict]) -> None:
-    """Add policy decisions to the step's record (the run is locked by the caller)."""
-    current = session.execute(
-        select(Step.policy).where(Step.run_id == run_id, Step.step_id == step_id)
-    ).scalar_one_or_none()
-    session.execute(
-        update(Step).where(Step.run_id == run_id, Step.step_id == step_id)
-        .values(policy=[*(current or []), *decisions]).execution_options(synchronize_session=False)
-    )
 
 
 def step_checkpoint(session: Session, run_id: str, step_id: str) -> dict | None:
@@ -954,10 +1028,10 @@ def step_queue_rates(session: Session, tenant_id: str, since: datetime) -> dict[
     """Per queue, the tenant's steps queued and finished since ``since``: {queue: {"enqueued", "completed"}}
     (a step's latest attempt; ``ix_steps_queued`` and ``ix_steps_completed`` find them)."""
     result: dict[str, dict[str, int]] = {}
-    for key, column, extra in (("enqueued", Step.queued_at, Step.type.in_(DISPATCHED_TYPES)),
-                               ("completed", Step.completed_at, Step.status.in_(FINISHED_STEP))):
+    for key, timestamp, extra in (("enqueued", Step.queued_at, Step.type.in_(DISPATCHED_TYPES)),
+                                  ("completed", Step.completed_at, Step.status.in_(FINISHED_STEP))):
         query = (select(Step.queue, func.count()).join(Run, Run.id == Step.run_id)
-                 .where(Run.tenant_id == tenant_id, column >= since, extra).group_by(Step.queue))
+                 .where(Run.tenant_id == tenant_id, timestamp >= since, extra).group_by(Step.queue))
         for queue, count in session.execute(query):
             result.setdefault(queue, {"enqueued": 0, "completed": 0})[key] = count
     return result
