@@ -34,9 +34,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Task events on, so a stock Flower can watch the same broker.
+        # Task events on, so a stock Flower can watch the same broker; the publisher's task-sent
+        # event only where asked for (it costs a Redis write per step message).
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=settings.task_sent_events,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,

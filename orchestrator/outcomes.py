@@ -120,25 +120,19 @@ def claim_attempt(
     A message that arrives while its run is paused puts the step back to `pending` (the attempt is
     not spent), so resume dispatches it again.
     """
-    run = repo.lock_run(session, run_id, with_tenant_policy=True)
-    if run is None:
+    found = repo.lock_run_and_claim(session, run_id, step_id, attempt, worker, lease_s)
+    if found is None:
         return None
-    changes = RunChanges(run)
-    if run.status == RunStatus.PAUSED:
-        if repo.update_steps(
+    run = found.run
+    if not found.claimed:
+        if run.status == RunStatus.PAUSED and repo.update_steps(
             session, run_id, [step_id], StepStatus.PENDING,
             only_from=[StepStatus.QUEUED], at_attempt=attempt, attempt=attempt - 1, queued_at=None,
         ):
+            changes = RunChanges(run)
             changes.event("step_deferred", step_id, attempt, reason="run_paused")
             repo.apply_run_changes(session, changes)
         return None
-    if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
-        return None
-    claimed = repo.claim_step(session, run_id, step_id, attempt, worker, lease_s)
-    if claimed is None:
-        return None
-    changes.event("step_started", step_id, attempt, worker=worker)
-    repo.apply_run_changes(session, changes)
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     tenant = policy.Policy.model_validate(run.tenant_policy) if run.tenant_policy else None
     # Read the other steps' outputs and the latest approval only if the step's templates use them:
@@ -148,7 +142,7 @@ def claim_attempt(
         run_id=run_id, step_id=step_id, attempt=attempt, tenant_id=run.tenant_id, workflow_id=run.workflow_id,
         run_input=run.input, run_attempt=run.attempt,
         outputs=repo.succeeded_outputs(session, run_id) if "steps" in names else {},
-        definition=definition, checkpoint=claimed.checkpoint,
+        definition=definition, checkpoint=found.checkpoint,
         approval=repo.latest_approval_decision(session, run_id) if "approval" in names else None,
         run_usage=dict(run.usage or {}), limits=effective_limits(definition, run.limits, tenant),
         tenant_policy=tenant,

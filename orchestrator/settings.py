@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "0.0.0.0"
     # How long GET /queues and GET /workers wait for the workers' answers to Celery's inspect.
     inspect_timeout_s: float = 1.0
+    # Celery's task-sent event: one more Redis write per step message, for Flower's "sent" state only
+    # (the workers' received, started and succeeded events are always on).
+    task_sent_events: bool = False
     # Live streams: a comment line this often keeps proxies from closing an idle stream; with the
     # embedded broker (no pub/sub) each stream polls the database every stream_poll_s instead.
     stream_keepalive_s: float = 15.0

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,23 +118,60 @@ def make_bus(settings: Settings) -> Bus | None:
 
 
 def install_publisher(sessions: sessionmaker[Session], bus: Bus | None) -> None:
-    """Publish what each transaction of ``sessions`` wrote to the event log, after its commit."""
+    """Publish what each transaction of ``sessions`` wrote to the event log, after its commit.
+
+    The publishing itself happens on a thread of the process (``_Publisher``): the commit only hands
+    it over, so what follows a commit on a step's path (the doorbell, the step messages) does not
+    wait for the live streams.
+    """
+    publisher = _Publisher(bus) if bus is not None else None
 
     def _published(session: Session) -> None:
         written = session.info.pop(repo.WRITTEN_EVENTS, None)
-        if not written or bus is None:
-            return
-        try:
-            bus.publish(written)
-        except Exception as exc:  # noqa: BLE001 - followers find the events in the database anyway
-            log.warning("could not publish %d runs' events (%s); live streams catch up from the database",
-                        len(written), exc)
+        if written and publisher is not None:
+            publisher.submit(written)
 
     def _discarded(session: Session, *_args) -> None:
         session.info.pop(repo.WRITTEN_EVENTS, None)
 
     sa_event.listen(sessions, "after_commit", _published)
     sa_event.listen(sessions, "after_rollback", _discarded)
+
+
+class _Publisher:
+    """Sends committed events to the bus from one thread per process, in commit order.
+
+    Started on first use in each process (a forked worker child starts its own). What is still
+    queued when a process dies is lost to the live streams only: followers read it from the database
+    at their next gap check or keepalive.
+    """
+
+    def __init__(self, bus: Bus):
+        self.bus = bus
+        self.queue: queue.SimpleQueue[list[dict]] = queue.SimpleQueue()
+        self.pid: int | None = None
+        self.lock = threading.Lock()
+
+    def submit(self, written: list[dict]) -> None:
+        if self.pid != os.getpid():
+            with self.lock:
+                if self.pid != os.getpid():
+                    self.queue = queue.SimpleQueue()  # a forked child must not share its parent's
+                    threading.Thread(target=self._run, name="switchyard-stream-publisher", daemon=True).start()
+                    self.pid = os.getpid()
+        self.queue.put(written)
+
+    def _run(self) -> None:
+        own = self.queue
+        while True:
+            batch = own.get()
+            while not own.empty():  # publish what piled up in one pipeline
+                batch = batch + own.get_nowait()
+            try:
+                self.bus.publish(batch)
+            except Exception as exc:  # noqa: BLE001 - followers find the events in the database anyway
+                log.warning("could not publish %d runs' events (%s); live streams catch up from the database",
+                            len(batch), exc)
 
 
 # --- following a run ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     true,
     tuple_,
     union_all,
@@ -53,7 +54,7 @@ from orchestrator.db.models import (
     Workflow,
     WorkflowVersion,
 )
-from orchestrator.db.types import bucket_start, db_now, seconds_between
+from orchestrator.db.types import UTCDateTime, bucket_start, db_now, seconds_between
 from orchestrator.states import RunStatus, StepStatus, run_allowed_from, step_allowed_from
 
 LIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
@@ -331,6 +332,81 @@ def lock_run_with_step(session: Session, run_id: str, step_id: str) -> tuple[Run
     view = StepView(step_id, row.step_type, StepStatus(row.step_status), row.step_attempt, row.max_attempts,
                     row.step_queue, bool(row.step_due), bool(row.step_expired), row.step_waiting_on)
     return row, view, row.step_policy
+
+
+@dataclass
+class Claimed:
+    """What ``lock_run_and_claim`` found and did: the run as locked (with ``tenant_policy``) and, if
+    the step was claimed, its checkpoint."""
+
+    run: RunRow
+    claimed: bool
+    checkpoint: dict | None = None
+
+
+# The claim on PostgreSQL, in one statement: lock the run, move the step queued -> running at this
+# attempt if the run is running or waiting, bump the run's last_seq and append `step_started`.
+# `run` is evaluated first (the UPDATE of steps reads it), so the run's row is locked before the
+# step's, the order every writer keeps. The run's columns come from the locked row as it was before
+# the statement's own changes.
+_CLAIM_PG = text("""
+WITH run AS (
+    SELECT * FROM runs WHERE id = :run_id FOR UPDATE
+), claimed AS (
+    UPDATE steps SET status = 'running', started_at = clock_timestamp(), worker = :worker,
+        lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s)
+    WHERE run_id = :run_id AND step_id = :step_id AND attempt = :attempt AND status IN :from_steps
+      AND EXISTS (SELECT 1 FROM run WHERE status IN :from_runs)
+    RETURNING checkpoint
+), bumped AS (
+    UPDATE runs SET last_seq = runs.last_seq + 1 FROM claimed WHERE runs.id = :run_id RETURNING runs.last_seq
+), started AS (
+    INSERT INTO events (run_id, seq, type, step_id, attempt, data, created_at)
+    SELECT :run_id, last_seq, 'step_started', :step_id, :attempt, :data, clock_timestamp() FROM bumped
+    RETURNING seq, created_at
+)
+SELECT run.*, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
+       claimed.checkpoint AS claimed_checkpoint, started.seq AS started_seq, started.created_at AS started_created_at
+FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
+""").bindparams(
+    bindparam("from_steps", expanding=True), bindparam("from_runs", expanding=True),
+    bindparam("data", type_=postgresql.JSONB),
+).columns(started_created_at=UTCDateTime())
+CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+
+
+def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int, worker: str,
+                       lease_s: float) -> Claimed | None:
+    """Lock the run and, if it is running or waiting, claim the step: ``queued → running`` for exactly
+    this attempt, with the worker's name, a lease and its ``step_started`` event. None if there is no
+    such run; ``claimed`` False if the guard matched nothing (a stale or duplicate delivery, or a run
+    that is not running)."""
+    data = {"worker": worker}
+    if session.get_bind().dialect.name == "postgresql":
+        from_steps = [s.value for s in step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}]
+        row = session.execute(_CLAIM_PG, dict(
+            run_id=run_id, step_id=step_id, attempt=attempt, worker=worker, lease_s=float(lease_s), data=data,
+            from_steps=from_steps, from_runs=[s.value for s in CLAIMABLE_RUN],
+        )).one_or_none()
+        if row is None:
+            return None
+        if row.started_seq is None:
+            return Claimed(row, False)
+        event = dict(run_id=run_id, seq=row.started_seq, type="step_started", step_id=step_id, attempt=attempt,
+                     data=data, created_at=row.started_created_at)
+        _stage_written(session, row, [event], previous_status=None, status=row.status,
+                       waiting_on=row.waiting_on, status_changed=False)
+        return Claimed(row, True, row.claimed_checkpoint)
+    run = lock_run(session, run_id, with_tenant_policy=True)
+    if run is None:
+        return None
+    claimed = claim_step(session, run_id, step_id, attempt, worker, lease_s) if run.status in CLAIMABLE_RUN else None
+    if claimed is None:
+        return Claimed(run, False)
+    changes = RunChanges(run)
+    changes.event("step_started", step_id, attempt, **data)
+    apply_run_changes(session, changes)
+    return Claimed(run, True, claimed.checkpoint)
 
 
 def claim_step(session: Session, run_id: str, step_id: str, attempt: int, worker: str, lease_s: float) -> Any:
