@@ -117,7 +117,7 @@ def make_bus(settings: Settings) -> Bus | None:
     return Bus(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
 
 
-def install_publisher(sessions: sessionmaker[Session], bus: Bus | None) -> None:
+def install_publisher(sessions: sessionmaker[Session], bus: Bus | None) -> _Publisher | None:
     """Publish what each transaction of ``sessions`` wrote to the event log, after its commit.
 
     The publishing itself happens on a thread of the process (``_Publisher``): the commit only hands
@@ -136,6 +136,7 @@ def install_publisher(sessions: sessionmaker[Session], bus: Bus | None) -> None:
 
     sa_event.listen(sessions, "after_commit", _published)
     sa_event.listen(sessions, "after_rollback", _discarded)
+    return publisher
 
 
 class _Publisher:
@@ -151,6 +152,8 @@ class _Publisher:
         self.queue: queue.SimpleQueue[list[dict]] = queue.SimpleQueue()
         self.pid: int | None = None
         self.lock = threading.Lock()
+        self.pending = 0  # submitted and not yet sent (or given up on)
+        self.idle = threading.Condition()
 
     def submit(self, written: list[dict]) -> None:
         if self.pid != os.getpid():
@@ -159,19 +162,29 @@ class _Publisher:
                     self.queue = queue.SimpleQueue()  # a forked child must not share its parent's
                     threading.Thread(target=self._run, name="switchyard-stream-publisher", daemon=True).start()
                     self.pid = os.getpid()
+        with self.idle:
+            self.pending += 1
         self.queue.put(written)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until everything submitted so far was sent; False if ``timeout`` passed first."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.pending == 0, timeout)
 
     def _run(self) -> None:
         own = self.queue
         while True:
-            batch = own.get()
+            batch, taken = own.get(), 1
             while not own.empty():  # publish what piled up in one pipeline
-                batch = batch + own.get_nowait()
+                batch, taken = batch + own.get_nowait(), taken + 1
             try:
                 self.bus.publish(batch)
             except Exception as exc:  # noqa: BLE001 - followers find the events in the database anyway
                 log.warning("could not publish %d runs' events (%s); live streams catch up from the database",
                             len(batch), exc)
+            with self.idle:
+                self.pending -= taken
+                self.idle.notify_all()
 
 
 # --- following a run ----------------------------------------------------------------------------
