@@ -182,17 +182,19 @@ class Doorbell:
             log.warning("could not wake the scheduler (%s); the next sweep will pick the work up", exc)
 
     @contextmanager
-    def listening(self) -> Iterator[Callable[[float], int]]:
-        """A ``wait(timeout) -> rings`` function: block until a ring or ``timeout`` seconds, then
-        take every ring that is waiting (one pass over the runs serves them all)."""
+    def listening(self, max_wait_s: float) -> Iterator[Callable[[float], int]]:
+        """A ``wait(timeout) -> rings`` function: block until a ring or ``timeout`` seconds (at most
+        ``max_wait_s``), then take every ring that is waiting (one pass over the runs serves them all)."""
         if self.client is not None:
             import redis
 
-            # Its own connection, without a read timeout: BLPOP blocks for up to the wait's timeout.
-            client = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_keepalive=True)
+            # Its own connection, whose read timeout outlasts the longest BLPOP (redis-py's default
+            # of 5 s would cut a 5 s wait short and count it as a broken connection).
+            client = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_keepalive=True,
+                                          socket_timeout=max_wait_s + 10)
 
             def wait_redis(timeout: float) -> int:
-                if client.blpop([self.key], timeout=max(timeout, 0.001)) is None:
+                if client.blpop([self.key], timeout=min(max(timeout, 0.001), max_wait_s)) is None:
                     return 0
                 pipe = client.pipeline(transaction=False)
                 pipe.llen(self.key)
@@ -209,7 +211,7 @@ class Doorbell:
 
             def wait_kombu(timeout: float) -> int:
                 try:
-                    simple_queue.get(block=True, timeout=max(timeout, 0.001)).ack()
+                    simple_queue.get(block=True, timeout=min(max(timeout, 0.001), max_wait_s)).ack()
                 except Empty:
                     return 0
                 rings = 1

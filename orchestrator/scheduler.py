@@ -346,7 +346,7 @@ class Scheduler:
         log.info("scheduler started (sweep every %.1fs)", self.settings.sweep_interval_s)
         while not self.stopping.is_set():
             try:
-                with self.doorbell.listening() as wait_for_ring:
+                with self.doorbell.listening(self.settings.sweep_interval_s) as wait_for_ring:
                     self._loop(wait_for_ring)
             except Exception:  # noqa: BLE001 - a passing outage must not end the scheduler
                 log.exception("scheduler pass failed; reconnecting in 1s")
