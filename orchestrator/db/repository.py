@@ -16,7 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ClauseElement,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -296,18 +298,22 @@ def lock_run(session: Session, run_id: str) -> RunRow | None:
     return session.execute(select(Run.__table__).where(Run.id == run_id).with_for_update()).one_or_none()
 
 
+# The scheduler's statements are built once: building a statement costs more than running it here.
+_RUNS_WITH_WORK = (
+    select(Run.__table__)
+    .where(Run.__table__.c.has_work.is_(True))
+    .order_by(Run.__table__.c.created_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+
+
 def lock_runs_with_work(session: Session, limit: int) -> Sequence[RunRow]:
     """Up to ``limit`` runs flagged with work, locked; runs another scheduler holds are skipped."""
-    return session.execute(
-        select(Run.__table__)
-        .where(Run.has_work.is_(True))
-        .order_by(Run.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    return session.execute(_RUNS_WITH_WORK, {"limit": limit}).all()
 
 
-@dataclass
+@dataclass(slots=True)
 class StepView:
     """A step as the scheduler and the outcome writer see it, with the clock checks done in SQL.
 
@@ -325,23 +331,29 @@ class StepView:
     waiting_on: str | None = None
 
 
+def _steps_for_update_query():
+    steps, clock = Step.__table__.c, db_now()
+    return (
+        select(steps.run_id, steps.step_id, steps.type, steps.status, steps.attempt, steps.max_attempts, steps.queue,
+               steps.due_at <= clock, steps.lease_expires_at < clock, steps.waiting_on)
+        .where(steps.run_id.in_(bindparam("run_ids", expanding=True)))
+        .order_by(steps.run_id, steps.position)
+    )
+
+
+_STEPS_FOR_UPDATE = _steps_for_update_query()
+_STEP_STATUSES = {status.value: status for status in StepStatus}
+
+
 def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list[StepView]]:
     """The steps of locked runs, with `due` (due_at passed) and `lease_expired` computed by the database."""
-    clock = db_now()
-    rows = session.execute(
-        select(
-            Step.run_id, Step.step_id, Step.type, Step.status, Step.attempt, Step.max_attempts, Step.queue,
-            (Step.due_at <= clock).label("due"), (Step.lease_expires_at < clock).label("expired"), Step.waiting_on,
-        )
-        .where(Step.run_id.in_(run_ids))
-        .order_by(Step.run_id, Step.position)
-    ).all()
     result: dict[str, list[StepView]] = {run_id: [] for run_id in run_ids}
-    for r in rows:
-        result[r.run_id].append(
-            StepView(r.step_id, r.type, StepStatus(r.status), r.attempt, r.max_attempts, r.queue, bool(r.due),
-                     bool(r.expired), r.waiting_on)
-        )
+    statuses = _STEP_STATUSES
+    for run_id, step_id, type_, status, attempt, max_attempts, queue, due, expired, waiting_on in session.execute(
+        _STEPS_FOR_UPDATE, {"run_ids": list(run_ids)}
+    ):
+        result[run_id].append(StepView(step_id, type_, statuses[status], attempt, max_attempts, queue, bool(due),
+                                       bool(expired), waiting_on))
     return result
 
 
@@ -469,6 +481,109 @@ def _stage_written(session: Session, run, rows: list[dict], previous_status: str
     )
 
 
+# --- the scheduler's pass: the guarded writes of many locked runs at once -------------------------
+
+
+def move_steps_many(
+    session: Session,
+    keys: Sequence[tuple[str, str]],
+    target: StepStatus,
+    *,
+    only_from: Iterable[StepStatus] | None = None,
+    **values: Any,
+) -> set[tuple[str, str]]:
+    """update_steps for the steps of many runs, in one statement: move the steps ``keys`` (run id,
+    step id) to ``target`` where the table (narrowed to ``only_from``) allows it; return the keys
+    actually changed."""
+    if not keys:
+        return set()
+    steps = Step.__table__.c
+    allowed = sorted(s.value for s in step_allowed_from(target, only_from))
+    query = (
+        update(Step.__table__)
+        .where(tuple_(steps.run_id, steps.step_id).in_(keys), steps.status.in_(allowed))
+        .values(status=target.value, **values)
+        .returning(steps.run_id, steps.step_id)
+    )
+    return {(run_id, step_id) for run_id, step_id in session.execute(query)}
+
+
+def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """The outputs of the succeeded steps among ``keys`` (run id, step id), by key."""
+    if not keys:
+        return {}
+    steps = Step.__table__.c
+    rows = session.execute(
+        select(steps.run_id, steps.step_id, steps.output)
+        .where(tuple_(steps.run_id, steps.step_id).in_(keys), steps.status == StepStatus.SUCCEEDED.value)
+    )
+    return {(run_id, step_id): output for run_id, step_id, output in rows}
+
+
+def apply_many_run_changes(session: Session, many: Sequence[RunChanges]) -> None:
+    """apply_run_changes for many locked runs: the runs whose changes set the same columns (with the
+    same SQL expressions) and take the same guard are written by one executemany, and the events of
+    all of them are inserted by one statement.
+
+    Raises StaleRunState if a guard matched nothing, so the caller's transaction rolls back whole.
+    """
+    runs = Run.__table__
+    groups: dict[tuple, tuple[Any, list[dict[str, Any]]]] = {}
+    events: list[tuple[RunRow, list[dict], dict[str, Any]]] = []
+    for changes in many:
+        run, values = changes.run, dict(changes.run_values)
+        target = changes.run_target if changes.run_target not in (None, run.status) else None
+        if target is not None:
+            values["status"] = target.value
+        if changes.events:
+            values["last_seq"] = run.last_seq + len(changes.events)
+        if not values:
+            continue
+        expressions = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}
+        bound = sorted(k for k in values if k not in expressions)
+        # An expression is told apart by identity: callers that share one (a module's db_now()) share a statement.
+        shape = (target, tuple(bound), tuple(sorted((k, id(v)) for k, v in expressions.items())))
+        if shape not in groups:
+            query = update(runs).where(runs.c.id == bindparam("run_id_")).values(
+                **{k: bindparam(f"new_{k}", type_=runs.c[k].type) for k in bound}, **expressions
+            )
+            if target is not None:
+                # OR, not IN: an IN list is an expanding parameter, which executemany does not take.
+                query = query.where(or_(*(runs.c.status == s.value for s in sorted(run_allowed_from(target)))))
+            groups[shape] = (query, [])
+        groups[shape][1].append({"run_id_": run.id, **{f"new_{k}": values[k] for k in bound}})
+        if changes.events:
+            rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
+            status = values.get("status")
+            events.append((run, rows, dict(
+                previous_status=run.status if status else None, status=status or run.status,
+                waiting_on=values.get("waiting_on", run.waiting_on), status_changed=status is not None,
+            )))
+    for query, params in groups.values():
+        if session.execute(query, params).rowcount != len(params):
+            stale = [p["run_id_"] for p in params]
+            raise StaleRunState(f"one of runs {stale} is no longer in the status its changes were decided from")
+    _insert_event_rows(session, [row for _, rows, _ in events for row in rows])
+    for run, rows, staged in events:
+        _stage_written(session, run, rows, **staged)
+
+
+def _insert_event_rows(session: Session, rows: list[dict]) -> None:
+    """_insert_events for a pass's many runs: a Core executemany is one statement for all the rows,
+    where the ORM's bulk insert starts a new statement at every row whose None values differ from
+    the previous row's (a run event after a step event)."""
+    if not rows:
+        return
+    events = Event.__table__
+    written = session.execute(
+        insert(events).returning(events.c.created_at, sort_by_parameter_order=True),
+        [{"run_id": r["run_id"], "seq": r["seq"], "type": r["type"], "step_id": r["step_id"],
+          "attempt": r["attempt"], "data": r["data"]} for r in rows],
+    ).scalars().all()
+    for row, created_at in zip(rows, written, strict=True):
+        row["created_at"] = created_at
+
+
 # --- the worker's side of an attempt ------------------------------------------------------------
 
 
@@ -510,11 +625,12 @@ def flag_runs_with_due_steps(session: Session) -> int:
 
 
 def seconds_until_next_due(session: Session) -> float | None:
-    """Seconds until the earliest retry or timer comes due (negative if overdue); None if none waits."""
-    next_due = session.execute(select(func.min(Step.due_at))).scalar_one_or_none()
-    if next_due is None:
-        return None
-    return (next_due - now(session)).total_seconds()
+    """Seconds until the earliest retry or timer still to come comes due; None if none is ahead (what
+    is due already is the sweep's, or was just fired)."""
+    clock = db_now()
+    return session.execute(
+        select(seconds_between(clock, func.min(Step.due_at))).where(Step.due_at > clock)
+    ).scalar_one_or_none()
 
 
 def queued_steps(session: Session) -> Sequence[Any]:
@@ -556,12 +672,14 @@ def diagnosis_facts(
 def insert_outbox(session: Session, messages: list[dict]) -> list[int]:
     if not messages:
         return []
-    return list(session.execute(insert(Outbox).returning(Outbox.id), messages).scalars())
+    outbox = Outbox.__table__
+    return list(session.execute(insert(outbox).returning(outbox.c.id), messages).scalars())
 
 
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
     if outbox_ids:
-        session.execute(delete(Outbox).where(Outbox.id.in_(outbox_ids)))
+        outbox = Outbox.__table__
+        session.execute(delete(outbox).where(outbox.c.id.in_(outbox_ids)))
 
 
 def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Outbox]:
