@@ -333,12 +333,13 @@ class Scheduler:
         published = list(self.published_outbox)
         with transaction(self.sessions) as session:
             repo.delete_outbox(session, published)
-            # Due times are fired here when one has passed, not only by the sweep: the loop wakes for them.
-            flagged = self._due_passed() and repo.flag_runs_with_due_steps(session) >= 0
+            # A due time that has passed is fired by this pass, not left to the sweep: the loop wakes for it.
+            reread_due = self._due_passed()
+            if reread_due:
+                repo.flag_runs_with_due_steps(session)
             runs = repo.lock_runs_with_work(session, self.batch_size)
             if runs:
                 views = repo.steps_for_update(session, [r.id for r in runs])
-                timed = flagged or _has_due_times(views)
                 definitions = self.catalog.get_many(
                     session, [(r.tenant_id, r.workflow_id, r.workflow_version) for r in runs]
                 )
@@ -352,10 +353,10 @@ class Scheduler:
                             advance_run(session, run, views[run.id], definitions[key], out, writes)
                 writes.flush()
                 outbox_ids = repo.insert_outbox(session, out.messages)
-                timed = timed or _has_due_times(views)
-            else:
-                timed = flagged
-            if timed:
+                # A new due time ahead is on a step retrying or waiting after the pass; one that went
+                # away unseen (a retry cancelled by fail-fast) only wakes the loop once for nothing.
+                reread_due = reread_due or _has_due_times(views)
+            if reread_due:
                 self._read_next_due(session)
         del self.published_outbox[:len(published)]
         return out, len(runs), outbox_ids
@@ -506,8 +507,11 @@ class Scheduler:
 
 
 def _has_due_times(views: dict[str, list[StepView]]) -> bool:
-    """Whether a step may hold (or have just dropped) a due time: the next due time is read again."""
-    return any(v.status in (StepStatus.RETRYING, StepStatus.WAITING) for steps in views.values() for v in steps)
+    """Whether a step may hold a due time still ahead (a retry's backoff, a timer, an event's timeout)."""
+    return any(v.status in _MAY_BE_DUE for steps in views.values() for v in steps)
+
+
+_MAY_BE_DUE = frozenset({StepStatus.RETRYING, StepStatus.WAITING})
 
 
 def _close_quietly(resource) -> None:

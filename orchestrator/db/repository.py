@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlalchemy import (
     ClauseElement,
+    String,
     and_,
+    any_,
     bindparam,
     case,
     delete,
@@ -331,17 +333,24 @@ class StepView:
     waiting_on: str | None = None
 
 
-def _steps_for_update_query():
+def _steps_for_update_query(of_runs):
     steps, clock = Step.__table__.c, db_now()
     return (
         select(steps.run_id, steps.step_id, steps.type, steps.status, steps.attempt, steps.max_attempts, steps.queue,
                steps.due_at <= clock, steps.lease_expires_at < clock, steps.waiting_on)
-        .where(steps.run_id.in_(bindparam("run_ids", expanding=True)))
+        .where(of_runs)
         .order_by(steps.run_id, steps.position)
     )
 
 
-_STEPS_FOR_UPDATE = _steps_for_update_query()
+# On PostgreSQL the run ids go as one array: psycopg parses a statement of more than 50 parameters
+# anew on every call, which costs more than the query for a batch of 200 runs.
+_STEPS_FOR_UPDATE = {
+    "postgresql": _steps_for_update_query(
+        Step.__table__.c.run_id == any_(bindparam("run_ids", type_=postgresql.ARRAY(String)))
+    ),
+    "sqlite": _steps_for_update_query(Step.__table__.c.run_id.in_(bindparam("run_ids", expanding=True))),
+}
 _STEP_STATUSES = {status.value: status for status in StepStatus}
 
 
@@ -349,9 +358,10 @@ def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list
     """The steps of locked runs, with `due` (due_at passed) and `lease_expired` computed by the database."""
     result: dict[str, list[StepView]] = {run_id: [] for run_id in run_ids}
     statuses = _STEP_STATUSES
+    query = _STEPS_FOR_UPDATE[session.get_bind().dialect.name]
     for run_id, step_id, type_, status, attempt, max_attempts, queue, due, expired, waiting_on in session.execute(
-        _STEPS_FOR_UPDATE, {"run_ids": list(run_ids)}
-    ):
+        query, {"run_ids": list(run_ids)}
+    ).all():
         result[run_id].append(StepView(step_id, type_, statuses[status], attempt, max_attempts, queue, bool(due),
                                        bool(expired), waiting_on))
     return result
@@ -568,20 +578,44 @@ def apply_many_run_changes(session: Session, many: Sequence[RunChanges]) -> None
         _stage_written(session, run, rows, **staged)
 
 
+_EVENT_COLUMNS = ("run_id", "seq", "type", "step_id", "attempt", "data")
+
+
 def _insert_event_rows(session: Session, rows: list[dict]) -> None:
-    """_insert_events for a pass's many runs: a Core executemany is one statement for all the rows,
-    where the ORM's bulk insert starts a new statement at every row whose None values differ from
-    the previous row's (a run event after a step event)."""
+    """_insert_events for a pass's many runs, as one statement for all the rows (the ORM's bulk insert
+    starts a new one at every row whose None values differ from the previous row's: a run event after
+    a step event). On PostgreSQL the rows go as one array per column: psycopg parses a statement of
+    many parameters anew on every call, which costs more than the insert itself."""
     if not rows:
         return
     events = Event.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        written = session.execute(_INSERT_EVENT_ARRAYS, {c: [r[c] for r in rows] for c in _EVENT_COLUMNS}).all()
+        created = {(run_id, seq): created_at for run_id, seq, created_at in written}
+        for row in rows:
+            row["created_at"] = created[(row["run_id"], row["seq"])]
+        return
     written = session.execute(
         insert(events).returning(events.c.created_at, sort_by_parameter_order=True),
-        [{"run_id": r["run_id"], "seq": r["seq"], "type": r["type"], "step_id": r["step_id"],
-          "attempt": r["attempt"], "data": r["data"]} for r in rows],
+        [{c: r[c] for c in _EVENT_COLUMNS} for r in rows],
     ).scalars().all()
     for row, created_at in zip(rows, written, strict=True):
         row["created_at"] = created_at
+
+
+def _insert_event_arrays():
+    events = Event.__table__
+    arrays = func.unnest(
+        *(bindparam(c, type_=postgresql.ARRAY(events.c[c].type)) for c in _EVENT_COLUMNS)
+    ).table_valued(*_EVENT_COLUMNS).render_derived(name="new_event")
+    return (
+        insert(events)
+        .from_select([*_EVENT_COLUMNS, "created_at"], select(*(arrays.c[c] for c in _EVENT_COLUMNS), db_now()))
+        .returning(events.c.run_id, events.c.seq, events.c.created_at)
+    )
+
+
+_INSERT_EVENT_ARRAYS = _insert_event_arrays()
 
 
 # --- the worker's side of an attempt ------------------------------------------------------------
