@@ -332,12 +332,11 @@ class Scheduler:
         out, runs, outbox_ids = Pass(), [], []
         published = list(self.published_outbox)
         with transaction(self.sessions) as session:
-            repo.delete_outbox(session, published)
             # A due time that has passed is fired by this pass, not left to the sweep: the loop wakes for it.
             reread_due = self._due_passed()
             if reread_due:
                 repo.flag_runs_with_due_steps(session)
-            runs = repo.lock_runs_with_work(session, self.batch_size)
+            runs = repo.lock_runs_with_work(session, self.batch_size, published_outbox=published)
             if runs:
                 views = repo.steps_for_update(session, [r.id for r in runs])
                 definitions = self.catalog.get_many(
@@ -388,7 +387,7 @@ class Scheduler:
             return
         self.published_outbox += outbox_ids
 
-    def forget_published(self) -> None:
+    def _forget_published(self) -> None:
         """Delete the outbox rows published since the last transaction, in a transaction of their own."""
         published = list(self.published_outbox)
         if published:
@@ -494,7 +493,7 @@ class Scheduler:
                 # The next pass would delete the published rows; if no ring comes soon, delete them now.
                 if self.doorbell.wait(wake_queue, IDLE_CLEANUP_S):
                     continue
-                self.forget_published()
+                self._forget_published()
                 timeout -= IDLE_CLEANUP_S
             self.doorbell.wait(wake_queue, timeout)
 

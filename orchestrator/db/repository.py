@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     ClauseElement,
+    Integer,
     String,
     and_,
     any_,
@@ -308,10 +309,27 @@ _RUNS_WITH_WORK = (
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+# The same, deleting outbox rows on the way (PostgreSQL runs a DELETE in a WITH even if unreferenced).
+_RUNS_WITH_WORK_FORGETTING_OUTBOX = _RUNS_WITH_WORK.add_cte(
+    delete(Outbox.__table__)
+    .where(Outbox.__table__.c.id == any_(bindparam("published", type_=postgresql.ARRAY(Integer))))
+    .cte("published")
+)
 
 
-def lock_runs_with_work(session: Session, limit: int) -> Sequence[RunRow]:
-    """Up to ``limit`` runs flagged with work, locked; runs another scheduler holds are skipped."""
+def lock_runs_with_work(session: Session, limit: int, published_outbox: Sequence[int] = ()) -> Sequence[RunRow]:
+    """Up to ``limit`` runs flagged with work, locked; runs another scheduler holds are skipped.
+
+    The outbox rows ``published_outbox`` are deleted too: on PostgreSQL in the same statement, so the
+    scheduler's pass pays no round trip for the messages its previous pass published.
+    """
+    if not published_outbox:
+        return session.execute(_RUNS_WITH_WORK, {"limit": limit}).all()
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(
+            _RUNS_WITH_WORK_FORGETTING_OUTBOX, {"limit": limit, "published": list(published_outbox)}
+        ).all()
+    delete_outbox(session, published_outbox)
     return session.execute(_RUNS_WITH_WORK, {"limit": limit}).all()
 
 
