@@ -1,8 +1,9 @@
 """The scheduler: claims runs that have work, advances them, publishes what they need.
 
-Woken by the doorbell (a message on its own queue) or by the next due time; a slow sweep flags
-runs with due retries or expired leases and re-publishes outbox rows left unsent. Several
-schedulers may run: runs are claimed with ``FOR UPDATE SKIP LOCKED``.
+Woken by the doorbell (a message on its own queue) or by the next due time (then the pass flags
+the runs whose retries or timers are due); a slow sweep flags runs with due retries or expired
+leases and re-publishes outbox rows left unsent. Several schedulers may run: runs are claimed with
+``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
