@@ -7,6 +7,7 @@ syntax. It collects every problem so the 400 names them all at once.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import jsonschema
@@ -126,13 +127,16 @@ class Definition(_Strict):
     # Per step, the names its templates read; a definition is immutable, so it is worked out once.
     _template_names: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
 
-    def step(self, step_id: str) -> Step:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
+    # A definition is frozen, so what is derived from its steps is computed once (the scheduler asks
+    # for it for every run of every pass). Callers must not change what these return.
+    @cached_property
+    def steps_by_id(self) -> dict[str, Step]:
+        return {s.id: s for s in self.steps}
 
-    @property
+    def step(self, step_id: str) -> Step:
+        return self.steps_by_id[step_id]
+
+    @cached_property
     def needs(self) -> dict[str, list[str]]:
         return {s.id: list(s.needs) for s in self.steps}
 

@@ -1,8 +1,9 @@
 """The scheduler: claims runs that have work, advances them, publishes what they need.
 
-Woken by the doorbell (a message on its own queue) or by the next due time; a slow sweep flags
-runs with due retries or expired leases and re-publishes outbox rows left unsent. Several
-schedulers may run: runs are claimed with ``FOR UPDATE SKIP LOCKED``.
+Woken by the doorbell (a message on its own queue) or by the next due time (then the pass flags
+the runs whose retries or timers are due); a slow sweep flags runs with due retries or expired
+leases and re-publishes outbox rows left unsent. Several schedulers may run: runs are claimed with
+``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from orchestrator.definitions import ApprovalStep, Definition, QuestionStep, Tim
 from orchestrator.errors import StepError
 from orchestrator.outcomes import WORKER_LOST, ErrorInfo, Outcome, apply_outcome
 from orchestrator.settings import Settings
-from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
+from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus, step_allowed_from
 
 log = logging.getLogger(__name__)
+
+# How long an idle scheduler waits for a ring before it deletes the outbox rows it published.
+IDLE_CLEANUP_S = 0.2
 
 
 @dataclass
@@ -40,73 +44,152 @@ class Pass:
     revoke: list[str] = field(default_factory=list)
 
 
-def advance_run(session: Session, run, views: list[StepView], definition: Definition, out: Pass) -> None:
+# Shared by every step a pass queues, so that PassWrites can write them all in one statement (it
+# groups changes by the very expressions they set).
+NEXT_ATTEMPT = Step.attempt + 1
+NOW = db_now()
+
+
+class PassWrites:
+    """Where advance_run's guarded writes go.
+
+    In a batch (``deferred``) the step moves and run changes of all its runs are kept and written
+    together by flush(): a statement per kind of change, not per run. Which steps a guard lets move
+    is predicted from the step views, read under the runs' locks (every writer of a step holds its
+    run's lock), and flush() checks the prediction: a guard that matches nothing there raises
+    StaleRunState, and the batch is redone run by run. For one run in its savepoint (not deferred)
+    each write goes to the database at once, and a step whose guard fails is skipped.
+    """
+
+    def __init__(self, session: Session, deferred: bool):
+        self.session, self.deferred = session, deferred
+        self._moves: dict[tuple, tuple[StepStatus, list[StepStatus] | None, dict, list[tuple[str, str]]]] = {}
+        self._moving_runs: set[str] = set()
+        self._runs: list[tuple[RunChanges, list[str] | None]] = []
+
+    def move_steps(self, changes: RunChanges, views: list[StepView], step_ids: list[str], target: StepStatus,
+                   only_from: list[StepStatus] | None = None, **values) -> list[str]:
+        """Move the run's steps to ``target`` where the transition table allows it; the ids moved."""
+        run_id = changes.run.id
+        if not self.deferred:
+            return repo.update_steps(self.session, run_id, step_ids, target, only_from=only_from, **values)
+        allowed = step_allowed_from(target, only_from)
+        statuses = {v.step_id: v.status for v in views}
+        moved = [s for s in step_ids if statuses[s] in allowed]
+        if moved:
+            # Keyed by identity: the values of the first move of a kind stay referenced here, so an id
+            # cannot be reused by another object while the key lives.
+            key = (target, allowed, tuple(sorted((k, id(v)) for k, v in values.items())))
+            self._moves.setdefault(key, (target, only_from, values, []))[3].extend((run_id, s) for s in moved)
+            self._moving_runs.add(run_id)
+        return moved
+
+    def before_direct_writes(self, run_id: str) -> None:
+        """Write the run's kept step moves: what comes next writes its steps itself and must see them."""
+        if run_id in self._moving_runs:
+            self._write_moves()
+
+    def finish_run(self, changes: RunChanges, output_of: list[str] | None = None) -> None:
+        """The run's changes are complete; ``output_of``: the run succeeded with these steps' outputs."""
+        if self.deferred:
+            self._runs.append((changes, output_of))
+            return
+        self._set_outputs([(changes, output_of)])
+        repo.apply_run_changes(self.session, changes)
+
+    def flush(self) -> None:
+        """Write what was kept (deferred); raises StaleRunState if a guard matched nothing."""
+        self._write_moves()
+        runs, self._runs = self._runs, []
+        self._set_outputs(runs)
+        repo.apply_many_run_changes(self.session, [changes for changes, _ in runs])
+
+    def _write_moves(self) -> None:
+        moves, self._moves = self._moves, {}
+        self._moving_runs.clear()
+        for target, only_from, values, keys in moves.values():
+            moved = repo.move_steps_many(self.session, keys, target, only_from=only_from, **values)
+            if len(moved) != len(keys):
+                raise repo.StaleRunState(
+                    f"steps {sorted(set(keys) - moved)} changed under their runs' locks; cannot move them to {target}"
+                )
+
+    def _set_outputs(self, runs: list[tuple[RunChanges, list[str] | None]]) -> None:
+        keys = [(changes.run.id, s) for changes, sinks in runs if sinks for s in sinks]
+        if not keys:
+            return
+        outputs = repo.step_outputs(self.session, keys)
+        for changes, sinks in runs:
+            if sinks:
+                changes.run_values["output"] = {s: outputs.get((changes.run.id, s)) for s in sinks}
+
+
+def advance_run(session: Session, run, views: list[StepView], definition: Definition, out: Pass,
+                writes: PassWrites) -> None:
     """Advance one locked run as far as the database state allows, in the caller's transaction."""
     changes = RunChanges(run)
     changes.run_values["has_work"] = False
     status = RunStatus(run.status)
     if status in TERMINAL_RUN:
-        repo.apply_run_changes(session, changes)
+        writes.finish_run(changes)
         return
     if status is RunStatus.QUEUED:
         changes.run_target = status = RunStatus.RUNNING
-        changes.run_values["started_at"] = db_now()
+        changes.run_values["started_at"] = NOW
         changes.event("run_started")
     for view in views:
         if view.status is StepStatus.RUNNING and view.lease_expired:
             revoke = apply_outcome(session, changes, definition, views, view, WORKER_LOST)
             out.revoke += revoke or []
             if changes.run_target is RunStatus.FAILED:
-                repo.apply_run_changes(session, changes)
+                writes.finish_run(changes)
                 return
     if status is RunStatus.PAUSED:
-        repo.apply_run_changes(session, changes)
+        writes.finish_run(changes)
         return
-    _fire_due(session, changes, views, definition, out)
+    _fire_due(session, changes, views, definition, out, writes)
     if changes.run_target is RunStatus.FAILED:
-        repo.apply_run_changes(session, changes)
+        writes.finish_run(changes)
         return
+    needs = definition.needs
+    types = {v.step_id: v.type for v in views}
+    waits = {v.step_id: v.waiting_on for v in views if v.waiting_on}
     while True:
-        decision = dag.advance(
-            definition.needs, {v.step_id: v.status for v in views}, {v.step_id: v.type for v in views},
-            {v.step_id: v.waiting_on for v in views if v.waiting_on},
-        )
-        _dispatch(session, changes, views, definition, decision.dispatch, out)
-        _park(session, changes, views, definition, decision.park, out)
+        decision = dag.advance(needs, {v.step_id: v.status for v in views}, types, waits)
+        _dispatch(changes, views, definition, decision.dispatch, out, writes)
+        if decision.park:
+            writes.before_direct_writes(run.id)
+            _park(session, changes, views, definition, decision.park, out)
         if changes.run_target is RunStatus.FAILED:
-            repo.apply_run_changes(session, changes)
+            writes.finish_run(changes)
             return
         # A parked step may have completed at once (an event kept from before it waited): go again.
         if all(v.status is StepStatus.WAITING for v in views if v.step_id in decision.park):
             break
     if decision.run_status is RunStatus.SUCCEEDED:
-        outputs = repo.succeeded_outputs(session, run.id)
-        sinks = dag.sink_steps([s.id for s in definition.steps], definition.needs)
         changes.run_target = RunStatus.SUCCEEDED
-        changes.run_values.update(output={s: outputs.get(s) for s in sinks}, completed_at=db_now(), waiting_on=None)
+        changes.run_values.update(completed_at=NOW, waiting_on=None)
         changes.event("run_succeeded")
-    elif decision.run_status != status or (status is RunStatus.WAITING and decision.waiting_on != run.waiting_on):
+        writes.finish_run(changes, output_of=dag.sink_steps([s.id for s in definition.steps], needs))
+        return
+    if decision.run_status != status or (status is RunStatus.WAITING and decision.waiting_on != run.waiting_on):
         changes.run_target = decision.run_status
         changes.run_values["waiting_on"] = decision.waiting_on
         if decision.run_status is RunStatus.WAITING:
             changes.event("run_waiting", waiting_on=decision.waiting_on)
         else:
             changes.event("run_resumed" if status is RunStatus.WAITING else "run_running")
-    repo.apply_run_changes(session, changes)
+    writes.finish_run(changes)
 
 
-def _fire_due(session, changes: RunChanges, views: list[StepView], definition: Definition, out: Pass) -> None:
+def _fire_due(session, changes: RunChanges, views: list[StepView], definition: Definition, out: Pass,
+              writes: PassWrites) -> None:
     """Retries whose backoff has passed are queued again; timers fire; event waits time out."""
     run_id = changes.run.id
     retry_ids = [v.step_id for v in views if v.status is StepStatus.RETRYING and v.due]
-    for step_id in repo.update_steps(
-        session, run_id, retry_ids, StepStatus.QUEUED,
-        attempt=Step.attempt + 1, queued_at=db_now(), due_at=None,
-    ):
-        view = next(v for v in views if v.step_id == step_id)
-        view.status, view.attempt = StepStatus.QUEUED, view.attempt + 1
-        changes.event("step_queued", step_id, view.attempt)
-        out.messages.append(_message(run_id, view, definition))
+    _queue(changes, views, definition, out, writes.move_steps(
+        changes, views, retry_ids, StepStatus.QUEUED, attempt=NEXT_ATTEMPT, queued_at=NOW, due_at=None,
+    ))
     for view in [v for v in views if v.status is StepStatus.WAITING and v.due]:
         if changes.run_target is RunStatus.FAILED:
             return
@@ -116,19 +199,28 @@ def _fire_due(session, changes: RunChanges, views: list[StepView], definition: D
             outcome = Outcome(error=ErrorInfo("event_timeout", "no event arrived before timeout_s", False))
         else:
             continue
+        writes.before_direct_writes(run_id)
         out.revoke += apply_outcome(session, changes, definition, views, view, outcome) or []
 
 
-def _dispatch(session, changes: RunChanges, views, definition: Definition, step_ids: list[str], out: Pass) -> None:
-    run_id = changes.run.id
-    for step_id in repo.update_steps(
-        session, run_id, step_ids, StepStatus.QUEUED,
-        only_from=[StepStatus.PENDING], attempt=Step.attempt + 1, queued_at=db_now(),
-    ):
-        view = next(v for v in views if v.step_id == step_id)
+def _dispatch(changes: RunChanges, views, definition: Definition, step_ids: list[str], out: Pass,
+              writes: PassWrites) -> None:
+    _queue(changes, views, definition, out, writes.move_steps(
+        changes, views, step_ids, StepStatus.QUEUED, only_from=[StepStatus.PENDING], attempt=NEXT_ATTEMPT,
+        queued_at=NOW,
+    ))
+
+
+def _queue(changes: RunChanges, views: list[StepView], definition: Definition, out: Pass, queued: list[str]) -> None:
+    """The steps just moved to `queued`: their events and messages."""
+    if not queued:
+        return
+    by_id = {v.step_id: v for v in views}
+    for step_id in queued:
+        view = by_id[step_id]
         view.status, view.attempt = StepStatus.QUEUED, view.attempt + 1
         changes.event("step_queued", step_id, view.attempt)
-        out.messages.append(_message(run_id, view, definition))
+        out.messages.append(_message(changes.run.id, view, definition))
 
 
 def _park(session, changes: RunChanges, views, definition: Definition, step_ids: list[str], out: Pass) -> None:
@@ -210,14 +302,21 @@ class Scheduler:
         self.catalog = DefinitionCatalog()
         self.batch_size = batch_size
         self.stopping = threading.Event()
+        # Outbox rows published since the last transaction: the next one deletes them (a pass, the
+        # sweep, or the idle cleanup in _loop), so a publish costs no commit of its own.
+        self.published_outbox: list[int] = []
+        # When (time.monotonic()) the earliest due time ahead comes, as last read in a transaction
+        # that could have changed it; None if none is ahead.
+        self.next_due: float | None = None
 
     def advance_batch(self) -> int:
         """Advance up to batch_size runs with work in one transaction, then publish. Returns runs advanced.
 
         The batch is first tried without a savepoint per run (two round trips fewer per run) and with
-        the events of all its runs inserted in one statement at the end; if any
-        run raises, that transaction is rolled back whole and the batch is done again with each run in
-        a savepoint of its own, so the run that trips a bug is set aside and the others advance.
+        the writes of all its runs kept and done together at the end (PassWrites); if any run raises,
+        or a guard there matches nothing, that transaction is rolled back whole and the batch is done
+        again with each run in a savepoint of its own, so the run that trips a bug is set aside and the
+        others advance.
         """
         try:
             out, advanced, outbox_ids = self._advance_locked(isolated=False)
@@ -231,26 +330,35 @@ class Scheduler:
         return advanced
 
     def _advance_locked(self, isolated: bool) -> tuple[Pass, int, list[int]]:
-        out = Pass()
+        out, runs, outbox_ids = Pass(), [], []
+        published = list(self.published_outbox)
         with transaction(self.sessions) as session:
-            runs = repo.lock_runs_with_work(session, self.batch_size)
-            if not runs:
-                return out, 0, []
-            views = repo.steps_for_update(session, [r.id for r in runs])
-            definitions = self.catalog.get_many(
-                session, [(r.tenant_id, r.workflow_id, r.workflow_version) for r in runs]
-            )
-            if not isolated:
-                repo.defer_events(session)
-            for run in runs:
-                key = (run.tenant_id, run.workflow_id, run.workflow_version)
-                with logs.bound(run_id=run.id, tenant=run.tenant_id):
-                    if isolated:
-                        self._advance_one(session, run, views[run.id], definitions[key], out)
-                    else:
-                        advance_run(session, run, views[run.id], definitions[key], out)
-            repo.flush_events(session)
-            outbox_ids = repo.insert_outbox(session, out.messages)
+            # A due time that has passed is fired by this pass, not left to the sweep: the loop wakes for it.
+            reread_due = self._due_passed()
+            if reread_due:
+                repo.flag_runs_with_due_steps(session)
+            runs = repo.lock_runs_with_work(session, self.batch_size, published_outbox=published)
+            if runs:
+                views = repo.steps_for_update(session, [r.id for r in runs])
+                definitions = self.catalog.get_many(
+                    session, [(r.tenant_id, r.workflow_id, r.workflow_version) for r in runs]
+                )
+                writes = PassWrites(session, deferred=not isolated)
+                for run in runs:
+                    key = (run.tenant_id, run.workflow_id, run.workflow_version)
+                    with logs.bound(run_id=run.id, tenant=run.tenant_id):
+                        if isolated:
+                            self._advance_one(session, run, views[run.id], definitions[key], out)
+                        else:
+                            advance_run(session, run, views[run.id], definitions[key], out, writes)
+                writes.flush()
+                outbox_ids = repo.insert_outbox(session, out.messages)
+                # A new due time ahead is on a step retrying or waiting after the pass; one that went
+                # away unseen (a retry cancelled by fail-fast) only wakes the loop once for nothing.
+                reread_due = reread_due or _has_due_times(views)
+            if reread_due:
+                self._read_next_due(session)
+        del self.published_outbox[:len(published)]
         return out, len(runs), outbox_ids
 
     def _advance_one(self, session: Session, run, views: list[StepView], definition: Definition, out: Pass) -> None:
@@ -259,7 +367,7 @@ class Scheduler:
         mine = Pass()
         try:
             with session.begin_nested():
-                advance_run(session, run, views, definition, mine)
+                advance_run(session, run, views, definition, mine, PassWrites(session, deferred=False))
         except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
             log.exception("advancing run %s failed; it is set aside until an operator acts on it", run.id)
             with session.begin_nested():
@@ -278,15 +386,25 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - the outbox keeps them; the sweep re-publishes
             log.warning("publishing %d step messages failed (%s); the sweep will retry", len(messages), exc)
             return
-        with transaction(self.sessions) as session:
-            repo.delete_outbox(session, outbox_ids)
+        self.published_outbox += outbox_ids
+
+    def _forget_published(self) -> None:
+        """Delete the outbox rows published since the last transaction, in a transaction of their own."""
+        published = list(self.published_outbox)
+        if published:
+            with transaction(self.sessions) as session:
+                repo.delete_outbox(session, published)
+            del self.published_outbox[:len(published)]
 
     def sweep(self) -> None:
         """The safety net: flag due and lost work, re-publish what was committed but never sent, and
         every queued step if the broker lost its messages."""
         if self.epoch.lost():
             self._republish_queued()
+        published = list(self.published_outbox)
         with transaction(self.sessions) as session:
+            # First: a row this scheduler published is never stale, however long it was idle since.
+            repo.delete_outbox(session, published)
             flagged = repo.flag_runs_with_due_steps(session)
             stale = repo.stale_outbox(session, self.settings.outbox_republish_after_s)
             messages = [
@@ -295,11 +413,20 @@ class Scheduler:
                 for m in stale
             ]
             stale_ids = [m.id for m in stale]
+            self._read_next_due(session)
+        del self.published_outbox[:len(published)]
         if flagged:
             log.info("sweep flagged %d runs with due or lost steps", flagged)
         if messages:
             log.warning("re-publishing %d step messages left in the outbox", len(messages))
             self._publish(messages, stale_ids)
+
+    def _due_passed(self) -> bool:
+        return self.next_due is not None and time.monotonic() >= self.next_due
+
+    def _read_next_due(self, session: Session) -> None:
+        until_due = repo.seconds_until_next_due(session)
+        self.next_due = None if until_due is None else time.monotonic() + until_due
 
     def _republish_queued(self) -> None:
         """Publish every `queued` step's message again; a copy that did survive is dropped by the
@@ -331,11 +458,10 @@ class Scheduler:
         return total
 
     def wait_timeout(self) -> float:
-        with transaction(self.sessions) as session:
-            until_due = repo.seconds_until_next_due(session)
-        if until_due is None:
+        """Seconds until the next due time as last read (no query: see next_due), at most a sweep interval."""
+        if self.next_due is None:
             return self.settings.sweep_interval_s
-        return max(0.0, min(until_due + 0.01, self.settings.sweep_interval_s))
+        return max(0.0, min(self.next_due - time.monotonic() + 0.01, self.settings.sweep_interval_s))
 
     def run_forever(self) -> None:
         """Loop until stop(): sweep, drain, sleep until a ring or the next due time.
@@ -360,6 +486,12 @@ class Scheduler:
                 next_sweep = time.monotonic() + self.settings.sweep_interval_s
             self.drain()
             timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0))
+            if self.published_outbox and timeout > IDLE_CLEANUP_S:
+                # The next pass would delete the published rows; if no ring comes soon, delete them now.
+                if wait_for_ring(IDLE_CLEANUP_S):
+                    continue
+                self._forget_published()
+                timeout -= IDLE_CLEANUP_S
             wait_for_ring(timeout)
 
     def stop(self, *_args) -> None:
@@ -368,4 +500,12 @@ class Scheduler:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+
+
+def _has_due_times(views: dict[str, list[StepView]]) -> bool:
+    """Whether a step may hold a due time still ahead (a retry's backoff, a timer, an event's timeout)."""
+    return any(v.status in _MAY_BE_DUE for steps in views.values() for v in steps)
+
+
+_MAY_BE_DUE = frozenset({StepStatus.RETRYING, StepStatus.WAITING})
 

@@ -7,6 +7,7 @@ report finds zero rows to update and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -93,9 +94,11 @@ def run_allowed_from(target: RunStatus) -> frozenset[RunStatus]:
     return _allowed_from(RUN_TRANSITIONS, target)
 
 
-def step_allowed_from(target: StepStatus) -> frozenset[StepStatus]:
-    """The step statuses from which ``target`` may be reached (the SQL guard's IN list)."""
-    return _allowed_from(STEP_TRANSITIONS, target)
+def step_allowed_from(target: StepStatus, only_from: Iterable[StepStatus] | None = None) -> frozenset[StepStatus]:
+    """The step statuses from which ``target`` may be reached (the SQL guard's IN list), narrowed to
+    ``only_from`` if given."""
+    allowed = _allowed_from(STEP_TRANSITIONS, target)
+    return allowed if only_from is None else allowed & frozenset(only_from)
 
 
 def run_transition(current: RunStatus, target: RunStatus) -> RunStatus:

@@ -16,7 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ClauseElement,
+    Integer,
+    String,
     and_,
+    any_,
     bindparam,
     case,
     column,
@@ -423,18 +427,39 @@ def claim_step(session: Session, run_id: str, step_id: str, attempt: int, worker
     ).one_or_none()
 
 
-def lock_runs_with_work(session: Session, limit: int) -> Sequence[RunRow]:
-    """Up to ``limit`` runs flagged with work, locked; runs another scheduler holds are skipped."""
-    return session.execute(
-        select(Run.__table__)
-        .where(Run.has_work.is_(True))
-        .order_by(Run.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+# The scheduler's statements are built once: building a statement costs more than running it here.
+_RUNS_WITH_WORK = (
+    select(Run.__table__)
+    .where(Run.__table__.c.has_work.is_(True))
+    .order_by(Run.__table__.c.created_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+# The same, deleting outbox rows on the way (PostgreSQL runs a DELETE in a WITH even if unreferenced).
+_RUNS_WITH_WORK_FORGETTING_OUTBOX = _RUNS_WITH_WORK.add_cte(
+    delete(Outbox.__table__)
+    .where(Outbox.__table__.c.id == any_(bindparam("published", type_=postgresql.ARRAY(Integer))))
+    .cte("published")
+)
 
 
-@dataclass
+def lock_runs_with_work(session: Session, limit: int, published_outbox: Sequence[int] = ()) -> Sequence[RunRow]:
+    """Up to ``limit`` runs flagged with work, locked; runs another scheduler holds are skipped.
+
+    The outbox rows ``published_outbox`` are deleted too: on PostgreSQL in the same statement, so the
+    scheduler's pass pays no round trip for the messages its previous pass published.
+    """
+    if not published_outbox:
+        return session.execute(_RUNS_WITH_WORK, {"limit": limit}).all()
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(
+            _RUNS_WITH_WORK_FORGETTING_OUTBOX, {"limit": limit, "published": list(published_outbox)}
+        ).all()
+    delete_outbox(session, published_outbox)
+    return session.execute(_RUNS_WITH_WORK, {"limit": limit}).all()
+
+
+@dataclass(slots=True)
 class StepView:
     """A step as the scheduler and the outcome writer see it, with the clock checks done in SQL.
 
@@ -452,23 +477,37 @@ class StepView:
     waiting_on: str | None = None
 
 
+def _steps_for_update_query(of_runs):
+    steps, clock = Step.__table__.c, db_now()
+    return (
+        select(steps.run_id, steps.step_id, steps.type, steps.status, steps.attempt, steps.max_attempts, steps.queue,
+               steps.due_at <= clock, steps.lease_expires_at < clock, steps.waiting_on)
+        .where(of_runs)
+        .order_by(steps.run_id, steps.position)
+    )
+
+
+# On PostgreSQL the run ids go as one array: psycopg parses a statement of more than 50 parameters
+# anew on every call, which costs more than the query for a batch of 200 runs.
+_STEPS_FOR_UPDATE = {
+    "postgresql": _steps_for_update_query(
+        Step.__table__.c.run_id == any_(bindparam("run_ids", type_=postgresql.ARRAY(String)))
+    ),
+    "sqlite": _steps_for_update_query(Step.__table__.c.run_id.in_(bindparam("run_ids", expanding=True))),
+}
+_STEP_STATUSES = {status.value: status for status in StepStatus}
+
+
 def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list[StepView]]:
     """The steps of locked runs, with `due` (due_at passed) and `lease_expired` computed by the database."""
-    clock = db_now()
-    rows = session.execute(
-        select(
-            Step.run_id, Step.step_id, Step.type, Step.status, Step.attempt, Step.max_attempts, Step.queue,
-            (Step.due_at <= clock).label("due"), (Step.lease_expires_at < clock).label("expired"), Step.waiting_on,
-        )
-        .where(Step.run_id.in_(run_ids))
-        .order_by(Step.run_id, Step.position)
-    ).all()
     result: dict[str, list[StepView]] = {run_id: [] for run_id in run_ids}
-    for r in rows:
-        result[r.run_id].append(
-            StepView(r.step_id, r.type, StepStatus(r.status), r.attempt, r.max_attempts, r.queue, bool(r.due),
-                     bool(r.expired), r.waiting_on)
-        )
+    statuses = _STEP_STATUSES
+    query = _STEPS_FOR_UPDATE[session.get_bind().dialect.name]
+    for run_id, step_id, type_, status, attempt, max_attempts, queue, due, expired, waiting_on in session.execute(
+        query, {"run_ids": list(run_ids)}
+    ).all():
+        result[run_id].append(StepView(step_id, type_, statuses[status], attempt, max_attempts, queue, bool(due),
+                                       bool(expired), waiting_on))
     return result
 
 
@@ -542,32 +581,27 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
         return
     query = query.values(**values)
     rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
-    deferred = session.info.get(DEFERRED_EVENTS)
-    if rows and deferred is None and session.get_bind().dialect.name == "postgresql":
+    if rows and session.get_bind().dialect.name == "postgresql":
         # One round trip for both: every transaction on a step's path ends with this.
         moved = _update_run_inserting_events(session, query, rows)
     else:
         moved = session.execute(query).rowcount == 1
-        if moved and rows and deferred is None:
+        if moved:
             _insert_events(session, rows)
     if not moved:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     if rows:
         status = values.get("status")
-        staged = dict(previous_status=run.status if status else None, status=status or run.status,
-                      waiting_on=values.get("waiting_on", run.waiting_on), status_changed=status is not None)
-        if deferred is not None:
-            deferred.append((run, rows, staged))
-        else:
-            _stage_written(session, run, rows, **staged)
+        _stage_written(session, run, rows, previous_status=run.status if status else None, status=status or run.status,
+                       waiting_on=values.get("waiting_on", run.waiting_on), status_changed=status is not None)
 
 
-_EVENT_COLUMNS = ("seq", "type", "step_id", "attempt", "data")
+_RUN_EVENT_COLUMNS = ("seq", "type", "step_id", "attempt", "data")
 # The events as one JSON parameter, so the statement's text (and SQLAlchemy's compiled cache entry)
 # is the same whatever the number of events.
 _NEW_EVENTS = (
     func.jsonb_to_recordset(bindparam("new_events", type_=postgresql.JSONB))
-    .table_valued(*(column(name, EVENTS.c[name].type) for name in _EVENT_COLUMNS))
+    .table_valued(*(column(name, EVENTS.c[name].type) for name in _RUN_EVENT_COLUMNS))
     .render_derived(name="new_events", with_types=True)
 )
 
@@ -578,45 +612,15 @@ def _update_run_inserting_events(session: Session, run_update, rows: list[dict])
     guard matched nothing."""
     moved = run_update.returning(RUNS.c.id).cte("moved_run")
     statement = insert(EVENTS).from_select(
-        ["run_id", *_EVENT_COLUMNS],
-        select(moved.c.id, *(_NEW_EVENTS.c[name] for name in _EVENT_COLUMNS)).select_from(moved).join(_NEW_EVENTS, true()),
+        ["run_id", *_RUN_EVENT_COLUMNS],
+        select(moved.c.id, *(_NEW_EVENTS.c[name] for name in _RUN_EVENT_COLUMNS)).select_from(moved)
+        .join(_NEW_EVENTS, true()),
     ).returning(EVENTS.c.seq, EVENTS.c.created_at)
-    created = dict(session.execute(statement, {"new_events": [{k: row[k] for k in _EVENT_COLUMNS} for row in rows]}).all())
+    new_events = [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
+    created = dict(session.execute(statement, {"new_events": new_events}).all())
     for row in rows:
         row["created_at"] = created.get(row["seq"])
     return bool(created)
-
-
-# Where apply_run_changes keeps events for one insert at flush_events, after defer_events.
-DEFERRED_EVENTS = "switchyard.deferred_events"
-
-
-def defer_events(session: Session) -> None:
-    """From now on in this session, apply_run_changes keeps the events it would insert, and
-    flush_events inserts them all in one statement (the scheduler's pass: one insert per batch,
-    not one per run). Nothing may read a run's events in between."""
-    session.info[DEFERRED_EVENTS] = []
-
-
-def flush_events(session: Session) -> None:
-    """Insert the events deferred since defer_events, and stop deferring."""
-    deferred = session.info.pop(DEFERRED_EVENTS, None) or []
-    _insert_events(session, [row for _, rows, _ in deferred for row in rows])
-    for run, rows, staged in deferred:
-        _stage_written(session, run, rows, **staged)
-
-
-def _insert_events(session: Session, rows: list[dict]) -> None:
-    """Append event rows (run_id, seq, …); each row gets the database's created_at."""
-    if not rows:
-        return
-    columns = ("run_id", "seq", "type", "step_id", "attempt", "data")
-    written = session.execute(
-        insert(EVENTS).returning(EVENTS.c.seq, EVENTS.c.created_at, sort_by_parameter_order=True),
-        [{key: row[key] for key in columns} for row in rows],
-    ).all()
-    for row, (_, created_at) in zip(rows, written, strict=True):
-        row["created_at"] = created_at
 
 
 def _stage_written(session: Session, run, rows: list[dict], previous_status: str | None, status: str,
@@ -628,6 +632,133 @@ def _stage_written(session: Session, run, rows: list[dict], previous_status: str
          "previous_status": previous_status, "status": status, "waiting_on": waiting_on,
          "status_changed": status_changed, "events": rows}
     )
+
+
+# --- the scheduler's pass: the guarded writes of many locked runs at once -------------------------
+
+
+def move_steps_many(
+    session: Session,
+    keys: Sequence[tuple[str, str]],
+    target: StepStatus,
+    *,
+    only_from: Iterable[StepStatus] | None = None,
+    **values: Any,
+) -> set[tuple[str, str]]:
+    """update_steps for the steps of many runs, in one statement: move the steps ``keys`` (run id,
+    step id) to ``target`` where the table (narrowed to ``only_from``) allows it; return the keys
+    actually changed."""
+    if not keys:
+        return set()
+    steps = Step.__table__.c
+    allowed = sorted(s.value for s in step_allowed_from(target, only_from))
+    query = (
+        update(Step.__table__)
+        .where(tuple_(steps.run_id, steps.step_id).in_(keys), steps.status.in_(allowed))
+        .values(status=target.value, **values)
+        .returning(steps.run_id, steps.step_id)
+    )
+    return {(run_id, step_id) for run_id, step_id in session.execute(query)}
+
+
+def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """The outputs of the succeeded steps among ``keys`` (run id, step id), by key."""
+    if not keys:
+        return {}
+    steps = Step.__table__.c
+    rows = session.execute(
+        select(steps.run_id, steps.step_id, steps.output)
+        .where(tuple_(steps.run_id, steps.step_id).in_(keys), steps.status == StepStatus.SUCCEEDED.value)
+    )
+    return {(run_id, step_id): output for run_id, step_id, output in rows}
+
+
+def apply_many_run_changes(session: Session, many: Sequence[RunChanges]) -> None:
+    """apply_run_changes for many locked runs: the runs whose changes set the same columns (with the
+    same SQL expressions) and take the same guard are written by one executemany, and the events of
+    all of them are inserted by one statement.
+
+    Raises StaleRunState if a guard matched nothing, so the caller's transaction rolls back whole.
+    """
+    runs = Run.__table__
+    groups: dict[tuple, tuple[Any, list[dict[str, Any]]]] = {}
+    events: list[tuple[RunRow, list[dict], dict[str, Any]]] = []
+    for changes in many:
+        run, values = changes.run, dict(changes.run_values)
+        target = changes.run_target if changes.run_target not in (None, run.status) else None
+        if target is not None:
+            values["status"] = target.value
+        if changes.events:
+            values["last_seq"] = run.last_seq + len(changes.events)
+        if not values:
+            continue
+        expressions = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}
+        bound = sorted(k for k in values if k not in expressions)
+        # An expression is told apart by identity: callers that share one (a module's db_now()) share a statement.
+        shape = (target, tuple(bound), tuple(sorted((k, id(v)) for k, v in expressions.items())))
+        if shape not in groups:
+            query = update(runs).where(runs.c.id == bindparam("run_id_")).values(
+                **{k: bindparam(f"new_{k}", type_=runs.c[k].type) for k in bound}, **expressions
+            )
+            if target is not None:
+                # OR, not IN: an IN list is an expanding parameter, which executemany does not take.
+                query = query.where(or_(*(runs.c.status == s.value for s in sorted(run_allowed_from(target)))))
+            groups[shape] = (query, [])
+        groups[shape][1].append({"run_id_": run.id, **{f"new_{k}": values[k] for k in bound}})
+        if changes.events:
+            rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
+            status = values.get("status")
+            events.append((run, rows, dict(
+                previous_status=run.status if status else None, status=status or run.status,
+                waiting_on=values.get("waiting_on", run.waiting_on), status_changed=status is not None,
+            )))
+    for query, params in groups.values():
+        if session.execute(query, params).rowcount != len(params):
+            stale = [p["run_id_"] for p in params]
+            raise StaleRunState(f"one of runs {stale} is no longer in the status its changes were decided from")
+    _insert_events(session, [row for _, rows, _ in events for row in rows])
+    for run, rows, staged in events:
+        _stage_written(session, run, rows, **staged)
+
+
+_EVENT_COLUMNS = ("run_id", "seq", "type", "step_id", "attempt", "data")
+
+
+def _insert_events(session: Session, rows: list[dict]) -> None:
+    """Append event rows (run_id, seq, …), each with the database's created_at, in one statement
+    however many rows (an ORM bulk insert starts a new one at every row whose None values differ
+    from the previous row's). On PostgreSQL the rows go as one array per column: psycopg parses a
+    statement of many parameters anew on every call, which costs more than the insert itself."""
+    if not rows:
+        return
+    events = Event.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        written = session.execute(_INSERT_EVENT_ARRAYS, {c: [r[c] for r in rows] for c in _EVENT_COLUMNS}).all()
+        created = {(run_id, seq): created_at for run_id, seq, created_at in written}
+        for row in rows:
+            row["created_at"] = created[(row["run_id"], row["seq"])]
+        return
+    written = session.execute(
+        insert(events).returning(events.c.created_at, sort_by_parameter_order=True),
+        [{c: r[c] for c in _EVENT_COLUMNS} for r in rows],
+    ).scalars().all()
+    for row, created_at in zip(rows, written, strict=True):
+        row["created_at"] = created_at
+
+
+def _insert_event_arrays():
+    events = Event.__table__
+    arrays = func.unnest(
+        *(bindparam(c, type_=postgresql.ARRAY(events.c[c].type)) for c in _EVENT_COLUMNS)
+    ).table_valued(*_EVENT_COLUMNS).render_derived(name="new_event")
+    return (
+        insert(events)
+        .from_select([*_EVENT_COLUMNS, "created_at"], select(*(arrays.c[c] for c in _EVENT_COLUMNS), db_now()))
+        .returning(events.c.run_id, events.c.seq, events.c.created_at)
+    )
+
+
+_INSERT_EVENT_ARRAYS = _insert_event_arrays()
 
 
 # --- the worker's side of an attempt ------------------------------------------------------------
@@ -671,11 +802,12 @@ def flag_runs_with_due_steps(session: Session) -> int:
 
 
 def seconds_until_next_due(session: Session) -> float | None:
-    """Seconds until the earliest retry or timer comes due (negative if overdue); None if none waits."""
-    next_due = session.execute(select(func.min(Step.due_at))).scalar_one_or_none()
-    if next_due is None:
-        return None
-    return (next_due - now(session)).total_seconds()
+    """Seconds until the earliest retry or timer still to come comes due; None if none is ahead (what
+    is due already is the sweep's, or was just fired)."""
+    clock = db_now()
+    return session.execute(
+        select(seconds_between(clock, func.min(Step.due_at))).where(Step.due_at > clock)
+    ).scalar_one_or_none()
 
 
 def queued_steps(session: Session) -> Sequence[Any]:
@@ -717,12 +849,14 @@ def diagnosis_facts(
 def insert_outbox(session: Session, messages: list[dict]) -> list[int]:
     if not messages:
         return []
-    return list(session.execute(insert(Outbox).returning(Outbox.id), messages).scalars())
+    outbox = Outbox.__table__
+    return list(session.execute(insert(outbox).returning(outbox.c.id), messages).scalars())
 
 
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
     if outbox_ids:
-        session.execute(delete(Outbox).where(Outbox.id.in_(outbox_ids)))
+        outbox = Outbox.__table__
+        session.execute(delete(outbox).where(outbox.c.id.in_(outbox_ids)))
 
 
 def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Outbox]:

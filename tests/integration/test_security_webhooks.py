@@ -72,8 +72,8 @@ def test_bad_deliveries_answer_401_and_start_nothing(api, hook):
     bad = {
         "wrong secret": signature_header("whsec_" + "0" * 64, now, body),
         "tampered body": None,  # signed `body`, sends another
-        "old timestamp": signature_header(secret["secret"], now - 301, body),
-        "future timestamp": signature_header(secret["secret"], now + 301, body),
+        "old timestamp": signature_header(secret["secret"], now - 3600, body),
+        "future timestamp": signature_header(secret["secret"], now + 3600, body),
         "timestamp changed": good.replace(f"t={now}", f"t={now - 1}"),
         "one hex digit changed": good[:-1] + ("0" if good[-1] != "0" else "1"),
         "no v1": f"t={now}",

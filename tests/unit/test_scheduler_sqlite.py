@@ -1,0 +1,123 @@
+"""The scheduler's pass on SQLite (the embedded default): the writes of a batch together, the guards
+checked, published outbox rows deleted by the next transaction, due times fired when the loop wakes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import event, func, select, update
+
+from orchestrator import broker, service
+from orchestrator.db import migrate
+from orchestrator.db import repository as repo
+from orchestrator.db.models import Outbox, Run, Step
+from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.scheduler import Scheduler
+from orchestrator.settings import Settings
+from orchestrator.states import StepStatus
+
+ONE_STEP = {"name": "one", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}}]}
+
+
+@pytest.fixture
+def scheduler(tmp_path):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'sched.db'}", data_dir=tmp_path)
+    migrate.upgrade(settings)
+    engine = make_engine(settings)
+    scheduler = Scheduler(settings, make_sessionmaker(engine), broker.make_celery(settings))
+    yield scheduler
+    engine.dispose()
+
+
+def start_runs(scheduler: Scheduler, definition: dict, n: int) -> list[str]:
+    with transaction(scheduler.sessions) as session:
+        service.publish_workflow(session, scheduler.settings, "t", definition["name"], definition)
+        return [service.start_run(session, scheduler.settings, "t", definition["name"], None, {})[0].id
+                for _ in range(n)]
+
+
+def run_facts(scheduler: Scheduler, run_id: str) -> tuple[str, list[str], dict[str, str]]:
+    with transaction(scheduler.sessions) as session:
+        status = repo.run_status(session, run_id)
+        events = [e.type for e in repo.run_events(session, run_id, 0, 100)]
+        steps = {s.step_id: s.status for s in repo.run_steps(session, run_id)}
+    return status, events, steps
+
+
+def outbox_rows(scheduler: Scheduler) -> int:
+    with transaction(scheduler.sessions) as session:
+        return session.execute(select(func.count()).select_from(Outbox)).scalar_one()
+
+
+def statements_of(scheduler: Scheduler, action) -> int:
+    engine = scheduler.sessions.kw["bind"]
+    seen: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        action()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(seen)
+
+
+def test_a_pass_writes_a_batch_in_statements_that_do_not_grow_with_its_runs(scheduler):
+    few, many = start_runs(scheduler, ONE_STEP, 2), start_runs(scheduler, {**ONE_STEP, "name": "more"}, 20)
+    with transaction(scheduler.sessions) as session:
+        session.execute(update(Run).where(Run.id.in_(many)).values(has_work=False))
+    small = statements_of(scheduler, scheduler.drain)
+    with transaction(scheduler.sessions) as session:
+        session.execute(update(Run).where(Run.id.in_(many)).values(has_work=True))
+    large = statements_of(scheduler, scheduler.drain)
+
+    # The second pass also reads the second workflow's definition and deletes the first pass's outbox rows.
+    assert large <= small + 2, (small, large)
+    for run_id in few + many:
+        status, events, steps = run_facts(scheduler, run_id)
+        assert (status, events, steps) == ("running", ["run_created", "run_started", "step_queued"], {"a": "queued"})
+    assert outbox_rows(scheduler) == 20  # the first pass's rows went with the second pass's transaction
+    scheduler.sweep()
+    assert outbox_rows(scheduler) == 0 and scheduler.published_outbox == []
+
+
+def test_a_step_guard_that_fails_in_a_batch_skips_that_step_and_the_others_advance(scheduler, monkeypatch):
+    stale, fine = start_runs(scheduler, ONE_STEP, 2)
+    with transaction(scheduler.sessions) as session:
+        # Behind the views' back: the pass reads `pending` but the row is `skipped`.
+        session.execute(update(Step).where(Step.run_id == stale).values(status="skipped"))
+    views = repo.steps_for_update
+
+    def pending_views(session, run_ids):
+        result = views(session, run_ids)
+        for view in result.get(stale, []):
+            view.status = StepStatus.PENDING
+        return result
+
+    monkeypatch.setattr(repo, "steps_for_update", pending_views)
+    published: list[dict] = []
+    monkeypatch.setattr(broker, "publish_steps", lambda _app, messages, _grace: published.extend(messages))
+    scheduler.drain()
+
+    assert [m["run_id"] for m in published] == [fine]
+    assert run_facts(scheduler, fine)[2] == {"a": "queued"}
+    status, events, steps = run_facts(scheduler, stale)
+    assert steps == {"a": "skipped"} and "step_queued" not in events
+
+
+def test_a_timer_fires_when_its_due_time_wakes_the_loop_without_a_sweep(scheduler):
+    (run_id,) = start_runs(scheduler, {"name": "timer", "steps": [{"id": "t", "type": "timer", "duration_s": 0.3}]}, 1)
+    scheduler.drain()
+    assert run_facts(scheduler, run_id)[2] == {"t": "waiting"}
+    assert 0.2 < scheduler.wait_timeout() < 0.4
+
+    time.sleep(scheduler.wait_timeout())
+    scheduler.drain()
+
+    status, events, steps = run_facts(scheduler, run_id)
+    assert (status, steps) == ("succeeded", {"t": "succeeded"})
+    assert events[-2:] == ["step_completed", "run_succeeded"]
+    assert scheduler.wait_timeout() == scheduler.settings.sweep_interval_s  # nothing is due any more
