@@ -5,7 +5,9 @@ Messages carry ids only (run, step, attempt); the database is the truth (DESIGN.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -104,6 +106,44 @@ def queue_consumers(app: Celery, timeout: float = 1.0) -> dict[str, int] | None:
         for queue in queues:
             counts[queue["name"]] = counts.get(queue["name"], 0) + 1
     return counts
+
+
+def stranded_attempts(client, older_than_s: float) -> dict[str, tuple[str, str, int]]:
+    """The step attempts (run id, step id, attempt) whose message a worker took more than
+    ``older_than_s`` ago and neither acknowledged nor gave back, by the message's delivery tag.
+
+    kombu's Redis transport keeps a delivered message in its ``unacked`` hash, with the delivery
+    time in ``unacked_index``, until it is acknowledged; a worker killed outright leaves its
+    messages there, and kombu puts them back only after the visibility timeout (an hour). With
+    prefetch 1 a worker holds no message it is not running, so one held for long whose step was
+    never claimed belongs to a dead worker (DESIGN.md: recovery must not wait for that timeout).
+    """
+    deadline = time.time() - older_than_s
+    tags = client.zrange(UNACKED_INDEX, 0, deadline, byscore=True)
+    if not tags:
+        return {}
+    attempts = {}
+    for tag, raw in zip(tags, client.hmget(UNACKED, tags), strict=True):
+        try:
+            message = json.loads(raw)[0]
+            if message["headers"].get("task") != RUN_STEP_TASK:
+                continue
+            run_id, step_id, attempt = message["headers"]["id"].split(".")
+            attempts[tag] = (run_id, step_id, int(attempt))
+        except (TypeError, ValueError, KeyError, IndexError):
+            continue  # gone since the index was read, or not a step message
+    return attempts
+
+
+def forget_stranded(client, tags: list) -> None:
+    """Drop stranded messages that were published again, as kombu drops a message it restores, so
+    they are not restored (and published again) once more."""
+    if tags:
+        client.pipeline(transaction=False).hdel(UNACKED, *tags).zrem(UNACKED_INDEX, *tags).execute()
+
+
+# Where kombu's Redis transport keeps delivered, unacknowledged messages (its default key names).
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
 
 class BrokerEpoch:

@@ -230,7 +230,7 @@ def apply_outcome(
                 _record_policy(changes, view, outcome.policy)
         return bool(moved)
 
-    finished = dict(completed_at=db_now(), lease_expires_at=None, due_at=None)
+    finished = dict(completed_at=repo.NOW, lease_expires_at=None, due_at=None)
     if outcome.suspend is not None:
         suspension = outcome.suspend
         if not move(StepStatus.WAITING, checkpoint=suspension.checkpoint, lease_expires_at=None,
@@ -290,7 +290,7 @@ def fail_run(
     stopped = {"code": "run_stopped", "message": f"run failed at step {failed_step!r}", "retryable": False}
     cancelled = repo.update_steps(
         session, run_id, plan.cancel, StepStatus.CANCELLED,
-        cancel_requested=True, error=stopped, completed_at=db_now(), lease_expires_at=None, due_at=None,
+        cancel_requested=True, error=stopped, completed_at=repo.NOW, lease_expires_at=None, due_at=None,
     )
     revoke = []
     for step_id in cancelled:
@@ -300,7 +300,7 @@ def fail_run(
             revoke.append(task_id(run_id, step_id, row.attempt))
         row.status = StepStatus.CANCELLED
     skipped = repo.update_steps(
-        session, run_id, plan.skip, StepStatus.SKIPPED, skipped_reason="blocked", completed_at=db_now()
+        session, run_id, plan.skip, StepStatus.SKIPPED, skipped_reason="blocked", completed_at=repo.NOW
     )
     for step_id in skipped:
         changes.event("step_completed", step_id, None, skipped=True, reason="blocked")
@@ -309,7 +309,7 @@ def fail_run(
     changes.run_target = RunStatus.FAILED
     changes.run_values.update(
         error={"code": error.code, "message": error.message, "step_id": failed_step},
-        completed_at=db_now(), waiting_on=None,
+        completed_at=repo.NOW, waiting_on=None,
     )
     changes.event("run_failed", failed_step, None, error={"code": error.code, "message": error.message})
     return revoke

@@ -47,7 +47,7 @@ class Pass:
 # Shared by every step a pass queues, so that PassWrites can write them all in one statement (it
 # groups changes by the very expressions they set).
 NEXT_ATTEMPT = Step.attempt + 1
-NOW = db_now()
+NOW = repo.NOW
 
 
 class PassWrites:
@@ -247,7 +247,7 @@ def _park(session, changes: RunChanges, views, definition: Definition, step_ids:
                 problem = ErrorInfo.of(exc)
         if not repo.update_steps(
             session, run.id, [step_id], StepStatus.WAITING, only_from=[StepStatus.PENDING],
-            attempt=1, queued_at=db_now(), started_at=db_now(), due_at=due, correlation_key=key,
+            attempt=1, queued_at=NOW, started_at=NOW, due_at=due, correlation_key=key,
         ):
             continue
         view.status, view.attempt = StepStatus.WAITING, 1
@@ -401,6 +401,8 @@ class Scheduler:
         every queued step if the broker lost its messages."""
         if self.epoch.lost():
             self._republish_queued()
+        elif self.epoch.client is not None:
+            self._republish_stranded()
         published = list(self.published_outbox)
         with transaction(self.sessions) as session:
             # First: a row this scheduler published is never stale, however long it was idle since.
@@ -431,8 +433,30 @@ class Scheduler:
     def _republish_queued(self) -> None:
         """Publish every `queued` step's message again; a copy that did survive is dropped by the
         workers' claim guard, so duplicates cost a little and lose nothing."""
+        messages = self._queued_messages(None)
+        if messages:
+            log.warning("the broker lost its messages (restart or flush): re-publishing %d queued steps",
+                        len(messages))
+            broker.publish_steps(self.celery, messages, self.settings.cancel_grace_s)
+        self.epoch.mark()
+
+    def _republish_stranded(self) -> None:
+        """Publish again the messages of steps still `queued` that a dead worker took with it (its
+        copy comes back after the broker's visibility timeout and is dropped by the claim guard)."""
+        stranded = broker.stranded_attempts(self.epoch.client, self.settings.stranded_after_s)
+        if not stranded:
+            return
+        messages = self._queued_messages(set(stranded.values()))
+        if messages:
+            log.warning("re-publishing %d step messages a worker took and never ran (the worker died)",
+                        len(messages))
+            broker.publish_steps(self.celery, messages, self.settings.cancel_grace_s)
+        broker.forget_stranded(self.epoch.client, list(stranded))
+
+    def _queued_messages(self, attempts: set[tuple[str, str, int]] | None) -> list[dict]:
+        """The messages of the `queued` step attempts (of ``attempts`` only, if given)."""
         with transaction(self.sessions) as session:
-            rows = repo.queued_steps(session)
+            rows = repo.queued_steps(session, attempts)
             definitions = self.catalog.get_many(
                 session, list({(r.tenant_id, r.workflow_id, r.workflow_version) for r in rows})
             )
@@ -441,11 +465,7 @@ class Scheduler:
             definition = definitions[(r.tenant_id, r.workflow_id, r.workflow_version)]
             messages.append(dict(run_id=r.run_id, step_id=r.step_id, attempt=r.attempt, queue=r.queue,
                                  soft_time_limit=definition.timeout_s(definition.step(r.step_id))))
-        if messages:
-            log.warning("the broker lost its messages (restart or flush): re-publishing %d queued steps",
-                        len(messages))
-            broker.publish_steps(self.celery, messages, self.settings.cancel_grace_s)
-        self.epoch.mark()
+        return messages
 
     def drain(self) -> int:
         """Advance batches until no run has work left. Returns runs advanced."""

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     lease_s: float = 30.0
     sweep_interval_s: float = 5.0
     outbox_republish_after_s: float = 10.0
+    # A step message a worker took this long ago without claiming its step was held by a worker that
+    # died: the sweep publishes it again (far above a claim's retry delays while the database is down).
+    stranded_after_s: float = 30.0
     cancel_grace_s: float = 5.0
 
     # How long POST /events keeps an event for steps that start waiting on its key later.

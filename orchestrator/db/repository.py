@@ -302,35 +302,39 @@ def succeeded_outputs(session: Session, run_id: str) -> dict[str, Any]:
 RUNS, STEPS, EVENTS = Run.__table__, Step.__table__, Event.__table__
 
 
+# Statements on every step's path are built once (with bind parameters): building one costs about
+# as much as a round trip to the database.
+_LOCK_RUN = select(RUNS).where(RUNS.c.id == bindparam("run_id")).with_for_update(of=RUNS)
+_LOCK_RUN_WITH_TENANT_POLICY = _LOCK_RUN.add_columns(
+    select(Tenant.policy).where(Tenant.id == RUNS.c.tenant_id).scalar_subquery().label("tenant_policy")
+)
+_LOCK_RUN_WITH_STEP = (
+    select(
+        RUNS,
+        STEPS.c.type.label("step_type"), STEPS.c.status.label("step_status"),
+        STEPS.c.attempt.label("step_attempt"), STEPS.c.max_attempts, STEPS.c.queue.label("step_queue"),
+        (STEPS.c.due_at <= db_now()).label("step_due"), (STEPS.c.lease_expires_at < db_now()).label("step_expired"),
+        STEPS.c.waiting_on.label("step_waiting_on"), STEPS.c.policy.label("step_policy"),
+    )
+    .join(STEPS, and_(STEPS.c.run_id == RUNS.c.id, STEPS.c.step_id == bindparam("step_id")))
+    .where(RUNS.c.id == bindparam("run_id"))
+    .with_for_update(of=RUNS)
+)
+
+
 def lock_run(session: Session, run_id: str, *, with_tenant_policy: bool = False) -> RunRow | None:
     """Lock a run's row for this transaction (waiting for other writers) and return it; with
     ``with_tenant_policy`` the row also carries its tenant's stored policy as ``tenant_policy``
     (read in the same round trip: a worker's claim needs both)."""
-    query = select(RUNS)
-    if with_tenant_policy:
-        query = query.add_columns(
-            select(Tenant.policy).where(Tenant.id == RUNS.c.tenant_id).scalar_subquery().label("tenant_policy")
-        )
-    return session.execute(query.where(RUNS.c.id == run_id).with_for_update(of=RUNS)).one_or_none()
+    query = _LOCK_RUN_WITH_TENANT_POLICY if with_tenant_policy else _LOCK_RUN
+    return session.execute(query, {"run_id": run_id}).one_or_none()
 
 
 def lock_run_with_step(session: Session, run_id: str, step_id: str) -> tuple[RunRow, StepView, list | None] | None:
     """Lock a run's row and read one of its steps in one round trip: (run, the step's view, the
     step's recorded policy decisions); None if there is no such step. The outcome writer's common
     case needs no other step of the run."""
-    clock = db_now()
-    row = session.execute(
-        select(
-            RUNS,
-            STEPS.c.type.label("step_type"), STEPS.c.status.label("step_status"),
-            STEPS.c.attempt.label("step_attempt"), STEPS.c.max_attempts, STEPS.c.queue.label("step_queue"),
-            (STEPS.c.due_at <= clock).label("step_due"), (STEPS.c.lease_expires_at < clock).label("step_expired"),
-            STEPS.c.waiting_on.label("step_waiting_on"), STEPS.c.policy.label("step_policy"),
-        )
-        .join(STEPS, and_(STEPS.c.run_id == RUNS.c.id, STEPS.c.step_id == step_id))
-        .where(RUNS.c.id == run_id)
-        .with_for_update(of=RUNS)
-    ).one_or_none()
+    row = session.execute(_LOCK_RUN_WITH_STEP, {"run_id": run_id, "step_id": step_id}).one_or_none()
     if row is None:
         return None
     view = StepView(step_id, row.step_type, StepStatus(row.step_status), row.step_attempt, row.max_attempts,
@@ -541,19 +545,46 @@ def update_steps(
     """
     if not step_ids:
         return []
-    allowed = step_allowed_from(target)
-    if only_from is not None:
-        allowed = allowed & frozenset(only_from)
-    # A Core statement on the table (not an ORM-enabled update): it is on every step's hot path.
+    allowed = step_allowed_from(target, only_from)
+    params = {"of_run": run_id, "of_steps": list(step_ids), "at_attempt": at_attempt}
+    params.update({f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)})
+    # The statement is built once per shape (it is on every step's path, and building one costs
+    # about a round trip): plain values go as parameters; NOW is the one expression kept in it.
+    shape = _shape(values)
+    if shape is None:  # an expression of its own (a due time, attempt + 1): built for this call only
+        query = _update_steps_statement(target, allowed, at_attempt is not None, values)
+    else:
+        key = (target, allowed, at_attempt is not None, shape)
+        query = _UPDATE_STEPS.get(key)
+        if query is None:
+            query = _UPDATE_STEPS[key] = _update_steps_statement(target, allowed, at_attempt is not None, values)
+    return list(session.execute(query, params).scalars())
+
+
+def _shape(values: dict[str, Any]) -> tuple | None:
+    """The columns a statement sets and which of them it sets to NOW, or None if one is set to an
+    expression of its own (such a statement cannot be reused with other parameters)."""
+    if any(isinstance(value, ClauseElement) and value is not NOW for value in values.values()):
+        return None
+    return tuple(sorted((key, value is NOW) for key, value in values.items()))
+
+
+# The database clock as one shared expression: a statement that sets a column to it can be built once.
+NOW = db_now()
+_UPDATE_STEPS: dict[tuple, Any] = {}
+
+
+def _update_steps_statement(target: StepStatus, allowed: frozenset[StepStatus], at_attempt: bool, values: dict):
+    new = {key: value if isinstance(value, ClauseElement) else bindparam(f"new_{key}", type_=STEPS.c[key].type)
+           for key, value in values.items()}
     query = (
         update(STEPS)
-        .where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(step_ids), STEPS.c.status.in_([s.value for s in allowed]))
-        .values(status=target.value, **values)
+        .where(STEPS.c.run_id == bindparam("of_run"), STEPS.c.step_id.in_(bindparam("of_steps", expanding=True)),
+               STEPS.c.status.in_([s.value for s in sorted(allowed)]))
+        .values(status=target.value, **new)
         .returning(STEPS.c.step_id)
     )
-    if at_attempt is not None:
-        query = query.where(STEPS.c.attempt == at_attempt)
-    return list(session.execute(query).scalars())
+    return query.where(STEPS.c.attempt == bindparam("at_attempt")) if at_attempt else query
 
 
 # Where apply_run_changes leaves what it wrote, for orchestrator.streams to publish after the commit.
@@ -571,21 +602,27 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     """
     run = changes.run
     values = dict(changes.run_values)
-    query = update(RUNS).where(RUNS.c.id == run.id)
+    guard = None
     if changes.run_target is not None and changes.run_target != run.status:
         values["status"] = changes.run_target.value
-        query = query.where(RUNS.c.status.in_([s.value for s in run_allowed_from(changes.run_target)]))
+        guard = run_allowed_from(changes.run_target)
     if changes.events:
         values["last_seq"] = run.last_seq + len(changes.events)
     if not values:
         return
-    query = query.values(**values)
     rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
-    if rows and session.get_bind().dialect.name == "postgresql":
+    with_events = bool(rows) and session.get_bind().dialect.name == "postgresql"
+    query, params = _run_update(guard, values, with_events)
+    params["of_run"] = run.id
+    if with_events:
         # One round trip for both: every transaction on a step's path ends with this.
-        moved = _update_run_inserting_events(session, query, rows)
+        params["new_events"] = [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
+        created = dict(session.execute(query, params).all())
+        for row in rows:
+            row["created_at"] = created.get(row["seq"])
+        moved = bool(created)
     else:
-        moved = session.execute(query).rowcount == 1
+        moved = session.execute(query, params).rowcount == 1
         if moved:
             _insert_events(session, rows)
     if not moved:
@@ -596,6 +633,36 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
                        waiting_on=values.get("waiting_on", run.waiting_on), status_changed=status is not None)
 
 
+_RUN_UPDATES: dict[tuple, Any] = {}
+
+
+def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with_events: bool) -> tuple[Any, dict]:
+    """The run's guarded UPDATE (on PostgreSQL ``with_events``: and its events' INSERT, in one
+    statement) and its parameters. Built once per shape, like update_steps' statements; values
+    that are SQL expressions other than NOW make a statement for this call only."""
+    params = {f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)}
+    shape = _shape(values)
+    key = (guard, with_events, shape)
+    query = _RUN_UPDATES.get(key) if shape is not None else None
+    if query is not None:
+        return query, params
+    new = {key: value if isinstance(value, ClauseElement) else bindparam(f"new_{key}", type_=RUNS.c[key].type)
+           for key, value in values.items()}
+    query = update(RUNS).where(RUNS.c.id == bindparam("of_run")).values(**new)
+    if guard is not None:
+        query = query.where(RUNS.c.status.in_([s.value for s in sorted(guard)]))
+    if with_events:
+        moved = query.returning(RUNS.c.id).cte("moved_run")
+        query = insert(EVENTS).from_select(
+            ["run_id", *_RUN_EVENT_COLUMNS],
+            select(moved.c.id, *(_NEW_EVENTS.c[name] for name in _RUN_EVENT_COLUMNS)).select_from(moved)
+            .join(_NEW_EVENTS, true()),
+        ).returning(EVENTS.c.seq, EVENTS.c.created_at)
+    if shape is not None:
+        _RUN_UPDATES[key] = query
+    return query, params
+
+
 _RUN_EVENT_COLUMNS = ("seq", "type", "step_id", "attempt", "data")
 # The events as one JSON parameter, so the statement's text (and SQLAlchemy's compiled cache entry)
 # is the same whatever the number of events.
@@ -604,23 +671,6 @@ _NEW_EVENTS = (
     .table_valued(*(column(name, EVENTS.c[name].type) for name in _RUN_EVENT_COLUMNS))
     .render_derived(name="new_events", with_types=True)
 )
-
-
-def _update_run_inserting_events(session: Session, run_update, rows: list[dict]) -> bool:
-    """Run the run's guarded UPDATE and insert its events in one statement (PostgreSQL: the events
-    are inserted only if the update moved the run). Sets each row's created_at; False if the
-    guard matched nothing."""
-    moved = run_update.returning(RUNS.c.id).cte("moved_run")
-    statement = insert(EVENTS).from_select(
-        ["run_id", *_RUN_EVENT_COLUMNS],
-        select(moved.c.id, *(_NEW_EVENTS.c[name] for name in _RUN_EVENT_COLUMNS)).select_from(moved)
-        .join(_NEW_EVENTS, true()),
-    ).returning(EVENTS.c.seq, EVENTS.c.created_at)
-    new_events = [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
-    created = dict(session.execute(statement, {"new_events": new_events}).all())
-    for row in rows:
-        row["created_at"] = created.get(row["seq"])
-    return bool(created)
 
 
 def _stage_written(session: Session, run, rows: list[dict], previous_status: str | None, status: str,
@@ -810,14 +860,18 @@ def seconds_until_next_due(session: Session) -> float | None:
     ).scalar_one_or_none()
 
 
-def queued_steps(session: Session) -> Sequence[Any]:
-    """Every step attempt waiting in a broker queue, with its run's workflow version (to rebuild its message)."""
-    return session.execute(
+def queued_steps(session: Session, attempts: Sequence[tuple[str, str, int]] | None = None) -> Sequence[Any]:
+    """Every step attempt waiting in a broker queue (of ``attempts`` only, (run id, step id, attempt),
+    if given), with its run's workflow version (to rebuild its message)."""
+    query = (
         select(Step.run_id, Step.step_id, Step.attempt, Step.queue, Run.tenant_id, Run.workflow_id,
                Run.workflow_version)
         .join(Run, Run.id == Step.run_id)
         .where(Step.status == StepStatus.QUEUED)
-    ).all()
+    )
+    if attempts is not None:
+        query = query.where(tuple_(Step.run_id, Step.step_id, Step.attempt).in_(list(attempts)))
+    return session.execute(query).all()
 
 
 def diagnosis_facts(

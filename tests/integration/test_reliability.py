@@ -114,6 +114,49 @@ def test_steps_whose_messages_the_broker_lost_are_published_again(api, settings,
     assert scalar(settings, select(Step.attempt).where(Step.run_id == run_id, Step.step_id == "after")) == 1
 
 
+TAKE_AND_DIE = """
+import os, signal, sys
+from orchestrator.broker import make_celery
+from orchestrator.settings import load
+
+settings = load()
+with make_celery(settings).connection_for_read() as connection:
+    queue = connection.SimpleQueue(settings.default_queue)
+    queue.get(timeout=20)  # taken, not acknowledged: kombu keeps it as unacked
+    sys.stdout.write("taken\\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # dies as a worker killed with its prefetched message
+"""
+
+
+def test_a_step_whose_message_a_killed_worker_took_is_published_again(api, settings, broker_url, engine_processes):
+    """A worker SIGKILLed with a message it took and had not claimed leaves the message unacknowledged
+    in Redis, where kombu keeps it for an hour; the sweep publishes the step again after
+    stranded_after_s instead."""
+    workflow = publish(api, ONE_SLOW_STEP)
+    for name in ("worker1", "worker2"):
+        engine_processes.stop(name)
+    try:
+        run_id = start(api, workflow)
+        wait_for(lambda: by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "queued", 20,
+                 "the step to be queued")
+        died = subprocess.run([sys.executable, "-c", TAKE_AND_DIE], env=_env(settings), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert died.returncode == -9 and died.stdout == "taken\n", died.stderr
+        client = redis.Redis.from_url(broker_url)
+        assert client.llen(settings.default_queue) == 0 and client.hlen("unacked") == 1
+        assert by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "queued"
+    finally:
+        for name in ("worker1", "worker2"):
+            engine_processes.start(name, "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
+    run = wait_run(api, run_id, timeout=30)
+    assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
+    assert count_events(api, run_id, "step_started", "slow") == 1
+    assert "re-publishing 1 step messages a worker took and never ran" in engine_processes.log_tail("scheduler", 200)
+    # Forgotten: kombu will not put it back an hour later (the workers' own acks may still be landing).
+    wait_for(lambda: client.hlen("unacked") == 0, 10, "no message left unacknowledged")
+
+
 def diagnosis_of(api, run_id: str) -> dict:
     response = api.get(f"/runs/{run_id}/diagnosis")
     assert response.status_code == 200, response.get_json()

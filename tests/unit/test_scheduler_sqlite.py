@@ -13,6 +13,7 @@ from orchestrator.db import migrate
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Outbox, Run, Step
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.db.types import db_now
 from orchestrator.scheduler import Scheduler
 from orchestrator.settings import Settings
 from orchestrator.states import StepStatus
@@ -121,3 +122,20 @@ def test_a_timer_fires_when_its_due_time_wakes_the_loop_without_a_sweep(schedule
     assert (status, steps) == ("succeeded", {"t": "succeeded"})
     assert events[-2:] == ["step_completed", "run_succeeded"]
     assert scheduler.wait_timeout() == scheduler.settings.sweep_interval_s  # nothing is due any more
+
+
+def test_a_reused_statement_takes_each_calls_values_and_expressions(scheduler):
+    """update_steps and apply_run_changes keep one statement per shape of change: a change that sets
+    a column to an expression of its own (a due time) must not reuse the statement made for a plain
+    value in that column, and a reused statement must take the new call's values."""
+    run_id = start_runs(scheduler, ONE_STEP, 1)[0]
+    due = {}
+    for due_at, output in [(None, {"n": 1}), (db_now(3600), {"n": 2}), (None, {"n": 3}), (db_now(7200), {"n": 4})]:
+        with transaction(scheduler.sessions) as session:
+            session.execute(update(Step).where(Step.run_id == run_id).values(status=StepStatus.RUNNING.value))
+            assert repo.update_steps(session, run_id, ["a"], StepStatus.RETRYING, due_at=due_at, output=output) == ["a"]
+            row = session.execute(select(Step.due_at, Step.output, db_now()).where(Step.run_id == run_id)).one()
+        assert row.output == output
+        due[output["n"]] = None if row.due_at is None else (row.due_at - row[2]).total_seconds()
+    assert due[1] is None and due[3] is None
+    assert 3590 < due[2] < 3610 and 7190 < due[4] < 7210
