@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -92,8 +94,10 @@ def test_a_crash_between_commit_and_publish_leaves_no_step_queued(api, settings,
     assert scalar(settings, select(func.count()).select_from(Outbox).where(Outbox.run_id == run_id)) == 0
 
 
-def test_steps_whose_messages_the_broker_lost_are_published_again(api, settings, broker_url, engine_processes):
-    """FLUSHDB stands for a Redis restart without persistence: the queued step's message is gone."""
+@contextmanager
+def queued_while_no_worker_runs(api, engine_processes) -> Iterator[str]:
+    """A run of ONE_SLOW_STEP whose first step is queued while the workers are stopped; they start
+    again when the block ends."""
     workflow = publish(api, ONE_SLOW_STEP)
     for name in ("worker1", "worker2"):
         engine_processes.stop(name)
@@ -101,13 +105,19 @@ def test_steps_whose_messages_the_broker_lost_are_published_again(api, settings,
         run_id = start(api, workflow)
         wait_for(lambda: by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "queued", 20,
                  "the step to be queued")
+        yield run_id
+    finally:
+        for name in ("worker1", "worker2"):
+            engine_processes.start(name, "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
+
+
+def test_steps_whose_messages_the_broker_lost_are_published_again(api, settings, broker_url, engine_processes):
+    """FLUSHDB stands for a Redis restart without persistence: the queued step's message is gone."""
+    with queued_while_no_worker_runs(api, engine_processes) as run_id:
         client = redis.Redis.from_url(broker_url)
         assert client.llen(settings.default_queue) == 1
         client.flushdb()
         client.set("switchyard:test-session", "flushed by a test", ex=3600)  # keep this db claimed
-    finally:
-        for name in ("worker1", "worker2"):
-            engine_processes.start(name, "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
     run = wait_run(api, run_id, timeout=30)
     assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
     assert "re-publishing 1 queued steps" in engine_processes.log_tail("scheduler", 200)
@@ -133,22 +143,13 @@ def test_a_step_whose_message_a_killed_worker_took_is_published_again(api, setti
     """A worker SIGKILLed with a message it took and had not claimed leaves the message unacknowledged
     in Redis, where kombu keeps it for an hour; the sweep publishes the step again after
     stranded_after_s instead."""
-    workflow = publish(api, ONE_SLOW_STEP)
-    for name in ("worker1", "worker2"):
-        engine_processes.stop(name)
-    try:
-        run_id = start(api, workflow)
-        wait_for(lambda: by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "queued", 20,
-                 "the step to be queued")
+    with queued_while_no_worker_runs(api, engine_processes) as run_id:
         died = subprocess.run([sys.executable, "-c", TAKE_AND_DIE], env=_env(settings), cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert died.returncode == -9 and died.stdout == "taken\n", died.stderr
         client = redis.Redis.from_url(broker_url)
         assert client.llen(settings.default_queue) == 0 and client.hlen("unacked") == 1
         assert by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "queued"
-    finally:
-        for name in ("worker1", "worker2"):
-            engine_processes.start(name, "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
     run = wait_run(api, run_id, timeout=30)
     assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
     assert count_events(api, run_id, "step_started", "slow") == 1
