@@ -730,6 +730,10 @@ def apply_many_run_changes(session: Session, many: Sequence[RunChanges]) -> None
 
     Raises StaleRunState if a guard matched nothing, so the caller's transaction rolls back whole.
     """
+    if len(many) == 1:
+        # One run (a chain's every pass): its update and its events in one statement on PostgreSQL.
+        apply_run_changes(session, many[0])
+        return
     runs = Run.__table__
     groups: dict[tuple, tuple[Any, list[dict[str, Any]]]] = {}
     events: list[tuple[RunRow, list[dict], dict[str, Any]]] = []
