@@ -600,17 +600,10 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
 
     Raises StaleRunState if the guard matched nothing, so the caller's transaction rolls back whole.
     """
-    run = changes.run
-    values = dict(changes.run_values)
-    guard = None
-    if changes.run_target is not None and changes.run_target != run.status:
-        values["status"] = changes.run_target.value
-        guard = run_allowed_from(changes.run_target)
-    if changes.events:
-        values["last_seq"] = run.last_seq + len(changes.events)
-    if not values:
+    prepared = _prepare(changes)
+    if prepared is None:
         return
-    rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
+    run, (guard, values, rows) = changes.run, prepared
     with_events = bool(rows) and session.get_bind().dialect.name == "postgresql"
     query, params = _run_update(guard, values, with_events)
     params["of_run"] = run.id
@@ -627,6 +620,26 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
             _insert_events(session, rows)
     if not moved:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
+    _stage(session, run, values, rows)
+
+
+def _prepare(changes: RunChanges) -> tuple[frozenset[RunStatus] | None, dict[str, Any], list[dict]] | None:
+    """What writing ``changes`` takes: the status guard (None: the status stays), the run's new
+    values (status and last_seq included) and the event rows; None if nothing changes."""
+    run, values, guard = changes.run, dict(changes.run_values), None
+    if changes.run_target is not None and changes.run_target != run.status:
+        values["status"] = changes.run_target.value
+        guard = run_allowed_from(changes.run_target)
+    if changes.events:
+        values["last_seq"] = run.last_seq + len(changes.events)
+    if not values:
+        return None
+    rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
+    return guard, values, rows
+
+
+def _stage(session: Session, run, values: dict[str, Any], rows: list[dict]) -> None:
+    """Leave the rows written to the run's log for the publisher, with the run's status after them."""
     if rows:
         status = values.get("status")
         _stage_written(session, run, rows, previous_status=run.status if status else None, status=status or run.status,
@@ -650,7 +663,8 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
            for key, value in values.items()}
     query = update(RUNS).where(RUNS.c.id == bindparam("of_run")).values(**new)
     if guard is not None:
-        query = query.where(RUNS.c.status.in_([s.value for s in sorted(guard)]))
+        # OR, not IN: an IN list is an expanding parameter, which executemany does not take.
+        query = query.where(or_(*(RUNS.c.status == s.value for s in sorted(guard))))
     if with_events:
         moved = query.returning(RUNS.c.id).cte("moved_run")
         query = insert(EVENTS).from_select(
@@ -663,7 +677,8 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
     return query, params
 
 
-_RUN_EVENT_COLUMNS = ("seq", "type", "step_id", "attempt", "data")
+_EVENT_COLUMNS = ("run_id", "seq", "type", "step_id", "attempt", "data")
+_RUN_EVENT_COLUMNS = _EVENT_COLUMNS[1:]  # a run's own events: run_id comes from its update
 # The events as one JSON parameter, so the statement's text (and SQLAlchemy's compiled cache entry)
 # is the same whatever the number of events.
 _NEW_EVENTS = (
@@ -734,48 +749,26 @@ def apply_many_run_changes(session: Session, many: Sequence[RunChanges]) -> None
         # One run (a chain's every pass): its update and its events in one statement on PostgreSQL.
         apply_run_changes(session, many[0])
         return
-    runs = Run.__table__
-    groups: dict[tuple, tuple[Any, list[dict[str, Any]]]] = {}
-    events: list[tuple[RunRow, list[dict], dict[str, Any]]] = []
+    groups: dict[int, tuple[Any, list[dict[str, Any]]]] = {}
+    written: list[tuple[RunRow, dict[str, Any], list[dict]]] = []
     for changes in many:
-        run, values = changes.run, dict(changes.run_values)
-        target = changes.run_target if changes.run_target not in (None, run.status) else None
-        if target is not None:
-            values["status"] = target.value
-        if changes.events:
-            values["last_seq"] = run.last_seq + len(changes.events)
-        if not values:
+        prepared = _prepare(changes)
+        if prepared is None:
             continue
-        expressions = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}
-        bound = sorted(k for k in values if k not in expressions)
-        # An expression is told apart by identity: callers that share one (a module's db_now()) share a statement.
-        shape = (target, tuple(bound), tuple(sorted((k, id(v)) for k, v in expressions.items())))
-        if shape not in groups:
-            query = update(runs).where(runs.c.id == bindparam("run_id_")).values(
-                **{k: bindparam(f"new_{k}", type_=runs.c[k].type) for k in bound}, **expressions
-            )
-            if target is not None:
-                # OR, not IN: an IN list is an expanding parameter, which executemany does not take.
-                query = query.where(or_(*(runs.c.status == s.value for s in sorted(run_allowed_from(target)))))
-            groups[shape] = (query, [])
-        groups[shape][1].append({"run_id_": run.id, **{f"new_{k}": values[k] for k in bound}})
-        if changes.events:
-            rows = [dict(run_id=run.id, seq=run.last_seq + i + 1, **e) for i, e in enumerate(changes.events)]
-            status = values.get("status")
-            events.append((run, rows, dict(
-                previous_status=run.status if status else None, status=status or run.status,
-                waiting_on=values.get("waiting_on", run.waiting_on), status_changed=status is not None,
-            )))
+        guard, values, rows = prepared
+        # Runs of one shape of change get the same (cached) statement: one executemany for them all.
+        query, params = _run_update(guard, values, with_events=False)
+        groups.setdefault(id(query), (query, []))[1].append({"of_run": changes.run.id, **params})
+        written.append((changes.run, values, rows))
     for query, params in groups.values():
         if session.execute(query, params).rowcount != len(params):
-            stale = [p["run_id_"] for p in params]
+            stale = [p["of_run"] for p in params]
             raise StaleRunState(f"one of runs {stale} is no longer in the status its changes were decided from")
-    _insert_events(session, [row for _, rows, _ in events for row in rows])
-    for run, rows, staged in events:
-        _stage_written(session, run, rows, **staged)
+    _insert_events(session, [row for _, _, rows in written for row in rows])
+    for run, values, rows in written:
+        _stage(session, run, values, rows)
 
 
-_EVENT_COLUMNS = ("run_id", "seq", "type", "step_id", "attempt", "data")
 
 
 def _insert_events(session: Session, rows: list[dict]) -> None:
