@@ -69,9 +69,13 @@ def publish_steps(app: Celery, messages: Iterable[dict], cancel_grace_s: float) 
 
     with app.producer_or_acquire() as producer:
         for m in messages:
+            args = [m["run_id"], m["step_id"], m["attempt"]]
             app.send_task(
                 RUN_STEP_TASK,
-                args=[m["run_id"], m["step_id"], m["attempt"]],
+                args=args,
+                # Given, so Celery does not build them with its (much slower) safe repr: ids and a number.
+                argsrepr=repr(args),
+                kwargsrepr="{}",
                 task_id=task_id(m["run_id"], m["step_id"], m["attempt"]),
                 queue=m["queue"],
                 soft_time_limit=m["soft_time_limit"],

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import broker, dag, logs, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
-from orchestrator.db.models import Step
 from orchestrator.db.repository import RunChanges, StepView
 from orchestrator.db.session import database_unavailable, transaction
 from orchestrator.db.types import db_now
@@ -45,8 +44,8 @@ class Pass:
 
 
 # Shared by every step a pass queues, so that PassWrites can write them all in one statement (it
-# groups changes by the very expressions they set).
-NEXT_ATTEMPT = Step.attempt + 1
+# groups changes by the very expressions they set) and the statement is built once.
+NEXT_ATTEMPT = repo.NEXT_ATTEMPT
 NOW = repo.NOW
 
 
@@ -339,6 +338,9 @@ class Scheduler:
                 repo.flag_runs_with_due_steps(session)
             runs = repo.lock_runs_with_work(session, self.batch_size, published_outbox=published)
             if runs:
+                # A statement of its own, after the locks are held: in READ COMMITTED it reads the steps
+                # as the runs' last writers committed them (a read in the locking statement would use
+                # that statement's older snapshot, and miss an outcome committed while it waited).
                 views = repo.steps_for_update(session, [r.id for r in runs])
                 definitions = self.catalog.get_many(
                     session, [(r.tenant_id, r.workflow_id, r.workflow_version) for r in runs]

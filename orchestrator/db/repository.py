@@ -543,46 +543,91 @@ def update_steps(
     ``only_from`` narrows the table's allowed set; ``at_attempt`` also requires that attempt number,
     so a report from an older attempt matches nothing.
     """
-    if not step_ids:
-        return []
+    moved = move_steps_many(session, [(run_id, s) for s in step_ids], target, only_from=only_from,
+                            at_attempt=at_attempt, **values)
+    return [s for s in step_ids if (run_id, s) in moved]
+
+
+def move_steps_many(
+    session: Session,
+    keys: Sequence[tuple[str, str]],
+    target: StepStatus,
+    *,
+    only_from: Iterable[StepStatus] | None = None,
+    at_attempt: int | None = None,
+    **values: Any,
+) -> set[tuple[str, str]]:
+    """update_steps for the steps of many runs, in one statement: move the steps ``keys`` (run id,
+    step id) to ``target`` where the table (narrowed to ``only_from``) allows it; return the keys
+    actually changed."""
+    if not keys:
+        return set()
     allowed = step_allowed_from(target, only_from)
-    params = {"of_run": run_id, "of_steps": list(step_ids), "at_attempt": at_attempt}
-    params.update({f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)})
-    # The statement is built once per shape (it is on every step's path, and building one costs
-    # about a round trip): plain values go as parameters; NOW is the one expression kept in it.
-    shape = _shape(values)
-    if shape is None:  # an expression of its own (a due time, attempt + 1): built for this call only
-        query = _update_steps_statement(target, allowed, at_attempt is not None, values)
+    dialect = session.get_bind().dialect.name
+    params: dict[str, Any] = {f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)}
+    params["at_attempt"] = at_attempt
+    if dialect == "postgresql":
+        params["run_ids"], params["step_ids"] = [k[0] for k in keys], [k[1] for k in keys]
     else:
-        key = (target, allowed, at_attempt is not None, shape)
-        query = _UPDATE_STEPS.get(key)
-        if query is None:
-            query = _UPDATE_STEPS[key] = _update_steps_statement(target, allowed, at_attempt is not None, values)
-    return list(session.execute(query, params).scalars())
+        params["keys"] = [tuple(k) for k in keys]
+    # Built once per shape (it is on every step's path, and building one costs about a round trip):
+    # plain values go as parameters; NOW and NEXT_ATTEMPT are the expressions kept in it.
+    shape = _shape(values)
+    key = (dialect, target, allowed, at_attempt is not None, shape)
+    query = _MOVE_STEPS.get(key) if shape is not None else None
+    if query is None:
+        query = _move_steps_statement(dialect, target, allowed, at_attempt is not None, values)
+        if shape is not None:
+            _MOVE_STEPS[key] = query
+    return {(run_id, step_id) for run_id, step_id in session.execute(query, params)}
+
+
+# The database clock and the next attempt's number as shared expressions: a statement that sets a
+# column to one of them can be built once (see _shape).
+NOW = db_now()
+NEXT_ATTEMPT = STEPS.c.attempt + 1
+_SHARED_EXPRESSIONS = (NOW, NEXT_ATTEMPT)
 
 
 def _shape(values: dict[str, Any]) -> tuple | None:
-    """The columns a statement sets and which of them it sets to NOW, or None if one is set to an
-    expression of its own (such a statement cannot be reused with other parameters)."""
-    if any(isinstance(value, ClauseElement) and value is not NOW for value in values.values()):
-        return None
-    return tuple(sorted((key, value is NOW) for key, value in values.items()))
+    """The columns a statement sets and which shared expression each is set to (None: a parameter),
+    or None if one is set to an expression of its own (such a statement cannot be reused)."""
+    shape = []
+    for key, value in values.items():
+        shared = None
+        if isinstance(value, ClauseElement):
+            shared = next((i for i, e in enumerate(_SHARED_EXPRESSIONS) if value is e), None)
+            if shared is None:
+                return None
+        shape.append((key, shared))
+    return tuple(sorted(shape, key=lambda column: column[0]))
 
 
-# The database clock as one shared expression: a statement that sets a column to it can be built once.
-NOW = db_now()
-_UPDATE_STEPS: dict[tuple, Any] = {}
+_MOVE_STEPS: dict[tuple, Any] = {}
+# On PostgreSQL the keys go as two arrays: the statement's text is the same for any number of keys
+# (psycopg parses a statement of more than 50 parameters anew on every call).
+_KEYS = (
+    func.unnest(bindparam("run_ids", type_=postgresql.ARRAY(String)),
+                bindparam("step_ids", type_=postgresql.ARRAY(String)))
+    .table_valued(column("run_id", String), column("step_id", String))
+    .render_derived(name="keys")
+)
 
 
-def _update_steps_statement(target: StepStatus, allowed: frozenset[StepStatus], at_attempt: bool, values: dict):
+def _move_steps_statement(dialect: str, target: StepStatus, allowed: frozenset[StepStatus], at_attempt: bool,
+                          values: dict):
     new = {key: value if isinstance(value, ClauseElement) else bindparam(f"new_{key}", type_=STEPS.c[key].type)
            for key, value in values.items()}
+    of_keys = (
+        tuple_(STEPS.c.run_id, STEPS.c.step_id).in_(select(_KEYS.c.run_id, _KEYS.c.step_id))
+        if dialect == "postgresql"
+        else tuple_(STEPS.c.run_id, STEPS.c.step_id).in_(bindparam("keys", expanding=True))
+    )
     query = (
         update(STEPS)
-        .where(STEPS.c.run_id == bindparam("of_run"), STEPS.c.step_id.in_(bindparam("of_steps", expanding=True)),
-               STEPS.c.status.in_([s.value for s in sorted(allowed)]))
+        .where(of_keys, STEPS.c.status.in_([s.value for s in sorted(allowed)]))
         .values(status=target.value, **new)
-        .returning(STEPS.c.step_id)
+        .returning(STEPS.c.run_id, STEPS.c.step_id)
     )
     return query.where(STEPS.c.attempt == bindparam("at_attempt")) if at_attempt else query
 
@@ -652,7 +697,7 @@ _RUN_UPDATES: dict[tuple, Any] = {}
 def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with_events: bool) -> tuple[Any, dict]:
     """The run's guarded UPDATE (on PostgreSQL ``with_events``: and its events' INSERT, in one
     statement) and its parameters. Built once per shape, like update_steps' statements; values
-    that are SQL expressions other than NOW make a statement for this call only."""
+    that are SQL expressions of their own (not NOW) make a statement for this call only."""
     params = {f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)}
     shape = _shape(values)
     key = (guard, with_events, shape)
@@ -700,30 +745,6 @@ def _stage_written(session: Session, run, rows: list[dict], previous_status: str
 
 
 # --- the scheduler's pass: the guarded writes of many locked runs at once -------------------------
-
-
-def move_steps_many(
-    session: Session,
-    keys: Sequence[tuple[str, str]],
-    target: StepStatus,
-    *,
-    only_from: Iterable[StepStatus] | None = None,
-    **values: Any,
-) -> set[tuple[str, str]]:
-    """update_steps for the steps of many runs, in one statement: move the steps ``keys`` (run id,
-    step id) to ``target`` where the table (narrowed to ``only_from``) allows it; return the keys
-    actually changed."""
-    if not keys:
-        return set()
-    steps = Step.__table__.c
-    allowed = sorted(s.value for s in step_allowed_from(target, only_from))
-    query = (
-        update(Step.__table__)
-        .where(tuple_(steps.run_id, steps.step_id).in_(keys), steps.status.in_(allowed))
-        .values(status=target.value, **values)
-        .returning(steps.run_id, steps.step_id)
-    )
-    return {(run_id, step_id) for run_id, step_id in session.execute(query)}
 
 
 def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
