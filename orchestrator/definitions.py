@@ -140,6 +140,11 @@ class Definition(_Strict):
     def needs(self) -> dict[str, list[str]]:
         return {s.id: list(s.needs) for s in self.steps}
 
+    @cached_property
+    def sinks(self) -> list[str]:
+        """The steps nothing else needs: their outputs make the run's output."""
+        return dag.sink_steps([s.id for s in self.steps], self.needs)
+
     def template_names(self, step_id: str) -> frozenset[str]:
         """The top-level names (``steps``, ``approval``, …) that the step's templates read."""
         if step_id not in self._template_names:

@@ -153,6 +153,7 @@ def claim_attempt(
 class Recorded:
     applied: bool
     revoke: list[str] = field(default_factory=list)
+    scheduler_has_work: bool = True  # False: the outcome finished the run, no need to wake the scheduler
 
 
 def record_outcome(
@@ -181,9 +182,22 @@ def record_outcome(
     revoke = apply_outcome(session, changes, definition, None, view, outcome, rand, prices, recorded_policy)
     if revoke is None:
         return Recorded(False)
-    changes.run_values["has_work"] = True
+    # The run's last step succeeded: the run succeeds here, as fail-fast fails it here, and the
+    # scheduler has nothing to do for it. The lock's hint comes from a snapshot older than the lock,
+    # so a fresh read decides.
+    finished = False
+    if (changes.run_target is None and run.status == RunStatus.RUNNING and view.status is StepStatus.SUCCEEDED
+            and run.others_succeeded):
+        outputs = repo.outputs_if_others_succeeded(session, run_id, step_id, definition.sinks)
+        if outputs is not None:
+            if step_id in definition.sinks:
+                outputs[step_id] = outcome.output
+            succeed_run(changes, {s: outputs.get(s) for s in definition.sinks})
+            finished = True
+    if not finished:
+        changes.run_values["has_work"] = True
     repo.apply_run_changes(session, changes)
-    return Recorded(True, revoke)
+    return Recorded(True, revoke, scheduler_has_work=not finished)
 
 
 def apply_outcome(
@@ -278,6 +292,15 @@ def apply_outcome(
     if views is None:
         views = repo.steps_for_update(session, [run_id])[run_id]
     return fail_run(session, changes, views, view.step_id, error)
+
+
+def succeed_run(changes: RunChanges, outputs: dict[str, Any] | None = None) -> None:
+    """The run succeeded (every step did); ``outputs``: its sink steps' outputs, if already read."""
+    changes.run_target = RunStatus.SUCCEEDED
+    changes.run_values.update(completed_at=repo.NOW, waiting_on=None, has_work=False)
+    if outputs is not None:
+        changes.run_values["output"] = outputs
+    changes.event("run_succeeded")
 
 
 def fail_run(

@@ -25,7 +25,7 @@ from orchestrator.db.session import database_unavailable, transaction
 from orchestrator.db.types import db_now
 from orchestrator.definitions import ApprovalStep, Definition, QuestionStep, TimerStep, WaitEventStep
 from orchestrator.errors import StepError
-from orchestrator.outcomes import WORKER_LOST, ErrorInfo, Outcome, apply_outcome
+from orchestrator.outcomes import WORKER_LOST, ErrorInfo, Outcome, apply_outcome, succeed_run
 from orchestrator.settings import Settings
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus, step_allowed_from
 
@@ -166,10 +166,8 @@ def advance_run(session: Session, run, views: list[StepView], definition: Defini
         if all(v.status is StepStatus.WAITING for v in views if v.step_id in decision.park):
             break
     if decision.run_status is RunStatus.SUCCEEDED:
-        changes.run_target = RunStatus.SUCCEEDED
-        changes.run_values.update(completed_at=NOW, waiting_on=None)
-        changes.event("run_succeeded")
-        writes.finish_run(changes, output_of=dag.sink_steps([s.id for s in definition.steps], needs))
+        succeed_run(changes)
+        writes.finish_run(changes, output_of=definition.sinks)
         return
     if decision.run_status != status or (status is RunStatus.WAITING and decision.waiting_on != run.waiting_on):
         changes.run_target = decision.run_status

@@ -147,7 +147,8 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
         log.info("attempt finished (%s) but was stopped meanwhile; its outcome was dropped", result)
         return
     log.info("attempt finished: %s in %.3fs", result, time.monotonic() - started)
-    rt.doorbell.ring(run_id)
+    if recorded.scheduler_has_work:
+        rt.doorbell.ring(run_id)
     broker.revoke(rt.celery, recorded.revoke)
 
 

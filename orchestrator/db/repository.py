@@ -25,6 +25,7 @@ from sqlalchemy import (
     case,
     column,
     delete,
+    exists,
     func,
     insert,
     literal_column,
@@ -308,6 +309,7 @@ _LOCK_RUN = select(RUNS).where(RUNS.c.id == bindparam("run_id")).with_for_update
 _LOCK_RUN_WITH_TENANT_POLICY = _LOCK_RUN.add_columns(
     select(Tenant.policy).where(Tenant.id == RUNS.c.tenant_id).scalar_subquery().label("tenant_policy")
 )
+_OTHER_STEPS = STEPS.alias("other_steps")
 _LOCK_RUN_WITH_STEP = (
     select(
         RUNS,
@@ -315,6 +317,9 @@ _LOCK_RUN_WITH_STEP = (
         STEPS.c.attempt.label("step_attempt"), STEPS.c.max_attempts, STEPS.c.queue.label("step_queue"),
         (STEPS.c.due_at <= db_now()).label("step_due"), (STEPS.c.lease_expires_at < db_now()).label("step_expired"),
         STEPS.c.waiting_on.label("step_waiting_on"), STEPS.c.policy.label("step_policy"),
+        # A hint only (this statement's snapshot predates the lock): every other step succeeded.
+        ~exists().where(_OTHER_STEPS.c.run_id == RUNS.c.id, _OTHER_STEPS.c.step_id != bindparam("step_id"),
+                        _OTHER_STEPS.c.status != StepStatus.SUCCEEDED.value).label("others_succeeded"),
     )
     .join(STEPS, and_(STEPS.c.run_id == RUNS.c.id, STEPS.c.step_id == bindparam("step_id")))
     .where(RUNS.c.id == bindparam("run_id"))
@@ -745,6 +750,25 @@ def _stage_written(session: Session, run, rows: list[dict], previous_status: str
 
 
 # --- the scheduler's pass: the guarded writes of many locked runs at once -------------------------
+
+
+def outputs_if_others_succeeded(session: Session, run_id: str, step_id: str,
+                                sinks: Sequence[str]) -> dict[str, Any] | None:
+    """The outputs of the run's steps ``sinks`` other than ``step_id`` if every step of the run but
+    ``step_id`` succeeded, else None."""
+    others = [s for s in sinks if s != step_id]
+    row = session.execute(_OTHERS_SUCCEEDED, {"run_id": run_id, "step_id": step_id}).one()
+    if not row.others_succeeded:
+        return None
+    return {s: output for s, output in session.execute(
+        select(STEPS.c.step_id, STEPS.c.output).where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(others))
+    )} if others else {}
+
+
+_OTHERS_SUCCEEDED = select(
+    ~exists().where(_OTHER_STEPS.c.run_id == bindparam("run_id"), _OTHER_STEPS.c.step_id != bindparam("step_id"),
+                    _OTHER_STEPS.c.status != StepStatus.SUCCEEDED.value).label("others_succeeded"),
+)
 
 
 def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:

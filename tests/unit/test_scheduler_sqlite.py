@@ -1,5 +1,6 @@
 """The scheduler's pass on SQLite (the embedded default): the writes of a batch together, the guards
-checked, published outbox rows deleted by the next transaction, due times fired when the loop wakes."""
+checked, published outbox rows deleted by the next transaction, due times fired when the loop wakes;
+and what the outcome writer leaves it: nothing when the report of a run's last step finished the run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import time
 import pytest
 from sqlalchemy import event, func, select, update
 
-from orchestrator import broker, service
+from orchestrator import broker, outcomes, service
+from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import migrate
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Outbox, Run, Step
@@ -139,3 +141,71 @@ def test_a_reused_statement_takes_each_calls_values_and_expressions(scheduler):
         due[output["n"]] = None if row.due_at is None else (row.due_at - row[2]).total_seconds()
     assert due[1] is None and due[3] is None
     assert 3590 < due[2] < 3610 and 7190 < due[4] < 7210
+
+
+# --- the outcome writer's hand-over to the scheduler ---------------------------------------------
+
+CHAIN = {"name": "chain", "steps": [
+    {"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}},
+    {"id": "b", "type": "tool", "tool": "echo", "args": {"text": "y"}, "needs": ["a"]},
+]}
+
+
+def run_step(scheduler, run_id: str, step_id: str, output: dict) -> outcomes.Recorded:
+    """What a worker does for one queued attempt: claim it, then report a success."""
+    catalog = DefinitionCatalog()
+    with transaction(scheduler.sessions) as session:
+        assert outcomes.claim_attempt(session, catalog, run_id, step_id, 1, "test", 60) is not None
+    with transaction(scheduler.sessions) as session:
+        return outcomes.record_outcome(session, catalog, run_id, step_id, 1, outcomes.Outcome(output=output))
+
+
+def has_work(scheduler, run_id: str) -> bool:
+    with transaction(scheduler.sessions) as session:
+        return session.execute(select(Run.has_work).where(Run.id == run_id)).scalar_one()
+
+
+def test_the_last_steps_report_finishes_the_run_without_the_scheduler(scheduler):
+    [run_id] = start_runs(scheduler, ONE_STEP, 1)
+    assert scheduler.drain() == 1
+
+    recorded = run_step(scheduler, run_id, "a", {"text": "x"})
+
+    assert recorded.applied and not recorded.scheduler_has_work
+    status, events, steps = run_facts(scheduler, run_id)
+    assert (status, steps) == ("succeeded", {"a": "succeeded"})
+    assert events[-2:] == ["step_completed", "run_succeeded"] and events.count("run_succeeded") == 1
+    assert not has_work(scheduler, run_id)
+    with transaction(scheduler.sessions) as session:
+        assert repo.get_run(session, "t", run_id).output == {"a": {"text": "x"}}
+    assert scheduler.drain() == 0
+
+
+def test_a_report_with_steps_still_to_run_leaves_the_run_to_the_scheduler(scheduler):
+    [run_id] = start_runs(scheduler, CHAIN, 1)
+    scheduler.drain()
+
+    first = run_step(scheduler, run_id, "a", {"text": "x"})
+
+    assert first.applied and first.scheduler_has_work
+    assert run_facts(scheduler, run_id)[0] == "running" and has_work(scheduler, run_id)
+    assert scheduler.drain() == 1  # dispatches b
+    last = run_step(scheduler, run_id, "b", {"text": "y"})
+    assert not last.scheduler_has_work
+    with transaction(scheduler.sessions) as session:
+        assert repo.get_run(session, "t", run_id).output == {"b": {"text": "y"}}  # the sink's output only
+    assert run_facts(scheduler, run_id)[1].count("run_succeeded") == 1
+
+
+def test_outputs_are_read_only_when_every_other_step_succeeded(scheduler):
+    [run_id] = start_runs(scheduler, CHAIN, 1)
+
+    def finish(session, step_id: str, output: dict) -> None:  # set up directly: not a transition under test
+        session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == step_id)
+                        .values(status=StepStatus.SUCCEEDED.value, output=output))
+
+    with transaction(scheduler.sessions) as session:
+        assert repo.outputs_if_others_succeeded(session, run_id, "b", ["b"]) is None  # a is pending
+        finish(session, "a", {"text": "x"})
+        assert repo.outputs_if_others_succeeded(session, run_id, "b", ["b"]) == {}
+        assert repo.outputs_if_others_succeeded(session, run_id, "b", ["a", "b"]) == {"a": {"text": "x"}}
