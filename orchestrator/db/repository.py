@@ -308,9 +308,14 @@ _LOCK_RUN = select(RUNS).where(RUNS.c.id == bindparam("run_id")).with_for_update
 _LOCK_RUN_WITH_TENANT_POLICY = _LOCK_RUN.add_columns(
     select(Tenant.policy).where(Tenant.id == RUNS.c.tenant_id).scalar_subquery().label("tenant_policy")
 )
+# The run's columns the worker's path reads (an outcome; with _CLAIM_RUN_COLUMNS, a claim), not all
+# of them: every column of a result costs the client more than its share of the statement.
+_OUTCOME_RUN_COLUMNS = ("id", "tenant_id", "workflow_id", "workflow_version", "status", "waiting_on", "usage",
+                        "last_seq", "risk_level")
+_CLAIM_RUN_COLUMNS = (*_OUTCOME_RUN_COLUMNS, "input", "attempt", "limits")
 _LOCK_RUN_WITH_STEP = (
     select(
-        RUNS,
+        *(RUNS.c[name] for name in _OUTCOME_RUN_COLUMNS),
         STEPS.c.type.label("step_type"), STEPS.c.status.label("step_status"),
         STEPS.c.attempt.label("step_attempt"), STEPS.c.max_attempts, STEPS.c.queue.label("step_queue"),
         (STEPS.c.due_at <= db_now()).label("step_due"), (STEPS.c.lease_expires_at < db_now()).label("step_expired"),
@@ -332,7 +337,8 @@ def lock_run(session: Session, run_id: str, *, with_tenant_policy: bool = False)
 
 def lock_run_with_step(session: Session, run_id: str, step_id: str) -> tuple[RunRow, StepView, list | None] | None:
     """Lock a run's row and read one of its steps in one round trip: (run, the step's view, the
-    step's recorded policy decisions); None if there is no such step. The outcome writer's common
+    step's recorded policy decisions); None if there is no such step. The run carries the columns
+    the outcome writer reads (_OUTCOME_RUN_COLUMNS), not all of them. The outcome writer's common
     case needs no other step of the run."""
     row = session.execute(_LOCK_RUN_WITH_STEP, {"run_id": run_id, "step_id": step_id}).one_or_none()
     if row is None:
@@ -344,12 +350,21 @@ def lock_run_with_step(session: Session, run_id: str, step_id: str) -> tuple[Run
 
 @dataclass
 class Claimed:
-    """What ``lock_run_and_claim`` found and did: the run as locked (with ``tenant_policy``) and, if
-    the step was claimed, its checkpoint."""
+    """What ``lock_run_and_claim`` found and did: the run as locked (with ``tenant_policy``; on
+    PostgreSQL only the columns a claim reads, _CLAIM_RUN_COLUMNS) and, if the step was claimed, its
+    checkpoint."""
 
     run: RunRow
     claimed: bool
     checkpoint: dict | None = None
+
+
+CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+
+
+def _sql_list(statuses: Iterable[StepStatus | RunStatus]) -> str:
+    """Statuses as an SQL list of literals (they are enum values, never input)."""
+    return ", ".join(f"'{status.value}'" for status in sorted(statuses))
 
 
 # The claim on PostgreSQL, in one statement: lock the run, move the step queued -> running at this
@@ -363,8 +378,8 @@ WITH run AS (
 ), claimed AS (
     UPDATE steps SET status = 'running', started_at = clock_timestamp(), worker = :worker,
         lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s)
-    WHERE run_id = :run_id AND step_id = :step_id AND attempt = :attempt AND status IN :from_steps
-      AND EXISTS (SELECT 1 FROM run WHERE status IN :from_runs)
+    WHERE run_id = :run_id AND step_id = :step_id AND attempt = :attempt AND status IN ({from_steps})
+      AND EXISTS (SELECT 1 FROM run WHERE status IN ({from_runs}))
     RETURNING checkpoint
 ), bumped AS (
     UPDATE runs SET last_seq = runs.last_seq + 1 FROM claimed WHERE runs.id = :run_id RETURNING runs.last_seq
@@ -373,14 +388,16 @@ WITH run AS (
     SELECT :run_id, last_seq, 'step_started', :step_id, :attempt, :data, clock_timestamp() FROM bumped
     RETURNING seq, created_at
 )
-SELECT run.*, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
+SELECT {run_columns}, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
        claimed.checkpoint AS claimed_checkpoint, started.seq AS started_seq, started.created_at AS started_created_at
 FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
-""").bindparams(
-    bindparam("from_steps", expanding=True), bindparam("from_runs", expanding=True),
-    bindparam("data", type_=postgresql.JSONB),
-).columns(started_created_at=UTCDateTime())
-CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+""".format(
+    run_columns=", ".join(f"run.{name}" for name in _CLAIM_RUN_COLUMNS),
+    # The guards' allowed sets are constants of the transition table: written into the statement
+    # (an expanding parameter is rewritten into the SQL on every call).
+    from_steps=_sql_list(step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}),
+    from_runs=_sql_list(CLAIMABLE_RUN),
+)).bindparams(bindparam("data", type_=postgresql.JSONB)).columns(started_created_at=UTCDateTime())
 
 
 def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int, worker: str,
@@ -391,10 +408,8 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
     that is not running)."""
     data = {"worker": worker}
     if session.get_bind().dialect.name == "postgresql":
-        from_steps = [s.value for s in step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}]
         row = session.execute(_CLAIM_PG, dict(
             run_id=run_id, step_id=step_id, attempt=attempt, worker=worker, lease_s=float(lease_s), data=data,
-            from_steps=from_steps, from_runs=[s.value for s in CLAIMABLE_RUN],
         )).one_or_none()
         if row is None:
             return None
