@@ -178,11 +178,13 @@ def record_outcome(
         return Recorded(False)
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     changes = RunChanges(run)
-    revoke = apply_outcome(session, changes, definition, None, view, outcome, rand, prices, recorded_policy)
+    revoke = apply_outcome(session, changes, definition, None, view, outcome, rand, prices, recorded_policy,
+                           defer_move=True)
     if revoke is None:
         return Recorded(False)
     changes.run_values["has_work"] = True
-    repo.apply_run_changes(session, changes)
+    if not repo.apply_run_changes(session, changes):
+        return Recorded(False)
     return Recorded(True, revoke)
 
 
@@ -196,6 +198,7 @@ def apply_outcome(
     rand: Callable[[], float] = random.random,
     prices: PriceTable | None = None,
     recorded_policy: list[dict[str, Any]] | None = None,
+    defer_move: bool = False,
 ) -> list[str] | None:
     """Apply an outcome to a running or waiting step (its run locked by the caller).
 
@@ -207,6 +210,10 @@ def apply_outcome(
     nothing else happens. With ``prices``, the outcome's usage is priced in credits (the per-step
     price only when the step finished). Returns the task ids to revoke, or None if the step was not
     at that attempt.
+
+    With ``defer_move``, a move that is the outcome's only write besides the run's (to succeeded,
+    retrying or cancelled) is left in ``changes.step_move`` for apply_run_changes, which writes it
+    first, and the rest only if it matched; the caller must apply ``changes`` and check its result.
     """
     run_id, attempt = changes.run.id, view.attempt
     run_ended = changes.run.status in TERMINAL_RUN
@@ -220,9 +227,13 @@ def apply_outcome(
     def move(target: StepStatus, **values: Any) -> bool:
         if outcome.policy:
             values["policy"] = [*(recorded_policy or []), *outcome.policy]
-        moved = repo.update_steps(
-            session, run_id, [view.step_id], target, only_from=[view.status], at_attempt=attempt, **values
-        )
+        if defer_move and target in _DEFERRABLE_MOVES:
+            changes.step_move = repo.StepMove(view.step_id, target, frozenset([view.status]), attempt, values)
+            moved = True
+        else:
+            moved = repo.update_steps(
+                session, run_id, [view.step_id], target, only_from=[view.status], at_attempt=attempt, **values
+            )
         if moved:
             view.status = target
             # Only a report that moved the step leaves its policy decisions: a stale one changes nothing.
@@ -278,6 +289,11 @@ def apply_outcome(
     if views is None:
         views = repo.steps_for_update(session, [run_id])[run_id]
     return fail_run(session, changes, views, view.step_id, error)
+
+
+# The moves after which apply_outcome writes nothing of its own (a failed step may fail its run, a
+# waiting one opens a question or an approval): they can wait for the run's statement.
+_DEFERRABLE_MOVES = (StepStatus.SUCCEEDED, StepStatus.RETRYING, StepStatus.CANCELLED)
 
 
 def fail_run(

@@ -25,6 +25,7 @@ from sqlalchemy import (
     case,
     column,
     delete,
+    exists,
     func,
     insert,
     literal_column,
@@ -530,14 +531,28 @@ def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list
     return result
 
 
+@dataclass(frozen=True)
+class StepMove:
+    """One step's guarded move (as update_steps makes it, at ``attempt``), left for apply_run_changes to
+    write first: on PostgreSQL in the run's own statement."""
+
+    step_id: str
+    target: StepStatus
+    only_from: frozenset[StepStatus]
+    attempt: int
+    values: dict[str, Any]
+
+
 @dataclass
 class RunChanges:
-    """What one transaction does to one locked run: its new status and values, and its events."""
+    """What one transaction does to one locked run: its new status and values, and its events; and
+    optionally the move of one of its steps, which the rest is written only after (``step_move``)."""
 
     run: RunRow
     events: list[dict] = field(default_factory=list)
     run_values: dict[str, Any] = field(default_factory=dict)
     run_target: RunStatus | None = None
+    step_move: StepMove | None = None
 
     def event(self, type_: str, step_id: str | None = None, attempt: int | None = None, **data: Any) -> None:
         self.events.append({"type": type_, "step_id": step_id, "attempt": attempt, "data": data})
@@ -610,22 +625,34 @@ class StaleRunState(Exception):
     """The run's status changed under a writer that held its lock: a bug, so the transaction is undone."""
 
 
-def apply_run_changes(session: Session, changes: RunChanges) -> None:
-    """Write the run's new status (guarded), its other values and its events.
+def apply_run_changes(session: Session, changes: RunChanges) -> bool:
+    """Write the step's move (``changes.step_move``, if any), then the run's new status (guarded), its
+    other values and its events. Returns False, having written nothing, if the step's guard matched
+    nothing; True otherwise.
 
-    Raises StaleRunState if the guard matched nothing, so the caller's transaction rolls back whole.
+    Raises StaleRunState if the run's guard matched nothing, so the caller's transaction rolls back whole.
     """
     prepared = _prepare(changes)
+    run, move = changes.run, changes.step_move
+    with_events = prepared is not None and bool(prepared[2]) and session.get_bind().dialect.name == "postgresql"
+    # The step's move goes in the run's statement if the run's update cannot miss (no status guard), so
+    # that an empty result can only mean the step's guard matched nothing: one round trip less.
+    folded = move is not None and with_events and prepared[0] is None
+    if move is not None and not folded and not update_steps(
+        session, run.id, [move.step_id], move.target, only_from=move.only_from, at_attempt=move.attempt, **move.values
+    ):
+        return False
     if prepared is None:
-        return
-    run, (guard, values, rows) = changes.run, prepared
-    with_events = bool(rows) and session.get_bind().dialect.name == "postgresql"
-    query, params = _run_update(guard, values, with_events)
+        return True
+    guard, values, rows = prepared
+    query, params = _run_update(guard, values, with_events, move if folded else None)
     params["of_run"] = run.id
     if with_events:
         # One round trip for both: every transaction on a step's path ends with this.
         params["new_events"] = [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
         created = dict(session.execute(query, params).all())
+        if folded and not created:
+            return False  # the step did not move, so neither did anything else
         for row in rows:
             row["created_at"] = created.get(row["seq"])
         moved = bool(created)
@@ -636,6 +663,7 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     if not moved:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     _stage(session, run, values, rows)
+    return True
 
 
 def _prepare(changes: RunChanges) -> tuple[frozenset[RunStatus] | None, dict[str, Any], list[dict]] | None:
@@ -664,13 +692,21 @@ def _stage(session: Session, run, values: dict[str, Any], rows: list[dict]) -> N
 _RUN_UPDATES: dict[tuple, Any] = {}
 
 
-def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with_events: bool) -> tuple[Any, dict]:
+def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with_events: bool,
+                step_move: StepMove | None = None) -> tuple[Any, dict]:
     """The run's guarded UPDATE (on PostgreSQL ``with_events``: and its events' INSERT, in one
-    statement) and its parameters. Built once per shape, like update_steps' statements; values
-    that are SQL expressions other than NOW make a statement for this call only."""
+    statement; with ``step_move`` too: the step's guarded UPDATE first, and the rest only if it
+    matched) and its parameters. Built once per shape, like update_steps' statements; values that
+    are SQL expressions other than NOW make a statement for this call only."""
     params = {f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)}
-    shape = _shape(values)
-    key = (guard, with_events, shape)
+    shape, step_key = _shape(values), None
+    if step_move is not None:
+        params.update({f"step_{k}": v for k, v in step_move.values.items() if not isinstance(v, ClauseElement)})
+        params.update(of_step=step_move.step_id, step_attempt=step_move.attempt)
+        step_shape = _shape(step_move.values)
+        step_key = (step_move.target, step_move.only_from, step_shape)
+        shape = shape if step_shape is not None else None
+    key = (guard, with_events, shape, step_key)
     query = _RUN_UPDATES.get(key) if shape is not None else None
     if query is not None:
         return query, params
@@ -680,6 +716,8 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
     if guard is not None:
         # OR, not IN: an IN list is an expanding parameter, which executemany does not take.
         query = query.where(or_(*(RUNS.c.status == s.value for s in sorted(guard))))
+    if step_move is not None:
+        query = query.where(exists(select(_moved_step(step_move).c.step_id)))
     if with_events:
         moved = query.returning(RUNS.c.id).cte("moved_run")
         query = insert(EVENTS).from_select(
@@ -690,6 +728,22 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
     if shape is not None:
         _RUN_UPDATES[key] = query
     return query, params
+
+
+def _moved_step(move: StepMove):
+    """The step's guarded move as a CTE of the run's statement (parameters ``of_step``,
+    ``step_attempt`` and ``step_<column>``)."""
+    allowed = sorted(s.value for s in step_allowed_from(move.target, move.only_from))
+    new = {key: value if isinstance(value, ClauseElement) else bindparam(f"step_{key}", type_=STEPS.c[key].type)
+           for key, value in move.values.items()}
+    return (
+        update(STEPS)
+        .where(STEPS.c.run_id == bindparam("of_run"), STEPS.c.step_id == bindparam("of_step"),
+               STEPS.c.attempt == bindparam("step_attempt"), or_(*(STEPS.c.status == status for status in allowed)))
+        .values(status=move.target.value, **new)
+        .returning(STEPS.c.step_id)
+        .cte("moved_step")
+    )
 
 
 _EVENT_COLUMNS = ("run_id", "seq", "type", "step_id", "attempt", "data")
