@@ -202,17 +202,17 @@ class Doorbell:
             import redis
 
             self.url = url
+            from orchestrator.redis_line import RedisLine
+
             self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+            self.line = RedisLine(self.client)
         exchange = Exchange(queue_name, type="direct", durable=False)
         self.queue = Queue(queue_name, exchange, routing_key=queue_name, durable=False)
 
     def ring(self, reason: str = "") -> None:
         try:
             if self.client is not None:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.lpush(self.key, reason or "1")
-                pipe.ltrim(self.key, 0, self.MAX_PENDING - 1)
-                pipe.execute()
+                self.line.send([("LPUSH", self.key, reason or "1"), ("LTRIM", self.key, 0, self.MAX_PENDING - 1)])
                 return
             with self.app.producer_or_acquire() as producer:
                 producer.publish(

@@ -179,7 +179,8 @@ def record_outcome(
         return Recorded(False)
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     changes = RunChanges(run)
-    revoke = apply_outcome(session, changes, definition, None, view, outcome, rand, prices, recorded_policy)
+    revoke = apply_outcome(session, changes, definition, None, view, outcome, rand, prices, recorded_policy,
+                           defer_move=True)
     if revoke is None:
         return Recorded(False)
     # The run's last step succeeded: the run succeeds here, as fail-fast fails it here, and the
@@ -196,7 +197,8 @@ def record_outcome(
             finished = True
     if not finished:
         changes.run_values["has_work"] = True
-    repo.apply_run_changes(session, changes)
+    if not repo.apply_run_changes(session, changes):
+        return Recorded(False)
     return Recorded(True, revoke, scheduler_has_work=not finished)
 
 
@@ -210,6 +212,7 @@ def apply_outcome(
     rand: Callable[[], float] = random.random,
     prices: PriceTable | None = None,
     recorded_policy: list[dict[str, Any]] | None = None,
+    defer_move: bool = False,
 ) -> list[str] | None:
     """Apply an outcome to a running or waiting step (its run locked by the caller).
 
@@ -221,6 +224,10 @@ def apply_outcome(
     nothing else happens. With ``prices``, the outcome's usage is priced in credits (the per-step
     price only when the step finished). Returns the task ids to revoke, or None if the step was not
     at that attempt.
+
+    With ``defer_move``, a move that is the outcome's only write besides the run's (to succeeded,
+    retrying or cancelled) is left in ``changes.step_move`` for apply_run_changes, which writes it
+    first, and the rest only if it matched; the caller must apply ``changes`` and check its result.
     """
     run_id, attempt = changes.run.id, view.attempt
     run_ended = changes.run.status in TERMINAL_RUN
@@ -234,9 +241,13 @@ def apply_outcome(
     def move(target: StepStatus, **values: Any) -> bool:
         if outcome.policy:
             values["policy"] = [*(recorded_policy or []), *outcome.policy]
-        moved = repo.update_steps(
-            session, run_id, [view.step_id], target, only_from=[view.status], at_attempt=attempt, **values
-        )
+        if defer_move and target in _DEFERRABLE_MOVES:
+            changes.step_move = repo.StepMove(view.step_id, target, frozenset([view.status]), attempt, values)
+            moved = True
+        else:
+            moved = repo.update_steps(
+                session, run_id, [view.step_id], target, only_from=[view.status], at_attempt=attempt, **values
+            )
         if moved:
             view.status = target
             # Only a report that moved the step leaves its policy decisions: a stale one changes nothing.
@@ -301,6 +312,11 @@ def succeed_run(changes: RunChanges, outputs: dict[str, Any] | None = None) -> N
     if outputs is not None:
         changes.run_values["output"] = outputs
     changes.event("run_succeeded")
+
+
+# The moves after which apply_outcome writes nothing of its own (a failed step may fail its run, a
+# waiting one opens a question or an approval): they can wait for the run's statement.
+_DEFERRABLE_MOVES = (StepStatus.SUCCEEDED, StepStatus.RETRYING, StepStatus.CANCELLED)
 
 
 def fail_run(

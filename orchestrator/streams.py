@@ -26,6 +26,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import repository as repo
+from orchestrator.redis_line import RedisLine
 from orchestrator.settings import Settings
 from orchestrator.states import TERMINAL_RUN
 
@@ -93,19 +94,21 @@ class Bus:
 
     def __init__(self, url: str):
         self.client = redis.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30)
+        self.line = RedisLine(self.client)  # publishing is on every step's path
 
     def publish(self, written: list[dict]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        commands = []
         for item in written:
             events = [event_json(e["seq"], e["type"], e["step_id"], e["attempt"], e["data"], e["created_at"])
                       for e in item["events"]]
             status = {k: item[k] for k in ("run_id", "workflow_id", "status", "previous_status", "waiting_on")}
-            pipe.publish(run_channel(item["run_id"]), json.dumps({**status, "events": events}, default=str))
+            commands.append(("PUBLISH", run_channel(item["run_id"]), json.dumps({**status, "events": events},
+                                                                                  default=str)))
             if item["status_changed"]:
                 last = events[-1]
                 change = {**status, "seq": last["seq"], "type": last["type"], "created_at": last["created_at"]}
-                pipe.publish(tenant_channel(item["tenant_id"]), json.dumps(change, default=str))
-        pipe.execute()
+                commands.append(("PUBLISH", tenant_channel(item["tenant_id"]), json.dumps(change, default=str)))
+        self.line.send(commands)
 
     def subscribe(self, channel: str) -> Subscription:
         return Subscription(self.client, channel)

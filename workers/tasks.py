@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
@@ -47,6 +47,7 @@ class Runtime:
         streams.install_publisher(self.sessions, streams.make_bus(self.settings))
         self.catalog = DefinitionCatalog()
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
+        self.heartbeats = _Heartbeats(self)
 
 
 _runtimes: dict[int, Runtime] = {}
@@ -130,8 +131,7 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
         run_usage=claim.run_usage,
         tenant_policy=claim.tenant_policy,
     )
-    heartbeat = _Heartbeat(rt, ctx)
-    heartbeat.start()
+    heartbeat = rt.heartbeats.watch(ctx)
     try:
         with worker_metrics.attempt(step.type):
             outcome = run_executor(ctx)
@@ -141,7 +141,7 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
     finally:
         # The heartbeat keeps the lease alive until the outcome is written, also while the database
         # is briefly down, so the attempt is not taken for lost.
-        heartbeat.finish()
+        rt.heartbeats.forget(heartbeat)
     result = "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else f"error {outcome.error.code}"
     if not recorded.applied:
         log.info("attempt finished (%s) but was stopped meanwhile; its outcome was dropped", result)
@@ -198,38 +198,75 @@ def _outcome_of(ctx: StepContext) -> Outcome:
         return Outcome(error=ErrorInfo("step_error", f"{type(exc).__name__}: {exc}", True), **seen)
 
 
-class _Heartbeat(threading.Thread):
-    """Extends the attempt's lease; sets the stop flag on cancellation or when the deadline passes."""
+@dataclass(eq=False)
+class _Beat:
+    """One attempt a process' heartbeat thread keeps alive."""
 
-    def __init__(self, rt: Runtime, ctx: StepContext):
-        super().__init__(name=f"heartbeat-{ctx.step_id}", daemon=True)
-        self.rt, self.ctx = rt, ctx
-        self.done = threading.Event()
+    ctx: StepContext
+    next_at: float  # time.monotonic() of its next beat
+    # The attempt's context, so the heartbeat's log lines name the run.
+    log_context: contextvars.Context = field(default_factory=contextvars.copy_context)
+
+    def wake_at(self) -> float:
+        """When the thread must next look at it: its next beat, or its deadline if that comes first."""
+        return self.next_at if self.ctx.stop.is_set() else min(self.next_at, self.ctx.deadline)
+
+
+class _Heartbeats(threading.Thread):
+    """Extends the leases of the attempts a process runs; sets an attempt's stop flag on cancellation
+    or when its deadline passes.
+
+    One thread per process, started with it, serves every attempt (several at once in a threads
+    pool): starting a thread for each attempt cost more CPU than a no-op step's own work. Watching
+    an attempt does not wake the thread unless the attempt needs it sooner than it wakes anyway.
+    """
+
+    def __init__(self, rt: Runtime):
+        super().__init__(name="switchyard-heartbeat", daemon=True)
+        self.rt = rt
         self.interval = min(rt.settings.lease_s / 3, 1.0)
-        # A thread starts with an empty context: take the attempt's, so its log lines name the run.
-        self.log_context = contextvars.copy_context()
+        self.changed = threading.Condition()
+        self.beats: set[_Beat] = set()
+        self.wakes_at = 0.0  # when the thread wakes next (time.monotonic())
+        self.start()
+
+    def watch(self, ctx: StepContext) -> _Beat:
+        beat = _Beat(ctx, time.monotonic() + self.interval)
+        with self.changed:
+            self.beats.add(beat)
+            if beat.wake_at() < self.wakes_at:
+                self.changed.notify()
+        return beat
+
+    def forget(self, beat: _Beat) -> None:
+        """No more beats for this attempt (one already under way may still extend its lease, which a
+        finished attempt's guard ignores)."""
+        with self.changed:
+            self.beats.discard(beat)
 
     def run(self) -> None:
-        self.log_context.run(self._beat)
+        while True:
+            with self.changed:
+                now = time.monotonic()
+                due = [beat for beat in self.beats if beat.wake_at() <= now]
+                if not due:
+                    # Idle, it still wakes every interval, so a new attempt rarely has to wake it.
+                    self.wakes_at = min((beat.wake_at() for beat in self.beats), default=now + self.interval)
+                    self.changed.wait(max(self.wakes_at - now, 0.0))
+                    continue
+                for beat in due:
+                    beat.next_at = now + self.interval
+            for beat in due:
+                beat.log_context.run(self._beat, beat.ctx)
 
-    def _beat(self) -> None:
-        ctx = self.ctx
-        while not self.done.wait(self._next_wait()):
-            if time.monotonic() >= ctx.deadline:
-                ctx.stop.set()
-            try:
-                with transaction(self.rt.sessions) as session:
-                    alive = repo.extend_lease(session, ctx.run_id, ctx.step_id, ctx.attempt, self.rt.settings.lease_s)
-            except Exception as exc:  # noqa: BLE001 - the database may be back by the next beat
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            if not alive:
-                ctx.stop.set()
-
-    def _next_wait(self) -> float:
-        if self.ctx.stop.is_set():
-            return self.interval
-        return min(self.interval, max(self.ctx.deadline - time.monotonic(), 0.0))
-
-    def finish(self) -> None:
-        self.done.set()
+    def _beat(self, ctx: StepContext) -> None:
+        if time.monotonic() >= ctx.deadline:
+            ctx.stop.set()
+        try:
+            with transaction(self.rt.sessions) as session:
+                alive = repo.extend_lease(session, ctx.run_id, ctx.step_id, ctx.attempt, self.rt.settings.lease_s)
+        except Exception as exc:  # noqa: BLE001 - the database may be back by the next beat
+            log.warning("heartbeat failed: %s", exc)
+            return
+        if not alive:
+            ctx.stop.set()

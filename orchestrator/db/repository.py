@@ -310,9 +310,14 @@ _LOCK_RUN_WITH_TENANT_POLICY = _LOCK_RUN.add_columns(
     select(Tenant.policy).where(Tenant.id == RUNS.c.tenant_id).scalar_subquery().label("tenant_policy")
 )
 _OTHER_STEPS = STEPS.alias("other_steps")
+# The run's columns the worker's path reads (an outcome; with _CLAIM_RUN_COLUMNS, a claim), not all
+# of them: every column of a result costs the client more than its share of the statement.
+_OUTCOME_RUN_COLUMNS = ("id", "tenant_id", "workflow_id", "workflow_version", "status", "waiting_on", "usage",
+                        "last_seq", "risk_level")
+_CLAIM_RUN_COLUMNS = (*_OUTCOME_RUN_COLUMNS, "input", "attempt", "limits")
 _LOCK_RUN_WITH_STEP = (
     select(
-        RUNS,
+        *(RUNS.c[name] for name in _OUTCOME_RUN_COLUMNS),
         STEPS.c.type.label("step_type"), STEPS.c.status.label("step_status"),
         STEPS.c.attempt.label("step_attempt"), STEPS.c.max_attempts, STEPS.c.queue.label("step_queue"),
         (STEPS.c.due_at <= db_now()).label("step_due"), (STEPS.c.lease_expires_at < db_now()).label("step_expired"),
@@ -337,7 +342,8 @@ def lock_run(session: Session, run_id: str, *, with_tenant_policy: bool = False)
 
 def lock_run_with_step(session: Session, run_id: str, step_id: str) -> tuple[RunRow, StepView, list | None] | None:
     """Lock a run's row and read one of its steps in one round trip: (run, the step's view, the
-    step's recorded policy decisions); None if there is no such step. The outcome writer's common
+    step's recorded policy decisions); None if there is no such step. The run carries the columns
+    the outcome writer reads (_OUTCOME_RUN_COLUMNS), not all of them. The outcome writer's common
     case needs no other step of the run."""
     row = session.execute(_LOCK_RUN_WITH_STEP, {"run_id": run_id, "step_id": step_id}).one_or_none()
     if row is None:
@@ -349,12 +355,21 @@ def lock_run_with_step(session: Session, run_id: str, step_id: str) -> tuple[Run
 
 @dataclass
 class Claimed:
-    """What ``lock_run_and_claim`` found and did: the run as locked (with ``tenant_policy``) and, if
-    the step was claimed, its checkpoint."""
+    """What ``lock_run_and_claim`` found and did: the run as locked (with ``tenant_policy``; on
+    PostgreSQL only the columns a claim reads, _CLAIM_RUN_COLUMNS) and, if the step was claimed, its
+    checkpoint."""
 
     run: RunRow
     claimed: bool
     checkpoint: dict | None = None
+
+
+CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+
+
+def _sql_list(statuses: Iterable[StepStatus | RunStatus]) -> str:
+    """Statuses as an SQL list of literals (they are enum values, never input)."""
+    return ", ".join(f"'{status.value}'" for status in sorted(statuses))
 
 
 # The claim on PostgreSQL, in one statement: lock the run, move the step queued -> running at this
@@ -368,8 +383,8 @@ WITH run AS (
 ), claimed AS (
     UPDATE steps SET status = 'running', started_at = clock_timestamp(), worker = :worker,
         lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s)
-    WHERE run_id = :run_id AND step_id = :step_id AND attempt = :attempt AND status IN :from_steps
-      AND EXISTS (SELECT 1 FROM run WHERE status IN :from_runs)
+    WHERE run_id = :run_id AND step_id = :step_id AND attempt = :attempt AND status IN ({from_steps})
+      AND EXISTS (SELECT 1 FROM run WHERE status IN ({from_runs}))
     RETURNING checkpoint
 ), bumped AS (
     UPDATE runs SET last_seq = runs.last_seq + 1 FROM claimed WHERE runs.id = :run_id RETURNING runs.last_seq
@@ -378,14 +393,16 @@ WITH run AS (
     SELECT :run_id, last_seq, 'step_started', :step_id, :attempt, :data, clock_timestamp() FROM bumped
     RETURNING seq, created_at
 )
-SELECT run.*, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
+SELECT {run_columns}, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
        claimed.checkpoint AS claimed_checkpoint, started.seq AS started_seq, started.created_at AS started_created_at
 FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
-""").bindparams(
-    bindparam("from_steps", expanding=True), bindparam("from_runs", expanding=True),
-    bindparam("data", type_=postgresql.JSONB),
-).columns(started_created_at=UTCDateTime())
-CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+""".format(
+    run_columns=", ".join(f"run.{name}" for name in _CLAIM_RUN_COLUMNS),
+    # The guards' allowed sets are constants of the transition table: written into the statement
+    # (an expanding parameter is rewritten into the SQL on every call).
+    from_steps=_sql_list(step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}),
+    from_runs=_sql_list(CLAIMABLE_RUN),
+)).bindparams(bindparam("data", type_=postgresql.JSONB)).columns(started_created_at=UTCDateTime())
 
 
 def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int, worker: str,
@@ -396,10 +413,8 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
     that is not running)."""
     data = {"worker": worker}
     if session.get_bind().dialect.name == "postgresql":
-        from_steps = [s.value for s in step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}]
         row = session.execute(_CLAIM_PG, dict(
             run_id=run_id, step_id=step_id, attempt=attempt, worker=worker, lease_s=float(lease_s), data=data,
-            from_steps=from_steps, from_runs=[s.value for s in CLAIMABLE_RUN],
         )).one_or_none()
         if row is None:
             return None
@@ -520,14 +535,28 @@ def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list
     return result
 
 
+@dataclass(frozen=True)
+class StepMove:
+    """One step's guarded move (as update_steps makes it, at ``attempt``), left for apply_run_changes to
+    write first: on PostgreSQL in the run's own statement."""
+
+    step_id: str
+    target: StepStatus
+    only_from: frozenset[StepStatus]
+    attempt: int
+    values: dict[str, Any]
+
+
 @dataclass
 class RunChanges:
-    """What one transaction does to one locked run: its new status and values, and its events."""
+    """What one transaction does to one locked run: its new status and values, and its events; and
+    optionally the move of one of its steps, which the rest is written only after (``step_move``)."""
 
     run: RunRow
     events: list[dict] = field(default_factory=list)
     run_values: dict[str, Any] = field(default_factory=dict)
     run_target: RunStatus | None = None
+    step_move: StepMove | None = None
 
     def event(self, type_: str, step_id: str | None = None, attempt: int | None = None, **data: Any) -> None:
         self.events.append({"type": type_, "step_id": step_id, "attempt": attempt, "data": data})
@@ -645,22 +674,34 @@ class StaleRunState(Exception):
     """The run's status changed under a writer that held its lock: a bug, so the transaction is undone."""
 
 
-def apply_run_changes(session: Session, changes: RunChanges) -> None:
-    """Write the run's new status (guarded), its other values and its events.
+def apply_run_changes(session: Session, changes: RunChanges) -> bool:
+    """Write the step's move (``changes.step_move``, if any), then the run's new status (guarded), its
+    other values and its events. Returns False, having written nothing, if the step's guard matched
+    nothing; True otherwise.
 
-    Raises StaleRunState if the guard matched nothing, so the caller's transaction rolls back whole.
+    Raises StaleRunState if the run's guard matched nothing, so the caller's transaction rolls back whole.
     """
     prepared = _prepare(changes)
+    run, move = changes.run, changes.step_move
+    with_events = prepared is not None and bool(prepared[2]) and session.get_bind().dialect.name == "postgresql"
+    # The step's move goes in the run's statement if the run's update cannot miss (no status guard), so
+    # that an empty result can only mean the step's guard matched nothing: one round trip less.
+    folded = move is not None and with_events and prepared[0] is None
+    if move is not None and not folded and not update_steps(
+        session, run.id, [move.step_id], move.target, only_from=move.only_from, at_attempt=move.attempt, **move.values
+    ):
+        return False
     if prepared is None:
-        return
-    run, (guard, values, rows) = changes.run, prepared
-    with_events = bool(rows) and session.get_bind().dialect.name == "postgresql"
-    query, params = _run_update(guard, values, with_events)
+        return True
+    guard, values, rows = prepared
+    query, params = _run_update(guard, values, with_events, move if folded else None)
     params["of_run"] = run.id
     if with_events:
         # One round trip for both: every transaction on a step's path ends with this.
         params["new_events"] = [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
         created = dict(session.execute(query, params).all())
+        if folded and not created:
+            return False  # the step did not move, so neither did anything else
         for row in rows:
             row["created_at"] = created.get(row["seq"])
         moved = bool(created)
@@ -671,6 +712,7 @@ def apply_run_changes(session: Session, changes: RunChanges) -> None:
     if not moved:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     _stage(session, run, values, rows)
+    return True
 
 
 def _prepare(changes: RunChanges) -> tuple[frozenset[RunStatus] | None, dict[str, Any], list[dict]] | None:
@@ -699,13 +741,21 @@ def _stage(session: Session, run, values: dict[str, Any], rows: list[dict]) -> N
 _RUN_UPDATES: dict[tuple, Any] = {}
 
 
-def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with_events: bool) -> tuple[Any, dict]:
+def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with_events: bool,
+                step_move: StepMove | None = None) -> tuple[Any, dict]:
     """The run's guarded UPDATE (on PostgreSQL ``with_events``: and its events' INSERT, in one
-    statement) and its parameters. Built once per shape, like update_steps' statements; values
-    that are SQL expressions of their own (not NOW) make a statement for this call only."""
+    statement; with ``step_move`` too: the step's guarded UPDATE first, and the rest only if it
+    matched) and its parameters. Built once per shape, like update_steps' statements; values that
+    are SQL expressions of their own (not NOW or NEXT_ATTEMPT) make a statement for this call only."""
     params = {f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)}
-    shape = _shape(values)
-    key = (guard, with_events, shape)
+    shape, step_key = _shape(values), None
+    if step_move is not None:
+        params.update({f"step_{k}": v for k, v in step_move.values.items() if not isinstance(v, ClauseElement)})
+        params.update(of_step=step_move.step_id, step_attempt=step_move.attempt)
+        step_shape = _shape(step_move.values)
+        step_key = (step_move.target, step_move.only_from, step_shape)
+        shape = shape if step_shape is not None else None
+    key = (guard, with_events, shape, step_key)
     query = _RUN_UPDATES.get(key) if shape is not None else None
     if query is not None:
         return query, params
@@ -715,6 +765,8 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
     if guard is not None:
         # OR, not IN: an IN list is an expanding parameter, which executemany does not take.
         query = query.where(or_(*(RUNS.c.status == s.value for s in sorted(guard))))
+    if step_move is not None:
+        query = query.where(exists(select(_moved_step(step_move).c.step_id)))
     if with_events:
         moved = query.returning(RUNS.c.id).cte("moved_run")
         query = insert(EVENTS).from_select(
@@ -725,6 +777,22 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
     if shape is not None:
         _RUN_UPDATES[key] = query
     return query, params
+
+
+def _moved_step(move: StepMove):
+    """The step's guarded move as a CTE of the run's statement (parameters ``of_step``,
+    ``step_attempt`` and ``step_<column>``)."""
+    allowed = sorted(s.value for s in step_allowed_from(move.target, move.only_from))
+    new = {key: value if isinstance(value, ClauseElement) else bindparam(f"step_{key}", type_=STEPS.c[key].type)
+           for key, value in move.values.items()}
+    return (
+        update(STEPS)
+        .where(STEPS.c.run_id == bindparam("of_run"), STEPS.c.step_id == bindparam("of_step"),
+               STEPS.c.attempt == bindparam("step_attempt"), or_(*(STEPS.c.status == status for status in allowed)))
+        .values(status=move.target.value, **new)
+        .returning(STEPS.c.step_id)
+        .cte("moved_step")
+    )
 
 
 _EVENT_COLUMNS = ("run_id", "seq", "type", "step_id", "attempt", "data")

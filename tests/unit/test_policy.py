@@ -3,6 +3,7 @@ and the executors that apply it (tool steps, agent loops, http.request's redirec
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -187,3 +188,8 @@ def test_http_request_step_to_a_private_address_is_refused_by_default(make_ctx, 
         tool.run(ctx)
     assert caught.value.code == "policy_denied" and "private" in caught.value.message
     assert "tool_calls" not in ctx.usage
+
+
+def test_a_decisions_json_has_every_field_of_the_decision():
+    decision = decide(Policy(), ToolSpec("echo", risk="low"), {"text": "x"})
+    assert decision.as_json() == dataclasses.asdict(decision)
