@@ -189,7 +189,9 @@ def record_outcome(
     finished = False
     if (changes.run_target is None and run.status == RunStatus.RUNNING and view.status is StepStatus.SUCCEEDED
             and run.others_succeeded):
-        outputs = repo.outputs_if_others_succeeded(session, run_id, step_id, definition.sinks)
+        # With no other step the hint cannot be stale.
+        outputs = ({} if len(definition.steps) == 1
+                   else repo.outputs_if_others_succeeded(session, run_id, step_id, definition.sinks))
         if outputs is not None:
             if step_id in definition.sinks:
                 outputs[step_id] = outcome.output
