@@ -684,9 +684,10 @@ def apply_run_changes(session: Session, changes: RunChanges) -> bool:
     prepared = _prepare(changes)
     run, move = changes.run, changes.step_move
     with_events = prepared is not None and bool(prepared[2]) and session.get_bind().dialect.name == "postgresql"
-    # The step's move goes in the run's statement if the run's update cannot miss (no status guard), so
-    # that an empty result can only mean the step's guard matched nothing: one round trip less.
-    folded = move is not None and with_events and prepared[0] is None
+    # The step's move goes in the run's statement if the run's update cannot miss (no status guard, or
+    # one its locked status passes), so that an empty result can only mean the step's guard matched
+    # nothing: one round trip less.
+    folded = move is not None and with_events and (prepared[0] is None or RunStatus(run.status) in prepared[0])
     if move is not None and not folded and not update_steps(
         session, run.id, [move.step_id], move.target, only_from=move.only_from, at_attempt=move.attempt, **move.values
     ):
