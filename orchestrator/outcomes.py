@@ -183,25 +183,31 @@ def record_outcome(
                            defer_move=True)
     if revoke is None:
         return Recorded(False)
-    # The run's last step succeeded: the run succeeds here, as fail-fast fails it here, and the
-    # scheduler has nothing to do for it. The lock's hint comes from a snapshot older than the lock,
-    # so a fresh read decides.
-    finished = False
-    if (changes.run_target is None and run.status == RunStatus.RUNNING and view.status is StepStatus.SUCCEEDED
-            and run.others_succeeded):
-        # With no other step the hint cannot be stale.
-        outputs = ({} if len(definition.steps) == 1
-                   else repo.outputs_if_others_succeeded(session, run_id, step_id, definition.sinks))
-        if outputs is not None:
-            if step_id in definition.sinks:
-                outputs[step_id] = outcome.output
-            succeed_run(changes, {s: outputs.get(s) for s in definition.sinks})
-            finished = True
+    finished = _finish_if_last(session, changes, definition, view, outcome)
     if not finished:
         changes.run_values["has_work"] = True
     if not repo.apply_run_changes(session, changes):
         return Recorded(False)
     return Recorded(True, revoke, scheduler_has_work=not finished)
+
+
+def _finish_if_last(session: Session, changes: RunChanges, definition: Definition, view: StepView,
+                    outcome: Outcome) -> bool:
+    """If the step that just succeeded was the run's last, the run succeeds here (as fail-fast fails it
+    here) and the scheduler has nothing to do for it. The lock's hint (``others_succeeded``) comes
+    from a snapshot older than the lock, so a fresh read decides, unless there is no other step."""
+    run = changes.run
+    if not (changes.run_target is None and run.status == RunStatus.RUNNING
+            and view.status is StepStatus.SUCCEEDED and run.others_succeeded):
+        return False
+    outputs = ({} if len(definition.steps) == 1
+               else repo.outputs_if_others_succeeded(session, run.id, view.step_id, definition.sinks))
+    if outputs is None:
+        return False
+    if view.step_id in definition.sinks:
+        outputs[view.step_id] = outcome.output
+    succeed_run(changes, {s: outputs.get(s) for s in definition.sinks})
+    return True
 
 
 def apply_outcome(

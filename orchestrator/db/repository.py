@@ -310,6 +310,14 @@ _LOCK_RUN_WITH_TENANT_POLICY = _LOCK_RUN.add_columns(
     select(Tenant.policy).where(Tenant.id == RUNS.c.tenant_id).scalar_subquery().label("tenant_policy")
 )
 _OTHER_STEPS = STEPS.alias("other_steps")
+
+
+def _others_succeeded(run_id):
+    """Every step of the run ``run_id`` (an SQL expression) but ``:step_id`` succeeded."""
+    return ~exists().where(_OTHER_STEPS.c.run_id == run_id, _OTHER_STEPS.c.step_id != bindparam("step_id"),
+                           _OTHER_STEPS.c.status != StepStatus.SUCCEEDED.value)
+
+
 # The run's columns the worker's path reads (an outcome; with _CLAIM_RUN_COLUMNS, a claim), not all
 # of them: every column of a result costs the client more than its share of the statement.
 _OUTCOME_RUN_COLUMNS = ("id", "tenant_id", "workflow_id", "workflow_version", "status", "waiting_on", "usage",
@@ -323,8 +331,7 @@ _LOCK_RUN_WITH_STEP = (
         (STEPS.c.due_at <= db_now()).label("step_due"), (STEPS.c.lease_expires_at < db_now()).label("step_expired"),
         STEPS.c.waiting_on.label("step_waiting_on"), STEPS.c.policy.label("step_policy"),
         # A hint only (this statement's snapshot predates the lock): every other step succeeded.
-        ~exists().where(_OTHER_STEPS.c.run_id == RUNS.c.id, _OTHER_STEPS.c.step_id != bindparam("step_id"),
-                        _OTHER_STEPS.c.status != StepStatus.SUCCEEDED.value).label("others_succeeded"),
+        _others_succeeded(RUNS.c.id).label("others_succeeded"),
     )
     .join(STEPS, and_(STEPS.c.run_id == RUNS.c.id, STEPS.c.step_id == bindparam("step_id")))
     .where(RUNS.c.id == bindparam("run_id"))
@@ -825,19 +832,13 @@ def outputs_if_others_succeeded(session: Session, run_id: str, step_id: str,
                                 sinks: Sequence[str]) -> dict[str, Any] | None:
     """The outputs of the run's steps ``sinks`` other than ``step_id`` if every step of the run but
     ``step_id`` succeeded, else None."""
-    others = [s for s in sinks if s != step_id]
-    row = session.execute(_OTHERS_SUCCEEDED, {"run_id": run_id, "step_id": step_id}).one()
-    if not row.others_succeeded:
+    if not session.execute(_OTHERS_SUCCEEDED, {"run_id": run_id, "step_id": step_id}).scalar_one():
         return None
-    return {s: output for s, output in session.execute(
-        select(STEPS.c.step_id, STEPS.c.output).where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(others))
-    )} if others else {}
+    outputs = step_outputs(session, [(run_id, s) for s in sinks if s != step_id])
+    return {s: output for (_, s), output in outputs.items()}
 
 
-_OTHERS_SUCCEEDED = select(
-    ~exists().where(_OTHER_STEPS.c.run_id == bindparam("run_id"), _OTHER_STEPS.c.step_id != bindparam("step_id"),
-                    _OTHER_STEPS.c.status != StepStatus.SUCCEEDED.value).label("others_succeeded"),
-)
+_OTHERS_SUCCEEDED = select(_others_succeeded(bindparam("run_id")))
 
 
 def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
