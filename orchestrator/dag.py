@@ -128,6 +128,15 @@ def advance(
     return Advance(dispatch, park, RunStatus.RUNNING)
 
 
+def dependents(step_ids: Sequence[str], needs: Needs) -> dict[str, list[str]]:
+    """For each step, the steps that need it, in definition order."""
+    result: dict[str, list[str]] = {s: [] for s in step_ids}
+    for step_id in step_ids:
+        for need in needs.get(step_id, ()):
+            result[need].append(step_id)
+    return result
+
+
 def sink_steps(step_ids: Sequence[str], needs: Needs) -> list[str]:
     """Steps nothing else needs: their outputs make the run's output."""
     needed = {n for s in step_ids for n in needs.get(s, ())}

@@ -141,6 +141,11 @@ class Definition(_Strict):
         return {s.id: list(s.needs) for s in self.steps}
 
     @cached_property
+    def dependents(self) -> dict[str, list[str]]:
+        """For each step, the steps that need it."""
+        return dag.dependents([s.id for s in self.steps], self.needs)
+
+    @cached_property
     def sinks(self) -> list[str]:
         """The steps nothing else needs: their outputs make the run's output."""
         return dag.sink_steps([s.id for s in self.steps], self.needs)

@@ -153,7 +153,10 @@ def claim_attempt(
 class Recorded:
     applied: bool
     revoke: list[str] = field(default_factory=list)
-    scheduler_has_work: bool = True  # False: the outcome finished the run, no need to wake the scheduler
+    # False: the outcome left the scheduler nothing to do (it finished the run, or queued what came next).
+    scheduler_has_work: bool = True
+    # The steps the outcome queued: their messages (with ``outbox_id``), to publish after the commit.
+    messages: list[dict] = field(default_factory=list)
 
 
 def record_outcome(
@@ -165,11 +168,14 @@ def record_outcome(
     outcome: Outcome,
     rand: Callable[[], float] = random.random,
     prices: PriceTable | None = None,
+    dispatch: bool = False,
 ) -> Recorded:
     """Write a worker's report of one attempt; a stale or duplicate report changes nothing.
 
     The attempt's usage is priced in credits by ``prices`` and rolled up on the run. Returns which
-    Celery tasks fail-fast cancelled, for the caller to revoke after the commit.
+    Celery tasks fail-fast cancelled, for the caller to revoke after the commit. With ``dispatch``, a
+    success queues the steps it made ready where that is plain (see _queue_ready), and returns their
+    messages for the caller to publish after the commit.
     """
     locked = repo.lock_run_with_step(session, run_id, step_id)
     if locked is None:
@@ -184,11 +190,51 @@ def record_outcome(
     if revoke is None:
         return Recorded(False)
     finished = _finish_if_last(session, changes, definition, view, outcome)
-    if not finished:
+    messages = _queue_ready(session, changes, definition, view) if dispatch and not finished else None
+    scheduler_has_work = not finished and messages is None
+    if scheduler_has_work:
         changes.run_values["has_work"] = True
     if not repo.apply_run_changes(session, changes):
+        if messages:
+            # Cannot happen: the queueing statement checked the step's guard under the run's lock.
+            raise repo.StaleRunState(f"step {view.step_id} of run {run_id} moved under its run's lock")
         return Recorded(False)
-    return Recorded(True, revoke, scheduler_has_work=not finished)
+    return Recorded(True, revoke, scheduler_has_work=scheduler_has_work, messages=messages or [])
+
+
+# Deciding which steps a success made ready reads the other needs of the steps that need it; past
+# this many (a wide join) the scheduler decides, once for many reports, instead of every report.
+QUEUE_READY_MAX_READS = 32
+
+
+def _queue_ready(session: Session, changes: RunChanges, definition: Definition, view: StepView) -> list[dict] | None:
+    """Queue, in the outcome's transaction, the worker steps the success of ``view`` made ready, with
+    their outbox rows and ``step_queued`` events: the scheduler's dispatch (DESIGN.md, the journey's
+    first step) without the doorbell and a pass in between. Returns their messages, or None to leave
+    the run to the scheduler: the run is not plainly running, a step to start waits in the database
+    (approval, question, event, timer), deciding would read too many steps, or nothing was queued
+    (then the run's status may change: all that is left may be waiting)."""
+    run, step_id = changes.run, view.step_id
+    if changes.run_target is not None or run.status != RunStatus.RUNNING or view.status is not StepStatus.SUCCEEDED:
+        return None
+    dependents = definition.dependents[step_id]
+    if not dependents or any(definition.step(d).type in dag.WAITING_TYPES for d in dependents):
+        return None
+    needs = definition.needs
+    others = sorted({n for d in dependents for n in needs[d]} - {step_id})
+    if len(others) > QUEUE_READY_MAX_READS:
+        return None
+    statuses = repo.step_statuses(session, run.id, others) if others else {}
+    ready = [d for d in dependents
+             if all(statuses.get(n) is StepStatus.SUCCEEDED for n in needs[d] if n != step_id)]
+    if not ready:
+        return None
+    messages = repo.queue_steps_with_outbox(
+        session, run.id, {d: definition.timeout_s(definition.step(d)) for d in ready}, step_id, view.attempt
+    )
+    for message in messages:
+        changes.event("step_queued", message["step_id"], message["attempt"])
+    return messages or None
 
 
 def _finish_if_last(session: Session, changes: RunChanges, definition: Definition, view: StepView,

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # died: the sweep publishes it again (far above a claim's retry delays while the database is down).
     stranded_after_s: float = 30.0
     cancel_grace_s: float = 5.0
+    # A worker whose step succeeded queues and publishes the steps that success made ready (where that
+    # is plain: see orchestrator.outcomes._queue_ready) instead of waking the scheduler for them.
+    worker_dispatch: bool = True
 
     # How long POST /events keeps an event for steps that start waiting on its key later.
     event_keep_s: float = 3600.0

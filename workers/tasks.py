@@ -142,6 +142,8 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
         # The heartbeat keeps the lease alive until the outcome is written, also while the database
         # is briefly down, so the attempt is not taken for lost.
         rt.heartbeats.forget(heartbeat)
+    if recorded.messages:
+        _publish_queued(rt, recorded.messages)
     result = "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else f"error {outcome.error.code}"
     if not recorded.applied:
         log.info("attempt finished (%s) but was stopped meanwhile; its outcome was dropped", result)
@@ -161,7 +163,8 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
         try:
             with transaction(rt.sessions) as session:
                 return outcomes.record_outcome(
-                    session, rt.catalog, run_id, step_id, attempt, outcome, prices=rt.settings.prices
+                    session, rt.catalog, run_id, step_id, attempt, outcome, prices=rt.settings.prices,
+                    dispatch=rt.settings.worker_dispatch,
                 )
         except DBAPIError as exc:
             if not database_unavailable(exc) or time.monotonic() + delay > deadline:
@@ -170,6 +173,24 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
                         run_id, step_id, attempt, str(exc).splitlines()[0], delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _publish_queued(rt: Runtime, messages: list[dict]) -> None:
+    """Publish the messages of the steps an outcome queued, then delete their outbox rows. If either
+    fails, the rows stay and the scheduler's sweep publishes them again (a copy already delivered is
+    dropped by the claim's guard)."""
+    try:
+        broker.publish_steps(rt.celery, messages, rt.settings.cancel_grace_s)
+    except Exception as exc:  # noqa: BLE001 - the outbox keeps them
+        log.warning("publishing %d step messages failed (%s); the scheduler's sweep will publish them",
+                    len(messages), exc)
+        return
+    try:
+        with transaction(rt.sessions) as session:
+            repo.delete_outbox(session, [m["outbox_id"] for m in messages])
+    except DBAPIError as exc:
+        log.warning("could not delete %d published outbox rows (%s); the sweep will publish them again",
+                    len(messages), exc)
 
 
 def run_executor(ctx: StepContext) -> Outcome:

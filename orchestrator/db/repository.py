@@ -1019,6 +1019,67 @@ def insert_outbox(session: Session, messages: list[dict]) -> list[int]:
     return list(session.execute(insert(outbox).returning(outbox.c.id), messages).scalars())
 
 
+def step_statuses(session: Session, run_id: str, step_ids: Sequence[str]) -> dict[str, StepStatus]:
+    """The statuses of some of a run's steps (read now: under the run's lock, exact)."""
+    rows = session.execute(
+        select(STEPS.c.step_id, STEPS.c.status).where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(step_ids))
+    )
+    return {step_id: _STEP_STATUSES[status] for step_id, status in rows}
+
+
+# The outcome writer's dispatch on PostgreSQL, in one statement: move the steps pending -> queued
+# (next attempt) only if the step whose success made them ready is still running at its attempt
+# (read by this statement, under the run's lock: the lock's own read may predate it), and write
+# their outbox rows. The soft time limits go beside the step ids, one array each.
+_QUEUE_FROM = _sql_list(step_allowed_from(StepStatus.QUEUED, [StepStatus.PENDING]))
+_SUCCEED_FROM = _sql_list(step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING]))
+_QUEUE_WITH_OUTBOX_PG = text(f"""
+WITH moved AS (
+    UPDATE steps SET status = 'queued', attempt = steps.attempt + 1, queued_at = clock_timestamp()
+    FROM unnest(CAST(:step_ids AS varchar[]), CAST(:limits AS float8[])) AS next (step_id, soft_time_limit)
+    WHERE steps.run_id = :run_id AND steps.step_id = next.step_id AND steps.status IN ({_QUEUE_FROM})
+      AND EXISTS (SELECT 1 FROM steps AS done WHERE done.run_id = :run_id AND done.step_id = :done_step_id
+                  AND done.attempt = :done_attempt AND done.status IN ({_SUCCEED_FROM}))
+    RETURNING steps.run_id, steps.step_id, steps.attempt, steps.queue, next.soft_time_limit
+)
+INSERT INTO outbox (run_id, step_id, attempt, queue, soft_time_limit, created_at)
+SELECT run_id, step_id, attempt, queue, soft_time_limit, clock_timestamp() FROM moved
+RETURNING id, run_id, step_id, attempt, queue, soft_time_limit
+""")
+_MESSAGE_KEYS = ("run_id", "step_id", "attempt", "queue", "soft_time_limit")
+
+
+def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dict[str, float], done_step_id: str,
+                            done_attempt: int) -> list[dict]:
+    """Queue the run's pending steps ``soft_time_limits`` names (their next attempt) and write their
+    outbox rows, if the step ``done_step_id`` is still running at ``done_attempt``; the messages of
+    the steps queued, each with its ``outbox_id``. The run must be locked by the caller."""
+    step_ids = list(soft_time_limits)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(_QUEUE_WITH_OUTBOX_PG, dict(
+            run_id=run_id, step_ids=step_ids, limits=[float(soft_time_limits[s]) for s in step_ids],
+            done_step_id=done_step_id, done_attempt=done_attempt,
+        )).all()
+        return [{"outbox_id": row.id, **{key: getattr(row, key) for key in _MESSAGE_KEYS}} for row in rows]
+    done = session.execute(select(STEPS.c.status).where(
+        STEPS.c.run_id == run_id, STEPS.c.step_id == done_step_id, STEPS.c.attempt == done_attempt)).scalar()
+    if done is None or StepStatus(done) not in step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING]):
+        return []
+    moved = update_steps(session, run_id, step_ids, StepStatus.QUEUED, only_from=[StepStatus.PENDING],
+                         attempt=NEXT_ATTEMPT, queued_at=NOW)
+    if not moved:
+        return []
+    found = session.execute(
+        select(STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue).where(STEPS.c.run_id == run_id,
+                                                                       STEPS.c.step_id.in_(moved))
+    ).all()
+    messages = [dict(run_id=run_id, step_id=step_id, attempt=attempt, queue=queue,
+                     soft_time_limit=float(soft_time_limits[step_id])) for step_id, attempt, queue in found]
+    for message, outbox_id in zip(messages, insert_outbox(session, messages), strict=True):
+        message["outbox_id"] = outbox_id
+    return messages
+
+
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
     if outbox_ids:
         outbox = Outbox.__table__

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
+from sqlalchemy import create_engine, func, select
 
-from tests.integration.conftest import by_id, events, publish, start, wait_no_task_of, wait_run
+from orchestrator.db.models import Outbox
+from tests.integration.conftest import by_id, events, publish, start, wait_for, wait_no_task_of, wait_run
 from tests.integration.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
@@ -175,3 +179,42 @@ def test_a_run_that_trips_the_scheduler_is_set_aside_and_the_others_go_on(api, s
                      "the broken run's scheduler_error event")
     assert error[0]["data"]["error"] == "KeyError: 'ghost'"
     assert api.get(f"/runs/{broken}").get_json()["status"] == "waiting"
+
+
+def test_a_run_goes_on_while_the_scheduler_is_stopped_once_its_first_step_runs(api, settings, engine_processes):
+    """Each success queues and publishes the steps it made ready (the worker's dispatch), a join when its
+    last need succeeds, and the last step finishes the run: with the scheduler frozen (SIGSTOP) after it
+    dispatched the first step, the run still succeeds, and the workers leave no outbox row behind."""
+    workflow = publish(api, {
+        "name": "no scheduler needed",
+        "steps": [
+            {"id": "first", "type": "tool", "tool": "sleep", "args": {"seconds": 1}},
+            {"id": "left", "type": "tool", "tool": "echo", "args": {"side": "left"}, "needs": ["first"]},
+            {"id": "right", "type": "tool", "tool": "echo", "args": {"side": "right"}, "needs": ["first"]},
+            {"id": "join", "type": "tool", "tool": "echo", "needs": ["left", "right"],
+             "args": {"sides": "{{ steps.left.output.side }}+{{ steps.right.output.side }}"}},
+            {"id": "last", "type": "tool", "tool": "echo", "args": {"n": 1}, "needs": ["join"]},
+        ],
+    })
+    run_id = start(api, workflow)
+    wait_for(lambda: by_id(api.get(f"/runs/{run_id}").get_json())["first"]["status"] == "running", 20,
+             "the first step to run")
+    scheduler = engine_processes.procs["scheduler"]
+    os.kill(scheduler.pid, signal.SIGSTOP)
+    try:
+        run = wait_run(api, run_id, timeout=30)
+    finally:
+        os.kill(scheduler.pid, signal.SIGCONT)
+    assert run["status"] == "succeeded", run
+    assert by_id(run)["join"]["output"] == {"sides": "left+right"}
+    assert run["output"] == {"last": {"n": 1}}
+    queued = [e["step_id"] for e in events(api, run_id) if e["type"] == "step_queued"]
+    assert sorted(queued) == ["first", "join", "last", "left", "right"]
+    engine = create_engine(settings.database_url)
+    try:
+        def outbox_rows() -> int:
+            with engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(Outbox).where(Outbox.run_id == run_id)).scalar()
+        wait_for(lambda: outbox_rows() == 0, 10, "the workers to delete the outbox rows they published")
+    finally:
+        engine.dispose()

@@ -4,12 +4,13 @@ the run changes and its events are written only if the step's guard matched."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, select, update
 
 from orchestrator import outcomes, service
+from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import migrate
 from orchestrator.db import repository as repo
-from orchestrator.db.models import Run, Step
+from orchestrator.db.models import Outbox, Run, Step
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
@@ -66,3 +67,72 @@ def test_a_step_move_writes_the_runs_changes_only_if_its_guard_matched(sessions,
     assert ("run_succeeded" in events) is (applied and run_finishes)
     assert after.status == (RunStatus.SUCCEEDED if applied and run_finishes else RunStatus.RUNNING)
     assert after.last_seq == run.last_seq + ((2 if run_finishes else 1) if applied else 0)
+
+
+CHAIN = {"name": "chain", "steps": [
+    {"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}},
+    {"id": "b", "type": "tool", "tool": "echo", "args": {"text": "y"}, "needs": ["a"], "timeout_s": 7},
+]}
+
+
+@pytest.mark.parametrize(("status_now", "queued"), [(StepStatus.RUNNING, True), (StepStatus.CANCELLED, False)])
+def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_matched(sessions, status_now, queued):
+    """The worker's dispatch: the step a success made ready is queued, with its outbox row and its
+    event, in the outcome's transaction (on PostgreSQL the queueing and the outbox row are one
+    statement); if another writer moved the reported step under the run's lock, nothing is written."""
+    settings, factory = sessions
+    with transaction(factory) as session:
+        service.publish_workflow(session, settings, "t", "chain", CHAIN)
+        run_id = service.start_run(session, settings, "t", "chain", None, {})[0].id
+        # As the scheduler left it: running, a queued and claimed, nothing more for the scheduler to do.
+        session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.RUNNING.value, has_work=False))
+        session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
+                        .values(status=StepStatus.RUNNING.value, attempt=1))
+    catalog = DefinitionCatalog()
+    with transaction(factory) as session:
+        locked = repo.lock_run_with_step(session, run_id, "a")  # what the report saw
+        # Another writer changes the step after that read, under the run's lock (its snapshot is older).
+        session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
+                        .values(status=status_now.value))
+        statements = []
+        listener = lambda *_args: statements.append(1)  # noqa: E731 - counts the statements sent
+        event.listen(session.get_bind(), "before_cursor_execute", listener)
+        try:
+            messages = repo.queue_steps_with_outbox(session, run_id, {"b": 7.0}, "a", 1)
+        finally:
+            event.remove(session.get_bind(), "before_cursor_execute", listener)
+        assert locked[1].status is StepStatus.RUNNING
+    if settings.resolved_database_url.startswith("postgresql"):
+        assert len(statements) == 1
+    with transaction(factory) as session:
+        step = repo.step_fields(session, run_id, "b")
+        outbox = session.execute(select(Outbox.id, Outbox.step_id, Outbox.attempt, Outbox.soft_time_limit)
+                                 .where(Outbox.run_id == run_id)).all()
+    if not queued:
+        assert (messages, step.status, step.attempt, outbox) == ([], StepStatus.PENDING, 0, [])
+        return
+    [message] = messages
+    assert {k: message[k] for k in ("run_id", "step_id", "attempt", "queue", "soft_time_limit")} == dict(
+        run_id=run_id, step_id="b", attempt=1, queue=settings.default_queue, soft_time_limit=7.0)
+    assert (step.status, step.attempt) == (StepStatus.QUEUED, 1)
+    assert outbox == [(message["outbox_id"], "b", 1, 7.0)]
+
+    # The whole report: a's success, b queued, its event, and no work left for the scheduler.
+    with transaction(factory) as session:
+        session.execute(update(Step).where(Step.run_id == run_id).values(
+            status=StepStatus.PENDING.value, attempt=0))
+        session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a").values(
+            status=StepStatus.RUNNING.value, attempt=1))
+        session.execute(delete(Outbox).where(Outbox.run_id == run_id))
+    with transaction(factory) as session:
+        recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, outcomes.Outcome(output={"n": 1}),
+                                           dispatch=True)
+    assert recorded.applied and not recorded.scheduler_has_work
+    assert [(m["step_id"], m["attempt"]) for m in recorded.messages] == [("b", 1)]
+    with transaction(factory) as session:
+        events = [(e.type, e.step_id, e.attempt) for e in repo.run_events(session, run_id, 0, 100)]
+        run = session.execute(select(Run.has_work, Run.status).where(Run.id == run_id)).one()
+        steps = {s.step_id: (s.status, s.attempt) for s in repo.run_steps(session, run_id)}
+    assert events[-2:] == [("step_completed", "a", 1), ("step_queued", "b", 1)]
+    assert steps == {"a": (StepStatus.SUCCEEDED, 1), "b": (StepStatus.QUEUED, 1)}
+    assert tuple(run) == (False, RunStatus.RUNNING.value)

@@ -1,6 +1,7 @@
 """The scheduler's pass on SQLite (the embedded default): the writes of a batch together, the guards
 checked, published outbox rows deleted by the next transaction, due times fired when the loop wakes;
-and what the outcome writer leaves it: nothing when the report of a run's last step finished the run."""
+and what the outcome writer leaves it: nothing when the report of a run's last step finished the run,
+or when a success queued the steps it made ready (the worker's dispatch)."""
 
 from __future__ import annotations
 
@@ -153,13 +154,14 @@ CHAIN = {"name": "chain", "steps": [
 ]}
 
 
-def run_step(scheduler, run_id: str, step_id: str, output: dict) -> outcomes.Recorded:
+def run_step(scheduler, run_id: str, step_id: str, output: dict, dispatch: bool = False) -> outcomes.Recorded:
     """What a worker does for one queued attempt: claim it, then report a success."""
     catalog = DefinitionCatalog()
     with transaction(scheduler.sessions) as session:
         assert outcomes.claim_attempt(session, catalog, run_id, step_id, 1, "test", 60) is not None
     with transaction(scheduler.sessions) as session:
-        return outcomes.record_outcome(session, catalog, run_id, step_id, 1, outcomes.Outcome(output=output))
+        return outcomes.record_outcome(session, catalog, run_id, step_id, 1, outcomes.Outcome(output=output),
+                                       dispatch=dispatch)
 
 
 def has_work(scheduler, run_id: str) -> bool:
@@ -211,3 +213,74 @@ def test_outputs_are_read_only_when_every_other_step_succeeded(scheduler):
         finish(session, "a", {"text": "x"})
         assert repo.outputs_if_others_succeeded(session, run_id, "b", ["b"]) == {}
         assert repo.outputs_if_others_succeeded(session, run_id, "b", ["a", "b"]) == {"a": {"text": "x"}}
+
+
+# --- the worker's dispatch: a success queues the steps it made ready -------------------------------
+
+DIAMOND = {"name": "diamond", "steps": [
+    {"id": "a", "type": "tool", "tool": "echo", "args": {"text": "a"}},
+    {"id": "b", "type": "tool", "tool": "echo", "args": {"text": "b"}, "needs": ["a"]},
+    {"id": "c", "type": "tool", "tool": "echo", "args": {"text": "c"}, "needs": ["a"]},
+    {"id": "d", "type": "tool", "tool": "echo", "args": {"text": "d"}, "needs": ["b", "c"]},
+]}
+
+
+def queued_by(recorded: outcomes.Recorded) -> list[tuple[str, int]]:
+    return [(m["step_id"], m["attempt"]) for m in recorded.messages]
+
+
+def outbox_steps(scheduler: Scheduler, run_id: str) -> set[str]:
+    with transaction(scheduler.sessions) as session:
+        return set(session.execute(select(Outbox.step_id).where(Outbox.run_id == run_id)).scalars())
+
+
+def test_a_success_queues_the_steps_it_made_ready_and_a_join_when_its_last_need_succeeds(scheduler):
+    [run_id] = start_runs(scheduler, DIAMOND, 1)
+    assert scheduler.drain() == 1  # queues a
+    scheduler._forget_published()
+
+    after_a = run_step(scheduler, run_id, "a", {"text": "a"}, dispatch=True)
+
+    assert after_a.applied and not after_a.scheduler_has_work
+    assert queued_by(after_a) == [("b", 1), ("c", 1)]
+    assert outbox_steps(scheduler, run_id) == {"b", "c"}  # deleted by the worker once published
+    status, events, steps = run_facts(scheduler, run_id)
+    assert (status, steps) == ("running", {"a": "succeeded", "b": "queued", "c": "queued", "d": "pending"})
+    assert events[-3:] == ["step_completed", "step_queued", "step_queued"]
+    assert not has_work(scheduler, run_id) and scheduler.drain() == 0
+
+    after_b = run_step(scheduler, run_id, "b", {"text": "b"}, dispatch=True)
+    assert after_b.applied and after_b.messages == [] and after_b.scheduler_has_work  # d still needs c
+    assert scheduler.drain() == 1 and run_facts(scheduler, run_id)[2]["d"] == "pending"
+
+    after_c = run_step(scheduler, run_id, "c", {"text": "c"}, dispatch=True)
+    assert queued_by(after_c) == [("d", 1)] and not after_c.scheduler_has_work
+    last = run_step(scheduler, run_id, "d", {"text": "d"}, dispatch=True)
+    assert not last.scheduler_has_work and last.messages == []
+    assert run_facts(scheduler, run_id)[0] == "succeeded"
+
+
+def test_a_success_leaves_a_step_that_waits_in_the_database_to_the_scheduler(scheduler):
+    definition = {"name": "gated", "steps": [
+        {"id": "a", "type": "tool", "tool": "echo", "args": {"text": "a"}},
+        {"id": "ok", "type": "approval", "prompt": "go?", "needs": ["a"]},
+    ]}
+    [run_id] = start_runs(scheduler, definition, 1)
+    scheduler.drain()
+
+    recorded = run_step(scheduler, run_id, "a", {"text": "a"}, dispatch=True)
+
+    assert recorded.applied and recorded.scheduler_has_work and recorded.messages == []
+    assert has_work(scheduler, run_id)
+    assert scheduler.drain() == 1
+    assert run_facts(scheduler, run_id)[2]["ok"] == "waiting"
+
+
+def test_without_dispatch_a_success_leaves_the_next_step_to_the_scheduler(scheduler):
+    [run_id] = start_runs(scheduler, CHAIN, 1)
+    scheduler.drain()
+
+    recorded = run_step(scheduler, run_id, "a", {"text": "x"})
+
+    assert recorded.scheduler_has_work and recorded.messages == []
+    assert run_facts(scheduler, run_id)[2]["b"] == "pending"
