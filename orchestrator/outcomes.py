@@ -115,24 +115,16 @@ def effective_limits(definition: Definition, raised: dict[str, Any] | None, tena
 def claim_attempt(
     session: Session, catalog: DefinitionCatalog, run_id: str, step_id: str, attempt: int, worker: str, lease_s: float
 ) -> Claim | None:
-    """queued -> running for exactly this attempt, with a lease; None if the message is stale or a duplicate.
+    """queued -> running for exactly this attempt, with a lease; None if the message is stale or a
+    duplicate, or if its run is paused (see defer_attempt).
 
-    A message that arrives while its run is paused puts the step back to `pending` (the attempt is
-    not spent), so resume dispatches it again.
+    One statement on PostgreSQL, so ``session`` may be in autocommit (the worker's is: two round trips
+    fewer); what is read after it (definition, outputs, approval) needs no lock.
     """
     found = repo.lock_run_and_claim(session, run_id, step_id, attempt, worker, lease_s)
-    if found is None:
+    if found is None or not found.claimed:
         return None
     run = found.run
-    if not found.claimed:
-        if run.status == RunStatus.PAUSED and repo.update_steps(
-            session, run_id, [step_id], StepStatus.PENDING,
-            only_from=[StepStatus.QUEUED], at_attempt=attempt, attempt=attempt - 1, queued_at=None,
-        ):
-            changes = RunChanges(run)
-            changes.event("step_deferred", step_id, attempt, reason="run_paused")
-            repo.apply_run_changes(session, changes)
-        return None
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     tenant = policy.Policy.model_validate(run.tenant_policy) if run.tenant_policy else None
     # Read the other steps' outputs and the latest approval only if the step's templates use them:
@@ -147,6 +139,22 @@ def claim_attempt(
         run_usage=dict(run.usage or {}), limits=effective_limits(definition, run.limits, tenant),
         tenant_policy=tenant,
     )
+
+
+def defer_attempt(session: Session, run_id: str, step_id: str, attempt: int) -> bool:
+    """A message that arrived while its run is paused puts its step back to `pending` (the attempt is
+    not spent), so resume dispatches it again; True if it did. Call it in a transaction when
+    claim_attempt found nothing to claim."""
+    run = repo.lock_run(session, run_id)
+    if run is None or run.status != RunStatus.PAUSED or not repo.update_steps(
+        session, run_id, [step_id], StepStatus.PENDING,
+        only_from=[StepStatus.QUEUED], at_attempt=attempt, attempt=attempt - 1, queued_at=None,
+    ):
+        return False
+    changes = RunChanges(run)
+    changes.event("step_deferred", step_id, attempt, reason="run_paused")
+    repo.apply_run_changes(session, changes)
+    return True
 
 
 @dataclass(frozen=True)

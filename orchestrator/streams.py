@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -120,8 +120,10 @@ def make_bus(settings: Settings) -> Bus | None:
     return Bus(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
 
 
-def install_publisher(sessions: sessionmaker[Session], bus: Bus | None) -> _Publisher | None:
-    """Publish what each transaction of ``sessions`` wrote to the event log, after its commit.
+def install_publisher(sessions: sessionmaker[Session] | Iterable[sessionmaker[Session]],
+                      bus: Bus | None) -> _Publisher | None:
+    """Publish what each transaction of ``sessions`` (one factory or several) wrote to the event log,
+    after its commit.
 
     The publishing itself happens on a thread of the process (``_Publisher``): the commit only hands
     it over, so what follows a commit on a step's path (the doorbell, the step messages) does not
@@ -137,8 +139,9 @@ def install_publisher(sessions: sessionmaker[Session], bus: Bus | None) -> _Publ
     def _discarded(session: Session, *_args) -> None:
         session.info.pop(repo.WRITTEN_EVENTS, None)
 
-    sa_event.listen(sessions, "after_commit", _published)
-    sa_event.listen(sessions, "after_rollback", _discarded)
+    for factory in [sessions] if isinstance(sessions, sessionmaker) else sessions:
+        sa_event.listen(factory, "after_commit", _published)
+        sa_event.listen(factory, "after_rollback", _discarded)
     return publisher
 
 

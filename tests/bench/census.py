@@ -1,12 +1,13 @@
 """Counts the round trips of one step on the hot path, in process, on the bench's database and broker.
 
 A two-step run (``a`` then ``b``) on a queue no worker reads goes through what the processes do for a
-step: the scheduler's pass that dispatches ``a``, the worker's claim, its outcome write, its doorbell,
-and the scheduler's pass that records the step's effect and dispatches ``b``. SQL statements are counted
-with ``before_cursor_execute``, transactions with ``commit``/``rollback`` (each a BEGIN and a COMMIT
-on the wire), and Redis requests by the commands redis-py sends (a pipeline is one request). Celery's
-own traffic around a task (BRPOP, the late ack, the task events) is the same as the raw baseline's
-and is not counted here.
+step: the scheduler's pass that dispatches ``a`` (outside the count), the worker's claim (in autocommit,
+as the worker does it), its outcome write, which queues ``b``, and the worker's publish of ``b``'s
+message and deletion of its outbox row (in autocommit too). SQL statements are counted with ``before_cursor_execute``,
+transactions with ``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in autocommit),
+and Redis requests by the commands redis-py sends (a pipeline is one request). Celery's own traffic
+around a task (BRPOP, the late ack, the task events) is the same as the raw baseline's and is not
+counted here.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def _counting(engine):
     def statement(*_args, **_kw):
         counts["sql"] += 1
 
-    def commit(*_args):
-        counts["transactions"] += 1
+    def commit(conn, *_args):
+        if not conn.connection.driver_connection.autocommit:  # in autocommit there is no BEGIN or COMMIT
+            counts["transactions"] += 1
 
     original = redis.connection.AbstractConnection.send_packed_command
 
@@ -58,10 +60,13 @@ def _trips(counts: Counter) -> dict[str, int]:
 
 def count(settings, sessions, engine, celery, tenant: str) -> str:
     """One line per phase of the hot path, and the total per step; the scheduler must not be running."""
-    from orchestrator import broker, outcomes, service, streams
+    from types import SimpleNamespace
+
+    from orchestrator import outcomes, service, streams
     from orchestrator.catalog import DefinitionCatalog
-    from orchestrator.db.session import transaction
+    from orchestrator.db.session import make_sessionmaker, transaction
     from orchestrator.scheduler import Scheduler
+    from workers.tasks import _publish_queued
 
     publisher = streams.install_publisher(sessions, streams.make_bus(settings))
     steps = [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census"},
@@ -71,36 +76,35 @@ def count(settings, sessions, engine, celery, tenant: str) -> str:
         service.publish_workflow(session, settings, tenant, "census", {"name": "census", "steps": steps})
         run_id = service.start_run(session, settings, tenant, "census", None, {})[0].id
     scheduler = Scheduler(settings, sessions, celery)
-    doorbell = broker.Doorbell(celery, settings.wake_queue)
     catalog = DefinitionCatalog()
     scheduler.advance_batch()  # warm: run_started and the dispatch of `a`, outside the count
     catalog.get_many(sessions(), [(tenant, "census", 1)])  # a worker has the definition after its first step
-    doorbell.ring("warm")  # and a connection to Redis
 
     def settled() -> None:  # the live streams' publishes of a phase are counted with it
         if publisher is not None:
             publisher.wait_idle(5)
 
+    one_statement_sessions = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    streams.install_publisher(one_statement_sessions, streams.make_bus(settings))
+    worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions,
+                             one_statement_sessions=one_statement_sessions)
     phases: dict[str, dict[str, int]] = {}
     with _counting(engine) as c:
-        with transaction(sessions) as session:
+        with transaction(one_statement_sessions) as session:
             assert outcomes.claim_attempt(session, catalog, run_id, "a", 1, "census", settings.lease_s)
         settled()
     phases["claim"] = _trips(c)
     with _counting(engine) as c:
         with transaction(sessions) as session:
-            outcomes.record_outcome(session, catalog, run_id, "a", 1, outcomes.Outcome(output={"text": "x"}),
-                                    prices=settings.prices)
+            recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, outcomes.Outcome(output={"text": "x"}),
+                                               prices=settings.prices, dispatch=True)
         settled()
-    phases["record outcome"] = _trips(c)
+    assert [m["step_id"] for m in recorded.messages] == ["b"], "the outcome did not queue the next step"
+    phases["record outcome (queues the next step)"] = _trips(c)
     with _counting(engine) as c:
-        doorbell.ring(run_id)
+        _publish_queued(worker, recorded.messages)
         settled()
-    phases["doorbell"] = _trips(c)
-    with _counting(engine) as c:
-        scheduler.drain()
-        settled()
-    phases["scheduler pass (dispatches the next step)"] = _trips(c)
+    phases["publish the next step, delete its outbox row"] = _trips(c)
     total = Counter()
     for trips in phases.values():
         total.update(trips)

@@ -136,3 +136,32 @@ def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_ma
     assert events[-2:] == [("step_completed", "a", 1), ("step_queued", "b", 1)]
     assert steps == {"a": (StepStatus.SUCCEEDED, 1), "b": (StepStatus.QUEUED, 1)}
     assert tuple(run) == (False, RunStatus.RUNNING.value)
+
+
+def test_a_claim_in_autocommit_and_a_delivery_to_a_paused_run_deferred_in_a_transaction(sessions):
+    """The worker claims in autocommit on PostgreSQL (the claim is one statement there); a message for a
+    paused run is not claimed, and defer_attempt then puts its step back to `pending`, attempt unspent."""
+    settings, factory = sessions
+    with transaction(factory) as session:
+        service.publish_workflow(session, settings, "t", "one", ONE_STEP)
+        run_ids = [service.start_run(session, settings, "t", "one", None, {})[0].id for _ in range(2)]
+        for run_id, status in zip(run_ids, (RunStatus.RUNNING, RunStatus.PAUSED), strict=True):
+            session.execute(update(Run).where(Run.id == run_id).values(status=status.value))
+            session.execute(update(Step).where(Step.run_id == run_id).values(status=StepStatus.QUEUED.value, attempt=1))
+    engine = factory.kw["bind"]
+    autocommit = (make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+                  if engine.dialect.name == "postgresql" else factory)
+    catalog = DefinitionCatalog()
+    running, paused = run_ids
+    with transaction(autocommit) as session:
+        claim = outcomes.claim_attempt(session, catalog, running, "a", 1, "w:1", 30)
+        assert outcomes.claim_attempt(session, catalog, paused, "a", 1, "w:1", 30) is None
+    assert claim is not None and claim.definition.steps[0].id == "a"
+    with transaction(factory) as session:
+        assert outcomes.defer_attempt(session, paused, "a", 1)
+        assert not outcomes.defer_attempt(session, running, "a", 1)  # running: nothing to defer
+    with transaction(factory) as session:
+        facts = {r: (repo.step_fields(session, r, "a").status, repo.step_fields(session, r, "a").attempt,
+                     [e.type for e in repo.run_events(session, r, 0, 100)][-1]) for r in run_ids}
+    assert facts[running] == (StepStatus.RUNNING, 1, "step_started")
+    assert facts[paused] == (StepStatus.PENDING, 0, "step_deferred")
