@@ -427,7 +427,7 @@ class Scheduler:
         return self.next_due is not None and time.monotonic() >= self.next_due
 
     def _read_next_due(self, session: Session) -> None:
-        until_due = repo.seconds_until_next_due(session)
+        until_due = repo.seconds_until_next_due(session, self.settings.sweep_interval_s)
         self.next_due = None if until_due is None else time.monotonic() + until_due
 
     def _republish_queued(self) -> None:

@@ -963,12 +963,20 @@ def flag_runs_with_due_steps(session: Session) -> int:
     ).rowcount
 
 
-def seconds_until_next_due(session: Session) -> float | None:
-    """Seconds until the earliest retry or timer still to come comes due; None if none is ahead (what
-    is due already is the sweep's, or was just fired)."""
+# The runs whose steps' due times the scheduler fires (a paused run's retry waits for its resume).
+FIRING_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+
+
+def seconds_until_next_due(session: Session, passed_within_s: float) -> float | None:
+    """Seconds until the earliest retry, timer or event timeout of a running or waiting run comes due:
+    0 or less for one that passed in the last ``passed_within_s`` seconds (a due time can pass before
+    the pass that wrote it reads it back, on a busy machine); None if there is none. An older one is
+    left to the sweep, so a due time that stays cannot make the loop spin."""
     clock = db_now()
     return session.execute(
-        select(seconds_between(clock, func.min(Step.due_at))).where(Step.due_at > clock)
+        select(seconds_between(clock, func.min(Step.due_at)))
+        .join(Run, Run.id == Step.run_id)
+        .where(Step.due_at > db_now(-passed_within_s), Run.status.in_([s.value for s in FIRING_RUN]))
     ).scalar_one_or_none()
 
 

@@ -322,7 +322,7 @@ class Bench:
             say(f"  {label}: p50 {statistics.median(times):.1f} p99 {pct(times, 99):.1f} ms")
 
     def round_trips(self) -> None:
-        say("round trips per step: one step through claim, outcome, doorbell and a scheduler pass, counted")
+        say("round trips per step: one step through the claim, the outcome that queues the next step and its publish")
         self.notes["round_trips"] = census.count(self.settings, self.sessions, self.engine, self.celery, TENANT)
         say(f"  {self.notes['round_trips']}")
 

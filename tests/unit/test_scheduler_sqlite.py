@@ -113,8 +113,8 @@ def test_a_step_guard_that_fails_in_a_batch_skips_that_step_and_the_others_advan
 
 
 def test_a_timer_fires_when_its_due_time_wakes_the_loop_without_a_sweep(scheduler):
-    # Long enough that a pass slowed down by a busy machine still reads the due time ahead of it (a due
-    # time that passes before the pass reads it is left to the sweep).
+    # Long enough that a pass slowed down by a busy machine still reads the due time ahead of it (one
+    # that passes before the pass reads it: the next test).
     (run_id,) = start_runs(scheduler, {"name": "timer", "steps": [{"id": "t", "type": "timer", "duration_s": 1.5}]}, 1)
     scheduler.drain()
     assert run_facts(scheduler, run_id)[2] == {"t": "waiting"}
@@ -127,6 +127,25 @@ def test_a_timer_fires_when_its_due_time_wakes_the_loop_without_a_sweep(schedule
     assert (status, steps) == ("succeeded", {"t": "succeeded"})
     assert events[-2:] == ["step_completed", "run_succeeded"]
     assert scheduler.wait_timeout() == scheduler.settings.sweep_interval_s  # nothing is due any more
+
+
+def test_a_due_time_that_passed_before_the_pass_read_it_wakes_the_loop_at_once_unless_its_run_is_paused(scheduler):
+    timer = {"name": "timer", "steps": [{"id": "t", "type": "timer", "duration_s": 60}]}
+    fired, paused = start_runs(scheduler, timer, 2)
+    scheduler.drain()
+    with transaction(scheduler.sessions) as session:
+        # As if the machine stalled between the pass that parked the timers and its read of the next
+        # due time; one run was paused meanwhile (its timer waits for its resume).
+        session.execute(update(Step).values(due_at=db_now(-0.5)))
+        session.execute(update(Run).where(Run.id == paused).values(status="paused"))
+        scheduler._read_next_due(session)
+    assert scheduler.wait_timeout() <= 0.011
+
+    scheduler.drain()
+
+    assert run_facts(scheduler, fired)[0] == "succeeded"
+    assert run_facts(scheduler, paused)[2] == {"t": "waiting"}
+    assert scheduler.wait_timeout() == scheduler.settings.sweep_interval_s  # the paused run's does not spin
 
 
 def test_a_reused_statement_takes_each_calls_values_and_expressions(scheduler):
