@@ -655,22 +655,28 @@ _KEYS = (
 )
 
 
+def _guarded_step_update(target: StepStatus, allowed: Iterable[StepStatus], values: dict, prefix: str, *where):
+    """The guarded UPDATE of steps (``where``, and a status in ``allowed``) to ``target``: plain values
+    are bind parameters named ``<prefix><column>``, SQL expressions are kept as they are."""
+    new = {key: value if isinstance(value, ClauseElement) else bindparam(f"{prefix}{key}", type_=STEPS.c[key].type)
+           for key, value in values.items()}
+    return (
+        update(STEPS)
+        .where(*where, or_(*(STEPS.c.status == status.value for status in sorted(allowed))))
+        .values(status=target.value, **new)
+    )
+
+
 def _move_steps_statement(dialect: str, target: StepStatus, allowed: frozenset[StepStatus], at_attempt: bool,
                           values: dict):
-    new = {key: value if isinstance(value, ClauseElement) else bindparam(f"new_{key}", type_=STEPS.c[key].type)
-           for key, value in values.items()}
     of_keys = (
         tuple_(STEPS.c.run_id, STEPS.c.step_id).in_(select(_KEYS.c.run_id, _KEYS.c.step_id))
         if dialect == "postgresql"
         else tuple_(STEPS.c.run_id, STEPS.c.step_id).in_(bindparam("keys", expanding=True))
     )
-    query = (
-        update(STEPS)
-        .where(of_keys, STEPS.c.status.in_([s.value for s in sorted(allowed)]))
-        .values(status=target.value, **new)
-        .returning(STEPS.c.run_id, STEPS.c.step_id)
-    )
-    return query.where(STEPS.c.attempt == bindparam("at_attempt")) if at_attempt else query
+    at = [STEPS.c.attempt == bindparam("at_attempt")] if at_attempt else []
+    return _guarded_step_update(target, allowed, values, "new_", of_keys, *at).returning(STEPS.c.run_id,
+                                                                                        STEPS.c.step_id)
 
 
 # Where apply_run_changes leaves what it wrote, for orchestrator.streams to publish after the commit.
@@ -790,14 +796,10 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
 def _moved_step(move: StepMove):
     """The step's guarded move as a CTE of the run's statement (parameters ``of_step``,
     ``step_attempt`` and ``step_<column>``)."""
-    allowed = sorted(s.value for s in step_allowed_from(move.target, move.only_from))
-    new = {key: value if isinstance(value, ClauseElement) else bindparam(f"step_{key}", type_=STEPS.c[key].type)
-           for key, value in move.values.items()}
     return (
-        update(STEPS)
-        .where(STEPS.c.run_id == bindparam("of_run"), STEPS.c.step_id == bindparam("of_step"),
-               STEPS.c.attempt == bindparam("step_attempt"), or_(*(STEPS.c.status == status for status in allowed)))
-        .values(status=move.target.value, **new)
+        _guarded_step_update(move.target, step_allowed_from(move.target, move.only_from), move.values, "step_",
+                             STEPS.c.run_id == bindparam("of_run"), STEPS.c.step_id == bindparam("of_step"),
+                             STEPS.c.attempt == bindparam("step_attempt"))
         .returning(STEPS.c.step_id)
         .cte("moved_step")
     )
