@@ -1,0 +1,136 @@
+"""The worker's side of an attempt: claiming it (``lock_run_and_claim``: on PostgreSQL in one
+statement) and extending its lease."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, text, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from orchestrator.db.models import Step
+from orchestrator.db.repository.changes import (
+    _CLAIM_RUN_COLUMNS,
+    RunChanges,
+    RunRow,
+    apply_run_changes,
+    lock_run,
+)
+from orchestrator.db.repository.common import STEPS, _sql_list
+from orchestrator.db.repository.events import _stage_written
+from orchestrator.db.types import UTCDateTime, db_now
+from orchestrator.states import RunStatus, StepStatus, step_allowed_from
+
+# --- the worker's side of an attempt ------------------------------------------------------------
+
+
+@dataclass
+class Claimed:
+    """What ``lock_run_and_claim`` found and did: the run as locked (with ``tenant_policy``; on
+    PostgreSQL only the columns a claim reads, _CLAIM_RUN_COLUMNS) and, if the step was claimed, its
+    checkpoint."""
+
+    run: RunRow
+    claimed: bool
+    checkpoint: dict | None = None
+
+
+CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+
+
+# The claim on PostgreSQL, in one statement: lock the run, move the step queued -> running at this
+# attempt if the run is running or waiting, bump the run's last_seq and append `step_started`.
+# `run` is evaluated first (the UPDATE of steps reads it), so the run's row is locked before the
+# step's, the order every writer keeps. The run's columns come from the locked row as it was before
+# the statement's own changes.
+_CLAIM_PG = text("""
+WITH run AS (
+    SELECT * FROM runs WHERE id = :run_id FOR UPDATE
+), claimed AS (
+    UPDATE steps SET status = 'running', started_at = clock_timestamp(), worker = :worker,
+        lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s)
+    WHERE run_id = :run_id AND step_id = :step_id AND attempt = :attempt AND status IN ({from_steps})
+      AND EXISTS (SELECT 1 FROM run WHERE status IN ({from_runs}))
+    RETURNING checkpoint
+), bumped AS (
+    UPDATE runs SET last_seq = runs.last_seq + 1 FROM claimed WHERE runs.id = :run_id RETURNING runs.last_seq
+), started AS (
+    INSERT INTO events (run_id, seq, type, step_id, attempt, data, created_at)
+    SELECT :run_id, last_seq, 'step_started', :step_id, :attempt, :data, clock_timestamp() FROM bumped
+    RETURNING seq, created_at
+)
+SELECT {run_columns}, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
+       claimed.checkpoint AS claimed_checkpoint, started.seq AS started_seq, started.created_at AS started_created_at
+FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
+""".format(
+    run_columns=", ".join(f"run.{name}" for name in _CLAIM_RUN_COLUMNS),
+    # The guards' allowed sets are constants of the transition table: written into the statement
+    # (an expanding parameter is rewritten into the SQL on every call).
+    from_steps=_sql_list(step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}),
+    from_runs=_sql_list(CLAIMABLE_RUN),
+)).bindparams(bindparam("data", type_=postgresql.JSONB)).columns(started_created_at=UTCDateTime())
+
+
+def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int, worker: str,
+                       lease_s: float) -> Claimed | None:
+    """Lock the run and, if it is running or waiting, claim the step: ``queued → running`` for exactly
+    this attempt, with the worker's name, a lease and its ``step_started`` event. None if there is no
+    such run; ``claimed`` False if the guard matched nothing (a stale or duplicate delivery, or a run
+    that is not running)."""
+    data = {"worker": worker}
+    if session.get_bind().dialect.name == "postgresql":
+        row = session.execute(_CLAIM_PG, dict(
+            run_id=run_id, step_id=step_id, attempt=attempt, worker=worker, lease_s=float(lease_s), data=data,
+        )).one_or_none()
+        if row is None:
+            return None
+        if row.started_seq is None:
+            return Claimed(row, False)
+        event = dict(run_id=run_id, seq=row.started_seq, type="step_started", step_id=step_id, attempt=attempt,
+                     data=data, created_at=row.started_created_at)
+        _stage_written(session, row, [event], previous_status=None, status=row.status,
+                       waiting_on=row.waiting_on, status_changed=False)
+        return Claimed(row, True, row.claimed_checkpoint)
+    run = lock_run(session, run_id, with_tenant_policy=True)
+    if run is None:
+        return None
+    claimed = claim_step(session, run_id, step_id, attempt, worker, lease_s) if run.status in CLAIMABLE_RUN else None
+    if claimed is None:
+        return Claimed(run, False)
+    changes = RunChanges(run)
+    changes.event("step_started", step_id, attempt, **data)
+    apply_run_changes(session, changes)
+    return Claimed(run, True, claimed.checkpoint)
+
+
+def claim_step(session: Session, run_id: str, step_id: str, attempt: int, worker: str, lease_s: float) -> Any:
+    """``queued → running`` for exactly this attempt, with the worker's name and a lease; returns the
+    step's checkpoint row (``.checkpoint``), or None if the guard matched nothing (stale or duplicate)."""
+    allowed = step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}
+    return session.execute(
+        update(STEPS)
+        .where(STEPS.c.run_id == run_id, STEPS.c.step_id == step_id, STEPS.c.attempt == attempt,
+               STEPS.c.status.in_([s.value for s in allowed]))
+        .values(status=StepStatus.RUNNING.value, started_at=db_now(), worker=worker,
+                lease_expires_at=db_now(lease_s))
+        .returning(STEPS.c.checkpoint)
+    ).one_or_none()
+
+
+def extend_lease(session: Session, run_id: str, step_id: str, attempt: int, lease_s: float) -> bool:
+    """Extend a running attempt's lease; False if the attempt is no longer running or must stop."""
+    updated = session.execute(
+        update(Step)
+        .where(
+            Step.run_id == run_id,
+            Step.step_id == step_id,
+            Step.attempt == attempt,
+            Step.status == StepStatus.RUNNING,
+            Step.cancel_requested.is_(False),
+        )
+        .values(lease_expires_at=db_now(lease_s))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return updated == 1

@@ -1,0 +1,105 @@
+"""Runs: creating one with its steps and first events, and reading runs, their steps and their event log."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from orchestrator.db.models import Event, Run, Step
+from orchestrator.db.repository.events import _insert_events, _stage_written
+from orchestrator.states import StepStatus
+
+# --- runs: reads and creation -------------------------------------------------------------------
+
+
+def find_run_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Run | None:
+    return session.execute(
+        select(Run).where(Run.tenant_id == tenant_id, Run.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def insert_run(session: Session, run: Run, steps: list[Step], events: list[dict]) -> Run:
+    """Insert a run with its steps and first events (run.last_seq is set from the events)."""
+    run.last_seq = len(events)
+    session.add(run)
+    session.flush()
+    session.add_all(steps)
+    rows = [dict(run_id=run.id, seq=i + 1, **e) for i, e in enumerate(events)]
+    _insert_events(session, rows)
+    session.flush()
+    _stage_written(session, run, rows, previous_status=None, status=run.status, waiting_on=None, status_changed=True)
+    return run
+
+
+def get_run(session: Session, tenant_id: str, run_id: str) -> Run | None:
+    return session.execute(select(Run).where(Run.id == run_id, Run.tenant_id == tenant_id)).scalar_one_or_none()
+
+
+def list_runs(
+    session: Session,
+    tenant_id: str,
+    status: str | None,
+    workflow_id: str | None,
+    limit: int,
+    before: tuple[datetime, str] | None,
+) -> Sequence[Run]:
+    """Newest first, keyset-paginated on (created_at, id) so any page costs one index range scan."""
+    query = select(Run).where(Run.tenant_id == tenant_id)
+    if status:
+        query = query.where(Run.status == status)
+    if workflow_id:
+        query = query.where(Run.workflow_id == workflow_id)
+    if before:
+        created_at, run_id = before
+        query = query.where(
+            or_(Run.created_at < created_at, and_(Run.created_at == created_at, Run.id < run_id))
+        )
+    return session.execute(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)).scalars().all()
+
+
+def run_steps(session: Session, run_id: str) -> Sequence[Step]:
+    return session.execute(select(Step).where(Step.run_id == run_id).order_by(Step.position)).scalars().all()
+
+
+def run_status(session: Session, run_id: str) -> str | None:
+    return session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
+
+
+RUN_STATUS_EVENTS = ("run_created", "run_started", "run_waiting", "run_resumed", "run_running", "run_paused", "run_succeeded",
+                     "run_failed", "run_cancelled", "run_retried")
+
+
+def run_status_events(session: Session, tenant_id: str, after: datetime, limit: int) -> list[dict]:
+    """The tenant's run-level events written after ``after``, oldest first, with each run's status now.
+
+    Only the embedded broker's tenant stream reads this (it has no pub/sub); it scans the event log.
+    """
+    rows = session.execute(
+        select(Event.run_id, Event.seq, Event.type, Event.created_at, Run.workflow_id, Run.status, Run.waiting_on)
+        .join(Run, Run.id == Event.run_id)
+        .where(Run.tenant_id == tenant_id, Event.type.in_(RUN_STATUS_EVENTS), Event.created_at > after)
+        .order_by(Event.created_at, Event.seq).limit(limit)
+    ).all()
+    return [{"run_id": r.run_id, "workflow_id": r.workflow_id, "status": r.status, "previous_status": None,
+             "waiting_on": r.waiting_on, "seq": r.seq, "type": r.type, "created_at": r.created_at} for r in rows]
+
+
+def run_events(session: Session, run_id: str, after: int, limit: int) -> Sequence[Event]:
+    return (
+        session.execute(
+            select(Event).where(Event.run_id == run_id, Event.seq > after).order_by(Event.seq).limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def succeeded_outputs(session: Session, run_id: str) -> dict[str, Any]:
+    rows = session.execute(
+        select(Step.step_id, Step.output).where(Step.run_id == run_id, Step.status == StepStatus.SUCCEEDED)
+    ).all()
+    return {step_id: output for step_id, output in rows}

@@ -1,0 +1,238 @@
+"""The scheduler's side: locking the runs with work for a pass (and forgetting the outbox rows its
+previous pass published), the outputs a pass reads, the sweep (runs whose due times or leases
+passed, the next due time, queued attempts, a run's diagnosis facts) and the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Integer, and_, any_, bindparam, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from orchestrator import diagnosis
+from orchestrator.db.models import Approval, Outbox, Question, Run, Step
+from orchestrator.db.repository.changes import NEXT_ATTEMPT, NOW, RunRow, _others_succeeded, update_steps
+from orchestrator.db.repository.common import _STEP_STATUSES, STEPS, _sql_list, now
+from orchestrator.db.repository.runs import run_steps
+from orchestrator.db.types import db_now, seconds_between
+from orchestrator.states import RunStatus, StepStatus, step_allowed_from
+
+# The scheduler's statements are built once: building a statement costs more than running it here.
+_RUNS_WITH_WORK = (
+    select(Run.__table__)
+    .where(Run.__table__.c.has_work.is_(True))
+    .order_by(Run.__table__.c.created_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+# The same, deleting outbox rows on the way (PostgreSQL runs a DELETE in a WITH even if unreferenced).
+_RUNS_WITH_WORK_FORGETTING_OUTBOX = _RUNS_WITH_WORK.add_cte(
+    delete(Outbox.__table__)
+    .where(Outbox.__table__.c.id == any_(bindparam("published", type_=postgresql.ARRAY(Integer))))
+    .cte("published")
+)
+
+
+def lock_runs_with_work(session: Session, limit: int, published_outbox: Sequence[int] = ()) -> Sequence[RunRow]:
+    """Up to ``limit`` runs flagged with work, locked; runs another scheduler holds are skipped.
+
+    The outbox rows ``published_outbox`` are deleted too: on PostgreSQL in the same statement, so the
+    scheduler's pass pays no round trip for the messages its previous pass published.
+    """
+    if not published_outbox:
+        return session.execute(_RUNS_WITH_WORK, {"limit": limit}).all()
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(
+            _RUNS_WITH_WORK_FORGETTING_OUTBOX, {"limit": limit, "published": list(published_outbox)}
+        ).all()
+    delete_outbox(session, published_outbox)
+    return session.execute(_RUNS_WITH_WORK, {"limit": limit}).all()
+
+
+def outputs_if_others_succeeded(session: Session, run_id: str, step_id: str,
+                                sinks: Sequence[str]) -> dict[str, Any] | None:
+    """The outputs of the run's steps ``sinks`` other than ``step_id`` if every step of the run but
+    ``step_id`` succeeded, else None."""
+    if not session.execute(_OTHERS_SUCCEEDED, {"run_id": run_id, "step_id": step_id}).scalar_one():
+        return None
+    outputs = step_outputs(session, [(run_id, s) for s in sinks if s != step_id])
+    return {s: output for (_, s), output in outputs.items()}
+
+
+_OTHERS_SUCCEEDED = select(_others_succeeded(bindparam("run_id")))
+
+
+def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """The outputs of the succeeded steps among ``keys`` (run id, step id), by key."""
+    if not keys:
+        return {}
+    steps = Step.__table__.c
+    rows = session.execute(
+        select(steps.run_id, steps.step_id, steps.output)
+        .where(tuple_(steps.run_id, steps.step_id).in_(keys), steps.status == StepStatus.SUCCEEDED.value)
+    )
+    return {(run_id, step_id): output for run_id, step_id, output in rows}
+
+
+# --- the scheduler's sweep ----------------------------------------------------------------------
+
+
+def flag_runs_with_due_steps(session: Session) -> int:
+    """Flag runs whose retry/timer is due or whose running step's lease expired; returns how many."""
+    clock = db_now()
+    due = select(Step.run_id).where(
+        or_(
+            Step.due_at <= clock,
+            and_(Step.status == StepStatus.RUNNING, Step.lease_expires_at < clock),
+        )
+    )
+    return session.execute(
+        update(Run)
+        .where(Run.id.in_(due), Run.has_work.is_(False))
+        .values(has_work=True)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
+# The runs whose steps' due times the scheduler fires (a paused run's retry waits for its resume).
+FIRING_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+
+
+def seconds_until_next_due(session: Session, passed_within_s: float) -> float | None:
+    """Seconds until the earliest retry, timer or event timeout of a running or waiting run comes due:
+    0 or less for one that passed in the last ``passed_within_s`` seconds (a due time can pass before
+    the pass that wrote it reads it back, on a busy machine); None if there is none. An older one is
+    left to the sweep, so a due time that stays cannot make the loop spin."""
+    clock = db_now()
+    return session.execute(
+        select(seconds_between(clock, func.min(Step.due_at)))
+        .join(Run, Run.id == Step.run_id)
+        .where(Step.due_at > db_now(-passed_within_s), Run.status.in_([s.value for s in FIRING_RUN]))
+    ).scalar_one_or_none()
+
+
+def queued_steps(session: Session, attempts: Sequence[tuple[str, str, int]] | None = None) -> Sequence[Any]:
+    """Every step attempt waiting in a broker queue (of ``attempts`` only, (run id, step id, attempt),
+    if given), with its run's workflow version (to rebuild its message)."""
+    query = (
+        select(Step.run_id, Step.step_id, Step.attempt, Step.queue, Run.tenant_id, Run.workflow_id,
+               Run.workflow_version)
+        .join(Run, Run.id == Step.run_id)
+        .where(Step.status == StepStatus.QUEUED)
+    )
+    if attempts is not None:
+        query = query.where(tuple_(Step.run_id, Step.step_id, Step.attempt).in_(list(attempts)))
+    return session.execute(query).all()
+
+
+def diagnosis_facts(
+    session: Session, run_id: str
+) -> tuple[list[diagnosis.StepFacts], dict[str, str], dict[str, str]]:
+    """What ``diagnosis.diagnose`` reads about a run: its steps (with the database clock's view of their
+    leases and due times), and its pending approvals and open questions by step id."""
+    clock = now(session)
+    steps = []
+    for step in run_steps(session, run_id):
+        due = step.due_at
+        steps.append(diagnosis.StepFacts(
+            step_id=step.step_id, type=step.type, status=StepStatus(step.status), queue=step.queue,
+            attempt=step.attempt,
+            lease_expired=bool(step.lease_expires_at is not None and step.lease_expires_at < clock),
+            due_in_s=(due - clock).total_seconds() if due is not None else None,
+            correlation_key=step.correlation_key, waiting_on=step.waiting_on,
+            queued_for_s=(clock - step.queued_at).total_seconds() if step.queued_at is not None else None,
+        ))
+    approvals = dict(session.execute(
+        select(Approval.step_id, Approval.id).where(Approval.run_id == run_id, Approval.status == "pending")
+    ).all())
+    questions = dict(session.execute(
+        select(Question.step_id, Question.id).where(Question.run_id == run_id, Question.status == "open")
+    ).all())
+    return steps, approvals, questions
+
+
+def insert_outbox(session: Session, messages: list[dict]) -> list[int]:
+    if not messages:
+        return []
+    outbox = Outbox.__table__
+    return list(session.execute(insert(outbox).returning(outbox.c.id), messages).scalars())
+
+
+def step_statuses(session: Session, run_id: str, step_ids: Sequence[str]) -> dict[str, StepStatus]:
+    """The statuses of some of a run's steps (read now: under the run's lock, exact)."""
+    rows = session.execute(
+        select(STEPS.c.step_id, STEPS.c.status).where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(step_ids))
+    )
+    return {step_id: _STEP_STATUSES[status] for step_id, status in rows}
+
+
+# The outcome writer's dispatch on PostgreSQL, in one statement: move the steps pending -> queued
+# (next attempt) only if the step whose success made them ready is still running at its attempt
+# (read by this statement, under the run's lock: the lock's own read may predate it), and write
+# their outbox rows. The soft time limits go beside the step ids, one array each.
+_QUEUE_FROM = _sql_list(step_allowed_from(StepStatus.QUEUED, [StepStatus.PENDING]))
+_SUCCEED_FROM = _sql_list(step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING]))
+_QUEUE_WITH_OUTBOX_PG = text(f"""
+WITH moved AS (
+    UPDATE steps SET status = 'queued', attempt = steps.attempt + 1, queued_at = clock_timestamp()
+    FROM unnest(CAST(:step_ids AS varchar[]), CAST(:limits AS float8[])) AS next (step_id, soft_time_limit)
+    WHERE steps.run_id = :run_id AND steps.step_id = next.step_id AND steps.status IN ({_QUEUE_FROM})
+      AND EXISTS (SELECT 1 FROM steps AS done WHERE done.run_id = :run_id AND done.step_id = :done_step_id
+                  AND done.attempt = :done_attempt AND done.status IN ({_SUCCEED_FROM}))
+    RETURNING steps.run_id, steps.step_id, steps.attempt, steps.queue, next.soft_time_limit
+)
+INSERT INTO outbox (run_id, step_id, attempt, queue, soft_time_limit, created_at)
+SELECT run_id, step_id, attempt, queue, soft_time_limit, clock_timestamp() FROM moved
+RETURNING id, run_id, step_id, attempt, queue, soft_time_limit
+""")
+_MESSAGE_KEYS = ("run_id", "step_id", "attempt", "queue", "soft_time_limit")
+
+
+def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dict[str, float], done_step_id: str,
+                            done_attempt: int) -> list[dict]:
+    """Queue the run's pending steps ``soft_time_limits`` names (their next attempt) and write their
+    outbox rows, if the step ``done_step_id`` is still running at ``done_attempt``; the messages of
+    the steps queued, each with its ``outbox_id``. The run must be locked by the caller."""
+    step_ids = list(soft_time_limits)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(_QUEUE_WITH_OUTBOX_PG, dict(
+            run_id=run_id, step_ids=step_ids, limits=[float(soft_time_limits[s]) for s in step_ids],
+            done_step_id=done_step_id, done_attempt=done_attempt,
+        )).all()
+        return [{"outbox_id": row.id, **{key: getattr(row, key) for key in _MESSAGE_KEYS}} for row in rows]
+    done = session.execute(select(STEPS.c.status).where(
+        STEPS.c.run_id == run_id, STEPS.c.step_id == done_step_id, STEPS.c.attempt == done_attempt)).scalar()
+    if done is None or StepStatus(done) not in step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING]):
+        return []
+    moved = update_steps(session, run_id, step_ids, StepStatus.QUEUED, only_from=[StepStatus.PENDING],
+                         attempt=NEXT_ATTEMPT, queued_at=NOW)
+    if not moved:
+        return []
+    found = session.execute(
+        select(STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue).where(STEPS.c.run_id == run_id,
+                                                                       STEPS.c.step_id.in_(moved))
+    ).all()
+    messages = [dict(run_id=run_id, step_id=step_id, attempt=attempt, queue=queue,
+                     soft_time_limit=float(soft_time_limits[step_id])) for step_id, attempt, queue in found]
+    for message, outbox_id in zip(messages, insert_outbox(session, messages), strict=True):
+        message["outbox_id"] = outbox_id
+    return messages
+
+
+def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
+    if outbox_ids:
+        outbox = Outbox.__table__
+        session.execute(delete(outbox).where(outbox.c.id.in_(outbox_ids)))
+
+
+def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Outbox]:
+    """Messages committed but not published after ``older_than_s`` (the publisher died in between)."""
+    return (
+        session.execute(
+            select(Outbox).where(Outbox.created_at < db_now(-older_than_s)).order_by(Outbox.id).limit(limit)
+        )
+        .scalars()
+        .all()
+    )
