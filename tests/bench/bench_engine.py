@@ -429,8 +429,6 @@ def others() -> str:
         if int(pid) in mine or "bench_engine" in args:
             continue
         label = " ".join(a.rsplit("/", 1)[-1] if i == 0 else a for i, a in enumerate(args.split()[:4]))[:70]
-        if "/work/wt-ui" in args:
-            label = "[wt-ui] " + label
         groups.setdefault(label, []).append(float(cpu))
     busiest = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:10]
     return "; ".join(f"`{label}` ×{len(cpus)} ({sum(cpus):.0f}% CPU)" for label, cpus in busiest)
@@ -477,7 +475,7 @@ Workers: {workers}, the same for Switchyard and the raw Celery app, on the same 
 
 {machine}
 
-Load average before the run: {load}. Other processes (ps: CPU % over each process's lifetime, grouped by\ncommand; `[wt-ui]` is the other engineer's worktree) {others}.
+Load average before the run: {load}. Other processes (ps: CPU % over each process's lifetime, grouped by\ncommand) {others}.
 
 """
 
