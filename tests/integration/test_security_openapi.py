@@ -140,10 +140,14 @@ def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, fuzz_token, engine
     wait_for(lambda: len(api.get("/approvals").get_json()["approvals"]) >= 3, 30, "the seeded runs to wait")
     # Revoking tokens is left to the stateless phase: a link from GET /tokens would revoke our own. So is
     # replacing the tenant's policy: it changes what every later call in a sequence does, which hypothesis
-    # then sees as a sequence that cannot be replayed.
+    # then sees as a sequence that cannot be replayed. So is starting runs (POST /runs, POST /hooks/…): a
+    # run started in a sequence goes on in the workers, so a replay of the sequence meets other state
+    # (FlakyStrategyDefinition in every session, one test run in three, once a success queued the next
+    # step itself); the seeded runs only change when a call in the sequence acts on them.
     api_schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app).exclude(
         method="DELETE", path="/api/v1/tokens/{token_id}").exclude(
-        method="PUT", path="/api/v1/policy").exclude(path_regex=STREAM_PATHS)
+        method="PUT", path="/api/v1/policy").exclude(path_regex=STREAM_PATHS).exclude(
+        method="POST", path="/api/v1/runs").exclude(method="POST", path="/api/v1/hooks/{workflow_id}")
     answers: dict[str, int] = {}
 
     class Machine(api_schema.as_state_machine()):
