@@ -47,8 +47,10 @@ class Runtime:
         self.sessions = make_sessionmaker(engine)
         # For work done in one statement (the claim on PostgreSQL, an outbox row's deletion): in
         # autocommit it costs no BEGIN and COMMIT, two round trips.
-        self.one_statement_sessions = (self.sessions if engine.dialect.name != "postgresql"
-                               else make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+        self.one_statement_sessions = (
+            make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+            if engine.dialect.name == "postgresql" else self.sessions
+        )
         streams.install_publisher({self.sessions, self.one_statement_sessions}, streams.make_bus(self.settings))
         self.catalog = DefinitionCatalog()
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
