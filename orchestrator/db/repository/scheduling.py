@@ -172,8 +172,10 @@ def step_statuses(session: Session, run_id: str, step_ids: Sequence[str]) -> dic
 # (next attempt) only if the step whose success made them ready is still running at its attempt
 # (read by this statement, under the run's lock: the lock's own read may predate it), and write
 # their outbox rows. The soft time limits go beside the step ids, one array each.
+# The reported step's guard: where its success may come from (running), by the transition table.
+_REPORTED_FROM = step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING])
 _QUEUE_FROM = _sql_list(step_allowed_from(StepStatus.QUEUED, [StepStatus.PENDING]))
-_SUCCEED_FROM = _sql_list(step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING]))
+_SUCCEED_FROM = _sql_list(_REPORTED_FROM)
 _QUEUE_WITH_OUTBOX_PG = text(f"""
 WITH moved AS (
     UPDATE steps SET status = 'queued', attempt = steps.attempt + 1, queued_at = clock_timestamp()
@@ -204,7 +206,7 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
         return [{"outbox_id": row.id, **{key: getattr(row, key) for key in _MESSAGE_KEYS}} for row in rows]
     done = session.execute(select(STEPS.c.status).where(
         STEPS.c.run_id == run_id, STEPS.c.step_id == done_step_id, STEPS.c.attempt == done_attempt)).scalar()
-    if done is None or StepStatus(done) not in step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING]):
+    if done is None or _STEP_STATUSES[done] not in _REPORTED_FROM:
         return []
     moved = update_steps(session, run_id, step_ids, StepStatus.QUEUED, only_from=[StepStatus.PENDING],
                          attempt=NEXT_ATTEMPT, queued_at=NOW)
