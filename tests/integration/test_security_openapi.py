@@ -2,8 +2,8 @@
 
 schemathesis generates requests from the document and checks each answer: no 5xx, and status,
 content type, headers and body as the document says. The stateless phase sends valid and invalid
-requests to every operation; the stateful phase follows the document's links (publish -> start ->
-act on the run, list -> decide an approval, …) over real runs of a tenant of its own. The app under
+requests to every operation; the stateful phase follows the document's links (list -> act on the run,
+list -> decide an approval, …), each scenario over real runs of a fresh tenant of its own. The app under
 test is built from the integration settings with the rate limit off, so no answer is a 429.
 """
 
@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.openapi import API_PREFIX, _path, api_rules
-from tests.integration.conftest import Api, publish, start, wait_for
+from tests.integration.conftest import Api, publish, start, unique, wait_for
 
 
 def test_openapi_needs_no_token_and_covers_every_rule(app):
@@ -79,7 +79,6 @@ STREAM_PATHS = r".*/events/stream$"
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
-SESSIONS = 4  # stateful sessions at most, each started afresh after a replay the server's state changed
 EXAMPLES_PER_OPERATION = 75  # about 3,000 requests; the stateful phase adds about 1,200
 
 
@@ -127,32 +126,60 @@ def test_app_keeps_to_its_openapi_document_stateless(fuzz_app, fuzz_token):
 WAITS = {"name": "waits for people", "steps": [
     {"id": "review", "type": "approval", "prompt": "ok?"},
     {"id": "ask", "type": "question", "question": "why?"},
-    {"id": "after", "type": "tool", "tool": "echo", "needs": ["review", "ask"]},
+    # A timer far off, not a worker step: once a sequence has decided and answered, the run waits on in
+    # the database instead of finishing in the workers at a moment no replay could repeat.
+    {"id": "after", "type": "timer", "duration_s": 3600, "needs": ["review", "ask"]},
 ]}
+SEEDED_RUNS = 3
 
 
-def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, fuzz_token, engine_processes):
-    """Sequences of calls along the links, over a few real runs waiting on approvals and questions."""
-    api = Api(fuzz_app.test_client(), fuzz_token)
-    assert api.put("/policy", json={}).status_code == 200  # whatever the stateless phase left there
+def seed_tenant(app, sessionmaker) -> str:
+    """A tenant of its own with SEEDED_RUNS runs waiting on an approval and a question; its admin token."""
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import transaction
+
+    with transaction(sessionmaker) as session:
+        token = repo.create_token(session, unique("fuzz"), "admin", "schemathesis")[1]
+    api = Api(app.test_client(), token)
     workflow = publish(api, WAITS)
-    runs = [start(api, workflow) for _ in range(3)]
-    wait_for(lambda: len(api.get("/approvals").get_json()["approvals"]) >= 3, 30, "the seeded runs to wait")
-    # Revoking tokens is left to the stateless phase: a link from GET /tokens would revoke our own. So is
-    # replacing the tenant's policy: it changes what every later call in a sequence does, which hypothesis
-    # then sees as a sequence that cannot be replayed. So is starting runs (POST /runs, POST /hooks/…): a
-    # run started in a sequence goes on in the workers, so a replay of the sequence meets other state
-    # (FlakyStrategyDefinition in every session, one test run in three, once a success queued the next
-    # step itself); the seeded runs only change when a call in the sequence acts on them.
+    for _ in range(SEEDED_RUNS):
+        start(api, workflow)
+
+    def all_wait():
+        inbox = [len(api.get(f"/{kind}").get_json()[kind]) for kind in ("approvals", "questions")]  # pending, open
+        return inbox == [SEEDED_RUNS, SEEDED_RUNS]
+
+    wait_for(all_wait, 30, "the seeded runs to wait on their approvals and questions", interval=0.02)
+    return token
+
+
+def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, settings, engine_processes):
+    """Sequences of calls along the links, each over real runs waiting on approvals and questions."""
+    from orchestrator.db.session import make_engine, make_sessionmaker
+
+    sessionmaker = make_sessionmaker(make_engine(settings))
+    # Every scenario starts on a fresh tenant seeded the same way. Hypothesis replays the start of
+    # earlier scenarios while it generates; a replay that met the state an earlier scenario left (an
+    # approval already decided, a run already cancelled) would answer with another status, follow
+    # other links and draw differently: FlakyStrategyDefinition, one CI run in three.
+    # Revoking tokens is still left to the stateless phase: a link from GET /tokens would revoke the
+    # scenario's own. So are replacing the policy (it changes what every later call does) and starting
+    # runs (POST /runs, POST /hooks/…): a run started in a sequence goes on in the workers, so its state
+    # at a later call depends on timing, not on the sequence.
     api_schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app).exclude(
         method="DELETE", path="/api/v1/tokens/{token_id}").exclude(
         method="PUT", path="/api/v1/policy").exclude(path_regex=STREAM_PATHS).exclude(
         method="POST", path="/api/v1/runs").exclude(method="POST", path="/api/v1/hooks/{workflow_id}")
     answers: dict[str, int] = {}
+    tokens: list[str] = []
 
     class Machine(api_schema.as_state_machine()):
+        def setup(self):
+            self.token = seed_tenant(fuzz_app, sessionmaker)
+            tokens.append(self.token)
+
         def before_call(self, case):
-            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {fuzz_token}"}
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {self.token}"}
 
         def after_call(self, response, case):
             key = f"{case.method} {case.operation.path} {response.status_code}"
@@ -161,22 +188,12 @@ def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, fuzz_token, engine
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
 
-    # As schemathesis's own engine does: when a replayed scenario draws differently because the server's
-    # state changed in between (FlakyStrategyDefinition), that is no finding; fuzz on in a fresh session.
-    # The first session is derandomized; a derandomized session again would walk into the same replay,
-    # so the later ones explore at random.
-    for session in range(SESSIONS):
-        try:
-            Machine.run(settings=hypothesis.settings(
-                max_examples=120, stateful_step_count=10, deadline=None, derandomize=session == 0, database=None,
-                suppress_health_check=list(hypothesis.HealthCheck)))
-            break
-        except hypothesis.errors.FlakyStrategyDefinition:
-            if session == SESSIONS - 1:
-                raise
+    Machine.run(settings=hypothesis.settings(
+        max_examples=120, stateful_step_count=10, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(hypothesis.HealthCheck)))
     assert sum(answers.values()) >= 1000, answers
     # The links were followed to real things: some calls on the seeded runs succeeded.
     acted = sum(n for key, n in answers.items() if key.startswith(("POST /api/v1/runs/{run_id}/", "GET /api/v1/runs/{run_id}"))
                 and key.endswith((" 200", " 201")))
     assert acted > 0, answers
-    assert all(api.get(f"/runs/{run}").status_code == 200 for run in runs)
+    assert len(tokens) >= 120  # a fresh tenant for every scenario
