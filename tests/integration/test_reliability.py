@@ -3,6 +3,8 @@ twice, a scheduler that dies between its commit and its publish, and a broker th
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from orchestrator.broker import make_celery, publish_steps
+from orchestrator.broker import make_celery, publish_steps, stranded_attempts
 from orchestrator.db.models import Outbox, Step
 from orchestrator.db.session import make_engine
 from tests.integration.conftest import ROOT, _env, by_id, events, publish, start, wait_for, wait_run
@@ -36,6 +38,12 @@ def scalar(settings, query):
             return connection.execute(query).scalar_one_or_none()
     finally:
         engine.dispose()
+
+
+def attempts_in_queue(client, queue: str) -> list[tuple[str, str, int]]:
+    """The step attempts whose messages wait in a broker queue (Celery's task id is run.step.attempt)."""
+    ids = (json.loads(raw)["headers"]["id"].split(".") for raw in client.lrange(queue, 0, -1))
+    return [(run_id, step_id, int(attempt)) for run_id, step_id, attempt in ids]
 
 
 def worker_logs(engine_processes) -> str:
@@ -118,12 +126,14 @@ def test_steps_whose_messages_the_broker_lost_are_published_again(api, settings,
     """FLUSHDB stands for a Redis restart without persistence: the queued step's message is gone."""
     with queued_while_no_worker_runs(api, engine_processes) as run_id:
         client = redis.Redis.from_url(broker_url)
-        assert client.llen(settings.default_queue) == 1
+        # Other tests' runs may have steps queued here too (a retry that came due): they are lost and
+        # published again alike.
+        assert (run_id, "slow", 1) in attempts_in_queue(client, settings.default_queue)
         client.flushdb()
         client.set("switchyard:test-session", "flushed by a test", ex=3600)  # keep this db claimed
     run = wait_run(api, run_id, timeout=30)
     assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
-    assert "re-publishing 1 queued steps" in engine_processes.log_tail("scheduler", 200)
+    assert re.search(r"re-publishing \d+ queued steps", engine_processes.log_tail("scheduler", 200))
     assert scalar(settings, select(Step.attempt).where(Step.run_id == run_id, Step.step_id == "after")) == 1
 
 
@@ -135,10 +145,13 @@ from orchestrator.settings import load
 settings = load()
 with make_celery(settings).connection_for_read() as connection:
     queue = connection.SimpleQueue(settings.default_queue)
-    queue.get(timeout=20)  # taken, not acknowledged: kombu keeps it as unacked
+    # Taken, not acknowledged: kombu keeps them as unacked. Until the run's own message comes: another
+    # test's run may have a step queued ahead of it, and dies held with it.
+    while not queue.get(timeout=20).headers["id"].startswith(sys.argv[1] + "."):
+        pass
     sys.stdout.write("taken\\n")
     sys.stdout.flush()
-    os.kill(os.getpid(), signal.SIGKILL)  # dies as a worker killed with its prefetched message
+    os.kill(os.getpid(), signal.SIGKILL)  # dies as a worker killed with its prefetched messages
 """
 
 
@@ -147,16 +160,18 @@ def test_a_step_whose_message_a_killed_worker_took_is_published_again(api, setti
     in Redis, where kombu keeps it for an hour; the sweep publishes the step again after
     stranded_after_s instead."""
     with queued_while_no_worker_runs(api, engine_processes) as run_id:
-        died = subprocess.run([sys.executable, "-c", TAKE_AND_DIE], env=_env(settings), cwd=ROOT,
+        died = subprocess.run([sys.executable, "-c", TAKE_AND_DIE, run_id], env=_env(settings), cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert died.returncode == -9 and died.stdout == "taken\n", died.stderr
         client = redis.Redis.from_url(broker_url)
-        assert client.llen(settings.default_queue) == 0 and client.hlen("unacked") == 1
+        assert (run_id, "slow", 1) not in attempts_in_queue(client, settings.default_queue)
+        assert (run_id, "slow", 1) in stranded_attempts(client, 0).values()
         assert by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "queued"
     run = wait_run(api, run_id, timeout=30)
     assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
     assert count_events(api, run_id, "step_started", "slow") == 1
-    assert "re-publishing 1 step messages a worker took and never ran" in engine_processes.log_tail("scheduler", 200)
+    assert re.search(r"re-publishing \d+ step messages a worker took and never ran",
+                     engine_processes.log_tail("scheduler", 200))
     # Forgotten: kombu will not put it back an hour later (the workers' own acks may still be landing).
     wait_for(lambda: client.hlen("unacked") == 0, 10, "no message left unacknowledged")
 
