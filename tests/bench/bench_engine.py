@@ -200,9 +200,11 @@ class Bench:
             for statement in THROUGHPUT_SEED.split(";")[:2]:
                 conn.execute(statement, {"n": n, "tenant": TENANT})
             commits0 = _commits(conn)
+            cpu = CpuSplit(self.switchyard_roles)
             t0 = conn.execute("UPDATE runs SET has_work = true WHERE workflow_id = 'one' RETURNING now()").fetchone()[0]
         self.doorbell.ring("bench")
         self.wait_runs("workflow_id = 'one'", 3600)
+        self.notes["cpu_switchyard"] = cpu.per_step(n)
         with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
             commits = _commits(conn) - commits0
             end, ok = conn.execute("SELECT max(completed_at), count(*) FILTER (WHERE status = 'succeeded') FROM runs "
@@ -217,14 +219,31 @@ class Bench:
                 self.celery.send_task("bench.noop", queue=RAW_QUEUE, producer=producer)
         self.start_raw()
         deadline = time.monotonic() + 1800
-        while int(self.redis.get(COUNT_KEY) or 0) < n:
+        done_at_start, cpu = None, None
+        while (done := int(self.redis.get(COUNT_KEY) or 0)) < n:
             if time.monotonic() > deadline:
                 raise RuntimeError("the raw no-op tasks did not finish")
+            if cpu is None and done:  # from the first task on: the workers' start-up is not per-task work
+                done_at_start, cpu = done, CpuSplit(self.raw_roles)
             time.sleep(0.1)
+        if cpu is not None:
+            self.notes["cpu_raw"] = cpu.per_step(n - done_at_start)
         raw = n / (float(self.redis.get(LAST_KEY)) - float(self.redis.get(FIRST_KEY)))
         self.memory("raw")
         self.stop_raw()
         self.row(f"throughput ({n:,} no-op steps)", ours, raw, "steps/s", "{:.0f}")
+        say(f"  CPU per step, Switchyard: {cpu_line(self.notes.get('cpu_switchyard'))}")
+        say(f"  CPU per step, raw Celery: {cpu_line(self.notes.get('cpu_raw'))}")
+
+    def switchyard_roles(self) -> dict[str, list[int]]:
+        mains = [p.pid for name, p in self.procs.items() if name.startswith("sy-worker")]
+        return {"worker main": mains, "pool children": [c for m in mains for c in _children(m, none=[])],
+                "scheduler": [self.procs["scheduler"].pid], **_services()}
+
+    def raw_roles(self) -> dict[str, list[int]]:
+        mains = [p.pid for name, p in self.procs.items() if name.startswith("raw-worker")]
+        return {"worker main": mains, "pool children": [c for m in mains for c in _children(m, none=[])],
+                **_services()}
 
     def memory(self, which: str) -> None:
         if which == "switchyard":
@@ -350,7 +369,8 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, none: list[int] | None = None) -> list[int]:
+    """The child processes of ``pid``; ``none`` (by default [pid] itself) if it has none."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -359,12 +379,67 @@ def _children(pid: int) -> list[int]:
             continue
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
-    return sorted(found) or [pid]
+    return sorted(found) or ([pid] if none is None else none)
 
 
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _services() -> dict[str, list[int]]:
+    """Every PostgreSQL process (backends, and the server's own: a share of the machine's, not only of
+    the bench's database) and the Redis server."""
+    found: dict[str, list[int]] = {"PostgreSQL": [], "Redis": []}
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:
+            continue
+        role = {"postgres": "PostgreSQL", "redis-server": "Redis"}.get(name)
+        if role:
+            found[role].append(int(comm.parent.name))
+    return found
+
+
+class CpuSplit:
+    """CPU time (user + system, from /proc) spent by each role's processes from now until per_step().
+
+    ``roles`` is called at the start and at the end: processes that started in between (a PostgreSQL
+    backend for a new connection) count from zero; one that ended in between is not counted.
+    """
+
+    def __init__(self, roles):
+        self.roles, self.wall0 = roles, time.monotonic()
+        self.start = {role: self._cpu(pids) for role, pids in roles().items()}
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> dict[int, float]:
+        found = {}
+        for pid in pids:
+            try:
+                found[pid] = _cpu_s(pid)
+            except OSError:
+                continue
+        return found
+
+    def per_step(self, steps: int) -> dict[str, float]:
+        """Milliseconds of CPU per step by role, their total, and the cores busy on average."""
+        wall = time.monotonic() - self.wall0
+        split = {}
+        for role, pids in self.roles().items():
+            before = self.start.get(role, {})
+            spent = sum(now - before.get(pid, 0.0) for pid, now in self._cpu(pids).items())
+            split[role] = spent / steps * 1000
+        total = sum(split.values())
+        return {**split, "total": total, "cores busy": total * steps / 1000 / wall}
+
+
+def cpu_line(split: dict[str, float] | None) -> str:
+    if not split:
+        return "not measured"
+    parts = [f"{role} {ms:.2f}" for role, ms in split.items() if role not in ("total", "cores busy")]
+    return f"{', '.join(parts)}; total {split['total']:.2f} ms ({split['cores busy']:.2f} cores busy on average)"
 
 
 def _wait_http(url: str, headers: dict) -> None:
@@ -449,6 +524,7 @@ def write_report(bench: Bench, args, info: dict, started: str, load_before: str,
         workers=f"{args.workers} worker process(es), prefork, concurrency {args.concurrency}",
         round_trips=n.get("round_trips", "not measured"),
         commits=f"{n.get('commits_per_step', 0):.2f}",
+        cpu_ours=cpu_line(n.get("cpu_switchyard")), cpu_raw=cpu_line(n.get("cpu_raw")),
     )
     path = ROOT / "BENCHMARKS.md"
     old = path.read_text() if path.exists() else ""
@@ -468,6 +544,10 @@ Memory after the throughput run (RSS): {memory}.
 
 Round trips of one step on the hot path (counted in process, see tests/bench/census.py): {round_trips}
 PostgreSQL commits per step in the throughput run (pg_stat_database): {commits}.
+
+CPU per step in the throughput run, in ms by process (/proc; PostgreSQL counts all its processes):
+- Switchyard: {cpu_ours}
+- raw Celery: {cpu_raw}
 
 Workers: {workers}, the same for Switchyard and the raw Celery app, on the same Redis db, one after the other.
 
