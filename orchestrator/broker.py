@@ -66,22 +66,20 @@ def make_celery(settings: Settings) -> Celery:
 def publish_steps(app: Celery, messages: Iterable[dict], cancel_grace_s: float) -> None:
     """Publish one Celery message per step attempt, over one producer connection; on Redis, several
     messages go out in one pipeline (kombu's publish batch) rather than a request each."""
-    from orchestrator.outcomes import task_id
-
     messages = list(messages)
     with app.producer_or_acquire() as producer, producer.batch() if len(messages) > 1 else nullcontext():
         for m in messages:
-            args = [m["run_id"], m["step_id"], m["attempt"]]
+            args = [m.run_id, m.step_id, m.attempt]
             app.send_task(
                 RUN_STEP_TASK,
                 args=args,
                 # Given, so Celery does not build them with its (much slower) safe repr: ids and a number.
                 argsrepr=repr(args),
                 kwargsrepr="{}",
-                task_id=task_id(m["run_id"], m["step_id"], m["attempt"]),
-                queue=m["queue"],
-                soft_time_limit=m["soft_time_limit"],
-                time_limit=m["soft_time_limit"] + cancel_grace_s,
+                task_id=m.task_id,
+                queue=m.queue,
+                soft_time_limit=m.soft_time_limit,
+                time_limit=m.soft_time_limit + cancel_grace_s,
                 producer=producer,
             )
 

@@ -19,7 +19,7 @@ from orchestrator.db.repository import RunChanges
 from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition
 from orchestrator.errors import InvalidRequest, InvalidTransitionError, NotFound, RuntimeNotApplicable
-from orchestrator.outcomes import task_id
+from orchestrator.messages import task_id
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
 

@@ -21,6 +21,7 @@ from orchestrator.db.repository import RunChanges, StepView
 from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition
 from orchestrator.errors import StepError
+from orchestrator.messages import StepMessage, task_id
 from orchestrator.policy import Limits
 from orchestrator.settings import PriceTable
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
@@ -30,11 +31,6 @@ USAGE_KEYS = ("steps", "tool_calls", "llm_calls", "tokens_in", "tokens_out", "cr
 
 def empty_usage() -> dict[str, float]:
     return {key: 0 for key in USAGE_KEYS}
-
-
-def task_id(run_id: str, step_id: str, attempt: int) -> str:
-    """The Celery task id of one attempt: derived, so cancel can revoke it without storing it."""
-    return f"{run_id}.{step_id}.{attempt}"
 
 
 @dataclass(frozen=True)
@@ -164,7 +160,7 @@ class Recorded:
     # False: the outcome left the scheduler nothing to do (it finished the run, or queued what came next).
     scheduler_has_work: bool = True
     # The steps the outcome queued: their messages (with ``outbox_id``), to publish after the commit.
-    messages: list[dict] = field(default_factory=list)
+    messages: list[StepMessage] = field(default_factory=list)
 
 
 def record_outcome(
@@ -215,7 +211,8 @@ def record_outcome(
 QUEUE_READY_MAX_READS = 32
 
 
-def _queue_ready(session: Session, changes: RunChanges, definition: Definition, view: StepView) -> list[dict] | None:
+def _queue_ready(session: Session, changes: RunChanges, definition: Definition,
+                 view: StepView) -> list[StepMessage] | None:
     """Queue, in the outcome's transaction, the worker steps the success of ``view`` made ready, with
     their outbox rows and ``step_queued`` events: the scheduler's dispatch (DESIGN.md, the journey's
     first step) without the doorbell and a pass in between. Returns their messages, or None to leave
@@ -241,7 +238,7 @@ def _queue_ready(session: Session, changes: RunChanges, definition: Definition, 
         session, run.id, {d: definition.timeout_s(definition.step(d)) for d in ready}, step_id, view.attempt
     )
     for message in messages:
-        changes.event("step_queued", message["step_id"], message["attempt"])
+        changes.event("step_queued", message.step_id, message.attempt)
     return messages or None
 
 

@@ -25,6 +25,7 @@ from orchestrator.db.session import database_unavailable, transaction
 from orchestrator.db.types import db_now
 from orchestrator.definitions import ApprovalStep, Definition, QuestionStep, TimerStep, WaitEventStep
 from orchestrator.errors import StepError
+from orchestrator.messages import StepMessage
 from orchestrator.outcomes import WORKER_LOST, ErrorInfo, Outcome, apply_outcome, succeed_run
 from orchestrator.settings import Settings
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus, step_allowed_from
@@ -39,7 +40,7 @@ IDLE_CLEANUP_S = 0.2
 class Pass:
     """What one pass over a batch of runs decided: messages to publish and tasks to revoke."""
 
-    messages: list[dict] = field(default_factory=list)
+    messages: list[StepMessage] = field(default_factory=list)
     revoke: list[str] = field(default_factory=list)
 
 
@@ -277,14 +278,8 @@ def _render_text(template: str | None, context: dict) -> str | None:
         return f"{template} (template error: {exc.message})"
 
 
-def _message(run_id: str, view: StepView, definition: Definition) -> dict:
-    return {
-        "run_id": run_id,
-        "step_id": view.step_id,
-        "attempt": view.attempt,
-        "queue": view.queue,
-        "soft_time_limit": definition.timeout_s(definition.step(view.step_id)),
-    }
+def _message(run_id: str, view: StepView, definition: Definition) -> StepMessage:
+    return StepMessage(run_id, view.step_id, view.attempt, view.queue, definition.timeout_s(definition.step(view.step_id)))
 
 
 class Scheduler:
@@ -378,7 +373,7 @@ class Scheduler:
         out.messages += mine.messages
         out.revoke += mine.revoke
 
-    def _publish(self, messages: list[dict], outbox_ids: list[int]) -> None:
+    def _publish(self, messages: list[StepMessage], outbox_ids: list[int]) -> None:
         if not messages:
             return
         try:
@@ -409,11 +404,7 @@ class Scheduler:
             repo.delete_outbox(session, published)
             flagged = repo.flag_runs_with_due_steps(session)
             stale = repo.stale_outbox(session, self.settings.outbox_republish_after_s)
-            messages = [
-                dict(run_id=m.run_id, step_id=m.step_id, attempt=m.attempt, queue=m.queue,
-                     soft_time_limit=m.soft_time_limit)
-                for m in stale
-            ]
+            messages = [StepMessage(m.run_id, m.step_id, m.attempt, m.queue, m.soft_time_limit, m.id) for m in stale]
             stale_ids = [m.id for m in stale]
             self._read_next_due(session)
         del self.published_outbox[:len(published)]
@@ -453,7 +444,7 @@ class Scheduler:
             broker.publish_steps(self.celery, messages, self.settings.cancel_grace_s)
         broker.forget_stranded(self.epoch.client, list(stranded))
 
-    def _queued_messages(self, attempts: set[tuple[str, str, int]] | None) -> list[dict]:
+    def _queued_messages(self, attempts: set[tuple[str, str, int]] | None) -> list[StepMessage]:
         """The messages of the `queued` step attempts (of ``attempts`` only, if given)."""
         with transaction(self.sessions) as session:
             rows = repo.queued_steps(session, attempts)
@@ -463,8 +454,8 @@ class Scheduler:
         messages = []
         for r in rows:
             definition = definitions[(r.tenant_id, r.workflow_id, r.workflow_version)]
-            messages.append(dict(run_id=r.run_id, step_id=r.step_id, attempt=r.attempt, queue=r.queue,
-                                 soft_time_limit=definition.timeout_s(definition.step(r.step_id))))
+            messages.append(StepMessage(r.run_id, r.step_id, r.attempt, r.queue,
+                                        definition.timeout_s(definition.step(r.step_id))))
         return messages
 
     def drain(self) -> int:

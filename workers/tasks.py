@@ -23,6 +23,7 @@ from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.session import database_unavailable, make_engine, make_sessionmaker, transaction
 from orchestrator.errors import StepError
+from orchestrator.messages import StepMessage
 from orchestrator.outcomes import ErrorInfo, Outcome, Suspension
 from orchestrator.settings import Settings
 from workers import executors
@@ -188,7 +189,7 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
             delay = min(delay * 2, 5.0)
 
 
-def _publish_queued(rt: Runtime, messages: list[dict]) -> None:
+def _publish_queued(rt: Runtime, messages: list[StepMessage]) -> None:
     """Publish the messages of the steps an outcome queued, then delete their outbox rows. If either
     fails, the rows stay and the scheduler's sweep publishes them again (a copy already delivered is
     dropped by the claim's guard)."""
@@ -200,7 +201,7 @@ def _publish_queued(rt: Runtime, messages: list[dict]) -> None:
         return
     try:
         with transaction(rt.one_statement_sessions) as session:
-            repo.delete_outbox(session, [m["outbox_id"] for m in messages])
+            repo.delete_outbox(session, [m.outbox_id for m in messages])
     except DBAPIError as exc:
         log.warning("could not delete %d published outbox rows (%s); the sweep will publish them again",
                     len(messages), exc)

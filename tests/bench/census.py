@@ -99,7 +99,7 @@ def count(settings, sessions, engine, celery, tenant: str) -> str:
             recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, outcomes.Outcome(output={"text": "x"}),
                                                prices=settings.prices, dispatch=True)
         settled()
-    assert [m["step_id"] for m in recorded.messages] == ["b"], "the outcome did not queue the next step"
+    assert [m.step_id for m in recorded.messages] == ["b"], "the outcome did not queue the next step"
     phases["record outcome (queues the next step)"] = _trips(c)
     with _counting(engine) as c:
         _publish_queued(worker, recorded.messages)

@@ -12,6 +12,7 @@ from orchestrator.db import migrate
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Outbox, Run, Step
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
 
@@ -112,10 +113,9 @@ def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_ma
         assert (messages, step.status, step.attempt, outbox) == ([], StepStatus.PENDING, 0, [])
         return
     [message] = messages
-    assert {k: message[k] for k in ("run_id", "step_id", "attempt", "queue", "soft_time_limit")} == dict(
-        run_id=run_id, step_id="b", attempt=1, queue=settings.default_queue, soft_time_limit=7.0)
+    assert message == StepMessage(run_id, "b", 1, settings.default_queue, 7.0, message.outbox_id)
     assert (step.status, step.attempt) == (StepStatus.QUEUED, 1)
-    assert outbox == [(message["outbox_id"], "b", 1, 7.0)]
+    assert outbox == [(message.outbox_id, "b", 1, 7.0)]
 
     # The whole report: a's success, b queued, its event, and no work left for the scheduler.
     with transaction(factory) as session:
@@ -128,7 +128,7 @@ def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_ma
         recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, outcomes.Outcome(output={"n": 1}),
                                            dispatch=True)
     assert recorded.applied and not recorded.scheduler_has_work
-    assert [(m["step_id"], m["attempt"]) for m in recorded.messages] == [("b", 1)]
+    assert [(m.step_id, m.attempt) for m in recorded.messages] == [("b", 1)]
     with transaction(factory) as session:
         events = [(e.type, e.step_id, e.attempt) for e in repo.run_events(session, run_id, 0, 100)]
         run = session.execute(select(Run.has_work, Run.status).where(Run.id == run_id)).one()

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from orchestrator.broker import make_celery, publish_steps, stranded_attempts
 from orchestrator.db.models import Outbox, Step
 from orchestrator.db.session import make_engine
+from orchestrator.messages import StepMessage
 from tests.integration.conftest import ROOT, _env, by_id, events, publish, start, wait_for, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
@@ -54,7 +55,7 @@ def test_a_message_delivered_twice_records_one_outcome(api, settings, engine_pro
     run_id = start(api, publish(api, ONE_SLOW_STEP))
     wait_for(lambda: by_id(api.get(f"/runs/{run_id}").get_json())["slow"]["status"] == "running", 20,
              "the slow step to run")
-    message = dict(run_id=run_id, step_id="slow", attempt=1, queue=settings.default_queue, soft_time_limit=60)
+    message = StepMessage(run_id, "slow", 1, settings.default_queue, 60)
     celery = make_celery(settings)
     # Once while the attempt runs on another worker, once after it finished: both are duplicates.
     publish_steps(celery, [message], settings.cancel_grace_s)

@@ -17,6 +17,7 @@ from orchestrator.db import repository as repo
 from orchestrator.db.models import Outbox, Run, Step
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.db.types import db_now
+from orchestrator.messages import StepMessage
 from orchestrator.scheduler import Scheduler
 from orchestrator.settings import Settings
 from orchestrator.states import StepStatus
@@ -102,11 +103,11 @@ def test_a_step_guard_that_fails_in_a_batch_skips_that_step_and_the_others_advan
         return result
 
     monkeypatch.setattr(repo, "steps_for_update", pending_views)
-    published: list[dict] = []
+    published: list[StepMessage] = []
     monkeypatch.setattr(broker, "publish_steps", lambda _app, messages, _grace: published.extend(messages))
     scheduler.drain()
 
-    assert [m["run_id"] for m in published] == [fine]
+    assert [m.run_id for m in published] == [fine]
     assert run_facts(scheduler, fine)[2] == {"a": "queued"}
     status, events, steps = run_facts(scheduler, stale)
     assert steps == {"a": "skipped"} and "step_queued" not in events
@@ -245,7 +246,7 @@ DIAMOND = {"name": "diamond", "steps": [
 
 
 def queued_by(recorded: outcomes.Recorded) -> list[tuple[str, int]]:
-    return [(m["step_id"], m["attempt"]) for m in recorded.messages]
+    return [(m.step_id, m.attempt) for m in recorded.messages]
 
 
 def outbox_steps(scheduler: Scheduler, run_id: str) -> set[str]:

@@ -5,6 +5,7 @@ passed, the next due time, queued attempts, a run's diagnosis facts) and the out
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Integer, and_, any_, bindparam, delete, func, insert, or_, select, text, tuple_, update
@@ -17,6 +18,7 @@ from orchestrator.db.repository.changes import NEXT_ATTEMPT, NOW, RunRow, _other
 from orchestrator.db.repository.common import _STEP_STATUSES, STEPS, _sql_list, now
 from orchestrator.db.repository.runs import run_steps
 from orchestrator.db.types import db_now, seconds_between
+from orchestrator.messages import StepMessage
 from orchestrator.states import RunStatus, StepStatus, step_allowed_from
 
 # The scheduler's statements are built once: building a statement costs more than running it here.
@@ -153,11 +155,12 @@ def diagnosis_facts(
     return steps, approvals, questions
 
 
-def insert_outbox(session: Session, messages: list[dict]) -> list[int]:
+def insert_outbox(session: Session, messages: list[StepMessage]) -> list[int]:
+    """Write the messages' outbox rows; their ids, in order."""
     if not messages:
         return []
     outbox = Outbox.__table__
-    return list(session.execute(insert(outbox).returning(outbox.c.id), messages).scalars())
+    return list(session.execute(insert(outbox).returning(outbox.c.id), [m.outbox_row() for m in messages]).scalars())
 
 
 def step_statuses(session: Session, run_id: str, step_ids: Sequence[str]) -> dict[str, StepStatus]:
@@ -187,13 +190,12 @@ WITH moved AS (
 )
 INSERT INTO outbox (run_id, step_id, attempt, queue, soft_time_limit, created_at)
 SELECT run_id, step_id, attempt, queue, soft_time_limit, clock_timestamp() FROM moved
-RETURNING id, run_id, step_id, attempt, queue, soft_time_limit
+RETURNING run_id, step_id, attempt, queue, soft_time_limit, id
 """)
-_MESSAGE_KEYS = ("run_id", "step_id", "attempt", "queue", "soft_time_limit")
 
 
 def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dict[str, float], done_step_id: str,
-                            done_attempt: int) -> list[dict]:
+                            done_attempt: int) -> list[StepMessage]:
     """Queue the run's pending steps ``soft_time_limits`` names (their next attempt) and write their
     outbox rows, if the step ``done_step_id`` is still running at ``done_attempt``; the messages of
     the steps queued, each with its ``outbox_id``. The run must be locked by the caller."""
@@ -203,7 +205,7 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
             run_id=run_id, step_ids=step_ids, limits=[float(soft_time_limits[s]) for s in step_ids],
             done_step_id=done_step_id, done_attempt=done_attempt,
         )).all()
-        return [{"outbox_id": row.id, **{key: getattr(row, key) for key in _MESSAGE_KEYS}} for row in rows]
+        return [StepMessage(*row) for row in rows]
     done = session.execute(select(STEPS.c.status).where(
         STEPS.c.run_id == run_id, STEPS.c.step_id == done_step_id, STEPS.c.attempt == done_attempt)).scalar()
     if done is None or _STEP_STATUSES[done] not in _REPORTED_FROM:
@@ -216,11 +218,9 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
         select(STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue).where(STEPS.c.run_id == run_id,
                                                                        STEPS.c.step_id.in_(moved))
     ).all()
-    messages = [dict(run_id=run_id, step_id=step_id, attempt=attempt, queue=queue,
-                     soft_time_limit=float(soft_time_limits[step_id])) for step_id, attempt, queue in found]
-    for message, outbox_id in zip(messages, insert_outbox(session, messages), strict=True):
-        message["outbox_id"] = outbox_id
-    return messages
+    messages = [StepMessage(run_id, step_id, attempt, queue, float(soft_time_limits[step_id]))
+                for step_id, attempt, queue in found]
+    return [replace(m, outbox_id=outbox_id) for m, outbox_id in zip(messages, insert_outbox(session, messages), strict=True)]
 
 
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
