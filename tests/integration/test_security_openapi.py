@@ -157,14 +157,15 @@ def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, settings, engine_p
     """Sequences of calls along the links, each over real runs waiting on approvals and questions."""
     from orchestrator.db.session import make_engine, make_sessionmaker
 
-    sessionmaker = make_sessionmaker(make_engine(settings))
+    engine = make_engine(settings)
+    sessionmaker = make_sessionmaker(engine)
     # Every scenario starts on a fresh tenant seeded the same way. Hypothesis replays the start of
     # earlier scenarios while it generates; a replay that met the state an earlier scenario left (an
     # approval already decided, a run already cancelled) would answer with another status, follow
     # other links and draw differently: FlakyStrategyDefinition, one CI run in three.
     # Revoking tokens is still left to the stateless phase: a link from GET /tokens would revoke the
-    # scenario's own. So are replacing the policy (it changes what every later call does) and starting
-    # runs (POST /runs, POST /hooks/…): a run started in a sequence goes on in the workers, so its state
+    # scenario's own. So are replacing the policy (no link leads to it: included, it was never called) and
+    # starting runs (POST /runs, POST /hooks/…): a run started in a sequence goes on in the workers, so its state
     # at a later call depends on timing, not on the sequence.
     api_schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app).exclude(
         method="DELETE", path="/api/v1/tokens/{token_id}").exclude(
@@ -188,9 +189,12 @@ def test_app_keeps_to_its_openapi_document_stateful(fuzz_app, settings, engine_p
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
 
-    Machine.run(settings=hypothesis.settings(
-        max_examples=120, stateful_step_count=10, deadline=None, derandomize=True, database=None,
-        suppress_health_check=list(hypothesis.HealthCheck)))
+    try:
+        Machine.run(settings=hypothesis.settings(
+            max_examples=120, stateful_step_count=10, deadline=None, derandomize=True, database=None,
+            suppress_health_check=list(hypothesis.HealthCheck)))
+    finally:
+        engine.dispose()
     assert sum(answers.values()) >= 1000, answers
     # The links were followed to real things: some calls on the seeded runs succeeded.
     acted = sum(n for key, n in answers.items() if key.startswith(("POST /api/v1/runs/{run_id}/", "GET /api/v1/runs/{run_id}"))
