@@ -16,6 +16,7 @@ from queue import Empty
 from celery import Celery
 from kombu import Exchange, Queue
 
+from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def publish_steps(app: Celery, messages: Iterable[dict], cancel_grace_s: float) -> None:
+def publish_steps(app: Celery, messages: Iterable[StepMessage], cancel_grace_s: float) -> None:
     """Publish one Celery message per step attempt, over one producer connection; on Redis, several
     messages go out in one pipeline (kombu's publish batch) rather than a request each."""
     messages = list(messages)

@@ -279,7 +279,8 @@ def _render_text(template: str | None, context: dict) -> str | None:
 
 
 def _message(run_id: str, view: StepView, definition: Definition) -> StepMessage:
-    return StepMessage(run_id, view.step_id, view.attempt, view.queue, definition.timeout_s(definition.step(view.step_id)))
+    return StepMessage(run_id, view.step_id, view.attempt, view.queue,
+                       definition.timeout_s(definition.step(view.step_id)))
 
 
 class Scheduler:

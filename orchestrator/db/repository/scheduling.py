@@ -190,7 +190,7 @@ WITH moved AS (
 )
 INSERT INTO outbox (run_id, step_id, attempt, queue, soft_time_limit, created_at)
 SELECT run_id, step_id, attempt, queue, soft_time_limit, clock_timestamp() FROM moved
-RETURNING run_id, step_id, attempt, queue, soft_time_limit, id
+RETURNING id, run_id, step_id, attempt, queue, soft_time_limit
 """)
 
 
@@ -205,7 +205,7 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
             run_id=run_id, step_ids=step_ids, limits=[float(soft_time_limits[s]) for s in step_ids],
             done_step_id=done_step_id, done_attempt=done_attempt,
         )).all()
-        return [StepMessage(*row) for row in rows]
+        return [StepMessage(r.run_id, r.step_id, r.attempt, r.queue, r.soft_time_limit, outbox_id=r.id) for r in rows]
     done = session.execute(select(STEPS.c.status).where(
         STEPS.c.run_id == run_id, STEPS.c.step_id == done_step_id, STEPS.c.attempt == done_attempt)).scalar()
     if done is None or _STEP_STATUSES[done] not in _REPORTED_FROM:
