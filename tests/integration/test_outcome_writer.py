@@ -3,6 +3,8 @@ the run changes and its events are written only if the step's guard matched."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import delete, event, select, update
 
@@ -15,15 +17,27 @@ from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
+from tests.integration.conftest import fresh_database
 
 ONE_STEP = {"name": "one", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}}]}
 
 
+@pytest.fixture(scope="module")
+def quiet_database() -> Iterator[str]:
+    """A PostgreSQL database of the module's own. These tests write runs' rows directly and read them
+    back: on the session's database its scheduler would advance those runs in between (it did, on a
+    slow host), and would act later on what they leave behind."""
+    with fresh_database("switchyard_outcomes") as url:
+        yield url
+
+
 @pytest.fixture(params=["postgresql", "sqlite"])
-def sessions(request, settings, tmp_path):
+def sessions(request, settings, tmp_path, quiet_database):
     if request.param == "sqlite":
         settings = Settings(database_url=f"sqlite:///{tmp_path / 'outcome.db'}", data_dir=tmp_path)
         migrate.upgrade(settings)
+    else:
+        settings = settings.model_copy(update={"database_url": quiet_database})
     engine = make_engine(settings)
     yield settings, make_sessionmaker(engine)
     engine.dispose()
