@@ -312,18 +312,18 @@ class Scheduler:
         others advance.
         """
         try:
-            out, advanced, outbox_ids = self._advance_locked(isolated=False)
+            out, advanced = self._advance_locked(isolated=False)
         except Exception as exc:  # noqa: BLE001 - redone run by run below; an outage goes up
             if isinstance(exc, DBAPIError) and database_unavailable(exc):
                 raise
             log.info("a batch raised (%s: %s); advancing it again, one savepoint per run", type(exc).__name__, exc)
-            out, advanced, outbox_ids = self._advance_locked(isolated=True)
-        self._publish(out.messages, outbox_ids)
+            out, advanced = self._advance_locked(isolated=True)
+        self._publish(out.messages)
         broker.revoke(self.celery, out.revoke)
         return advanced
 
-    def _advance_locked(self, isolated: bool) -> tuple[Pass, int, list[int]]:
-        out, runs, outbox_ids = Pass(), [], []
+    def _advance_locked(self, isolated: bool) -> tuple[Pass, int]:
+        out, runs = Pass(), []
         published = list(self.published_outbox)
         with transaction(self.sessions) as session:
             # A due time that has passed is fired by this pass, not left to the sweep: the loop wakes for it.
@@ -348,14 +348,14 @@ class Scheduler:
                         else:
                             advance_run(session, run, views[run.id], definitions[key], out, writes)
                 writes.flush()
-                outbox_ids = repo.insert_outbox(session, out.messages)
+                out.messages = repo.insert_outbox(session, out.messages)
                 # A new due time ahead is on a step retrying or waiting after the pass; one that went
                 # away unseen (a retry cancelled by fail-fast) only wakes the loop once for nothing.
                 reread_due = reread_due or _has_due_times(views)
             if reread_due:
                 self._read_next_due(session)
         del self.published_outbox[:len(published)]
-        return out, len(runs), outbox_ids
+        return out, len(runs)
 
     def _advance_one(self, session: Session, run, views: list[StepView], definition: Definition, out: Pass) -> None:
         """Advance one run in a savepoint: a run that trips a bug is set aside (logged, with an event)
@@ -374,7 +374,8 @@ class Scheduler:
         out.messages += mine.messages
         out.revoke += mine.revoke
 
-    def _publish(self, messages: list[StepMessage], outbox_ids: list[int]) -> None:
+    def _publish(self, messages: list[StepMessage]) -> None:
+        """Publish messages that have outbox rows; the rows are deleted by the next transaction."""
         if not messages:
             return
         try:
@@ -382,7 +383,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - the outbox keeps them; the sweep re-publishes
             log.warning("publishing %d step messages failed (%s); the sweep will retry", len(messages), exc)
             return
-        self.published_outbox += outbox_ids
+        self.published_outbox += [m.outbox_id for m in messages]
 
     def _forget_published(self) -> None:
         """Delete the outbox rows published since the last transaction, in a transaction of their own."""
@@ -406,14 +407,13 @@ class Scheduler:
             flagged = repo.flag_runs_with_due_steps(session)
             stale = repo.stale_outbox(session, self.settings.outbox_republish_after_s)
             messages = [StepMessage(m.run_id, m.step_id, m.attempt, m.queue, m.soft_time_limit, m.id) for m in stale]
-            stale_ids = [m.id for m in stale]
             self._read_next_due(session)
         del self.published_outbox[:len(published)]
         if flagged:
             log.info("sweep flagged %d runs with due or lost steps", flagged)
         if messages:
             log.warning("re-publishing %d step messages left in the outbox", len(messages))
-            self._publish(messages, stale_ids)
+            self._publish(messages)
 
     def _due_passed(self) -> bool:
         return self.next_due is not None and time.monotonic() >= self.next_due

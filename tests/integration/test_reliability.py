@@ -79,7 +79,7 @@ from orchestrator.settings import load
 
 settings = load()
 scheduler = Scheduler(settings, make_sessionmaker(make_engine(settings)), make_celery(settings))
-scheduler._publish = lambda messages, outbox_ids: os._exit(17)  # dies after the commit, before the publish
+scheduler._publish = lambda messages: os._exit(17)  # dies after the commit, before the publish
 scheduler.advance_batch()
 """
 

@@ -155,12 +155,13 @@ def diagnosis_facts(
     return steps, approvals, questions
 
 
-def insert_outbox(session: Session, messages: list[StepMessage]) -> list[int]:
-    """Write the messages' outbox rows; their ids, in order."""
+def insert_outbox(session: Session, messages: list[StepMessage]) -> list[StepMessage]:
+    """Write the messages' outbox rows; the messages, each with its row's ``outbox_id``."""
     if not messages:
         return []
     outbox = Outbox.__table__
-    return list(session.execute(insert(outbox).returning(outbox.c.id), [m.outbox_row() for m in messages]).scalars())
+    ids = session.execute(insert(outbox).returning(outbox.c.id), [m.outbox_row() for m in messages]).scalars()
+    return [replace(m, outbox_id=outbox_id) for m, outbox_id in zip(messages, ids, strict=True)]
 
 
 def step_statuses(session: Session, run_id: str, step_ids: Sequence[str]) -> dict[str, StepStatus]:
@@ -218,9 +219,8 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
         select(STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue).where(STEPS.c.run_id == run_id,
                                                                        STEPS.c.step_id.in_(moved))
     ).all()
-    messages = [StepMessage(run_id, step_id, attempt, queue, float(soft_time_limits[step_id]))
-                for step_id, attempt, queue in found]
-    return [replace(m, outbox_id=outbox_id) for m, outbox_id in zip(messages, insert_outbox(session, messages), strict=True)]
+    return insert_outbox(session, [StepMessage(run_id, step_id, attempt, queue, float(soft_time_limits[step_id]))
+                                   for step_id, attempt, queue in found])
 
 
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
