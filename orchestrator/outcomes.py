@@ -7,6 +7,7 @@ the same transaction as the step's new status and its events.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ class Claim:
     run_usage: dict[str, float] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     tenant_policy: policy.Policy | None = None
+    # The run and step as the claim left them, for record_success_as_claimed (PostgreSQL only).
+    seen: repo.SeenAtClaim | None = None
 
 
 def effective_limits(definition: Definition, raised: dict[str, Any] | None, tenant: policy.Policy | None) -> Limits:
@@ -133,7 +136,7 @@ def claim_attempt(
         definition=definition, checkpoint=found.checkpoint,
         approval=repo.latest_approval_decision(session, run_id) if "approval" in names else None,
         run_usage=dict(run.usage or {}), limits=effective_limits(definition, run.limits, tenant),
-        tenant_policy=tenant,
+        tenant_policy=tenant, seen=found.seen,
     )
 
 
@@ -178,7 +181,7 @@ def record_outcome(
 
     The attempt's usage is priced in credits by ``prices`` and rolled up on the run. Returns which
     Celery tasks fail-fast cancelled, for the caller to revoke after the commit. With ``dispatch``, a
-    success queues the steps it made ready where that is plain (see _queue_ready), and returns their
+    success queues the steps it made ready where that is plain (see _ready_to_queue), and returns their
     messages for the caller to publish after the commit.
     """
     locked = repo.lock_run_with_step(session, run_id, step_id)
@@ -187,22 +190,66 @@ def record_outcome(
     run, view, recorded_policy = locked
     if view.status != StepStatus.RUNNING or view.attempt != attempt:
         return Recorded(False)
+    recorded = _write_outcome(session, catalog, RunChanges(run), view, recorded_policy, run.others_succeeded,
+                              outcome, rand, prices, dispatch)
+    return recorded or Recorded(False)
+
+
+def record_success_as_claimed(
+    session: Session,
+    catalog: DefinitionCatalog,
+    seen: repo.SeenAtClaim,
+    outcome: Outcome,
+    prices: PriceTable | None = None,
+    dispatch: bool = False,
+) -> Recorded | None:
+    """Write a success from what the claim left (``seen``) in one statement, without reading or
+    locking the run first, if the run's last_seq shows nothing happened to it since: on PostgreSQL,
+    a run's last step or a step whose success queues nothing. Meant for a session in autocommit: it
+    saves BEGIN, the locking read and COMMIT, three of the outcome's four round trips.
+
+    None if it wrote nothing: not a success, the run changed since the claim, or the success has
+    more to write than one statement (it queues steps); record_outcome then writes it.
+    """
+    if not outcome.succeeded or session.get_bind().dialect.name != "postgresql":
+        return None
+    run, view = seen.run, dataclasses.replace(seen.step)  # apply_outcome moves the view along
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
-    changes = RunChanges(run)
+    # Only a step that no other step needs can be the run's last to succeed: for any other, the
+    # steps that need it are still to run.
+    last_possible = not definition.dependents[view.step_id]
+    return _write_outcome(session, catalog, RunChanges(run, unchanged_since=run.last_seq), view, seen.policy,
+                          last_possible, outcome, random.random, prices, dispatch, definition)
+
+
+def _write_outcome(session: Session, catalog: DefinitionCatalog, changes: RunChanges, view: StepView,
+                   recorded_policy: list | None, others_succeeded: bool, outcome: Outcome,
+                   rand: Callable[[], float], prices: PriceTable | None, dispatch: bool,
+                   definition: Definition | None = None) -> Recorded | None:
+    """The outcome of the running ``view`` applied to its run and written; None if nothing was
+    written (a stale report, or with ``changes.unchanged_since`` a run that changed or a success
+    that queues steps). ``others_succeeded``: a hint that every other step of the run succeeded."""
+    run = changes.run
+    definition = definition or catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     revoke = apply_outcome(session, changes, definition, None, view, outcome, rand, prices, recorded_policy,
                            defer_move=True)
     if revoke is None:
-        return Recorded(False)
-    finished = _finish_if_last(session, changes, definition, view, outcome)
-    messages = _queue_ready(session, changes, definition, view) if dispatch and not finished else None
+        return None
+    finished = others_succeeded and _finish_if_last(session, changes, definition, view, outcome)
+    messages = None
+    if dispatch and not finished:
+        ready = _ready_to_queue(session, changes, definition, view)
+        if ready and changes.unchanged_since is not None:
+            return None  # more than one statement: record_outcome queues them under the run's lock
+        messages = _queue(session, changes, definition, view, ready) if ready else None
     scheduler_has_work = not finished and messages is None
     if scheduler_has_work:
         changes.run_values["has_work"] = True
     if not repo.apply_run_changes(session, changes):
         if messages:
             # Cannot happen: the queueing statement checked the step's guard under the run's lock.
-            raise repo.StaleRunState(f"step {view.step_id} of run {run_id} moved under its run's lock")
-        return Recorded(False)
+            raise repo.StaleRunState(f"step {view.step_id} of run {run.id} moved under its run's lock")
+        return None
     return Recorded(True, revoke, scheduler_has_work=scheduler_has_work, messages=messages or [])
 
 
@@ -211,31 +258,33 @@ def record_outcome(
 QUEUE_READY_MAX_READS = 32
 
 
-def _queue_ready(session: Session, changes: RunChanges, definition: Definition,
-                 view: StepView) -> list[StepMessage] | None:
-    """Queue, in the outcome's transaction, the worker steps the success of ``view`` made ready, with
-    their outbox rows and ``step_queued`` events: the scheduler's dispatch (DESIGN.md, the journey's
-    first step) without the doorbell and a pass in between. Returns their messages, or None to leave
-    the run to the scheduler: the run is not plainly running, a step to start waits in the database
-    (approval, question, event, timer), deciding would read too many steps, or nothing was queued
-    (then the run's status may change: all that is left may be waiting)."""
+def _ready_to_queue(session: Session, changes: RunChanges, definition: Definition, view: StepView) -> list[str]:
+    """The worker steps the success of ``view`` made ready, for the outcome's transaction to queue:
+    the scheduler's dispatch (DESIGN.md, the journey's first step) without the doorbell and a pass in
+    between. None are left to the scheduler when the run is not plainly running, a step to start
+    waits in the database (approval, question, event, timer) or deciding would read too many steps;
+    none may be ready, and then the run's status may change (all that is left may be waiting)."""
     run, step_id = changes.run, view.step_id
     if changes.run_target is not None or run.status != RunStatus.RUNNING or view.status is not StepStatus.SUCCEEDED:
-        return None
+        return []
     dependents = definition.dependents[step_id]
     if not dependents or any(definition.step(d).type in dag.WAITING_TYPES for d in dependents):
-        return None
+        return []
     needs = definition.needs
     others = sorted({n for d in dependents for n in needs[d]} - {step_id})
     if len(others) > QUEUE_READY_MAX_READS:
-        return None
+        return []
     statuses = repo.step_statuses(session, run.id, others) if others else {}
-    ready = [d for d in dependents
-             if all(statuses.get(n) is StepStatus.SUCCEEDED for n in needs[d] if n != step_id)]
-    if not ready:
-        return None
+    return [d for d in dependents if all(statuses.get(n) is StepStatus.SUCCEEDED for n in needs[d] if n != step_id)]
+
+
+def _queue(session: Session, changes: RunChanges, definition: Definition, view: StepView,
+           ready: list[str]) -> list[StepMessage] | None:
+    """Queue ``ready`` with their outbox rows and ``step_queued`` events; their messages, or None if
+    none was queued (the scheduler then looks at the run)."""
     messages = repo.queue_steps_with_outbox(
-        session, run.id, {d: definition.timeout_s(definition.step(d)) for d in ready}, step_id, view.attempt
+        session, changes.run.id, {d: definition.timeout_s(definition.step(d)) for d in ready}, view.step_id,
+        view.attempt,
     )
     for message in messages:
         changes.event("step_queued", message.step_id, message.attempt)
@@ -245,11 +294,12 @@ def _queue_ready(session: Session, changes: RunChanges, definition: Definition,
 def _finish_if_last(session: Session, changes: RunChanges, definition: Definition, view: StepView,
                     outcome: Outcome) -> bool:
     """If the step that just succeeded was the run's last, the run succeeds here (as fail-fast fails it
-    here) and the scheduler has nothing to do for it. The lock's hint (``others_succeeded``) comes
-    from a snapshot older than the lock, so a fresh read decides, unless there is no other step."""
+    here) and the scheduler has nothing to do for it. Called on a hint that it may be (every other
+    step succeeded, in a snapshot older than the lock), so a fresh read decides, unless there is no
+    other step."""
     run = changes.run
     if not (changes.run_target is None and run.status == RunStatus.RUNNING
-            and view.status is StepStatus.SUCCEEDED and run.others_succeeded):
+            and view.status is StepStatus.SUCCEEDED):
         return False
     outputs = ({} if len(definition.steps) == 1
                else repo.outputs_if_others_succeeded(session, run.id, view.step_id, definition.sinks))

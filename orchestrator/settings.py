@@ -59,8 +59,12 @@ class Settings(BaseSettings):
     stranded_after_s: float = 30.0
     cancel_grace_s: float = 5.0
     # A worker whose step succeeded queues and publishes the steps that success made ready (where that
-    # is plain: see orchestrator.outcomes._queue_ready) instead of waking the scheduler for them.
+    # is plain: see orchestrator.outcomes._ready_to_queue) instead of waking the scheduler for them.
     worker_dispatch: bool = True
+    # A worker writes an attempt's outcome on a thread after its Celery task returned, so the process
+    # takes its next message meanwhile; it waits for the write before its next claim (see
+    # workers.tasks._OutcomesBehind). Off, the task returns after the outcome committed.
+    worker_record_behind: bool = True
 
     # How long POST /events keeps an event for steps that start waiting on its key later.
     event_keep_s: float = 3600.0

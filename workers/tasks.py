@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from celery import Celery
+from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 
@@ -56,6 +59,7 @@ class Runtime:
         self.catalog = DefinitionCatalog()
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
         self.heartbeats = _Heartbeats(self)
+        self.outcomes_behind = _OutcomesBehind()
 
 
 _runtimes: dict[int, Runtime] = {}
@@ -71,12 +75,14 @@ def _runtime(settings: Settings, celery: Celery) -> Runtime:
 
 def register(app: Celery, settings: Settings) -> None:
     # max_retries=None: a claim is retried for as long as the database stays down (see below).
+    behind = settings.worker_record_behind
+
     @app.task(name=broker.RUN_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False,
               max_retries=None)
     def run_step(task, run_id: str, step_id: str, attempt: int) -> None:
         worker = f"{task.request.hostname or 'worker'}:{os.getpid()}"
         try:
-            execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker)
+            execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker, behind=behind)
         except DatabaseUnavailable as exc:
             # The attempt was never claimed: nothing ran. Send the message again shortly rather than
             # acknowledge it and leave the step `queued` with no message anywhere.
@@ -84,6 +90,17 @@ def register(app: Celery, settings: Settings) -> None:
             log.warning("database unavailable before %s.%s attempt %d was claimed (%s); retrying in %ss",
                         run_id, step_id, attempt, exc, delay)
             raise task.retry(countdown=delay) from exc
+
+    # A process that stops normally (a warm shutdown, max-tasks-per-child) writes what it still holds;
+    # prefork children send worker_process_shutdown, the threads and solo pools worker_shutdown.
+    signals.worker_process_shutdown.connect(_write_held_outcomes, weak=False)
+    signals.worker_shutdown.connect(_write_held_outcomes, weak=False)
+
+
+def _write_held_outcomes(**_kwargs) -> None:
+    rt = _runtimes.get(os.getpid())
+    if rt is not None:
+        rt.outcomes_behind.flush()
 
 
 class DatabaseUnavailable(Exception):
@@ -96,16 +113,20 @@ CLAIM_RETRY_MAX_DELAY_S = 10
 RECORD_RETRY_S = 300
 
 
-def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
+def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str, behind: bool = False) -> None:
     """Run one delivered attempt end to end; a stale or duplicate delivery does nothing.
+
+    With ``behind``, the outcome is written after this returns (see _OutcomesBehind); the calling
+    thread's next attempt waits for it before its claim.
 
     Raises DatabaseUnavailable if the attempt could not be claimed because the database is down.
     """
+    rt.outcomes_behind.wait()
     with logs.bound(run_id=run_id, step_id=step_id, attempt=attempt):
-        _execute_attempt(rt, run_id, step_id, attempt, worker)
+        _execute_attempt(rt, run_id, step_id, attempt, worker, behind)
 
 
-def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
+def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str, behind: bool) -> None:
     settings = rt.settings
     try:
         with transaction(rt.one_statement_sessions) as session:
@@ -149,9 +170,24 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
     try:
         with worker_metrics.attempt(step.type):
             outcome = run_executor(ctx)
-        worker_metrics.finished(step.type, "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
-                                time.monotonic() - started, outcome.usage)
-        recorded = _record(rt, run_id, step_id, attempt, outcome)
+    except BaseException:
+        rt.heartbeats.forget(heartbeat)
+        raise
+    worker_metrics.finished(step.type, "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
+                            time.monotonic() - started, outcome.usage)
+    write = functools.partial(_write_outcome, rt, run_id, step_id, attempt, outcome, claim.seen, heartbeat, started)
+    if behind:
+        rt.outcomes_behind.submit(write)
+    else:
+        write()
+
+
+def _write_outcome(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outcome,
+                   seen: repo.SeenAtClaim | None, heartbeat: _Beat, started: float) -> None:
+    """Record the outcome, then do what follows its commit: publish the steps it queued, wake the
+    scheduler, revoke what fail-fast cancelled."""
+    try:
+        recorded = _record(rt, run_id, step_id, attempt, outcome, seen)
     finally:
         # The heartbeat keeps the lease alive until the outcome is written, also while the database
         # is briefly down, so the attempt is not taken for lost.
@@ -168,13 +204,23 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
     broker.revoke(rt.celery, recorded.revoke)
 
 
-def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outcome) -> outcomes.Recorded:
+def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outcome,
+            seen: repo.SeenAtClaim | None = None) -> outcomes.Recorded:
     """Write the outcome, retrying with backoff while the database is unreachable (the work is done;
-    losing its result would run it again)."""
+    losing its result would run it again). A success whose run did not change since its claim
+    (``seen``) goes in one statement in autocommit; anything else in a transaction, under the run's lock."""
     deadline = time.monotonic() + RECORD_RETRY_S
     delay = 0.2
     while True:
         try:
+            if seen is not None:
+                with transaction(rt.one_statement_sessions) as session:
+                    recorded = outcomes.record_success_as_claimed(
+                        session, rt.catalog, seen, outcome, prices=rt.settings.prices,
+                        dispatch=rt.settings.worker_dispatch,
+                    )
+                if recorded is not None:
+                    return recorded
             with transaction(rt.sessions) as session:
                 return outcomes.record_outcome(
                     session, rt.catalog, run_id, step_id, attempt, outcome, prices=rt.settings.prices,
@@ -231,6 +277,45 @@ def _outcome_of(ctx: StepContext) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - any bug in a tool is that step's failure, not the worker's
         log.exception("step raised an unexpected error")
         return Outcome(error=ErrorInfo("step_error", f"{type(exc).__name__}: {exc}", True), **seen)
+
+
+class _OutcomesBehind:
+    """Writes outcomes after their tasks returned, so that a prefork child takes its next message
+    while the outcome commits: Celery's hand-over between two tasks (the result to the main process,
+    the ack, the next message fetched and passed on) takes about as long as the write.
+
+    A calling thread has at most one outcome held: it waits for it before it claims again. What this
+    changes on a crash is when, not what: a process that dies with an outcome unwritten leaves the
+    attempt `running`, as it would if it died during a synchronous write, and the lease's expiry
+    retries it either way (the message's redelivery, the only difference, fails the claim's guard).
+    """
+
+    def __init__(self):
+        # One writer thread: outcomes are written in the order their tasks finished.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchyard-outcome")
+        self._held = threading.local()
+
+    def submit(self, write: Callable[[], None]) -> None:
+        context = contextvars.copy_context()  # the attempt's log fields, for the writer's log lines
+        self._held.future = self._writer.submit(context.run, self._logged, write)
+
+    @staticmethod
+    def _logged(write: Callable[[], None]) -> None:
+        try:
+            write()
+        except Exception:  # noqa: BLE001 - no task is left to fail: the log is where it goes
+            log.exception("writing the attempt's outcome failed; its lease will expire and the step be retried")
+
+    def wait(self) -> None:
+        """Until the calling thread's held outcome, if any, is written."""
+        future: Future | None = getattr(self._held, "future", None)
+        if future is not None:
+            future.result()
+            self._held.future = None
+
+    def flush(self) -> None:
+        """Until every outcome submitted so far is written (the writer takes them in order)."""
+        self._writer.submit(lambda: None).result()
 
 
 @dataclass(eq=False)

@@ -4,6 +4,7 @@ the run changes and its events are written only if the step's guard matched."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import delete, event, select, update
@@ -179,3 +180,112 @@ def test_a_claim_in_autocommit_and_a_delivery_to_a_paused_run_deferred_in_a_tran
                      [e.type for e in repo.run_events(session, r, 0, 100)][-1]) for r in run_ids}
     assert facts[running] == (StepStatus.RUNNING, 1, "step_started")
     assert facts[paused] == (StepStatus.PENDING, 0, "step_deferred")
+
+
+def _claimed(settings, factory, workflow: dict, catalog: DefinitionCatalog) -> tuple[str, outcomes.Claim]:
+    """A run of ``workflow`` whose first step a worker claimed (in autocommit, as the worker does;
+    ``catalog`` then holds its definition, as a worker's does)."""
+    with transaction(factory) as session:
+        service.publish_workflow(session, settings, "t", workflow["name"], workflow)
+        run_id = service.start_run(session, settings, "t", workflow["name"], None, {})[0].id
+        session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.RUNNING.value, has_work=False))
+        session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
+                        .values(status=StepStatus.QUEUED.value, attempt=1))
+    with transaction(_autocommit(factory)) as session:
+        claim = outcomes.claim_attempt(session, catalog, run_id, "a", 1, "w:1", 30)
+    assert claim is not None
+    return run_id, claim
+
+
+@contextmanager
+def _statements_sent(engine) -> Iterator[list]:
+    statements: list = []
+
+    def sent(*_args):
+        statements.append(1)
+
+    event.listen(engine, "before_cursor_execute", sent)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", sent)
+
+
+def _autocommit(factory):
+    engine = factory.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        return factory
+    return make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+
+def _facts(factory, run_id: str) -> tuple:
+    with transaction(factory) as session:
+        run = session.execute(select(Run.status, Run.last_seq, Run.has_work, Run.usage, Run.output)
+                              .where(Run.id == run_id)).one()
+        steps = {s.step_id: (s.status, s.attempt, s.output) for s in repo.run_steps(session, run_id)}
+        events = [(e.seq, e.type, e.step_id) for e in repo.run_events(session, run_id, 0, 100)]
+    return tuple(run), steps, events
+
+
+def test_a_success_as_claimed_writes_what_the_locked_outcome_writes_in_one_statement(sessions):
+    """A run's last step succeeds from what its claim saw: one statement, no BEGIN or COMMIT, and the
+    same step, run and events as record_outcome writes under the run's lock for the same report."""
+    settings, factory = sessions
+    report = outcomes.Outcome(output={"text": "x"}, usage={"tool_calls": 1})
+    written = {}
+    catalog = DefinitionCatalog()
+    for path in ("as claimed", "locked"):
+        run_id, claim = _claimed(settings, factory, ONE_STEP, catalog)
+        if path == "locked":
+            with transaction(factory) as session:
+                recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, report,
+                                                   prices=settings.prices)
+        else:
+            engine = factory.kw["bind"]
+            with _statements_sent(engine) as statements, transaction(_autocommit(factory)) as session:
+                recorded = outcomes.record_success_as_claimed(session, catalog, claim.seen, report,
+                                                              prices=settings.prices)
+            if engine.dialect.name != "postgresql":
+                assert claim.seen is None or recorded is None  # SQLite: the locked path only
+                return
+            assert len(statements) == 1
+        assert recorded is not None and recorded.applied and not recorded.scheduler_has_work
+        run, steps, events = _facts(factory, run_id)
+        written[path] = (run, steps, [(t, s) for _seq, t, s in events])
+        assert [seq for seq, _t, _s in events] == list(range(1, len(events) + 1))
+    assert written["as claimed"] == written["locked"]
+    run, steps, events = written["as claimed"]
+    assert run[0] == RunStatus.SUCCEEDED.value and run[3]["tool_calls"] == 1 and run[4] == {"a": {"text": "x"}}
+    assert steps == {"a": (StepStatus.SUCCEEDED, 1, {"text": "x"})}
+    assert events[-3:] == [("step_started", "a"), ("step_completed", "a"), ("run_succeeded", None)]
+
+
+@pytest.mark.parametrize("meanwhile", ["run-changed", "step-moved", "queues-next", "not-a-success"])
+def test_a_success_as_claimed_writes_nothing_unless_the_run_is_as_the_claim_left_it(sessions, meanwhile):
+    """Written nothing (None), the report goes to record_outcome: when another writer changed the run
+    after the claim (its last_seq moved), when the step moved without it (the step's guard misses:
+    the run must not move either, though the step's update is a CTE that always runs), when the success
+    queues the next step (more than one statement), and for anything but a success."""
+    settings, factory = sessions
+    catalog = DefinitionCatalog()
+    run_id, claim = _claimed(settings, factory, CHAIN if meanwhile == "queues-next" else ONE_STEP, catalog)
+    if claim.seen is None:
+        assert factory.kw["bind"].dialect.name == "sqlite"
+        return
+    if meanwhile == "run-changed":
+        with transaction(factory) as session:
+            session.execute(update(Run).where(Run.id == run_id).values(last_seq=Run.last_seq + 1))
+    elif meanwhile == "step-moved":
+        with transaction(factory) as session:
+            session.execute(update(Step).where(Step.run_id == run_id).values(status=StepStatus.CANCELLED.value))
+    report = (outcomes.Outcome(error=outcomes.ErrorInfo("boom", "failed", False)) if meanwhile == "not-a-success"
+              else outcomes.Outcome(output={"text": "x"}))
+    before = _facts(factory, run_id)
+    with transaction(_autocommit(factory)) as session:
+        assert outcomes.record_success_as_claimed(session, catalog, claim.seen, report, dispatch=True) is None
+    assert _facts(factory, run_id) == before
+    with transaction(factory) as session:
+        recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, report, dispatch=True)
+    assert recorded.applied is (meanwhile != "step-moved")
+    if meanwhile == "queues-next":
+        assert [m.step_id for m in recorded.messages] == ["b"]

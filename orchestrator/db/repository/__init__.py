@@ -49,6 +49,7 @@ from orchestrator.db.repository.aggregates import (
 from orchestrator.db.repository.attempts import (
     CLAIMABLE_RUN,
     Claimed,
+    SeenAtClaim,
     claim_step,
     extend_lease,
     lock_run_and_claim,
@@ -160,7 +161,7 @@ __all__ = [
     "le_label", "lease_heartbeats", "live_step_queues", "runs_of_tenant", "step_histograms",
     "step_queue_rates", "sum_run_usage", "timeseries",
     # attempts
-    "CLAIMABLE_RUN", "Claimed", "claim_step", "extend_lease", "lock_run_and_claim",
+    "CLAIMABLE_RUN", "Claimed", "SeenAtClaim", "claim_step", "extend_lease", "lock_run_and_claim",
     # changes
     "NEXT_ATTEMPT", "NOW", "RunChanges", "RunRow", "StaleRunState", "StepMove", "StepView",
     "apply_many_run_changes", "apply_run_changes", "lock_run", "lock_run_with_step", "move_steps_many",

@@ -4,6 +4,7 @@ statement) and extending its lease."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, text, update
@@ -13,8 +14,10 @@ from sqlalchemy.orm import Session
 from orchestrator.db.models import Step
 from orchestrator.db.repository.changes import (
     _CLAIM_RUN_COLUMNS,
+    _OUTCOME_RUN_COLUMNS,
     RunChanges,
     RunRow,
+    StepView,
     apply_run_changes,
     lock_run,
 )
@@ -26,15 +29,27 @@ from orchestrator.states import RunStatus, StepStatus, step_allowed_from
 # --- the worker's side of an attempt ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SeenAtClaim:
+    """The run and the claimed step as the claim left them (the run's ``last_seq`` is its own
+    ``step_started`` event's): enough for the outcome writer to write a success without reading or
+    locking the run again, if the run's ``last_seq`` shows it unchanged since."""
+
+    run: RunRow
+    step: StepView
+    policy: list | None
+
+
 @dataclass
 class Claimed:
     """What ``lock_run_and_claim`` found and did: the run as locked (with ``tenant_policy``; on
     PostgreSQL only the columns a claim reads, _CLAIM_RUN_COLUMNS) and, if the step was claimed, its
-    checkpoint."""
+    checkpoint and (on PostgreSQL) what the claim left."""
 
     run: RunRow
     claimed: bool
     checkpoint: dict | None = None
+    seen: SeenAtClaim | None = None
 
 
 CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
@@ -53,7 +68,7 @@ WITH run AS (
         lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s)
     WHERE run_id = :run_id AND step_id = :step_id AND attempt = :attempt AND status IN ({from_steps})
       AND EXISTS (SELECT 1 FROM run WHERE status IN ({from_runs}))
-    RETURNING checkpoint
+    RETURNING checkpoint, type, max_attempts, queue, policy
 ), bumped AS (
     UPDATE runs SET last_seq = runs.last_seq + 1 FROM claimed WHERE runs.id = :run_id RETURNING runs.last_seq
 ), started AS (
@@ -62,7 +77,9 @@ WITH run AS (
     RETURNING seq, created_at
 )
 SELECT {run_columns}, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
-       claimed.checkpoint AS claimed_checkpoint, started.seq AS started_seq, started.created_at AS started_created_at
+       claimed.checkpoint AS claimed_checkpoint, claimed.type AS claimed_type,
+       claimed.max_attempts AS claimed_max_attempts, claimed.queue AS claimed_queue, claimed.policy AS claimed_policy,
+       started.seq AS started_seq, started.created_at AS started_created_at
 FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
 """.format(
     run_columns=", ".join(f"run.{name}" for name in _CLAIM_RUN_COLUMNS),
@@ -92,7 +109,13 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
                      data=data, created_at=row.started_created_at)
         _stage_written(session, row, [event], previous_status=None, status=row.status,
                        waiting_on=row.waiting_on, status_changed=False)
-        return Claimed(row, True, row.claimed_checkpoint)
+        seen = SeenAtClaim(
+            SimpleNamespace(**{name: getattr(row, name) for name in _OUTCOME_RUN_COLUMNS} | {"last_seq": row.started_seq}),
+            StepView(step_id, row.claimed_type, StepStatus.RUNNING, attempt, row.claimed_max_attempts,
+                     row.claimed_queue, due=False, lease_expired=False),
+            row.claimed_policy,
+        )
+        return Claimed(row, True, row.claimed_checkpoint, seen)
     run = lock_run(session, run_id, with_tenant_policy=True)
     if run is None:
         return None

@@ -172,6 +172,9 @@ class RunChanges:
     run_values: dict[str, Any] = field(default_factory=dict)
     run_target: RunStatus | None = None
     step_move: StepMove | None = None
+    # Not locked but read when the run's last_seq was this: the changes are written only if it still
+    # is, in one statement (every change of a run's status or of its steps appends an event).
+    unchanged_since: int | None = None
 
     def event(self, type_: str, step_id: str | None = None, attempt: int | None = None, **data: Any) -> None:
         self.events.append({"type": type_, "step_id": step_id, "attempt": attempt, "data": data})
@@ -294,7 +297,8 @@ class StaleRunState(Exception):
 def apply_run_changes(session: Session, changes: RunChanges) -> bool:
     """Write the step's move (``changes.step_move``, if any), then the run's new status (guarded), its
     other values and its events. Returns False, having written nothing, if the step's guard matched
-    nothing; True otherwise.
+    nothing, or, for ``changes.unchanged_since``, if the run changed since or the changes are not one
+    statement; True otherwise.
 
     Raises StaleRunState if the run's guard matched nothing, so the caller's transaction rolls back whole.
     """
@@ -305,6 +309,8 @@ def apply_run_changes(session: Session, changes: RunChanges) -> bool:
     # one its locked status passes), so that an empty result can only mean the step's guard matched
     # nothing: one round trip less.
     folded = move is not None and with_events and (prepared[0] is None or RunStatus(run.status) in prepared[0])
+    if changes.unchanged_since is not None and not folded:
+        return False
     if move is not None and not folded and not update_steps(
         session, run.id, [move.step_id], move.target, only_from=move.only_from, at_attempt=move.attempt, **move.values
     ):
@@ -312,8 +318,11 @@ def apply_run_changes(session: Session, changes: RunChanges) -> bool:
     if prepared is None:
         return True
     guard, values, rows = prepared
-    query, params = _run_update(guard, values, with_events, move if folded else None)
+    query, params = _run_update(guard, values, with_events, move if folded else None,
+                                unchanged=changes.unchanged_since is not None)
     params["of_run"] = run.id
+    if changes.unchanged_since is not None:
+        params["seen_seq"] = changes.unchanged_since
     if with_events:
         # One round trip for both: every transaction on a step's path ends with this.
         params["new_events"] = [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
@@ -360,10 +369,10 @@ _RUN_UPDATES: dict[tuple, Any] = {}
 
 
 def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with_events: bool,
-                step_move: StepMove | None = None) -> tuple[Any, dict]:
+                step_move: StepMove | None = None, unchanged: bool = False) -> tuple[Any, dict]:
     """The run's guarded UPDATE (on PostgreSQL ``with_events``: and its events' INSERT, in one
     statement; with ``step_move`` too: the step's guarded UPDATE first, and the rest only if it
-    matched) and its parameters. Built once per shape, like update_steps' statements; values that
+    matched; with ``unchanged``, only if the run's last_seq is still ``seen_seq``) and its parameters. Built once per shape, like update_steps' statements; values that
     are SQL expressions of their own (not NOW or NEXT_ATTEMPT) make a statement for this call only."""
     params = {f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)}
     shape, step_key = _shape(values), None
@@ -373,7 +382,7 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
         step_shape = _shape(step_move.values)
         step_key = (step_move.target, step_move.only_from, step_shape)
         shape = shape if step_shape is not None else None
-    key = (guard, with_events, shape, step_key)
+    key = (guard, with_events, shape, step_key, unchanged)
     query = _RUN_UPDATES.get(key) if shape is not None else None
     if query is not None:
         return query, params
@@ -383,8 +392,10 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
     if guard is not None:
         # OR, not IN: an IN list is an expanding parameter, which executemany does not take.
         query = query.where(or_(*(RUNS.c.status == s.value for s in sorted(guard))))
+    if unchanged:
+        query = query.where(RUNS.c.last_seq == bindparam("seen_seq"))
     if step_move is not None:
-        query = query.where(exists(select(_moved_step(step_move).c.step_id)))
+        query = query.where(exists(select(_moved_step(step_move, unchanged).c.step_id)))
     if with_events:
         moved = query.returning(RUNS.c.id).cte("moved_run")
         query = insert(EVENTS).from_select(
@@ -397,15 +408,32 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
     return query, params
 
 
-def _moved_step(move: StepMove):
+def _moved_step(move: StepMove, unchanged: bool = False):
     """The step's guarded move as a CTE of the run's statement (parameters ``of_step``,
-    ``step_attempt`` and ``step_<column>``)."""
+    ``step_attempt`` and ``step_<column>``); with ``unchanged``, only once the run is locked and
+    found at last_seq ``seen_seq``.
+
+    A data-modifying CTE runs whatever the statement around it does, so the run's update must not
+    be able to miss once the step moved: the run's lock and its check come first, in the step's guard.
+    """
+    run_unchanged = [exists(select(_run_locked_if_unchanged().c.id))] if unchanged else []
     return (
         _guarded_step_update(move.target, step_allowed_from(move.target, move.only_from), move.values, "step_",
                              STEPS.c.run_id == bindparam("of_run"), STEPS.c.step_id == bindparam("of_step"),
-                             STEPS.c.attempt == bindparam("step_attempt"))
+                             STEPS.c.attempt == bindparam("step_attempt"), *run_unchanged)
         .returning(STEPS.c.step_id)
         .cte("moved_step")
+    )
+
+
+def _run_locked_if_unchanged():
+    """The run, locked, if its last_seq is still ``seen_seq``: FOR UPDATE waits for a writer holding
+    it and checks the row that writer left (the claim's statement takes the run's lock the same way)."""
+    return (
+        select(RUNS.c.id)
+        .where(RUNS.c.id == bindparam("of_run"), RUNS.c.last_seq == bindparam("seen_seq"))
+        .with_for_update()
+        .cte("unchanged_run")
     )
 
 
