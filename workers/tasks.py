@@ -24,7 +24,13 @@ from sqlalchemy.exc import DBAPIError
 from orchestrator import broker, logs, outcomes, redact, streams, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
-from orchestrator.db.session import database_unavailable, make_engine, make_sessionmaker, transaction
+from orchestrator.db.session import (
+    HeldConnectionSessions,
+    database_unavailable,
+    make_engine,
+    make_sessionmaker,
+    transaction,
+)
 from orchestrator.errors import StepError
 from orchestrator.messages import StepMessage
 from orchestrator.outcomes import ErrorInfo, Outcome, Suspension
@@ -48,14 +54,17 @@ class Runtime:
         # No ping before each transaction (a round trip each, twice a step): a claim or an outcome that
         # meets a dropped connection is retried (see DatabaseUnavailable and _record).
         engine = make_engine(self.settings, pool_pre_ping=False)
-        self.sessions = make_sessionmaker(engine)
-        # For work done in one statement (the claim on PostgreSQL, an outbox row's deletion): in
-        # autocommit it costs no BEGIN and COMMIT, two round trips.
-        self.one_statement_sessions = (
-            make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
-            if engine.dialect.name == "postgresql" else self.sessions
-        )
-        streams.install_publisher({self.sessions, self.one_statement_sessions}, streams.make_bus(self.settings))
+        sessions = make_sessionmaker(engine)
+        # For work done in one statement (the claim on PostgreSQL, a success as claimed, an outbox
+        # row's deletion): in autocommit it costs no BEGIN and COMMIT, two round trips.
+        one_statement = (make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+                         if engine.dialect.name == "postgresql" else sessions)
+        streams.install_publisher({sessions, one_statement}, streams.make_bus(self.settings))
+        # Each thread (the task's, the outcome writer, the heartbeat) keeps its connections: at most
+        # one of each kind, so up to five per worker process on PostgreSQL.
+        self.sessions = HeldConnectionSessions(sessions)
+        self.one_statement_sessions = (HeldConnectionSessions(one_statement) if one_statement is not sessions
+                                       else self.sessions)
         self.catalog = DefinitionCatalog()
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
         self.heartbeats = _Heartbeats(self)
