@@ -15,6 +15,7 @@ from queue import Empty
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport.virtual import Transport as VirtualTransport
 
 from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
@@ -69,6 +70,10 @@ def publish_steps(app: Celery, messages: Iterable[StepMessage], cancel_grace_s: 
     messages go out in one pipeline (kombu's publish batch) rather than a request each."""
     messages = list(messages)
     with app.producer_or_acquire() as producer, producer.batch() if len(messages) > 1 else nullcontext():
+        # On kombu's virtual transports (Redis, the embedded broker) the default exchange delivers to
+        # the queue the routing key names, declared or not: declaring it again for every message only
+        # binds and copies kombu objects, a third of a publish's CPU. Elsewhere Celery declares it.
+        declare = [] if isinstance(producer.connection.transport, VirtualTransport) else None
         for m in messages:
             args = [m.run_id, m.step_id, m.attempt]
             app.send_task(
@@ -82,6 +87,7 @@ def publish_steps(app: Celery, messages: Iterable[StepMessage], cancel_grace_s: 
                 soft_time_limit=m.soft_time_limit,
                 time_limit=m.soft_time_limit + cancel_grace_s,
                 producer=producer,
+                declare=declare,
             )
 
 
