@@ -3,7 +3,8 @@
 A two-step run (``a`` then ``b``) on a queue no worker reads goes through what the processes do for a
 step: the scheduler's pass that dispatches ``a`` (outside the count), the worker's claim (in autocommit,
 as the worker does it), its outcome write, which queues ``b``, and the worker's publish of ``b``'s
-message and deletion of its outbox row (in autocommit too). SQL statements are counted with ``before_cursor_execute``,
+message and deletion of its outbox row (in autocommit too); then ``b``, the run's last step: its claim
+and its success written as claimed (one statement in autocommit, which finishes the run). SQL statements are counted with ``before_cursor_execute``,
 transactions with ``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in autocommit),
 and Redis requests by the commands redis-py sends (a pipeline is one request). Celery's own traffic
 around a task (BRPOP, the late ack, the task events) is the same as the raw baseline's and is not
@@ -105,13 +106,27 @@ def count(settings, sessions, engine, celery, tenant: str) -> str:
         _publish_queued(worker, recorded.messages)
         settled()
     phases["publish the next step, delete its outbox row"] = _trips(c)
-    total = Counter()
-    for trips in phases.values():
-        total.update(trips)
+    with _counting(engine) as c:
+        with transaction(one_statement_sessions) as session:
+            claim = outcomes.claim_attempt(session, catalog, run_id, "b", 1, "census", settings.lease_s)
+        settled()
+    phases["claim the last step"] = _trips(c)
+    with _counting(engine) as c:
+        with transaction(one_statement_sessions) as session:
+            recorded = outcomes.record_success_as_claimed(session, catalog, claim.seen, outcomes.Outcome(output={}),
+                                                          prices=settings.prices, dispatch=True)
+        settled()
+    assert recorded is not None and recorded.applied, "the last step's success was not written as claimed"
+    phases["record the run's last step (as claimed: finishes the run)"] = _trips(c)
     lines = [f"{name}: {trips['db round trips']} db ({trips['sql statements']} statements in "
              f"{trips['transactions']} transactions), {trips['redis requests']} redis, "
              f"{trips['stream publishes']} live-stream publish(es) off the path" for name, trips in phases.items()]
-    lines.append(f"total per step: {total['db round trips']} db round trips in {total['transactions']} transactions, "
-                 f"{total['redis requests']} redis requests on the path, {total['stream publishes']} live-stream "
-                 "publishes off it")
+    names = list(phases)
+    for what, of in (("a step that queues the next", names[:3]), ("a run's last step", names[3:])):
+        total = Counter()
+        for name in of:
+            total.update(phases[name])
+        lines.append(f"total for {what}: {total['db round trips']} db round trips in {total['transactions']} "
+                     f"transactions, {total['redis requests']} redis requests on the path, "
+                     f"{total['stream publishes']} live-stream publishes off it")
     return "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
