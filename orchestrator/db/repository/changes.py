@@ -372,8 +372,9 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
                 step_move: StepMove | None = None, unchanged: bool = False) -> tuple[Any, dict]:
     """The run's guarded UPDATE (on PostgreSQL ``with_events``: and its events' INSERT, in one
     statement; with ``step_move`` too: the step's guarded UPDATE first, and the rest only if it
-    matched; with ``unchanged``, only if the run's last_seq is still ``seen_seq``) and its parameters. Built once per shape, like update_steps' statements; values that
-    are SQL expressions of their own (not NOW or NEXT_ATTEMPT) make a statement for this call only."""
+    matched; with ``unchanged``, only if the run's last_seq is still ``seen_seq``) and its
+    parameters. Built once per shape, like update_steps' statements; values that are SQL
+    expressions of their own (not NOW or NEXT_ATTEMPT) make a statement for this call only."""
     params = {f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)}
     shape, step_key = _shape(values), None
     if step_move is not None:
