@@ -190,8 +190,9 @@ def record_outcome(
     run, view, recorded_policy = locked
     if view.status != StepStatus.RUNNING or view.attempt != attempt:
         return Recorded(False)
-    recorded = _write_outcome(session, catalog, RunChanges(run), view, recorded_policy, run.others_succeeded,
-                              outcome, rand, prices, dispatch)
+    definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
+    recorded = _apply_and_write(session, definition, RunChanges(run), view, recorded_policy, run.others_succeeded,
+                                outcome, rand, prices, dispatch)
     return recorded or Recorded(False)
 
 
@@ -218,19 +219,17 @@ def record_success_as_claimed(
     # Only a step that no other step needs can be the run's last to succeed: for any other, the
     # steps that need it are still to run.
     last_possible = not definition.dependents[view.step_id]
-    return _write_outcome(session, catalog, RunChanges(run, unchanged_since=run.last_seq), view, seen.policy,
-                          last_possible, outcome, random.random, prices, dispatch, definition)
+    return _apply_and_write(session, definition, RunChanges(run, unchanged_since=run.last_seq), view, seen.policy,
+                            last_possible, outcome, random.random, prices, dispatch)
 
 
-def _write_outcome(session: Session, catalog: DefinitionCatalog, changes: RunChanges, view: StepView,
-                   recorded_policy: list | None, others_succeeded: bool, outcome: Outcome,
-                   rand: Callable[[], float], prices: PriceTable | None, dispatch: bool,
-                   definition: Definition | None = None) -> Recorded | None:
+def _apply_and_write(session: Session, definition: Definition, changes: RunChanges, view: StepView,
+                     recorded_policy: list | None, others_succeeded: bool, outcome: Outcome,
+                     rand: Callable[[], float], prices: PriceTable | None, dispatch: bool) -> Recorded | None:
     """The outcome of the running ``view`` applied to its run and written; None if nothing was
     written (a stale report, or with ``changes.unchanged_since`` a run that changed or a success
     that queues steps). ``others_succeeded``: a hint that every other step of the run succeeded."""
     run = changes.run
-    definition = definition or catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     revoke = apply_outcome(session, changes, definition, None, view, outcome, rand, prices, recorded_policy,
                            defer_move=True)
     if revoke is None:

@@ -84,14 +84,12 @@ def _runtime(settings: Settings, celery: Celery) -> Runtime:
 
 def register(app: Celery, settings: Settings) -> None:
     # max_retries=None: a claim is retried for as long as the database stays down (see below).
-    behind = settings.worker_record_behind
-
     @app.task(name=broker.RUN_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False,
               max_retries=None)
     def run_step(task, run_id: str, step_id: str, attempt: int) -> None:
         worker = f"{task.request.hostname or 'worker'}:{os.getpid()}"
         try:
-            execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker, behind=behind)
+            execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker)
         except DatabaseUnavailable as exc:
             # The attempt was never claimed: nothing ran. Send the message again shortly rather than
             # acknowledge it and leave the step `queued` with no message anywhere.
@@ -122,20 +120,20 @@ CLAIM_RETRY_MAX_DELAY_S = 10
 RECORD_RETRY_S = 300
 
 
-def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str, behind: bool = False) -> None:
+def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
     """Run one delivered attempt end to end; a stale or duplicate delivery does nothing.
 
-    With ``behind``, the outcome is written after this returns (see _OutcomesBehind); the calling
-    thread's next attempt waits for it before its claim.
+    With ``worker_record_behind``, the outcome is written after this returns (see _OutcomesBehind);
+    the calling thread's next attempt waits for it before its claim.
 
     Raises DatabaseUnavailable if the attempt could not be claimed because the database is down.
     """
     rt.outcomes_behind.wait()
     with logs.bound(run_id=run_id, step_id=step_id, attempt=attempt):
-        _execute_attempt(rt, run_id, step_id, attempt, worker, behind)
+        _execute_attempt(rt, run_id, step_id, attempt, worker)
 
 
-def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str, behind: bool) -> None:
+def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
     settings = rt.settings
     try:
         with transaction(rt.one_statement_sessions) as session:
@@ -185,7 +183,7 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
     worker_metrics.finished(step.type, "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
                             time.monotonic() - started, outcome.usage)
     write = functools.partial(_write_outcome, rt, run_id, step_id, attempt, outcome, claim.seen, heartbeat, started)
-    if behind:
+    if settings.worker_record_behind:
         rt.outcomes_behind.submit(write)
     else:
         write()
@@ -220,16 +218,18 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
     (``seen``) goes in one statement in autocommit; anything else in a transaction, under the run's lock."""
     deadline = time.monotonic() + RECORD_RETRY_S
     delay = 0.2
+    as_claimed = seen if outcome.succeeded else None
     while True:
         try:
-            if seen is not None:
+            if as_claimed is not None:
                 with transaction(rt.one_statement_sessions) as session:
                     recorded = outcomes.record_success_as_claimed(
-                        session, rt.catalog, seen, outcome, prices=rt.settings.prices,
+                        session, rt.catalog, as_claimed, outcome, prices=rt.settings.prices,
                         dispatch=rt.settings.worker_dispatch,
                     )
                 if recorded is not None:
                     return recorded
+                as_claimed = None  # it wrote nothing: the locked path decides, also on a retry
             with transaction(rt.sessions) as session:
                 return outcomes.record_outcome(
                     session, rt.catalog, run_id, step_id, attempt, outcome, prices=rt.settings.prices,
