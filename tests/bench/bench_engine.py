@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -193,47 +194,73 @@ class Bench:
         self.notes["chain_total_s"] = (rows[-1][2] - rows[0][1]).total_seconds()
 
     def throughput(self) -> None:
-        n = self.args.steps
-        say(f"throughput: {n:,} one-step runs, then {n:,} raw Celery no-op tasks")
+        n, rounds = self.args.steps, self.args.rounds
+        sizes = [n // rounds + (1 if r < n % rounds else 0) for r in range(rounds)]
+        say(f"throughput: {n:,} one-step runs and {n:,} raw Celery no-op tasks, in {rounds} alternating rounds")
         self.publish("one", [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}}])
+        # Alternating rounds give both sides the same share of a host whose speed drifts over minutes
+        # (a shared VM: the same work took a quarter longer from one minute to the next).
+        ours_s = raw_s = 0.0
+        ours_cpu, raw_cpu, commits, ratios = CpuTally(), CpuTally(), 0, []
+        for r, size in enumerate(sizes):
+            ours, raw = self._throughput_ours(r, size), self._throughput_raw(size, last=r == rounds - 1)
+            ours_s, raw_s, commits = ours_s + ours.seconds, raw_s + raw.seconds, commits + ours.commits
+            ours_cpu.add(ours.cpu, ours.cpu_steps)
+            raw_cpu.add(raw.cpu, raw.cpu_steps)
+            ratios.append(raw.seconds / ours.seconds)
+            say(f"  round {r + 1}/{rounds}: switchyard {size / ours.seconds:.0f} steps/s, raw celery "
+                f"{size / raw.seconds:.0f} tasks/s, ratio {ratios[-1]:.2f}")
+        self.notes["cpu_switchyard"], self.notes["cpu_raw"] = ours_cpu.per_step(), raw_cpu.per_step()
+        self.notes["commits_per_step"] = commits / n
+        self.notes["throughput_rounds"] = ", ".join(f"{x:.2f}" for x in ratios)
+        self.row(f"throughput ({n:,} no-op steps)", n / ours_s, n / raw_s, "steps/s", "{:.0f}")
+        say(f"  CPU per step, Switchyard: {cpu_line(self.notes['cpu_switchyard'])}")
+        say(f"  CPU per step, raw Celery: {cpu_line(self.notes['cpu_raw'])}")
+
+    def _throughput_ours(self, round_: int, size: int) -> Round:
+        """One round of one-step runs, timed from their release to the last one's end. They are seeded
+        beforehand, as `queued` with no work flagged."""
+        prefix = f"run_tp{round_:02d}_"
         with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
             for statement in THROUGHPUT_SEED.split(";")[:2]:
-                conn.execute(statement, {"n": n, "tenant": TENANT})
+                conn.execute(statement, {"n": size, "tenant": TENANT, "prefix": prefix})
             commits0 = _commits(conn)
             cpu = CpuSplit(self.switchyard_roles)
-            t0 = conn.execute("UPDATE runs SET has_work = true WHERE workflow_id = 'one' RETURNING now()").fetchone()[0]
+            t0 = conn.execute("UPDATE runs SET has_work = true WHERE workflow_id = 'one' AND id LIKE %(p)s "
+                              "RETURNING now()", {"p": prefix + "%"}).fetchone()[0]
         self.doorbell.ring("bench")
-        self.wait_runs("workflow_id = 'one'", 3600)
-        self.notes["cpu_switchyard"] = cpu.per_step(n)
+        self.wait_runs("workflow_id = 'one' AND id LIKE :p", 3600, p=prefix + "%")
+        spent = cpu.spent()
         with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
             commits = _commits(conn) - commits0
             end, ok = conn.execute("SELECT max(completed_at), count(*) FILTER (WHERE status = 'succeeded') FROM runs "
-                                   "WHERE workflow_id = 'one'").fetchone()
-        assert ok == n, f"only {ok} of {n} throughput runs succeeded"
-        ours = n / (end - t0).total_seconds()
-        self.notes["commits_per_step"] = commits / n
+                                   "WHERE workflow_id = 'one' AND id LIKE %(p)s", {"p": prefix + "%"}).fetchone()
+        assert ok == size, f"only {ok} of {size} throughput runs succeeded"
         self.memory("switchyard")
+        return Round((end - t0).total_seconds(), spent, size, commits)
+
+    def _throughput_raw(self, size: int, last: bool) -> Round:
+        """One round of raw Celery no-op tasks, queued before the worker starts, timed from the first
+        one's start to the last one's end."""
         self.redis.delete(COUNT_KEY, FIRST_KEY, LAST_KEY)
         with self.celery.producer_or_acquire() as producer:
-            for _ in range(n):
+            for _ in range(size):
                 self.celery.send_task("bench.noop", queue=RAW_QUEUE, producer=producer)
         self.start_raw()
         deadline = time.monotonic() + 1800
         done_at_start, cpu = None, None
-        while (done := int(self.redis.get(COUNT_KEY) or 0)) < n:
+        while (done := int(self.redis.get(COUNT_KEY) or 0)) < size:
             if time.monotonic() > deadline:
                 raise RuntimeError("the raw no-op tasks did not finish")
             if cpu is None and done:  # from the first task on: the workers' start-up is not per-task work
                 done_at_start, cpu = done, CpuSplit(self.raw_roles)
             time.sleep(0.1)
-        if cpu is not None:
-            self.notes["cpu_raw"] = cpu.per_step(n - done_at_start)
-        raw = n / (float(self.redis.get(LAST_KEY)) - float(self.redis.get(FIRST_KEY)))
-        self.memory("raw")
+        spent = cpu.spent() if cpu is not None else ({}, 0.0)
+        took = float(self.redis.get(LAST_KEY)) - float(self.redis.get(FIRST_KEY))
+        if last:
+            self.memory("raw")
         self.stop_raw()
-        self.row(f"throughput ({n:,} no-op steps)", ours, raw, "steps/s", "{:.0f}")
-        say(f"  CPU per step, Switchyard: {cpu_line(self.notes.get('cpu_switchyard'))}")
-        say(f"  CPU per step, raw Celery: {cpu_line(self.notes.get('cpu_raw'))}")
+        return Round(took, spent, size - (done_at_start or size))
 
     def switchyard_roles(self) -> dict[str, list[int]]:
         mains = [p.pid for name, p in self.procs.items() if name.startswith("sy-worker")]
@@ -349,12 +376,12 @@ class Bench:
 THROUGHPUT_SEED = """
 INSERT INTO runs (id, tenant_id, workflow_id, workflow_version, status, input, usage, trigger_type, attempt,
                   has_work, last_seq, created_at)
-SELECT 'run_tp' || lpad(i::text, 14, '0'), %(tenant)s, 'one', 1, 'queued', '{}'::jsonb,
+SELECT %(prefix)s || lpad(i::text, 12, '0'), %(tenant)s, 'one', 1, 'queued', '{}'::jsonb,
        '{"steps": 0, "tool_calls": 0, "llm_calls": 0, "tokens_in": 0, "tokens_out": 0, "credits": 0}'::jsonb,
        'api', 1, false, 0, now()
 FROM generate_series(1, %(n)s) AS i;
 INSERT INTO steps (run_id, step_id, position, type, status, attempt, max_attempts, queue, cancel_requested)
-SELECT id, 'a', 0, 'tool', 'pending', 0, 3, 'steps', false FROM runs WHERE workflow_id = 'one';
+SELECT id, 'a', 0, 'tool', 'pending', 0, 3, 'steps', false FROM runs WHERE id LIKE %(prefix)s || '%%';
 """
 
 
@@ -423,16 +450,48 @@ class CpuSplit:
                 continue
         return found
 
-    def per_step(self, steps: int) -> dict[str, float]:
-        """Milliseconds of CPU per step by role, their total, and the cores busy on average."""
-        wall = time.monotonic() - self.wall0
-        split = {}
+    def spent(self) -> tuple[dict[str, float], float]:
+        """CPU seconds by role since the start, and the wall seconds."""
+        spent = {}
         for role, pids in self.roles().items():
             before = self.start.get(role, {})
-            spent = sum(now - before.get(pid, 0.0) for pid, now in self._cpu(pids).items())
-            split[role] = spent / steps * 1000
+            spent[role] = sum(now - before.get(pid, 0.0) for pid, now in self._cpu(pids).items())
+        return spent, time.monotonic() - self.wall0
+
+
+@dataclass
+class Round:
+    """One side's round of the throughput run: its seconds, the CPU its processes spent (CpuSplit.spent)
+    over ``cpu_steps`` of its steps, and PostgreSQL's commits."""
+
+    seconds: float
+    cpu: tuple[dict[str, float], float]
+    cpu_steps: int
+    commits: int = 0
+
+
+class CpuTally:
+    """CpuSplit's figures summed over several rounds."""
+
+    def __init__(self):
+        self.cpu: dict[str, float] = {}
+        self.wall = 0.0
+        self.steps = 0
+
+    def add(self, spent: tuple[dict[str, float], float], steps: int) -> None:
+        by_role, wall = spent
+        for role, seconds in by_role.items():
+            self.cpu[role] = self.cpu.get(role, 0.0) + seconds
+        self.wall += wall
+        self.steps += steps
+
+    def per_step(self) -> dict[str, float] | None:
+        """Milliseconds of CPU per step by role, their total, and the cores busy on average."""
+        if not self.steps or not self.wall:
+            return None
+        split = {role: seconds / self.steps * 1000 for role, seconds in self.cpu.items()}
         total = sum(split.values())
-        return {**split, "total": total, "cores busy": total * steps / 1000 / wall}
+        return {**split, "total": total, "cores busy": total * self.steps / 1000 / self.wall}
 
 
 def cpu_line(split: dict[str, float] | None) -> str:
@@ -524,6 +583,7 @@ def write_report(bench: Bench, args, info: dict, started: str, load_before: str,
         workers=f"{args.workers} worker process(es), prefork, concurrency {args.concurrency}",
         round_trips=n.get("round_trips", "not measured"),
         commits=f"{n.get('commits_per_step', 0):.2f}",
+        rounds=args.rounds, round_ratios=n.get("throughput_rounds", "not measured"),
         cpu_ours=cpu_line(n.get("cpu_switchyard")), cpu_raw=cpu_line(n.get("cpu_raw")),
     )
     path = ROOT / "BENCHMARKS.md"
@@ -550,6 +610,8 @@ CPU per step in the throughput run, in ms by process (/proc; PostgreSQL counts a
 - raw Celery: {cpu_raw}
 
 Workers: {workers}, the same for Switchyard and the raw Celery app, on the same Redis db, one after the other.
+The throughput run alternates the two sides in {rounds} rounds; Switchyard's rate over raw Celery's, round by
+round: {round_ratios}.
 
 ## The machine
 
@@ -563,6 +625,8 @@ Load average before the run: {load}. Other processes (ps: CPU % over each proces
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20000, help="no-op steps in the throughput run")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="the throughput run alternates Switchyard and raw Celery in this many rounds")
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs seeded for the data-scale figures")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (each side)")
     parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker process")
