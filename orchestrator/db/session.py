@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -72,6 +75,29 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def first_row_on_driver(session: Session, sql: str, params: Mapping[str, Any]) -> Any:
+    """Run one PostgreSQL statement (placeholders ``%(name)s``) straight on the session's psycopg
+    connection, prepared, and return its first row as a named tuple, or None; in the session's
+    transaction, like any of its statements.
+
+    For the statement on a worker's path between two tasks (the claim): SQLAlchemy's execution of it
+    (statement cache, parameter and result processing, the session's bookkeeping) cost five times the
+    client CPU psycopg does (0.7 against 0.13 ms). The result's values are psycopg's own: JSON as
+    Python values, timestamps as aware datetimes in the connection's time zone. An error is raised as
+    SQLAlchemy's (DBAPIError), and a connection it broke is invalidated, as SQLAlchemy would.
+    """
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    try:
+        with driver.cursor(row_factory=namedtuple_row) as cursor:
+            cursor.execute(sql, params, prepare=True)
+            return cursor.fetchone()
+    except psycopg.Error as exc:
+        if driver.broken:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(sql, params, exc, psycopg.Error, connection_invalidated=driver.broken) from exc
 
 
 def database_unavailable(exc: BaseException) -> bool:

@@ -369,7 +369,7 @@ class Bench:
 
     def round_trips(self) -> None:
         say("round trips per step: one step through the claim, the outcome that queues the next step and its publish")
-        self.notes["round_trips"] = census.count(self.settings, self.sessions, self.engine, self.celery, TENANT)
+        self.notes["round_trips"] = census.count(self.settings, self.celery, TENANT)
         say(f"  {self.notes['round_trips']}")
 
 

@@ -4,8 +4,9 @@ A two-step run (``a`` then ``b``) on a queue no worker reads goes through what t
 step: the scheduler's pass that dispatches ``a`` (outside the count), the worker's claim (in autocommit,
 as the worker does it), its outcome write, which queues ``b``, and the worker's publish of ``b``'s
 message and deletion of its outbox row (in autocommit too); then ``b``, the run's last step: its claim
-and its success written as claimed (one statement in autocommit, which finishes the run). SQL statements are counted with ``before_cursor_execute``,
-transactions with ``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in autocommit),
+and its success written as claimed (one statement in autocommit, which finishes the run). SQL statements are counted where psycopg
+sends them (the claim goes to the driver without SQLAlchemy's execution), transactions with SQLAlchemy's
+``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in autocommit),
 and Redis requests by the commands redis-py sends (a pipeline is one request). Celery's own traffic
 around a task (BRPOP, the late ack, the task events) is the same as the raw baseline's and is not
 counted here.
@@ -17,6 +18,7 @@ import threading
 from collections import Counter
 from contextlib import contextmanager
 
+import psycopg
 import redis.connection
 from sqlalchemy import event
 
@@ -25,8 +27,13 @@ from sqlalchemy import event
 def _counting(engine):
     counts: Counter = Counter()
 
-    def statement(*_args, **_kw):
-        counts["sql"] += 1
+    sent = psycopg.Cursor.execute, psycopg.Cursor.executemany
+
+    def counted(method):
+        def statement(*args, **kwargs):
+            counts["sql"] += 1
+            return method(*args, **kwargs)
+        return statement
 
     def commit(conn, *_args):
         if not conn.connection.driver_connection.autocommit:  # in autocommit there is no BEGIN or COMMIT
@@ -40,7 +47,7 @@ def _counting(engine):
         counts["stream publishes" if off_path else "redis"] += 1
         return original(self, command, check_health)
 
-    event.listen(engine, "before_cursor_execute", statement)
+    psycopg.Cursor.execute, psycopg.Cursor.executemany = (counted(method) for method in sent)
     event.listen(engine, "commit", commit)
     event.listen(engine, "rollback", commit)
     redis.connection.AbstractConnection.send_packed_command = send
@@ -48,7 +55,7 @@ def _counting(engine):
         yield counts
     finally:
         redis.connection.AbstractConnection.send_packed_command = original
-        event.remove(engine, "before_cursor_execute", statement)
+        psycopg.Cursor.execute, psycopg.Cursor.executemany = sent
         event.remove(engine, "commit", commit)
         event.remove(engine, "rollback", commit)
 
@@ -59,17 +66,25 @@ def _trips(counts: Counter) -> dict[str, int]:
             "stream publishes": counts["stream publishes"]}
 
 
-def count(settings, sessions, engine, celery, tenant: str) -> str:
-    """One line per phase of the hot path, and the total per step; the scheduler must not be running."""
+def count(settings, celery, tenant: str) -> str:
+    """One line per phase of the hot path, and the total per step; the scheduler must not be running.
+
+    The worker's sessions are set up as a worker's Runtime does (held connections, no ping before a
+    transaction) and opened before the count: what is counted is a step's, not a connection's set-up.
+    """
     from types import SimpleNamespace
+
+    from sqlalchemy import text
 
     from orchestrator import outcomes, service, streams
     from orchestrator.catalog import DefinitionCatalog
-    from orchestrator.db.session import make_sessionmaker, transaction
+    from orchestrator.db.session import HeldConnectionSessions, make_engine, make_sessionmaker, transaction
     from orchestrator.scheduler import Scheduler
     from workers.tasks import _publish_queued
 
-    publisher = streams.install_publisher(sessions, streams.make_bus(settings))
+    engine = make_engine(settings, pool_pre_ping=False)
+    sessions = HeldConnectionSessions(make_sessionmaker(engine))
+    publisher = streams.install_publisher(sessions.maker, streams.make_bus(settings))
     steps = [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census"},
              {"id": "b", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census",
               "needs": ["a"]}]
@@ -79,14 +94,19 @@ def count(settings, sessions, engine, celery, tenant: str) -> str:
     scheduler = Scheduler(settings, sessions, celery)
     catalog = DefinitionCatalog()
     scheduler.advance_batch()  # warm: run_started and the dispatch of `a`, outside the count
-    catalog.get_many(sessions(), [(tenant, "census", 1)])  # a worker has the definition after its first step
+    with sessions() as session:  # a worker has the definition after its first step
+        catalog.get_many(session, [(tenant, "census", 1)])
 
     def settled() -> None:  # the live streams' publishes of a phase are counted with it
         if publisher is not None:
             publisher.wait_idle(5)
 
-    one_statement_sessions = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
-    streams.install_publisher(one_statement_sessions, streams.make_bus(settings))
+    one_statement_sessions = HeldConnectionSessions(
+        make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+    streams.install_publisher(one_statement_sessions.maker, streams.make_bus(settings))
+    for factory in (sessions, one_statement_sessions):
+        with transaction(factory) as session:
+            session.execute(text("SELECT 1"))
     worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions,
                              one_statement_sessions=one_statement_sessions)
     phases: dict[str, dict[str, int]] = {}

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from orchestrator.db.session import (
     HeldConnectionSessions,
     database_unavailable,
+    first_row_on_driver,
     make_engine,
     make_sessionmaker,
     transaction,
@@ -32,6 +33,12 @@ def _backend(sessions) -> int:
         return session.execute(text("SELECT pg_backend_pid()")).scalar_one()
 
 
+def _backend_on_driver(sessions) -> int:
+    """As _backend, with the statement sent the way the claim is: on the driver, past SQLAlchemy."""
+    with transaction(sessions) as session:
+        return first_row_on_driver(session, "SELECT pg_backend_pid() AS pid", {}).pid
+
+
 def test_a_thread_keeps_its_connection_and_another_thread_has_its_own(held):
     first = _backend(held)
     assert [_backend(held) for _ in range(3)] == [first] * 3
@@ -42,12 +49,15 @@ def test_a_thread_keeps_its_connection_and_another_thread_has_its_own(held):
     assert other and other[0] != first
 
 
-def test_a_connection_the_server_cut_fails_its_statement_and_the_next_session_has_a_new_one(held, settings):
+@pytest.mark.parametrize("cut_statement", [_backend, _backend_on_driver], ids=["sqlalchemy", "driver"])
+def test_a_connection_the_server_cut_fails_its_statement_and_the_next_session_has_a_new_one(held, settings,
+                                                                                          cut_statement):
     first = _backend(held)
+    assert _backend_on_driver(held) == first
     with psycopg.connect(_libpq(settings.resolved_database_url), autocommit=True) as admin:
         assert admin.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone()[0]
     with pytest.raises(DBAPIError) as failed:
-        _backend(held)
+        cut_statement(held)
     assert database_unavailable(failed.value)  # what the worker retries on (a claim, an outcome)
     second = _backend(held)
     assert second != first

@@ -62,8 +62,11 @@ def test_a_thread_waits_only_for_its_own_outcome(behind):
 
 def test_flush_writes_everything_held_before_the_process_stops(behind):
     order = []
-    for n in range(3):
-        threading.Thread(target=behind.submit, args=(lambda n=n: order.append(n),)).start()
+    submitters = [threading.Thread(target=behind.submit, args=(lambda n=n: order.append(n),)) for n in range(3)]
+    for thread in submitters:
+        thread.start()
+    for thread in submitters:  # each has handed its write over; none need have been written yet
+        thread.join(DEADLINE_S)
     behind.flush()
     assert sorted(order) == [0, 1, 2]
 

@@ -4,11 +4,12 @@ statement) and extending its lease."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, text, update
-from sqlalchemy.dialects import postgresql
+from psycopg.types.json import Jsonb
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from orchestrator.db.models import Step
@@ -23,7 +24,8 @@ from orchestrator.db.repository.changes import (
 )
 from orchestrator.db.repository.common import STEPS, _sql_list
 from orchestrator.db.repository.events import _stage_written
-from orchestrator.db.types import UTCDateTime, db_now
+from orchestrator.db.session import first_row_on_driver
+from orchestrator.db.types import db_now
 from orchestrator.states import RunStatus, StepStatus, step_allowed_from
 
 # --- the worker's side of an attempt ------------------------------------------------------------
@@ -59,21 +61,21 @@ CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
 # attempt if the run is running or waiting, bump the run's last_seq and append `step_started`.
 # `run` is evaluated first (the UPDATE of steps reads it), so the run's row is locked before the
 # step's, the order every writer keeps. The run's columns come from the locked row as it was before
-# the statement's own changes.
-_CLAIM_PG = text("""
+# the statement's own changes. Sent on the driver (first_row_on_driver): psycopg's placeholders.
+_CLAIM_PG = """
 WITH run AS (
-    SELECT * FROM runs WHERE id = :run_id FOR UPDATE
+    SELECT * FROM runs WHERE id = %(run_id)s FOR UPDATE
 ), claimed AS (
-    UPDATE steps SET status = 'running', started_at = clock_timestamp(), worker = :worker,
-        lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s)
-    WHERE run_id = :run_id AND step_id = :step_id AND attempt = :attempt AND status IN ({from_steps})
+    UPDATE steps SET status = 'running', started_at = clock_timestamp(), worker = %(worker)s,
+        lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s)
+    WHERE run_id = %(run_id)s AND step_id = %(step_id)s AND attempt = %(attempt)s AND status IN ({from_steps})
       AND EXISTS (SELECT 1 FROM run WHERE status IN ({from_runs}))
     RETURNING checkpoint, type, max_attempts, queue, policy
 ), bumped AS (
-    UPDATE runs SET last_seq = runs.last_seq + 1 FROM claimed WHERE runs.id = :run_id RETURNING runs.last_seq
+    UPDATE runs SET last_seq = runs.last_seq + 1 FROM claimed WHERE runs.id = %(run_id)s RETURNING runs.last_seq
 ), started AS (
     INSERT INTO events (run_id, seq, type, step_id, attempt, data, created_at)
-    SELECT :run_id, last_seq, 'step_started', :step_id, :attempt, :data, clock_timestamp() FROM bumped
+    SELECT %(run_id)s, last_seq, 'step_started', %(step_id)s, %(attempt)s, %(data)s, clock_timestamp() FROM bumped
     RETURNING seq, created_at
 )
 SELECT {run_columns}, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
@@ -83,11 +85,10 @@ SELECT {run_columns}, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_
 FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
 """.format(
     run_columns=", ".join(f"run.{name}" for name in _CLAIM_RUN_COLUMNS),
-    # The guards' allowed sets are constants of the transition table: written into the statement
-    # (an expanding parameter is rewritten into the SQL on every call).
+    # The guards' allowed sets are constants of the transition table: written into the statement.
     from_steps=_sql_list(step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}),
     from_runs=_sql_list(CLAIMABLE_RUN),
-)).bindparams(bindparam("data", type_=postgresql.JSONB)).columns(started_created_at=UTCDateTime())
+)
 
 
 def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int, worker: str,
@@ -98,15 +99,15 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
     that is not running)."""
     data = {"worker": worker}
     if session.get_bind().dialect.name == "postgresql":
-        row = session.execute(_CLAIM_PG, dict(
-            run_id=run_id, step_id=step_id, attempt=attempt, worker=worker, lease_s=float(lease_s), data=data,
-        )).one_or_none()
+        row = first_row_on_driver(session, _CLAIM_PG, dict(
+            run_id=run_id, step_id=step_id, attempt=attempt, worker=worker, lease_s=float(lease_s), data=Jsonb(data),
+        ))
         if row is None:
             return None
         if row.started_seq is None:
             return Claimed(row, False)
         event = dict(run_id=run_id, seq=row.started_seq, type="step_started", step_id=step_id, attempt=attempt,
-                     data=data, created_at=row.started_created_at)
+                     data=data, created_at=row.started_created_at.astimezone(UTC))
         _stage_written(session, row, [event], previous_status=None, status=row.status,
                        waiting_on=row.waiting_on, status_changed=False)
         seen = SeenAtClaim(
