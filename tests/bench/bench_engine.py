@@ -609,7 +609,7 @@ CPU per step in the throughput run, in ms by process (/proc; PostgreSQL counts a
 - Switchyard: {cpu_ours}
 - raw Celery: {cpu_raw}
 
-Workers: {workers}, the same for Switchyard and the raw Celery app, on the same Redis db, one after the other.
+Workers: {workers}, the same for Switchyard and the raw Celery app, on the same Redis db, one side at a time.
 The throughput run alternates the two sides in {rounds} rounds; Switchyard's rate over raw Celery's, round by
 round: {round_ratios}.
 
