@@ -97,18 +97,22 @@ class Bus:
         self.line = RedisLine(self.client)  # publishing is on every step's path
 
     def publish(self, written: list[dict]) -> None:
-        commands = []
+        """One message per run of ``written`` (the commits' items, in commit order) on its channel,
+        with all its events and the status after the last; one per status change on the tenant's."""
+        by_run: dict[str, dict] = {}
+        changes = []
         for item in written:
             events = [event_json(e["seq"], e["type"], e["step_id"], e["attempt"], e["data"], e["created_at"])
                       for e in item["events"]]
             status = {k: item[k] for k in ("run_id", "workflow_id", "status", "previous_status", "waiting_on")}
-            commands.append(("PUBLISH", run_channel(item["run_id"]), json.dumps({**status, "events": events},
-                                                                                  default=str)))
+            merged = by_run.setdefault(item["run_id"], {"events": []})
+            merged.update(status, events=merged["events"] + events)
             if item["status_changed"]:
                 last = events[-1]
                 change = {**status, "seq": last["seq"], "type": last["type"], "created_at": last["created_at"]}
-                commands.append(("PUBLISH", tenant_channel(item["tenant_id"]), json.dumps(change, default=str)))
-        self.line.send(commands)
+                changes.append(("PUBLISH", tenant_channel(item["tenant_id"]), json.dumps(change, default=str)))
+        self.line.send([("PUBLISH", run_channel(run_id), json.dumps(message, default=str))
+                        for run_id, message in by_run.items()] + changes)
 
     def subscribe(self, channel: str) -> Subscription:
         return Subscription(self.client, channel)
@@ -121,15 +125,16 @@ def make_bus(settings: Settings) -> Bus | None:
 
 
 def install_publisher(sessions: sessionmaker[Session] | Iterable[sessionmaker[Session]],
-                      bus: Bus | None) -> _Publisher | None:
+                      bus: Bus | None, linger_s: float = 0.0) -> _Publisher | None:
     """Publish what each transaction of ``sessions`` (one factory or several) wrote to the event log,
     after its commit.
 
     The publishing itself happens on a thread of the process (``_Publisher``): the commit only hands
     it over, so what follows a commit on a step's path (the doorbell, the step messages) does not
-    wait for the live streams.
+    wait for the live streams. With ``linger_s``, what the thread takes is sent up to that long after
+    its commit, with whatever else was committed meanwhile (see _Publisher).
     """
-    publisher = _Publisher(bus) if bus is not None else None
+    publisher = _Publisher(bus, linger_s) if bus is not None else None
 
     def _published(session: Session) -> None:
         written = session.info.pop(repo.WRITTEN_EVENTS, None)
@@ -153,8 +158,11 @@ class _Publisher:
     at their next gap check or keepalive.
     """
 
-    def __init__(self, bus: Bus):
+    def __init__(self, bus: Bus, linger_s: float = 0.0):
         self.bus = bus
+        # A worker's claim and its outcome a few milliseconds later: waiting that long sends one
+        # message for both (one round trip, one wake-up of this thread), where each was one.
+        self.linger_s = linger_s
         self.queue: queue.SimpleQueue[list[dict]] = queue.SimpleQueue()
         self.pid: int | None = None
         self.lock = threading.Lock()
@@ -181,8 +189,14 @@ class _Publisher:
         own = self.queue
         while True:
             batch, taken = own.get(), 1
-            while not own.empty():  # publish what piled up in one pipeline
-                batch, taken = batch + own.get_nowait(), taken + 1
+            until = time.monotonic() + self.linger_s
+            while True:  # publish what piled up, and what comes while lingering, in one pipeline
+                try:
+                    left = until - time.monotonic()
+                    written = own.get(timeout=left) if left > 0 else own.get_nowait()
+                except queue.Empty:
+                    break
+                batch, taken = batch + written, taken + 1
             try:
                 self.bus.publish(batch)
             except Exception as exc:  # noqa: BLE001 - followers find the events in the database anyway

@@ -59,7 +59,8 @@ class Runtime:
         # row's deletion): in autocommit it costs no BEGIN and COMMIT, two round trips.
         one_statement = (make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
                          if engine.dialect.name == "postgresql" else sessions)
-        streams.install_publisher({sessions, one_statement}, streams.make_bus(self.settings))
+        streams.install_publisher({sessions, one_statement}, streams.make_bus(self.settings),
+                                  linger_s=STREAM_LINGER_S)
         # Each thread (the task's, the outcome writer, the heartbeat) keeps its connections: at most
         # one of each kind, so up to five per worker process on PostgreSQL.
         self.sessions = HeldConnectionSessions(sessions)
@@ -114,6 +115,9 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached to claim an attempt."""
 
 
+# How long a worker's live-stream publisher waits for more to send once it has something: a short
+# step's claim and outcome then go out as one message (see streams._Publisher).
+STREAM_LINGER_S = 0.02
 # Delays between claims tried while the database is down stay far below Redis' visibility timeout.
 CLAIM_RETRY_MAX_DELAY_S = 10
 # How long a worker keeps trying to write an outcome it has while the database is down.
