@@ -106,7 +106,8 @@ class Bus:
                       for e in item["events"]]
             status = {k: item[k] for k in ("run_id", "workflow_id", "status", "previous_status", "waiting_on")}
             merged = by_run.setdefault(item["run_id"], {"events": []})
-            merged.update(status, events=merged["events"] + events)
+            merged["events"] += events
+            merged.update(status)  # the run's status after the last of them
             if item["status_changed"]:
                 last = events[-1]
                 change = {**status, "seq": last["seq"], "type": last["type"], "created_at": last["created_at"]}

@@ -4,12 +4,13 @@ A two-step run (``a`` then ``b``) on a queue no worker reads goes through what t
 step: the scheduler's pass that dispatches ``a`` (outside the count), the worker's claim (in autocommit,
 as the worker does it), its outcome write, which queues ``b``, and the worker's publish of ``b``'s
 message and deletion of its outbox row (in autocommit too); then ``b``, the run's last step: its claim
-and its success written as claimed (one statement in autocommit, which finishes the run). SQL statements are counted where psycopg
-sends them (the claim goes to the driver without SQLAlchemy's execution), transactions with SQLAlchemy's
-``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in autocommit),
-and Redis requests by the commands redis-py sends (a pipeline is one request). Celery's own traffic
-around a task (BRPOP, the late ack, the task events) is the same as the raw baseline's and is not
-counted here.
+and its success written as claimed (one statement in autocommit, which finishes the run).
+
+SQL statements are counted where psycopg sends them (the claim goes to the driver, past SQLAlchemy),
+transactions with SQLAlchemy's ``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in
+autocommit), and Redis requests by the commands redis-py sends (a pipeline is one request). Celery's own
+traffic around a task (BRPOP, the late ack, the task events) is the same as the raw baseline's and is
+not counted here.
 """
 
 from __future__ import annotations
