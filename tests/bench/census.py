@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import psycopg
 import redis.connection
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 
 @contextmanager
@@ -74,8 +74,6 @@ def count(settings, celery, tenant: str) -> str:
     transaction) and opened before the count: what is counted is a step's, not a connection's set-up.
     """
     from types import SimpleNamespace
-
-    from sqlalchemy import text
 
     from orchestrator import outcomes, service, streams
     from orchestrator.catalog import DefinitionCatalog

@@ -64,13 +64,8 @@ def test_a_step_move_writes_the_runs_changes_only_if_its_guard_matched(sessions,
             outcomes.succeed_run(changes, {"a": {"n": 1}})
         changes.step_move = repo.StepMove("a", StepStatus.SUCCEEDED, frozenset([StepStatus.RUNNING]), 1,
                                           {"output": {"n": 1}, "completed_at": repo.NOW})
-        statements = []
-        listener = lambda *_args: statements.append(1)  # noqa: E731 - counts the statements sent
-        event.listen(session.get_bind(), "before_cursor_execute", listener)
-        try:
+        with _statements_sent(session.get_bind()) as statements:
             assert repo.apply_run_changes(session, changes) is applied
-        finally:
-            event.remove(session.get_bind(), "before_cursor_execute", listener)
     if settings.resolved_database_url.startswith("postgresql"):
         assert len(statements) == 1  # the step's move, the run's update and its events: one statement
     with transaction(factory) as session:
@@ -110,13 +105,8 @@ def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_ma
         # Another writer changes the step after that read, under the run's lock (its snapshot is older).
         session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
                         .values(status=status_now.value))
-        statements = []
-        listener = lambda *_args: statements.append(1)  # noqa: E731 - counts the statements sent
-        event.listen(session.get_bind(), "before_cursor_execute", listener)
-        try:
+        with _statements_sent(session.get_bind()) as statements:
             messages = repo.queue_steps_with_outbox(session, run_id, {"b": 7.0}, "a", 1)
-        finally:
-            event.remove(session.get_bind(), "before_cursor_execute", listener)
         assert locked[1].status is StepStatus.RUNNING
     if settings.resolved_database_url.startswith("postgresql"):
         assert len(statements) == 1
