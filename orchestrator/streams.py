@@ -26,6 +26,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db import repository as repo
+from orchestrator.db.session import AutocommitSessions
 from orchestrator.redis_line import RedisLine
 from orchestrator.settings import Settings
 from orchestrator.states import TERMINAL_RUN
@@ -125,10 +126,13 @@ def make_bus(settings: Settings) -> Bus | None:
     return Bus(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
 
 
-def install_publisher(sessions: sessionmaker[Session] | Iterable[sessionmaker[Session]],
-                      bus: Bus | None, linger_s: float = 0.0) -> _Publisher | None:
+Sessions = sessionmaker[Session] | AutocommitSessions
+
+
+def install_publisher(sessions: Sessions | Iterable[Sessions], bus: Bus | None,
+                      linger_s: float = 0.0) -> _Publisher | None:
     """Publish what each transaction of ``sessions`` (one factory or several) wrote to the event log,
-    after its commit.
+    after its commit; for AutocommitSessions, whose statements commit one by one, after each use.
 
     The publishing itself happens on a thread of the process (``_Publisher``): the commit only hands
     it over, so what follows a commit on a step's path (the doorbell, the step messages) does not
@@ -145,9 +149,12 @@ def install_publisher(sessions: sessionmaker[Session] | Iterable[sessionmaker[Se
     def _discarded(session: Session, *_args) -> None:
         session.info.pop(repo.WRITTEN_EVENTS, None)
 
-    for factory in [sessions] if isinstance(sessions, sessionmaker) else sessions:
-        sa_event.listen(factory, "after_commit", _published)
-        sa_event.listen(factory, "after_rollback", _discarded)
+    for factory in [sessions] if isinstance(sessions, sessionmaker | AutocommitSessions) else sessions:
+        if isinstance(factory, AutocommitSessions):
+            factory.after_use.append(_published)
+        else:
+            sa_event.listen(factory, "after_commit", _published)
+            sa_event.listen(factory, "after_rollback", _discarded)
     return publisher
 
 

@@ -15,16 +15,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from orchestrator import broker, logs, outcomes, redact, streams, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db import repository as repo
 from orchestrator.db.session import (
+    AutocommitSessions,
     HeldConnectionSessions,
     database_unavailable,
     make_engine,
@@ -57,19 +60,21 @@ class Runtime:
         sessions = make_sessionmaker(engine)
         # For work done in one statement (the claim on PostgreSQL, a success as claimed, an outbox
         # row's deletion): in autocommit it costs no BEGIN and COMMIT, two round trips.
-        one_statement = (make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
-                         if engine.dialect.name == "postgresql" else sessions)
-        streams.install_publisher({sessions, one_statement}, streams.make_bus(self.settings),
-                                  linger_s=STREAM_LINGER_S)
+        autocommit = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+        self.autocommit = AutocommitSessions(autocommit) if engine.dialect.name == "postgresql" else None
+        streams.install_publisher([sessions] + ([self.autocommit] if self.autocommit else []),
+                                  streams.make_bus(self.settings), linger_s=STREAM_LINGER_S)
         # Each thread (the task's, the outcome writer, the heartbeat) keeps its connections: at most
         # one of each kind, so up to five per worker process on PostgreSQL.
         self.sessions = HeldConnectionSessions(sessions)
-        self.one_statement_sessions = (HeldConnectionSessions(one_statement) if one_statement is not sessions
-                                       else self.sessions)
         self.catalog = DefinitionCatalog()
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
         self.heartbeats = _Heartbeats(self)
         self.outcomes_behind = _OutcomesBehind()
+
+    def one_statement(self) -> AbstractContextManager[Session]:
+        """A session for work done in one statement: in autocommit on PostgreSQL, a transaction elsewhere."""
+        return self.autocommit() if self.autocommit is not None else transaction(self.sessions)
 
 
 _runtimes: dict[int, Runtime] = {}
@@ -140,7 +145,7 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
 def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
     settings = rt.settings
     try:
-        with transaction(rt.one_statement_sessions) as session:
+        with rt.one_statement() as session:
             claim = outcomes.claim_attempt(session, rt.catalog, run_id, step_id, attempt, worker, settings.lease_s)
         if claim is None:
             with transaction(rt.sessions) as session:
@@ -226,7 +231,7 @@ def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outco
     while True:
         try:
             if as_claimed is not None:
-                with transaction(rt.one_statement_sessions) as session:
+                with rt.one_statement() as session:
                     recorded = outcomes.record_success_as_claimed(
                         session, rt.catalog, as_claimed, outcome, prices=rt.settings.prices,
                         dispatch=rt.settings.worker_dispatch,
@@ -259,7 +264,7 @@ def _publish_queued(rt: Runtime, messages: list[StepMessage]) -> None:
                     len(messages), exc)
         return
     try:
-        with transaction(rt.one_statement_sessions) as session:
+        with rt.one_statement() as session:
             repo.delete_outbox(session, [m.outbox_id for m in messages])
     except DBAPIError as exc:
         log.warning("could not delete %d published outbox rows (%s); the sweep will publish them again",

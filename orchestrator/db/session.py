@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -68,6 +68,45 @@ class HeldConnectionSessions:
         if connection is None or connection.closed or connection.invalidated:
             connection = self._held.connection = self.maker.kw["bind"].connect()
         return self.maker(bind=connection)
+
+
+class AutocommitSessions:
+    """Sessions for work done in single statements, each of which commits on its own: one session per
+    thread, kept from use to use, on a connection the thread keeps (HeldConnectionSessions) in
+    autocommit. ``maker`` must make sessions on an engine in AUTOCOMMIT.
+
+    For a worker's statements around its tasks (the claim, a success written as claimed, an outbox
+    row's deletion): a session's begin, commit and close cost more client CPU than the claim's own
+    statement (0.33 of its 0.47 ms). In autocommit a commit has nothing to send, so there is none:
+    after each use, the functions in ``after_use`` get the session instead (the live streams'
+    publisher takes what the statements wrote to the event log, as it does after a commit). A use
+    that raised drops its session; the next one starts anew, on a new connection if the error broke
+    the held one.
+    """
+
+    def __init__(self, maker: sessionmaker[Session]):
+        self.held = HeldConnectionSessions(maker)
+        self.after_use: list[Callable[[Session], None]] = []
+        self._kept = threading.local()
+
+    @contextmanager
+    def __call__(self) -> Iterator[Session]:
+        session: Session | None = getattr(self._kept, "session", None)
+        if session is None or session.bind.closed or session.bind.invalidated:
+            session = self._kept.session = self.held()
+        failed = True
+        try:
+            yield session
+            failed = False
+        finally:
+            # What committed before an error was committed all the same: it is handed on too.
+            for hook in self.after_use:
+                hook(session)
+            if failed:
+                self._kept.session = None
+                session.close()
+            else:
+                session.expunge_all()  # nothing it loaded may be served stale to the next use
 
 
 @contextmanager

@@ -77,13 +77,20 @@ def count(settings, celery, tenant: str) -> str:
 
     from orchestrator import outcomes, service, streams
     from orchestrator.catalog import DefinitionCatalog
-    from orchestrator.db.session import HeldConnectionSessions, make_engine, make_sessionmaker, transaction
+    from orchestrator.db.session import (
+        AutocommitSessions,
+        HeldConnectionSessions,
+        make_engine,
+        make_sessionmaker,
+        transaction,
+    )
     from orchestrator.scheduler import Scheduler
     from workers.tasks import _publish_queued
 
     engine = make_engine(settings, pool_pre_ping=False)
     sessions = HeldConnectionSessions(make_sessionmaker(engine))
-    publisher = streams.install_publisher(sessions.maker, streams.make_bus(settings))
+    autocommit = AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+    publisher = streams.install_publisher([sessions.maker, autocommit], streams.make_bus(settings))
     steps = [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census"},
              {"id": "b", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census",
               "needs": ["a"]}]
@@ -100,17 +107,13 @@ def count(settings, celery, tenant: str) -> str:
         if publisher is not None:
             publisher.wait_idle(5)
 
-    one_statement_sessions = HeldConnectionSessions(
-        make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
-    streams.install_publisher(one_statement_sessions.maker, streams.make_bus(settings))
-    for factory in (sessions, one_statement_sessions):
-        with transaction(factory) as session:
+    for one_statement in (lambda: transaction(sessions), autocommit):
+        with one_statement() as session:
             session.execute(text("SELECT 1"))
-    worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions,
-                             one_statement_sessions=one_statement_sessions)
+    worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions, one_statement=autocommit)
     phases: dict[str, dict[str, int]] = {}
     with _counting(engine) as c:
-        with transaction(one_statement_sessions) as session:
+        with autocommit() as session:
             assert outcomes.claim_attempt(session, catalog, run_id, "a", 1, "census", settings.lease_s)
         settled()
     phases["claim"] = _trips(c)
@@ -126,12 +129,12 @@ def count(settings, celery, tenant: str) -> str:
         settled()
     phases["publish the next step, delete its outbox row"] = _trips(c)
     with _counting(engine) as c:
-        with transaction(one_statement_sessions) as session:
+        with autocommit() as session:
             claim = outcomes.claim_attempt(session, catalog, run_id, "b", 1, "census", settings.lease_s)
         settled()
     phases["claim the last step"] = _trips(c)
     with _counting(engine) as c:
-        with transaction(one_statement_sessions) as session:
+        with autocommit() as session:
             recorded = outcomes.record_success_as_claimed(session, catalog, claim.seen, outcomes.Outcome(output={}),
                                                           prices=settings.prices, dispatch=True)
         settled()

@@ -1,9 +1,12 @@
 """The worker's sessions on connections each thread keeps (HeldConnectionSessions), on PostgreSQL: one
-connection per thread and kind, reused from step to step, and replaced after the server cut it."""
+connection per thread and kind, reused from step to step, and replaced after the server cut it; and
+its sessions for single statements (AutocommitSessions): kept per thread, each statement committed on
+its own, what they wrote handed on after every use."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 
 import psycopg
 import pytest
@@ -11,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator.db.session import (
+    AutocommitSessions,
     HeldConnectionSessions,
     database_unavailable,
     first_row_on_driver,
@@ -62,3 +66,74 @@ def test_a_connection_the_server_cut_fails_its_statement_and_the_next_session_ha
     second = _backend(held)
     assert second != first
     assert _backend(held) == second
+
+
+@pytest.fixture
+def autocommit(settings):
+    engine = make_engine(settings, pool_pre_ping=False)
+    yield AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+    engine.dispose()
+
+
+@pytest.fixture
+def probe_table(settings):
+    name = f"autocommit_probe_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_libpq(settings.resolved_database_url), autocommit=True) as admin:
+        admin.execute(f"CREATE TABLE {name} (n int)")
+        yield name
+        admin.execute(f"DROP TABLE {name}")
+
+
+def _count(settings, table: str) -> int:
+    with psycopg.connect(_libpq(settings.resolved_database_url)) as other:
+        return other.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_autocommit_sessions_keep_a_session_per_thread_whose_statements_commit_on_their_own(
+        autocommit, settings, probe_table):
+    used: list = []
+    autocommit.after_use.append(used.append)
+    with autocommit() as first:
+        first.execute(text(f"INSERT INTO {probe_table} VALUES (1)"))
+        assert _count(settings, probe_table) == 1  # seen from another connection before the use ended
+    with autocommit() as second:
+        assert second is first
+        second.execute(text(f"INSERT INTO {probe_table} VALUES (2)"))
+    assert used == [first, first]
+    assert _count(settings, probe_table) == 2
+    other: list = []
+    thread = threading.Thread(target=lambda: other.append(_backend_of(autocommit)))
+    thread.start()
+    thread.join(10)
+    assert other and other[0] != _backend_of(autocommit)
+
+
+def _backend_of(autocommit: AutocommitSessions) -> int:
+    with autocommit() as session:
+        return session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def test_a_use_that_raised_hands_on_what_committed_and_the_next_use_has_a_new_session(
+        autocommit, settings, probe_table):
+    used: list = []
+    autocommit.after_use.append(used.append)
+    with pytest.raises(DBAPIError), autocommit() as failed:
+        failed.execute(text(f"INSERT INTO {probe_table} VALUES (1)"))
+        failed.execute(text("SELECT 1 / 0"))
+    assert used == [failed]
+    assert _count(settings, probe_table) == 1  # the first statement stays: it committed on its own
+    with autocommit() as session:
+        assert session is not failed
+        assert session.execute(text(f"SELECT count(*) FROM {probe_table}")).scalar_one() == 1
+
+
+def test_an_autocommit_session_whose_connection_the_server_cut_is_replaced(autocommit, settings):
+    first = _backend_of(autocommit)
+    with psycopg.connect(_libpq(settings.resolved_database_url), autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone()[0]
+    with pytest.raises(DBAPIError) as failed:
+        _backend_of(autocommit)
+    assert database_unavailable(failed.value)
+    second = _backend_of(autocommit)
+    assert second != first
+    assert _backend_of(autocommit) == second
