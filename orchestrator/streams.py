@@ -197,11 +197,13 @@ class _Publisher:
         own = self.queue
         while True:
             batch, taken = own.get(), 1
-            until = time.monotonic() + self.linger_s
-            while True:  # publish what piled up, and what comes while lingering, in one pipeline
+            if self.linger_s:
+                # Asleep, not waiting on the queue: what is submitted meanwhile does not wake this
+                # thread (a wake-up costs the submitting thread a switch, on a worker's path).
+                time.sleep(self.linger_s)
+            while True:  # publish what piled up, and what came while lingering, in one pipeline
                 try:
-                    left = until - time.monotonic()
-                    written = own.get(timeout=left) if left > 0 else own.get_nowait()
+                    written = own.get_nowait()
                 except queue.Empty:
                     break
                 batch, taken = batch + written, taken + 1
