@@ -97,6 +97,7 @@ class AutocommitSessions:
         failed = True
         try:
             yield session
+            session.flush()  # ORM changes, if any, as a commit would write them (in autocommit, committed)
             failed = False
         finally:
             # What committed before an error was committed all the same: it is handed on too.

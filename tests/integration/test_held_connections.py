@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from orchestrator.db.models import Tenant
 from orchestrator.db.session import (
     AutocommitSessions,
     HeldConnectionSessions,
@@ -111,6 +112,14 @@ def test_autocommit_sessions_keep_a_session_per_thread_whose_statements_commit_o
 def _backend_of(autocommit: AutocommitSessions) -> int:
     with autocommit() as session:
         return session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def test_orm_changes_left_in_an_autocommit_session_are_written_when_its_use_ends(autocommit, settings):
+    tenant_id = f"autocommit-{uuid.uuid4().hex[:8]}"
+    with autocommit() as session:
+        session.add(Tenant(id=tenant_id, name=tenant_id))  # no flush: a commit would have written it
+    with psycopg.connect(_libpq(settings.resolved_database_url), autocommit=True) as other:
+        assert other.execute("DELETE FROM tenants WHERE id = %s", (tenant_id,)).rowcount == 1
 
 
 def test_a_use_that_raised_hands_on_what_committed_and_the_next_use_has_a_new_session(
