@@ -151,7 +151,7 @@ class Bench:
     def wait_runs(self, where: str, timeout: float, poll_s: float = 0.1, **params) -> None:
         """Until no run ``where`` is unfinished. Asks for one unfinished run through the tenant-status
         index: the bench's own polling must not cost the database it measures (counting a 4,000-run
-        round's runs ten times a second took a quarter of PostgreSQL's CPU in the throughput run)."""
+        round's runs ten times a second took a fifth of PostgreSQL's CPU in the throughput run)."""
         from orchestrator.states import TERMINAL_RUN, RunStatus
 
         deadline = time.monotonic() + timeout
