@@ -48,12 +48,14 @@ def _libpq(url: str) -> str:
 
 @contextmanager
 def fresh_database(prefix: str = "switchyard_test") -> Iterator[str]:
-    """A new database on the test server, migrated to head, dropped afterwards."""
+    """A new database on the test server, migrated to head, dropped afterwards. Databases of this
+    prefix left by a process that was killed are dropped first (see _drop_left_behind)."""
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         admin = psycopg.connect(_libpq(PG_URL), autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         _unavailable("PostgreSQL", exc)
+    _drop_left_behind(admin, prefix)
     admin.execute(f'CREATE DATABASE "{name}"')
     url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     try:
@@ -62,6 +64,27 @@ def fresh_database(prefix: str = "switchyard_test") -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def _drop_left_behind(admin: psycopg.Connection, prefix: str) -> list[str]:
+    """Drop the databases ``<prefix>_<pid>_<hex>`` whose process is gone from this machine and that
+    nobody is connected to: what a test session or a bench killed before its clean-up left. Only on
+    a server on this machine, where the pid in the name means something."""
+    if make_url(PG_URL).host not in (None, "", "localhost", "127.0.0.1", "::1"):
+        return []
+    dropped = []
+    name = re.compile(rf"{re.escape(prefix)}_(\d+)_[0-9a-f]{{6}}")
+    idle = admin.execute("SELECT datname FROM pg_database WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity "
+                         "WHERE pg_stat_activity.datname = pg_database.datname)").fetchall()
+    for (datname,) in idle:
+        left = name.fullmatch(datname)
+        if left and not Path(f"/proc/{left.group(1)}").exists():
+            try:
+                admin.execute(f'DROP DATABASE IF EXISTS "{datname}"')
+            except psycopg.errors.ObjectInUse:
+                continue  # someone connected meanwhile: not ours to drop
+            dropped.append(datname)
+    return dropped
 
 
 @contextmanager
