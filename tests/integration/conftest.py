@@ -66,11 +66,15 @@ def fresh_database(prefix: str = "switchyard_test") -> Iterator[str]:
         admin.close()
 
 
+def _server_is_local() -> bool:
+    return make_url(PG_URL).host in (None, "", "localhost", "127.0.0.1", "::1")
+
+
 def _drop_left_behind(admin: psycopg.Connection, prefix: str) -> list[str]:
     """Drop the databases ``<prefix>_<pid>_<hex>`` whose process is gone from this machine and that
     nobody is connected to: what a test session or a bench killed before its clean-up left. Only on
     a server on this machine, where the pid in the name means something."""
-    if make_url(PG_URL).host not in (None, "", "localhost", "127.0.0.1", "::1"):
+    if not _server_is_local() or not Path("/proc/self").exists():  # no /proc: no way to tell
         return []
     dropped = []
     name = re.compile(rf"{re.escape(prefix)}_(\d+)_[0-9a-f]{{6}}")
