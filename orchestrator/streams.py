@@ -203,10 +203,10 @@ class _Publisher:
                 time.sleep(self.linger_s)
             while True:  # publish what piled up, and what came while lingering, in one pipeline
                 try:
-                    written = own.get_nowait()
+                    batch.extend(own.get_nowait())  # the lists are handed over: this thread owns them
                 except queue.Empty:
                     break
-                batch, taken = batch + written, taken + 1
+                taken += 1
             try:
                 self.bus.publish(batch)
             except Exception as exc:  # noqa: BLE001 - followers find the events in the database anyway

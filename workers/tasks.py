@@ -60,8 +60,8 @@ class Runtime:
         sessions = make_sessionmaker(engine)
         # For work done in one statement (the claim on PostgreSQL, a success as claimed, an outbox
         # row's deletion): in autocommit it costs no BEGIN and COMMIT, two round trips.
-        autocommit = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
-        self.autocommit = AutocommitSessions(autocommit) if engine.dialect.name == "postgresql" else None
+        self.autocommit = (AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+                           if engine.dialect.name == "postgresql" else None)
         streams.install_publisher([sessions] + ([self.autocommit] if self.autocommit else []),
                                   streams.make_bus(self.settings), linger_s=STREAM_LINGER_S)
         # Each thread (the task's, the outcome writer, the heartbeat) keeps its connections: at most

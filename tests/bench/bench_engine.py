@@ -142,6 +142,10 @@ class Bench:
         self.doorbell.ring("bench")
         return run_id
 
+    def admin(self) -> psycopg.Connection:
+        """A psycopg connection to the bench's database in autocommit (VACUUM needs one)."""
+        return psycopg.connect(_libpq(self.settings.database_url), autocommit=True)
+
     def sql(self, query: str, **params):
         with self.engine.connect() as conn:
             result = conn.execute(text(query), params).all()
@@ -227,7 +231,7 @@ class Bench:
         """One round of one-step runs, timed from their release to the last one's end. They are seeded
         beforehand, as `queued` with no work flagged."""
         prefix = f"run_tp{round_:02d}_"
-        with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
+        with self.admin() as conn:
             for statement in THROUGHPUT_SEED.split(";")[:2]:
                 conn.execute(statement, {"n": size, "tenant": TENANT, "prefix": prefix})
             tidy_tables(conn)
@@ -239,7 +243,7 @@ class Bench:
         # Timed by the database (the last completed_at), so polling twice a second loses nothing.
         self.wait_runs("workflow_id = 'one' AND id LIKE :p", 3600, poll_s=0.5, p=prefix + "%")
         spent = cpu.spent()
-        with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
+        with self.admin() as conn:
             commits = _commits(conn) - commits0
             end, ok = conn.execute("SELECT max(completed_at), count(*) FILTER (WHERE status = 'succeeded') FROM runs "
                                    "WHERE workflow_id = 'one' AND id LIKE %(p)s", {"p": prefix + "%"}).fetchone()
@@ -296,7 +300,7 @@ class Bench:
         steps.append({"id": "join", "type": "tool", "tool": "echo", "args": {"text": "done"},
                       "needs": [s["id"] for s in steps]})
         self.publish("fan", steps)
-        with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
+        with self.admin() as conn:
             tidy_tables(conn)
         pid = self.procs["scheduler"].pid
         cpu0, t0 = _cpu_s(pid), time.monotonic()
@@ -351,7 +355,7 @@ class Bench:
         n = self.args.runs
         say(f"data scale: seeding {n:,} runs (and a step each) in SQL")
         started = time.monotonic()
-        with psycopg.connect(_libpq(self.settings.database_url), autocommit=True) as conn:
+        with self.admin() as conn:
             conn.execute(SEED.replace("%(runs)s", str(n)).replace("FROM runs;", "FROM runs WHERE tenant_id = 'bench';"))
             conn.execute("VACUUM ANALYZE")
         say(f"  seeded in {time.monotonic() - started:.0f}s")
