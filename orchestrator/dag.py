@@ -10,13 +10,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
+from orchestrator import steptypes
 from orchestrator.states import IN_FLIGHT_STEP, RunStatus, StepStatus
 
 Needs = Mapping[str, Sequence[str]]
 Statuses = Mapping[str, StepStatus]
 
-# Step types that do not run on a worker: the scheduler parks them in `waiting`.
-WAITING_TYPES = {"approval": "approval", "question": "question", "wait_event": "event", "timer": "timer"}
+# Step types that do not run on a worker (the scheduler parks them in `waiting`) -> what they wait on:
+# a read-only view of the step type registry, so a type registered later is in it too.
+WAITING_TYPES: Mapping[str, str] = steptypes.waiting_types()
 # A worker step waits too when its agent asked a person (`human.ask`) and gave the worker back.
 SUSPENDED_WAITS_ON = "question"
 

@@ -1,40 +1,47 @@
 """The workflow definition schema and its validation.
 
 ``parse_definition`` is the one gate a definition passes before it is stored: structure (pydantic),
-graph (dag.graph_problems), tool names, the input schema (jsonschema's meta-schema) and template
-syntax. It collects every problem so the 400 names them all at once.
+graph (dag.graph_problems), each step type's own checks (tool names), the input schema (jsonschema's
+meta-schema) and template syntax. It collects every problem so the 400 names them all at once.
+
+The step models live with their types in orchestrator.steptypes; ``Step`` is the union of the
+registered ones, and registering a type later makes ``Definition`` accept it.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
+from pydantic.fields import FieldInfo
 
-from orchestrator import dag, registry, templates
+from orchestrator import dag, registry, steptypes, templates
 from orchestrator.errors import DefinitionInvalid
 from orchestrator.policy import Policy
 from orchestrator.retry import RetryPolicy
+from orchestrator.steptypes.agent import AgentStep
+from orchestrator.steptypes.approval import ApprovalStep
+from orchestrator.steptypes.fields import (
+    STEP_ID_PATTERN,
+    RetrySpec,
+    ScriptedTurn,
+    ScriptEntry,
+    _StepBase,
+    _Strict,
+)
+from orchestrator.steptypes.llm import LlmStep
+from orchestrator.steptypes.question import QuestionStep
+from orchestrator.steptypes.timer import TimerStep
+from orchestrator.steptypes.tool import ToolStep
+from orchestrator.steptypes.wait_event import WaitEventStep
 
-STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
-STEP_TYPES = ("tool", "llm", "agent", "approval", "question", "wait_event", "timer")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RetrySpec(_Strict):
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    backoff: Literal["exponential", "fixed"] = "exponential"
-    initial_delay_s: float = Field(default=1.0, ge=0, le=3600)
-    max_delay_s: float = Field(default=60.0, ge=0, le=86400)
-    jitter: bool = True
-
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(**self.model_dump())
+__all__ = [
+    "STEP_ID_PATTERN", "STEP_TYPES", "AgentStep", "ApprovalStep", "Defaults", "Definition", "LlmStep",
+    "QuestionStep", "RetrySpec", "ScriptEntry", "ScriptedTurn", "Step", "TimerStep", "ToolStep",
+    "WaitEventStep", "_StepBase", "input_problems", "parse_definition", "semantic_problems",
+]
 
 
 class Defaults(_Strict):
@@ -42,77 +49,17 @@ class Defaults(_Strict):
     timeout_s: float = Field(default=300, gt=0, le=7 * 86400)
 
 
-class _StepBase(_Strict):
-    id: str = Field(pattern=STEP_ID_PATTERN)
-    needs: list[str] = []
-    retry: RetrySpec | None = None
-    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
-    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
-    description: str | None = None
+def _step_union() -> Any:
+    """The discriminated union of the registered types' definition models."""
+    models = tuple(t.definition for t in steptypes.types())
+    if len(models) == 1:  # a union of one is the model itself, and takes no discriminator
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007 - X | Y cannot take a tuple
 
 
-class ToolStep(_StepBase):
-    type: Literal["tool"]
-    tool: str
-    args: dict[str, Any] = {}
-
-
-class ScriptedTurn(_Strict):
-    """One reply of the scripted model: text, tool calls, or both."""
-
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] = []
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-
-
-ScriptEntry = str | ScriptedTurn
-
-
-class LlmStep(_StepBase):
-    type: Literal["llm"]
-    model: str = "scripted"
-    prompt: str
-    system: str | None = None
-    script: list[ScriptEntry] | None = None
-
-
-class AgentStep(_StepBase):
-    type: Literal["agent"]
-    model: str = "scripted"
-    prompt: str = "{{ input }}"
-    system: str | None = None
-    tools: list[str] = []
-    max_turns: int = Field(default=8, ge=1, le=100)
-    script: list[ScriptEntry] | None = None
-
-
-class ApprovalStep(_StepBase):
-    type: Literal["approval"]
-    prompt: str | None = None
-    max_rounds: int = Field(default=3, ge=1, le=20)
-
-
-class QuestionStep(_StepBase):
-    type: Literal["question"]
-    question: str = "?"
-
-
-class WaitEventStep(_StepBase):
-    type: Literal["wait_event"]
-    correlation_key: str
-    event_name: str | None = None
-
-
-class TimerStep(_StepBase):
-    type: Literal["timer"]
-    duration_s: float = Field(ge=0, le=365 * 86400)
-
-
-Step = Annotated[
-    ToolStep | LlmStep | AgentStep | ApprovalStep | QuestionStep | WaitEventStep | TimerStep,
-    Field(discriminator="type"),
-]
+# Rebuilt by _rebuild whenever a step type is registered or unregistered.
+STEP_TYPES: tuple[str, ...] = steptypes.names()
+Step = _step_union()
 
 
 class Definition(_Strict):
@@ -123,6 +70,7 @@ class Definition(_Strict):
     defaults: Defaults = Defaults()
     # What tool calls may do, as data (orchestrator/policy.py); the default allows every call.
     policy: Policy = Policy()
+    # Replaced by _rebuild with the union of the registered types.
     steps: list[Step] = Field(min_length=1)
     # Per step, the names its templates read; a definition is immutable, so it is worked out once.
     _template_names: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
@@ -164,7 +112,19 @@ class Definition(_Strict):
         return step.timeout_s or self.defaults.timeout_s
 
 
-_definition_adapter = TypeAdapter(Definition)
+def _rebuild() -> None:
+    """Make Definition accept exactly the registered step types.
+
+    pydantic keeps a complete model's fields as they were collected, so a forced rebuild alone would
+    keep the old union: the field itself is replaced first.
+    """
+    global STEP_TYPES, Step
+    STEP_TYPES, Step = steptypes.names(), _step_union()
+    Definition.model_fields["steps"] = FieldInfo.from_annotated_attribute(list[Step], Field(min_length=1))
+    Definition.model_rebuild(force=True)
+
+
+steptypes.on_change(_rebuild)
 
 
 def _pydantic_problems(exc: ValidationError) -> list[str]:
@@ -185,7 +145,7 @@ def parse_definition(raw: Any, max_steps: int = 1000) -> Definition:
     if not isinstance(raw, dict):
         raise DefinitionInvalid("the definition must be a JSON object", {"problems": ["not an object"]})
     try:
-        definition = _definition_adapter.validate_python(raw)
+        definition = Definition.model_validate(raw)
     except ValidationError as exc:
         problems = _pydantic_problems(exc)
         raise DefinitionInvalid("invalid workflow definition: " + "; ".join(problems), {"problems": problems}) from None
@@ -203,12 +163,7 @@ def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
     problems += dag.graph_problems([s.id for s in definition.steps], definition.needs)
     known = registry.known_tools()
     for i, step in enumerate(definition.steps):
-        if isinstance(step, ToolStep) and step.tool not in known:
-            problems.append(f"steps.{i}.tool: unknown tool {step.tool!r}; known tools: {sorted(known)}")
-        if isinstance(step, AgentStep):
-            for name in step.tools:
-                if name not in known | registry.AGENT_ONLY_TOOLS:
-                    problems.append(f"steps.{i}.tools: unknown tool {name!r}; known tools: {sorted(known)}")
+        problems += steptypes.get(step.type).problems(step, i, known)
         problems += templates.syntax_problems(step.model_dump(exclude={"id", "type", "needs"}), f"steps.{i}")
     for i, rule in enumerate(definition.policy.rules):
         if rule.tool is not None and rule.tool not in known | registry.AGENT_ONLY_TOOLS:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from grandalf.graphs import Edge, Graph, Vertex
 from grandalf.layouts import SugiyamaLayout
 
+from orchestrator import steptypes
+
 NODE_W, NODE_H = 150, 46
 GAP_X, GAP_Y = 70, 22  # between layers (left to right), between nodes of a layer
 MARGIN = 12
@@ -36,6 +38,12 @@ def label(status: str | None) -> tuple[str, str]:
     return LABELS.get(status or "pending", LABELS["pending"])
 
 
+def type_label(step_type: str | None) -> str:
+    """The short label of a step type (its registered label; an unknown type reads as its name)."""
+    registered = steptypes.find(step_type or "")
+    return registered.label if registered is not None else (step_type or "?")
+
+
 @dataclass(frozen=True)
 class Node:
     id: str
@@ -47,6 +55,7 @@ class Node:
     y: float
     w: float = NODE_W
     h: float = NODE_H
+    type_label: str = ""  # the step type as people read it: "Approval", "Wait for event"
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,8 @@ def layout(steps: list[dict], statuses: dict[str, str] | None = None) -> Layout:
         offset += bottom - low + NODE_H / 2 + GAP_Y
     nodes = tuple(
         Node(s["id"], s.get("type", "?"), statuses.get(s["id"], "pending"), *label(statuses.get(s["id"])),
-             x=centres[s["id"]][0] - NODE_W / 2, y=centres[s["id"]][1] - NODE_H / 2)
+             x=centres[s["id"]][0] - NODE_W / 2, y=centres[s["id"]][1] - NODE_H / 2,
+             type_label=type_label(s.get("type")))
         for s in steps
     )
     links = tuple(_link(e, centres) for e in edges)

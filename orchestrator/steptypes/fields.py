@@ -1,0 +1,49 @@
+"""The fields every step type's definition shares, and the scripted model replies of llm/agent steps."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.retry import RetryPolicy
+
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetrySpec(_Strict):
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff: Literal["exponential", "fixed"] = "exponential"
+    initial_delay_s: float = Field(default=1.0, ge=0, le=3600)
+    max_delay_s: float = Field(default=60.0, ge=0, le=86400)
+    jitter: bool = True
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(**self.model_dump())
+
+
+class _StepBase(_Strict):
+    """What every step has; a type's model adds ``type: Literal[its name]`` and its own fields."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    needs: list[str] = []
+    retry: RetrySpec | None = None
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
+    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    description: str | None = None
+
+
+class ScriptedTurn(_Strict):
+    """One reply of the scripted model: text, tool calls, or both."""
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] = []
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+ScriptEntry = str | ScriptedTurn
