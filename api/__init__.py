@@ -33,6 +33,46 @@ class Services:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    """The API for ``settings`` (from the environment if None), its services built and every route and
+    hook registered."""
+    settings = settings or load()
+    app = _flask_app(settings)
+    app.extensions["switchyard"] = _services(settings)
+    _register_routes(app, settings)
+    return app
+
+
+def _flask_app(settings: Settings) -> Flask:
+    """A bare Flask app configured from ``settings``: body limit, the web UI's session cookie, JSON order."""
+    # No static route: every route of this app is in api.auth.ROUTE_ROLES.
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # The web UI's session cookie: signed with the secret key, never readable by scripts.
+    app.config.update(SECRET_KEY=settings.secret_key, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=settings.ui_secure_cookies, SESSION_COOKIE_NAME="switchyard_session",
+                      PERMANENT_SESSION_LIFETIME=settings.ui_session_s)
+    app.json.sort_keys = False
+    return app
+
+
+def _services(settings: Settings) -> Services:
+    """The broker, database and event-bus connections the views share, with the stream publisher installed."""
+    celery = broker.make_celery(settings)
+    sessions = make_sessionmaker(make_engine(settings))
+    bus = streams.make_bus(settings)
+    streams.install_publisher(sessions, bus)
+    return Services(
+        settings=settings,
+        sessions=sessions,
+        doorbell=broker.Doorbell(celery, settings.wake_queue),
+        celery=celery,
+        catalog=DefinitionCatalog(),
+        bus=bus,
+    )
+
+
+def _register_routes(app: Flask, settings: Settings) -> None:
+    """Every blueprint, then the hooks in the order they must run: auth, log context, rate limits."""
     from api import (
         analytics,
         approvals,
@@ -55,27 +95,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     from api.ui import views as ui
 
-    settings = settings or load()
-    # No static route: every route of this app is in api.auth.ROUTE_ROLES.
-    app = Flask(__name__, static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    # The web UI's session cookie: signed with the secret key, never readable by scripts.
-    app.config.update(SECRET_KEY=settings.secret_key, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-                      SESSION_COOKIE_SECURE=settings.ui_secure_cookies, SESSION_COOKIE_NAME="switchyard_session",
-                      PERMANENT_SESSION_LIFETIME=settings.ui_session_s)
-    app.json.sort_keys = False
-    celery = broker.make_celery(settings)
-    sessions = make_sessionmaker(make_engine(settings))
-    bus = streams.make_bus(settings)
-    streams.install_publisher(sessions, bus)
-    app.extensions["switchyard"] = Services(
-        settings=settings,
-        sessions=sessions,
-        doorbell=broker.Doorbell(celery, settings.wake_queue),
-        celery=celery,
-        catalog=DefinitionCatalog(),
-        bus=bus,
-    )
     errors.register(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
                       webhooks.bp, files.bp, openapi.bp, policies.bp, monitoring.bp, analytics.bp, live.bp, evidence.bp):
@@ -84,7 +103,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
     _log_context(app)  # after auth, whose hook names the caller
     limits.register(app, settings)  # after auth: the rate limit counts per tenant
-    return app
 
 
 def _log_context(app: Flask) -> None:

@@ -17,8 +17,8 @@ bp = Blueprint("files", __name__)
 def download(run_id: str, name: str):
     """The file, if the URL's signature matches and has not expired (401 otherwise, 404 if it is gone)."""
     settings = services().settings
-    artifacts.verify(settings.secret_key, run_id, name, request.args.get("expires"), request.args.get("sig"),
-                     time.time())
+    artifacts.verify(settings.secret_key, run_id, name, expires=request.args.get("expires"),
+                     sig=request.args.get("sig"), now=time.time())
     path = artifacts.store(settings).path(run_id, name)
     return send_file(path, mimetype="application/octet-stream", as_attachment=True, download_name=name,
                      max_age=0)

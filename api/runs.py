@@ -31,7 +31,7 @@ def start_run():
     who, by = principal(), actor()
     with transaction(services().sessions) as session:
         run, created = service.start_run(
-            session, services().settings, who.tenant_id, workflow_id, version, body.input,
+            session, services().settings, who.tenant_id, workflow_id, body.input, version=version,
             idempotency_key=key, body_hash=service.request_hash(body.model_dump(exclude_unset=True)) if key else None,
             trigger_type="api", triggered_by=by.triggered_by or who.token_id,
         )
@@ -63,7 +63,8 @@ def list_runs():
     before = _cursor_decode(cursor) if cursor else None
     who = principal()
     with services().sessions() as session:
-        runs = repo.list_runs(session, who.tenant_id, status, request.args.get("workflow_id") or None, limit + 1, before)
+        runs = repo.list_runs(session, who.tenant_id, status=status,
+                              workflow_id=request.args.get("workflow_id") or None, limit=limit + 1, before=before)
         names = {w.id: w.name for w in repo.list_workflows(session, who.tenant_id)}
         page = runs[:limit]
         pending = repo.pending_approvals(session, [r.id for r in page])
@@ -126,6 +127,7 @@ def run_diagnosis(run_id: str):
     consumers = (broker.queue_consumers(svc.celery, svc.settings.inspect_timeout_s)
                  if stuck and not svc.settings.uses_embedded_broker
                  else None)
-    causes = diagnosis.diagnose(run.id, status, run.error, steps, approvals, questions, consumers)
+    causes = diagnosis.diagnose(run.id, status, run.error, steps,
+                                approvals=approvals, questions=questions, consumers=consumers)
     return {"run_id": run.id, "status": run.status, "waiting_on": run.waiting_on,
             "causes": [c.as_json() for c in causes]}

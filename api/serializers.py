@@ -129,7 +129,8 @@ def run_json(
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    return streams.event_json(event.seq, event.type, event.step_id, event.attempt, event.data, event.created_at)
+    return streams.event_json(event.seq, event.type, step_id=event.step_id, attempt=event.attempt, data=event.data,
+                              created_at=event.created_at)
 
 
 def workflow_json(workflow: Workflow, versions: list[WorkflowVersion] | None = None) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def signed_path(secret_key: str, run_id: str, name: str, now: float, ttl_s: int)
     return f"/api/v1/files/{run_id}/{name}?expires={expires}&sig={_signature(secret_key, run_id, name, expires)}", expires
 
 
-def verify(secret_key: str, run_id: str, name: str, expires: str | None, sig: str | None, now: float) -> None:
+def verify(secret_key: str, run_id: str, name: str, *, expires: str | None, sig: str | None, now: float) -> None:
     """Unauthorized unless ``sig`` signs this run, name and expiry and the expiry has not passed."""
     # [0-9] and not str.isdigit(): '¹' is a digit to isdigit() and not a number to int().
     if not expires or not sig or not re.fullmatch(r"[0-9]{1,12}", expires):

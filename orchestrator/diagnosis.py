@@ -44,6 +44,7 @@ def diagnose(
     status: RunStatus,
     error: Mapping | None,
     steps: Sequence[StepFacts],
+    *,
     approvals: Mapping[str, str],
     questions: Mapping[str, str],
     consumers: Mapping[str, int] | None,

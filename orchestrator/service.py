@@ -29,7 +29,8 @@ def publish_workflow(session: Session, settings: Settings, tenant_id: str, workf
     """Validate a definition and store it as the workflow's next version; DefinitionInvalid if refused."""
     definition = parse_definition(raw, settings.max_steps_per_definition)
     return repo.publish_workflow(
-        session, tenant_id, workflow_id, definition.name, definition.kind, definition.model_dump(mode="json", exclude_unset=True)
+        session, tenant_id, workflow_id, name=definition.name, kind=definition.kind,
+        definition=definition.model_dump(mode="json", exclude_unset=True),
     )
 
 
@@ -42,29 +43,66 @@ def start_run(
     settings: Settings,
     tenant_id: str,
     workflow_id: str,
-    version: int | None,
     run_input: Any,
     *,
+    version: int | None = None,
     idempotency_key: str | None = None,
     body_hash: str | None = None,
     trigger_type: str = "api",
     triggered_by: str | None = None,
     retry_of: str | None = None,
 ) -> tuple[Run, bool]:
-    """Create a run pinned to a workflow version; returns (run, created).
+    """Create a run pinned to a workflow version (the latest if ``version`` is None); returns (run, created).
 
     The same Idempotency-Key with the same body returns the first run (created False); with a
     different body it raises IdempotencyConflict.
     """
     if idempotency_key:
-        existing = repo.find_run_by_idempotency_key(session, tenant_id, idempotency_key)
-        if existing is not None:
-            if existing.request_hash != body_hash:
-                raise IdempotencyConflict(
-                    "this Idempotency-Key was used with a different request body; use a new key",
-                    {"run_id": existing.id},
-                )
-            return existing, False
+        earlier = _run_of_key(session, tenant_id, idempotency_key, body_hash)
+        if earlier is not None:
+            return earlier, False
+    number, definition = _runnable_version(session, tenant_id, workflow_id, version)
+    _check_input(settings, definition, run_input)
+    run = Run(
+        id=ids.new_id("run"), tenant_id=tenant_id, workflow_id=workflow_id, workflow_version=number,
+        status=RunStatus.QUEUED.value, input=run_input, usage=empty_usage(), trigger_type=trigger_type,
+        triggered_by=triggered_by, retry_of=retry_of, attempt=1, idempotency_key=idempotency_key,
+        request_hash=body_hash, has_work=True,
+    )
+    events = [{"type": "run_created", "step_id": None, "attempt": None,
+               "data": {"workflow_id": workflow_id, "version": number, "trigger_type": trigger_type}}]
+    try:
+        with session.begin_nested():
+            repo.insert_run(session, run, _pending_steps(settings, definition, run.id), events)
+    except IntegrityError:
+        # Another request with the same Idempotency-Key won the race; answer as it did.
+        winner = _run_of_key(session, tenant_id, idempotency_key, body_hash) if idempotency_key else None
+        if winner is None:
+            raise
+        return winner, False
+    session.refresh(run)
+    return run, True
+
+
+def _run_of_key(session: Session, tenant_id: str, idempotency_key: str, body_hash: str | None) -> Run | None:
+    """The run this Idempotency-Key started already, if any; IdempotencyConflict if another body started it."""
+    existing = repo.find_run_by_idempotency_key(session, tenant_id, idempotency_key)
+    if existing is not None and existing.request_hash != body_hash:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used with a different request body; use a new key",
+            {"run_id": existing.id},
+        )
+    return existing
+
+
+def _runnable_version(
+    session: Session, tenant_id: str, workflow_id: str, version: int | None
+) -> tuple[int, Definition]:
+    """The number of the version to run (the latest if ``version`` is None) and its definition.
+
+    NotFound if the workflow or that version does not exist; RuntimeNotApplicable if the workflow
+    is conversational.
+    """
     workflow = repo.get_workflow(session, tenant_id, workflow_id)
     if workflow is None:
         raise NotFound(f"workflow {workflow_id!r} not found; publish it with PUT /api/v1/workflows/{workflow_id}")
@@ -75,6 +113,12 @@ def start_run(
     definition = Definition.model_validate(stored.definition)
     if definition.kind == "conversational":
         raise RuntimeNotApplicable(f"workflow {workflow_id!r} is conversational; it has no runs")
+    return number, definition
+
+
+def _check_input(settings: Settings, definition: Definition, run_input: Any) -> None:
+    """PayloadTooLarge if the input is over the size limit as JSON; InvalidRequest if it does not
+    match the workflow's input_schema."""
     size = len(json.dumps(run_input, separators=(",", ":")))
     if size > settings.max_input_bytes:
         raise PayloadTooLarge(f"the run's input is {size} bytes as JSON, over the limit of {settings.max_input_bytes}",
@@ -82,30 +126,15 @@ def start_run(
     problems = input_problems(definition, run_input)
     if problems:
         raise InvalidRequest("input does not match the workflow's input_schema: " + "; ".join(problems), {"problems": problems})
-    run = Run(
-        id=ids.new_id("run"), tenant_id=tenant_id, workflow_id=workflow_id, workflow_version=number,
-        status=RunStatus.QUEUED.value, input=run_input, usage=empty_usage(), trigger_type=trigger_type,
-        triggered_by=triggered_by, retry_of=retry_of, attempt=1, idempotency_key=idempotency_key,
-        request_hash=body_hash, has_work=True,
-    )
-    steps = [
+
+
+def _pending_steps(settings: Settings, definition: Definition, run_id: str) -> list[Step]:
+    """A new run's steps, in the definition's order, none of them started."""
+    return [
         Step(
-            run_id=run.id, step_id=step.id, position=i, type=step.type, status=StepStatus.PENDING.value, attempt=0,
+            run_id=run_id, step_id=step.id, position=i, type=step.type, status=StepStatus.PENDING.value, attempt=0,
             max_attempts=definition.retry_policy(step).max_attempts, queue=step.queue or settings.default_queue,
             cancel_requested=False,
         )
         for i, step in enumerate(definition.steps)
     ]
-    events = [{"type": "run_created", "step_id": None, "attempt": None,
-               "data": {"workflow_id": workflow_id, "version": number, "trigger_type": trigger_type}}]
-    try:
-        with session.begin_nested():
-            repo.insert_run(session, run, steps, events)
-    except IntegrityError:
-        # Another request with the same Idempotency-Key won the race; answer as it did.
-        if idempotency_key:
-            return start_run(session, settings, tenant_id, workflow_id, version, run_input,
-                             idempotency_key=idempotency_key, body_hash=body_hash)
-        raise
-    session.refresh(run)
-    return run, True

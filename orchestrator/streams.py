@@ -48,7 +48,7 @@ def ts(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def event_json(seq: int, type_: str, step_id: str | None, attempt: int | None, data: Any,
+def event_json(seq: int, type_: str, *, step_id: str | None, attempt: int | None, data: Any,
                created_at: datetime | None) -> dict[str, Any]:
     """An event as the API shows it (GET /runs/{id}/events and the streams)."""
     return {"seq": seq, "type": type_, "step_id": step_id, "attempt": attempt, "data": data,
@@ -103,7 +103,8 @@ class Bus:
         by_run: dict[str, dict] = {}
         changes = []
         for item in written:
-            events = [event_json(e["seq"], e["type"], e["step_id"], e["attempt"], e["data"], e["created_at"])
+            events = [event_json(e["seq"], e["type"], step_id=e["step_id"], attempt=e["attempt"], data=e["data"],
+                                 created_at=e["created_at"])
                       for e in item["events"]]
             status = {k: item[k] for k in ("run_id", "workflow_id", "status", "previous_status", "waiting_on")}
             merged = by_run.setdefault(item["run_id"], {"events": []})
@@ -257,7 +258,8 @@ class Follow:
                 status = repo.run_status(session, self.run_id)
                 rows = repo.run_events(session, self.run_id, last, 500)
             for e in rows:
-                yield event_json(e.seq, e.type, e.step_id, e.attempt, e.data, e.created_at)
+                yield event_json(e.seq, e.type, step_id=e.step_id, attempt=e.attempt, data=e.data,
+                                 created_at=e.created_at)
                 last = e.seq
             if len(rows) < 500:
                 # The status was read before the events: if it was terminal, they include the last one.

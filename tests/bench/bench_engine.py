@@ -137,7 +137,7 @@ class Bench:
         from orchestrator.db.session import transaction
 
         with transaction(self.sessions) as session:
-            run, _ = service.start_run(session, self.settings, TENANT, workflow_id, None, {})
+            run, _ = service.start_run(session, self.settings, TENANT, workflow_id, {})
             run_id = run.id
         self.doorbell.ring("bench")
         return run_id

@@ -96,7 +96,7 @@ def count(settings, celery, tenant: str) -> str:
               "needs": ["a"]}]
     with transaction(sessions) as session:
         service.publish_workflow(session, settings, tenant, "census", {"name": "census", "steps": steps})
-        run_id = service.start_run(session, settings, tenant, "census", None, {})[0].id
+        run_id = service.start_run(session, settings, tenant, "census", {})[0].id
     scheduler = Scheduler(settings, sessions, celery)
     catalog = DefinitionCatalog()
     scheduler.advance_batch()  # warm: run_started and the dispatch of `a`, outside the count

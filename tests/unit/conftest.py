@@ -1,4 +1,5 @@
-"""Shared fixtures of the unit tests: step definitions and hand-built step contexts, no database."""
+"""Shared fixtures of the unit tests: step definitions, hand-built step contexts, and a migrated SQLite
+database for the tests that need one (no server)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 
 import pytest
 
+from orchestrator.db import migrate
 from orchestrator.definitions import parse_definition
 from orchestrator.settings import Settings
 from workers.context import StepContext
@@ -32,3 +34,11 @@ def make_ctx():
         )
 
     return make
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path) -> Settings:
+    """Settings for a fresh SQLite database under ``tmp_path``, migrated to the newest schema."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'unit.db'}", data_dir=tmp_path)
+    migrate.upgrade(settings)
+    return settings

@@ -26,9 +26,9 @@ def test_a_url_is_valid_for_15_minutes_and_refused_after():
     assert expires == T0 + 900
     run_id, name, exp, sig = _parts(path)
     for now in (T0, T0 + 899, T0 + 900):
-        artifacts.verify(KEY, run_id, name, exp, sig, now)
+        artifacts.verify(KEY, run_id, name, expires=exp, sig=sig, now=now)
     with pytest.raises(Unauthorized, match="expired"):
-        artifacts.verify(KEY, run_id, name, exp, sig, T0 + 901)
+        artifacts.verify(KEY, run_id, name, expires=exp, sig=sig, now=T0 + 901)
 
 
 def _variants(text: str):
@@ -45,11 +45,11 @@ def test_changing_any_character_of_signature_path_or_expiry_is_refused():
     tampered += [(run_id, name, e, sig) for e in _variants(exp)]
     tampered += [(run_id, name, str(int(exp) + 3600), sig), (run_id, name, None, sig), (run_id, name, exp, None)]
     assert len(tampered) > 100
-    for case in tampered:
+    for t_run_id, t_name, t_expires, t_sig in tampered:
         with pytest.raises(Unauthorized):
-            artifacts.verify(KEY, *case, T0)
+            artifacts.verify(KEY, t_run_id, t_name, expires=t_expires, sig=t_sig, now=T0)
     with pytest.raises(Unauthorized):
-        artifacts.verify("another key" * 3, run_id, name, exp, sig, T0)
+        artifacts.verify("another key" * 3, run_id, name, expires=exp, sig=sig, now=T0)
 
 
 @pytest.mark.parametrize("name", ["../etc", ".hidden", "a/b", "", "x" * 201, "-rf", "nul\x00"])
@@ -76,4 +76,4 @@ def test_the_store_writes_lists_and_replaces(tmp_path):
 def test_an_expiry_that_is_not_plain_digits_is_refused_not_a_crash(expires):
     # '¹' and '٣' are digits to str.isdigit() but not numbers to int(); schemathesis found the first.
     with pytest.raises(Unauthorized):
-        artifacts.verify(KEY, RUN, "a.txt", expires, "0" * 64, T0)
+        artifacts.verify(KEY, RUN, "a.txt", expires=expires, sig="0" * 64, now=T0)

@@ -44,12 +44,14 @@ CASES = [
 @pytest.mark.parametrize("name, status, steps, approvals, questions, consumers, kinds, action", CASES,
                          ids=[c[0] for c in CASES])
 def test_diagnose(name, status, steps, approvals, questions, consumers, kinds, action):
-    causes = diagnose("run_1", status, {"message": "boom", "step_id": "s"}, steps, approvals, questions, consumers)
+    causes = diagnose("run_1", status, {"message": "boom", "step_id": "s"}, steps,
+                      approvals=approvals, questions=questions, consumers=consumers)
     assert [c.kind for c in causes] == kinds
     if action:
         assert action in causes[-1].action
 
 
 def test_overdue_due_times_say_so():
-    [cause] = diagnose("run_1", R.WAITING, None, [step(S.WAITING, "timer", due_in_s=-1.5)], {}, {}, None)
+    [cause] = diagnose("run_1", R.WAITING, None, [step(S.WAITING, "timer", due_in_s=-1.5)],
+                       approvals={}, questions={}, consumers=None)
     assert "overdue by 1.5s" in cause.message

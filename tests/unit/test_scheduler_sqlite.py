@@ -12,25 +12,21 @@ from sqlalchemy import event, func, select, update
 
 from orchestrator import broker, outcomes, service
 from orchestrator.catalog import DefinitionCatalog
-from orchestrator.db import migrate
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Outbox, Run, Step
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.db.types import db_now
 from orchestrator.messages import StepMessage
 from orchestrator.scheduler import Scheduler
-from orchestrator.settings import Settings
 from orchestrator.states import StepStatus
 
 ONE_STEP = {"name": "one", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}}]}
 
 
 @pytest.fixture
-def scheduler(tmp_path):
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'sched.db'}", data_dir=tmp_path)
-    migrate.upgrade(settings)
-    engine = make_engine(settings)
-    scheduler = Scheduler(settings, make_sessionmaker(engine), broker.make_celery(settings))
+def scheduler(sqlite_settings):
+    engine = make_engine(sqlite_settings)
+    scheduler = Scheduler(sqlite_settings, make_sessionmaker(engine), broker.make_celery(sqlite_settings))
     yield scheduler
     engine.dispose()
 
@@ -38,7 +34,7 @@ def scheduler(tmp_path):
 def start_runs(scheduler: Scheduler, definition: dict, n: int) -> list[str]:
     with transaction(scheduler.sessions) as session:
         service.publish_workflow(session, scheduler.settings, "t", definition["name"], definition)
-        return [service.start_run(session, scheduler.settings, "t", definition["name"], None, {})[0].id
+        return [service.start_run(session, scheduler.settings, "t", definition["name"], {})[0].id
                 for _ in range(n)]
 
 

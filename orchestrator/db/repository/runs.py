@@ -42,6 +42,7 @@ def get_run(session: Session, tenant_id: str, run_id: str) -> Run | None:
 def list_runs(
     session: Session,
     tenant_id: str,
+    *,
     status: str | None,
     workflow_id: str | None,
     limit: int,

@@ -15,7 +15,7 @@ from orchestrator.db.types import db_now
 
 
 def publish_workflow(
-    session: Session, tenant_id: str, workflow_id: str, name: str, kind: str, definition: dict
+    session: Session, tenant_id: str, workflow_id: str, *, name: str, kind: str, definition: dict
 ) -> WorkflowVersion:
     """Append a new immutable version; the workflow row is locked so versions stay dense."""
     ensure_tenant(session, tenant_id)

@@ -17,6 +17,16 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _create_outbox()
+    _create_tenants_and_tokens()
+    _create_workflows()
+    _create_runs()
+    _create_events()
+    _create_steps()
+
+
+def _create_outbox() -> None:
+    """The outbox: Celery messages committed with the state change that calls for them."""
     op.create_table('outbox',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('run_id', sa.String(length=40), nullable=False),
@@ -27,6 +37,10 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
+
+
+def _create_tenants_and_tokens() -> None:
+    """Tenants and their API tokens."""
     op.create_table('tenants',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -48,6 +62,9 @@ def upgrade() -> None:
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_tokens_tenant_id'), ['tenant_id'], unique=False)
 
+
+def _create_workflows() -> None:
+    """Workflows and their immutable versions."""
     op.create_table('workflows',
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
     sa.Column('id', sa.String(length=100), nullable=False),
@@ -68,6 +85,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['tenant_id', 'workflow_id'], ['workflows.tenant_id', 'workflows.id'], ),
     sa.PrimaryKeyConstraint('tenant_id', 'workflow_id', 'version')
     )
+
+
+def _create_runs() -> None:
+    """Runs, pinned to a workflow version, with the indexes the scheduler and the run lists read."""
     op.create_table('runs',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
@@ -100,6 +121,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_runs_tenant_workflow_created', ['tenant_id', 'workflow_id', 'created_at', 'id'], unique=False)
         batch_op.create_index('uq_runs_idempotency', ['tenant_id', 'idempotency_key'], unique=True)
 
+
+def _create_events() -> None:
+    """Each run's event log."""
     op.create_table('events',
     sa.Column('run_id', sa.String(length=40), nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
@@ -111,6 +135,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ),
     sa.PrimaryKeyConstraint('run_id', 'seq')
     )
+
+
+def _create_steps() -> None:
+    """Each run's steps, with the partial indexes for due timers and expiring leases."""
     op.create_table('steps',
     sa.Column('run_id', sa.String(length=40), nullable=False),
     sa.Column('step_id', sa.String(length=64), nullable=False),
@@ -137,7 +165,6 @@ def upgrade() -> None:
     with op.batch_alter_table('steps', schema=None) as batch_op:
         batch_op.create_index('ix_steps_due', ['due_at'], unique=False, postgresql_where=sa.text('due_at IS NOT NULL'), sqlite_where=sa.text('due_at IS NOT NULL'))
         batch_op.create_index('ix_steps_lease', ['lease_expires_at'], unique=False, postgresql_where=sa.text('lease_expires_at IS NOT NULL'), sqlite_where=sa.text('lease_expires_at IS NOT NULL'))
-
 
 
 def downgrade() -> None:

@@ -17,6 +17,14 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _create_inbound_events()
+    _create_approvals()
+    _create_questions()
+    _add_step_checkpoint_and_correlation()
+
+
+def _create_inbound_events() -> None:
+    """Events from POST /events, kept until they expire so a step that waits later still gets them."""
     op.create_table('inbound_events',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
@@ -30,6 +38,9 @@ def upgrade() -> None:
     with op.batch_alter_table('inbound_events', schema=None) as batch_op:
         batch_op.create_index('ix_inbound_events_key', ['tenant_id', 'correlation_key', 'expires_at'], unique=False)
 
+
+def _create_approvals() -> None:
+    """Approvals: one row per round of an approval step."""
     op.create_table('approvals',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
@@ -49,6 +60,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_approvals_run_id'), ['run_id'], unique=False)
         batch_op.create_index('ix_approvals_tenant_status', ['tenant_id', 'status', 'created_at'], unique=False)
 
+
+def _create_questions() -> None:
+    """Questions to a person and their answers."""
     op.create_table('questions',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
@@ -67,11 +81,13 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_questions_run_id'), ['run_id'], unique=False)
         batch_op.create_index('ix_questions_tenant_status', ['tenant_id', 'status', 'created_at'], unique=False)
 
+
+def _add_step_checkpoint_and_correlation() -> None:
+    """Steps gain a checkpoint and the correlation key of the event a waiting step expects."""
     with op.batch_alter_table('steps', schema=None) as batch_op:
         batch_op.add_column(sa.Column('checkpoint', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True))
         batch_op.add_column(sa.Column('correlation_key', sa.String(length=200), nullable=True))
         batch_op.create_index('ix_steps_correlation', ['correlation_key'], unique=False, postgresql_where=sa.text('correlation_key IS NOT NULL'), sqlite_where=sa.text('correlation_key IS NOT NULL'))
-
 
 
 def downgrade() -> None:
