@@ -41,9 +41,8 @@ def decide(run_id: str, approval_id: str, decision: str):
     comment = parse_body(schemas.Decision, optional=True).comment
     svc = services()
     with transaction(svc.sessions) as session:
-        effects = human.decide_approval(
-            session, svc.catalog, principal().tenant_id, run_id, approval_id, decision, comment, actor()
-        )
+        effects = human.decide_approval(session, svc.catalog, human.ApprovalRequest(
+            principal().tenant_id, run_id, approval_id, decision, comment, actor()))
     svc.after_commit(effects)
     with svc.sessions() as session:
         return serializers.full_run(session, repo.get_run(session, principal().tenant_id, run_id))
@@ -62,9 +61,8 @@ def answer(run_id: str, question_id: str):
     body = parse_body(schemas.Answer)
     svc = services()
     with transaction(svc.sessions) as session:
-        effects = human.answer_question(
-            session, svc.catalog, principal().tenant_id, run_id, question_id, body.answer, actor()
-        )
+        effects = human.answer_question(session, svc.catalog, human.AnswerRequest(
+            principal().tenant_id, run_id, question_id, body.answer, actor()))
     svc.after_commit(effects)
     with svc.sessions() as session:
         return serializers.full_run(session, repo.get_run(session, principal().tenant_id, run_id))

@@ -28,7 +28,9 @@ def act(run_id: str, action: str):
     who = actor()
     body = parse_body(schemas.ControlBody, optional=True).model_dump(exclude_unset=True)
     with transaction(svc.sessions) as session:
-        effects = controls.control(session, svc.settings, svc.catalog, principal().tenant_id, run_id, action, who, body)
+        effects = controls.control(session, svc.catalog,
+                                   controls.ControlRequest(principal().tenant_id, run_id, action, who, body),
+                                   settings=svc.settings)
     svc.after_commit(effects)
     with svc.sessions() as session:
         return serializers.full_run(session, repo.get_run(session, principal().tenant_id, effects.run_id)), (

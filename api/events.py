@@ -19,10 +19,9 @@ def post_event():
     body = parse_body(schemas.InboundEvent)
     svc = services()
     with transaction(svc.sessions) as session:
-        event_id, delivered = human.deliver_event(
-            session, svc.settings, svc.catalog, principal().tenant_id, body.correlation_key, body.name,
-            body.payload, actor(),
-        )
+        event_id, delivered = human.deliver_event(session, svc.catalog, human.EventRequest(
+            principal().tenant_id, body.correlation_key, body.name, body.payload, actor()),
+            keep_s=svc.settings.event_keep_s)
     if delivered:
         svc.doorbell.ring("event")
     return {"id": event_id, "delivered_to": delivered}, 202

@@ -1,7 +1,7 @@
 """The one Celery task: claim an attempt, run its executor, hand the outcome to the outcome writer.
 
-Exceptions become outcomes here and only here (STYLE.md: the worker maps an exception to an
-outcome in exactly one place).
+Exceptions become outcomes here and only here (the worker maps an exception to an outcome in
+exactly one place).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from orchestrator import broker, logs, outcomes, redact, streams, templates
 from orchestrator.catalog import DefinitionCatalog
+from orchestrator.core.inputs import AttemptReport, Env
+from orchestrator.core.reports import ErrorInfo, Outcome, Suspension
 from orchestrator.db import repository as repo
 from orchestrator.db.session import (
     AutocommitSessions,
@@ -36,8 +38,8 @@ from orchestrator.db.session import (
 )
 from orchestrator.errors import StepError
 from orchestrator.messages import StepMessage
-from orchestrator.outcomes import ErrorInfo, Outcome, Suspension
 from orchestrator.settings import Settings
+from orchestrator.writer import Written
 from workers import executors
 from workers import metrics as worker_metrics
 from workers.context import StepContext, Suspend
@@ -68,6 +70,7 @@ class Runtime:
         # one of each kind, so up to five per worker process on PostgreSQL.
         self.sessions = HeldConnectionSessions(sessions)
         self.catalog = DefinitionCatalog()
+        self.env = Env(prices=self.settings.prices)
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
         self.heartbeats = _Heartbeats(self)
         self.outcomes_behind = _OutcomesBehind()
@@ -75,6 +78,10 @@ class Runtime:
     def one_statement(self) -> AbstractContextManager[Session]:
         """A session for work done in one statement: in autocommit on PostgreSQL, a transaction elsewhere."""
         return self.autocommit() if self.autocommit is not None else transaction(self.sessions)
+
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A session in a transaction of its own, committed when the block ends."""
+        return transaction(self.sessions)
 
 
 _runtimes: dict[int, Runtime] = {}
@@ -144,12 +151,13 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
 
 def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
     settings = rt.settings
+    key = outcomes.AttemptKey(run_id, step_id, attempt)
     try:
         with rt.one_statement() as session:
-            claim = outcomes.claim_attempt(session, rt.catalog, run_id, step_id, attempt, worker, settings.lease_s)
+            claim = outcomes.claim_attempt(session, rt.catalog, key, worker=worker, lease_s=settings.lease_s)
         if claim is None:
             with transaction(rt.sessions) as session:
-                deferred = outcomes.defer_attempt(session, run_id, step_id, attempt)
+                deferred = outcomes.defer_attempt(session, key)
     except DBAPIError as exc:
         if not database_unavailable(exc):
             raise
@@ -191,64 +199,50 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
         raise
     worker_metrics.finished(step.type, "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
                             time.monotonic() - started, outcome.usage)
-    write = functools.partial(_write_outcome, rt, run_id, step_id, attempt, outcome, claim.seen, heartbeat, started)
+    report = AttemptReport(run_id, step_id, attempt, outcome, queue_ready=settings.worker_dispatch)
+    write = functools.partial(_write_outcome, rt, report, claim, heartbeat, started)
     if settings.worker_record_behind:
         rt.outcomes_behind.submit(write)
     else:
         write()
 
 
-def _write_outcome(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outcome,
-                   seen: repo.SeenAtClaim | None, heartbeat: _Beat, started: float) -> None:
+def _write_outcome(rt: Runtime, report: AttemptReport, claim: outcomes.Claim, heartbeat: _Beat,
+                   started: float) -> None:
     """Record the outcome, then do what follows its commit: publish the steps it queued, wake the
     scheduler, revoke what fail-fast cancelled."""
     try:
-        recorded = _record(rt, run_id, step_id, attempt, outcome, seen)
+        written = _record(rt, report, claim)
     finally:
         # The heartbeat keeps the lease alive until the outcome is written, also while the database
         # is briefly down, so the attempt is not taken for lost.
         rt.heartbeats.forget(heartbeat)
-    if recorded.messages:
-        _publish_queued(rt, recorded.messages)
+    if written.messages:
+        _publish_queued(rt, written.messages)
+    outcome = report.outcome
     result = "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else f"error {outcome.error.code}"
-    if not recorded.applied:
+    if not written.applied:
         log.info("attempt finished (%s) but was stopped meanwhile; its outcome was dropped", result)
         return
     log.info("attempt finished: %s in %.3fs", result, time.monotonic() - started)
-    if recorded.scheduler_has_work:
-        rt.doorbell.ring(run_id)
-    broker.revoke(rt.celery, recorded.revoke)
+    if written.wakes_scheduler:
+        rt.doorbell.ring(report.run_id)
+    broker.revoke(rt.celery, written.revoke)
 
 
-def _record(rt: Runtime, run_id: str, step_id: str, attempt: int, outcome: Outcome,
-            seen: repo.SeenAtClaim | None = None) -> outcomes.Recorded:
+def _record(rt: Runtime, report: AttemptReport, claim: outcomes.Claim) -> Written:
     """Write the outcome, retrying with backoff while the database is unreachable (the work is done;
-    losing its result would run it again). A success whose run did not change since its claim
-    (``seen``) goes in one statement in autocommit; anything else in a transaction, under the run's lock."""
+    losing its result would run it again)."""
     deadline = time.monotonic() + RECORD_RETRY_S
     delay = 0.2
-    as_claimed = seen if outcome.succeeded else None
     while True:
         try:
-            if as_claimed is not None:
-                with rt.one_statement() as session:
-                    recorded = outcomes.record_success_as_claimed(
-                        session, rt.catalog, as_claimed, outcome, prices=rt.settings.prices,
-                        dispatch=rt.settings.worker_dispatch,
-                    )
-                if recorded is not None:
-                    return recorded
-                as_claimed = None  # it wrote nothing: the locked path decides, also on a retry
-            with transaction(rt.sessions) as session:
-                return outcomes.record_outcome(
-                    session, rt.catalog, run_id, step_id, attempt, outcome, prices=rt.settings.prices,
-                    dispatch=rt.settings.worker_dispatch,
-                )
+            return outcomes.record(rt, claim.definition, report, seen=claim.seen, env=rt.env)
         except DBAPIError as exc:
             if not database_unavailable(exc) or time.monotonic() + delay > deadline:
                 raise
             log.warning("database unavailable while recording %s.%s attempt %d (%s); retrying in %.1fs",
-                        run_id, step_id, attempt, str(exc).splitlines()[0], delay)
+                        report.run_id, report.step_id, report.attempt, str(exc).splitlines()[0], delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 

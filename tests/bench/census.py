@@ -77,6 +77,7 @@ def count(settings, celery, tenant: str) -> str:
 
     from orchestrator import outcomes, service, streams
     from orchestrator.catalog import DefinitionCatalog
+    from orchestrator.core.inputs import AttemptReport, Env
     from orchestrator.db.session import (
         AutocommitSessions,
         HeldConnectionSessions,
@@ -110,17 +111,20 @@ def count(settings, celery, tenant: str) -> str:
     for one_statement in (lambda: transaction(sessions), autocommit):
         with one_statement() as session:
             session.execute(text("SELECT 1"))
-    worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions, one_statement=autocommit)
+    worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions, one_statement=autocommit,
+                             transaction=lambda: transaction(sessions))
+    env = Env(prices=settings.prices)
     phases: dict[str, dict[str, int]] = {}
     with _counting(engine) as c:
         with autocommit() as session:
-            assert outcomes.claim_attempt(session, catalog, run_id, "a", 1, "census", settings.lease_s)
+            claim = outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(run_id, "a", 1), worker="census",
+                                           lease_s=settings.lease_s)
         settled()
+    assert claim is not None
     phases["claim"] = _trips(c)
     with _counting(engine) as c:
-        with transaction(sessions) as session:
-            recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, outcomes.Outcome(output={"text": "x"}),
-                                               prices=settings.prices, dispatch=True)
+        report = AttemptReport(run_id, "a", 1, outcomes.Outcome(output={"text": "x"}), queue_ready=True)
+        recorded = outcomes.record(worker, claim.definition, report, seen=claim.seen, env=env)
         settled()
     assert [m.step_id for m in recorded.messages] == ["b"], "the outcome did not queue the next step"
     phases["record outcome (queues the next step)"] = _trips(c)
@@ -130,15 +134,15 @@ def count(settings, celery, tenant: str) -> str:
     phases["publish the next step, delete its outbox row"] = _trips(c)
     with _counting(engine) as c:
         with autocommit() as session:
-            claim = outcomes.claim_attempt(session, catalog, run_id, "b", 1, "census", settings.lease_s)
+            claim = outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(run_id, "b", 1), worker="census",
+                                           lease_s=settings.lease_s)
         settled()
     phases["claim the last step"] = _trips(c)
     with _counting(engine) as c:
-        with autocommit() as session:
-            recorded = outcomes.record_success_as_claimed(session, catalog, claim.seen, outcomes.Outcome(output={}),
-                                                          prices=settings.prices, dispatch=True)
+        report = AttemptReport(run_id, "b", 1, outcomes.Outcome(output={}), queue_ready=True)
+        recorded = outcomes.record(worker, claim.definition, report, seen=claim.seen, env=env)
         settled()
-    assert recorded is not None and recorded.applied, "the last step's success was not written as claimed"
+    assert recorded.applied and c["transactions"] == 0, "the last step's success was not written as claimed"
     phases["record the run's last step (as claimed: finishes the run)"] = _trips(c)
     lines = [f"{name}: {trips['db round trips']} db ({trips['sql statements']} statements in "
              f"{trips['transactions']} transactions), {trips['redis requests']} redis, "

@@ -9,8 +9,13 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import delete, event, select, update
 
-from orchestrator import outcomes, service
+from orchestrator import outcomes, service, writer
 from orchestrator.catalog import DefinitionCatalog
+from orchestrator.core import stopping
+from orchestrator.core.inputs import AttemptReport, Env
+from orchestrator.core.snapshot import RunState, StepState
+from orchestrator.core.transition import NOW, Draft
+from orchestrator.core.vocabulary import EventType
 from orchestrator.db import migrate
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Outbox, Run, Step
@@ -58,14 +63,16 @@ def test_a_step_move_writes_the_runs_changes_only_if_its_guard_matched(sessions,
         session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.RUNNING.value))
     with transaction(factory) as session:
         run = repo.lock_run(session, run_id)
-        changes = repo.RunChanges(run, run_values={"has_work": True})
-        changes.event("step_completed", "a", 1, output={"n": 1})
+        # What the report expects: the step running at attempt 1.
+        draft = Draft(RunState.from_row(run, [StepState("a", "tool", StepStatus.RUNNING, 1, 3, "q")]))
+        draft.move(draft.step("a"), StepStatus.SUCCEEDED, only_from=[StepStatus.RUNNING], reported=True,
+                   output={"n": 1}, completed_at=NOW)
+        draft.run_values["has_work"] = True
+        draft.event(EventType.STEP_COMPLETED, "a", 1, output={"n": 1})
         if run_finishes:
-            outcomes.succeed_run(changes, {"a": {"n": 1}})
-        changes.step_move = repo.StepMove("a", StepStatus.SUCCEEDED, frozenset([StepStatus.RUNNING]), 1,
-                                          {"output": {"n": 1}, "completed_at": repo.NOW})
+            stopping.succeed_run(draft, {"a": {"n": 1}})
         with _statements_sent(session.get_bind()) as statements:
-            assert repo.apply_run_changes(session, changes) is applied
+            assert writer.apply(session, draft.finish()).applied is applied
     if settings.resolved_database_url.startswith("postgresql"):
         assert len(statements) == 1  # the step's move, the run's update and its events: one statement
     with transaction(factory) as session:
@@ -101,13 +108,13 @@ def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_ma
                         .values(status=StepStatus.RUNNING.value, attempt=1))
     catalog = DefinitionCatalog()
     with transaction(factory) as session:
-        locked = repo.lock_run_with_step(session, run_id, "a")  # what the report saw
+        locked = repo.lock_run_with_steps(session, run_id, ["a", "b"])  # what the report saw
         # Another writer changes the step after that read, under the run's lock (its snapshot is older).
         session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
                         .values(status=status_now.value))
         with _statements_sent(session.get_bind()) as statements:
             messages = repo.queue_steps_with_outbox(session, run_id, {"b": 7.0}, "a", 1)
-        assert locked[1].status is StepStatus.RUNNING
+        assert locked[1][0].status is StepStatus.RUNNING
     if settings.resolved_database_url.startswith("postgresql"):
         assert len(statements) == 1
     with transaction(factory) as session:
@@ -130,9 +137,9 @@ def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_ma
             status=StepStatus.RUNNING.value, attempt=1))
         session.execute(delete(Outbox).where(Outbox.run_id == run_id))
     with transaction(factory) as session:
-        recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, outcomes.Outcome(output={"n": 1}),
-                                           dispatch=True)
-    assert recorded.applied and not recorded.scheduler_has_work
+        definition = catalog.get(session, ("t", "chain", 1))
+        recorded = outcomes.record_outcome(session, definition, _report(run_id, {"n": 1}, queue_ready=True), Env())
+    assert recorded.applied and not recorded.wakes_scheduler
     assert [(m.step_id, m.attempt) for m in recorded.messages] == [("b", 1)]
     with transaction(factory) as session:
         events = [(e.type, e.step_id, e.attempt) for e in repo.run_events(session, run_id, 0, 100)]
@@ -159,12 +166,13 @@ def test_a_claim_in_autocommit_and_a_delivery_to_a_paused_run_deferred_in_a_tran
     catalog = DefinitionCatalog()
     running, paused = run_ids
     with transaction(autocommit) as session:
-        claim = outcomes.claim_attempt(session, catalog, running, "a", 1, "w:1", 30)
-        assert outcomes.claim_attempt(session, catalog, paused, "a", 1, "w:1", 30) is None
+        claim = outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(running, "a", 1), worker="w:1", lease_s=30)
+        assert outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(paused, "a", 1), worker="w:1",
+                                      lease_s=30) is None
     assert claim is not None and claim.definition.steps[0].id == "a"
     with transaction(factory) as session:
-        assert outcomes.defer_attempt(session, paused, "a", 1)
-        assert not outcomes.defer_attempt(session, running, "a", 1)  # running: nothing to defer
+        assert outcomes.defer_attempt(session, outcomes.AttemptKey(paused, "a", 1))
+        assert not outcomes.defer_attempt(session, outcomes.AttemptKey(running, "a", 1))  # running: nothing to defer
     with transaction(factory) as session:
         facts = {r: (repo.step_fields(session, r, "a").status, repo.step_fields(session, r, "a").attempt,
                      [e.type for e in repo.run_events(session, r, 0, 100)][-1]) for r in run_ids}
@@ -182,9 +190,14 @@ def _claimed(settings, factory, workflow: dict, catalog: DefinitionCatalog) -> t
         session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
                         .values(status=StepStatus.QUEUED.value, attempt=1))
     with transaction(_autocommit(factory)) as session:
-        claim = outcomes.claim_attempt(session, catalog, run_id, "a", 1, "w:1", 30)
+        claim = outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(run_id, "a", 1), worker="w:1", lease_s=30)
     assert claim is not None
     return run_id, claim
+
+
+def _report(run_id: str, output=None, *, error=None, queue_ready: bool = False) -> AttemptReport:
+    outcome = outcomes.Outcome(error=error) if error is not None else outcomes.Outcome(output=output)
+    return AttemptReport(run_id, "a", 1, outcome, queue_ready=queue_ready)
 
 
 @contextmanager
@@ -221,25 +234,24 @@ def test_a_success_as_claimed_writes_what_the_locked_outcome_writes_in_one_state
     """A run's last step succeeds from what its claim saw: one statement, no BEGIN or COMMIT, and the
     same step, run and events as record_outcome writes under the run's lock for the same report."""
     settings, factory = sessions
-    report = outcomes.Outcome(output={"text": "x"}, usage={"tool_calls": 1})
     written = {}
     catalog = DefinitionCatalog()
     for path in ("as claimed", "locked"):
         run_id, claim = _claimed(settings, factory, ONE_STEP, catalog)
+        report = AttemptReport(run_id, "a", 1, outcomes.Outcome(output={"text": "x"}, usage={"tool_calls": 1}))
+        env = Env(prices=settings.prices)
         if path == "locked":
             with transaction(factory) as session:
-                recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, report,
-                                                   prices=settings.prices)
+                recorded = outcomes.record_outcome(session, claim.definition, report, env)
         else:
             engine = factory.kw["bind"]
             with _statements_sent(engine) as statements, transaction(_autocommit(factory)) as session:
-                recorded = outcomes.record_success_as_claimed(session, catalog, claim.seen, report,
-                                                              prices=settings.prices)
+                recorded = outcomes.record_as_claimed(session, claim.definition, claim.seen, report, env)
             if engine.dialect.name != "postgresql":
-                assert claim.seen is None or recorded is None  # SQLite: the locked path only
+                assert claim.seen is None or not recorded.applied  # SQLite: the locked path only
                 return
             assert len(statements) == 1
-        assert recorded is not None and recorded.applied and not recorded.scheduler_has_work
+        assert recorded.applied and not recorded.wakes_scheduler
         run, steps, events = _facts(factory, run_id)
         written[path] = (run, steps, [(t, s) for _seq, t, s in events])
         assert [seq for seq, _t, _s in events] == list(range(1, len(events) + 1))
@@ -268,14 +280,14 @@ def test_a_success_as_claimed_writes_nothing_unless_the_run_is_as_the_claim_left
     elif meanwhile == "step-moved":
         with transaction(factory) as session:
             session.execute(update(Step).where(Step.run_id == run_id).values(status=StepStatus.CANCELLED.value))
-    report = (outcomes.Outcome(error=outcomes.ErrorInfo("boom", "failed", False)) if meanwhile == "not-a-success"
-              else outcomes.Outcome(output={"text": "x"}))
+    report = (_report(run_id, error=outcomes.ErrorInfo("boom", "failed", False), queue_ready=True)
+              if meanwhile == "not-a-success" else _report(run_id, {"text": "x"}, queue_ready=True))
     before = _facts(factory, run_id)
     with transaction(_autocommit(factory)) as session:
-        assert outcomes.record_success_as_claimed(session, catalog, claim.seen, report, dispatch=True) is None
+        assert not outcomes.record_as_claimed(session, claim.definition, claim.seen, report, Env()).applied
     assert _facts(factory, run_id) == before
     with transaction(factory) as session:
-        recorded = outcomes.record_outcome(session, catalog, run_id, "a", 1, report, dispatch=True)
+        recorded = outcomes.record_outcome(session, claim.definition, report, Env())
     assert recorded.applied is (meanwhile != "step-moved")
     if meanwhile == "queues-next":
         assert [m.step_id for m in recorded.messages] == ["b"]

@@ -12,6 +12,7 @@ from sqlalchemy import event, func, select, update
 
 from orchestrator import broker, outcomes, service
 from orchestrator.catalog import DefinitionCatalog
+from orchestrator.core.inputs import AttemptReport, Env
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Outbox, Run, Step
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
@@ -19,6 +20,7 @@ from orchestrator.db.types import db_now
 from orchestrator.messages import StepMessage
 from orchestrator.scheduler import Scheduler
 from orchestrator.states import StepStatus
+from orchestrator.writer import Written
 
 ONE_STEP = {"name": "one", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}}]}
 
@@ -94,8 +96,8 @@ def test_a_step_guard_that_fails_in_a_batch_skips_that_step_and_the_others_advan
 
     def pending_views(session, run_ids):
         result = views(session, run_ids)
-        for view in result.get(stale, []):
-            view.status = StepStatus.PENDING
+        if stale in result:
+            result[stale] = [step.moved(status=StepStatus.PENDING) for step in result[stale]]
         return result
 
     monkeypatch.setattr(repo, "steps_for_update", pending_views)
@@ -170,14 +172,16 @@ CHAIN = {"name": "chain", "steps": [
 ]}
 
 
-def run_step(scheduler, run_id: str, step_id: str, output: dict, dispatch: bool = False) -> outcomes.Recorded:
+def run_step(scheduler, run_id: str, step_id: str, output: dict, dispatch: bool = False) -> Written:
     """What a worker does for one queued attempt: claim it, then report a success."""
     catalog = DefinitionCatalog()
     with transaction(scheduler.sessions) as session:
-        assert outcomes.claim_attempt(session, catalog, run_id, step_id, 1, "test", 60) is not None
+        claim = outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(run_id, step_id, 1), worker="test",
+                                       lease_s=60)
+        assert claim is not None
+    report = AttemptReport(run_id, step_id, 1, outcomes.Outcome(output=output), queue_ready=dispatch)
     with transaction(scheduler.sessions) as session:
-        return outcomes.record_outcome(session, catalog, run_id, step_id, 1, outcomes.Outcome(output=output),
-                                       dispatch=dispatch)
+        return outcomes.record_outcome(session, claim.definition, report, Env())
 
 
 def has_work(scheduler, run_id: str) -> bool:
@@ -191,7 +195,7 @@ def test_the_last_steps_report_finishes_the_run_without_the_scheduler(scheduler)
 
     recorded = run_step(scheduler, run_id, "a", {"text": "x"})
 
-    assert recorded.applied and not recorded.scheduler_has_work
+    assert recorded.applied and not recorded.wakes_scheduler
     status, events, steps = run_facts(scheduler, run_id)
     assert (status, steps) == ("succeeded", {"a": "succeeded"})
     assert events[-2:] == ["step_completed", "run_succeeded"] and events.count("run_succeeded") == 1
@@ -207,11 +211,11 @@ def test_a_report_with_steps_still_to_run_leaves_the_run_to_the_scheduler(schedu
 
     first = run_step(scheduler, run_id, "a", {"text": "x"})
 
-    assert first.applied and first.scheduler_has_work
+    assert first.applied and first.wakes_scheduler
     assert run_facts(scheduler, run_id)[0] == "running" and has_work(scheduler, run_id)
     assert scheduler.drain() == 1  # dispatches b
     last = run_step(scheduler, run_id, "b", {"text": "y"})
-    assert not last.scheduler_has_work
+    assert not last.wakes_scheduler
     with transaction(scheduler.sessions) as session:
         assert repo.get_run(session, "t", run_id).output == {"b": {"text": "y"}}  # the sink's output only
     assert run_facts(scheduler, run_id)[1].count("run_succeeded") == 1
@@ -257,7 +261,7 @@ def test_a_success_queues_the_steps_it_made_ready_and_a_join_when_its_last_need_
 
     after_a = run_step(scheduler, run_id, "a", {"text": "a"}, dispatch=True)
 
-    assert after_a.applied and not after_a.scheduler_has_work
+    assert after_a.applied and not after_a.wakes_scheduler
     assert queued_by(after_a) == [("b", 1), ("c", 1)]
     assert outbox_steps(scheduler, run_id) == {"b", "c"}  # deleted by the worker once published
     status, events, steps = run_facts(scheduler, run_id)
@@ -266,13 +270,13 @@ def test_a_success_queues_the_steps_it_made_ready_and_a_join_when_its_last_need_
     assert not has_work(scheduler, run_id) and scheduler.drain() == 0
 
     after_b = run_step(scheduler, run_id, "b", {"text": "b"}, dispatch=True)
-    assert after_b.applied and after_b.messages == [] and after_b.scheduler_has_work  # d still needs c
+    assert after_b.applied and after_b.messages == [] and after_b.wakes_scheduler  # d still needs c
     assert scheduler.drain() == 1 and run_facts(scheduler, run_id)[2]["d"] == "pending"
 
     after_c = run_step(scheduler, run_id, "c", {"text": "c"}, dispatch=True)
-    assert queued_by(after_c) == [("d", 1)] and not after_c.scheduler_has_work
+    assert queued_by(after_c) == [("d", 1)] and not after_c.wakes_scheduler
     last = run_step(scheduler, run_id, "d", {"text": "d"}, dispatch=True)
-    assert not last.scheduler_has_work and last.messages == []
+    assert not last.wakes_scheduler and last.messages == []
     assert run_facts(scheduler, run_id)[0] == "succeeded"
 
 
@@ -286,7 +290,7 @@ def test_a_success_leaves_a_step_that_waits_in_the_database_to_the_scheduler(sch
 
     recorded = run_step(scheduler, run_id, "a", {"text": "a"}, dispatch=True)
 
-    assert recorded.applied and recorded.scheduler_has_work and recorded.messages == []
+    assert recorded.applied and recorded.wakes_scheduler and recorded.messages == []
     assert has_work(scheduler, run_id)
     assert scheduler.drain() == 1
     assert run_facts(scheduler, run_id)[2]["ok"] == "waiting"
@@ -298,5 +302,5 @@ def test_without_dispatch_a_success_leaves_the_next_step_to_the_scheduler(schedu
 
     recorded = run_step(scheduler, run_id, "a", {"text": "x"})
 
-    assert recorded.scheduler_has_work and recorded.messages == []
+    assert recorded.wakes_scheduler and recorded.messages == []
     assert run_facts(scheduler, run_id)[2]["b"] == "pending"

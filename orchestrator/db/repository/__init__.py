@@ -49,7 +49,6 @@ from orchestrator.db.repository.aggregates import (
 from orchestrator.db.repository.attempts import (
     CLAIMABLE_RUN,
     Claimed,
-    SeenAtClaim,
     claim_step,
     extend_lease,
     lock_run_and_claim,
@@ -61,13 +60,13 @@ from orchestrator.db.repository.changes import (
     RunRow,
     StaleRunState,
     StepMove,
-    StepView,
     apply_many_run_changes,
     apply_run_changes,
     lock_run,
-    lock_run_with_step,
+    lock_run_with_steps,
     move_steps_many,
     steps_for_update,
+    steps_of,
     update_steps,
 )
 from orchestrator.db.repository.common import (
@@ -161,11 +160,11 @@ __all__ = [
     "le_label", "lease_heartbeats", "live_step_queues", "runs_of_tenant", "step_histograms",
     "step_queue_rates", "sum_run_usage", "timeseries",
     # attempts
-    "CLAIMABLE_RUN", "Claimed", "SeenAtClaim", "claim_step", "extend_lease", "lock_run_and_claim",
+    "CLAIMABLE_RUN", "Claimed", "claim_step", "extend_lease", "lock_run_and_claim",
     # changes
-    "NEXT_ATTEMPT", "NOW", "RunChanges", "RunRow", "StaleRunState", "StepMove", "StepView",
-    "apply_many_run_changes", "apply_run_changes", "lock_run", "lock_run_with_step", "move_steps_many",
-    "steps_for_update", "update_steps",
+    "NEXT_ATTEMPT", "NOW", "RunChanges", "RunRow", "StaleRunState", "StepMove",
+    "apply_many_run_changes", "apply_run_changes", "lock_run", "lock_run_with_steps", "move_steps_many",
+    "steps_for_update", "steps_of", "update_steps",
     # common
     "EVENTS", "LIVE_RUN", "RUNS", "STEPS", "now",
     # events

@@ -12,13 +12,13 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from orchestrator.core.snapshot import RunState, StepState
 from orchestrator.db.models import Step
 from orchestrator.db.repository.changes import (
     _CLAIM_RUN_COLUMNS,
     _OUTCOME_RUN_COLUMNS,
     RunChanges,
     RunRow,
-    StepView,
     apply_run_changes,
     lock_run,
 )
@@ -31,27 +31,17 @@ from orchestrator.states import RunStatus, StepStatus, step_allowed_from
 # --- the worker's side of an attempt ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SeenAtClaim:
-    """The run and the claimed step as the claim left them (the run's ``last_seq`` is its own
-    ``step_started`` event's): enough for the outcome writer to write a success without reading or
-    locking the run again, if the run's ``last_seq`` shows it unchanged since."""
-
-    run: RunRow
-    step: StepView
-    policy: list | None
-
-
 @dataclass
 class Claimed:
     """What ``lock_run_and_claim`` found and did: the run as locked (with ``tenant_policy``; on
     PostgreSQL only the columns a claim reads, _CLAIM_RUN_COLUMNS) and, if the step was claimed, its
-    checkpoint and (on PostgreSQL) what the claim left."""
+    checkpoint and (on PostgreSQL) the run and the step as the claim left them (``seen``: not locked,
+    its ``last_seq`` the claim's own ``step_started`` event's)."""
 
     run: RunRow
     claimed: bool
     checkpoint: dict | None = None
-    seen: SeenAtClaim | None = None
+    seen: RunState | None = None
 
 
 CLAIMABLE_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
@@ -91,7 +81,7 @@ FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
 )
 
 
-def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int, worker: str,
+def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int, *, worker: str,
                        lease_s: float) -> Claimed | None:
     """Lock the run and, if it is running or waiting, claim the step: ``queued → running`` for exactly
     this attempt, with the worker's name, a lease and its ``step_started`` event. None if there is no
@@ -110,17 +100,16 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
                      data=data, created_at=row.started_created_at.astimezone(UTC))
         _stage_written(session, row, [event], previous_status=None, status=row.status,
                        waiting_on=row.waiting_on, status_changed=False)
-        seen = SeenAtClaim(
-            SimpleNamespace(**{name: getattr(row, name) for name in _OUTCOME_RUN_COLUMNS} | {"last_seq": row.started_seq}),
-            StepView(step_id, row.claimed_type, StepStatus.RUNNING, attempt, row.claimed_max_attempts,
-                     row.claimed_queue, due=False, lease_expired=False),
-            row.claimed_policy,
-        )
+        step = StepState(step_id, row.claimed_type, StepStatus.RUNNING, attempt, row.claimed_max_attempts,
+                         row.claimed_queue, policy=tuple(row.claimed_policy or ()))
+        run = SimpleNamespace(**{name: getattr(row, name) for name in _OUTCOME_RUN_COLUMNS} | {"last_seq": row.started_seq})
+        seen = RunState.from_row(run, [step], complete=False, locked=False)
         return Claimed(row, True, row.claimed_checkpoint, seen)
     run = lock_run(session, run_id, with_tenant_policy=True)
     if run is None:
         return None
-    claimed = claim_step(session, run_id, step_id, attempt, worker, lease_s) if run.status in CLAIMABLE_RUN else None
+    claimed = (claim_step(session, run_id, step_id, attempt, worker=worker, lease_s=lease_s)
+               if run.status in CLAIMABLE_RUN else None)
     if claimed is None:
         return Claimed(run, False)
     changes = RunChanges(run)
@@ -129,7 +118,7 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
     return Claimed(run, True, claimed.checkpoint)
 
 
-def claim_step(session: Session, run_id: str, step_id: str, attempt: int, worker: str, lease_s: float) -> Any:
+def claim_step(session: Session, run_id: str, step_id: str, attempt: int, *, worker: str, lease_s: float) -> Any:
     """``queued → running`` for exactly this attempt, with the worker's name and a lease; returns the
     step's checkpoint row (``.checkpoint``), or None if the guard matched nothing (stale or duplicate)."""
     allowed = step_allowed_from(StepStatus.RUNNING) & {StepStatus.QUEUED}

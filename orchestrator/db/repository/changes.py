@@ -1,5 +1,5 @@
-"""Changing a locked run: locking it (``lock_run``, ``lock_run_with_step``), reading its steps
-(``steps_for_update``), the guarded moves of steps (``update_steps``, ``move_steps_many``) and the
+"""Changing a locked run: locking it (``lock_run``, ``lock_run_with_steps``), reading its steps
+(``steps_for_update``, ``steps_of``), the guarded moves of steps (``update_steps``, ``move_steps_many``) and the
 run's guarded update with its events (``RunChanges``, ``apply_run_changes``, ``apply_many_run_changes``),
 with the statements they build once and cache. Every step's path goes through here."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -28,8 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Step, Tenant
-from orchestrator.db.repository.common import _STEP_STATUSES, EVENTS, RUNS, STEPS
+from orchestrator.core.snapshot import StepState
+from orchestrator.db.models import Tenant
+from orchestrator.db.repository.common import EVENTS, RUNS, STEPS
 from orchestrator.db.repository.events import _EVENT_COLUMNS, _insert_events, _stage_written
 from orchestrator.db.types import db_now
 from orchestrator.states import RunStatus, StepStatus, run_allowed_from, step_allowed_from
@@ -62,20 +64,32 @@ def _others_succeeded(run_id):
 _OUTCOME_RUN_COLUMNS = ("id", "tenant_id", "workflow_id", "workflow_version", "status", "waiting_on", "usage",
                         "last_seq", "risk_level")
 _CLAIM_RUN_COLUMNS = (*_OUTCOME_RUN_COLUMNS, "input", "attempt", "limits")
-_LOCK_RUN_WITH_STEP = (
-    select(
-        *(RUNS.c[name] for name in _OUTCOME_RUN_COLUMNS),
-        STEPS.c.type.label("step_type"), STEPS.c.status.label("step_status"),
-        STEPS.c.attempt.label("step_attempt"), STEPS.c.max_attempts, STEPS.c.queue.label("step_queue"),
-        (STEPS.c.due_at <= db_now()).label("step_due"), (STEPS.c.lease_expires_at < db_now()).label("step_expired"),
-        STEPS.c.waiting_on.label("step_waiting_on"), STEPS.c.policy.label("step_policy"),
-        # A hint only (this statement's snapshot predates the lock): every other step succeeded.
-        _others_succeeded(RUNS.c.id).label("others_succeeded"),
-    )
-    .join(STEPS, and_(STEPS.c.run_id == RUNS.c.id, STEPS.c.step_id == bindparam("step_id")))
-    .where(RUNS.c.id == bindparam("run_id"))
-    .with_for_update(of=RUNS)
+_STEP_COLUMNS = (
+    STEPS.c.step_id, STEPS.c.type, STEPS.c.status, STEPS.c.attempt, STEPS.c.max_attempts, STEPS.c.queue,
+    (STEPS.c.due_at <= db_now()).label("due"), (STEPS.c.lease_expires_at < db_now()).label("expired"),
+    STEPS.c.waiting_on, STEPS.c.policy,
 )
+
+
+def _lock_run_with_steps_query(of_steps):
+    return (
+        select(
+            *(RUNS.c[name].label(f"run_{name}") for name in _OUTCOME_RUN_COLUMNS), *_STEP_COLUMNS,
+            # A hint only (this statement's snapshot predates the lock): every step but :step_id succeeded.
+            _others_succeeded(RUNS.c.id).label("others_succeeded"),
+        )
+        .join(STEPS, and_(STEPS.c.run_id == RUNS.c.id, of_steps))
+        .where(RUNS.c.id == bindparam("run_id"))
+        .order_by(STEPS.c.position)
+        .with_for_update(of=RUNS)
+    )
+
+
+# On PostgreSQL the step ids go as one array (one statement text for any number of them).
+_LOCK_RUN_WITH_STEPS = {
+    "postgresql": _lock_run_with_steps_query(STEPS.c.step_id == any_(bindparam("step_ids", type_=postgresql.ARRAY(String)))),
+    "sqlite": _lock_run_with_steps_query(STEPS.c.step_id.in_(bindparam("step_ids", expanding=True))),
+}
 
 
 def lock_run(session: Session, run_id: str, *, with_tenant_policy: bool = False) -> RunRow | None:
@@ -86,68 +100,45 @@ def lock_run(session: Session, run_id: str, *, with_tenant_policy: bool = False)
     return session.execute(query, {"run_id": run_id}).one_or_none()
 
 
-def lock_run_with_step(session: Session, run_id: str, step_id: str) -> tuple[RunRow, StepView, list | None] | None:
-    """Lock a run's row and read one of its steps in one round trip: (run, the step's view, the
-    step's recorded policy decisions); None if there is no such step. The run carries the columns
-    the outcome writer reads (_OUTCOME_RUN_COLUMNS), not all of them. The outcome writer's common
-    case needs no other step of the run."""
-    row = session.execute(_LOCK_RUN_WITH_STEP, {"run_id": run_id, "step_id": step_id}).one_or_none()
-    if row is None:
+def lock_run_with_steps(session: Session, run_id: str, step_ids: Sequence[str]
+                        ) -> tuple[SimpleNamespace, list[StepState], bool] | None:
+    """Lock a run's row and read some of its steps in one round trip: (the run, with the columns the
+    outcome writer reads; the steps ``step_ids`` in the run's order; a hint, read before the lock,
+    that every step but ``step_ids[0]`` succeeded). None if there is no such run or step. The step's
+    rows predate the lock too: the writer's guards check them."""
+    rows = session.execute(_LOCK_RUN_WITH_STEPS[session.get_bind().dialect.name],
+                           {"run_id": run_id, "step_id": step_ids[0], "step_ids": list(step_ids)}).all()
+    if not rows:
         return None
-    view = StepView(step_id, row.step_type, StepStatus(row.step_status), row.step_attempt, row.max_attempts,
-                    row.step_queue, bool(row.step_due), bool(row.step_expired), row.step_waiting_on)
-    return row, view, row.step_policy
-
-
-@dataclass(slots=True)
-class StepView:
-    """A step as the scheduler and the outcome writer see it, with the clock checks done in SQL.
-
-    A plain value, not an ORM object: changing it never writes anything by itself.
-    """
-
-    step_id: str
-    type: str
-    status: StepStatus
-    attempt: int
-    max_attempts: int
-    queue: str
-    due: bool
-    lease_expired: bool
-    waiting_on: str | None = None
+    run = SimpleNamespace(**{name: getattr(rows[0], f"run_{name}") for name in _OUTCOME_RUN_COLUMNS})
+    return run, [StepState.from_row(row) for row in rows], bool(rows[0].others_succeeded)
 
 
 def _steps_for_update_query(of_runs):
-    steps, clock = Step.__table__.c, db_now()
-    return (
-        select(steps.run_id, steps.step_id, steps.type, steps.status, steps.attempt, steps.max_attempts, steps.queue,
-               steps.due_at <= clock, steps.lease_expires_at < clock, steps.waiting_on)
-        .where(of_runs)
-        .order_by(steps.run_id, steps.position)
-    )
+    return select(STEPS.c.run_id, *_STEP_COLUMNS).where(of_runs).order_by(STEPS.c.run_id, STEPS.c.position)
 
 
 # On PostgreSQL the run ids go as one array: psycopg parses a statement of more than 50 parameters
 # anew on every call, which costs more than the query for a batch of 200 runs.
 _STEPS_FOR_UPDATE = {
-    "postgresql": _steps_for_update_query(
-        Step.__table__.c.run_id == any_(bindparam("run_ids", type_=postgresql.ARRAY(String)))
-    ),
-    "sqlite": _steps_for_update_query(Step.__table__.c.run_id.in_(bindparam("run_ids", expanding=True))),
+    "postgresql": _steps_for_update_query(STEPS.c.run_id == any_(bindparam("run_ids", type_=postgresql.ARRAY(String)))),
+    "sqlite": _steps_for_update_query(STEPS.c.run_id.in_(bindparam("run_ids", expanding=True))),
 }
 
 
-def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list[StepView]]:
-    """The steps of locked runs, with `due` (due_at passed) and `lease_expired` computed by the database."""
-    result: dict[str, list[StepView]] = {run_id: [] for run_id in run_ids}
-    statuses = _STEP_STATUSES
-    query = _STEPS_FOR_UPDATE[session.get_bind().dialect.name]
-    for run_id, step_id, type_, status, attempt, max_attempts, queue, due, expired, waiting_on in session.execute(
-        query, {"run_ids": list(run_ids)}
-    ).all():
-        result[run_id].append(StepView(step_id, type_, statuses[status], attempt, max_attempts, queue, bool(due),
-                                       bool(expired), waiting_on))
+def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list[StepState]]:
+    """The steps of locked runs, in each run's order, with `due` (due_at passed) and `lease_expired`
+    computed by the database."""
+    result: dict[str, list[StepState]] = {run_id: [] for run_id in run_ids}
+    for row in session.execute(_STEPS_FOR_UPDATE[session.get_bind().dialect.name], {"run_ids": list(run_ids)}):
+        result[row.run_id].append(StepState.from_row(row))
     return result
+
+
+def steps_of(session: Session, run_id: str, step_ids: Sequence[str]) -> list[StepState]:
+    """Some steps of a locked run, read now (under the run's lock: exact)."""
+    query = select(*_STEP_COLUMNS).where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(step_ids))
+    return [StepState.from_row(row) for row in session.execute(query.order_by(STEPS.c.position))]
 
 
 @dataclass(frozen=True)

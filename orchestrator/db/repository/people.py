@@ -29,14 +29,12 @@ def set_checkpoint(session: Session, run_id: str, step_id: str, checkpoint: dict
     )
 
 
-def insert_approval(
-    session: Session, tenant_id: str, run_id: str, step_id: str, prompt: str | None, call: dict | None = None
-) -> str:
+def insert_approval(session: Session, *, approval_id: str, tenant_id: str, run_id: str, step_id: str,
+                    prompt: str | None, call: dict | None = None) -> None:
     """A new pending round for an approval step, or for a tool ``call`` a policy gated; rounds count from 1."""
     rounds = session.execute(
         select(func.count()).select_from(Approval).where(Approval.run_id == run_id, Approval.step_id == step_id)
     ).scalar_one()
-    approval_id = ids.new_id("apr")
     # Cut to the column's size: a rendered prompt can be any length, and a failed insert would
     # leave the run stuck in the scheduler.
     session.add(Approval(id=approval_id, tenant_id=tenant_id, run_id=run_id, step_id=step_id,
@@ -44,7 +42,6 @@ def insert_approval(
                          # SQL NULL, not JSON null, for approval steps: templates look for call IS NULL.
                          **({"call": call} if call is not None else {})))
     session.flush()
-    return approval_id
 
 
 def get_approval(session: Session, run_id: str, approval_id: str) -> Approval | None:
@@ -108,12 +105,12 @@ def latest_approval_decision(session: Session, run_id: str) -> dict | None:
     return {"id": row.id, "step_id": row.step_id, "status": row.status, "comment": row.comment, "round": row.round}
 
 
-def insert_question(session: Session, tenant_id: str, run_id: str, step_id: str, question: str) -> str:
-    question_id = ids.new_id("q")
+def insert_question(session: Session, *, question_id: str, tenant_id: str, run_id: str, step_id: str,
+                    question: str) -> None:
+    """An open question for a step, shown in the inbox."""
     session.add(Question(id=question_id, tenant_id=tenant_id, run_id=run_id, step_id=step_id,
                          question=question[:10000], status="open"))
     session.flush()
-    return question_id
 
 
 def get_question(session: Session, run_id: str, question_id: str) -> Question | None:

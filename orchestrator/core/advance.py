@@ -1,0 +1,186 @@
+"""The scheduler's pass over one run, decided: start it, reclaim attempts whose worker was lost, fire
+what came due, dispatch the steps that are ready, park the ones that wait in the database, and settle
+the run's status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator import dag, steptypes, templates
+from orchestrator.core import outcome as outcomes
+from orchestrator.core.inputs import Env
+from orchestrator.core.reports import WORKER_LOST, Outcome
+from orchestrator.core.snapshot import RunState, StepState
+from orchestrator.core.transition import NOW, Draft, DueIn, Request, Transition
+from orchestrator.core.vocabulary import EventType, WaitsOn
+from orchestrator.definitions import Definition
+from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
+
+
+@dataclass(frozen=True)
+class KeptEvent:
+    """An inbound event kept for steps that start waiting on its key later."""
+
+    id: str
+    name: str | None
+    payload: Any
+
+
+class NeedsFacts(Exception):  # noqa: N818 - a request for more input, not an error
+    """The decision needs facts the snapshot does not hold: the template context (outputs of the
+    succeeded steps and the latest approval) and the kept events of ``event_keys`` ((key, name) pairs).
+    Read them into the snapshot and decide again (a decision writes nothing, so deciding twice is free)."""
+
+    def __init__(self, *, context: bool = False, event_keys: tuple[tuple[str, str | None], ...] = ()):
+        super().__init__("the decision needs more facts")
+        self.context, self.event_keys = context, event_keys
+
+
+def on_advance(state: RunState, definition: Definition, env: Env, *,
+               kept: Mapping[tuple[str, str | None], KeptEvent | None] | None = None) -> Transition:
+    """The scheduler's pass over ``state`` (a complete, locked snapshot); raises NeedsFacts if parking
+    a step needs the template context (``state.outputs``, ``state.approval``; ``state.outputs`` None
+    means not read) or the events ``kept`` for the correlation keys it renders (by (key, event name),
+    None where none is kept; a key absent: not read)."""
+    draft = Draft(state)
+    draft.run_values["has_work"] = False
+    if state.status in TERMINAL_RUN:
+        return draft.finish()
+    if state.status is RunStatus.QUEUED:
+        draft.move_run(RunStatus.RUNNING)
+        draft.run_values["started_at"] = NOW
+        draft.event(EventType.RUN_STARTED)
+    for step in state.steps.values():
+        if step.status is StepStatus.RUNNING and step.lease_expired:
+            outcomes.settle(draft, definition, step, WORKER_LOST, env)
+            if draft.status is RunStatus.FAILED:
+                return draft.finish()
+    if draft.status is RunStatus.PAUSED:
+        return draft.finish()
+    _fire_due(draft, definition, env)
+    if draft.status is not RunStatus.FAILED:
+        _dispatch_and_park(draft, definition, env, kept)
+    if draft.status not in TERMINAL_RUN:
+        _settle_status(draft, definition)
+    return draft.finish()
+
+
+def _fire_due(draft: Draft, definition: Definition, env: Env) -> None:
+    """Retries whose backoff has passed are queued again; timers fire; event waits time out."""
+    for step in list(draft.state.steps.values()):
+        if step.status is StepStatus.RETRYING and step.due:
+            outcomes.queue_step(draft, definition, step, only_from=(StepStatus.RETRYING,))
+    for step in list(draft.state.steps.values()):
+        if draft.status is RunStatus.FAILED:
+            return
+        if step.status is StepStatus.WAITING and step.due:
+            fired = steptypes.get(step.type).on_due(definition.step(step.step_id))
+            if fired is not None:
+                outcomes.settle(draft, definition, step, fired, env)
+
+
+def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
+                       kept: Mapping[tuple[str, str | None], KeptEvent | None] | None) -> None:
+    """Queue the ready worker steps and park the ready waiting ones, again while a parked step
+    completed at once (an event kept from before it waited)."""
+    while True:
+        ready = dag.ready_steps(definition.needs, draft.state.statuses())
+        for step_id in ready:
+            if steptypes.get(draft.step(step_id).type).waits_on is None:
+                outcomes.queue_step(draft, definition, draft.step(step_id))
+        park = [s for s in ready if steptypes.get(draft.step(s).type).waits_on is not None]
+        _check_facts(draft, definition, park, kept)
+        settled_at_once = False
+        for step_id in park:
+            settled_at_once |= _park(draft, definition, draft.step(step_id), env, kept or {})
+            if draft.status is RunStatus.FAILED:
+                return
+        if not settled_at_once:
+            return
+
+
+def _context(draft: Draft) -> dict[str, Any]:
+    run = draft.run
+    return templates.run_context(run.input, dict(run.outputs or {}),
+                                 {"id": run.id, "attempt": run.attempt, "workflow_id": run.workflow_id},
+                                 dict(run.approval) if run.approval else None)
+
+
+def _check_facts(draft: Draft, definition: Definition, park: list[str],
+                 kept: Mapping[tuple[str, str | None], KeptEvent | None] | None) -> None:
+    """Raise NeedsFacts if parking ``park`` needs what the snapshot does not hold."""
+    types = [steptypes.get(draft.step(s).type) for s in park]
+    if draft.run.outputs is None and any(t.renders_on_park for t in types):
+        raise NeedsFacts(context=True)
+    keys = []
+    for step_id, step_type in zip(park, types, strict=True):
+        step_def = definition.step(step_id)
+        parking = step_type.park(step_def, _context(draft) if step_type.renders_on_park else None)
+        if parking.correlation_key is not None:
+            keys.append((parking.correlation_key, getattr(step_def, "event_name", None)))
+    missing = tuple(k for k in keys if kept is None or k not in kept)
+    if missing:
+        raise NeedsFacts(event_keys=missing)
+
+
+def _park(draft: Draft, definition: Definition, step: StepState, env: Env,
+          kept: Mapping[tuple[str, str | None], KeptEvent | None]) -> bool:
+    """Approval, question, event and timer steps wait in the database, holding no worker. True if the
+    step was settled at once (its key's event was kept, or its templates failed)."""
+    step_def, step_type = definition.step(step.step_id), steptypes.get(step.type)
+    parking = step_type.park(step_def, _context(draft) if step_type.renders_on_park else None)
+    if not draft.move(step, StepStatus.WAITING, only_from=[StepStatus.PENDING], attempt=1, queued_at=NOW,
+                      started_at=NOW, due_at=DueIn(parking.due_in_s) if parking.due_in_s is not None else None,
+                      correlation_key=parking.correlation_key):
+        return False
+    extra: dict[str, Any] = {}
+    if parking.waits_on in (WaitsOn.APPROVAL, WaitsOn.QUESTION):
+        prefix = "apr" if parking.waits_on == WaitsOn.APPROVAL else "q"
+        request = Request(parking.waits_on, env.new_id(prefix), step.step_id,
+                          parking.request[:2000] if parking.request else parking.request)
+        draft.requests.append(request)
+        extra[f"{parking.waits_on}_id"] = request.id
+    elif parking.correlation_key is not None:
+        extra["correlation_key"] = parking.correlation_key
+    draft.event(EventType.STEP_WAITING, step.step_id, 1, waiting_on=parking.waits_on, **extra)
+    waiting = draft.step(step.step_id)
+    if parking.error is not None:
+        outcomes.settle(draft, definition, waiting, Outcome(error=parking.error), env)
+        return True
+    event = kept.get((parking.correlation_key, getattr(step_def, "event_name", None))) \
+        if parking.correlation_key is not None else None
+    if event is None:
+        return False
+    delivered = Outcome(output={"event_id": event.id, "name": event.name, "payload": event.payload})
+    outcomes.settle(draft, definition, waiting, delivered, env)
+    return True
+
+
+def _settle_status(draft: Draft, definition: Definition) -> None:
+    """The run's status from its steps': succeeded when every step did, waiting when all that is left
+    waits on the outside world, running otherwise."""
+    steps = draft.state.steps.values()
+    if all(s.status is StepStatus.SUCCEEDED for s in steps):
+        outputs = draft.run.outputs
+        if outputs is not None and all(s in outputs for s in definition.sinks):
+            outcomes.stopping.succeed_run(draft, {s: outputs[s] for s in definition.sinks})
+        else:
+            outcomes.stopping.succeed_run(draft, output_from=tuple(definition.sinks))
+        return
+    from_status = draft.status
+    active = [s for s in steps if s.status in dag.IN_FLIGHT_STEP]
+    waiting = [s for s in active if s.status is StepStatus.WAITING]
+    if active and len(waiting) == len(active):
+        target, waits_on = RunStatus.WAITING, waiting[0].waiting_on or dag.waiting_on(waiting[0].type)
+    else:
+        target, waits_on = RunStatus.RUNNING, None
+    if target is from_status and (target is not RunStatus.WAITING or waits_on == draft.run.waiting_on):
+        return
+    draft.move_run(target)
+    draft.run_values["waiting_on"] = waits_on
+    if target is RunStatus.WAITING:
+        draft.event(EventType.RUN_WAITING, waiting_on=waits_on)
+    else:
+        draft.event(EventType.RUN_RESUMED if from_status is RunStatus.WAITING else EventType.RUN_RUNNING)

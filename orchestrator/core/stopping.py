@@ -1,0 +1,55 @@
+"""Stopping a run: fail-fast after a step failed for good, and an operator's cancel share one rule —
+steps in flight are cancelled (their tasks revoked), steps never started are skipped, open requests close."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from orchestrator.core.transition import NOW, Draft
+from orchestrator.core.vocabulary import ErrorCode, EventType, SkipReason
+from orchestrator.states import IN_FLIGHT_STEP, RunStatus, StepStatus
+
+
+def stopped_error(message: str) -> dict[str, Any]:
+    """The error a step stopped by its run's end carries."""
+    return {"code": ErrorCode.RUN_STOPPED.value, "message": message, "retryable": False}
+
+
+def stop_steps(draft: Draft, *, cancel: Collection[StepStatus], message: str, skip_reason: SkipReason,
+               spare: str | None = None) -> None:
+    """Cancel the steps whose status is in ``cancel`` and skip the pending ones (all but ``spare``)."""
+    stopped = stopped_error(message)
+    steps = [s for s in draft.state.steps.values() if s.step_id != spare]
+    for step in steps:
+        if step.status in cancel and draft.move(step, StepStatus.CANCELLED, cancel_requested=True, error=stopped,
+                                                completed_at=NOW, lease_expires_at=None, due_at=None):
+            draft.event(EventType.STEP_CANCELLED, step.step_id, step.attempt, reason=ErrorCode.RUN_STOPPED.value)
+    for step in steps:
+        if step.status is StepStatus.PENDING and draft.move(step, StepStatus.SKIPPED, skipped_reason=skip_reason.value,
+                                                            completed_at=NOW):
+            draft.event(EventType.STEP_COMPLETED, step.step_id, None, skipped=True, reason=skip_reason.value)
+    draft.close_requests = True
+
+
+def fail_run(draft: Draft, failed_step: str, error: Mapping[str, Any]) -> None:
+    """Fail-fast: the run fails at ``failed_step``; the other steps in flight are cancelled and those
+    never started are skipped (blocked). Needs a snapshot of every step."""
+    assert draft.run.complete, "fail-fast needs every step of the run"
+    stop_steps(draft, cancel=IN_FLIGHT_STEP, message=f"run failed at step {failed_step!r}",
+               skip_reason=SkipReason.BLOCKED, spare=failed_step)
+    draft.move_run(RunStatus.FAILED)
+    draft.run_values.update(error={"code": error["code"], "message": error["message"], "step_id": failed_step},
+                            completed_at=NOW, waiting_on=None)
+    draft.event(EventType.RUN_FAILED, failed_step, None, error={"code": error["code"], "message": error["message"]})
+
+
+def succeed_run(draft: Draft, outputs: Mapping[str, Any] | None = None, *, output_from: tuple[str, ...] = ()) -> None:
+    """The run succeeded (every step did); its output is ``outputs``, or the outputs of ``output_from``
+    read when the transition is written."""
+    draft.move_run(RunStatus.SUCCEEDED)
+    draft.run_values.update(completed_at=NOW, waiting_on=None, has_work=False)
+    if outputs is not None:
+        draft.run_values["output"] = dict(outputs)
+    draft.output_from = output_from
+    draft.event(EventType.RUN_SUCCEEDED)

@@ -1,0 +1,189 @@
+"""The value a decision returns and the writer applies: ``Transition``; and ``Draft``, which builds one.
+
+A transition names every write as data: the step moves with their guards (the statuses they may come
+from, the attempt they must be at), the run's move and new values, the events, the approvals and
+questions to open, the messages to publish and the tasks to revoke. Values the database fills in are
+markers (``NOW``, ``NEXT_ATTEMPT``, ``DueIn``): a decision reads no clock.
+
+A transition is written whole or not at all: every move's guard must match, except for moves marked
+``optional`` (the steps a success makes ready, whose statuses were read before the run's lock), which
+are written where their guards match; events marked ``if_moved`` are written only with their step's
+move. A report about a step (an attempt's outcome, a person's decision) guards that step's move on its
+attempt too, so a late or duplicate report matches nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from orchestrator.core.snapshot import RunState, StepState
+from orchestrator.core.vocabulary import EventType
+from orchestrator.messages import StepMessage, task_id
+from orchestrator.states import InvalidTransition, RunStatus, StepStatus, run_allowed_from, step_allowed_from
+
+
+class Marker(StrEnum):
+    """A value the database fills in when the move is written."""
+
+    NOW = "now"
+    NEXT_ATTEMPT = "next_attempt"  # the step's attempt + 1
+
+
+NOW, NEXT_ATTEMPT = Marker.NOW, Marker.NEXT_ATTEMPT
+
+
+@dataclass(frozen=True, slots=True)
+class DueIn:
+    """A due time this many seconds after the database's now."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: EventType
+    step_id: str | None = None
+    attempt: int | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    if_moved: bool = False  # written only if the move of ``step_id`` in the same transition matched
+
+    def row(self) -> dict[str, Any]:
+        return {"type": self.type.value, "step_id": self.step_id, "attempt": self.attempt, "data": dict(self.data)}
+
+
+@dataclass(frozen=True, slots=True)
+class StepMove:
+    """One step's guarded move: ``target`` if its status is in ``from_`` (and it is at ``attempt``)."""
+
+    step_id: str
+    target: StepStatus
+    from_: frozenset[StepStatus]
+    values: Mapping[str, Any]
+    attempt: int | None = None  # the step must be at this attempt (a report about it)
+    optional: bool = False
+    message: StepMessage | None = None  # a move to `queued`: the message to publish once it is written
+    revoke: str | None = None  # the Celery task the move stops, to revoke after the commit
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An approval or a question to open for a step (``call``: the tool call a policy gated)."""
+
+    kind: str  # "approval" | "question"
+    id: str
+    step_id: str
+    text: str | None
+    call: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Everything one input does to one run, as data."""
+
+    run: RunState  # the snapshot it was decided from
+    run_to: RunStatus | None = None
+    run_values: Mapping[str, Any] = field(default_factory=dict)
+    moves: tuple[StepMove, ...] = ()
+    events: tuple[Event, ...] = ()
+    requests: tuple[Request, ...] = ()
+    close_requests: bool = False  # the run ended: its pending approvals and open questions close
+    output_from: tuple[str, ...] = ()  # the run succeeded: its output is these steps' outputs, read on writing
+    after: RunState | None = None  # the run as the decision leaves it, if every guard matches
+
+    @property
+    def messages(self) -> list[StepMessage]:
+        return [m.message for m in self.moves if m.message is not None]
+
+    @property
+    def revoke(self) -> list[str]:
+        return [m.revoke for m in self.moves if m.revoke is not None]
+
+    @property
+    def wakes_scheduler(self) -> bool:
+        """Whether the run is left flagged with work for the scheduler."""
+        return bool(self.run_values.get("has_work"))
+
+    @property
+    def changes_nothing(self) -> bool:
+        return not (self.run_to or self.run_values or self.moves or self.events or self.requests
+                    or self.close_requests)
+
+
+class Draft:
+    """A transition being decided: each move is checked against the transition table and seen by what
+    is decided after it (``state``)."""
+
+    def __init__(self, run: RunState):
+        self.run = run
+        self.state = run
+        self.run_to: RunStatus | None = None
+        self.run_values: dict[str, Any] = {}
+        self.moves: list[StepMove] = []
+        self.events: list[Event] = []
+        self.requests: list[Request] = []
+        self.close_requests = False
+        self.output_from: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's status as decided so far."""
+        return self.run_to or self.run.status
+
+    def event(self, type_: EventType, step_id: str | None = None, attempt: int | None = None, /,
+              **data: Any) -> None:
+        self.events.append(Event(type_, step_id, attempt, data))
+
+    def move_event(self, type_: EventType, step_id: str, attempt: int | None, /, **data: Any) -> None:
+        """An event written only with the move of ``step_id`` decided in this draft."""
+        self.events.append(Event(type_, step_id, attempt, data, if_moved=True))
+
+    def move(self, step: StepState, target: StepStatus, *, only_from: Iterable[StepStatus] | None = None,
+             reported: bool = False, optional: bool = False, queued: StepMessage | None = None,
+             **values: Any) -> bool:
+        """Move ``step`` to ``target`` if the table (narrowed to ``only_from``) allows it from its status;
+        False (and no move) otherwise. ``reported``: the step an input reports on, guarded on its
+        attempt too (InvalidTransition if the table refuses it); ``optional``: see Transition;
+        ``queued``: the message of a move to `queued`."""
+        allowed = step_allowed_from(target, only_from)
+        if step.status not in allowed:
+            if reported:
+                raise InvalidTransition(step.status, target, allowed)
+            return False
+        revoke = (task_id(self.run.id, step.step_id, step.attempt)
+                  if target is StepStatus.CANCELLED and step.status in (StepStatus.QUEUED, StepStatus.RUNNING)
+                  else None)
+        self.moves.append(StepMove(step.step_id, target, allowed, MappingProxyType(values),
+                                   attempt=step.attempt if reported else None, optional=optional, message=queued,
+                                   revoke=revoke))
+        attempt = queued.attempt if queued is not None else values.get("attempt", step.attempt)
+        self.state = self.state.with_steps([step.moved(
+            status=target, attempt=attempt if isinstance(attempt, int) else step.attempt,
+            waiting_on=values.get("waiting_on", step.waiting_on), due=False, lease_expired=False,
+        )])
+        return True
+
+    def move_run(self, target: RunStatus) -> None:
+        """The run moves to ``target``; InvalidTransition if the table does not allow it from its status."""
+        if target is self.run.status:
+            self.run_to = None
+            return
+        if self.run.status not in run_allowed_from(target):
+            raise InvalidTransition(self.run.status, target, run_allowed_from(target))
+        self.run_to = target
+
+    def step(self, step_id: str) -> StepState:
+        """The step as decided so far."""
+        return self.state.steps[step_id]
+
+    def finish(self) -> Transition:
+        after = self.state.replace(status=self.status, waiting_on=self.run_values.get("waiting_on",
+                                                                                      self.run.waiting_on))
+        return Transition(
+            run=self.run, run_to=self.run_to, run_values=MappingProxyType(dict(self.run_values)),
+            moves=tuple(self.moves), events=tuple(self.events), requests=tuple(self.requests),
+            close_requests=self.close_requests, output_from=self.output_from, after=after,
+        )

@@ -1,0 +1,261 @@
+"""The one writer: applies a Transition, guarded, in the caller's transaction, and answers whether it
+was applied. It alone chooses how to write it:
+
+- a snapshot that was not read under the run's lock (what a claim left) is written only in one
+  statement that also checks the run's ``last_seq`` is unchanged since: the step's move, the run's
+  update and its events (PostgreSQL; a success as claimed, in autocommit, with no BEGIN or COMMIT);
+- a report whose only required move is its own step's (succeeded, retrying, cancelled) folds that move
+  into the run's statement, after queueing the steps its success made ready with their outbox rows in
+  one statement that checks the step is still at its attempt;
+- anything else is written move by move (moves of one shape in one statement), then its approvals and
+  questions, then the run's update with its events;
+- the scheduler's batch (``apply_batch``) writes the moves and run updates of many runs together, a
+  statement per shape of change, and checks that every guard matched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from orchestrator.core.transition import DueIn, Event, Marker, StepMove, Transition
+from orchestrator.db import repository as repo
+from orchestrator.db.types import db_now
+from orchestrator.messages import StepMessage
+from orchestrator.states import StepStatus
+
+
+@dataclass(frozen=True)
+class Written:
+    """What applying a transition did: ``applied`` False if it was stale and wrote nothing; the
+    messages of the steps it queued (with their outbox rows) and the tasks to revoke, for after the
+    commit; ``wakes_scheduler`` if the run is left flagged with work."""
+
+    applied: bool
+    messages: list[StepMessage] = field(default_factory=list)
+    revoke: list[str] = field(default_factory=list)
+    wakes_scheduler: bool = False
+
+
+STALE = Written(False)
+
+# Moves after which a report writes nothing of its own before the run's statement (a failed step may
+# fail its run, a waiting one opens a question or an approval): they can share that statement.
+_FOLDABLE = frozenset({StepStatus.SUCCEEDED, StepStatus.RETRYING, StepStatus.CANCELLED})
+_MARKERS = {Marker.NOW: repo.NOW, Marker.NEXT_ATTEMPT: repo.NEXT_ATTEMPT}
+
+
+def apply(session: Session, transition: Transition | None) -> Written:
+    """Write ``transition`` (None: a stale input, nothing to write). Returns STALE, having written
+    nothing, if its first move's guard matched nothing or, for a snapshot not read under the run's
+    lock, if the run changed since or the transition is more than one statement. Raises
+    repo.StaleRunState if a later guard matched nothing (under the run's lock it cannot: the caller's
+    transaction is undone whole)."""
+    if transition is None:
+        return STALE
+    if not transition.run.locked:
+        return _apply_as_seen(session, transition)
+    required = [m for m in transition.moves if not m.optional]
+    if _foldable(transition, required):
+        return _apply_folded(session, transition, required[0])
+    return _apply_direct(session, transition, required)
+
+
+def one_statement(transition: Transition) -> bool:
+    """Whether the transition can be written in one statement: one required move of a reported step,
+    and nothing else but the run's update and its events."""
+    moves = transition.moves
+    return (len(moves) == 1 and not moves[0].optional and moves[0].attempt is not None
+            and not transition.requests and not transition.close_requests and not transition.output_from)
+
+
+def _apply_as_seen(session: Session, transition: Transition) -> Written:
+    if not one_statement(transition) or session.get_bind().dialect.name != "postgresql":
+        return STALE
+    changes = _run_changes(transition, transition.events, unchanged_since=transition.run.last_seq)
+    changes.step_move = _repo_move(transition.moves[0])
+    if not repo.apply_run_changes(session, changes):
+        return STALE
+    return _written(transition, [])
+
+
+def _foldable(transition: Transition, required: list[StepMove]) -> bool:
+    return (len(required) == 1 and required[0].attempt is not None and required[0].target in _FOLDABLE
+            and not transition.requests and not transition.close_requests and not transition.output_from
+            and all(m.message is not None for m in transition.moves if m.optional))
+
+
+def _apply_folded(session: Session, transition: Transition, reported: StepMove) -> Written:
+    """The reported step's move in the run's statement, after the steps its success made ready."""
+    queued = [m for m in transition.moves if m.optional]
+    messages = repo.queue_steps_with_outbox(
+        session, transition.run.id, {m.step_id: m.message.soft_time_limit for m in queued}, reported.step_id,
+        reported.attempt,
+    ) if queued else []
+    attempts = {m.step_id: m.attempt for m in messages}
+    changes = _run_changes(transition, _events_of(transition.events, attempts))
+    changes.step_move = _repo_move(reported)
+    if not repo.apply_run_changes(session, changes):
+        if messages:
+            # Cannot happen: the queueing statement checked the step's guard under the run's lock.
+            raise repo.StaleRunState(f"step {reported.step_id} of run {transition.run.id} moved under its run's lock")
+        return STALE
+    return _written(transition, messages)
+
+
+def _apply_direct(session: Session, transition: Transition, required: list[StepMove]) -> Written:
+    run_id, written_any = transition.run.id, False
+    for group in _consecutive_groups(required):
+        moved = repo.update_steps(session, run_id, [m.step_id for m in group], group[0].target,
+                                  only_from=group[0].from_, at_attempt=group[0].attempt,
+                                  **_sql_values(group[0].values))
+        if len(moved) != len(group):
+            if not written_any:
+                return STALE
+            raise repo.StaleRunState(f"steps {[m.step_id for m in group]} of run {run_id} moved under its lock")
+        written_any = True
+    attempts = {}
+    for move in (m for m in transition.moves if m.optional):
+        if repo.update_steps(session, run_id, [move.step_id], move.target, only_from=move.from_,
+                             **_sql_values(move.values)):
+            attempts[move.step_id] = move.message.attempt if move.message else None
+    _write_requests(session, transition)
+    changes = _run_changes(transition, _events_of(transition.events, attempts))
+    if transition.output_from:
+        outputs = repo.step_outputs(session, [(run_id, s) for s in transition.output_from])
+        changes.run_values["output"] = {s: outputs.get((run_id, s)) for s in transition.output_from}
+    repo.apply_run_changes(session, changes)
+    queued = [m.message for m in required if m.message is not None]
+    queued += [m.message for m in transition.moves if m.optional and m.step_id in attempts and m.message]
+    return _written(transition, repo.insert_outbox(session, queued))
+
+
+def apply_batch(session: Session, transitions: Sequence[Transition]) -> list[StepMessage]:
+    """Write the transitions of many locked runs (the scheduler's pass): the moves of one shape in one
+    statement, the run updates of one shape in one executemany, every event in one statement, the
+    outbox rows of every queued step in one. Returns the queued steps' messages. Raises
+    repo.StaleRunState if any guard matched nothing, for the caller to undo the batch and redo it run
+    by run."""
+    groups: dict[tuple, list[tuple[str, StepMove]]] = {}
+    many, queued = [], []
+    for transition in transitions:
+        if _moves_a_step_twice(transition):
+            # Its moves must be written in order: on their own, not in the shared statements.
+            queued += apply(session, transition).messages
+            continue
+        for move in transition.moves:
+            groups.setdefault(_shape_key(move), []).append((transition.run.id, move))
+            if move.message is not None:
+                queued.append(move.message)
+        _write_requests(session, transition)
+        many.append((transition, _run_changes(transition, transition.events)))
+    for moves in groups.values():
+        first = moves[0][1]
+        keys = [(run_id, m.step_id) for run_id, m in moves]
+        moved = repo.move_steps_many(session, keys, first.target, only_from=first.from_, at_attempt=first.attempt,
+                                     **_sql_values(first.values))
+        if len(moved) != len(keys):
+            raise repo.StaleRunState(f"steps {sorted(set(keys) - moved)} changed under their runs' locks")
+    _read_outputs(session, many)
+    repo.apply_many_run_changes(session, [changes for _, changes in many])
+    return repo.insert_outbox(session, [m for m in queued if m.outbox_id is None]) + [
+        m for m in queued if m.outbox_id is not None]
+
+
+def _moves_a_step_twice(transition: Transition) -> bool:
+    ids = [m.step_id for m in transition.moves]
+    return len(ids) != len(set(ids))
+
+
+def _shape_key(move: StepMove) -> tuple:
+    """Moves that can share a statement: the same target, guard and values."""
+    values = json.dumps({k: _key_value(v) for k, v in sorted(move.values.items())}, default=str, sort_keys=True)
+    return move.target, move.from_, move.attempt, values
+
+
+def _key_value(value: Any) -> Any:
+    if isinstance(value, Marker):
+        return f"<{value.value}>"
+    if isinstance(value, DueIn):
+        return f"<due in {value.seconds}>"
+    return value
+
+
+def _read_outputs(session: Session, many: list) -> None:
+    keys = [(t.run.id, s) for t, _ in many for s in t.output_from]
+    if not keys:
+        return
+    outputs = repo.step_outputs(session, keys)
+    for transition, changes in many:
+        if transition.output_from:
+            changes.run_values["output"] = {s: outputs.get((transition.run.id, s)) for s in transition.output_from}
+
+
+def _consecutive_groups(moves: list[StepMove]) -> list[list[StepMove]]:
+    """Runs of consecutive moves of one shape: each run is one statement."""
+    groups: list[list[StepMove]] = []
+    for move in moves:
+        if groups and _shape_key(groups[-1][0]) == _shape_key(move):
+            groups[-1].append(move)
+        else:
+            groups.append([move])
+    return groups
+
+
+def _write_requests(session: Session, transition: Transition) -> None:
+    run = transition.run
+    for request in transition.requests:
+        if request.kind == "approval":
+            repo.insert_approval(session, approval_id=request.id, tenant_id=run.tenant_id, run_id=run.id,
+                                 step_id=request.step_id, prompt=request.text,
+                                 call=dict(request.call) if request.call is not None else None)
+        else:
+            repo.insert_question(session, question_id=request.id, tenant_id=run.tenant_id, run_id=run.id,
+                                 step_id=request.step_id, question=request.text or "?")
+    if transition.close_requests:
+        repo.close_open_requests(session, run.id)
+
+
+def _events_of(events: Sequence[Event], moved: dict[str, int | None]) -> list[Event]:
+    """The events to write: those tied to an optional move only if it matched (with the attempt it wrote)."""
+    kept = []
+    for event in events:
+        if not event.if_moved:
+            kept.append(event)
+        elif event.step_id in moved:
+            attempt = moved[event.step_id]
+            kept.append(Event(event.type, event.step_id, attempt if attempt is not None else event.attempt,
+                              event.data))
+    return kept
+
+
+def _run_changes(transition: Transition, events: Sequence[Event], unchanged_since: int | None = None
+                 ) -> repo.RunChanges:
+    changes = repo.RunChanges(transition.run, run_values=_sql_values(transition.run_values),
+                              run_target=transition.run_to, unchanged_since=unchanged_since)
+    changes.events.extend(e.row() for e in events)
+    return changes
+
+
+def _repo_move(move: StepMove) -> repo.StepMove:
+    return repo.StepMove(move.step_id, move.target, move.from_, move.attempt, _sql_values(move.values))
+
+
+def _sql_values(values) -> dict[str, Any]:
+    """Markers as the SQL expressions the database fills in."""
+    result = {}
+    for key, value in values.items():
+        if isinstance(value, Marker):
+            value = _MARKERS[value]
+        elif isinstance(value, DueIn):
+            value = db_now(value.seconds)
+        result[key] = value
+    return result
+
+
+def _written(transition: Transition, messages: list[StepMessage]) -> Written:
+    return Written(True, messages, transition.revoke, transition.wakes_scheduler)
