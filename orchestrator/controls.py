@@ -41,7 +41,7 @@ class ControlRequest:
     body: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Effects:
     """What to do after the commit: wake the scheduler, revoke tasks; ``run_id`` is the run acted on
     (a new one for rerun)."""
@@ -86,19 +86,17 @@ def control(session: Session, catalog: DefinitionCatalog, request: ControlReques
         ) from None
     _check_fields(request)
     options = dict(request.body)
-    effects = Effects(state.id)
     if request.action == "rerun":
         new_run, _ = service.start_run(
             session, settings, state.tenant_id, state.workflow_id, state.input, version=state.workflow_version,
             trigger_type="rerun", triggered_by=request.actor.name, retry_of=state.id,
         )
         options["new_run_id"] = new_run.id
-        effects = Effects(new_run.id, ring=True, created=True)
-    transition = decide.on_control(state, definition, Control(request.action, request.actor, options))
-    written = writer.apply(session, transition)
-    effects.revoke = written.revoke
-    effects.ring = effects.ring or written.wakes_scheduler
-    return effects
+    written = writer.apply(session, decide.on_control(state, definition, Control(request.action, request.actor,
+                                                                                 options)))
+    if request.action == "rerun":
+        return Effects(options["new_run_id"], ring=True, created=True)
+    return Effects(state.id, ring=written.wakes_scheduler, revoke=written.revoke)
 
 
 def _check_fields(request: ControlRequest) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from orchestrator.core.vocabulary import ErrorCode
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
 
 
@@ -101,7 +102,7 @@ def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cau
         return Cause("queued", sid, f"step {sid!r} is queued on {step.queue!r}, waiting for a free worker",
                      "nothing, or add workers for that queue if it stays long")
     if step.status is StepStatus.RUNNING and step.lease_expired:
-        return Cause("worker_lost", sid, f"the worker running step {sid!r} stopped heartbeating",
+        return Cause(ErrorCode.WORKER_LOST.value, sid, f"the worker running step {sid!r} stopped heartbeating",
                      "nothing: the scheduler reclaims the attempt and retries it; check that worker's machine")
     return None
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.core.vocabulary import ErrorCode
+
 
 class SwitchyardError(Exception):
     """Root of every error this code base raises on purpose."""
@@ -102,5 +104,5 @@ class PermanentStepError(StepError):
 class StepCancelled(StepError):
     """The step stopped because its run was cancelled or failed elsewhere."""
 
-    code = "run_stopped"
+    code = ErrorCode.RUN_STOPPED.value
     retryable = False

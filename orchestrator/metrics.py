@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import Histogram
 from orchestrator.db.session import transaction
@@ -72,7 +73,7 @@ class DatabaseCollector:
             "switchyard_step_failures", "Steps that failed for good, by error code.", labels=["type", "code"]
         )
         for (kind, step_type, code), count in sorted(errors.items()):
-            (retries if kind == "step_retrying" else failures).add_metric([step_type, code], count)
+            (retries if kind == EventType.STEP_RETRYING else failures).add_metric([step_type, code], count)
         yield retries
         yield failures
 

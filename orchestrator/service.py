@@ -10,6 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator import ids
+from orchestrator.core.reports import empty_usage
+from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Run, Step, WorkflowVersion
 from orchestrator.definitions import Definition, input_problems, parse_definition
@@ -20,7 +22,6 @@ from orchestrator.errors import (
     PayloadTooLarge,
     RuntimeNotApplicable,
 )
-from orchestrator.outcomes import empty_usage
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
 
@@ -69,7 +70,7 @@ def start_run(
         triggered_by=triggered_by, retry_of=retry_of, attempt=1, idempotency_key=idempotency_key,
         request_hash=body_hash, has_work=True,
     )
-    events = [{"type": "run_created", "step_id": None, "attempt": None,
+    events = [{"type": EventType.RUN_CREATED.value, "step_id": None, "attempt": None,
                "data": {"workflow_id": workflow_id, "version": number, "trigger_type": trigger_type}}]
     try:
         with session.begin_nested():

@@ -27,6 +27,7 @@ from orchestrator import broker, logs, outcomes, redact, streams, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core.inputs import AttemptReport, Env
 from orchestrator.core.reports import ErrorInfo, Outcome, Suspension
+from orchestrator.core.vocabulary import ErrorCode
 from orchestrator.db import repository as repo
 from orchestrator.db.session import (
     AutocommitSessions,
@@ -150,11 +151,38 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
 
 
 def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
-    settings = rt.settings
     key = outcomes.AttemptKey(run_id, step_id, attempt)
+    claim = _claim(rt, key, worker)
+    if claim is None:
+        return
+    logs.bind(tenant=claim.tenant_id)  # undone with the rest when execute_attempt's block ends
+    started = time.monotonic()
+    log.info("attempt started on %s", worker)
+    ctx = _step_context(rt.settings, claim)
+    heartbeat = rt.heartbeats.watch(ctx)
+    try:
+        with worker_metrics.attempt(ctx.step.type):
+            outcome = run_executor(ctx)
+    except BaseException:
+        rt.heartbeats.forget(heartbeat)
+        raise
+    worker_metrics.finished(ctx.step.type,
+                            "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
+                            time.monotonic() - started, outcome.usage)
+    report = AttemptReport(run_id, step_id, attempt, outcome, queue_ready=rt.settings.worker_dispatch)
+    write = functools.partial(_write_outcome, rt, report, claim, heartbeat, started)
+    if rt.settings.worker_record_behind:
+        rt.outcomes_behind.submit(write)
+    else:
+        write()
+
+
+def _claim(rt: Runtime, key: outcomes.AttemptKey, worker: str) -> outcomes.Claim | None:
+    """Claim the attempt; None (logged) for a stale or duplicate delivery or one deferred because its
+    run is paused. Raises DatabaseUnavailable if the database is down."""
     try:
         with rt.one_statement() as session:
-            claim = outcomes.claim_attempt(session, rt.catalog, key, worker=worker, lease_s=settings.lease_s)
+            claim = outcomes.claim_attempt(session, rt.catalog, key, worker=worker, lease_s=rt.settings.lease_s)
         if claim is None:
             with transaction(rt.sessions) as session:
                 deferred = outcomes.defer_attempt(session, key)
@@ -163,24 +191,23 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
             raise
         raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
     if claim is None:
-        if deferred:
-            log.info("deferred %s.%s attempt %d: its run is paused", run_id, step_id, attempt)
-        else:
-            log.info("dropped stale delivery of %s.%s attempt %d", run_id, step_id, attempt)
-        return
-    logs.bind(tenant=claim.tenant_id)  # undone with the rest when execute_attempt's block ends
-    started = time.monotonic()
-    log.info("attempt started on %s", worker)
-    step = claim.definition.step(step_id)
-    ctx = StepContext(
-        run_id=run_id,
-        step_id=step_id,
-        attempt=attempt,
+        what = "deferred %s.%s attempt %d: its run is paused" if deferred else "dropped stale delivery of %s.%s attempt %d"
+        log.info(what, key.run_id, key.step_id, key.attempt)
+    return claim
+
+
+def _step_context(settings: Settings, claim: outcomes.Claim) -> StepContext:
+    """What the executor of a claimed attempt sees."""
+    step = claim.definition.step(claim.step_id)
+    return StepContext(
+        run_id=claim.run_id,
+        step_id=claim.step_id,
+        attempt=claim.attempt,
         step=step,
         template_context=templates.run_context(
             claim.run_input, claim.outputs,
-            {"id": run_id, "attempt": claim.run_attempt, "workflow_id": claim.workflow_id},
-            claim.approval, attempt,
+            {"id": claim.run_id, "attempt": claim.run_attempt, "workflow_id": claim.workflow_id},
+            claim.approval, claim.attempt,
         ),
         checkpoint=claim.checkpoint,
         settings=settings,
@@ -190,21 +217,6 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
         run_usage=claim.run_usage,
         tenant_policy=claim.tenant_policy,
     )
-    heartbeat = rt.heartbeats.watch(ctx)
-    try:
-        with worker_metrics.attempt(step.type):
-            outcome = run_executor(ctx)
-    except BaseException:
-        rt.heartbeats.forget(heartbeat)
-        raise
-    worker_metrics.finished(step.type, "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
-                            time.monotonic() - started, outcome.usage)
-    report = AttemptReport(run_id, step_id, attempt, outcome, queue_ready=settings.worker_dispatch)
-    write = functools.partial(_write_outcome, rt, report, claim, heartbeat, started)
-    if settings.worker_record_behind:
-        rt.outcomes_behind.submit(write)
-    else:
-        write()
 
 
 def _write_outcome(rt: Runtime, report: AttemptReport, claim: outcomes.Claim, heartbeat: _Beat,
@@ -285,10 +297,10 @@ def _outcome_of(ctx: StepContext) -> Outcome:
     except StepError as exc:
         return Outcome(error=ErrorInfo.of(exc), **seen)
     except SoftTimeLimitExceeded:
-        return Outcome(error=ErrorInfo("timeout", "the step ran past its timeout_s", True), **seen)
+        return Outcome(error=ErrorInfo(ErrorCode.TIMEOUT.value, "the step ran past its timeout_s", True), **seen)
     except Exception as exc:  # noqa: BLE001 - any bug in a tool is that step's failure, not the worker's
         log.exception("step raised an unexpected error")
-        return Outcome(error=ErrorInfo("step_error", f"{type(exc).__name__}: {exc}", True), **seen)
+        return Outcome(error=ErrorInfo(ErrorCode.STEP_ERROR.value, f"{type(exc).__name__}: {exc}", True), **seen)
 
 
 class _OutcomesBehind:

@@ -10,6 +10,7 @@ from typing import Any
 
 from orchestrator import dag, steptypes, templates
 from orchestrator.core import outcome as outcomes
+from orchestrator.core import stopping
 from orchestrator.core.inputs import Env
 from orchestrator.core.reports import WORKER_LOST, Outcome
 from orchestrator.core.snapshot import RunState, StepState
@@ -159,28 +160,24 @@ def _park(draft: Draft, definition: Definition, step: StepState, env: Env,
 
 
 def _settle_status(draft: Draft, definition: Definition) -> None:
-    """The run's status from its steps': succeeded when every step did, waiting when all that is left
-    waits on the outside world, running otherwise."""
+    """The run's status from its steps' (dag.advance): succeeded when every step did, waiting when all
+    that is left waits on the outside world, running otherwise."""
     steps = draft.state.steps.values()
-    if all(s.status is StepStatus.SUCCEEDED for s in steps):
+    decision = dag.advance(definition.needs, draft.state.statuses(), {s.step_id: s.type for s in steps},
+                           {s.step_id: s.waiting_on for s in steps if s.waiting_on})
+    if decision.run_status is RunStatus.SUCCEEDED:
         outputs = draft.run.outputs
         if outputs is not None and all(s in outputs for s in definition.sinks):
-            outcomes.stopping.succeed_run(draft, {s: outputs[s] for s in definition.sinks})
+            stopping.succeed_run(draft, {s: outputs[s] for s in definition.sinks})
         else:
-            outcomes.stopping.succeed_run(draft, output_from=tuple(definition.sinks))
+            stopping.succeed_run(draft, output_from=tuple(definition.sinks))
         return
-    from_status = draft.status
-    active = [s for s in steps if s.status in dag.IN_FLIGHT_STEP]
-    waiting = [s for s in active if s.status is StepStatus.WAITING]
-    if active and len(waiting) == len(active):
-        target, waits_on = RunStatus.WAITING, waiting[0].waiting_on or dag.waiting_on(waiting[0].type)
-    else:
-        target, waits_on = RunStatus.RUNNING, None
-    if target is from_status and (target is not RunStatus.WAITING or waits_on == draft.run.waiting_on):
+    from_status, target = draft.status, decision.run_status
+    if target is from_status and (target is not RunStatus.WAITING or decision.waiting_on == draft.run.waiting_on):
         return
     draft.move_run(target)
-    draft.run_values["waiting_on"] = waits_on
+    draft.run_values["waiting_on"] = decision.waiting_on
     if target is RunStatus.WAITING:
-        draft.event(EventType.RUN_WAITING, waiting_on=waits_on)
+        draft.event(EventType.RUN_WAITING, waiting_on=decision.waiting_on)
     else:
         draft.event(EventType.RUN_RESUMED if from_status is RunStatus.WAITING else EventType.RUN_RUNNING)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from orchestrator.core import stopping
 from orchestrator.core.inputs import Control, Defer
 from orchestrator.core.snapshot import RunState
-from orchestrator.core.transition import Draft, Transition
+from orchestrator.core.transition import NOW, Draft, Transition
 from orchestrator.core.vocabulary import ErrorCode, EventType, SkipReason, WaitsOn
 from orchestrator.definitions import Definition
 from orchestrator.states import RunStatus, StepStatus
@@ -59,9 +59,12 @@ def _resume(draft: Draft, raised: dict | None, audit: dict) -> None:
 
 def _cancel(draft: Draft, mode: str, reason: str | None, audit: dict) -> None:
     message = reason or "the run was cancelled"
-    stopping.stop_steps(draft, cancel=CANCEL_STOPS[mode], message=message, skip_reason=SkipReason.RUN_CANCELLED)
+    steps = draft.state.steps.values()
+    stopping.stop_steps(draft, cancel=[s.step_id for s in steps if s.status in CANCEL_STOPS[mode]],
+                        skip=[s.step_id for s in steps if s.status is StepStatus.PENDING], message=message,
+                        skip_reason=SkipReason.RUN_CANCELLED)
     draft.move_run(RunStatus.CANCELLED)
-    draft.run_values.update(completed_at=stopping.NOW, waiting_on=None,
+    draft.run_values.update(completed_at=NOW, waiting_on=None,
                             error={"code": ErrorCode.CANCELLED.value, "message": message, "step_id": None})
     draft.event(EventType.RUN_CANCELLED, mode=mode, reason=reason, **audit)
 

@@ -3,12 +3,13 @@ steps in flight are cancelled (their tasks revoked), steps never started are ski
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchestrator import dag
 from orchestrator.core.transition import NOW, Draft
 from orchestrator.core.vocabulary import ErrorCode, EventType, SkipReason
-from orchestrator.states import IN_FLIGHT_STEP, RunStatus, StepStatus
+from orchestrator.states import RunStatus, StepStatus
 
 
 def stopped_error(message: str) -> dict[str, Any]:
@@ -16,28 +17,29 @@ def stopped_error(message: str) -> dict[str, Any]:
     return {"code": ErrorCode.RUN_STOPPED.value, "message": message, "retryable": False}
 
 
-def stop_steps(draft: Draft, *, cancel: Collection[StepStatus], message: str, skip_reason: SkipReason,
-               spare: str | None = None) -> None:
-    """Cancel the steps whose status is in ``cancel`` and skip the pending ones (all but ``spare``)."""
+def stop_steps(draft: Draft, *, cancel: Sequence[str], skip: Sequence[str], message: str,
+               skip_reason: SkipReason) -> None:
+    """Cancel the steps ``cancel`` (in flight) and skip the steps ``skip`` (never started); their
+    pending approvals and open questions close."""
     stopped = stopped_error(message)
-    steps = [s for s in draft.state.steps.values() if s.step_id != spare]
-    for step in steps:
-        if step.status in cancel and draft.move(step, StepStatus.CANCELLED, cancel_requested=True, error=stopped,
-                                                completed_at=NOW, lease_expires_at=None, due_at=None):
-            draft.event(EventType.STEP_CANCELLED, step.step_id, step.attempt, reason=ErrorCode.RUN_STOPPED.value)
-    for step in steps:
-        if step.status is StepStatus.PENDING and draft.move(step, StepStatus.SKIPPED, skipped_reason=skip_reason.value,
-                                                            completed_at=NOW):
-            draft.event(EventType.STEP_COMPLETED, step.step_id, None, skipped=True, reason=skip_reason.value)
+    for step_id in cancel:
+        step = draft.step(step_id)
+        if draft.move(step, StepStatus.CANCELLED, cancel_requested=True, error=stopped, completed_at=NOW,
+                      lease_expires_at=None, due_at=None):
+            draft.event(EventType.STEP_CANCELLED, step_id, step.attempt, reason=ErrorCode.RUN_STOPPED.value)
+    for step_id in skip:
+        if draft.move(draft.step(step_id), StepStatus.SKIPPED, skipped_reason=skip_reason.value, completed_at=NOW):
+            draft.event(EventType.STEP_COMPLETED, step_id, None, skipped=True, reason=skip_reason.value)
     draft.close_requests = True
 
 
 def fail_run(draft: Draft, failed_step: str, error: Mapping[str, Any]) -> None:
-    """Fail-fast: the run fails at ``failed_step``; the other steps in flight are cancelled and those
-    never started are skipped (blocked). Needs a snapshot of every step."""
+    """Fail-fast (dag.fail_fast): the run fails at ``failed_step``; the other steps in flight are
+    cancelled and those never started are skipped (blocked). Needs a snapshot of every step."""
     assert draft.run.complete, "fail-fast needs every step of the run"
-    stop_steps(draft, cancel=IN_FLIGHT_STEP, message=f"run failed at step {failed_step!r}",
-               skip_reason=SkipReason.BLOCKED, spare=failed_step)
+    plan = dag.fail_fast(failed_step, draft.state.statuses())
+    stop_steps(draft, cancel=plan.cancel, skip=plan.skip, message=f"run failed at step {failed_step!r}",
+               skip_reason=SkipReason.BLOCKED)
     draft.move_run(RunStatus.FAILED)
     draft.run_values.update(error={"code": error["code"], "message": error["message"], "step_id": failed_step},
                             completed_at=NOW, waiting_on=None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from orchestrator.core.vocabulary import ErrorCode
 from orchestrator.errors import PermanentStepError, StepError
 from workers.context import ApprovalNeeded, BudgetExceeded, StepContext, Suspend
 from workers.executors.llm import call_model, initial_messages
@@ -85,7 +86,7 @@ def _resume(ctx: StepContext, checkpoint: dict) -> _Loop:
             loop.answer(call, _tool_result(ctx, call["name"], call["args"], approved_by=verdict))
         else:
             loop.answer(call, {"error": f"the approver refused this call: {verdict.get('comment') or 'no reason given'}",
-                               "code": "approval_rejected"})
+                               "code": ErrorCode.APPROVAL_REJECTED.value})
     _run_calls(ctx, loop, pending)
     return loop
 
@@ -96,7 +97,7 @@ def _tool_result(ctx: StepContext, name: str, args: dict, approved_by: dict | No
     try:
         return call_tool(ctx, name, args, approved_by=approved_by)
     except StepError as exc:
-        if exc.code in ("run_stopped", "timeout"):
+        if exc.code in (ErrorCode.RUN_STOPPED, ErrorCode.TIMEOUT):
             raise
         # The model sees the tool's failure (or the policy's refusal) and may recover; the step goes on.
         return {"error": exc.message, "code": exc.code}
