@@ -28,8 +28,8 @@ from orchestrator.steptypes.fields import (
     RetrySpec,
     ScriptedTurn,
     ScriptEntry,
-    _StepBase,
-    _Strict,
+    StepFields,
+    StrictModel,
 )
 from orchestrator.steptypes.llm import LlmStep
 from orchestrator.steptypes.question import QuestionStep
@@ -40,11 +40,11 @@ from orchestrator.steptypes.wait_event import WaitEventStep
 __all__ = [
     "STEP_ID_PATTERN", "STEP_TYPES", "AgentStep", "ApprovalStep", "Defaults", "Definition", "LlmStep",
     "QuestionStep", "RetrySpec", "ScriptEntry", "ScriptedTurn", "Step", "TimerStep", "ToolStep",
-    "WaitEventStep", "_StepBase", "input_problems", "parse_definition", "semantic_problems",
+    "WaitEventStep", "StepFields", "input_problems", "parse_definition", "semantic_problems",
 ]
 
 
-class Defaults(_Strict):
+class Defaults(StrictModel):
     retry: RetrySpec = RetrySpec()
     timeout_s: float = Field(default=300, gt=0, le=7 * 86400)
 
@@ -62,7 +62,7 @@ STEP_TYPES: tuple[str, ...] = steptypes.names()
 Step = _step_union()
 
 
-class Definition(_Strict):
+class Definition(StrictModel):
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["workflow", "conversational"] = "workflow"
     description: str | None = None

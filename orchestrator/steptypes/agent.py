@@ -8,10 +8,10 @@ from pydantic import Field
 
 from orchestrator import registry
 from orchestrator.steptypes.base import StepType
-from orchestrator.steptypes.fields import ScriptEntry, _StepBase
+from orchestrator.steptypes.fields import ScriptEntry, StepFields
 
 
-class AgentStep(_StepBase):
+class AgentStep(StepFields):
     type: Literal["agent"]
     model: str = "scripted"
     prompt: str = "{{ input }}"

@@ -9,10 +9,10 @@ from pydantic import Field
 
 from orchestrator.core.vocabulary import WaitsOn
 from orchestrator.steptypes.base import Parking, StepType, render_text
-from orchestrator.steptypes.fields import _StepBase
+from orchestrator.steptypes.fields import StepFields
 
 
-class ApprovalStep(_StepBase):
+class ApprovalStep(StepFields):
     type: Literal["approval"]
     prompt: str | None = None
     max_rounds: int = Field(default=3, ge=1, le=20)

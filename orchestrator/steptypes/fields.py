@@ -11,11 +11,11 @@ from orchestrator.retry import RetryPolicy
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RetrySpec(_Strict):
+class RetrySpec(StrictModel):
     max_attempts: int = Field(default=3, ge=1, le=100)
     backoff: Literal["exponential", "fixed"] = "exponential"
     initial_delay_s: float = Field(default=1.0, ge=0, le=3600)
@@ -26,7 +26,7 @@ class RetrySpec(_Strict):
         return RetryPolicy(**self.model_dump())
 
 
-class _StepBase(_Strict):
+class StepFields(StrictModel):
     """What every step has; a type's model adds ``type: Literal[its name]`` and its own fields."""
 
     id: str = Field(pattern=STEP_ID_PATTERN)
@@ -37,7 +37,7 @@ class _StepBase(_Strict):
     description: str | None = None
 
 
-class ScriptedTurn(_Strict):
+class ScriptedTurn(StrictModel):
     """One reply of the scripted model: text, tool calls, or both."""
 
     content: str | None = None

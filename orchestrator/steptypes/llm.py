@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 from orchestrator.steptypes.base import StepType
-from orchestrator.steptypes.fields import ScriptEntry, _StepBase
+from orchestrator.steptypes.fields import ScriptEntry, StepFields
 
 
-class LlmStep(_StepBase):
+class LlmStep(StepFields):
     type: Literal["llm"]
     model: str = "scripted"
     prompt: str

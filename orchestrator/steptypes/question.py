@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from orchestrator.core.vocabulary import WaitsOn
 from orchestrator.steptypes.base import Parking, StepType, render_text
-from orchestrator.steptypes.fields import _StepBase
+from orchestrator.steptypes.fields import StepFields
 
 
-class QuestionStep(_StepBase):
+class QuestionStep(StepFields):
     type: Literal["question"]
     question: str = "?"
 

@@ -10,10 +10,10 @@ from pydantic import Field
 from orchestrator.core.reports import Outcome
 from orchestrator.core.vocabulary import WaitsOn
 from orchestrator.steptypes.base import Parking, StepType
-from orchestrator.steptypes.fields import _StepBase
+from orchestrator.steptypes.fields import StepFields
 
 
-class TimerStep(_StepBase):
+class TimerStep(StepFields):
     type: Literal["timer"]
     duration_s: float = Field(ge=0, le=365 * 86400)
 

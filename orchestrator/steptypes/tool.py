@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from orchestrator.steptypes.base import StepType
-from orchestrator.steptypes.fields import _StepBase
+from orchestrator.steptypes.fields import StepFields
 
 
-class ToolStep(_StepBase):
+class ToolStep(StepFields):
     type: Literal["tool"]
     tool: str
     args: dict[str, Any] = {}

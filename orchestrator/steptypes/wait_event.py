@@ -10,14 +10,14 @@ from orchestrator.core.reports import ErrorInfo, Outcome
 from orchestrator.core.vocabulary import ErrorCode, WaitsOn
 from orchestrator.errors import StepError
 from orchestrator.steptypes.base import Parking, StepType
-from orchestrator.steptypes.fields import _StepBase
+from orchestrator.steptypes.fields import StepFields
 
 # Keys are stored in a bounded column and matched exactly, so a longer rendering is cut, not refused.
 KEY_MAX_CHARS = 200
 EVENT_TIMEOUT = ErrorInfo(ErrorCode.EVENT_TIMEOUT.value, "no event arrived before timeout_s", False)
 
 
-class WaitEventStep(_StepBase):
+class WaitEventStep(StepFields):
     # The wait's own deadline is the shared `timeout_s` (none: it waits for ever).
     type: Literal["wait_event"]
     correlation_key: str

@@ -15,10 +15,10 @@ from orchestrator import templates
 from orchestrator.core.reports import Outcome
 from orchestrator.core.vocabulary import WaitsOn
 from orchestrator.steptypes.base import Parking, StepType
-from orchestrator.steptypes.fields import _StepBase
+from orchestrator.steptypes.fields import StepFields
 
 
-class ShoutStep(_StepBase):
+class ShoutStep(StepFields):
     type: Literal["shout"]
     text: str
 
@@ -35,7 +35,7 @@ def execute(ctx) -> dict[str, str]:
     return {"text": str(templates.render(ctx.step.text, ctx.template_context)).upper()}
 
 
-class PauseForStep(_StepBase):
+class PauseForStep(StepFields):
     type: Literal["pause_for"]
     seconds: float = Field(ge=0)
 
