@@ -3,6 +3,7 @@ steps its success makes ready, and the run's end when it was the last step."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator import dag, metering, policy, retry
@@ -67,11 +68,7 @@ def _fail(draft: Draft, definition: Definition, step: StepState, outcome: Outcom
           values: dict[str, Any]) -> None:
     """An error: retried after a backoff if the policy allows it, else the step (and its run) fail."""
     error, run_ended = outcome.error, draft.status in TERMINAL_RUN
-    # A reopened step gets a fresh budget (its row's max_attempts moved up) while attempt numbers, and
-    # so Celery task ids, keep growing: decide on the attempt's place within the current budget.
-    policy_ = definition.retry_policy(definition.step(step.step_id))
-    in_budget = step.attempt - (step.max_attempts - policy_.max_attempts)
-    decision = retry.decide(policy_, in_budget, error.retryable and not run_ended, env.rand)
+    decision = _retry_decision(definition, step, error.retryable and not run_ended, env.rand)
     if decision.retry:
         _move(draft, step, outcome, StepStatus.RETRYING, error=error.as_json(), due_at=DueIn(decision.delay_s),
               lease_expires_at=None, **values)
@@ -91,9 +88,17 @@ def will_fail_for_good(definition: Definition, step: StepState, outcome: Outcome
     """Whether ``outcome`` fails ``step`` for good and so fails its run (which needs every step read)."""
     if outcome.error is None or outcome.suspend is not None or outcome.cancelled or run_status in TERMINAL_RUN:
         return False
+    return not _retry_decision(definition, step, outcome.error.retryable, lambda: 0.0).retry
+
+
+def _retry_decision(definition: Definition, step: StepState, retryable: bool,
+                    rand: Callable[[], float]) -> retry.RetryDecision:
+    """The retry policy's decision on the step's failed attempt. A reopened step gets a fresh budget
+    (its row's max_attempts moved up) while attempt numbers, and so Celery task ids, keep growing:
+    decide on the attempt's place within the current budget."""
     policy_ = definition.retry_policy(definition.step(step.step_id))
     in_budget = step.attempt - (step.max_attempts - policy_.max_attempts)
-    return not retry.decide(policy_, in_budget, outcome.error.retryable, lambda: 0.0).retry
+    return retry.decide(policy_, in_budget, retryable, rand)
 
 
 def _move(draft: Draft, step: StepState, outcome: Outcome, target: StepStatus, **values: Any) -> None:
