@@ -25,7 +25,7 @@ class ErrorDetail(_Out):
 
 
 class Error(_Out):
-    """Every error answer: ``{"error": {"code", "message", "details"}}`` (API.md "Errors")."""
+    """Every error answer: ``{"error": {"code", "message", "details"}}`` (docs/api.md, "Errors")."""
 
     error: ErrorDetail
 

@@ -1,6 +1,6 @@
 """The broker edge: the Celery app factory, publishing step messages, and the scheduler's doorbell.
 
-Messages carry ids only (run, step, attempt); the database is the truth (DESIGN.md).
+Messages carry ids only (run, step, attempt); the database is the truth (docs/architecture.md, section 2).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def stranded_attempts(client, older_than_s: float) -> dict[str, tuple[str, str, 
     time in ``unacked_index``, until it is acknowledged; a worker killed outright leaves its
     messages there, and kombu puts them back only after the visibility timeout (an hour). With
     prefetch 1 a worker holds no message it is not running, so one held for long whose step was
-    never claimed belongs to a dead worker (DESIGN.md: recovery must not wait for that timeout).
+    never claimed belongs to a dead worker (recovery must not wait for that timeout).
     """
     deadline = time.time() - older_than_s
     tags = client.zrange(UNACKED_INDEX, 0, deadline, byscore=True)
@@ -163,7 +163,7 @@ class BrokerEpoch:
     Redis keeps queues in memory: a restart without persistence, a failover to an empty replica or a
     FLUSHDB drops every step message in flight, and the outbox rows are gone by then. A marker key
     set next to the queues disappears with them, so its absence means "re-publish every `queued`
-    step from the database" (DESIGN.md: the scheduler can rebuild every message from the database).
+    step from the database" (the scheduler can rebuild every message from the database).
     The embedded broker keeps its files, so it never reports a loss.
     """
 

@@ -1,8 +1,8 @@
 """A step attempt's message: what the broker carries to a worker.
 
 Everything in it is rebuilt from the database (the step's row, or its outbox row) whenever it must be
-published again, so losing a message loses no work (DESIGN.md: the database is the truth, the broker
-only carries work).
+published again, so losing a message loses no work: the database is the truth, the broker only
+carries work (docs/architecture.md, section 2).
 """
 
 from __future__ import annotations

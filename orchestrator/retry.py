@@ -1,4 +1,4 @@
-"""Retry policy and backoff — pure; the caller injects randomness (STYLE.md habit 4).
+"""Retry policy and backoff — pure; the caller injects randomness.
 
 The decision is taken once, here, by the outcome writer; Celery only carries it out.
 """

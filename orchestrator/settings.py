@@ -1,6 +1,6 @@
 """One typed settings object, read once from ``SWITCHYARD_*`` environment variables.
 
-Nothing else in the code base reads the environment (STYLE.md habit 7): every factory takes a
+Nothing else in the code base reads the environment (docs/architecture.md, "Conventions"): every factory takes a
 ``Settings`` and passes it on.
 """
 
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # "json": one JSON object per line, with tenant, run_id, step_id and attempt where a line concerns a run.
     log_format: Literal["text", "json"] = "text"
 
-    # Limits of the API (API.md "Errors": 413, 429). A rate limit of 0 turns it off.
+    # Limits of the API (docs/api.md, "Errors": 413, 429). A rate limit of 0 turns it off.
     max_body_bytes: int = 1024 * 1024
     max_input_bytes: int = 256 * 1024
     max_steps_per_definition: int = 1000

@@ -1,7 +1,7 @@
 """Run and step statuses and the one table of allowed transitions — pure, no I/O.
 
 Every status change in the system is checked here first, and then guarded in SQL with
-``allowed_from()`` of the same table (DESIGN.md "Guarded transitions"), so a late or duplicate
+``allowed_from()`` of the same table (docs/architecture.md, "Statuses and guarded transitions"), so a late or duplicate
 report finds zero rows to update and changes nothing.
 """
 

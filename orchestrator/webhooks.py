@@ -1,4 +1,4 @@
-"""Signed inbound webhooks: ``POST /hooks/{workflow_id}`` starts a run (API.md "Events and webhooks in").
+"""Signed inbound webhooks: ``POST /hooks/{workflow_id}`` starts a run (docs/api.md, "Events and webhooks in").
 
 The sender signs ``"<t>.<raw body>"`` with HMAC-SHA256 and the workflow's secret and sends
 ``X-Switchyard-Signature: t=<unix seconds>,v1=<hex>``. A request is accepted when a live secret's

@@ -37,7 +37,7 @@ class UTCDateTime(TypeDecorator):
 class db_now(FunctionElement):
     """The database's clock, plus an optional offset in seconds.
 
-    Leases and due times use the database clock, never a worker's (DESIGN.md "Leases").
+    Leases and due times use the database clock, never a worker's (docs/architecture.md, "One clock").
     """
 
     type = UTCDateTime()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("engine_processes")
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
-# The contract's table (API.md, "Controls"), written out again here on purpose: the code's table is
+# The contract's table (docs/api.md, "Controls"), written out again here on purpose: the code's table is
 # checked against the contract, not against itself.
 ALLOWED_FROM = {
     "pause": {"running", "waiting"},

@@ -4,7 +4,7 @@
 worker processes are running yet.)
 
 Both tests walk ``app.url_map`` itself, so a route added without an access rule (or without a case
-here) fails them; the expected roles below are written from API.md, not read from api.auth.
+here) fails them; the expected roles below are written from docs/api.md ("Roles"), not read from api.auth.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.conftest import Api, publish, signed_in, unique, wait_for
 
-# What API.md asks of each endpoint: the least role, or "public" (no token), or "signed" (webhooks:
+# What docs/api.md ("Roles") asks of each endpoint: the least role, or "public" (no token), or "signed" (webhooks:
 # a signature, never a bearer token).
 EXPECTED = {
     "system.healthz": "public",

@@ -1,4 +1,4 @@
-"""The definition gate: every bad definition is refused naming its problem; the API.md example parses."""
+"""The definition gate: every bad definition is refused naming its problem; the docs/api.md example parses."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from orchestrator import definitions
 from orchestrator.errors import DefinitionInvalid, InvalidRequest
 from orchestrator.retry import RetryPolicy
 
-# The example of API.md ("Workflows"), verbatim.
+# The example of docs/api.md ("Workflows"), verbatim.
 API_EXAMPLE = {
     "name": "Triage ticket",
     "kind": "workflow",

@@ -1,4 +1,4 @@
-"""The run and step state machines, walked pair by pair, and the operator controls against API.md."""
+"""The run and step state machines, walked pair by pair, and the operator controls against docs/api.md."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_allowed_from_spot_checks():
     assert states.step_allowed_from(S.SKIPPED) == {S.PENDING}
 
 
-# The "Controls" table of API.md, written out here on purpose (not read from states.CONTROLS).
+# The "Controls" table of docs/api.md, written out here on purpose (not read from states.CONTROLS).
 # Result: the run's status right after the action; None for `rerun`, which makes a new run.
 # `resume` goes back to `running` (the scheduler then settles it to `waiting` if need be);
 # `retry` puts the same run back in the queue, from where the scheduler continues it.
