@@ -1,7 +1,9 @@
 """A worker's side of an attempt, at the edge: claiming it, and recording its outcome.
 
-Recording reads the snapshot the decision needs (core.outcome.report_scope says which steps and
-facts), lets the pure core decide (core.outcome.on_report), and hands the transition to the one writer.
+Recording reads the snapshot the decision needs (its step, the steps its success may make ready and
+their other needs (core.outcome.ready_reads), every step if it fails the run (core.outcome.
+will_fail_for_good)), lets the pure core decide (core.outcome.on_report), and hands the transition to
+the one writer.
 The worker tries the snapshot its claim left first (written in one statement if the run is unchanged
 since); otherwise, or if it was stale, the run is locked and read again.
 """

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     stranded_after_s: float = 30.0
     cancel_grace_s: float = 5.0
     # A worker whose step succeeded queues and publishes the steps that success made ready (where that
-    # is plain: see orchestrator.outcomes._ready_to_queue) instead of waking the scheduler for them.
+    # is plain: see orchestrator.core.outcome.ready_reads) instead of waking the scheduler for them.
     worker_dispatch: bool = True
     # A worker writes an attempt's outcome on a thread after its Celery task returned, so the process
     # takes its next message meanwhile; it waits for the write before its next claim (see
