@@ -97,8 +97,8 @@ def deliver_event(session: Session, catalog: DefinitionCatalog, request: EventRe
     """
     if not isinstance(request.key, str) or not 1 <= len(request.key) <= 200:
         raise InvalidRequest("'correlation_key' must be a string of 1-200 characters")
-    event_id = repo.insert_inbound_event(session, request.tenant_id, request.key, request.name, request.payload,
-                                         keep_s)
+    event_id = repo.insert_inbound_event(session, request.tenant_id, request.key, name=request.name,
+                                         payload=request.payload, keep_s=keep_s)
     delivered = []
     for run_id in repo.runs_waiting_on_key(session, request.tenant_id, request.key):
         run = repo.lock_run(session, run_id)

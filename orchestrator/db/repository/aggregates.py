@@ -160,7 +160,8 @@ def advance_step_rollups(session: Session, bounds: dict[str, Sequence[float]], l
                 set_={"count": MetricRollup.count + insert_.excluded.count,
                       "total": MetricRollup.total + insert_.excluded.total},
             ))
-    session.execute(update(MetricWatermark).where(MetricWatermark.name == ROLLUP_WATERMARK).values(upto=upto))
+    watermarks = MetricWatermark.__table__
+    session.execute(update(watermarks).where(watermarks.c.name == ROLLUP_WATERMARK).values(upto=upto))
     return upto
 
 

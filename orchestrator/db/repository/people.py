@@ -13,20 +13,15 @@ from orchestrator.db.models import Approval, InboundEvent, Question, Run, Step
 from orchestrator.db.types import db_now
 from orchestrator.states import StepStatus
 
-# --- people and the outside world: approvals, questions, inbound events -------------------------
+# The tables the guarded writes below change, as Core objects (the ORM entities are for reading rows
+# the API serialises).
+_APPROVALS, _QUESTIONS, _INBOUND_EVENTS = Approval.__table__, Question.__table__, InboundEvent.__table__
 
 
 def step_checkpoint(session: Session, run_id: str, step_id: str) -> dict | None:
     return session.execute(
         select(Step.checkpoint).where(Step.run_id == run_id, Step.step_id == step_id)
     ).scalar_one_or_none()
-
-
-def set_checkpoint(session: Session, run_id: str, step_id: str, checkpoint: dict | None) -> None:
-    session.execute(
-        update(Step).where(Step.run_id == run_id, Step.step_id == step_id)
-        .values(checkpoint=checkpoint).execution_options(synchronize_session=False)
-    )
 
 
 def insert_approval(session: Session, *, approval_id: str, tenant_id: str, run_id: str, step_id: str,
@@ -54,9 +49,8 @@ def get_approval(session: Session, run_id: str, approval_id: str) -> Approval | 
 def decide_approval(session: Session, approval_id: str, status: str, comment: str | None, decided_by: str) -> bool:
     """pending -> a decision; False if it was already decided."""
     return session.execute(
-        update(Approval).where(Approval.id == approval_id, Approval.status == "pending")
+        update(_APPROVALS).where(_APPROVALS.c.id == approval_id, _APPROVALS.c.status == "pending")
         .values(status=status, comment=comment, decided_by=decided_by, decided_at=db_now())
-        .execution_options(synchronize_session=False)
     ).rowcount == 1
 
 
@@ -122,9 +116,8 @@ def get_question(session: Session, run_id: str, question_id: str) -> Question | 
 
 def answer_question(session: Session, question_id: str, answer: Any, answered_by: str) -> bool:
     return session.execute(
-        update(Question).where(Question.id == question_id, Question.status == "open")
+        update(_QUESTIONS).where(_QUESTIONS.c.id == question_id, _QUESTIONS.c.status == "open")
         .values(status="answered", answer=answer, answered_by=answered_by, answered_at=db_now())
-        .execution_options(synchronize_session=False)
     ).rowcount == 1
 
 
@@ -137,17 +130,17 @@ def list_questions(session: Session, tenant_id: str, status: str | None, limit: 
 
 def close_open_requests(session: Session, run_id: str) -> None:
     """The run stopped: its pending approvals and open questions are cancelled."""
-    session.execute(update(Approval).where(Approval.run_id == run_id, Approval.status == "pending")
-                    .values(status="cancelled", decided_at=db_now()).execution_options(synchronize_session=False))
-    session.execute(update(Question).where(Question.run_id == run_id, Question.status == "open")
-                    .values(status="cancelled", answered_at=db_now()).execution_options(synchronize_session=False))
+    session.execute(update(_APPROVALS).where(_APPROVALS.c.run_id == run_id, _APPROVALS.c.status == "pending")
+                    .values(status="cancelled", decided_at=db_now()))
+    session.execute(update(_QUESTIONS).where(_QUESTIONS.c.run_id == run_id, _QUESTIONS.c.status == "open")
+                    .values(status="cancelled", answered_at=db_now()))
 
 
-def insert_inbound_event(
-    session: Session, tenant_id: str, key: str, name: str | None, payload: Any, keep_s: float
-) -> str:
+def insert_inbound_event(session: Session, tenant_id: str, key: str, *, name: str | None, payload: Any,
+                         keep_s: float) -> str:
+    """Keep an inbound event with this correlation key for ``keep_s`` seconds; its new id."""
     event_id = ids.new_id("evt")
-    session.execute(insert(InboundEvent).values(
+    session.execute(insert(_INBOUND_EVENTS).values(
         id=event_id, tenant_id=tenant_id, correlation_key=key, name=name, payload=payload, expires_at=db_now(keep_s)
     ))
     return event_id

@@ -10,10 +10,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from orchestrator.db.models import Event, Run, Step
-from orchestrator.db.repository.events import _insert_events, _stage_written
+from orchestrator.db.repository.events import insert_events, stage_written
 from orchestrator.states import StepStatus
-
-# --- runs: reads and creation -------------------------------------------------------------------
 
 
 def find_run_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Run | None:
@@ -29,9 +27,9 @@ def insert_run(session: Session, run: Run, steps: list[Step], events: list[dict]
     session.flush()
     session.add_all(steps)
     rows = [dict(run_id=run.id, seq=i + 1, **e) for i, e in enumerate(events)]
-    _insert_events(session, rows)
+    insert_events(session, rows)
     session.flush()
-    _stage_written(session, run, rows, previous_status=None, status=run.status, waiting_on=None, status_changed=True)
+    stage_written(session, run, rows, previous_status=None, status=run.status, waiting_on=None, status_changed=True)
     return run
 
 

@@ -13,26 +13,29 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from orchestrator import diagnosis
-from orchestrator.db.models import Approval, Outbox, Question, Run, Step
-from orchestrator.db.repository.changes import NEXT_ATTEMPT, NOW, RunRow, _others_succeeded, update_steps
-from orchestrator.db.repository.common import _STEP_STATUSES, STEPS, _sql_list, now
+from orchestrator.db.models import Approval, Question
+from orchestrator.db.repository.changes import RunRow, others_succeeded
+from orchestrator.db.repository.common import OUTBOX, RUNS, STEP_STATUSES, STEPS, now, sql_list
 from orchestrator.db.repository.runs import run_steps
+from orchestrator.db.repository.steps import NEXT_ATTEMPT, NOW, update_steps
 from orchestrator.db.types import db_now, seconds_between
 from orchestrator.messages import StepMessage
 from orchestrator.states import RunStatus, StepStatus, step_allowed_from
 
 # The scheduler's statements are built once: building a statement costs more than running it here.
+
+# Lock up to :limit runs flagged with work, oldest first, skipping those another scheduler holds.
 _RUNS_WITH_WORK = (
-    select(Run.__table__)
-    .where(Run.__table__.c.has_work.is_(True))
-    .order_by(Run.__table__.c.created_at)
+    select(RUNS)
+    .where(RUNS.c.has_work.is_(True))
+    .order_by(RUNS.c.created_at)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
 # The same, deleting outbox rows on the way (PostgreSQL runs a DELETE in a WITH even if unreferenced).
 _RUNS_WITH_WORK_FORGETTING_OUTBOX = _RUNS_WITH_WORK.add_cte(
-    delete(Outbox.__table__)
-    .where(Outbox.__table__.c.id == any_(bindparam("published", type_=postgresql.ARRAY(Integer))))
+    delete(OUTBOX)
+    .where(OUTBOX.c.id == any_(bindparam("published", type_=postgresql.ARRAY(Integer))))
     .cte("published")
 )
 
@@ -63,17 +66,17 @@ def outputs_if_others_succeeded(session: Session, run_id: str, step_id: str,
     return {s: output for (_, s), output in outputs.items()}
 
 
-_OTHERS_SUCCEEDED = select(_others_succeeded(bindparam("run_id")))
+# Whether every step of the run :run_id but :step_id succeeded.
+_OTHERS_SUCCEEDED = select(others_succeeded(bindparam("run_id")))
 
 
 def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
     """The outputs of the succeeded steps among ``keys`` (run id, step id), by key."""
     if not keys:
         return {}
-    steps = Step.__table__.c
     rows = session.execute(
-        select(steps.run_id, steps.step_id, steps.output)
-        .where(tuple_(steps.run_id, steps.step_id).in_(keys), steps.status == StepStatus.SUCCEEDED.value)
+        select(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.output)
+        .where(tuple_(STEPS.c.run_id, STEPS.c.step_id).in_(keys), STEPS.c.status == StepStatus.SUCCEEDED.value)
     )
     return {(run_id, step_id): output for run_id, step_id, output in rows}
 
@@ -84,17 +87,14 @@ def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tupl
 def flag_runs_with_due_steps(session: Session) -> int:
     """Flag runs whose retry/timer is due or whose running step's lease expired; returns how many."""
     clock = db_now()
-    due = select(Step.run_id).where(
+    due = select(STEPS.c.run_id).where(
         or_(
-            Step.due_at <= clock,
-            and_(Step.status == StepStatus.RUNNING, Step.lease_expires_at < clock),
+            STEPS.c.due_at <= clock,
+            and_(STEPS.c.status == StepStatus.RUNNING.value, STEPS.c.lease_expires_at < clock),
         )
     )
     return session.execute(
-        update(Run)
-        .where(Run.id.in_(due), Run.has_work.is_(False))
-        .values(has_work=True)
-        .execution_options(synchronize_session=False)
+        update(RUNS).where(RUNS.c.id.in_(due), RUNS.c.has_work.is_(False)).values(has_work=True)
     ).rowcount
 
 
@@ -109,9 +109,9 @@ def seconds_until_next_due(session: Session, passed_within_s: float) -> float | 
     left to the sweep, so a due time that stays cannot make the loop spin."""
     clock = db_now()
     return session.execute(
-        select(seconds_between(clock, func.min(Step.due_at)))
-        .join(Run, Run.id == Step.run_id)
-        .where(Step.due_at > db_now(-passed_within_s), Run.status.in_([s.value for s in FIRING_RUN]))
+        select(seconds_between(clock, func.min(STEPS.c.due_at)))
+        .select_from(STEPS.join(RUNS, RUNS.c.id == STEPS.c.run_id))
+        .where(STEPS.c.due_at > db_now(-passed_within_s), RUNS.c.status.in_([s.value for s in FIRING_RUN]))
     ).scalar_one_or_none()
 
 
@@ -119,13 +119,13 @@ def queued_steps(session: Session, attempts: Sequence[tuple[str, str, int]] | No
     """Every step attempt waiting in a broker queue (of ``attempts`` only, (run id, step id, attempt),
     if given), with its run's workflow version (to rebuild its message)."""
     query = (
-        select(Step.run_id, Step.step_id, Step.attempt, Step.queue, Run.tenant_id, Run.workflow_id,
-               Run.workflow_version)
-        .join(Run, Run.id == Step.run_id)
-        .where(Step.status == StepStatus.QUEUED)
+        select(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue, RUNS.c.tenant_id,
+               RUNS.c.workflow_id, RUNS.c.workflow_version)
+        .join(RUNS, RUNS.c.id == STEPS.c.run_id)
+        .where(STEPS.c.status == StepStatus.QUEUED.value)
     )
     if attempts is not None:
-        query = query.where(tuple_(Step.run_id, Step.step_id, Step.attempt).in_(list(attempts)))
+        query = query.where(tuple_(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt).in_(list(attempts)))
     return session.execute(query).all()
 
 
@@ -159,27 +159,21 @@ def insert_outbox(session: Session, messages: list[StepMessage]) -> list[StepMes
     """Write the messages' outbox rows; the messages, each with its row's ``outbox_id``."""
     if not messages:
         return []
-    outbox = Outbox.__table__
-    ids = session.execute(insert(outbox).returning(outbox.c.id), [m.outbox_row() for m in messages]).scalars()
+    ids = session.execute(insert(OUTBOX).returning(OUTBOX.c.id), [m.outbox_row() for m in messages]).scalars()
     return [replace(m, outbox_id=outbox_id) for m, outbox_id in zip(messages, ids, strict=True)]
 
 
-def step_statuses(session: Session, run_id: str, step_ids: Sequence[str]) -> dict[str, StepStatus]:
-    """The statuses of some of a run's steps (read now: under the run's lock, exact)."""
-    rows = session.execute(
-        select(STEPS.c.step_id, STEPS.c.status).where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(step_ids))
-    )
-    return {step_id: _STEP_STATUSES[status] for step_id, status in rows}
-
+# The reported step's guard: where its success may come from (running), by the transition table.
+_REPORTED_FROM = step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING])
+_QUEUE_FROM = sql_list(step_allowed_from(StepStatus.QUEUED, [StepStatus.PENDING]))
+_SUCCEED_FROM = sql_list(_REPORTED_FROM)
 
 # The outcome writer's dispatch on PostgreSQL, in one statement: move the steps pending -> queued
 # (next attempt) only if the step whose success made them ready is still running at its attempt
 # (read by this statement, under the run's lock: the lock's own read may predate it), and write
-# their outbox rows. The soft time limits go beside the step ids, one array each.
-# The reported step's guard: where its success may come from (running), by the transition table.
-_REPORTED_FROM = step_allowed_from(StepStatus.SUCCEEDED, [StepStatus.RUNNING])
-_QUEUE_FROM = _sql_list(step_allowed_from(StepStatus.QUEUED, [StepStatus.PENDING]))
-_SUCCEED_FROM = _sql_list(_REPORTED_FROM)
+# their outbox rows. The soft time limits go beside the step ids, one array each. Written as text
+# (an UPDATE … FROM unnest(…) feeding an INSERT): the guards' allowed sets are enum constants of the
+# transition table, formatted in once, like the claim's (attempts._CLAIM_PG).
 _QUEUE_WITH_OUTBOX_PG = text(f"""
 WITH moved AS (
     UPDATE steps SET status = 'queued', attempt = steps.attempt + 1, queued_at = clock_timestamp()
@@ -209,7 +203,7 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
         return [StepMessage(r.run_id, r.step_id, r.attempt, r.queue, r.soft_time_limit, outbox_id=r.id) for r in rows]
     done = session.execute(select(STEPS.c.status).where(
         STEPS.c.run_id == run_id, STEPS.c.step_id == done_step_id, STEPS.c.attempt == done_attempt)).scalar()
-    if done is None or _STEP_STATUSES[done] not in _REPORTED_FROM:
+    if done is None or STEP_STATUSES[done] not in _REPORTED_FROM:
         return []
     moved = update_steps(session, run_id, step_ids, StepStatus.QUEUED, only_from=[StepStatus.PENDING],
                          attempt=NEXT_ATTEMPT, queued_at=NOW)
@@ -224,17 +218,14 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
 
 
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
+    """Forget the outbox rows ``outbox_ids`` (their messages were published)."""
     if outbox_ids:
-        outbox = Outbox.__table__
-        session.execute(delete(outbox).where(outbox.c.id.in_(outbox_ids)))
+        session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(outbox_ids)))
 
 
-def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Outbox]:
-    """Messages committed but not published after ``older_than_s`` (the publisher died in between)."""
-    return (
-        session.execute(
-            select(Outbox).where(Outbox.created_at < db_now(-older_than_s)).order_by(Outbox.id).limit(limit)
-        )
-        .scalars()
-        .all()
-    )
+def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Any]:
+    """Outbox rows (with the outbox's columns) committed but not published after ``older_than_s``
+    (the publisher died in between), oldest first."""
+    return session.execute(
+        select(OUTBOX).where(OUTBOX.c.created_at < db_now(-older_than_s)).order_by(OUTBOX.c.id).limit(limit)
+    ).all()

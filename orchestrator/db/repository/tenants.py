@@ -14,7 +14,10 @@ from orchestrator import ids
 from orchestrator.db.models import ApiToken, Tenant, WebhookDelivery, WebhookSecret
 from orchestrator.db.types import db_now
 
-# --- tenants and tokens -------------------------------------------------------------------------
+# The tables the writes below change, as Core objects (the ORM entities are for reading rows the API
+# serialises).
+_TENANTS, _API_TOKENS = Tenant.__table__, ApiToken.__table__
+_WEBHOOK_SECRETS, _WEBHOOK_DELIVERIES = WebhookSecret.__table__, WebhookDelivery.__table__
 
 
 def hash_token(token: str) -> str:
@@ -34,8 +37,7 @@ def tenant_policy(session: Session, tenant_id: str) -> dict | None:
 
 def set_tenant_policy(session: Session, tenant_id: str, policy: dict) -> None:
     ensure_tenant(session, tenant_id)
-    session.execute(update(Tenant).where(Tenant.id == tenant_id).values(policy=policy)
-                    .execution_options(synchronize_session=False))
+    session.execute(update(_TENANTS).where(_TENANTS.c.id == tenant_id).values(policy=policy))
 
 
 def create_token(session: Session, tenant_id: str, role: str, name: str = "") -> tuple[str, str]:
@@ -80,8 +82,7 @@ def revoke_token(session: Session, tenant_id: str | None, token_id: str) -> ApiT
         query = query.where(ApiToken.tenant_id == tenant_id)
     token = session.execute(query).scalar_one_or_none()
     if token is not None and token.revoked_at is None:
-        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(revoked_at=db_now())
-                        .execution_options(synchronize_session=False))
+        session.execute(update(_API_TOKENS).where(_API_TOKENS.c.id == token_id).values(revoked_at=db_now()))
         session.refresh(token)
     return token
 
@@ -101,11 +102,10 @@ def expire_webhook_secrets(session: Session, tenant_id: str, workflow_id: str, a
     """Secrets of the workflow still valid now stop being valid ``after_s`` seconds from now (or
     sooner, if they were to stop sooner already)."""
     until = db_now(after_s)
-    live = and_(WebhookSecret.tenant_id == tenant_id, WebhookSecret.workflow_id == workflow_id)
-    session.execute(update(WebhookSecret).where(live, WebhookSecret.expires_at.is_(None))
-                    .values(expires_at=until).execution_options(synchronize_session=False))
-    session.execute(update(WebhookSecret).where(live, WebhookSecret.expires_at > until)
-                    .values(expires_at=until).execution_options(synchronize_session=False))
+    columns = _WEBHOOK_SECRETS.c
+    live = and_(columns.tenant_id == tenant_id, columns.workflow_id == workflow_id)
+    session.execute(update(_WEBHOOK_SECRETS).where(live, columns.expires_at.is_(None)).values(expires_at=until))
+    session.execute(update(_WEBHOOK_SECRETS).where(live, columns.expires_at > until).values(expires_at=until))
 
 
 def list_webhook_secrets(session: Session, tenant_id: str, workflow_id: str) -> Sequence[WebhookSecret]:
@@ -130,10 +130,10 @@ def record_webhook_delivery(session: Session, signature: str, secret_id: str, ke
 
     Forgets the signatures past their time first, so the table stays the size of a few minutes' traffic.
     """
-    session.execute(delete(WebhookDelivery).where(WebhookDelivery.expires_at < db_now()))
+    session.execute(delete(_WEBHOOK_DELIVERIES).where(_WEBHOOK_DELIVERIES.c.expires_at < db_now()))
     try:
         with session.begin_nested():
-            session.execute(insert(WebhookDelivery).values(
+            session.execute(insert(_WEBHOOK_DELIVERIES).values(
                 signature=signature, secret_id=secret_id, expires_at=db_now(keep_s)))
     except IntegrityError:
         return False

@@ -11,8 +11,6 @@ from orchestrator.db.models import Workflow, WorkflowVersion
 from orchestrator.db.repository.tenants import ensure_tenant
 from orchestrator.db.types import db_now
 
-# --- workflows ----------------------------------------------------------------------------------
-
 
 def publish_workflow(
     session: Session, tenant_id: str, workflow_id: str, *, name: str, kind: str, definition: dict
