@@ -68,7 +68,36 @@ def _trips(counts: Counter) -> dict[str, int]:
 
 
 def count(settings, celery, tenant: str) -> str:
-    """One line per phase of the hot path, and the total per step; the scheduler must not be running.
+    """One line per phase of the hot path, and the total per step; the scheduler must not be running."""
+    phases = measure(settings, celery, tenant)
+    lines = [f"{name}: {trips['db round trips']} db ({trips['sql statements']} statements in "
+             f"{trips['transactions']} transactions), {trips['redis requests']} redis, "
+             f"{trips['stream publishes']} live-stream publish(es) off the path" for name, trips in phases.items()]
+    for what, total in totals(phases).items():
+        lines.append(f"total for {what}: {total['db round trips']} db round trips in {total['transactions']} "
+                     f"transactions, {total['redis requests']} redis requests on the path, "
+                     f"{total['stream publishes']} live-stream publishes off it")
+    return "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+
+
+STEP_THAT_QUEUES_THE_NEXT, RUNS_LAST_STEP = "a step that queues the next", "a run's last step"
+
+
+def totals(phases: dict[str, dict[str, int]]) -> dict[str, Counter]:
+    """The round trips of the phases summed per kind of step: the first three phases are a step that
+    queues the next, the last two a run's last step."""
+    names = list(phases)
+    result = {}
+    for what, of in ((STEP_THAT_QUEUES_THE_NEXT, names[:3]), (RUNS_LAST_STEP, names[3:])):
+        total = Counter()
+        for name in of:
+            total.update(phases[name])
+        result[what] = total
+    return result
+
+
+def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
+    """The round trips of each phase of the hot path, by phase; the scheduler must not be running.
 
     The worker's sessions are set up as a worker's Runtime does (held connections, no ping before a
     transaction) and opened before the count: what is counted is a step's, not a connection's set-up.
@@ -144,15 +173,4 @@ def count(settings, celery, tenant: str) -> str:
         settled()
     assert recorded.applied and c["transactions"] == 0, "the last step's success was not written as claimed"
     phases["record the run's last step (as claimed: finishes the run)"] = _trips(c)
-    lines = [f"{name}: {trips['db round trips']} db ({trips['sql statements']} statements in "
-             f"{trips['transactions']} transactions), {trips['redis requests']} redis, "
-             f"{trips['stream publishes']} live-stream publish(es) off the path" for name, trips in phases.items()]
-    names = list(phases)
-    for what, of in (("a step that queues the next", names[:3]), ("a run's last step", names[3:])):
-        total = Counter()
-        for name in of:
-            total.update(phases[name])
-        lines.append(f"total for {what}: {total['db round trips']} db round trips in {total['transactions']} "
-                     f"transactions, {total['redis requests']} redis requests on the path, "
-                     f"{total['stream publishes']} live-stream publishes off it")
-    return "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+    return phases

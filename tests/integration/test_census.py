@@ -1,0 +1,21 @@
+"""The hot path's round trips, as `make bench` counts them (tests/bench/census.py): a refactor or a
+feature that adds a round trip to a step's path fails here, not only in a benchmark nobody reads."""
+
+from __future__ import annotations
+
+from orchestrator.broker import make_celery
+from orchestrator.db import migrate
+from tests.bench import census
+from tests.integration.conftest import fresh_database
+
+
+def test_a_step_costs_seven_round_trips_and_a_runs_last_step_three(settings):
+    # A database of its own: the session's scheduler must not advance the census' run in between.
+    with fresh_database("switchyard_census") as url:
+        settings = settings.model_copy(update={"database_url": url})
+        migrate.upgrade(settings)
+        phases = census.measure(settings, make_celery(settings), "census")
+    totals = census.totals(phases)
+    queues_next, last = totals[census.STEP_THAT_QUEUES_THE_NEXT], totals[census.RUNS_LAST_STEP]
+    assert (queues_next["db round trips"], queues_next["transactions"], queues_next["redis requests"]) == (7, 1, 1), phases
+    assert (last["db round trips"], last["transactions"], last["redis requests"]) == (3, 0, 0), phases
