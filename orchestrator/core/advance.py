@@ -48,6 +48,11 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
     draft = Draft(state)
     draft.run_values["has_work"] = False
     if state.status in TERMINAL_RUN:
+        # An attempt a graceful cancel let run on, whose worker was lost: it fails (nothing retries in
+        # an ended run) rather than reading `running` for ever.
+        for step in state.steps.values():
+            if step.status is StepStatus.RUNNING and step.lease_expired:
+                outcomes.settle(draft, definition, step, WORKER_LOST, env)
         return draft.finish()
     if state.status is RunStatus.QUEUED:
         draft.move_run(RunStatus.RUNNING)

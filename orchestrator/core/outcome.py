@@ -12,7 +12,7 @@ from orchestrator.core.inputs import AttemptReport, Env
 from orchestrator.core.reports import USAGE_KEYS, Outcome, empty_usage
 from orchestrator.core.snapshot import RunState, StepState
 from orchestrator.core.transition import NEXT_ATTEMPT, NOW, Draft, DueIn, Request, Transition
-from orchestrator.core.vocabulary import EventType, WaitsOn
+from orchestrator.core.vocabulary import ErrorCode, EventType, WaitsOn
 from orchestrator.definitions import Definition
 from orchestrator.messages import StepMessage
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
@@ -44,6 +44,13 @@ def settle(draft: Draft, definition: Definition, step: StepState, outcome: Outco
     usage = _Usage(draft, env.prices, getattr(definition.step(step.step_id), "model", None), outcome)
     values = {"policy": [*step.policy, *outcome.policy]} if outcome.policy else {}
     finished = dict(completed_at=NOW, lease_expires_at=None, due_at=None)
+    if outcome.suspend is not None and draft.status in TERMINAL_RUN:
+        # Nothing resolves a wait in an ended run (a graceful cancel let the attempt run on): it stops.
+        stopped = stopping.stopped_error(f"the run is {draft.status}; the step cannot wait")
+        _move(draft, step, outcome, StepStatus.CANCELLED, error=stopped, **finished, **values)
+        draft.event(EventType.STEP_CANCELLED, step.step_id, step.attempt, reason=ErrorCode.RUN_STOPPED.value)
+        usage.add(step_done=False)
+        return
     if outcome.suspend is not None:
         _suspend(draft, step, outcome, env, values)
         usage.add(step_done=False)

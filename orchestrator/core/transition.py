@@ -113,6 +113,25 @@ class Transition:
                     or self.close_requests)
 
 
+def _after_move(step: StepState, target: StepStatus, values: dict[str, Any], queued: StepMessage | None
+                ) -> StepState:
+    """The step as a move leaves it: its status and the fields of its snapshot the move writes (a
+    marker's value, NEXT_ATTEMPT, is the queued message's attempt)."""
+    changes: dict[str, Any] = {"status": target, "due": False, "lease_expired": False}
+    for name in ("attempt", "max_attempts", "waiting_on"):
+        if name in values and not isinstance(values[name], Marker):
+            changes[name] = values[name]
+    if queued is not None:
+        changes["attempt"] = queued.attempt
+    if "policy" in values:
+        changes["policy"] = tuple(values["policy"] or ())
+    return step.moved(**changes)
+
+
+_RUN_STATE_FIELDS = frozenset({"waiting_on", "usage", "risk_level", "attempt", "limits", "output"}
+                              & set(RunState.__dataclass_fields__))
+
+
 class Draft:
     """A transition being decided: each move is checked against the transition table and seen by what
     is decided after it (``state``)."""
@@ -153,17 +172,14 @@ class Draft:
             if reported:
                 raise InvalidTransition(step.status, target, allowed)
             return False
+        # A step stopped in flight has its task revoked, unless it is the step reporting (it stopped).
         revoke = (task_id(self.run.id, step.step_id, step.attempt)
-                  if target is StepStatus.CANCELLED and step.status in (StepStatus.QUEUED, StepStatus.RUNNING)
-                  else None)
+                  if target is StepStatus.CANCELLED and not reported
+                  and step.status in (StepStatus.QUEUED, StepStatus.RUNNING) else None)
         self.moves.append(StepMove(step.step_id, target, allowed, MappingProxyType(values),
                                    attempt=step.attempt if reported else None, optional=optional, message=queued,
                                    revoke=revoke))
-        attempt = queued.attempt if queued is not None else values.get("attempt", step.attempt)
-        self.state = self.state.with_steps([step.moved(
-            status=target, attempt=attempt if isinstance(attempt, int) else step.attempt,
-            waiting_on=values.get("waiting_on", step.waiting_on), due=False, lease_expired=False,
-        )])
+        self.state = self.state.with_steps([_after_move(step, target, values, queued)])
         return True
 
     def move_run(self, target: RunStatus) -> None:
@@ -180,8 +196,9 @@ class Draft:
         return self.state.steps[step_id]
 
     def finish(self) -> Transition:
-        after = self.state.replace(status=self.status, waiting_on=self.run_values.get("waiting_on",
-                                                                                      self.run.waiting_on))
+        # The run's own fields the transition writes, as its snapshot holds them (markers: not known here).
+        written = {k: v for k, v in self.run_values.items() if k in _RUN_STATE_FIELDS and not isinstance(v, Marker)}
+        after = self.state.replace(**written, status=self.status)
         return Transition(
             run=self.run, run_to=self.run_to, run_values=MappingProxyType(dict(self.run_values)),
             moves=tuple(self.moves), events=tuple(self.events), requests=tuple(self.requests),

@@ -84,9 +84,6 @@ class RunOfADefinition(RuleBasedStateMachine):
     """One run of one definition, moved on only by the pure core's decisions (and by the claim
     statement, queued -> running, which is the database's)."""
 
-    # Whether an attempt that a graceful cancel let run on may suspend.
-    suspends_in_ended_runs = False
-
     # --- the model -------------------------------------------------------------------------------
 
     @initialize(name=st.sampled_from(sorted(DEFINITIONS)))
@@ -243,25 +240,15 @@ def test_random_inputs_keep_the_core_within_its_tables_and_invariants():
         max_examples=200, stateful_step_count=100, deadline=None, database=None))
 
 
-class RunWhoseAttemptsSuspendAfterItEnded(RunOfADefinition):
-    """The same run, but an attempt that a graceful cancel let run on may also suspend."""
-
-    suspends_in_ended_runs = True
-
-
 NO_FLAGS = [(False, False)] * MOST_STEPS
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: outcome.settle/_suspend moves an attempt that suspends after a graceful cancel to `waiting` "
-    "in the cancelled run (and opens its approval, or notes run_paused for the budget): nothing ever "
-    "resolves it"))
 @pytest.mark.parametrize("suspension", SUSPENSIONS)
 def test_an_attempt_suspending_after_a_graceful_cancel_leaves_no_step_waiting_in_the_ended_run(suspension):
-    """The minimal example the property finds once attempts may suspend after their run ended: a
-    chain starts, its first step is claimed, the run is cancelled gracefully, and the attempt still
-    running suspends."""
-    run = RunWhoseAttemptsSuspendAfterItEnded()
+    """The minimal example the property found: a chain starts, its first step is claimed, the run is
+    cancelled gracefully, and the attempt still running suspends: it stops instead (nothing would
+    resolve a wait in an ended run)."""
+    run = RunOfADefinition()
     run.start("chain")
     run.scheduler_pass(NO_FLAGS)
     run.deliver_a_message(0)
@@ -271,9 +258,6 @@ def test_an_attempt_suspending_after_a_graceful_cancel_leaves_no_step_waiting_in
     run.an_ended_run_holds_no_step_in_flight_but_graceful_survivors()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core bug: Draft.move keeps only status, attempt and waiting_on in ``after``, so a reopened step's "
-    "fresh budget (max_attempts, written with its move) is missing from transition.after"))
 def test_after_carries_the_budget_a_reopen_writes():
     """``after`` is the run as the transition leaves it: the minimal example is a failed run retried,
     its failed step reopened with 3 more attempts."""
