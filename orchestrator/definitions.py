@@ -2,7 +2,9 @@
 
 ``parse_definition`` is the one gate a definition passes before it is stored: structure (pydantic),
 graph (dag.graph_problems), each step type's own checks (tool names), the input schema (jsonschema's
-meta-schema) and template syntax. It collects every problem so the 400 names them all at once.
+meta-schema) and template syntax. It collects every problem, each once, so the 400 names them all at
+once; a definition the schema refuses still gets the other checks on what can be read
+(``_salvaged_problems``).
 
 The step models live with their types in orchestrator.steptypes; ``Step`` is the union of the
 registered ones, and registering a type later makes ``Definition`` accept it.
@@ -141,15 +143,17 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
 
 
 def parse_definition(raw: Any, max_steps: int = 1000) -> Definition:
-    """Validate a definition as sent by a client; raise DefinitionInvalid listing every problem."""
+    """Validate a definition as sent by a client; raise DefinitionInvalid listing every problem, once."""
     if not isinstance(raw, dict):
         raise DefinitionInvalid("the definition must be a JSON object", {"problems": ["not an object"]})
     try:
         definition = Definition.model_validate(raw)
     except ValidationError as exc:
-        problems = _pydantic_problems(exc)
-        raise DefinitionInvalid("invalid workflow definition: " + "; ".join(problems), {"problems": problems}) from None
-    problems = semantic_problems(definition, max_steps)
+        # One step the schema refuses (an unknown type, say) must not hide the other steps' problems.
+        problems = _pydantic_problems(exc) + _salvaged_problems(raw, max_steps)
+    else:
+        problems = semantic_problems(definition, max_steps)
+    problems = list(dict.fromkeys(problems))  # e.g. a need named twice is one problem
     if problems:
         raise DefinitionInvalid("invalid workflow definition: " + "; ".join(problems), {"problems": problems})
     return definition
@@ -157,23 +161,83 @@ def parse_definition(raw: Any, max_steps: int = 1000) -> Definition:
 
 def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
     """What the schema alone cannot see: the graph, tool names, the input schema, template syntax."""
-    problems: list[str] = []
-    if len(definition.steps) > max_steps:
-        problems.append(f"steps: {len(definition.steps)} steps is over the limit of {max_steps}")
+    problems = _size_problems(len(definition.steps), max_steps)
     problems += dag.graph_problems([s.id for s in definition.steps], definition.needs)
     known = registry.known_tools()
     for i, step in enumerate(definition.steps):
-        problems += steptypes.get(step.type).problems(step, i, known)
-        problems += templates.syntax_problems(step.model_dump(exclude={"id", "type", "needs"}), f"steps.{i}")
-    for i, rule in enumerate(definition.policy.rules):
-        if rule.tool is not None and rule.tool not in known | registry.AGENT_ONLY_TOOLS:
-            problems.append(f"policy.rules.{i}.tool: unknown tool {rule.tool!r}; known tools: {sorted(known)}")
-    if definition.input_schema is not None:
+        problems += _step_problems(i, step, known)
+    return problems + _policy_problems(definition.policy, known) + _schema_problems(definition.input_schema)
+
+
+def _salvaged_problems(raw: dict, max_steps: int) -> list[str]:
+    """The semantic checks of what can still be read from a definition the schema refused.
+
+    The graph takes every step with a string id (a step the schema refused can still be needed);
+    a step valid on its own gets its type's checks and template syntax, one of a known type that is
+    not valid gets template syntax only; the policy and input schema are checked if they are valid.
+    """
+    steps = raw.get("steps") if isinstance(raw.get("steps"), list) else []
+    problems = _size_problems(len(steps), max_steps)
+    step_ids: list[str] = []
+    needs: dict[str, list[str]] = {}
+    for item in steps:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            step_ids.append(item["id"])
+            named = item.get("needs", [])
+            if isinstance(named, list) and all(isinstance(n, str) for n in named):
+                needs[item["id"]] = named
+    problems += dag.graph_problems(step_ids, needs)
+    known = registry.known_tools()
+    for i, item in enumerate(steps):
+        kind = item.get("type") if isinstance(item, dict) else None
+        step_type = steptypes.find(kind) if isinstance(kind, str) else None
+        if step_type is None:
+            continue
         try:
-            jsonschema.Draft202012Validator.check_schema(definition.input_schema)
-        except jsonschema.SchemaError as exc:
-            problems.append(f"input_schema: not a valid JSON Schema: {exc.message}")
+            step = step_type.definition.model_validate(item)
+        except ValidationError:
+            problems += templates.syntax_problems({k: v for k, v in item.items() if k not in _NOT_TEMPLATES},
+                                                  f"steps.{i}")
+        else:
+            problems += _step_problems(i, step, known)
+    if isinstance(raw.get("policy"), dict):
+        try:
+            problems += _policy_problems(Policy.model_validate(raw["policy"]), known)
+        except ValidationError:
+            pass
+    if isinstance(raw.get("input_schema"), dict):
+        problems += _schema_problems(raw["input_schema"])
     return problems
+
+
+# A step's fields that are not templates: the rest is checked for template syntax.
+_NOT_TEMPLATES = frozenset({"id", "type", "needs"})
+
+
+def _size_problems(count: int, max_steps: int) -> list[str]:
+    return [f"steps: {count} steps is over the limit of {max_steps}"] if count > max_steps else []
+
+
+def _step_problems(index: int, step: Any, known: frozenset[str]) -> list[str]:
+    """A valid step's own checks (its type's, e.g. tool names) and its templates' syntax."""
+    return (steptypes.get(step.type).problems(step, index, known)
+            + templates.syntax_problems(step.model_dump(exclude=set(_NOT_TEMPLATES)), f"steps.{index}"))
+
+
+def _policy_problems(policy: Policy, known: frozenset[str]) -> list[str]:
+    return [f"policy.rules.{i}.tool: unknown tool {rule.tool!r}; known tools: {sorted(known)}"
+            for i, rule in enumerate(policy.rules)
+            if rule.tool is not None and rule.tool not in known | registry.AGENT_ONLY_TOOLS]
+
+
+def _schema_problems(input_schema: dict[str, Any] | None) -> list[str]:
+    if input_schema is None:
+        return []
+    try:
+        jsonschema.Draft202012Validator.check_schema(input_schema)
+    except jsonschema.SchemaError as exc:
+        return [f"input_schema: not a valid JSON Schema: {exc.message}"]
+    return []
 
 
 def input_problems(definition: Definition, value: Any) -> list[str]:
