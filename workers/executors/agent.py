@@ -8,6 +8,12 @@ there: ``human.ask`` (the person's answer becomes the tool's result), a call the
 approval (approved, it runs; rejected, the model is told), and a call or model turn that would go
 over the run's budget (it is made once an operator raised the budget). The loop checks the stop
 flag every turn and before every tool call.
+
+Which arguments are templates: the definition's own text is, model output is not. The ``scripted``
+model's tool calls are written in the definition (its ``script``), so their arguments are rendered
+against the run's context, as a ``tool`` step's ``args`` are; the calls a real model makes are data and
+go to the tool as the model wrote them (rendering them would let the model's text, and whatever text
+reached the model, run template expressions).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from orchestrator import templates
 from orchestrator.core.vocabulary import ErrorCode
 from orchestrator.errors import PermanentStepError, StepError
 from workers.context import ApprovalNeeded, BudgetExceeded, StepContext, Suspend
@@ -22,6 +29,7 @@ from workers.executors.llm import call_model, initial_messages
 from workers.executors.tool import call_tool
 
 HUMAN_ASK = "human.ask"
+SCRIPTED = "scripted"  # the provider whose replies, tool calls included, are the definition's text
 
 
 class _Loop:
@@ -52,11 +60,19 @@ def run(ctx: StepContext) -> Any:
             raise loop.suspend("budget", str(exc), []) from None
         if not reply.tool_calls:
             return {"text": reply.content, "turns": turn + 1, "tool_calls": loop.transcript}
-        calls = [{"id": c.id, "name": c.name, "args": c.args} for c in reply.tool_calls]
+        calls = [{"id": c.id, "name": c.name, "args": _args(ctx, c.args)} for c in reply.tool_calls]
         loop.messages.append({"role": "assistant", "content": reply.content, "tool_calls": calls})
         loop.next_turn = turn + 1
         _run_calls(ctx, loop, calls)
     raise PermanentStepError(f"the agent did not finish within max_turns={step.max_turns}", code="max_turns_exceeded")
+
+
+def _args(ctx: StepContext, args: dict) -> dict:
+    """A call's arguments as the tool gets them: rendered if the definition wrote them (the scripted
+    model's calls), as they are if a model produced them (see the module's docstring)."""
+    if ctx.step.model.partition("/")[0] == SCRIPTED:
+        return templates.render(args, ctx.template_context)
+    return args
 
 
 def _run_calls(ctx: StepContext, loop: _Loop, calls: list[dict]) -> None:
