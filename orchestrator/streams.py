@@ -354,7 +354,8 @@ def follow_tenant(bus: Bus | None, sessions: sessionmaker[Session], settings: Se
 
 def _poll_tenant(sessions: sessionmaker[Session], settings: Settings, tenant_id: str,
                  cursor: datetime) -> Iterator[dict | None]:
-    """Without pub/sub (embedded broker): poll the tenant's run-level events from the database."""
+    """Without pub/sub (embedded broker): poll the tenant's run-level events from the database, each a
+    change with the status it moved its run to and the status before (``repo.run_status_events``)."""
     quiet = 0.0
     while True:
         time.sleep(settings.stream_poll_s)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from orchestrator.db.models import Event, Run, Step
 from orchestrator.db.repository.events import insert_events, stage_written
@@ -68,23 +68,41 @@ def run_status(session: Session, run_id: str) -> str | None:
     return session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
 
 
-RUN_STATUS_EVENTS = ("run_created", "run_started", "run_waiting", "run_resumed", "run_running", "run_paused", "run_succeeded",
-                     "run_failed", "run_cancelled", "run_retried")
+# The run-level events, each with the status it moves its run to (core.vocabulary.RUN_STATUS_EVENTS).
+STATUS_AFTER_EVENT = {
+    "run_created": "queued", "run_started": "running", "run_running": "running", "run_resumed": "running",
+    "run_waiting": "waiting", "run_paused": "paused", "run_succeeded": "succeeded", "run_failed": "failed",
+    "run_cancelled": "cancelled", "run_retried": "queued",
+}
+RUN_STATUS_EVENTS = tuple(STATUS_AFTER_EVENT)
 
 
 def run_status_events(session: Session, tenant_id: str, after: datetime, limit: int) -> list[dict]:
-    """The tenant's run-level events written after ``after``, oldest first, with each run's status now.
+    """The tenant's run status changes written after ``after``, oldest first: for each run-level event,
+    the status it moved its run to and the status before it (the one its run's previous run-level event
+    moved it to; None for ``run_created``), as the publisher sends them on Redis.
 
-    Only the embedded broker's tenant stream reads this (it has no pub/sub); it scans the event log.
+    Only the embedded broker's tenant stream reads this (it has no pub/sub); it scans the event log,
+    and finds each change's previous one by the run's primary key.
     """
+    previous = aliased(Event)
+    previous_type = (
+        select(previous.type)
+        .where(previous.run_id == Event.run_id, previous.seq < Event.seq, previous.type.in_(RUN_STATUS_EVENTS))
+        .order_by(previous.seq.desc()).limit(1)
+        .correlate(Event).scalar_subquery()
+    )
     rows = session.execute(
-        select(Event.run_id, Event.seq, Event.type, Event.created_at, Run.workflow_id, Run.status, Run.waiting_on)
+        select(Event.run_id, Event.seq, Event.type, Event.data, Event.created_at, Run.workflow_id,
+               previous_type.label("previous_type"))
         .join(Run, Run.id == Event.run_id)
         .where(Run.tenant_id == tenant_id, Event.type.in_(RUN_STATUS_EVENTS), Event.created_at > after)
         .order_by(Event.created_at, Event.seq).limit(limit)
     ).all()
-    return [{"run_id": r.run_id, "workflow_id": r.workflow_id, "status": r.status, "previous_status": None,
-             "waiting_on": r.waiting_on, "seq": r.seq, "type": r.type, "created_at": r.created_at} for r in rows]
+    return [{"run_id": r.run_id, "workflow_id": r.workflow_id, "status": STATUS_AFTER_EVENT[r.type],
+             "previous_status": STATUS_AFTER_EVENT.get(r.previous_type),
+             "waiting_on": (r.data or {}).get("waiting_on") if r.type == "run_waiting" else None,
+             "seq": r.seq, "type": r.type, "created_at": r.created_at} for r in rows]
 
 
 def run_events(session: Session, run_id: str, after: int, limit: int) -> Sequence[Event]:
