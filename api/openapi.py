@@ -164,8 +164,9 @@ OPERATIONS: dict[str, Op] = {
     "policies.put_policy": Op("Replace the tenant's policy: its rules come before every workflow's own, the "
                               "stricter default applies, and its limits cap every run.", (200, R.TenantPolicy),
                               schemas.Policy),
-    "runs.run_diagnosis": Op("Why a run is not moving, and the operator action that would move it.",
-                             (200, R.Diagnosis)),
+    "runs.run_diagnosis": Op("Why a run is not moving, and the operator action that would move it: as a "
+                             "sentence (`action`), as an API call (`request`) and as a shell line to paste "
+                             "(`command`).", (200, R.Diagnosis)),
     "evidence.run_evidence": Op("The run's evidence pack: a zip of the run, its workflow version, steps, events, "
                                 "approvals, outputs and audit entries, with a manifest of SHA-256 hashes.",
                                 (200, None), media="application/zip"),

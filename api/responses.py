@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.states import RunStatus, StepStatus
 
@@ -242,11 +242,23 @@ class TenantPolicy(_Out):
     policy: dict[str, Any]
 
 
+class ActionRequest(_Out):
+    """A diagnosis' action as an API call."""
+
+    method: str
+    path: str = Field(description="Under the API's base URL (…/api/v1).")
+    body: Any = Field(description="The JSON body (null: none); `<…>` marks what the operator must fill in.")
+
+
 class Cause(_Out):
     kind: str
     step_id: str | None
     message: str
-    action: str
+    action: str = Field(description="The operator's next action, for a person to read.")
+    request: ActionRequest | None = Field(description="The action as an API call, when it is one.")
+    command: str | None = Field(description="The action as a shell line to paste: a curl call reading "
+                                "$SWITCHYARD_URL (the base URL, …/api/v1) and $SWITCHYARD_TOKEN, or a "
+                                "`switchyard` command.")
 
 
 class Diagnosis(_Out):

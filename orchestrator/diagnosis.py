@@ -3,12 +3,22 @@
 ``diagnose()`` reads facts gathered by the caller (the run's steps with their ages and leases, its open
 approvals and questions, and how many workers consume each queue) and names every cause it finds,
 each with the operator's next action.
+
+An action that is an API call comes three ways: ``action``, a sentence for a person; ``request``, the
+call as data (method, path under the API's base URL, JSON body); and ``command``, a shell line to paste.
+The shell line is a ``curl`` call that reads the base URL (``…/api/v1``) from ``$SWITCHYARD_URL`` and
+the token from ``$SWITCHYARD_TOKEN``, every other word quoted with ``shlex.quote``; an action that is a
+command of its own (start a worker) is that command. A body holds ``<…>`` where the operator must choose
+(an answer, a higher limit).
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from orchestrator.core.vocabulary import ErrorCode
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
@@ -29,12 +39,35 @@ class StepFacts:
 
 
 @dataclass(frozen=True)
+class Request:
+    """An API call: ``path`` is under the API's base URL (``/api/v1``); ``body`` is JSON (None: no body)."""
+
+    method: str
+    path: str
+    body: Any = None
+
+    def curl(self) -> str:
+        """The call as one shell line: $SWITCHYARD_URL and $SWITCHYARD_TOKEN expand, the rest is quoted."""
+        words = ["curl", "-sS", "-X", self.method, f'"$SWITCHYARD_URL"{shlex.quote(self.path)}',
+                 "-H", '"Authorization: Bearer $SWITCHYARD_TOKEN"']
+        if self.body is not None:
+            words += ["-H", shlex.quote("Content-Type: application/json"), "-d", shlex.quote(json.dumps(self.body))]
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
 class Cause:
     kind: str  # paused, budget_exceeded, approval, question, event, timer, retry, no_consumers, queued,
     # worker_lost, scheduler, failed, cancelled
     step_id: str | None
     message: str
     action: str
+    request: Request | None = None  # the action's API call, if it is one
+    command: str | None = None  # the action as a shell line to paste, if it is one (see the module's doc)
+
+    def __post_init__(self):
+        if self.request is not None and self.command is None:
+            object.__setattr__(self, "command", self.request.curl())
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -57,11 +90,12 @@ def diagnose(
             return []
         what = (error or {}).get("message") or status.value
         return [Cause(status.value, (error or {}).get("step_id"), f"the run ended {status.value}: {what}",
-                      f"POST /runs/{run_id}/retry to go on from the failed step, or /rerun for a new run")]
+                      f"POST /runs/{run_id}/retry to go on from the failed step, or /rerun for a new run",
+                      Request("POST", f"/runs/{run_id}/retry"))]
     causes: list[Cause] = []
     if status is RunStatus.PAUSED:
         causes.append(Cause("paused", None, "the run is paused: nothing new is dispatched",
-                            f"POST /runs/{run_id}/resume"))
+                            f"POST /runs/{run_id}/resume", Request("POST", f"/runs/{run_id}/resume")))
     if status is RunStatus.QUEUED:
         causes.append(Cause("scheduler", None, "no scheduler has picked the run up yet",
                             "check that a `switchyard scheduler` process is running and reaches the database"))
@@ -76,19 +110,24 @@ def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cau
     sid = step.step_id
     if step.status is StepStatus.WAITING:
         if step.waiting_on == "budget":
+            call = Request("POST", f"/runs/{run_id}/resume", {"limits": {"tokens": "<a higher limit>"}})
             return Cause("budget_exceeded", sid, f"step {sid!r} stopped before a call that would exceed the run's limits",
-                         f"POST /runs/{run_id}/resume with {{\"limits\": {{\"tokens\": ...}}}} to raise them, or /cancel")
+                         f"{_said(call)} to raise them (tokens, tool_calls or credits), or /cancel", call)
         if sid in approvals:
+            call = Request("POST", f"/runs/{run_id}/approvals/{approvals[sid]}/approve")
             return Cause("approval", sid, f"step {sid!r} waits for an approval ({approvals[sid]})",
-                         f"POST /runs/{run_id}/approvals/{approvals[sid]}/approve, /reject or /request_changes")
+                         f"POST {call.path}, /reject or /request_changes", call)
         if sid in questions:
+            call = Request("POST", f"/runs/{run_id}/questions/{questions[sid]}/answer", {"answer": "<your answer>"})
             return Cause("question", sid, f"step {sid!r} waits for the answer to a question ({questions[sid]})",
-                         f"POST /runs/{run_id}/questions/{questions[sid]}/answer with {{\"answer\": ...}}")
+                         _said(call), call)
         if step.type == "wait_event":
+            call = (Request("POST", "/events", {"correlation_key": step.correlation_key})
+                    if step.correlation_key else None)
             return Cause("event", sid,
                          f"step {sid!r} waits for an event with correlation_key {step.correlation_key!r}"
                          + _due(step, "times out"),
-                         f"POST /events with {{\"correlation_key\": {step.correlation_key!r}}}")
+                         _said(call) if call else "POST /events with the correlation_key the step waits for", call)
         if step.type == "timer":
             return Cause("timer", sid, f"step {sid!r} is a timer" + _due(step, "fires"),
                          "nothing: the scheduler fires it when it is due")
@@ -97,14 +136,20 @@ def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cau
                      "nothing: the scheduler dispatches the next attempt when it is due")
     if step.status is StepStatus.QUEUED:
         if consumers is not None and consumers.get(step.queue, 0) == 0:
+            command = f"switchyard worker --queues {shlex.quote(step.queue)}"
             return Cause("no_consumers", sid, f"step {sid!r} is queued on {step.queue!r}, which no worker consumes",
-                         f"start a worker for it: switchyard worker --queues {step.queue}")
+                         f"start a worker for it: {command}", command=command)
         return Cause("queued", sid, f"step {sid!r} is queued on {step.queue!r}, waiting for a free worker",
                      "nothing, or add workers for that queue if it stays long")
     if step.status is StepStatus.RUNNING and step.lease_expired:
         return Cause(ErrorCode.WORKER_LOST.value, sid, f"the worker running step {sid!r} stopped heartbeating",
                      "nothing: the scheduler reclaims the attempt and retries it; check that worker's machine")
     return None
+
+
+def _said(call: Request) -> str:
+    """The call for a person to read: the method, the path and the body as JSON."""
+    return f"{call.method} {call.path}" + ("" if call.body is None else f" with {json.dumps(call.body)}")
 
 
 def _due(step: StepFacts, verb: str) -> str:

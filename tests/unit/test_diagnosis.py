@@ -20,7 +20,7 @@ CASES = [
     ("question step", R.WAITING, [step(S.WAITING, "question")], {}, {"s": "q_1"}, None, ["question"], "q_1/answer"),
     ("agent asked a person", R.WAITING, [step(S.WAITING, "agent")], {}, {"s": "q_2"}, None, ["question"], "q_2"),
     ("event", R.WAITING, [step(S.WAITING, "wait_event", correlation_key="k-1", due_in_s=30)], {}, {}, None,
-     ["event"], "'k-1'"),
+     ["event"], '"correlation_key": "k-1"'),
     ("timer", R.WAITING, [step(S.WAITING, "timer", due_in_s=3)], {}, {}, None, ["timer"], "fires it"),
     ("retry", R.RUNNING, [step(S.RETRYING, due_in_s=2)], {}, {}, None, ["retry"], "next attempt"),
     ("queue nobody consumes", R.RUNNING, [step(S.QUEUED, queue="gpu")], {}, {}, {"steps": 2}, ["no_consumers"],
