@@ -1,14 +1,16 @@
-"""GET /runs/{id}/evidence: the run's whole story as a zip an auditor can check offline
-(`switchyard evidence verify FILE`)."""
+"""GET /runs/{id}/evidence: the run's whole story, its output files included, as a zip an auditor can
+check offline (`switchyard evidence verify FILE`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from flask import Blueprint, Response, stream_with_context
 
 from api import serializers
 from api.auth import principal
 from api.context import services
-from orchestrator import evidence
+from orchestrator import artifacts, evidence
 from orchestrator.db import repository as repo
 from orchestrator.errors import NotFound
 
@@ -25,10 +27,17 @@ def run_evidence(run_id: str):
         run = repo.get_run(session, who.tenant_id, run_id)
         if run is None:
             raise NotFound(f"run {run_id!r} not found")
-        files, about = _contents(session, run)
+        records, about = _contents(session, run)
+    files: dict[str, bytes | Path] = {**records, **_output_files(svc.settings, run.id)}
     headers = {"Content-Disposition": f'attachment; filename="evidence-{run.id}.zip"'}
     chunks = evidence.stream_zip(files, about, svc.settings.secret_key)
     return Response(stream_with_context(chunks), mimetype="application/zip", headers=headers)
+
+
+def _output_files(settings, run_id: str) -> dict[str, Path]:
+    """The run's output files (file.write) as ``files/<name>``, streamed from the store into the zip."""
+    store = artifacts.store(settings)
+    return {f"{evidence.FILES_DIR}{stored.name}": store.path(run_id, stored.name) for stored in store.list(run_id)}
 
 
 def _contents(session, run) -> tuple[dict[str, bytes], dict]:

@@ -168,7 +168,8 @@ OPERATIONS: dict[str, Op] = {
                              "sentence (`action`), as an API call (`request`) and as a shell line to paste "
                              "(`command`).", (200, R.Diagnosis)),
     "evidence.run_evidence": Op("The run's evidence pack: a zip of the run, its workflow version, steps, events, "
-                                "approvals, outputs and audit entries, with a manifest of SHA-256 hashes.",
+                                "approvals, outputs, output files (`files/<name>`) and audit entries, with a "
+                                "manifest of SHA-256 hashes.",
                                 (200, None), media="application/zip"),
     "live.run_stream": Op("The run's events as Server-Sent Events, from Last-Event-ID (or `after`) on, live; the "
                           "stream ends once the run is terminal.", (200, None), media="text/event-stream", query=(

@@ -174,16 +174,19 @@ def evidence() -> None:
 @click.option("--no-hmac", is_flag=True, help="Check the files' hashes only, not the manifest's HMAC "
               "(when SWITCHYARD_SECRET_KEY is not the key of the installation that made the pack).")
 def evidence_verify(file: Path, no_hmac: bool) -> None:
-    """Check every file of a pack against its manifest; exit 1 naming the first problem."""
+    """Check every file of a pack (output files included) against its manifest; exit 1 naming the problem
+    (every file that does not match) and what to do."""
     from orchestrator import evidence as packs
 
     try:
         found = packs.verify(file, None if no_hmac else load().secret_key)
     except packs.Invalid as exc:
-        raise click.ClickException(f"{file}: NOT VERIFIED: {exc}") from None
+        advice = f"\nWhat to do: {exc.what_to_do}" if exc.what_to_do else ""
+        raise click.ClickException(f"{file}: NOT VERIFIED: {exc}{advice}") from None
+    outputs = sum(name.startswith(packs.FILES_DIR) for name in found["files"])
     click.echo(f"{file}: OK: {len(found['files'])} files match the manifest"
-               f"{'' if no_hmac else ' and its HMAC'} (run {found.get('run_id')}, "
-               f"generated {found.get('generated_at')})")
+               f"{'' if no_hmac else ' and its HMAC'} (run {found.get('run_id')}, {outputs} output "
+               f"file{'' if outputs == 1 else 's'}, generated {found.get('generated_at')})")
 
 
 @main.command()
