@@ -1,24 +1,30 @@
 """Monitoring: Prometheus metrics, the Celery queues and the workers.
 
+Workers and their queues come from the app's ``orchestrator.monitor.WorkerMonitor``, which keeps them
+in the background: no request waits for the workers' replies.
+
 Queues and workers are shared by every tenant: their depths, consumers and pools are the
 installation's; the rates and the tasks listed are the caller's tenant's only.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+import threading
+from datetime import UTC, datetime, timedelta
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from api import serializers
 from api.auth import is_public, principal
 from api.context import services
-from orchestrator import broker, metrics
+from orchestrator import broker, metrics, monitor
 from orchestrator.db import repository as repo
 
 bp = Blueprint("monitoring", __name__)
 
 RATE_WINDOW = timedelta(minutes=1)
+MONITOR = "switchyard.monitor"  # the app's extensions key of its WorkerMonitor
 
 
 @bp.get("/metrics", endpoint="metrics")
@@ -35,18 +41,17 @@ def metrics_view():
 
 @bp.get("/queues")
 def queues():
-    """Each step queue: depth read from the broker, consuming workers (Celery inspect), and the
-    tenant's steps enqueued and completed in the last minute (from the database)."""
+    """Each step queue: depth read from the broker, its consumers (the online workers that consume it,
+    from the monitor), and the tenant's steps enqueued and completed in the last minute (from the database)."""
     svc, tenant_id = services(), principal().tenant_id
     with svc.sessions() as session:
         now = repo.now(session)
         rates = repo.step_queue_rates(session, tenant_id, now - RATE_WINDOW)
         names = repo.live_step_queues(session, tenant_id) | set(rates) | {svc.settings.default_queue}
-    workers = broker.inspect_workers(svc.celery, svc.settings.inspect_timeout_s)
     consumers: dict[str, list[str]] = {}
-    for worker, answer in workers.items():
-        for queue in answer["active_queues"] or []:
-            consumers.setdefault(queue["name"], []).append(worker)
+    for worker in _monitor(svc).workers():
+        for queue in worker.queues:
+            consumers.setdefault(queue, []).append(worker.name)
     names |= set(consumers) - {svc.settings.wake_queue}
     depths = broker.queue_depths(svc.celery, names)
     return {
@@ -67,36 +72,49 @@ def queues():
 
 @bp.get("/workers")
 def workers():
-    """The workers that answered Celery's inspect: pool, queues, active tasks (the tenant's listed),
-    and the last lease heartbeat any of their processes wrote."""
+    """The online workers (from the monitor: heartbeats, task events, a background inspect): pool,
+    queues, active tasks (the tenant's listed), and the last lease heartbeat any of their processes wrote."""
     svc, tenant_id = services(), principal().tenant_id
-    answers = broker.inspect_workers(svc.celery, svc.settings.inspect_timeout_s)
-    tasks = {name: [_task(t) for t in answer["active"] or []] for name, answer in answers.items()}
+    online = _monitor(svc).workers()
+    tasks = {w.name: [_task(t) for t in w.active] for w in online}
     with svc.sessions() as session:
-        now = repo.now(session)
         leases = repo.lease_heartbeats(session)
         mine = repo.runs_of_tenant(session, tenant_id, {t["run_id"] for ts in tasks.values() for t in ts})
     lease = timedelta(seconds=svc.settings.lease_s)
     result = []
-    for name, answer in answers.items():
-        stats = answer["stats"] or {}
-        pool = stats.get("pool") or {}
-        beats = [expires - lease for worker, expires in leases.items() if worker.startswith(f"{name}:")]
+    for w in online:
+        beats = [expires - lease for worker, expires in leases.items() if worker.startswith(f"{w.name}:")]
         result.append({
-            "name": name,
+            "name": w.name,
             "status": "online",
-            "pool": {"implementation": pool.get("implementation"), "max_concurrency": pool.get("max-concurrency"),
-                     "processes": pool.get("processes") or []},
-            "queues": sorted(q["name"] for q in answer["active_queues"] or []),
-            "active_tasks": len(tasks[name]),
-            "tasks": [t for t in tasks[name] if t["run_id"] in mine],
-            "processed": sum((stats.get("total") or {}).values()),
+            "pool": {"implementation": w.pool.get("implementation"), "max_concurrency": w.pool.get("max-concurrency"),
+                     "processes": w.pool.get("processes") or []},
+            "queues": w.queues,
+            "active_tasks": len(tasks[w.name]),
+            "tasks": [t for t in tasks[w.name] if t["run_id"] in mine],
+            "processed": w.processed,
             "last_heartbeat": serializers.ts(max(beats)) if beats else None,
-            "answered_at": serializers.ts(now),
+            "answered_at": serializers.ts(datetime.fromtimestamp(w.seen_at, UTC)),
         })
     return {"workers": result}
 
 
-def _task(task: dict) -> dict:
-    args = list(task.get("args") or []) + [None] * 3
-    return {"task_id": task.get("id"), "run_id": args[0], "step_id": args[1], "attempt": args[2]}
+def _task(task_id: str) -> dict:
+    run_id, step_id, attempt = monitor.attempt_of(task_id)
+    return {"task_id": task_id, "run_id": run_id, "step_id": step_id, "attempt": attempt}
+
+
+_STARTING = threading.Lock()
+
+
+def _monitor(svc) -> monitor.WorkerMonitor:
+    """The app's worker monitor, started by the first request that needs it in this process (a forked
+    process starts its own); that request alone may wait for the monitor's first round."""
+    found = current_app.extensions.get(MONITOR)
+    if found is None or found.pid != os.getpid():
+        with _STARTING:
+            found = current_app.extensions.get(MONITOR)
+            if found is None or found.pid != os.getpid():
+                found = current_app.extensions[MONITOR] = monitor.WorkerMonitor(svc.celery, svc.settings).start()
+    found.wait_ready(svc.settings.inspect_timeout_s + 1.0)
+    return found

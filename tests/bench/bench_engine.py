@@ -137,7 +137,7 @@ class Bench:
         from orchestrator.db.session import transaction
 
         with transaction(self.sessions) as session:
-            run, _ = service.start_run(session, self.settings, TENANT, workflow_id, {})
+            run = service.start_run(session, self.settings, TENANT, workflow_id, {}).run
             run_id = run.id
         self.doorbell.ring("bench")
         return run_id
@@ -347,6 +347,43 @@ class Bench:
         say(f"  POST p50 {statistics.median(posts):.1f} p99 {pct(posts, 99):.1f}; "
             f"GET p50 {statistics.median(gets):.1f} p99 {pct(gets, 99):.1f} ms")
 
+    def monitoring(self) -> None:
+        """GET /workers and GET /queues, one after the other, with two workers running: answered from the
+        API's worker monitor (heartbeats, task events, a background inspect), not from the workers' replies."""
+        from orchestrator.db import repository as repo
+        from orchestrator.db.session import transaction
+
+        n = 50
+        extra = [f"sy-worker{i}" for i in range(self.args.workers, 2)]  # two workers, whatever --workers says
+        for name in extra:
+            self.start(name, [sys.executable, "-m", "orchestrator.cli", "worker", f"--concurrency={self.args.concurrency}",
+                              "--pool=prefork", "--loglevel=WARNING"])
+        with transaction(self.sessions) as session:
+            token = repo.create_token(session, TENANT, "viewer", "bench monitoring")[1]
+        port = 19000 + os.getpid() % 1000
+        self.start("gunicorn-monitoring", [sys.executable, "-m", "gunicorn", "--workers", "1",
+                                           "--bind", f"127.0.0.1:{port}", "api.wsgi:app"])
+        base = f"http://127.0.0.1:{port}/api/v1"
+        headers = {"Authorization": f"Bearer {token}"}
+        _wait_http(f"{base}/healthz", headers)
+        deadline = time.monotonic() + 60
+        while len(json.loads(_get(f"{base}/workers", headers))["workers"]) < 2:  # the monitor's first rounds
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"GET /workers did not list two workers; see {self.folder}")
+            time.sleep(0.2)
+        say(f"monitoring: {n} GET /workers and {n} GET /queues, one at a time, two workers running")
+        for path in ("/workers", "/queues"):
+            times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                _get(base + path, headers)
+                times.append((time.perf_counter() - t) * 1000)
+            self.rows.append((f"monitoring GET {path} p50 / p99 (2 workers)",
+                              f"{statistics.median(times):.1f} / {pct(times, 99):.1f} ms", "–", "–"))
+            say(f"  GET {path} p50 {statistics.median(times):.1f} p99 {pct(times, 99):.1f} ms")
+        for name in ["gunicorn-monitoring", *extra]:
+            self.stop(name)
+
     def data_scale(self) -> None:
         from api import create_app
         from orchestrator.db import repository as repo
@@ -535,6 +572,11 @@ def _wait_http(url: str, headers: dict) -> None:
             time.sleep(0.2)
 
 
+def _get(url: str, headers: dict) -> bytes:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+        return response.read()
+
+
 def _hammer(clients: int, per_client: int, request_of, headers: dict) -> tuple[list[float], list[bytes]]:
     """``clients`` threads, each sending ``per_client`` requests one after the other; latencies in ms."""
     times: list[float] = []
@@ -654,7 +696,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker process")
     parser.add_argument("--api-workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--api-requests", type=int, default=50, help="requests per API client")
-    parser.add_argument("--only", default="", help="comma-separated: chain,throughput,fanout,api,data,census")
+    parser.add_argument("--only", default="", help="comma-separated: chain,throughput,fanout,api,monitoring,data,census")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -672,7 +714,8 @@ def main() -> int:
             bench.start_switchyard()
             say("scheduler and workers are up")
             for name, step in [("chain", bench.step_to_step), ("throughput", bench.throughput),
-                               ("fanout", bench.fan_out), ("api", bench.api), ("census", bench.round_trips),
+                               ("fanout", bench.fan_out), ("api", bench.api), ("monitoring", bench.monitoring),
+                               ("census", bench.round_trips),
                                ("data", bench.data_scale)]:
                 if not only or name in only:
                     if name in ("census", "data"):
