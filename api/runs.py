@@ -12,7 +12,7 @@ from api import schemas, serializers
 from api.auth import principal
 from api.context import int_arg, parse_body, services
 from api.controls import actor
-from orchestrator import broker, diagnosis, service
+from orchestrator import broker, diagnosis, dispatch, service
 from orchestrator.db import repository as repo
 from orchestrator.db.session import transaction
 from orchestrator.errors import InvalidRequest, NotFound
@@ -29,16 +29,21 @@ def start_run():
     if key is not None and not 1 <= len(key) <= 200:
         raise InvalidRequest("Idempotency-Key must be 1-200 characters")
     who, by = principal(), actor()
-    with transaction(services().sessions) as session:
-        run, created = service.start_run(
-            session, services().settings, who.tenant_id, workflow_id, body.input, version=version,
+    svc = services()
+    with transaction(svc.sessions) as session:
+        started = service.start_run(
+            session, svc.settings, who.tenant_id, workflow_id, body.input, version=version,
             idempotency_key=key, body_hash=service.request_hash(body.model_dump(exclude_unset=True)) if key else None,
-            trigger_type="api", triggered_by=by.triggered_by or who.token_id,
+            trigger_type="api", triggered_by=by.triggered_by or who.token_id, first_pass=True,
         )
-        result = serializers.full_run(session, run)
-    if created:
-        services().doorbell.ring(run.id)
-    return result, 201 if created else 200
+        result = serializers.full_run(session, started.run)
+    if started.messages:
+        # Its first steps are queued: publish them, with no doorbell and no scheduler pass in between.
+        dispatch.publish_queued(svc.celery, lambda: transaction(svc.sessions), started.messages,
+                                cancel_grace_s=svc.settings.cancel_grace_s)
+    elif started.created:
+        svc.doorbell.ring(started.run.id)
+    return result, 201 if started.created else 200
 
 
 def _cursor_decode(raw: str) -> tuple[datetime, str]:

@@ -87,10 +87,10 @@ def control(session: Session, catalog: DefinitionCatalog, request: ControlReques
     _check_fields(request)
     options = dict(request.body)
     if request.action == "rerun":
-        new_run, _ = service.start_run(
+        new_run = service.start_run(
             session, settings, state.tenant_id, state.workflow_id, state.input, version=state.workflow_version,
             trigger_type="rerun", triggered_by=request.actor.name, retry_of=state.id,
-        )
+        ).run
         options["new_run_id"] = new_run.id
     written = writer.apply(session, decide.on_control(state, definition, Control(request.action, request.actor,
                                                                                  options)))

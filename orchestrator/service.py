@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator import ids
+from orchestrator.core import start
+from orchestrator.core.inputs import Env
 from orchestrator.core.reports import empty_usage
+from orchestrator.core.snapshot import StepState
+from orchestrator.core.transition import Transition
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Run, Step, WorkflowVersion
+from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition, input_problems, parse_definition
 from orchestrator.errors import (
     IdempotencyConflict,
@@ -22,6 +28,7 @@ from orchestrator.errors import (
     PayloadTooLarge,
     RuntimeNotApplicable,
 )
+from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
 
@@ -52,8 +59,14 @@ def start_run(
     trigger_type: str = "api",
     triggered_by: str | None = None,
     retry_of: str | None = None,
-) -> tuple[Run, bool]:
-    """Create a run pinned to a workflow version (the latest if ``version`` is None); returns (run, created).
+    first_pass: bool = False,
+) -> Started:
+    """Create a run pinned to a workflow version (the latest if ``version`` is None).
+
+    With ``first_pass``, the scheduler's first pass over the run is taken in the same transaction
+    when it is plain (core.start.on_start: it only queues worker steps): the run is written started,
+    its first steps queued with their outbox rows, and the caller publishes ``Started.messages``
+    after the commit (dispatch.publish_queued); otherwise the scheduler starts the run.
 
     The same Idempotency-Key with the same body returns the first run (created False); with a
     different body it raises IdempotencyConflict.
@@ -61,7 +74,7 @@ def start_run(
     if idempotency_key:
         earlier = _run_of_key(session, tenant_id, idempotency_key, body_hash)
         if earlier is not None:
-            return earlier, False
+            return Started(earlier, False)
     number, definition = _runnable_version(session, tenant_id, workflow_id, version)
     _check_input(settings, definition, run_input)
     run = Run(
@@ -72,17 +85,49 @@ def start_run(
     )
     events = [{"type": EventType.RUN_CREATED.value, "step_id": None, "attempt": None,
                "data": {"workflow_id": workflow_id, "version": number, "trigger_type": trigger_type}}]
+    steps = _pending_steps(settings, definition, run.id)
+    first = _first_pass(settings, definition, run, steps) if first_pass else None
+    if first is not None:
+        events += [event.row() for event in first.events]
     try:
         with session.begin_nested():
-            repo.insert_run(session, run, _pending_steps(settings, definition, run.id), events)
+            repo.insert_run(session, run, steps, events)
+            messages = repo.insert_outbox(session, first.messages) if first is not None else []
     except IntegrityError:
         # Another request with the same Idempotency-Key won the race; answer as it did.
         winner = _run_of_key(session, tenant_id, idempotency_key, body_hash) if idempotency_key else None
         if winner is None:
             raise
-        return winner, False
+        return Started(winner, False)
     session.refresh(run)
-    return run, True
+    return Started(run, True, messages)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A start's answer: the run, whether this call created it (an Idempotency-Key answers with the
+    run it started first), and the messages of the first steps it queued, to publish after the commit."""
+
+    run: Run
+    created: bool
+    messages: list[StepMessage] = field(default_factory=list)
+
+
+def _first_pass(settings: Settings, definition: Definition, run: Run, steps: list[Step]) -> Transition | None:
+    """The scheduler's first pass over the new run, if plain (core.start.on_start), applied to its rows."""
+    state = start.new_run(run_id=run.id, tenant_id=run.tenant_id, workflow_id=run.workflow_id,
+                          version=run.workflow_version, run_input=run.input,
+                          steps=[StepState(s.step_id, s.type, StepStatus.PENDING, 0, s.max_attempts, s.queue)
+                                 for s in steps])
+    first = start.on_start(state, definition, Env(prices=settings.prices))
+    if first is None:
+        return None
+    run.status, run.started_at, run.has_work = first.after.status.value, db_now(), False
+    for step in steps:
+        after = first.after.step(step.step_id)
+        if after.status is StepStatus.QUEUED:
+            step.status, step.attempt, step.queued_at = after.status.value, after.attempt, db_now()
+    return first
 
 
 def _run_of_key(session: Session, tenant_id: str, idempotency_key: str, body_hash: str | None) -> Run | None:

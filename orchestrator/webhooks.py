@@ -92,9 +92,8 @@ def receive(session: Session, settings: Settings, workflow_id: str, header: str 
     keep_s = timestamp + settings.webhook_tolerance_s - now.timestamp() + 60
     if not repo.record_webhook_delivery(session, signature, secret.id, keep_s):
         raise Unauthorized("this signature was used already; sign each delivery anew")
-    run, _ = service.start_run(session, settings, secret.tenant_id, workflow_id, _json_input(body),
-                               trigger_type="webhook", triggered_by=secret.id)
-    return run
+    return service.start_run(session, settings, secret.tenant_id, workflow_id, _json_input(body),
+                             trigger_type="webhook", triggered_by=secret.id).run
 
 
 def _matching_secret(

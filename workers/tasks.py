@@ -23,7 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from orchestrator import broker, logs, outcomes, redact, streams, templates
+from orchestrator import broker, dispatch, logs, outcomes, redact, streams, templates
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core.inputs import AttemptReport, Env
 from orchestrator.core.reports import ErrorInfo, Outcome, Suspension
@@ -38,7 +38,6 @@ from orchestrator.db.session import (
     transaction,
 )
 from orchestrator.errors import StepError
-from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
 from orchestrator.writer import Written
 from workers import executors
@@ -230,7 +229,8 @@ def _write_outcome(rt: Runtime, report: AttemptReport, claim: outcomes.Claim, he
         # is briefly down, so the attempt is not taken for lost.
         rt.heartbeats.forget(heartbeat)
     if written.messages:
-        _publish_queued(rt, written.messages)
+        dispatch.publish_queued(rt.celery, rt.one_statement, written.messages,
+                                cancel_grace_s=rt.settings.cancel_grace_s)
     outcome = report.outcome
     result = "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else f"error {outcome.error.code}"
     if not written.applied:
@@ -257,24 +257,6 @@ def _record(rt: Runtime, report: AttemptReport, claim: outcomes.Claim) -> Writte
                         report.run_id, report.step_id, report.attempt, str(exc).splitlines()[0], delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _publish_queued(rt: Runtime, messages: list[StepMessage]) -> None:
-    """Publish the messages of the steps an outcome queued, then delete their outbox rows. If either
-    fails, the rows stay and the scheduler's sweep publishes them again (a copy already delivered is
-    dropped by the claim's guard)."""
-    try:
-        broker.publish_steps(rt.celery, messages, rt.settings.cancel_grace_s)
-    except Exception as exc:  # noqa: BLE001 - the outbox keeps them
-        log.warning("publishing %d step messages failed (%s); the scheduler's sweep will publish them",
-                    len(messages), exc)
-        return
-    try:
-        with rt.one_statement() as session:
-            repo.delete_outbox(session, [m.outbox_id for m in messages])
-    except DBAPIError as exc:
-        log.warning("could not delete %d published outbox rows (%s); the sweep will publish them again",
-                    len(messages), exc)
 
 
 def run_executor(ctx: StepContext) -> Outcome:

@@ -104,7 +104,7 @@ def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
     """
     from types import SimpleNamespace
 
-    from orchestrator import outcomes, service, streams
+    from orchestrator import dispatch, outcomes, service, streams
     from orchestrator.catalog import DefinitionCatalog
     from orchestrator.core.inputs import AttemptReport, Env
     from orchestrator.db.session import (
@@ -115,7 +115,6 @@ def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
         transaction,
     )
     from orchestrator.scheduler import Scheduler
-    from workers.tasks import _publish_queued
 
     engine = make_engine(settings, pool_pre_ping=False)
     sessions = HeldConnectionSessions(make_sessionmaker(engine))
@@ -126,7 +125,7 @@ def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
               "needs": ["a"]}]
     with transaction(sessions) as session:
         service.publish_workflow(session, settings, tenant, "census", {"name": "census", "steps": steps})
-        run_id = service.start_run(session, settings, tenant, "census", {})[0].id
+        run_id = service.start_run(session, settings, tenant, "census", {}).run.id
     scheduler = Scheduler(settings, sessions, celery)
     catalog = DefinitionCatalog()
     scheduler.advance_batch()  # warm: run_started and the dispatch of `a`, outside the count
@@ -158,7 +157,7 @@ def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
     assert [m.step_id for m in recorded.messages] == ["b"], "the outcome did not queue the next step"
     phases["record outcome (queues the next step)"] = _trips(c)
     with _counting(engine) as c:
-        _publish_queued(worker, recorded.messages)
+        dispatch.publish_queued(celery, autocommit, recorded.messages, cancel_grace_s=settings.cancel_grace_s)
         settled()
     phases["publish the next step, delete its outbox row"] = _trips(c)
     with _counting(engine) as c:

@@ -148,8 +148,9 @@ def _check_result(api, action: str, status: str, before: dict, body: dict) -> No
 
 
 def test_actions_from_queued(api, engine_processes):
-    """A run nobody has picked up yet: only cancel applies. The scheduler is stopped so it stays queued."""
-    workflow = publish(api, {"name": "queued", "steps": [{"id": "a", "type": "tool", "tool": "echo"}]})
+    """A run nobody has picked up yet: only cancel applies. The scheduler is stopped so it stays queued
+    (its first step is an approval: a start queues only worker steps itself, the scheduler parks the rest)."""
+    workflow = publish(api, {"name": "queued", "steps": [{"id": "a", "type": "approval"}]})
     engine_processes.stop("scheduler")
     try:
         for action in ALLOWED_FROM:

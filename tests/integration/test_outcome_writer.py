@@ -57,7 +57,7 @@ def test_a_step_move_writes_the_runs_changes_only_if_its_guard_matched(sessions,
     settings, factory = sessions
     with transaction(factory) as session:
         service.publish_workflow(session, settings, "t", "one", ONE_STEP)
-        run_id = service.start_run(session, settings, "t", "one", {})[0].id
+        run_id = service.start_run(session, settings, "t", "one", {}).run.id
         # Another writer put the step where it is now (the outcome expects it running at attempt 1).
         session.execute(update(Step).where(Step.run_id == run_id).values(status=status_now.value, attempt=1))
         session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.RUNNING.value))
@@ -101,7 +101,7 @@ def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_ma
     settings, factory = sessions
     with transaction(factory) as session:
         service.publish_workflow(session, settings, "t", "chain", CHAIN)
-        run_id = service.start_run(session, settings, "t", "chain", {})[0].id
+        run_id = service.start_run(session, settings, "t", "chain", {}).run.id
         # As the scheduler left it: running, a queued and claimed, nothing more for the scheduler to do.
         session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.RUNNING.value, has_work=False))
         session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
@@ -156,7 +156,7 @@ def test_a_claim_in_autocommit_and_a_delivery_to_a_paused_run_deferred_in_a_tran
     settings, factory = sessions
     with transaction(factory) as session:
         service.publish_workflow(session, settings, "t", "one", ONE_STEP)
-        run_ids = [service.start_run(session, settings, "t", "one", {})[0].id for _ in range(2)]
+        run_ids = [service.start_run(session, settings, "t", "one", {}).run.id for _ in range(2)]
         for run_id, status in zip(run_ids, (RunStatus.RUNNING, RunStatus.PAUSED), strict=True):
             session.execute(update(Run).where(Run.id == run_id).values(status=status.value))
             session.execute(update(Step).where(Step.run_id == run_id).values(status=StepStatus.QUEUED.value, attempt=1))
@@ -185,7 +185,7 @@ def _claimed(settings, factory, workflow: dict, catalog: DefinitionCatalog) -> t
     ``catalog`` then holds its definition, as a worker's does)."""
     with transaction(factory) as session:
         service.publish_workflow(session, settings, "t", workflow["name"], workflow)
-        run_id = service.start_run(session, settings, "t", workflow["name"], {})[0].id
+        run_id = service.start_run(session, settings, "t", workflow["name"], {}).run.id
         session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.RUNNING.value, has_work=False))
         session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
                         .values(status=StepStatus.QUEUED.value, attempt=1))

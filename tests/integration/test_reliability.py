@@ -14,9 +14,10 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from orchestrator import service
 from orchestrator.broker import make_celery, publish_steps, stranded_attempts
 from orchestrator.db.models import Outbox, Step
-from orchestrator.db.session import make_engine
+from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.messages import StepMessage
 from tests.integration.conftest import ROOT, _env, by_id, events, publish, start, wait_for, wait_run
 
@@ -84,11 +85,22 @@ scheduler.advance_batch()
 """
 
 
+def start_for_the_scheduler(settings, workflow_id: str) -> str:
+    """A run of tenant acme whose start left its first pass to the scheduler, as a webhook's or a
+    rerun's does (POST /runs takes it itself when it only queues worker steps)."""
+    engine = make_engine(settings)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            return service.start_run(session, settings, "acme", workflow_id, {}).run.id
+    finally:
+        engine.dispose()
+
+
 def test_a_crash_between_commit_and_publish_leaves_no_step_queued(api, settings, engine_processes):
     workflow = publish(api, ONE_SLOW_STEP)
     engine_processes.stop("scheduler")
     try:
-        run_id = start(api, workflow)
+        run_id = start_for_the_scheduler(settings, workflow)
         crashed = subprocess.run([sys.executable, "-c", CRASH_AFTER_COMMIT], env=_env(settings), cwd=ROOT,
                                  capture_output=True, text=True, timeout=60)
         assert crashed.returncode == 17, crashed.stderr

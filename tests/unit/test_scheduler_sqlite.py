@@ -36,7 +36,7 @@ def scheduler(sqlite_settings):
 def start_runs(scheduler: Scheduler, definition: dict, n: int) -> list[str]:
     with transaction(scheduler.sessions) as session:
         service.publish_workflow(session, scheduler.settings, "t", definition["name"], definition)
-        return [service.start_run(session, scheduler.settings, "t", definition["name"], {})[0].id
+        return [service.start_run(session, scheduler.settings, "t", definition["name"], {}).run.id
                 for _ in range(n)]
 
 

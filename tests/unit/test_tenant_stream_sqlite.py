@@ -35,7 +35,7 @@ def test_tenant_stream_changes_carry_the_previous_status(scheduler):
                              settings=settings)
 
     with transaction(sessions) as session:
-        run_id = service.start_run(session, settings, "t", "asks", {})[0].id
+        run_id = service.start_run(session, settings, "t", "asks", {}).run.id
     scheduler.drain()  # queued -> running -> waiting on the question, in one pass
     act("pause")
     act("resume")

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, aliased
 
 from orchestrator.db.models import Event, Run, Step
 from orchestrator.db.repository.events import insert_events, stage_written
-from orchestrator.states import StepStatus
+from orchestrator.states import RunStatus, StepStatus
 
 
 def find_run_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Run | None:
@@ -21,7 +21,8 @@ def find_run_by_idempotency_key(session: Session, tenant_id: str, key: str) -> R
 
 
 def insert_run(session: Session, run: Run, steps: list[Step], events: list[dict]) -> Run:
-    """Insert a run with its steps and first events (run.last_seq is set from the events)."""
+    """Insert a run with its steps and first events (run.last_seq is set from the events): its
+    `run_created` and, if its start took the scheduler's first pass, that pass's events."""
     run.last_seq = len(events)
     session.add(run)
     session.flush()
@@ -29,7 +30,12 @@ def insert_run(session: Session, run: Run, steps: list[Step], events: list[dict]
     rows = [dict(run_id=run.id, seq=i + 1, **e) for i, e in enumerate(events)]
     insert_events(session, rows)
     session.flush()
-    stage_written(session, run, rows, previous_status=None, status=run.status, waiting_on=None, status_changed=True)
+    # The log as the run lived it: created queued, then (a start that took the first pass) started.
+    stage_written(session, run, rows[:1], previous_status=None, status=RunStatus.QUEUED.value, waiting_on=None,
+                  status_changed=True)
+    if rows[1:]:
+        stage_written(session, run, rows[1:], previous_status=RunStatus.QUEUED.value, status=run.status,
+                      waiting_on=run.waiting_on, status_changed=run.status != RunStatus.QUEUED.value)
     return run
 
 
