@@ -83,24 +83,34 @@ def start_run(
         triggered_by=triggered_by, retry_of=retry_of, attempt=1, idempotency_key=idempotency_key,
         request_hash=body_hash, has_work=True,
     )
-    events = [{"type": EventType.RUN_CREATED.value, "step_id": None, "attempt": None,
-               "data": {"workflow_id": workflow_id, "version": number, "trigger_type": trigger_type}}]
+    events = [_created_event(run)]
     steps = _pending_steps(settings, definition, run.id)
     first = _first_pass(settings, definition, run, steps) if first_pass else None
     if first is not None:
         events += [event.row() for event in first.events]
+    return _insert(session, run, steps, events, first)
+
+
+def _insert(session: Session, run: Run, steps: list[Step], events: list[dict], first: Transition | None) -> Started:
+    """Write the new run (and its first pass's outbox rows) in a savepoint: if another request with the
+    same Idempotency-Key won the race, answer as it did."""
     try:
         with session.begin_nested():
             repo.insert_run(session, run, steps, events)
             messages = repo.insert_outbox(session, first.messages) if first is not None else []
     except IntegrityError:
-        # Another request with the same Idempotency-Key won the race; answer as it did.
-        winner = _run_of_key(session, tenant_id, idempotency_key, body_hash) if idempotency_key else None
+        winner = (_run_of_key(session, run.tenant_id, run.idempotency_key, run.request_hash)
+                  if run.idempotency_key else None)
         if winner is None:
             raise
         return Started(winner, False)
     session.refresh(run)
     return Started(run, True, messages)
+
+
+def _created_event(run: Run) -> dict[str, Any]:
+    return {"type": EventType.RUN_CREATED.value, "step_id": None, "attempt": None,
+            "data": {"workflow_id": run.workflow_id, "version": run.workflow_version, "trigger_type": run.trigger_type}}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Every SQL statement of Switchyard, as named functions over a Session (STYLE.md: one manager module,
-here one package of modules by concern). Callers use ``from orchestrator.db import repository as repo``
+"""Every SQL statement of Switchyard, as named functions over a Session (one manager of the SQL,
+here one package of modules by concern: docs/architecture.md, "Conventions"). Callers use ``from orchestrator.db import repository as repo``
 and ``repo.X`` whichever module holds X: this module re-exports only the names used outside the
 package (``__all__``). Every other name of its modules is internal to the package: the modules share
 them by importing each other's public names, never a ``_private`` one.
