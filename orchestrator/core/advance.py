@@ -75,12 +75,14 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
 
 def _fire_due(draft: Draft, definition: Definition, env: Env) -> None:
     """Retries whose backoff has passed are queued again; timers fire; event waits time out."""
-    for step in list(draft.state.steps.values()):
-        if step.status is StepStatus.RETRYING and step.due:
+    due = [s for s in draft.steps.values() if s.due]
+    for step in due:
+        if step.status is StepStatus.RETRYING:
             outcomes.queue_step(draft, definition, step, only_from=(StepStatus.RETRYING,))
-    for step in list(draft.state.steps.values()):
+    for step in due:
         if draft.status is RunStatus.FAILED:
             return
+        step = draft.step(step.step_id)  # as decided so far: fail-fast may have stopped it
         if step.status is StepStatus.WAITING and step.due:
             fired = steptypes.get(step.type).on_due(definition.step(step.step_id))
             if fired is not None:
@@ -92,7 +94,7 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
     """Queue the ready worker steps and park the ready waiting ones, again while a parked step
     completed at once (an event kept from before it waited)."""
     while True:
-        ready = dag.ready_steps(definition.needs, draft.state.statuses())
+        ready = dag.ready_steps(definition.needs, draft.statuses())
         for step_id in ready:
             if steptypes.get(draft.step(step_id).type).waits_on is None:
                 outcomes.queue_step(draft, definition, draft.step(step_id))
@@ -167,8 +169,8 @@ def _park(draft: Draft, definition: Definition, step: StepState, env: Env,
 def _settle_status(draft: Draft, definition: Definition) -> None:
     """The run's status from its steps' (dag.advance): succeeded when every step did, waiting when all
     that is left waits on the outside world, running otherwise."""
-    steps = draft.state.steps.values()
-    decision = dag.advance(definition.needs, draft.state.statuses(), {s.step_id: s.type for s in steps},
+    steps = draft.steps.values()
+    decision = dag.advance(definition.needs, draft.statuses(), {s.step_id: s.type for s in steps},
                            {s.step_id: s.waiting_on for s in steps if s.waiting_on})
     if decision.run_status is RunStatus.SUCCEEDED:
         outputs = draft.run.outputs

@@ -51,7 +51,7 @@ def _resume(draft: Draft, raised: dict | None, audit: dict) -> None:
     draft.run_values["has_work"] = True
     if raised is not None:
         draft.run_values["limits"] = {**(draft.run.limits or {}), **raised}
-    for step in list(draft.state.steps.values()):
+    for step in list(draft.steps.values()):
         if step.waiting_on == WaitsOn.BUDGET:
             draft.move(step, StepStatus.PENDING, only_from=[StepStatus.WAITING], waiting_on=None)
     draft.event(EventType.RUN_RESUMED, limits=draft.run_values.get("limits"), **audit)
@@ -59,7 +59,7 @@ def _resume(draft: Draft, raised: dict | None, audit: dict) -> None:
 
 def _cancel(draft: Draft, mode: str, reason: str | None, audit: dict) -> None:
     message = reason or "the run was cancelled"
-    steps = draft.state.steps.values()
+    steps = draft.steps.values()
     stopping.stop_steps(draft, cancel=[s.step_id for s in steps if s.status in CANCEL_STOPS[mode]],
                         skip=[s.step_id for s in steps if s.status is StepStatus.PENDING], message=message,
                         skip_reason=SkipReason.RUN_CANCELLED)
@@ -71,7 +71,7 @@ def _cancel(draft: Draft, mode: str, reason: str | None, audit: dict) -> None:
 
 def _retry(draft: Draft, definition: Definition, audit: dict) -> None:
     """The same run goes on from where it failed: failed, cancelled and skipped steps start over."""
-    again = [s.step_id for s in draft.state.steps.values() if s.status in RETRIED_STEPS]
+    again = [s.step_id for s in draft.steps.values() if s.status in RETRIED_STEPS]
     reopen(draft, definition, again)
     draft.move_run(RunStatus.QUEUED)
     attempt = draft.run.attempt + 1
@@ -87,7 +87,7 @@ def reopen(draft: Draft, definition: Definition, step_ids: Iterable[str]) -> lis
     worker may still hold as revoked).
     """
     wanted, reopened = set(step_ids), []
-    for step in list(draft.state.steps.values()):
+    for step in list(draft.steps.values()):
         if step.step_id not in wanted:
             continue
         budget = definition.retry_policy(definition.step(step.step_id)).max_attempts

@@ -202,7 +202,7 @@ def _queue_ready(draft: Draft, definition: Definition, step: StepState) -> bool:
     queued = False
     for dependent in definition.dependents[step.step_id]:
         needs = definition.needs[dependent]
-        if dependent not in draft.state.steps or any(n not in draft.state.steps for n in needs):
+        if dependent not in draft.steps or any(n not in draft.steps for n in needs):
             return queued
         if all(draft.step(n).status is StepStatus.SUCCEEDED for n in needs):
             queued |= queue_step(draft, definition, draft.step(dependent), optional=True)

@@ -37,7 +37,7 @@ def fail_run(draft: Draft, failed_step: str, error: Mapping[str, Any]) -> None:
     """Fail-fast (dag.fail_fast): the run fails at ``failed_step``; the other steps in flight are
     cancelled and those never started are skipped (blocked). Needs a snapshot of every step."""
     assert draft.run.complete, "fail-fast needs every step of the run"
-    plan = dag.fail_fast(failed_step, draft.state.statuses())
+    plan = dag.fail_fast(failed_step, draft.statuses())
     stop_steps(draft, cancel=plan.cancel, skip=plan.skip, message=f"run failed at step {failed_step!r}",
                skip_reason=SkipReason.BLOCKED)
     draft.move_run(RunStatus.FAILED)

@@ -134,11 +134,12 @@ _RUN_STATE_FIELDS = frozenset({"waiting_on", "usage", "risk_level", "attempt", "
 
 class Draft:
     """A transition being decided: each move is checked against the transition table and seen by what
-    is decided after it (``state``)."""
+    is decided after it (``steps``)."""
 
     def __init__(self, run: RunState):
         self.run = run
-        self.state = run
+        # The steps as decided so far (a plain dict: a move must not copy the run's every step).
+        self.steps: dict[str, StepState] = dict(run.steps)
         self.run_to: RunStatus | None = None
         self.run_values: dict[str, Any] = {}
         self.moves: list[StepMove] = []
@@ -179,7 +180,7 @@ class Draft:
         self.moves.append(StepMove(step.step_id, target, allowed, MappingProxyType(values),
                                    attempt=step.attempt if reported else None, optional=optional, message=queued,
                                    revoke=revoke))
-        self.state = self.state.with_steps([_after_move(step, target, values, queued)])
+        self.steps[step.step_id] = _after_move(step, target, values, queued)
         return True
 
     def move_run(self, target: RunStatus) -> None:
@@ -193,12 +194,16 @@ class Draft:
 
     def step(self, step_id: str) -> StepState:
         """The step as decided so far."""
-        return self.state.steps[step_id]
+        return self.steps[step_id]
+
+    def statuses(self) -> dict[str, StepStatus]:
+        """The steps' statuses as decided so far."""
+        return {step_id: step.status for step_id, step in self.steps.items()}
 
     def finish(self) -> Transition:
         # The run's own fields the transition writes, as its snapshot holds them (markers: not known here).
         written = {k: v for k, v in self.run_values.items() if k in _RUN_STATE_FIELDS and not isinstance(v, Marker)}
-        after = self.state.replace(**written, status=self.status)
+        after = self.run.replace(**written, status=self.status, steps=MappingProxyType(dict(self.steps)))
         return Transition(
             run=self.run, run_to=self.run_to, run_values=MappingProxyType(dict(self.run_values)),
             moves=tuple(self.moves), events=tuple(self.events), requests=tuple(self.requests),

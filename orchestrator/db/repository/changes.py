@@ -34,8 +34,10 @@ CLAIM_RUN_COLUMNS = (*OUTCOME_RUN_COLUMNS, "input", "attempt", "limits")
 _STEP_COLUMNS = (
     STEPS.c.step_id, STEPS.c.type, STEPS.c.status, STEPS.c.attempt, STEPS.c.max_attempts, STEPS.c.queue,
     (STEPS.c.due_at <= db_now()).label("due"), (STEPS.c.lease_expires_at < db_now()).label("expired"),
-    STEPS.c.waiting_on, STEPS.c.policy,
+    STEPS.c.waiting_on,
 )
+# A report's step also carries its policy decisions so far (JSON: not read for every step of a pass).
+_REPORTED_STEP_COLUMNS = (*_STEP_COLUMNS, STEPS.c.policy)
 _OTHER_STEPS = STEPS.alias("other_steps")
 
 
@@ -60,7 +62,7 @@ _LOCK_RUN_WITH_TENANT_POLICY = _LOCK_RUN.add_columns(
 def _lock_run_with_steps_query(of_steps):
     return (
         select(
-            *(RUNS.c[name].label(f"run_{name}") for name in OUTCOME_RUN_COLUMNS), *_STEP_COLUMNS,
+            *(RUNS.c[name].label(f"run_{name}") for name in OUTCOME_RUN_COLUMNS), *_REPORTED_STEP_COLUMNS,
             # A hint only (this statement's snapshot predates the lock): every step but :step_id succeeded.
             others_succeeded(RUNS.c.id).label("others_succeeded"),
         )
@@ -98,7 +100,9 @@ def lock_run_with_steps(session: Session, run_id: str, step_ids: Sequence[str]
     if not rows:
         return None
     run = SimpleNamespace(**{name: getattr(rows[0], f"run_{name}") for name in OUTCOME_RUN_COLUMNS})
-    return run, [StepState.from_row(row) for row in rows], bool(rows[0].others_succeeded)
+    first = len(OUTCOME_RUN_COLUMNS)
+    return run, [StepState.from_row(row[first:first + len(_REPORTED_STEP_COLUMNS)]) for row in rows], \
+        bool(rows[0].others_succeeded)
 
 
 def _steps_for_update_query(of_runs):
@@ -118,8 +122,9 @@ def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list
     """The steps of locked runs, in each run's order, with `due` (due_at passed) and `lease_expired`
     computed by the database."""
     result: dict[str, list[StepState]] = {run_id: [] for run_id in run_ids}
-    for row in session.execute(_STEPS_FOR_UPDATE[session.get_bind().dialect.name], {"run_ids": list(run_ids)}):
-        result[row.run_id].append(StepState.from_row(row))
+    rows = session.execute(_STEPS_FOR_UPDATE[session.get_bind().dialect.name], {"run_ids": list(run_ids)}).all()
+    for row in rows:  # (run_id, *the step's columns)
+        result[row[0]].append(StepState.from_row(row[1:]))
     return result
 
 
@@ -133,5 +138,5 @@ _STEPS_OF = (
 
 def steps_of(session: Session, run_id: str, step_ids: Sequence[str]) -> list[StepState]:
     """Some steps of a locked run, read now (under the run's lock: exact)."""
-    return [StepState.from_row(row) for row in session.execute(_STEPS_OF, {"run_id": run_id,
-                                                                           "step_ids": list(step_ids)})]
+    rows = session.execute(_STEPS_OF, {"run_id": run_id, "step_ids": list(step_ids)}).all()
+    return [StepState.from_row(row) for row in rows]
