@@ -15,7 +15,7 @@ from orchestrator.core.inputs import Env
 from orchestrator.core.reports import WORKER_LOST, Outcome
 from orchestrator.core.snapshot import RunState, StepState
 from orchestrator.core.transition import NOW, Draft, DueIn, Request, Transition
-from orchestrator.core.vocabulary import EventType, WaitsOn
+from orchestrator.core.vocabulary import EventType, SkipReason, WaitsOn
 from orchestrator.definitions import Definition
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
 
@@ -48,11 +48,12 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
     draft = Draft(state)
     draft.run_values["has_work"] = False
     if state.status in TERMINAL_RUN:
-        # An attempt a graceful cancel let run on, whose worker was lost: it fails (nothing retries in
-        # an ended run) rather than reading `running` for ever.
-        for step in state.steps.values():
-            if step.status is StepStatus.RUNNING and step.lease_expired:
-                outcomes.settle(draft, definition, step, WORKER_LOST, env)
+        # An attempt a graceful cancel let run on, whose worker was lost: it is stopped as the cancel
+        # would have stopped it, rather than reading `running` for ever.
+        lost = [s.step_id for s in state.steps.values() if s.status is StepStatus.RUNNING and s.lease_expired]
+        stopping.stop_steps(draft, cancel=lost, skip=(), message=f"the run is {state.status}; its worker was lost",
+                            skip_reason=SkipReason.RUN_CANCELLED)
+        draft.close_requests = False
         return draft.finish()
     if state.status is RunStatus.QUEUED:
         draft.move_run(RunStatus.RUNNING)

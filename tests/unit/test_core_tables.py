@@ -366,10 +366,10 @@ PASS_BY_RUN_STATUS = {
     R.RUNNING: (None, [], EVERY_PASS_MOVE),
     R.WAITING: (R.RUNNING, [EventType.RUN_RESUMED], EVERY_PASS_MOVE),
     R.PAUSED: (None, [], {"lost": S.RETRYING}),  # a paused run only reclaims the attempts of lost workers
-    # An ended run only fails the attempts of lost workers (a graceful cancel let them run on).
-    R.SUCCEEDED: (None, [], {"lost": S.FAILED}),
-    R.FAILED: (None, [], {"lost": S.FAILED}),
-    R.CANCELLED: (None, [], {"lost": S.FAILED}),
+    # An ended run only stops the attempts of lost workers (a graceful cancel let them run on).
+    R.SUCCEEDED: (None, [], {"lost": S.CANCELLED}),
+    R.FAILED: (None, [], {"lost": S.CANCELLED}),
+    R.CANCELLED: (None, [], {"lost": S.CANCELLED}),
 }
 RUN_EVENTS = {EventType.RUN_STARTED, EventType.RUN_RESUMED, EventType.RUN_RUNNING, EventType.RUN_WAITING}
 
@@ -388,8 +388,8 @@ def test_the_schedulers_pass_over_each_run_status(run_status):
     assert moved_to(transition) == moves
     assert transition.run_values["has_work"] is False
     if run_status in TERMINAL_RUN:
-        assert set(transition.run_values) == {"has_work", "usage"}
-        assert event_types(transition) == [EventType.STEP_FAILED]
+        assert set(transition.run_values) == {"has_work"} and transition.revoke == [f"{state.id}.lost.1"]
+        assert event_types(transition) == [EventType.STEP_CANCELLED]
     assert table_violations(transition) == []
 
 
