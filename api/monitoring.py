@@ -107,6 +107,16 @@ def _task(task_id: str) -> dict:
 _STARTING = threading.Lock()
 
 
+def consumer_counts(svc) -> dict[str, int]:
+    """How many online workers consume each queue, from the worker monitor (no broadcast on the
+    request path)."""
+    counts: dict[str, int] = {}
+    for worker in _monitor(svc).workers():
+        for queue in worker.queues:
+            counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
 def _monitor(svc) -> monitor.WorkerMonitor:
     """The app's worker monitor, started by the first request that needs it in this process (a forked
     process starts its own); that request alone may wait for the monitor's first round."""

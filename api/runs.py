@@ -8,11 +8,11 @@ from datetime import datetime
 
 from flask import Blueprint, request
 
-from api import schemas, serializers
+from api import monitoring, schemas, serializers
 from api.auth import principal
 from api.context import int_arg, parse_body, services
 from api.controls import actor
-from orchestrator import broker, diagnosis, dispatch, service
+from orchestrator import diagnosis, dispatch, service
 from orchestrator.db import repository as repo
 from orchestrator.db.session import transaction
 from orchestrator.errors import InvalidRequest, NotFound
@@ -126,12 +126,10 @@ def run_diagnosis(run_id: str):
         run = _load_run(session, run_id)
         steps, approvals, questions = repo.diagnosis_facts(session, run.id)
     status = RunStatus(run.status)
-    # Asking the workers (Celery's broadcast) costs up to a second, and the web UI asks for the diagnosis
-    # of a live run on every update: only a step that has waited a while for a worker makes it worth it.
+    # Only a step that has waited a while for a worker makes the queues' consumers worth reading; they
+    # come from the worker monitor's memory (what the workers broadcast), not from a broadcast now.
     stuck = any(s.status is StepStatus.QUEUED and (s.queued_for_s or 0) >= QUEUED_LONG_S for s in steps)
-    consumers = (broker.queue_consumers(svc.celery, svc.settings.inspect_timeout_s)
-                 if stuck and not svc.settings.uses_embedded_broker
-                 else None)
+    consumers = (monitoring.consumer_counts(svc) if stuck and not svc.settings.uses_embedded_broker else None)
     causes = diagnosis.diagnose(run.id, status, run.error, steps,
                                 approvals=approvals, questions=questions, consumers=consumers)
     return {"run_id": run.id, "status": run.status, "waiting_on": run.waiting_on,

@@ -95,7 +95,7 @@ def revoke(app: Celery, task_ids: list[str]) -> None:
     """Ask workers to stop these attempts now (terminate the process running them).
 
     Best effort: the steps are already `cancelled` in the database, and the heartbeat's cooperative
-    flag stops them even where broadcast is not available (the embedded broker).
+    flag stops them even where the broadcast does not arrive.
     """
     if not task_ids:
         return
@@ -103,20 +103,6 @@ def revoke(app: Celery, task_ids: list[str]) -> None:
         app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
     except Exception as exc:  # noqa: BLE001 - the signal is an optimisation over the database fact
         log.warning("could not broadcast revoke for %d tasks: %s", len(task_ids), exc)
-
-
-def queue_consumers(app: Celery, timeout: float = 1.0) -> dict[str, int] | None:
-    """How many online workers consume each queue (Celery's remote control); None if it cannot tell."""
-    try:
-        replies = app.control.inspect(timeout=timeout).active_queues()
-    except Exception as exc:  # noqa: BLE001 - the embedded broker has no broadcast; say "unknown"
-        log.info("could not ask the workers for their queues: %s", exc)
-        return None
-    counts: dict[str, int] = {}
-    for queues in (replies or {}).values():
-        for queue in queues:
-            counts[queue["name"]] = counts.get(queue["name"], 0) + 1
-    return counts
 
 
 def stranded_attempts(client, older_than_s: float) -> dict[str, tuple[str, str, int]]:
@@ -308,8 +294,8 @@ def queue_depths(app: Celery, names: Iterable[str]) -> dict[str, int | None]:
 
 def inspect_workers(app: Celery, timeout: float) -> dict[str, dict]:
     """{worker name: {"stats", "active_queues", "active"}} of the workers that answered Celery's inspect
-    within ``timeout`` seconds (the three broadcasts run at once). Empty where the broker has no
-    broadcast (the embedded broker) or is down."""
+    within ``timeout`` seconds (the three broadcasts run at once). Empty if nobody answered or the
+    broker is down."""
     inspect = app.control.inspect(timeout=timeout)
     calls = {"stats": inspect.stats, "active_queues": inspect.active_queues, "active": inspect.active}
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:

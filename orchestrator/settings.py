@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = None
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"
-    # How long GET /queues and GET /workers wait for the workers' answers to Celery's inspect.
+    # How long the worker monitor's background inspect round waits for the workers' answers (GET /queues
+    # and GET /workers answer from the monitor's memory and never wait for them).
     inspect_timeout_s: float = 1.0
     # Celery's task-sent event: one more Redis write per step message, for Flower's "sent" state only
     # (the workers' received, started and succeeded events are always on).

@@ -84,22 +84,23 @@ def step_outputs(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tupl
 # --- the scheduler's sweep ----------------------------------------------------------------------
 
 
-def flag_runs_with_due_steps(session: Session) -> int:
-    """Flag runs whose retry/timer is due or whose running step's lease expired; returns how many."""
-    clock = db_now()
-    due = select(STEPS.c.run_id).where(
-        or_(
-            STEPS.c.due_at <= clock,
-            and_(STEPS.c.status == StepStatus.RUNNING.value, STEPS.c.lease_expires_at < clock),
-        )
-    )
-    return session.execute(
-        update(RUNS).where(RUNS.c.id.in_(due), RUNS.c.has_work.is_(False)).values(has_work=True)
-    ).rowcount
-
-
 # The runs whose steps' due times the scheduler fires (a paused run's retry waits for its resume).
 FIRING_RUN = (RunStatus.RUNNING, RunStatus.WAITING)
+
+
+def flag_runs_with_due_steps(session: Session) -> int:
+    """Flag runs whose retry/timer is due (running or waiting runs: a paused one's waits for its
+    resume, and flagging it would buy a pass that does nothing, every sweep) or whose running step's
+    lease expired (any run: an ended run stops its lost attempts); returns how many."""
+    clock = db_now()
+    due = select(STEPS.c.run_id).where(STEPS.c.due_at <= clock)
+    lost = select(STEPS.c.run_id).where(STEPS.c.status == StepStatus.RUNNING.value, STEPS.c.lease_expires_at < clock)
+    firing = RUNS.c.status.in_([s.value for s in FIRING_RUN])
+    return session.execute(
+        update(RUNS)
+        .where(RUNS.c.has_work.is_(False), or_(and_(RUNS.c.id.in_(due), firing), RUNS.c.id.in_(lost)))
+        .values(has_work=True)
+    ).rowcount
 
 
 def seconds_until_next_due(session: Session, passed_within_s: float) -> float | None:
