@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 import httpx
+from click.core import ParameterSource
 
 from orchestrator.settings import DEV_SECRET_KEY, Settings, load
 
@@ -34,17 +35,50 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 or :: for all).")
 @click.option("--port", default=8080, show_default=True, type=int)
-def api(host: str, port: int) -> None:
-    """Serve the REST API (werkzeug, threaded; use gunicorn 'api.wsgi:app' in production)."""
-    from werkzeug.serving import run_simple
+@click.option("--workers", "-w", default=None, type=click.IntRange(min=1),
+              show_default="2 × CPU cores + 1, at most 8",
+              help="gunicorn worker processes (each with its own database pool and worker monitor).")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Threads per worker process: requests (open event streams included) served at once "
+                   "per process.")
+@click.option("--dev", is_flag=True,
+              help="werkzeug's development server instead (one process, threaded), restarting on code changes.")
+@click.option("--reload/--no-reload", default=None, show_default="on",
+              help="With --dev: restart when the code changes.")
+def api(host: str, port: int, workers: int | None, threads: int, dev: bool, reload: bool | None) -> None:
+    """Serve the REST API and the web UI with gunicorn (WORKERS processes × THREADS threads, the same app
+    as gunicorn 'api.wsgi:app'); --dev serves it with werkzeug's development server."""
+    from api import serve
 
-    from api import create_app
-
+    threads_given = click.get_current_context().get_parameter_source("threads") != ParameterSource.DEFAULT
+    if dev and (workers is not None or threads_given):
+        raise click.UsageError("--workers and --threads are gunicorn's; --dev serves in one threaded process")
+    if not dev and reload is not None:
+        raise click.UsageError("--reload and --no-reload apply to --dev only (gunicorn does not reload)")
     settings = load()
     _logging(settings)
-    run_simple(host, port, create_app(settings), threaded=True, use_reloader=False)
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    if dev:
+        if not serve.is_reloader_child():  # the reloader's child runs this again: say it, check it once
+            _check_port(serve, host, port)
+            click.echo(f"serving the Switchyard API at {base}/api/v1 with werkzeug's development server "
+                       f"(threaded{'' if reload is False else ', reloading on code changes'}); not for production")
+        serve.serve_werkzeug(settings, host, port, reload is not False)
+        return
+    workers = workers or serve.default_workers()
+    _check_port(serve, host, port)
+    click.echo(f"serving the Switchyard API at {base}/api/v1 with gunicorn: {workers} worker "
+               f"process{'' if workers == 1 else 'es'} × {threads} thread{'' if threads == 1 else 's'}")
+    serve.serve_gunicorn(settings, host, port, workers, threads)
+
+
+def _check_port(serve, host: str, port: int) -> None:
+    try:
+        serve.check_port_free(host, port)
+    except serve.PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -209,7 +243,8 @@ def dev(host: str, port: int, tenant: str) -> None:
     click.echo("[3/4] starting the API, the scheduler and a worker")
     exe = [sys.executable, "-m", "orchestrator.cli"]
     children = [
-        subprocess.Popen([*exe, "api", "--host", host, "--port", str(port)]),
+        # One threaded werkzeug process, as ever: `api --dev`, without the reloader (this supervises).
+        subprocess.Popen([*exe, "api", "--host", host, "--port", str(port), "--dev", "--no-reload"]),
         subprocess.Popen([*exe, "scheduler"]),
         subprocess.Popen([*exe, "worker", "--concurrency", "2", "--pool", "threads", "--loglevel", "WARNING"]),
     ]
