@@ -129,6 +129,8 @@ class Run(RunSummary):
     """A run with its steps, as GET /runs/{run_id} and every action on a run answer."""
 
     steps: list[Step]
+    failed_steps: list[str] = Field(description="The steps that failed for good; in a succeeded run, the ones "
+                                                "whose `on_failure: continue` let it go on.")
 
 
 class RunPage(_Out):

@@ -125,6 +125,8 @@ def run_json(
     }
     if steps is not None:
         body["steps"] = [step_json(s) for s in steps]
+        # The steps that failed for good; in a succeeded run, those that could (`on_failure: continue`).
+        body["failed_steps"] = [s.step_id for s in steps if s.status == "failed"]
     return body
 
 

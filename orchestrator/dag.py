@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
 from orchestrator import steptypes
-from orchestrator.states import IN_FLIGHT_STEP, RunStatus, StepStatus
+from orchestrator.states import IN_FLIGHT_STEP, TERMINAL_STEP, RunStatus, StepStatus
 
 Needs = Mapping[str, Sequence[str]]
 Statuses = Mapping[str, StepStatus]
@@ -65,14 +65,51 @@ def topological_order(step_ids: Sequence[str], needs: Needs) -> list[str]:
     return result
 
 
-def ready_steps(needs: Needs, statuses: Statuses) -> list[str]:
-    """Pending steps whose needs have all succeeded, in definition order."""
+# When a step with needs may run (a step's `join`): every need succeeded (the default), every need
+# settled and one succeeded, or every need settled whatever the outcome.
+JOINS = ("all_succeeded", "any_succeeded", "all_done")
+READY = "ready"
+
+
+def join_verdict(join: str, need_statuses: Sequence[StepStatus]) -> str | None:
+    """Whether a pending step may run by its ``join`` rule: READY, the reason it is skipped
+    ("blocked": a need failed; "upstream_skipped": a need was skipped, or none succeeded), or None
+    while it must wait for its needs."""
+    settled = all(s in TERMINAL_STEP for s in need_statuses)
+    if join == "all_done":
+        return READY if settled else None
+    if join == "any_succeeded":
+        if not settled:
+            return None
+        return READY if any(s is StepStatus.SUCCEEDED for s in need_statuses) else "upstream_skipped"
+    if all(s is StepStatus.SUCCEEDED for s in need_statuses):
+        return READY
+    if any(s in (StepStatus.FAILED, StepStatus.CANCELLED) for s in need_statuses):
+        return "blocked"
+    return "upstream_skipped" if any(s is StepStatus.SKIPPED for s in need_statuses) else None
+
+
+def ready_steps(needs: Needs, statuses: Statuses, joins: Mapping[str, str] | None = None) -> list[str]:
+    """Pending steps their join rule (default: every need succeeded) lets run, in definition order."""
+    joins = joins or {}
     return [
         step_id
         for step_id, status in statuses.items()
         if status is StepStatus.PENDING
-        and all(statuses[n] is StepStatus.SUCCEEDED for n in needs.get(step_id, ()))
+        and join_verdict(joins.get(step_id, "all_succeeded"), [statuses[n] for n in needs.get(step_id, ())]) == READY
     ]
+
+
+def upstream(step_id: str, needs: Needs) -> set[str]:
+    """Every step ``step_id`` needs, directly or through others."""
+    seen: set[str] = set()
+    todo = list(needs.get(step_id, ()))
+    while todo:
+        need = todo.pop()
+        if need not in seen:
+            seen.add(need)
+            todo.extend(needs.get(need, ()))
+    return seen
 
 
 @dataclass(frozen=True)
@@ -110,7 +147,7 @@ def advance(
     """Decide the next move of a live run from its steps' statuses.
 
     Ready worker steps are dispatched, ready approval/question/event/timer steps are parked in
-    `waiting`; the run is `succeeded` when every step succeeded, `waiting` when the only work
+    `waiting`; the run is `succeeded` when every step settled, `waiting` when the only work
     left waits on the outside world, and `running` otherwise. ``waits`` says what a waiting worker
     step waits on (an agent's question, a gated tool call's approval), where its type does not tell.
     """
@@ -120,7 +157,9 @@ def advance(
     after = dict(statuses)
     after.update({s: StepStatus.QUEUED for s in dispatch})
     after.update({s: StepStatus.WAITING for s in park})
-    if all(st is StepStatus.SUCCEEDED for st in after.values()):
+    # Every step settled: the run succeeded (a step that failed for good failed the run at once,
+    # unless it may fail and let the run go on: `on_failure: continue`).
+    if all(st in TERMINAL_STEP for st in after.values()):
         return Advance(dispatch, park, RunStatus.SUCCEEDED)
     active = [s for s, st in after.items() if st in IN_FLIGHT_STEP]
     waiting = [s for s in active if after[s] is StepStatus.WAITING]

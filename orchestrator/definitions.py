@@ -103,7 +103,7 @@ class Definition(StrictModel):
     def template_names(self, step_id: str) -> frozenset[str]:
         """The top-level names (``steps``, ``approval``, …) that the step's templates read."""
         if step_id not in self._template_names:
-            fields = self.step(step_id).model_dump(exclude={"id", "type", "needs"})
+            fields = self.step(step_id).model_dump(exclude=set(_NOT_TEMPLATES))
             self._template_names[step_id] = templates.referenced_names(fields)
         return self._template_names[step_id]
 
@@ -166,6 +166,9 @@ def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
     known = registry.known_tools()
     for i, step in enumerate(definition.steps):
         problems += _step_problems(i, step, known)
+        if step.when is not None:
+            problems += templates.expression_problems(step.when, f"steps.{i}.when",
+                                                      dag.upstream(step.id, definition.needs))
     return problems + _policy_problems(definition.policy, known) + _schema_problems(definition.input_schema)
 
 
@@ -211,7 +214,7 @@ def _salvaged_problems(raw: dict, max_steps: int) -> list[str]:
 
 
 # A step's fields that are not templates: the rest is checked for template syntax.
-_NOT_TEMPLATES = frozenset({"id", "type", "needs"})
+_NOT_TEMPLATES = frozenset({"id", "type", "needs", "when", "join", "on_failure"})
 
 
 def _size_problems(count: int, max_steps: int) -> list[str]:

@@ -57,6 +57,37 @@ def _internals(tree: nodes.Template) -> list[str]:
     return found
 
 
+def expression_problems(expression: str, where: str, upstream: set[str]) -> list[str]:
+    """Why a step's ``when`` expression is refused at publish: it does not parse, reaches for a Python
+    internal, or reads ``steps.<id>`` of a step that is not upstream of it (its output would not exist)."""
+    try:
+        tree = _env.parse("{{ (" + expression + ") }}")
+    except TemplateSyntaxError as exc:
+        return [f"{where}: expression syntax error: {exc.message}"]
+    problems = [f"{where}: {p}" for p in _internals(tree)]
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node.node, nodes.Name) and node.node.name == "steps":
+            name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+            if isinstance(name, str) and name not in upstream:
+                problems.append(f"{where}: names step {name!r}, which is not upstream of this step "
+                                f"(add it to needs, directly or through another step)")
+    return problems
+
+
+def evaluate(expression: str, context: dict[str, Any]) -> Any:
+    """The value of a ``when`` expression in ``context``; PermanentStepError (template_error) if it fails."""
+    try:
+        return _compiled(expression)(**context)
+    except Exception as exc:  # noqa: BLE001 - as for render(): the definition's fault
+        raise PermanentStepError(f"expression {expression!r} failed: {type(exc).__name__}: {exc}",
+                                 code="template_error") from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(expression: str):
+    return _env.compile_expression(expression, undefined_to_none=False)
+
+
 def render(value: Any, context: dict[str, Any]) -> Any:
     """Render every string inside ``value``; other JSON values pass through unchanged."""
     if isinstance(value, str):

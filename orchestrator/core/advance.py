@@ -12,11 +12,12 @@ from orchestrator import dag, steptypes, templates
 from orchestrator.core import outcome as outcomes
 from orchestrator.core import stopping
 from orchestrator.core.inputs import Env
-from orchestrator.core.reports import WORKER_LOST, Outcome
+from orchestrator.core.reports import WORKER_LOST, ErrorInfo, Outcome
 from orchestrator.core.snapshot import RunState, StepState
 from orchestrator.core.transition import NOW, Draft, DueIn, Request, Transition
 from orchestrator.core.vocabulary import EventType, SkipReason, WaitsOn
 from orchestrator.definitions import Definition
+from orchestrator.errors import StepError
 from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
 
 
@@ -95,7 +96,7 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
     """Queue the ready worker steps and park the ready waiting ones, again while a parked step
     completed at once (an event kept from before it waited)."""
     while True:
-        ready = dag.ready_steps(definition.needs, draft.statuses())
+        ready = _ready_or_skipped(draft, definition)
         for step_id in ready:
             if steptypes.get(draft.step(step_id).type).waits_on is None:
                 outcomes.queue_step(draft, definition, draft.step(step_id))
@@ -110,9 +111,49 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
             return
 
 
+def _ready_or_skipped(draft: Draft, definition: Definition) -> list[str]:
+    """The pending steps that may run now, by their join rule and their `when`; those that never
+    will are skipped (with the reason), again while a skip settles another step's needs."""
+    while True:
+        statuses, ready, skipped_any = draft.statuses(), [], False
+        for step_id, status in statuses.items():
+            if status is not StepStatus.PENDING:
+                continue
+            step_def = definition.step(step_id)
+            verdict = dag.join_verdict(step_def.join, [statuses[n] for n in definition.needs[step_id]])
+            if verdict == dag.READY and step_def.when is not None:
+                verdict = _condition(draft, step_def)
+            if verdict == dag.READY:
+                ready.append(step_id)
+            elif verdict is not None:
+                _skip(draft, step_id, SkipReason(verdict))
+                skipped_any = True
+        if not skipped_any:
+            return ready
+
+
+def _condition(draft: Draft, step_def) -> str:
+    """READY if the step's `when` holds; the skip reason `condition` if it does not, or cannot be
+    evaluated (the event says why)."""
+    if draft.run.outputs is None:
+        raise NeedsFacts(context=True)
+    try:
+        return dag.READY if templates.evaluate(step_def.when, _context(draft)) else SkipReason.CONDITION.value
+    except StepError as exc:
+        draft.event(EventType.STEP_CONDITION_FAILED, step_def.id, None, error=ErrorInfo.of(exc).as_json())
+        return SkipReason.CONDITION.value
+
+
+def _skip(draft: Draft, step_id: str, reason: SkipReason) -> None:
+    if draft.move(draft.step(step_id), StepStatus.SKIPPED, only_from=[StepStatus.PENDING], skipped_reason=reason.value,
+                  completed_at=NOW):
+        draft.event(EventType.STEP_COMPLETED, step_id, None, skipped=True, reason=reason.value)
+
+
 def _context(draft: Draft) -> dict[str, Any]:
+    """What templates and conditions see: the snapshot's outputs, with those the draft decided."""
     run = draft.run
-    return templates.run_context(run.input, dict(run.outputs or {}),
+    return templates.run_context(run.input, {**(run.outputs or {}), **draft.outputs()},
                                  {"id": run.id, "attempt": run.attempt, "workflow_id": run.workflow_id},
                                  dict(run.approval) if run.approval else None)
 
@@ -174,9 +215,11 @@ def _settle_status(draft: Draft, definition: Definition) -> None:
     decision = dag.advance(definition.needs, draft.statuses(), {s.step_id: s.type for s in steps},
                            {s.step_id: s.waiting_on for s in steps if s.waiting_on})
     if decision.run_status is RunStatus.SUCCEEDED:
-        outputs = draft.run.outputs
-        if outputs is not None and all(s in outputs for s in definition.sinks):
-            stopping.succeed_run(draft, {s: outputs[s] for s in definition.sinks})
+        # The sinks' outputs (None for a sink that was skipped or failed), if the snapshot holds them.
+        outputs = None if draft.run.outputs is None else {**draft.run.outputs, **draft.outputs()}
+        succeeded = [s for s in definition.sinks if draft.step(s).status is StepStatus.SUCCEEDED]
+        if outputs is not None and all(s in outputs for s in succeeded):
+            stopping.succeed_run(draft, {s: outputs.get(s) for s in definition.sinks})
         else:
             stopping.succeed_run(draft, output_from=tuple(definition.sinks))
         return

@@ -87,7 +87,8 @@ def _fail(draft: Draft, definition: Definition, step: StepState, outcome: Outcom
           due_at=None, **values)
     draft.event(EventType.STEP_FAILED, step.step_id, step.attempt, error=error.as_json())
     usage.add(step_done=True)
-    if not run_ended:
+    # `on_failure: continue`: the run goes on; the steps that need this one follow their join rule.
+    if not run_ended and definition.step(step.step_id).on_failure != "continue":
         stopping.fail_run(draft, step.step_id, error.as_json())
 
 
@@ -185,7 +186,9 @@ def ready_reads(definition: Definition, step_id: str) -> list[str] | None:
     makes ready reads; None if that is left to the scheduler (a step to start waits in the database,
     or there are too many to read)."""
     dependents = definition.dependents[step_id]
-    if not dependents or any(definition.step(d).type in dag.WAITING_TYPES for d in dependents):
+    # A dependent that waits in the database, has a condition or another join rule: the scheduler decides.
+    if not dependents or any(definition.step(d).type in dag.WAITING_TYPES or definition.step(d).when is not None
+                             or definition.step(d).join != "all_succeeded" for d in dependents):
         return None
     others = sorted({n for d in dependents for n in definition.needs[d]} - {step_id})
     return None if len(others) > QUEUE_READY_MAX_READS else others

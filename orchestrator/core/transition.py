@@ -196,6 +196,10 @@ class Draft:
         """The step as decided so far."""
         return self.steps[step_id]
 
+    def outputs(self) -> dict[str, Any]:
+        """The outputs of the steps this draft moved to `succeeded`."""
+        return {m.step_id: m.values.get("output") for m in self.moves if m.target is StepStatus.SUCCEEDED}
+
     def statuses(self) -> dict[str, StepStatus]:
         """The steps' statuses as decided so far."""
         return {step_id: step.status for step_id, step in self.steps.items()}

@@ -27,6 +27,7 @@ class EventType(StrEnum):
     STEP_CANCELLED = "step_cancelled"
     STEP_WAITING = "step_waiting"
     STEP_DEFERRED = "step_deferred"
+    STEP_CONDITION_FAILED = "step_condition_failed"  # its `when` could not be evaluated: it is skipped
     STEPS_REOPENED = "steps_reopened"
     POLICY_DECISION = "policy_decision"
     APPROVAL_DECIDED = "approval_decided"
@@ -59,8 +60,10 @@ class ErrorCode(StrEnum):
 class SkipReason(StrEnum):
     """Why a step was skipped."""
 
-    BLOCKED = "blocked"  # its run failed before it could start
+    BLOCKED = "blocked"  # its run failed before it could start, or a need it required failed
     RUN_CANCELLED = "run_cancelled"
+    CONDITION = "condition"  # its `when` was falsy
+    UPSTREAM_SKIPPED = "upstream_skipped"  # a need it required was skipped (or, any_succeeded: none succeeded)
 
 
 class WaitsOn(StrEnum):

@@ -35,6 +35,11 @@ class StepFields(StrictModel):
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
     queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
     description: str | None = None
+    # Control flow: an expression (Jinja2, no braces) that must be truthy for the step to run; when a
+    # step with needs may run; whether its failing for good fails the run or lets it go on.
+    when: str | None = Field(default=None, min_length=1, max_length=2000)
+    join: Literal["all_succeeded", "any_succeeded", "all_done"] = "all_succeeded"
+    on_failure: Literal["fail_run", "continue"] = "fail_run"
 
 
 class ScriptedTurn(StrictModel):

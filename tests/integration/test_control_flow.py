@@ -1,0 +1,48 @@
+"""Control flow through real workers and the scheduler: a condition picks a branch, the other is
+skipped with its reason, a step that may fail lets the run go on, and join rules decide the rest."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import by_id, events, publish, start, wait_run
+
+pytestmark = pytest.mark.usefixtures("engine_processes")
+
+ROUTED = {"name": "routed", "steps": [
+    {"id": "classify", "type": "tool", "tool": "echo", "args": {"category": "{{ input.category }}"}},
+    {"id": "refund", "type": "tool", "tool": "echo", "args": {"text": "refund"}, "needs": ["classify"],
+     "when": "steps.classify.output.category == 'refund'"},
+    {"id": "other", "type": "tool", "tool": "echo", "args": {"text": "other"}, "needs": ["classify"],
+     "when": "steps.classify.output.category != 'refund'"},
+    {"id": "notify", "type": "tool", "tool": "fail", "args": {"message": "smtp down"}, "needs": ["refund", "other"],
+     "join": "any_succeeded", "on_failure": "continue", "retry": {"max_attempts": 1}},
+    {"id": "done", "type": "tool", "tool": "echo", "args": {"text": "done"}, "needs": ["notify"], "join": "all_done"},
+]}
+
+
+@pytest.mark.parametrize(("category", "ran", "skipped"), [("refund", "refund", "other"), ("billing", "other", "refund")])
+def test_a_condition_routes_the_run_and_a_failure_that_may_happen_does_not_fail_it(api, category, ran, skipped):
+    run_id = start(api, publish(api, ROUTED), {"category": category})
+    run = wait_run(api, run_id)
+    steps = by_id(run)
+    assert run["status"] == "succeeded", run
+    assert steps[ran]["status"] == "succeeded"
+    assert (steps[skipped]["status"], steps[skipped]["skipped_reason"]) == ("skipped", "condition")
+    assert steps["notify"]["status"] == "failed" and steps["notify"]["error"]["message"] == "smtp down"
+    assert steps["done"]["status"] == "succeeded"
+    assert run["failed_steps"] == ["notify"]
+    assert run["output"] == {"done": {"text": "done"}}
+    skips = [e for e in events(api, run_id) if e["type"] == "step_completed" and e["data"].get("skipped")]
+    assert [(e["step_id"], e["data"]["reason"]) for e in skips] == [(skipped, "condition")]
+
+
+def test_a_condition_naming_a_step_that_is_not_upstream_is_refused_at_publish(api):
+    response = api.put("/workflows/bad-condition", json={"name": "bad", "steps": [
+        {"id": "a", "type": "tool", "tool": "echo"},
+        {"id": "b", "type": "tool", "tool": "echo", "when": "steps.a.output.ok"},
+    ]})
+    assert response.status_code == 400
+    problems = response.get_json()["error"]["details"]["problems"]
+    assert problems == ["steps.1.when: names step 'a', which is not upstream of this step "
+                        "(add it to needs, directly or through another step)"]
