@@ -34,21 +34,6 @@ class AttemptReport:
 
 
 @dataclass(frozen=True)
-class Advance:
-    """The scheduler's pass over a run: start it, reclaim lost attempts, fire due times, dispatch
-    ready steps, park the ones that wait, and settle the run's status."""
-
-
-@dataclass(frozen=True)
-class Resolve:
-    """A waiting step is resolved from outside: a timer or a timeout came due, an event arrived, a
-    person answered a question step or decided an approval."""
-
-    step_id: str
-    outcome: Outcome
-
-
-@dataclass(frozen=True)
 class Actor:
     """Who acted, for the audit trail: the caller's token and an optional ``?triggered_by=``."""
 

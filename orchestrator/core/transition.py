@@ -107,11 +107,6 @@ class Transition:
         """Whether the run is left flagged with work for the scheduler."""
         return bool(self.run_values.get("has_work"))
 
-    @property
-    def changes_nothing(self) -> bool:
-        return not (self.run_to or self.run_values or self.moves or self.events or self.requests
-                    or self.close_requests)
-
 
 def _after_move(step: StepState, target: StepStatus, values: dict[str, Any], queued: StepMessage | None
                 ) -> StepState:

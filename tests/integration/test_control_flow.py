@@ -3,22 +3,23 @@ skipped with its reason, a step that may fail lets the run go on, and join rules
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from tests.integration.conftest import by_id, events, publish, start, wait_run
+from tests.integration.conftest import ROOT, by_id, events, publish, start, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
-ROUTED = {"name": "routed", "steps": [
-    {"id": "classify", "type": "tool", "tool": "echo", "args": {"category": "{{ input.category }}"}},
-    {"id": "refund", "type": "tool", "tool": "echo", "args": {"text": "refund"}, "needs": ["classify"],
-     "when": "steps.classify.output.category == 'refund'"},
-    {"id": "other", "type": "tool", "tool": "echo", "args": {"text": "other"}, "needs": ["classify"],
-     "when": "steps.classify.output.category != 'refund'"},
-    {"id": "notify", "type": "tool", "tool": "fail", "args": {"message": "smtp down"}, "needs": ["refund", "other"],
-     "join": "any_succeeded", "on_failure": "continue", "retry": {"max_attempts": 1}},
-    {"id": "done", "type": "tool", "tool": "echo", "args": {"text": "done"}, "needs": ["notify"], "join": "all_done"},
-]}
+def _example(doc: Path, heading: str) -> dict:
+    """The first JSON block under ``heading`` in ``doc``."""
+    text = doc.read_text().split(heading, 1)[1]
+    return json.loads(text.split("```json", 1)[1].split("```", 1)[0])
+
+
+# The example of docs/api.md ("Control flow"), read from the document: what it shows is what runs.
+ROUTED = _example(ROOT / "docs" / "api.md", "## Control flow")
 
 
 @pytest.mark.parametrize(("category", "ran", "skipped"), [("refund", "refund", "other"), ("billing", "other", "refund")])
