@@ -1,4 +1,4 @@
-"""The `switchyard` command: api, scheduler, worker, dev, db upgrade, token create|list|revoke.
+"""The `switchyard` command: api, scheduler, worker, dev, db upgrade, token create|list|revoke, doctor.
 
 The commands for the API and the worker import ``api`` and ``workers`` inside their functions:
 the orchestrator does not depend on them, the command line merely starts them.
@@ -300,6 +300,10 @@ def _stop(children: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             child.kill()
 
+
+from orchestrator.doctor import doctor  # noqa: E402 - a command of its own module, registered here
+
+main.add_command(doctor)
 
 if __name__ == "__main__":
     main()

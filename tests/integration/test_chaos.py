@@ -22,6 +22,7 @@ from orchestrator.db.models import Event, Run
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.settings import Settings
 from tests.integration.conftest import Api, Processes, fresh_database, publish, wait_for
+from tests.integration.invariants import assert_no_violations
 
 RUNS = 300
 WORKERS = ("worker1", "worker2", "worker3")
@@ -165,4 +166,5 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
     assert doubled == [], f"steps recorded as completed more than once: {doubled[:5]}"
     assert dispatched_twice == [], f"attempts dispatched twice: {dispatched_twice[:5]}"
     assert completed == RUNS * 4
+    assert_no_violations(settings)
     print(f"\nchaos: {RUNS} runs succeeded, settled {settled_after:.1f}s after the last fault")

@@ -24,6 +24,7 @@ from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.settings import Settings
 from tests.integration.conftest import Api, Processes, claimed_redis_db, publish, wait_for, wait_run
+from tests.integration.invariants import assert_no_violations
 from tests.integration.test_chaos import free_port
 
 OUTAGE_S = 10
@@ -151,4 +152,5 @@ def test_no_run_is_lost_and_the_api_answers_503_while_postgres_is_down(outage_en
     accepted = [a[1]["id"] for a in load.answers if a[0] == 201]
     for run_id in accepted:
         assert wait_run(api, run_id, timeout=90)["status"] == "succeeded", run_id
+    assert_no_violations(settings)
     print(f"\noutage: {len(accepted)} runs accepted, all succeeded; {len(unavailable)} answers were 503")

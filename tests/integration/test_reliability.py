@@ -20,6 +20,7 @@ from orchestrator.db.models import Outbox, Step
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.messages import StepMessage
 from tests.integration.conftest import ROOT, _env, by_id, events, publish, start, wait_for, wait_run
+from tests.integration.invariants import assert_no_violations
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -116,6 +117,7 @@ def test_a_crash_between_commit_and_publish_leaves_no_step_queued(api, settings,
     # before that (its last step's report finishes it).
     wait_for(lambda: scalar(settings, select(func.count()).select_from(Outbox).where(Outbox.run_id == run_id)) == 0,
              10, "the published outbox row to be deleted")
+    assert_no_violations(settings, [run_id])
 
 
 @contextmanager
@@ -148,6 +150,7 @@ def test_steps_whose_messages_the_broker_lost_are_published_again(api, settings,
     assert run["status"] == "succeeded" and by_id(run)["slow"]["attempt"] == 1
     assert re.search(r"re-publishing \d+ queued steps", engine_processes.log_tail("scheduler", 200))
     assert scalar(settings, select(Step.attempt).where(Step.run_id == run_id, Step.step_id == "after")) == 1
+    assert_no_violations(settings, [run_id])
 
 
 TAKE_AND_DIE = """
@@ -187,6 +190,7 @@ def test_a_step_whose_message_a_killed_worker_took_is_published_again(api, setti
                      engine_processes.log_tail("scheduler", 200))
     # Forgotten: kombu will not put it back an hour later (the workers' own acks may still be landing).
     wait_for(lambda: client.hlen("unacked") == 0, 10, "no message left unacknowledged")
+    assert_no_violations(settings, [run_id])
 
 
 def diagnosis_of(api, run_id: str) -> dict:
