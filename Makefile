@@ -33,11 +33,15 @@ chromium:
 	  echo "    web UI's tests skip (and fail in CI, where SWITCHYARD_REQUIRE_SERVICES=1)"; \
 	fi
 
+# make run PORT=9090 CONCURRENCY=4: the API's port and the worker's threads of `switchyard dev`.
+PORT ?= 8080
+CONCURRENCY ?= 2
+
 run: install
-	$(BIN)/switchyard dev
+	$(BIN)/switchyard dev --port $(PORT) --concurrency $(CONCURRENCY)
 
 lint: install
-	$(BIN)/ruff check orchestrator workers api tests
+	$(BIN)/ruff check orchestrator workers api tests switchyard
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

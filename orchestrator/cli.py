@@ -30,6 +30,7 @@ def _logging(settings: Settings, level: str = "INFO") -> None:
 
 
 @click.group()
+@click.version_option(package_name="switchyard", prog_name="switchyard")
 def main() -> None:
     """Switchyard: durable runs of AI-agent workflows on Celery workers."""
 
@@ -227,7 +228,9 @@ def evidence_verify(file: Path, no_hmac: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--tenant", default="demo", show_default=True)
-def dev(host: str, port: int, tenant: str) -> None:
+@click.option("--concurrency", "-c", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Steps the worker runs at once (threads).")
+def dev(host: str, port: int, tenant: str, concurrency: int) -> None:
     """API + scheduler + worker on embedded defaults (SQLite file, filesystem broker), with a sample workflow."""
     from orchestrator.db import migrate
     from orchestrator.sample import SAMPLE_WORKFLOW_ID
@@ -239,28 +242,56 @@ def dev(host: str, port: int, tenant: str) -> None:
     migrate.upgrade(settings)
     click.echo(f"[2/4] publishing the sample workflow '{SAMPLE_WORKFLOW_ID}' for tenant '{tenant}'")
     _publish_sample(settings, tenant)
-    plaintext = _create_token(settings, tenant, "admin", "switchyard dev")
+    plaintext, reused = _dev_token(settings, tenant)
     click.echo("[3/4] starting the API, the scheduler and a worker")
     exe = [sys.executable, "-m", "orchestrator.cli"]
     children = [
         # One threaded werkzeug process, as ever: `api --dev`, without the reloader (this supervises).
         subprocess.Popen([*exe, "api", "--host", host, "--port", str(port), "--dev", "--no-reload"]),
         subprocess.Popen([*exe, "scheduler"]),
-        subprocess.Popen([*exe, "worker", "--concurrency", "2", "--pool", "threads", "--loglevel", "WARNING"]),
+        subprocess.Popen([*exe, "worker", "--concurrency", str(concurrency), "--pool", "threads", "--loglevel", "WARNING"]),
     ]
     base = f"http://{host}:{port}/api/v1"
     _wait_healthy(base, children)
-    body = json.dumps({"workflow_id": SAMPLE_WORKFLOW_ID, "input": {"ticket": "My invoice is wrong"}})
+    body = json.dumps({"workflow_id": SAMPLE_WORKFLOW_ID, "input": SAMPLE_INPUT})
     click.echo(
-        f"[4/4] Switchyard is up at {base}\n\n  token: {plaintext}\n"
+        f"[4/4] Switchyard is up at {base}\n\n  token: {plaintext}"
+        f"{f' (the one of the last start, kept in {DEV_TOKEN_FILE} of the data dir)' if reused else ''}\n"
         f"  web UI: http://{host}:{port}/ (sign in with the token)\n\n"
         f"Start a run of the sample workflow:\n\n"
         f"  curl -s -X POST {base}/runs -H 'Authorization: Bearer {plaintext}' "
         f"-H 'Content-Type: application/json' -d '{body}'\n\n"
-        f"Then watch it: curl -s {base}/runs/<run id> -H 'Authorization: Bearer {plaintext}'\n"
+        f"Then watch it: curl -s {base}/runs/<run id> -H 'Authorization: Bearer {plaintext}'\n\n"
+        f"Or with the command line (docs/cli.md):\n\n"
+        f"  export SWITCHYARD_URL=http://{host}:{port} SWITCHYARD_TOKEN={plaintext}\n"
+        f"  switchyard runs start {SAMPLE_WORKFLOW_ID} --input '{json.dumps(SAMPLE_INPUT)}' --follow\n\n"
         f"Press Ctrl-C to stop.",
     )
     _supervise(children)
+
+
+DEV_TOKEN_FILE = "dev-token"
+SAMPLE_INPUT = {"ticket": "My invoice is wrong"}
+
+
+def _dev_token(settings: Settings, tenant: str) -> tuple[str, bool]:
+    """The admin token of `switchyard dev`: the one kept in the data dir if it is still live for this
+    tenant (so a restart does not make another), else a new one, kept there. (token, reused)."""
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker
+
+    path = settings.data_dir / DEV_TOKEN_FILE
+    kept = path.read_text().strip() if path.exists() else ""
+    if kept:
+        with make_sessionmaker(make_engine(settings))() as session:
+            found = repo.find_token(session, kept)
+            if found is not None and found.tenant_id == tenant and found.role == "admin":
+                return kept, True
+    plaintext = _create_token(settings, tenant, "admin", "switchyard dev")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(plaintext + "\n")
+    return plaintext, False
 
 
 def _wait_healthy(base: str, children: list[subprocess.Popen], deadline_s: float = 60) -> None:
@@ -304,6 +335,10 @@ def _stop(children: list[subprocess.Popen]) -> None:
 from orchestrator.doctor import doctor  # noqa: E402 - a command of its own module, registered here
 
 main.add_command(doctor)
+
+from switchyard import cli as remote_commands  # noqa: E402 - workflows, runs, approvals…: talk to an API
+
+remote_commands.register(main)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,187 @@
+"""``switchyard runs …``: start, list, read, watch and control runs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from switchyard.cli import watch as board
+from switchyard.cli.common import EXIT_RUN_FAILED, Remote, json_arg, remote, short, table, when
+from switchyard.client.models import Run, RunSummary
+
+RUN_STATUSES = ("queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled")
+
+
+@click.group()
+def runs() -> None:
+    """Start, list, read, watch and control runs."""
+
+
+def show_run(remote_: Remote, run: Run) -> None:
+    """The run for people: its line, then its steps."""
+    def people() -> None:
+        error = f"  error: {run.error.get('code')}: {run.error.get('message')}" if run.error else ""
+        click.echo(f"{run.id}  {run.workflow.id} v{run.workflow.version}  {run.status}"
+                   f"{f' (waiting on {run.waiting_on})' if run.waiting_on else ''}{error}")
+        if run.steps:
+            table(None, ("step", "type", "status", "attempt", "output / error"),
+                  ((s.id, s.type, s.status, f"{s.attempt}/{s.max_attempts}",
+                    short(s.error or s.output if s.error or s.output is not None else s.skipped_reason))
+                   for s in run.steps))
+        if run.status == "succeeded" and run.output is not None:
+            click.echo(f"output: {short(run.output, 200)}")
+
+    remote_.emit(run, people)
+
+
+def finish(run: Run) -> None:
+    """Exit 1 unless the run succeeded (for the commands that wait for it)."""
+    if run.status != "succeeded":
+        sys.exit(EXIT_RUN_FAILED)
+
+
+@runs.command("start")
+@click.argument("workflow")
+@click.option("--input", "input_", metavar="JSON|@FILE", help="The run's input: JSON, or @file.json.")
+@click.option("--version", type=click.IntRange(min=1), help="A version of the workflow (default: the latest).")
+@click.option("--idempotency-key", metavar="KEY", help="The same key and input answer the first run again.")
+@click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 unless it succeeded.")
+@click.option("--follow", is_flag=True, help="Print the run's events as they happen; exit 1 unless it succeeded.")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 3).")
+@remote
+def start(remote_: Remote, workflow: str, input_: str | None, version: int | None, idempotency_key: str | None,
+          wait: bool, follow: bool, timeout: float | None) -> None:
+    """Start a run of WORKFLOW."""
+    if wait and follow:
+        raise click.UsageError("--wait and --follow exclude each other: --follow waits too, printing events")
+    run = remote_.client.runs.start(workflow, json_arg(input_, "--input"), version=version,
+                                    idempotency_key=idempotency_key)
+    if follow:
+        _follow(remote_, run.id)
+        run = remote_.client.runs.get(run.id)
+    elif wait:
+        if not remote_.as_json:
+            click.echo(f"started {run.id}; waiting for it to end", err=True)
+        run = remote_.client.runs.wait(run.id, timeout=timeout)
+    show_run(remote_, run)
+    if wait or follow:
+        finish(run)
+
+
+def _follow(remote_: Remote, run_id: str) -> None:
+    for event in remote_.client.runs.follow(run_id):
+        remote_.emit(event, lambda e=event: click.echo(board.line(e)))
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice(RUN_STATUSES))
+@click.option("--workflow", "workflow_id", metavar="ID", help="Only runs of this workflow.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many runs (read page after page).")
+@remote
+def list_(remote_: Remote, status: str | None, workflow_id: str | None, limit: int) -> None:
+    """The tenant's runs, newest first."""
+    found: list[RunSummary] = []
+    for run in remote_.client.runs.list(status=status, workflow_id=workflow_id, page_size=min(limit, 500)):
+        found.append(run)
+        if len(found) >= limit:
+            break
+    remote_.emit(found, lambda: table(None, ("run", "workflow", "status", "current step", "created"), (
+        (r.id, f"{r.workflow.id} v{r.workflow.version}", r.status + (f" ({r.waiting_on})" if r.waiting_on else ""),
+         r.current_step, when(r.created_at)) for r in found)))
+
+
+@runs.command("get")
+@click.argument("run_id")
+@remote
+def get(remote_: Remote, run_id: str) -> None:
+    """A run with its steps."""
+    show_run(remote_, remote_.client.runs.get(run_id))
+
+
+@runs.command("events")
+@click.argument("run_id")
+@click.option("--after", default=0, show_default=True, type=click.IntRange(min=0), help="Events after this seq.")
+@remote
+def events(remote_: Remote, run_id: str, after: int) -> None:
+    """A run's event log."""
+    found = list(remote_.client.runs.events(run_id, after=after))
+    remote_.emit(found, lambda: table(None, ("seq", "time", "type", "step", "attempt", "data"), (
+        (e.seq, when(e.created_at), e.type, e.step_id, e.attempt, short(e.data) if e.data else None)
+        for e in found)))
+
+
+@runs.command("watch")
+@click.argument("run_id")
+@remote
+def watch_(remote_: Remote, run_id: str) -> None:
+    """A run's steps, redrawn live from its event stream until it ends; exit 1 unless it succeeded."""
+    client = remote_.client
+    run = client.runs.get(run_id)
+    if remote_.as_json:
+        _follow(remote_, run_id)
+    elif sys.stdout.isatty():
+        _live(client, run)
+    else:
+        for event in client.runs.follow(run_id):
+            click.echo(board.line(event))
+    run = client.runs.get(run_id)
+    if not remote_.as_json:
+        from rich.console import Console
+
+        Console().print(board.render(board.board_from(run, replay=False)))
+    finish(run)
+
+
+def _live(client: Any, run: Run) -> None:
+    from rich.live import Live
+
+    view = board.board_from(run, replay=True)
+    with Live(board.render(view), refresh_per_second=8, transient=True) as live:
+        for event in client.runs.follow(run.id):
+            view = board.apply(view, event)
+            live.update(board.render(view))
+
+
+def _control(action: str, doc: str):
+    @click.argument("run_id")
+    @remote
+    def command(remote_: Remote, run_id: str, **options: Any) -> None:
+        run = getattr(remote_.client.runs, action)(run_id, **options)
+        remote_.emit(run, lambda: click.echo(f"{run.id}: {run.status}"
+                                             + (f" (a new run of {run_id})" if run.id != run_id else "")))
+
+    command.__doc__ = doc
+    command.__name__ = action
+    return command
+
+
+runs.command("pause")(_control("pause", "Pause a running or waiting run: nothing new is dispatched."))
+runs.command("resume")(_control("resume", "Resume a paused run."))
+runs.command("retry")(_control("retry", "Continue a failed or cancelled run from its failed steps."))
+runs.command("rerun")(_control("rerun", "Start a new run with the same workflow version and input."))
+runs.command("cancel")(click.option("--reason", help="Recorded on the run.")(
+    click.option("--mode", type=click.Choice(["immediate", "graceful"]), default="immediate", show_default=True,
+                 help="immediate stops steps in flight; graceful lets them finish.")(
+        _control("cancel", "Cancel a run."))))
+
+
+@runs.command("fork")
+@click.argument("run_id")
+@click.option("--from", "from_step", required=True, metavar="STEP", help="The first step to run anew.")
+@click.option("--input-patch", metavar="JSON|@FILE", help="A JSON merge patch (RFC 7396) of the run's input.")
+@click.option("--input", "input_", metavar="JSON|@FILE", help="A new input instead of the original one.")
+@click.option("--wait", is_flag=True, help="Wait for the new run to end; exit 1 unless it succeeded.")
+@remote
+def fork(remote_: Remote, run_id: str, from_step: str, input_patch: str | None, input_: str | None,
+         wait: bool) -> None:
+    """A new run from STEP of an ended run; the steps STEP does not depend on keep their outputs."""
+    run = remote_.client.runs.fork(run_id, from_step, input=json_arg(input_, "--input"),
+                                   input_patch=json_arg(input_patch, "--input-patch"))
+    if wait:
+        run = remote_.client.runs.wait(run.id)
+    show_run(remote_, run)
+    if wait:
+        finish(run)

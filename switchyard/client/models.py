@@ -1,0 +1,251 @@
+"""Typed models of the API's answers (pydantic), named as in the API's OpenAPI document.
+
+A test (tests/integration/test_client.py) holds these fields to the served document's schemas. Fields
+the API adds later are kept (``extra="allow"``) and readable as attributes, so an older client still
+reads a newer API. Statuses are plain strings: ``TERMINAL_RUN`` names the ones a run ends in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+TERMINAL_RUN = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_STEP = frozenset({"succeeded", "failed", "cancelled", "skipped"})
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Approval(Model):
+    id: str
+    run_id: str
+    step_id: str
+    round: int
+    status: str
+    prompt: str | None = None
+    comment: str | None = None
+    decided_by: str | None = None
+    call: dict[str, Any] | None = None
+    created_at: datetime
+    decided_at: datetime | None = None
+
+
+class Question(Model):
+    id: str
+    run_id: str
+    step_id: str
+    question: str
+    status: str
+    answer: Any = None
+    answered_by: str | None = None
+    created_at: datetime
+    answered_at: datetime | None = None
+
+
+class Step(Model):
+    id: str
+    type: str
+    status: str
+    attempt: int
+    max_attempts: int
+    queue: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    skipped_reason: str | None = None
+    worker: str | None = None
+    usage: dict[str, Any] | None = None
+    waiting_on: str | None = None
+    policy: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class WorkflowRef(Model):
+    id: str
+    version: int
+    name: str | None = None
+
+
+class OutputFile(Model):
+    name: str
+    size_bytes: int
+    url: str
+    url_expires_at: datetime
+
+
+class RunSummary(Model):
+    """A run as lists show it (no steps). ``wait()`` reads it again until it ends."""
+
+    id: str
+    workflow: WorkflowRef
+    status: str
+    waiting_on: str | None = None
+    current_step: str | None = None
+    pending_approvals: int = Field(0, description="Approval requests waiting for a decision.")
+    input: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    trigger_type: str
+    triggered_by: str | None = None
+    retry_of: str | None = None
+    attempt: int
+    risk_level: str | None = None
+    limits: dict[str, Any] | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+    output_files: list[OutputFile] = Field(default_factory=list)
+
+    _client: Any = PrivateAttr(default=None)
+
+    @field_validator("pending_approvals", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        # APIs before the contract's correction answered the requests themselves: count them.
+        return len(value) if isinstance(value, list) else value
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL_RUN
+
+    def wait(self, timeout: float | None = None) -> Run | Awaitable[Run]:
+        """The run once it has ended (the client's ``runs.wait``); awaitable from an ``AsyncClient``."""
+        if self._client is None:
+            raise RuntimeError("this run was not read through a client; use client.runs.wait(run_id)")
+        return self._client.runs.wait(self.id, timeout=timeout)
+
+
+class Run(RunSummary):
+    """A run with its steps, as ``runs.get`` and every action on a run answer it."""
+
+    steps: list[Step] = Field(default_factory=list)
+    failed_steps: list[str] = Field(default_factory=list)
+
+    def step(self, step_id: str) -> Step:
+        """The step with this id (KeyError if the run has none)."""
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+class RunPage(Model):
+    runs: list[RunSummary]
+    next_cursor: str | None = None
+
+
+class Event(Model):
+    seq: int
+    type: str
+    step_id: str | None = None
+    attempt: int | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+class EventPage(Model):
+    events: list[Event]
+    next_after: int
+
+
+class RunContext(Model):
+    run: dict[str, Any]
+    input: Any = None
+    steps: dict[str, Any]
+
+
+class VersionRef(Model):
+    version: int
+    created_at: datetime
+
+
+class WorkflowSummary(Model):
+    id: str
+    name: str
+    kind: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Workflow(WorkflowSummary):
+    versions: list[VersionRef] = Field(default_factory=list)
+    definition: dict[str, Any] | None = None
+
+
+class WorkflowList(Model):
+    workflows: list[WorkflowSummary]
+
+
+class WorkflowVersion(Model):
+    id: str
+    version: int
+    name: str | None = None
+    definition: dict[str, Any]
+    created_at: datetime
+
+
+class ApprovalList(Model):
+    approvals: list[Approval]
+
+
+class QuestionList(Model):
+    questions: list[Question]
+
+
+class Delivery(Model):
+    run_id: str
+    step_id: str
+
+
+class EventAccepted(Model):
+    id: str | None = None
+    delivered_to: list[Delivery] = Field(default_factory=list)
+    started_runs: list[str] = Field(default_factory=list)
+
+
+class Schedule(Model):
+    id: str
+    workflow_id: str
+    cron: str
+    timezone: str | None = None
+    input: Any = None
+    overlap: str | None = None
+    catchup: str | None = None
+    enabled: bool = True
+    next_fire_times: list[datetime] = Field(default_factory=list)
+
+
+class ScheduleList(Model):
+    schedules: list[Schedule]
+
+
+class ActionRequest(Model):
+    method: str
+    path: str
+    body: Any = None
+
+
+class Cause(Model):
+    kind: str
+    step_id: str | None = None
+    message: str
+    action: str
+    request: ActionRequest | None = None
+    command: str | None = None
+
+
+class Diagnosis(Model):
+    run_id: str
+    status: str
+    waiting_on: str | None = None
+    causes: list[Cause]
