@@ -24,12 +24,15 @@ class Services:
     celery: Celery
     catalog: DefinitionCatalog
     bus: streams.Bus | None
+    # Broker calls off the request path: a request never waits on the broker (the outbox and the sweep cover a lost one).
+    courier: broker.Courier
 
     def after_commit(self, effects) -> None:
         """Signal what a committed control asks for: wake the scheduler, revoke stopped tasks."""
         if effects.ring:
             self.doorbell.ring(effects.run_id)
-        broker.revoke(self.celery, effects.revoke)
+        if effects.revoke:
+            self.courier.send(lambda: broker.revoke(self.celery, effects.revoke), "revoke")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -61,13 +64,15 @@ def _services(settings: Settings) -> Services:
     sessions = make_sessionmaker(make_engine(settings))
     bus = streams.make_bus(settings)
     streams.install_publisher(sessions, bus)
+    courier = broker.Courier("switchyard-broker-calls")
     return Services(
         settings=settings,
         sessions=sessions,
-        doorbell=broker.Doorbell(celery, settings.wake_queue),
+        doorbell=broker.Doorbell(celery, settings.wake_queue, courier),
         celery=celery,
         catalog=DefinitionCatalog(),
         bus=bus,
+        courier=courier,
     )
 
 

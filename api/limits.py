@@ -2,8 +2,9 @@
 
 The rate limit is a fixed window of one minute per tenant (per client address for the signed
 endpoints, webhooks and file URLs, which carry no token): a counter in Redis when the broker is
-Redis (so every API process shares it), in process memory otherwise (the embedded default has one
-API process). Over the limit answers 429 ``rate_limited`` with ``Retry-After``.
+Redis (so every API process shares it; in process memory for a while when Redis does not answer),
+in process memory otherwise (the embedded default has one API process). Over the limit answers 429
+``rate_limited`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ from collections.abc import Callable
 
 import redis
 from flask import Flask, g, request
+from prometheus_client import Counter
 
 from api.auth import ROUTE_ROLES, SIGNED
 from api.errors import error_response
+from orchestrator import broker
 from orchestrator.errors import InvalidRequest
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 WINDOW_S = 60
+DEGRADED = Counter("switchyard_rate_limit_degraded", "Requests whose rate limit was counted in the API process "
+                   "because Redis did not answer.", registry=broker.PROCESS_METRICS)
 
 
 class MemoryWindow:
@@ -46,13 +51,25 @@ class MemoryWindow:
 
 
 class RedisWindow:
-    """Fixed-window counters in Redis, shared by every API process (INCR, then EXPIRE with the window)."""
+    """Fixed-window counters in Redis, shared by every API process (INCR, then EXPIRE with the window).
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.time):
-        self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    Redis is asked with a short timeout: when it does not answer (down, or frozen), the request is
+    counted in this process instead (``MemoryWindow``: the limit then holds per API process) and
+    Redis is not asked again for ``retry_after_s``, so a broker outage costs at most one short
+    timeout every few seconds, never one per request. Each such request is counted in
+    ``switchyard_rate_limit_degraded``."""
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.time, timeout_s: float = 0.05,
+                 retry_after_s: float = 5.0):
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.clock = clock
+        self.local = MemoryWindow(clock)
+        self.retry_after_s = retry_after_s
+        self.down_until = 0.0  # time.monotonic() until which Redis is not asked
 
     def hit(self, key: str, limit: int) -> float | None:
+        if time.monotonic() < self.down_until:
+            return self._local(key, limit)
         now = self.clock()
         window = int(now // WINDOW_S)
         name = f"switchyard:ratelimit:{key}:{window}"
@@ -60,10 +77,16 @@ class RedisWindow:
             with self.client.pipeline() as pipe:
                 count, _ = pipe.incr(name).expire(name, WINDOW_S * 2).execute()
         except redis.RedisError as exc:
-            # Fail open: a broker hiccup must not take the API down with it.
-            log.warning("rate limit not checked, Redis unavailable: %s", exc)
-            return None
+            if time.monotonic() >= self.down_until:
+                log.warning("rate limit counted in this process for %.0f s: Redis did not answer (%s)",
+                            self.retry_after_s, exc)
+            self.down_until = time.monotonic() + self.retry_after_s
+            return self._local(key, limit)
         return None if count <= limit else (window + 1) * WINDOW_S - now
+
+    def _local(self, key: str, limit: int) -> float | None:
+        DEGRADED.inc()
+        return self.local.hit(key, limit)
 
 
 def make_window(settings: Settings) -> MemoryWindow | RedisWindow:

@@ -14,6 +14,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, Response, current_app, request
+from prometheus_client import generate_latest
 
 from api import serializers
 from api.auth import is_public, principal
@@ -36,7 +37,8 @@ def metrics_view():
     tenant_id = None if is_public(request.endpoint) else principal().tenant_id
     collector = metrics.DatabaseCollector(svc.sessions, tenant_id, svc.settings.default_queue,
                                           lambda names: broker.queue_depths(svc.celery, names))
-    return Response(metrics.render(collector), content_type=metrics.CONTENT_TYPE)
+    # Then what this process counted itself (its broker calls dropped, rate limits counted locally).
+    return Response(metrics.render(collector) + generate_latest(broker.PROCESS_METRICS), content_type=metrics.CONTENT_TYPE)
 
 
 @bp.get("/queues")

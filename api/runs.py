@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from datetime import datetime
 
 from flask import Blueprint, request
@@ -38,9 +39,10 @@ def start_run():
         )
         result = serializers.full_run(session, started.run)
     if started.messages:
-        # Its first steps are queued: publish them, with no doorbell and no scheduler pass in between.
-        dispatch.publish_queued(svc.celery, lambda: transaction(svc.sessions), started.messages,
-                                cancel_grace_s=svc.settings.cancel_grace_s)
+        # Its first steps are queued: publish them, with no doorbell and no scheduler pass in between
+        # (off the request path: the sweep publishes from the outbox what does not go out).
+        svc.courier.send(functools.partial(dispatch.publish_queued, svc.celery, lambda: transaction(svc.sessions),
+                                           started.messages, cancel_grace_s=svc.settings.cancel_grace_s), "publish")
     elif started.created:
         svc.doorbell.ring(started.run.id)
     return result, 201 if started.created else 200

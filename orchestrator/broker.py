@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +19,7 @@ from queue import Empty
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.transport.virtual import Transport as VirtualTransport
+from prometheus_client import CollectorRegistry, Counter
 
 from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
@@ -23,6 +27,12 @@ from orchestrator.settings import Settings
 log = logging.getLogger(__name__)
 
 RUN_STEP_TASK = "switchyard.run_step"
+
+# What this process's broker edge counts (GET /metrics adds it to the database's series).
+PROCESS_METRICS = CollectorRegistry(auto_describe=True)
+DROPPED = Counter("switchyard_broker_calls_dropped", "Broker calls off the request path dropped because too many "
+                  "were waiting (a broker not answering); the outbox and the sweep cover them.", ["call"],
+                  registry=PROCESS_METRICS)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -183,9 +193,16 @@ class Doorbell:
     """
 
     MAX_PENDING = 100  # rings kept while no scheduler listens; one is enough to wake it
+    # A ring waits at most this long for Redis (it is never worth more than a sweep interval).
+    TIMEOUT_S = 2.0
 
-    def __init__(self, app: Celery, queue_name: str):
+    def __init__(self, app: Celery, queue_name: str, courier: Courier | None = None):
+        """With a ``courier``, ``ring`` returns at once and the courier's thread rings (the API: a
+        request never waits on the broker); without, ``ring`` rings before it returns."""
         self.app = app
+        self.courier = courier
+        self._lock = threading.Lock()
+        self._ring_pending = False
         url = app.conf.broker_url or ""
         self.key = f"switchyard:doorbell:{queue_name}"
         self.client = None
@@ -195,12 +212,33 @@ class Doorbell:
             self.url = url
             from orchestrator.redis_line import RedisLine
 
-            self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+            self.client = redis.Redis.from_url(url, socket_timeout=self.TIMEOUT_S,
+                                               socket_connect_timeout=self.TIMEOUT_S)
             self.line = RedisLine(self.client)
         exchange = Exchange(queue_name, type="direct", durable=False)
         self.queue = Queue(queue_name, exchange, routing_key=queue_name, durable=False)
 
     def ring(self, reason: str = "") -> None:
+        """Wake a scheduler. With a courier, rings asked for while one waits to be sent are served by
+        it: it is sent after they were asked for (its flag is cleared before it is sent), so after
+        the commits that called for them."""
+        if self.courier is None:
+            self._ring_now(reason)
+            return
+        with self._lock:
+            if self._ring_pending:
+                return
+            self._ring_pending = True
+        if not self.courier.send(self._ring_pending_now, "doorbell"):
+            with self._lock:
+                self._ring_pending = False
+
+    def _ring_pending_now(self) -> None:
+        with self._lock:
+            self._ring_pending = False
+        self._ring_now("")
+
+    def _ring_now(self, reason: str) -> None:
         try:
             if self.client is not None:
                 self.line.send([("LPUSH", self.key, reason or "1"), ("LTRIM", self.key, 0, self.MAX_PENDING - 1)])
@@ -266,6 +304,62 @@ class Doorbell:
                     simple_queue.close()
                 except Exception as exc:  # noqa: BLE001 - the connection may already be gone
                     log.debug("closing the wake queue failed: %s", exc)
+
+
+class Courier:
+    """Runs broker calls off the calling thread: a daemon thread of this process (started on first
+    use, again in a forked child) makes them in order. A broker that stops answering then holds that
+    thread, never a request. A call that finds ``capacity`` calls waiting is dropped and counted
+    (``switchyard_broker_calls_dropped``): every call sent this way is covered by the database (the
+    outbox and the sweep re-publish, a lost ring costs a sweep interval, a revoke is also a flag the
+    heartbeat reads)."""
+
+    def __init__(self, name: str, capacity: int = 10_000):
+        self.name, self.capacity = name, capacity
+        self._lock = threading.Lock()
+        self._calls: queue.Queue | None = None
+        self._pid: int | None = None
+
+    def send(self, call: Callable[[], object], what: str) -> bool:
+        """Queue ``call`` (named ``what`` in logs and metrics); False if it was dropped."""
+        try:
+            self._queue().put_nowait((call, what))
+            return True
+        except queue.Full:
+            DROPPED.labels(what).inc()
+            log.warning("dropped a %s: %d broker calls are waiting (is the broker answering?); the sweep covers it",
+                        what, self.capacity)
+            return False
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until every call queued so far was made; False if ``timeout`` passed first (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        calls = self._queue()
+        while calls.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _queue(self) -> queue.Queue:
+        if self._pid != os.getpid():  # a forked child has no thread of its parent's
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._calls = queue.Queue(self.capacity)
+                    threading.Thread(target=self._run, args=(self._calls,), name=self.name, daemon=True).start()
+                    self._pid = os.getpid()
+        return self._calls
+
+    @staticmethod
+    def _run(calls: queue.Queue) -> None:
+        while True:
+            call, what = calls.get()
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001 - best effort: the database covers a lost call
+                log.warning("a %s off the request path failed (%s); the sweep covers it", what, exc)
+            finally:
+                calls.task_done()
 
 
 # --- monitoring: what the broker and the workers say --------------------------------------------

@@ -29,13 +29,14 @@ class RedisLine:
     def send(self, commands: Sequence[tuple]) -> list[Any]:
         """The replies to ``commands``, sent in one round trip. A connection found broken is opened
         again and the batch sent once more (the commands sent here may arrive twice); raises the
-        redis error if that fails too."""
+        redis error if that fails too. A timeout is not tried again: a server that does not answer
+        (frozen, not gone) would only hold the caller, and whoever waits for the line, once more."""
         if not commands:
             return []
         with self.lock:
             try:
                 return self._send(commands)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.ConnectionError:
                 self._close()
                 return self._send(commands)
 
