@@ -26,11 +26,13 @@ LABELS = {
     "cancelled": ("Cancelled", "cancel"),
     "skipped": ("Skipped (Blocked)", "skip"),
     "running": ("Running", "run"),
-    "queued": ("Pending", "pend"),  # dispatched, no worker has it yet
-    "retrying": ("Running", "run"),
+    "queued": ("Queued", "queue"),  # dispatched, no worker has it yet
+    "retrying": ("Retrying", "retry"),  # failed, waits out its backoff before the next attempt
     "waiting": ("Waiting", "wait"),
     "pending": ("Pending", "pend"),
 }
+# Every step status, in the order the legend lists them.
+LEGEND = ("pending", "queued", "running", "retrying", "waiting", "succeeded", "failed", "cancelled", "skipped")
 
 
 def label(status: str | None) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from flask import (
@@ -30,8 +31,9 @@ from flask import (
 from api import auth, evidence, live
 from api.auth import Principal
 from api.context import services
-from api.ui import charts, forms, graph
+from api.ui import charts, forms, graph, timeline, times
 from orchestrator.db import repository as repo
+from orchestrator.db.repository import ui_reads
 from orchestrator.errors import Forbidden
 from orchestrator.states import CONTROLS, TERMINAL_RUN, RunStatus
 
@@ -74,8 +76,25 @@ def _template_globals():
     if "csrf" not in session:
         session["csrf"] = secrets.token_urlsafe(32)
     who = g.get("principal") if request.blueprint == "ui" else None
-    return {"csrf_token": session["csrf"], "who": who,
+    return {"csrf_token": session["csrf"], "who": who, "legend_statuses": graph.LEGEND,
             "can_operate": bool(who and who.has("operator")), "status_label": graph.label}
+
+
+@bp.app_template_filter("clock")
+def _clock(value) -> str:
+    return times.clock(value)
+
+
+@bp.app_template_filter("took")
+def _took(start, end=None) -> str:
+    """How long from ``start`` to ``end`` (to now while it goes on)."""
+    return times.between(start, end)
+
+
+@bp.app_template_filter("pretty")
+def _pretty(value) -> str:
+    """JSON for people: indented, non-ASCII and quotes as themselves (Jinja escapes it for HTML)."""
+    return json.dumps(value, indent=1, ensure_ascii=False, sort_keys=False, default=str)
 
 
 def api(method: str, path: str, *, query: dict | None = None, body: dict | None = None):
@@ -152,6 +171,7 @@ def command_panels():
 
 def _command_data() -> dict:
     active = [r for status in ACTIVE for r in get("/runs", status=status, limit=20)["runs"]]
+    _with_current_steps(active)
     return {
         "approvals": get("/approvals")["approvals"],
         "questions": get("/questions")["questions"],
@@ -191,6 +211,7 @@ def runs():
         flash(f"No run {found!r} in this tenant.", "error")
     args = {k: request.args.get(k) for k in ("status", "workflow_id", "cursor")}
     page = get("/runs", limit=25, **args)
+    _with_current_steps(page["runs"])
     more = None
     if page["next_cursor"]:
         more = url_for("ui.runs") + "?" + urlencode({**{k: v for k, v in args.items() if v}, "cursor": page["next_cursor"]})
@@ -198,9 +219,19 @@ def runs():
                            statuses=[s.value for s in RunStatus], workflows=get("/workflows")["workflows"])
 
 
+def _with_current_steps(runs: list[dict]) -> None:
+    """Fill each run's ``current_step`` (lists of the API leave it out), in one query for the page.
+    The ids come from the API's answer for this principal, so they are this tenant's."""
+    with services().sessions() as db:
+        holding = ui_reads.current_steps(db, [r["id"] for r in runs])
+    for r in runs:
+        r["current_step"] = r.get("current_step") or holding.get(r["id"])
+
+
 @bp.get("/runs/<run_id>")
 def run(run_id: str):
-    return render_template("run.html", **_run_data(run_id))
+    data = _run_data(run_id)
+    return render_template("run.html", **data, **_log_data(run_id, data["run"]["status"]))
 
 
 @bp.get("/runs/<run_id>/body")
@@ -216,8 +247,20 @@ def _run_data(run_id: str) -> dict:
     status = RunStatus(body["status"])
     controls = [name for name, control in CONTROLS.items() if status in control.allowed_from]
     diagnosis = get(f"/runs/{run_id}/diagnosis") if status not in TERMINAL_RUN else None
+    with services().sessions() as db:  # the API's answer above checked the run is this tenant's
+        attempts = ui_reads.timeline_events(db, run_id)
     return {"run": body, "layout": graph.layout(version["definition"]["steps"], statuses),
-            "controls": controls, "diagnosis": diagnosis, "events": get(f"/runs/{run_id}/events")["events"]}
+            "controls": controls, "diagnosis": diagnosis,
+            "timeline": timeline.build(body, attempts, datetime.now(UTC))}
+
+
+def _log_data(run_id: str, run_status: str) -> dict:
+    """The event log: every event, and where the page opens it (a failed run: at its first failure)."""
+    events = get(f"/runs/{run_id}/events")["events"]
+    first_failure = None
+    if run_status == RunStatus.FAILED:
+        first_failure = next((e["seq"] for e in events if e["type"] in ("step_failed", "run_failed")), None)
+    return {"events": events, "first_failure": first_failure}
 
 
 @bp.post("/runs/<run_id>/<any(pause, resume, cancel, retry, rerun):action>")

@@ -40,8 +40,8 @@ def test_edges_go_from_the_sources_right_side_to_the_targets_left_side():
 
 @pytest.mark.parametrize(("status", "label", "css"), [
     ("succeeded", "Success", "ok"), ("failed", "Failed", "bad"), ("cancelled", "Cancelled", "cancel"),
-    ("skipped", "Skipped (Blocked)", "skip"), ("running", "Running", "run"), ("retrying", "Running", "run"),
-    ("waiting", "Waiting", "wait"), ("queued", "Pending", "pend"), ("pending", "Pending", "pend"),
+    ("skipped", "Skipped (Blocked)", "skip"), ("running", "Running", "run"),
+    ("waiting", "Waiting", "wait"), ("queued", "Queued", "queue"), ("retrying", "Retrying", "retry"), ("pending", "Pending", "pend"),
     (None, "Pending", "pend"), ("unheard-of", "Pending", "pend"),
 ])
 def test_each_status_has_its_label_and_colour(status, label, css):

@@ -22,14 +22,66 @@ function refresher(element, wait, then) {
   return schedule;
 }
 
+// -- times: <time datetime> as local time and "3 min ago", ISO on hover --------------------------
+function ago(ms) {
+  const s = Math.round(Math.abs(ms) / 1000), future = ms < 0;
+  let text;
+  if (s < 5) return "just now";
+  if (s < 60) text = s + " s";
+  else if (s < 3600) text = Math.floor(s / 60) + " min";
+  else if (s < 86400) text = Math.floor(s / 3600) + " h";
+  else text = Math.floor(s / 86400) + " d";
+  return future ? "in " + text : text + " ago";
+}
+
+function localTime(element, now) {
+  const at = new Date(element.getAttribute("datetime"));
+  if (isNaN(at)) return;
+  const clock = at.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false});
+  const sameDay = at.toDateString() === new Date(now).toDateString();
+  const day = sameDay ? "" : at.toLocaleDateString([], {year: "numeric", month: "short", day: "numeric"}) + " ";
+  element.textContent = day + clock + " · " + ago(now - at.getTime());
+  element.title = element.getAttribute("datetime");
+}
+
+function localTimes(root) {
+  const now = Date.now();
+  (root || document).querySelectorAll("time[datetime]").forEach((t) => localTime(t, now));
+}
+
+// -- the event log ---------------------------------------------------------------------------------
 function logEvent(list, event) {
-  const item = document.createElement("li");
+  const item = document.createElement("li"), details = document.createElement("details");
+  const summary = document.createElement("summary"), data = document.createElement("pre");
+  item.id = "event-" + event.seq;
+  if (["step_failed", "run_failed", "step_retrying"].includes(event.type)) item.className = "failure";
   const seq = document.createElement("span"); seq.className = "seq"; seq.textContent = "#" + event.seq;
-  const when = document.createElement("time"); when.textContent = event.created_at;
+  const when = document.createElement("time"); when.setAttribute("datetime", event.created_at); localTime(when, Date.now());
   const what = document.createElement("strong"); what.textContent = event.type;
-  item.append(seq, " ", when, " ", what, event.step_id ? " · " + event.step_id : "");
+  summary.append(seq, " ", when, " ", what, event.step_id ? " · " + event.step_id : "");
+  const error = event.data && event.data.error;
+  if (error && error.code) {
+    const text = document.createElement("span"); text.className = "err"; text.textContent = error.code + ": " + error.message;
+    summary.append(" — ", text);
+  }
+  data.textContent = JSON.stringify(event.data, null, 1);  // textContent: quotes and markup as themselves
+  details.append(summary, data);
+  item.append(details);
+  // Follow the newest event unless the reader has scrolled up to read an older one.
+  const following = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.append(item);
-  list.scrollTop = list.scrollHeight;
+  if (following) list.scrollTop = list.scrollHeight;
+}
+
+// A failed run's log opens at its first failure, a live or ended one at its newest event.
+function openLog(list) {
+  const first = list.dataset.firstFailure && document.getElementById("event-" + list.dataset.firstFailure);
+  if (first) {
+    first.querySelector("details").open = true;
+    list.scrollTop = first.offsetTop - list.offsetTop - 8;
+  } else {
+    list.scrollTop = list.scrollHeight;
+  }
 }
 
 function followRun(body) {
@@ -37,7 +89,10 @@ function followRun(body) {
   let source = null;
   const ended = () => ["succeeded", "failed", "cancelled"].includes(body.querySelector("[data-run-status]").dataset.runStatus);
   // Once the run has ended its stream closes; stop the browser from reconnecting to it.
-  const refresh = refresher(body, 150, () => { if (ended()) { source.close(); state.textContent = "ended"; } });
+  const refresh = refresher(body, 150, () => {
+    localTimes(body); graphs(body);
+    if (ended()) { source.close(); state.textContent = "ended"; }
+  });
   source = new EventSource(body.dataset.liveRun + "?after=" + (log.dataset.after || 0));
   source.onopen = () => { state.textContent = "live"; };
   // The stream ended (the run did) or broke: stop if the run has ended, else let the browser reconnect.
@@ -54,14 +109,57 @@ function followRun(body) {
 }
 
 function followTenant(panels) {
-  const refresh = refresher(panels, 300);
+  const refresh = refresher(panels, 300, () => localTimes(panels));
   const source = new EventSource(panels.dataset.liveTenant);
   source.addEventListener("run_status", refresh);
   // Approvals and questions do not always change a run's status: look again now and then too.
   setInterval(refresh, 5000);
 }
 
+// -- the step graph: fits its box (viewBox), zoom with the buttons or ctrl+wheel, drag to pan ------
+const graphViews = {};  // aria-label -> viewBox, kept across the live re-renders of a run's body
+
+function setView(svg, box) {
+  svg.setAttribute("viewBox", box.join(" "));
+  graphViews[svg.getAttribute("aria-label")] = box;
+}
+
+function zoom(svg, factor) {
+  const [x, y, w, h] = svg.getAttribute("viewBox").split(" ").map(Number);
+  const fit = svg.dataset.fit.split(" ").map(Number);
+  const nw = Math.min(Math.max(w * factor, fit[2] / 20), fit[2] * 2), nh = nw * h / w;
+  setView(svg, [x + (w - nw) / 2, y + (h - nh) / 2, nw, nh]);
+}
+
+function graphs(root) {
+  root.querySelectorAll("svg.graph[data-fit]").forEach((svg) => {
+    const kept = graphViews[svg.getAttribute("aria-label")];
+    if (kept) svg.setAttribute("viewBox", kept.join(" "));
+    const tools = svg.previousElementSibling;
+    if (tools) tools.querySelectorAll("[data-zoom]").forEach((button) => button.addEventListener("click", () => {
+      const how = button.dataset.zoom;
+      if (how === "fit") setView(svg, svg.dataset.fit.split(" ").map(Number));
+      else zoom(svg, how === "in" ? 0.7 : 1 / 0.7);
+    }));
+    svg.addEventListener("wheel", (e) => { if (e.ctrlKey) { e.preventDefault(); zoom(svg, e.deltaY < 0 ? 0.85 : 1 / 0.85); } });
+    let drag = null;
+    svg.addEventListener("pointerdown", (e) => { drag = {x: e.clientX, y: e.clientY, box: svg.getAttribute("viewBox").split(" ").map(Number)}; });
+    svg.addEventListener("pointerup", () => { drag = null; });
+    svg.addEventListener("pointerleave", () => { drag = null; });
+    svg.addEventListener("pointermove", (e) => {
+      if (!drag) return;
+      const [x, y, w, h] = drag.box, k = w / svg.clientWidth;
+      setView(svg, [x - (e.clientX - drag.x) * k, y - (e.clientY - drag.y) * k, w, h]);
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  localTimes(document);
+  setInterval(() => localTimes(document), 30000);
+  graphs(document);
+  const log = document.getElementById("event-log");
+  if (log) openLog(log);
   const body = document.getElementById("run-body");
   if (body) followRun(body);
   const panels = document.getElementById("command-panels");

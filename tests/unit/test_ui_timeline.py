@@ -1,0 +1,81 @@
+"""The run timeline and the readable times of the web UI (api/ui/timeline.py, api/ui/times.py): pure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from api.ui import timeline, times
+
+T0 = datetime(2026, 12, 3, 13, 35, 42, tzinfo=UTC)
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def ev(kind: str, step: str | None, seconds: float, attempt: int | None = 1, **data) -> dict:
+    return {"type": kind, "step_id": step, "attempt": attempt, "data": data, "created_at": at(seconds)}
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "—"), (0.349, "0.35 s"), (1.23, "1.2 s"), (42.4, "42 s"), (180, "3 min"), (184, "3 min 4 s"),
+    (7500, "2 h 5 min"), (3 * 86400 + 4 * 3600, "3 d 4 h"), (-2, "0.00 s"),
+])
+def test_durations_read_as_people_say_them(seconds, text):
+    assert times.duration(seconds) == text
+
+
+def test_a_time_falls_back_to_utc_and_a_span_runs_to_now_while_open():
+    assert times.clock("2020-01-02T03:04:05.123456Z") == "2020-01-02 03:04:05 UTC"
+    assert times.clock(datetime.now(UTC)).endswith(" UTC") and len(times.clock(datetime.now(UTC))) == 12
+    assert times.clock(None) == "—"
+    assert times.between(at(0), at(1.2)) == "1.2 s"
+    assert times.between(at(0), None, now=T0 + timedelta(minutes=3)) == "3 min"
+    assert times.between(None, at(1)) == "—"
+
+
+RETRIED = [
+    ev("step_queued", "fetch", 0), ev("step_started", "fetch", 0.5),
+    ev("step_retrying", "fetch", 1.5, delay_s=2.0, error={"code": "flaky", "message": "try again"}),
+    ev("step_queued", "fetch", 3.5, attempt=2), ev("step_started", "fetch", 3.7, attempt=2),
+    ev("step_completed", "fetch", 4.0, attempt=2),
+    ev("step_queued", "review", 4.1), ev("step_started", "review", 4.2),
+    ev("step_waiting", "review", 4.3, waiting_on="approval"),
+]
+
+
+def test_a_retried_step_has_queue_waits_executions_and_its_backoff_gap():
+    rows = timeline.rows([{"id": "fetch", "status": "succeeded"}, {"id": "review", "status": "waiting"},
+                          {"id": "after", "status": "pending"}], RETRIED, T0 + timedelta(seconds=10))
+    fetch, review, after = rows
+    assert [(s.kind, s.attempt, s.outcome) for s in fetch.segments] == [
+        ("queued", 1, None), ("running", 1, "retrying"), ("backoff", 1, None),
+        ("queued", 2, None), ("running", 2, "succeeded")]
+    assert [(s.end - s.start).total_seconds() for s in fetch.segments] == pytest.approx([0.5, 1.0, 2.0, 0.2, 0.3])
+    assert fetch.segments[2].note == "retry in 2.0 s after flaky"
+    wait = review.segments[-1]
+    assert (wait.kind, wait.note, wait.open, wait.end) == ("waiting", "approval", True, T0 + timedelta(seconds=10))
+    assert after.segments == [] and after.item is None  # the for-each hook: one row per step today
+
+
+def test_the_drawing_scales_the_run_into_the_plot_and_says_what_each_bar_is():
+    run = {"created_at": at(0), "completed_at": at(10), "steps": [{"id": "fetch", "status": "succeeded"},
+                                                                     {"id": "review", "status": "succeeded"}]}
+    drawn = timeline.build(run, RETRIED + [ev("step_completed", "review", 9.0)], datetime.now(UTC))
+    assert not drawn.live and drawn.span == "10 s"
+    first, last = drawn.bars[0], drawn.bars[-1]
+    assert first.x == timeline.LABEL_W and first.w == pytest.approx(timeline.PLOT_W * 0.05, abs=0.01)
+    assert last.css == "tl-waiting" and last.x + last.w == pytest.approx(timeline.LABEL_W + timeline.PLOT_W * 0.9)
+    assert "backoff 2.0 s" in drawn.bars[2].title and "attempt 1" in drawn.bars[2].title
+    assert drawn.bars[1].css == "tl-running bad" and drawn.bars[4].css == "tl-running ok"
+    assert [t.label for t in drawn.ticks][:3] == ["0", "+2.0 s", "+4.0 s"]
+    assert all(timeline.LABEL_W <= t.x <= timeline.LABEL_W + timeline.PLOT_W for t in drawn.ticks)
+
+
+def test_a_live_run_draws_to_now_and_marks_the_open_bar():
+    run = {"created_at": at(0), "completed_at": None, "steps": [{"id": "fetch", "status": "running"}]}
+    drawn = timeline.build(run, RETRIED[:2], T0 + timedelta(seconds=4))
+    assert drawn.live and drawn.bars[-1].css == "tl-running run open" and "still going" in drawn.bars[-1].title
+    assert drawn.bars[-1].x + drawn.bars[-1].w == pytest.approx(timeline.LABEL_W + timeline.PLOT_W)
