@@ -55,7 +55,7 @@ class Step(Model):
     status: str
     attempt: int
     max_attempts: int
-    queue: str | None = None
+    queue: str
     queued_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -66,6 +66,7 @@ class Step(Model):
     usage: dict[str, Any] | None = None
     waiting_on: str | None = None
     policy: list[dict[str, Any]] = Field(default_factory=list)
+    reused: bool = Field(False, description="A fork's step that kept the original run's output.")
 
 
 class WorkflowRef(Model):
@@ -96,6 +97,7 @@ class RunSummary(Model):
     trigger_type: str
     triggered_by: str | None = None
     retry_of: str | None = None
+    forked_from: dict[str, Any] | None = Field(None, description="A fork's original run and step: run_id, step_id.")
     attempt: int
     risk_level: str | None = None
     limits: dict[str, Any] | None = None
@@ -129,6 +131,8 @@ class Run(RunSummary):
 
     steps: list[Step] = Field(default_factory=list)
     failed_steps: list[str] = Field(default_factory=list)
+    approvals: list[Approval] = Field(default_factory=list, description="The requests waiting for a decision.")
+    questions: list[Question] = Field(default_factory=list, description="The open questions.")
 
     def step(self, step_id: str) -> Step:
         """The step with this id (KeyError if the run has none)."""
@@ -149,7 +153,7 @@ class Event(Model):
     step_id: str | None = None
     attempt: int | None = None
     data: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime | None = None
+    created_at: datetime
 
 
 class EventPage(Model):
@@ -208,7 +212,7 @@ class Delivery(Model):
 
 
 class EventAccepted(Model):
-    id: str | None = None
+    id: str
     delivered_to: list[Delivery] = Field(default_factory=list)
     started_runs: list[str] = Field(default_factory=list)
 

@@ -1,0 +1,178 @@
+"""The `switchyard` command line as a user runs it: a subprocess against the real API (served over
+HTTP) and real workers. Exit codes: 0 done, 1 the run failed, 2 usage, 3 the API refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from switchyard.client import Client
+from tests.integration.conftest import ROOT, served, unique, wait_for
+
+pytestmark = pytest.mark.usefixtures("engine_processes")
+
+YAML_DEFINITION = """\
+name: CLI chain
+input_schema:
+  type: object
+  required: [text]
+  properties:
+    text: {type: string}
+steps:
+  - id: first
+    type: tool
+    tool: echo
+    args: {text: "{{ input.text }}"}
+  - id: second
+    type: tool
+    tool: echo
+    needs: [first]
+    args: {text: "{{ steps.first.output.text }}!"}
+"""
+FAILING = {"name": "CLI failing", "steps": [
+    {"id": "boom", "type": "tool", "tool": "fail", "args": {"message": "it broke"}, "retry": {"max_attempts": 1}}]}
+REVIEWED = {"name": "CLI reviewed", "steps": [
+    {"id": "draft", "type": "tool", "tool": "echo", "args": {"text": "draft"}},
+    {"id": "review", "type": "approval", "needs": ["draft"], "prompt": "Ship it?"},
+    {"id": "ship", "type": "tool", "tool": "echo", "needs": ["review"], "args": {"text": "shipped"}},
+]}
+
+
+@pytest.fixture(scope="module")
+def url(settings) -> Iterator[str]:
+    from api import create_app
+
+    with served(create_app(settings.model_copy(update={"stream_keepalive_s": 0.5}))) as base:
+        yield base
+
+
+@pytest.fixture
+def switchyard(url, tokens, tmp_path):
+    """Run `switchyard ARGS` with SWITCHYARD_URL and SWITCHYARD_TOKEN set (an empty profile file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env.update(SWITCHYARD_URL=url, SWITCHYARD_TOKEN=tokens["admin"], SWITCHYARD_CONFIG=str(tmp_path / "none.toml"),
+               PYTHONPATH=str(ROOT), COLUMNS="200")
+
+    def run(*args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env={**env, **(extra_env or {})},
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    return run
+
+
+def test_publish_from_yaml_then_start_with_wait_succeeds_and_a_failing_run_exits_1(switchyard, tmp_path):
+    workflow_id = unique("cli")
+    (tmp_path / "chain.yaml").write_text(YAML_DEFINITION)
+    published = switchyard("workflows", "publish", workflow_id, "-f", "chain.yaml")
+    assert published.returncode == 0, published.stderr
+    assert f"published {workflow_id} version 1" in published.stdout
+
+    done = switchyard("runs", "start", workflow_id, "--input", '{"text": "hi"}', "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert run["status"] == "succeeded" and run["steps"][1]["output"] == {"text": "hi!"}
+
+    (tmp_path / "input.json").write_text('{"text": "from a file"}')
+    people = switchyard("runs", "start", workflow_id, "--input", "@input.json", "--wait")
+    assert people.returncode == 0 and "succeeded" in people.stdout and "from a file!" in people.stdout
+
+    failing = unique("cli")
+    (tmp_path / "failing.json").write_text(json.dumps(FAILING))
+    assert switchyard("workflows", "publish", failing, "-f", "failing.json").returncode == 0
+    failed = switchyard("runs", "start", failing, "--wait")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "failed" in failed.stdout and "it broke" in failed.stdout
+
+    listed = switchyard("runs", "list", "--workflow", workflow_id, "--json")
+    assert listed.returncode == 0
+    runs = json.loads(listed.stdout)
+    assert [r["id"] for r in runs] == [people_id(people), run["id"]]
+    assert {r["status"] for r in runs} == {"succeeded"}
+    assert json.loads(switchyard("runs", "list", "--status", "failed", "--json").stdout)[0]["workflow"]["id"] == failing
+
+
+def people_id(result: subprocess.CompletedProcess) -> str:
+    """The run id at the start of `runs start --wait`'s first line for people."""
+    return result.stdout.split()[0]
+
+
+def test_approve_from_the_command_line_and_watch_the_run_to_its_end(switchyard, url, tokens, tmp_path):
+    workflow_id = unique("cli")
+    (tmp_path / "reviewed.json").write_text(json.dumps(REVIEWED))
+    assert switchyard("workflows", "publish", workflow_id, "-f", "reviewed.json").returncode == 0
+    started = switchyard("runs", "start", workflow_id, "--json")
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["id"]
+
+    with Client(url, tokens["admin"]) as client:
+        wait_for(lambda: client.runs.get(run_id).waiting_on == "approval", 30, "the run to wait on its approval")
+    inbox = json.loads(switchyard("approvals", "list", "--json").stdout)
+    approval = next(a for a in inbox if a["run_id"] == run_id)
+    assert approval["prompt"] == "Ship it?" and approval["step_id"] == "review"
+
+    # The watch starts while the run waits, and follows it to its end once the approval lands.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env.update(SWITCHYARD_URL=url, SWITCHYARD_TOKEN=tokens["viewer"], PYTHONPATH=str(ROOT), COLUMNS="200",
+               SWITCHYARD_CONFIG=str(tmp_path / "none.toml"))
+    watch = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "runs", "watch", run_id], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        approved = switchyard("approvals", "approve", run_id, approval["id"], "--comment", "ship it",
+                              extra_env={"SWITCHYARD_TOKEN": tokens["operator"]})
+        assert approved.returncode == 0, approved.stderr
+        assert f"{approval['id']}: approve" in approved.stdout
+        out, err = watch.communicate(timeout=90)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, out + err
+    assert "step_started ship" in out and "run_succeeded" in out
+    last = out.splitlines()
+    assert any(run_id in line and "succeeded" in line and "3/3 steps settled" in line for line in last)
+    assert any(line.split()[:3] == ["ship", "tool", "succeeded"] for line in last)
+
+
+def test_refusals_exit_3_with_the_code_on_stderr_and_usage_errors_exit_2(switchyard, tokens):
+    missing = switchyard("runs", "get", "run_nope")
+    assert missing.returncode == 3 and missing.stderr.startswith("error: not_found: run 'run_nope' not found")
+    assert missing.stdout == ""
+
+    empty = switchyard("workflows", "publish", unique("cli"), "-f", "-")
+    assert empty.returncode == 2 and "must hold one definition" in empty.stderr  # empty standard input
+    forbidden = switchyard("runs", "start", "whatever", extra_env={"SWITCHYARD_TOKEN": tokens["viewer"]})
+    assert forbidden.returncode == 3 and "error: forbidden" in forbidden.stderr and "What to do" in forbidden.stderr
+
+    bad_input = switchyard("runs", "start", "whatever", "--input", "{not json")
+    assert bad_input.returncode == 2 and "--input" in bad_input.stderr
+    assert switchyard("runs", "start").returncode == 2
+    assert switchyard("runs", "start", "x", "--wait", "--follow").returncode == 2
+    nowhere = switchyard("workflows", "list", extra_env={"SWITCHYARD_URL": "http://127.0.0.1:9"})
+    assert nowhere.returncode == 3 and "http://127.0.0.1:9/api/v1" in nowhere.stderr
+
+
+def test_a_profile_file_supplies_url_and_token(switchyard, url, tokens, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[ci]\nurl = "{url}"\ntoken = "{tokens["viewer"]}"\n')
+    env = {"SWITCHYARD_URL": "", "SWITCHYARD_TOKEN": "", "SWITCHYARD_CONFIG": str(config)}
+    listed = switchyard("workflows", "list", "--profile", "ci", "--json", extra_env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert isinstance(json.loads(listed.stdout), list)
+    unknown = switchyard("workflows", "list", "--profile", "nope", extra_env=env)
+    assert unknown.returncode == 2 and "no profile 'nope' (profiles: ci)" in unknown.stderr
+
+
+def test_version_and_the_remote_commands_in_help(switchyard):
+    version = switchyard("--version")
+    assert version.returncode == 0 and version.stdout.startswith("switchyard, version ")
+    help_text = switchyard("--help").stdout
+    for group in ("workflows", "runs", "approvals", "questions", "events", "schedules"):
+        assert f"  {group} " in help_text
+    runs_help = switchyard("runs", "--help").stdout
+    for command in ("start", "list", "get", "watch", "events", "pause", "resume", "cancel", "retry", "rerun", "fork"):
+        assert f"  {command} " in runs_help
+
+
