@@ -1,29 +1,42 @@
-"""Bar charts of time series as plain numbers for inline SVG — pure."""
+"""The analytics page's data — pure: the API's time series as the columns uPlot draws (the page's
+charts, api/ui/static/vendor/uPlot), with the totals its cards show, so a card and its chart always
+agree (both are the sum of the same points)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-WIDTH, HEIGHT = 600, 160
+from api.ui import times
+
+# The time ranges of the picker: (label, the API's ``since``, the bucket that keeps a chart readable).
+RANGES = {
+    "1h": ("Last hour", "1h", "minute"),
+    "24h": ("Last 24 hours", "24h", "hour"),
+    "7d": ("Last 7 days", "7d", "hour"),
+    "30d": ("Last 30 days", "30d", "day"),
+}
+DEFAULT_RANGE = "24h"
 
 
 @dataclass(frozen=True)
-class Bar:
-    t: str
-    value: float | None
-    x: float
-    y: float
-    w: float
-    h: float
+class Series:
+    """One chart: bucket starts (Unix seconds) and values (None: nothing to show in that bucket)."""
 
+    title: str
+    t: tuple[float, ...]
+    values: tuple[float | None, ...]
+    total: float | None  # what the chart adds up to (its card's figure); None for a rate
+    percent: bool = False
+    unit: str = ""
 
-@dataclass(frozen=True)
-class Chart:
-    bars: tuple[Bar, ...]
-    top: float  # the value at the top of the chart
-    percent: bool
-    width: int = WIDTH
-    height: int = HEIGHT
+    @property
+    def empty(self) -> bool:
+        """Nothing happened in the range: the page says so instead of drawing an axis to a made-up top."""
+        return not any(self.values)
+
+    def as_json(self) -> dict:
+        return {"title": self.title, "t": list(self.t), "v": list(self.values), "percent": self.percent,
+                "unit": self.unit}
 
 
 def success_rate(succeeded: list[dict], failed: list[dict]) -> list[dict]:
@@ -35,14 +48,19 @@ def success_rate(succeeded: list[dict], failed: list[dict]) -> list[dict]:
     return result
 
 
-def bars(points: list[dict], *, percent: bool = False) -> Chart:
-    """One bar per point, scaled to the largest value (1.0 for a percentage); None draws no bar."""
-    values = [p["value"] for p in points if p["value"] is not None]
-    top = 1.0 if percent else max(values + [0]) or 1
-    slot = WIDTH / max(len(points), 1)
-    result = []
-    for i, p in enumerate(points):
-        h = 0.0 if p["value"] is None else HEIGHT * p["value"] / top
-        result.append(Bar(p["t"], p["value"], round(i * slot + slot * 0.1, 2), round(HEIGHT - h, 2),
-                          round(slot * 0.8, 2), round(h, 2)))
-    return Chart(tuple(result), top, percent)
+def overall_rate(succeeded: list[dict], failed: list[dict]) -> float | None:
+    """The range's success rate (from the same points as the chart); None if no run ended."""
+    ok, bad = sum(p["value"] for p in succeeded), sum(p["value"] for p in failed)
+    return ok / (ok + bad) if ok + bad else None
+
+
+def series(title: str, points: list[dict], *, percent: bool = False, unit: str = "") -> Series:
+    """A chart of the API's ``points`` (``{"t": RFC 3339, "value"}``), totalled unless a rate."""
+    stamps = tuple(times.parse(p["t"]).timestamp() for p in points)
+    values = tuple(p["value"] for p in points)
+    total = None if percent else _number(sum(v for v in values if v is not None))
+    return Series(title, stamps, values, total, percent, unit)
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else round(value, 4)

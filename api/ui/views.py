@@ -337,10 +337,14 @@ def queues():
 
 @bp.get("/analytics")
 def analytics():
-    bucket = request.args.get("bucket") if request.args.get("bucket") in ("minute", "hour", "day") else "hour"
-    series = {metric: get("/analytics/timeseries", metric=metric, bucket=bucket)["points"]
+    chosen = request.args.get("range") if request.args.get("range") in charts.RANGES else charts.DEFAULT_RANGE
+    _, since, bucket = charts.RANGES[chosen]
+    points = {metric: get("/analytics/timeseries", metric=metric, bucket=bucket, since=since)["points"]
               for metric in ("runs_started", "runs_succeeded", "runs_failed", "steps", "credits")}
-    rate = charts.success_rate(series["runs_succeeded"], series["runs_failed"])
-    return render_template("analytics.html", summary=get("/analytics/summary"), bucket=bucket,
-                           rate=charts.bars(rate, percent=True), started=charts.bars(series["runs_started"]),
-                           steps=charts.bars(series["steps"]), credits=charts.bars(series["credits"]))
+    ended = (points["runs_succeeded"], points["runs_failed"])
+    shown = [charts.series("Success rate", charts.success_rate(*ended), percent=True),
+             charts.series("Runs started", points["runs_started"], unit="runs"),
+             charts.series("Steps finished", points["steps"], unit="steps"),
+             charts.series("Credits", points["credits"], unit="credits")]
+    return render_template("analytics.html", summary=get("/analytics/summary", since=since), bucket=bucket,
+                           ranges=charts.RANGES, chosen=chosen, rate=charts.overall_rate(*ended), charts=shown)

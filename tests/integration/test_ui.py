@@ -167,7 +167,7 @@ def test_sign_in_start_watch_approve_and_download(page, server, api, tokens):
     expect(page.locator("table.list").nth(1).locator("tbody code").first).to_contain_text("switchyard")
     shot(page, "queues")
     page.goto(f"{server}/analytics")
-    expect(page.locator("svg.chart")).to_have_count(4)
+    expect(page.locator(".chart-card")).to_have_count(4)
     shot(page, "analytics")
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{server}/runs/{run_id}")

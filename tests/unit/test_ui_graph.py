@@ -90,13 +90,18 @@ def test_a_schema_without_properties_takes_the_input_as_json():
         forms.parse({}, {"input": "[1]"})
 
 
-def test_success_rate_and_bars():
-    ok = [{"t": "t1", "value": 3}, {"t": "t2", "value": 0}, {"t": "t3", "value": 0}]
-    bad = [{"t": "t1", "value": 1}, {"t": "t2", "value": 2}, {"t": "t3", "value": 0}]
+def test_success_rate_series_and_totals():
+    ok = [{"t": "2026-12-03T10:00:00Z", "value": 3}, {"t": "2026-12-03T11:00:00Z", "value": 0},
+          {"t": "2026-12-03T12:00:00Z", "value": 0}]
+    bad = [{"t": p["t"], "value": v} for p, v in zip(ok, (1, 2, 0), strict=True)]
     rate = charts.success_rate(ok, bad)
     assert [p["value"] for p in rate] == [0.75, 0.0, None]
-    chart = charts.bars(rate, percent=True)
-    assert chart.top == 1.0 and [b.h for b in chart.bars] == [120.0, 0.0, 0.0]
-    counts = charts.bars([{"t": "a", "value": 2}, {"t": "b", "value": 4}])
-    assert counts.top == 4 and counts.bars[1].h == charts.HEIGHT and counts.bars[1].y == 0
-    assert charts.bars([]).bars == ()
+    assert charts.overall_rate(ok, bad) == 0.5 and charts.overall_rate(ok[1:2], ok[1:2]) is None
+    chart = charts.series("Success rate", rate, percent=True)
+    assert chart.total is None and chart.values == (0.75, 0.0, None) and not chart.empty
+    assert chart.t[1] - chart.t[0] == 3600
+    steps = charts.series("Steps", [{"t": ok[0]["t"], "value": 42}, {"t": ok[1]["t"], "value": 4}])
+    assert steps.total == 46 and steps.as_json()["v"] == [42, 4]
+    credits = charts.series("Credits", [{"t": ok[0]["t"], "value": 0}, {"t": ok[1]["t"], "value": 0.0}])
+    assert credits.empty and credits.total == 0
+    assert charts.series("x", [{"t": ok[0]["t"], "value": 0.1}, {"t": ok[1]["t"], "value": 0.2}]).total == 0.3

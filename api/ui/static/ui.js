@@ -154,7 +154,34 @@ function graphs(root) {
   });
 }
 
+// -- analytics: uPlot charts (vendored, api/ui/static/vendor) with axes and values on hover ----------
+function chartValue(chart, v) {
+  if (v == null) return "—";
+  return chart.percent ? (v * 100).toFixed(1) + "%" : String(Number(v.toFixed(4)));
+}
+
+function drawChart(box) {
+  const c = JSON.parse(box.dataset.chart), muted = "#4f5863", grid = {stroke: "#e3e7eb", width: 1};
+  const opts = {
+    width: Math.max(box.clientWidth, 280), height: 220,
+    cursor: {points: {size: 8}, drag: {x: false, y: false}},
+    // A rate tops at 100%; a count at its largest bucket (never a made-up top: empty charts are not drawn).
+    scales: {x: {time: true, range: (u, min, max) => { const half = c.t.length > 1 ? (c.t[1] - c.t[0]) / 2 : 30; return [min - half, max + half]; }},
+             y: {range: (u, min, max) => [0, c.percent ? 1 : Math.max(max, 1) * 1.08]}},
+    axes: [{stroke: muted, grid},
+           {stroke: muted, grid, size: 64, values: (u, splits) => splits.map((v) => chartValue(c, v))}],
+    series: [
+      {label: "Bucket", value: (u, ts) => ts == null ? "—" : new Date(ts * 1000).toLocaleString()},
+      {label: c.title, stroke: "#0b57d0", fill: "rgba(11, 87, 208, 0.3)", width: 1,
+       paths: uPlot.paths.bars({size: [0.8, 48]}), points: {show: false}, value: (u, v) => chartValue(c, v)},
+    ],
+  };
+  const plot = new uPlot(opts, [c.t, c.v], box);
+  window.addEventListener("resize", () => plot.setSize({width: Math.max(box.clientWidth, 280), height: 220}));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  if (typeof uPlot !== "undefined") document.querySelectorAll("[data-chart]").forEach(drawChart);
   localTimes(document);
   setInterval(() => localTimes(document), 30000);
   graphs(document);
