@@ -93,6 +93,7 @@ def _register_routes(app: Flask, settings: Settings) -> None:
         openapi,
         policies,
         runs,
+        schedules,
         system,
         tokens,
         webhooks,
@@ -104,6 +105,7 @@ def _register_routes(app: Flask, settings: Settings) -> None:
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
                       webhooks.bp, files.bp, openapi.bp, policies.bp, monitoring.bp, analytics.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
+    app.register_blueprint(schedules.bp, url_prefix="/api/v1")
     app.register_blueprint(ui.bp)  # the web UI at /; before auth, whose hook it precedes (cookie, not token)
     auth.register(app)  # after the blueprints: it checks that every endpoint has an access rule
     _log_context(app)  # after auth, whose hook names the caller

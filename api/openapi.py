@@ -17,8 +17,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import responses as R
+from api import schedules as schedule_api
 from api import schemas
 from api.auth import PUBLIC, ROUTE_ROLES, SIGNED
+from orchestrator import schedules
 from orchestrator.states import RunStatus
 
 bp = Blueprint("openapi", __name__)
@@ -101,13 +103,25 @@ OPERATIONS: dict[str, Op] = {
     "system.healthz": Op("Liveness: the process answers.", (200, R.Status)),
     "system.readyz": Op("Readiness: the database answers.", (200, R.Status), errors=(503,)),
     "openapi.spec": Op("This document.", (200, R.Document)),
-    "workflows.list_workflows": Op("The tenant's workflows.", (200, R.WorkflowList),
+    "workflows.list_workflows": Op("The tenant's workflows (the archived ones instead with archived=true).",
+                                   (200, R.WorkflowList), query=(query("archived", {"type": "string", "enum": [
+                                       "true", "false"], "default": "false"}),),
                                    links=workflow_links("/workflows/0/id")),
     "workflows.get_workflow": Op("A workflow: latest definition and its versions.", (200, R.Workflow)),
     "workflows.get_version": Op("One immutable version of a workflow.", (200, R.WorkflowVersion)),
     "workflows.publish": Op("Publish a new version of a definition.", (201, R.WorkflowVersion), schemas.Definition,
                             links=(*workflow_links("/id"), Link("GetVersion", "workflows.get_version", {
                                 "workflow_id": "$response.body#/id", "number": "$response.body#/version"}))),
+    "workflows.archive": Op("Archive a workflow: starting it answers 409 workflow_archived until a new version "
+                            "is published; its runs are left as they are.", (200, R.Workflow)),
+    "schedules.put_schedule": Op("Create or replace a cron schedule of the workflow (it starts afresh from now); "
+                                 "200 when replaced. A cron or timezone that cannot be read is a 400 naming "
+                                 "the field.", (201, schedule_api.Schedule), schedules.ScheduleBody,
+                                 other_ok={200: schedule_api.Schedule}),
+    "schedules.workflow_schedules": Op("The workflow's schedules, each with its next five fire times.",
+                                       (200, schedule_api.ScheduleList)),
+    "schedules.all_schedules": Op("Every schedule of the tenant.", (200, schedule_api.ScheduleList)),
+    "schedules.delete_schedule": Op("Delete a schedule.", (204, None)),
     "runs.list_runs": Op("The tenant's runs, newest first.", (200, R.RunPage), query=(
         query("status", {"type": "string", "enum": [s.value for s in RunStatus]}),
         query("workflow_id", {"type": "string"}),
@@ -137,7 +151,9 @@ OPERATIONS: dict[str, Op] = {
     "approvals.decide": Op("Approve, reject or request changes.", (200, R.Run), schemas.Decision,
                            body_required=False, query=(TRIGGERED_BY,), errors=(409,)),
     "approvals.answer": Op("Answer a question.", (200, R.Run), schemas.Answer, query=(TRIGGERED_BY,), errors=(409,)),
-    "events.post_event": Op("Deliver an event to wait_event steps waiting on its key.", (202, R.EventAccepted),
+    "events.post_event": Op("Start a run of every workflow whose trigger matches the event's name, and deliver it to "
+                            "the wait_event steps waiting on its key; an id seen before does neither again.",
+                            (202, R.EventAccepted),
                             schemas.InboundEvent, query=(TRIGGERED_BY,)),
     "tokens.list_tokens": Op("The tenant's tokens (never their secrets).", (200, R.TokenList)),
     "tokens.create_token": Op("Create a token; the answer's `token` is the only time it is shown.",
@@ -224,6 +240,8 @@ def _operation(endpoint: str, op: Op, path_params: list[dict[str, Any]]) -> dict
     role = ROUTE_ROLES[endpoint]
     answers = {str(op.ok[0]): _json(op.ok[1].__name__, "Success.") if op.ok[1] else {
         "description": "Not JSON: see the summary.", "content": {op.media: {"schema": {"type": "string"}}}}}
+    if op.ok[0] == 204:
+        answers = {"204": {"description": "Done; no content."}}
     answers.update({str(code): _json(model.__name__, "Success.") for code, model in op.other_ok.items()})
     if op.links:
         for code in (op.ok[0], *op.other_ok):

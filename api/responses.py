@@ -170,6 +170,7 @@ class WorkflowSummary(_Out):
     version: int
     created_at: datetime
     updated_at: datetime
+    archived_at: datetime | None = Field(description="When DELETE /workflows/{id} archived it; null while live.")
 
 
 class Workflow(WorkflowSummary):
@@ -204,9 +205,20 @@ class Delivery(_Out):
     step_id: str
 
 
+class TriggerError(_Out):
+    """A workflow whose trigger matched the event name but started no run, and why."""
+
+    workflow_id: str
+    code: str
+    message: str
+
+
 class EventAccepted(_Out):
     id: str
+    duplicate: bool = Field(description="The event's id was seen before: nothing was started or delivered again.")
+    started_runs: list[str] = Field(description="The runs the event's triggers started.")
     delivered_to: list[Delivery]
+    trigger_errors: list[TriggerError]
 
 
 class Token(_Out):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.definitions import Definition
 from orchestrator.policy import Limits, Policy
+from orchestrator.schedules import ScheduleBody
 
 
 class _Body(BaseModel):
@@ -46,11 +47,14 @@ class Answer(_Body):
 
 
 class InboundEvent(_Body):
-    """POST /events."""
+    """POST /events: starts the workflows its ``name`` triggers, and reaches the wait_event steps waiting
+    on its ``correlation_key``; at least one of the two."""
 
-    correlation_key: str = Field(min_length=1, max_length=200)
-    name: str | None = Field(default=None, max_length=200)
+    correlation_key: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
     payload: Any = None
+    id: str | None = Field(default=None, min_length=1, max_length=200,
+                           description="The sender's id of the event: the same id again starts and delivers nothing.")
 
 
 class TokenCreate(_Body):
@@ -70,6 +74,7 @@ class WebhookSecretCreate(_Body):
 
 
 REQUEST_BODIES: dict[str, type[BaseModel]] = {
+    "ScheduleBody": ScheduleBody,
     "StartRun": StartRun, "ControlBody": ControlBody, "Decision": Decision, "Answer": Answer,
     "InboundEvent": InboundEvent, "TokenCreate": TokenCreate, "WebhookSecretCreate": WebhookSecretCreate,
     "Definition": Definition, "Policy": Policy,

@@ -143,6 +143,7 @@ def workflow_json(workflow: Workflow, versions: list[WorkflowVersion] | None = N
         "version": workflow.latest_version,
         "created_at": ts(workflow.created_at),
         "updated_at": ts(workflow.updated_at),
+        "archived_at": ts(workflow.archived_at),
     }
     if versions is not None:
         body["versions"] = [{"version": v.version, "created_at": ts(v.created_at)} for v in versions]

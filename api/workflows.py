@@ -1,16 +1,17 @@
-"""Workflows: publish versions, list, read."""
+"""Workflows: publish versions, list, read, archive."""
 
 from __future__ import annotations
 
 import re
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from api import serializers
 from api.auth import principal
 from api.context import json_body, services
 from orchestrator import service
 from orchestrator.db import repository as repo
+from orchestrator.db.repository import lifecycle
 from orchestrator.db.session import transaction
 from orchestrator.errors import InvalidRequest, NotFound
 
@@ -35,9 +36,25 @@ def publish(workflow_id: str):
 
 @bp.get("/workflows")
 def list_workflows():
+    """The live workflows; with ``?archived=true`` the archived ones."""
+    archived = request.args.get("archived", "false")
+    if archived not in ("true", "false"):
+        raise InvalidRequest("query parameter 'archived' must be true or false", {"field": "archived"})
     with services().sessions() as session:
-        workflows = repo.list_workflows(session, principal().tenant_id)
+        workflows = repo.list_workflows(session, principal().tenant_id, archived=archived == "true")
         return {"workflows": [serializers.workflow_json(w) for w in workflows]}
+
+
+@bp.delete("/workflows/<workflow_id>")
+def archive(workflow_id: str):
+    """Archive the workflow: it starts no run (409 workflow_archived) until a new version is published;
+    its runs, live or not, are left as they are."""
+    with transaction(services().sessions) as session:
+        workflow = lifecycle.archive_workflow(session, principal().tenant_id, workflow_id)
+        if workflow is None:
+            raise NotFound(f"workflow {workflow_id!r} not found")
+        versions = repo.list_versions(session, principal().tenant_id, workflow_id)
+        return serializers.workflow_json(workflow, list(versions))
 
 
 @bp.get("/workflows/<workflow_id>")

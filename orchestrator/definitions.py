@@ -20,6 +20,7 @@ from pydantic import Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
 
 from orchestrator import dag, registry, steptypes, templates
+from orchestrator import triggers as event_triggers
 from orchestrator.errors import DefinitionInvalid
 from orchestrator.policy import Policy
 from orchestrator.retry import RetryPolicy
@@ -74,6 +75,10 @@ class Definition(StrictModel):
     policy: Policy = Policy()
     # Replaced by _rebuild with the union of the registered types.
     steps: list[Step] = Field(min_length=1)
+    # Events that start a run (orchestrator/triggers.py), and how long its terminal runs are kept
+    # (days; 0 keeps them; null: SWITCHYARD_RETENTION_DAYS).
+    triggers: list[event_triggers.Trigger] = Field(default_factory=list, max_length=100)
+    retention_days: int | None = Field(default=None, ge=0, le=36500)
     # Per step, the names its templates read; a definition is immutable, so it is worked out once.
     _template_names: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
 
@@ -169,6 +174,7 @@ def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
         if step.when is not None:
             problems += templates.expression_problems(step.when, f"steps.{i}.when",
                                                       dag.upstream(step.id, definition.needs))
+    problems += event_triggers.problems(definition.triggers)
     return problems + _policy_problems(definition.policy, known) + _schema_problems(definition.input_schema)
 
 

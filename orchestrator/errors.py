@@ -46,6 +46,12 @@ class Conflict(SwitchyardError):
     code = "conflict"
 
 
+class WorkflowArchived(Conflict):
+    """The workflow is archived (DELETE /workflows/{id}): it starts no run until a new version is published."""
+
+    code = "workflow_archived"
+
+
 class InvalidTransitionError(Conflict):
     """The run's status does not allow this action; details carry ``status`` and ``allowed_from``."""
 

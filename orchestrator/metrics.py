@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
-from orchestrator.db.repository import Histogram
+from orchestrator.db.repository import Histogram, lifecycle
 from orchestrator.db.session import transaction
 from orchestrator.states import RunStatus
 
@@ -76,6 +76,17 @@ class DatabaseCollector:
             (retries if kind == EventType.STEP_RETRYING else failures).add_metric([step_type, code], count)
         yield retries
         yield failures
+        yield self._purged()
+
+    def _purged(self) -> Metric:
+        """What the retention sweep deleted: the series above cover only the runs still kept."""
+        with self.sessions() as session:
+            purged = lifecycle.purged_rows(session, self.tenant_id)
+        family = CounterMetricFamily("switchyard_retention_purged_rows",
+                                     "Rows the retention sweep deleted (runs past retention), by table.", labels=["table"])
+        for table, count in sorted(purged.items()):
+            family.add_metric([table], count)
+        return family
 
 
 def _histogram_family(name: str, doc: str, histograms: dict[str, Histogram]) -> HistogramMetricFamily:

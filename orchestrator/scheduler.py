@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker, logs, writer
+from orchestrator import broker, firing, logs, retention, writer
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core import advance
 from orchestrator.core.advance import KeptEvent
@@ -78,6 +78,8 @@ class Scheduler:
         self.doorbell = broker.Doorbell(celery, settings.wake_queue)
         self.epoch = broker.BrokerEpoch(settings)
         self.catalog = DefinitionCatalog()
+        # Cron schedules fire from this loop (orchestrator/firing.py); retention sweeps on a thread (run_forever).
+        self.schedules = firing.Ticker(settings, sessions, self.catalog)
         self.env = Env(prices=settings.prices)
         self.batch_size = batch_size
         self.stopping = threading.Event()
@@ -206,6 +208,7 @@ class Scheduler:
         if messages:
             log.warning("re-publishing %d step messages left in the outbox", len(messages))
             self._publish(messages)
+        broker.revoke(self.celery, self.schedules.tick(force=True))  # a schedule changed through the API
 
     def _due_passed(self) -> bool:
         return self.next_due is not None and time.monotonic() >= self.next_due
@@ -274,6 +277,7 @@ class Scheduler:
         over after a second, so the scheduler heals by itself once the service is back.
         """
         log.info("scheduler started (sweep every %.1fs)", self.settings.sweep_interval_s)
+        retention.start_sweeper(self.settings, self.sessions, self.stopping)
         while not self.stopping.is_set():
             try:
                 with self.doorbell.listening(self.settings.sweep_interval_s) as wait_for_ring:
@@ -288,8 +292,10 @@ class Scheduler:
             if time.monotonic() >= next_sweep:
                 self.sweep()
                 next_sweep = time.monotonic() + self.settings.sweep_interval_s
+            broker.revoke(self.celery, self.schedules.tick())
             self.drain()
-            timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0))
+            timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0),
+                          self.schedules.seconds_until_due())
             if self.published_outbox and timeout > IDLE_CLEANUP_S:
                 # The next pass would delete the published rows; if no ring comes soon, delete them now.
                 if wait_for_ring(IDLE_CLEANUP_S):

@@ -19,6 +19,7 @@ from orchestrator.core.transition import Transition
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Run, Step, WorkflowVersion
+from orchestrator.db.repository import lifecycle
 from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition, input_problems, parse_definition
 from orchestrator.errors import (
@@ -27,6 +28,7 @@ from orchestrator.errors import (
     NotFound,
     PayloadTooLarge,
     RuntimeNotApplicable,
+    WorkflowArchived,
 )
 from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
@@ -34,12 +36,18 @@ from orchestrator.states import RunStatus, StepStatus
 
 
 def publish_workflow(session: Session, settings: Settings, tenant_id: str, workflow_id: str, raw: Any) -> WorkflowVersion:
-    """Validate a definition and store it as the workflow's next version; DefinitionInvalid if refused."""
+    """Validate a definition and store it as the workflow's next version; DefinitionInvalid if refused.
+
+    Publishing restores an archived workflow, and makes the new version's triggers and retention_days
+    the workflow's."""
     definition = parse_definition(raw, settings.max_steps_per_definition)
-    return repo.publish_workflow(
+    version = repo.publish_workflow(
         session, tenant_id, workflow_id, name=definition.name, kind=definition.kind,
         definition=definition.model_dump(mode="json", exclude_unset=True),
     )
+    lifecycle.set_workflow_lifecycle(session, tenant_id, workflow_id, retention_days=definition.retention_days,
+                                     events=[trigger.event for trigger in definition.triggers])
+    return version
 
 
 def request_hash(body: Any) -> str:
@@ -162,6 +170,9 @@ def _runnable_version(
     workflow = repo.get_workflow(session, tenant_id, workflow_id)
     if workflow is None:
         raise NotFound(f"workflow {workflow_id!r} not found; publish it with PUT /api/v1/workflows/{workflow_id}")
+    if workflow.archived_at is not None:
+        raise WorkflowArchived(f"workflow {workflow_id!r} is archived; publish a new version with "
+                               f"PUT /api/v1/workflows/{workflow_id} to start it again", {"workflow_id": workflow_id})
     number = version or workflow.latest_version
     stored = repo.get_version(session, tenant_id, workflow_id, number)
     if stored is None:

@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     # How long POST /events keeps an event for steps that start waiting on its key later.
     event_keep_s: float = 3600.0
 
+    # Triggers and old data (docs/triggers.md). catchup "all" fires at most max_catchup missed slots.
+    max_catchup: int = Field(default=100, ge=0, le=10000)
+    # Terminal runs older than this are deleted by the retention sweep (0: kept forever); a workflow's
+    # retention_days overrides it. With archive_dir set, each run's evidence pack is written there first.
+    retention_days: int = Field(default=30, ge=0)
+    archive_dir: Path | None = None
+    # The sweep deletes retention_batch runs per transaction, pausing retention_pause_s between
+    # batches, and looks for more every retention_interval_s once none is left.
+    retention_batch: int = Field(default=200, ge=1, le=10000)
+    retention_pause_s: float = Field(default=0.05, ge=0)
+    retention_interval_s: float = Field(default=300.0, gt=0)
+
     # Metering: credits per unit of usage, as JSON in SWITCHYARD_PRICES (see PriceTable).
     prices: PriceTable = Field(default_factory=PriceTable)
 

@@ -60,6 +60,10 @@ class Workflow(Base):
     latest_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
+    # DELETE /workflows/{id} archives (no new runs); publishing a version restores.
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The latest version's retention_days (null: SWITCHYARD_RETENTION_DAYS), for the retention sweep.
+    retention_days: Mapped[int | None] = mapped_column(Integer)
 
 
 class WorkflowVersion(Base):
@@ -322,3 +326,75 @@ class MetricWatermark(Base):
     __tablename__ = "metric_watermarks"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     upto: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# Triggers and the lifecycle of old data (orchestrator/schedules.py, triggers.py, retention.py).
+
+class Schedule(Base):
+    """A cron schedule of a workflow. ``last_slot`` is the last slot considered (fired or passed
+    over); ``next_fire_at`` the next slot, null while disabled, so the schedulers find due ones by index."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "workflow_id"], ["workflows.tenant_id", "workflows.id"]),
+        Index("ix_schedules_next_fire", "next_fire_at", postgresql_where=text("next_fire_at IS NOT NULL"),
+              sqlite_where=text("next_fire_at IS NOT NULL")),
+    )
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    input: Mapped[Any] = mapped_column(JsonType)
+    overlap: Mapped[str] = mapped_column(String(16))
+    catchup: Mapped[str] = mapped_column(String(8))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    last_slot: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_run_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _created()
+
+
+class ScheduleFire(Base):
+    """One slot of a schedule, fired once: its key is inserted in the transaction that starts the run
+    (or records the slot skipped), so a second scheduler, or a restarted one, cannot fire it again."""
+
+    __tablename__ = "schedule_fires"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    schedule_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    slot: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # started | skipped | failed
+    run_id: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = _created()
+
+
+class WorkflowTrigger(Base):
+    """An event name the latest version of a workflow starts on (its definition's ``triggers``),
+    so POST /events finds the workflows to start by index instead of reading every definition."""
+
+    __tablename__ = "workflow_triggers"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[str] = mapped_column(String(200), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+class EventReceipt(Base):
+    """An event id POST /events has seen: the same id again starts nothing."""
+
+    __tablename__ = "event_receipts"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_now(), nullable=False, index=True)
+
+
+class PurgedRows(Base):
+    """Rows the retention sweep deleted, per tenant and table (the metric
+    switchyard_retention_purged_rows_total)."""
+
+    __tablename__ = "purged_rows"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    table_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)

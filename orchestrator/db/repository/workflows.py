@@ -35,8 +35,11 @@ def publish_workflow(
     return version
 
 
-def list_workflows(session: Session, tenant_id: str) -> Sequence[Workflow]:
-    return session.execute(select(Workflow).where(Workflow.tenant_id == tenant_id).order_by(Workflow.id)).scalars().all()
+def list_workflows(session: Session, tenant_id: str, *, archived: bool = False) -> Sequence[Workflow]:
+    """The tenant's live workflows, or with ``archived`` its archived ones."""
+    state = Workflow.archived_at.is_not(None) if archived else Workflow.archived_at.is_(None)
+    return session.execute(select(Workflow).where(Workflow.tenant_id == tenant_id, state)
+                           .order_by(Workflow.id)).scalars().all()
 
 
 def get_workflow(session: Session, tenant_id: str, workflow_id: str) -> Workflow | None:
