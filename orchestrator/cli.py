@@ -106,7 +106,7 @@ def scheduler() -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency: int, queues: str | None, pool: str, loglevel: str) -> None:
     """Run a Celery worker that executes agent, tool and LLM steps."""
-    from workers import metrics
+    from workers import metrics, pools
     from workers.app import make_worker_app
 
     settings = load()
@@ -114,8 +114,14 @@ def worker(concurrency: int, queues: str | None, pool: str, loglevel: str) -> No
     app = make_worker_app(settings)
     argv = [
         "worker", f"--concurrency={concurrency}", f"--queues={queues or settings.default_queue}",
-        f"--pool={pool}", f"--loglevel={loglevel}", f"--hostname=switchyard-{os.getpid()}@%h",
+        f"--loglevel={loglevel}", f"--hostname=switchyard-{os.getpid()}@%h",
     ]
+    if pool in pools.POOLS:
+        # Celery's thread and solo pools cannot terminate a revoked task (a traceback per cancel): ours,
+        # configured, which Celery takes over its default --pool (prefork).
+        app.conf.worker_pool = pools.POOLS[pool]
+    else:
+        argv.append(f"--pool={pool}")
     if settings.uses_embedded_broker:
         # The embedded broker has no broadcast channel for worker gossip.
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from switchyard.client import Client
-from tests.integration.conftest import ROOT, served, unique, wait_for
+from tests.integration.conftest import ROOT, served, unique, wait_for, wait_no_task_of
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -176,3 +176,24 @@ def test_version_and_the_remote_commands_in_help(switchyard):
         assert f"  {command} " in runs_help
 
 
+
+
+def test_a_step_cancelled_on_a_thread_pool_worker_stops_without_a_traceback(engine_processes, url, tokens, settings):
+    """`switchyard dev` runs its worker with --pool threads: a cancel there used to log Celery's
+    NotImplementedError (kill_job) with a traceback; the step stops at its cooperative flag."""
+    queue = unique("threads")
+    engine_processes.start("threads-worker", "worker", "--pool", "threads", "--queues", queue, "--concurrency", "2")
+    try:
+        with Client(url, tokens["admin"]) as client:
+            workflow_id = unique("cli")
+            client.workflows.publish(workflow_id, {"name": "nap", "steps": [
+                {"id": "nap", "type": "tool", "tool": "sleep", "args": {"seconds": 30}, "queue": queue}]})
+            run = client.runs.start(workflow_id)
+            wait_for(lambda: client.runs.get(run.id).step("nap").status == "running", 60, "the nap to run")
+            assert client.runs.cancel(run.id).status == "cancelled"
+            wait_no_task_of(settings, run.id, 30, "the thread pool to let the cancelled nap go")
+            assert client.runs.get(run.id).step("nap").status == "cancelled"
+    finally:
+        engine_processes.stop("threads-worker")
+    log = engine_processes.log_tail("threads-worker", 400)
+    assert "NotImplementedError" not in log and "kill_job" not in log, log[-3000:]
