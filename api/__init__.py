@@ -87,6 +87,7 @@ def _register_routes(app: Flask, settings: Settings) -> None:
         events,
         evidence,
         files,
+        forks,
         limits,
         live,
         monitoring,
@@ -103,7 +104,7 @@ def _register_routes(app: Flask, settings: Settings) -> None:
 
     errors.register(app)
     for blueprint in (system.bp, workflows.bp, runs.bp, controls.bp, approvals.bp, events.bp, tokens.bp,
-                      webhooks.bp, files.bp, openapi.bp, policies.bp, monitoring.bp, analytics.bp, live.bp, evidence.bp):
+                      webhooks.bp, files.bp, forks.bp, openapi.bp, policies.bp, monitoring.bp, analytics.bp, live.bp, evidence.bp):
         app.register_blueprint(blueprint, url_prefix="/api/v1")
     app.register_blueprint(schedules.bp, url_prefix="/api/v1")
     app.register_blueprint(ui.bp)  # the web UI at /; before auth, whose hook it precedes (cookie, not token)

@@ -15,22 +15,25 @@ from orchestrator.errors import InvalidRequest
 
 bp = Blueprint("approvals", __name__)
 
-APPROVAL_STATUSES = ("pending", "approved", "rejected", "changes_requested", "cancelled")
-QUESTION_STATUSES = ("open", "answered", "cancelled")
+# One status vocabulary for GET /approvals and GET /questions: pending (the default), decided or
+# answered, cancelled, all; an approval's own decisions narrow `decided`. Each maps to stored statuses
+# (a question waiting for its answer is stored `open`).
+APPROVAL_STATUSES = {"pending": ("pending",), "decided": ("approved", "rejected", "changes_requested"),
+                     "approved": ("approved",), "rejected": ("rejected",),
+                     "changes_requested": ("changes_requested",), "cancelled": ("cancelled",), "all": None}
+QUESTION_STATUSES = {"pending": ("open",), "answered": ("answered",), "cancelled": ("cancelled",), "all": None}
 
 
-def _status_arg(allowed: tuple[str, ...], default: str) -> str | None:
-    status = request.args.get("status", default)
-    if status == "all":
-        return None
+def _status_arg(allowed: dict[str, tuple[str, ...] | None]) -> tuple[str, ...] | None:
+    status = request.args.get("status", "pending")
     if status not in allowed:
-        raise InvalidRequest(f"'status' must be one of {[*allowed, 'all']}")
-    return status
+        raise InvalidRequest(f"'status' must be one of {list(allowed)}", {"field": "status"})
+    return allowed[status]
 
 
 @bp.get("/approvals")
 def inbox():
-    status = _status_arg(APPROVAL_STATUSES, "pending")
+    status = _status_arg(APPROVAL_STATUSES)
     with services().sessions() as session:
         rows = repo.list_approvals(session, principal().tenant_id, status, int_arg("limit", 100, 1, 500))
         return {"approvals": [serializers.approval_json(a) for a in rows]}
@@ -50,7 +53,7 @@ def decide(run_id: str, approval_id: str, decision: str):
 
 @bp.get("/questions")
 def open_questions():
-    status = _status_arg(QUESTION_STATUSES, "open")
+    status = _status_arg(QUESTION_STATUSES)
     with services().sessions() as session:
         rows = repo.list_questions(session, principal().tenant_id, status, int_arg("limit", 100, 1, 500))
         return {"questions": [serializers.question_json(q) for q in rows]}

@@ -142,11 +142,24 @@ OPERATIONS: dict[str, Op] = {
     "controls.act": Op("Pause, resume, cancel, retry or rerun a run (rerun answers 201 with the new run).",
                        (200, R.Run), schemas.ControlBody, body_required=False, query=(TRIGGERED_BY,),
                        errors=(409,), other_ok={201: R.Run}, links=run_links("/id")),
+    "forks.fork": Op("Fork a run that ended from one of its steps: a new run (201) where that step and every step "
+                     "after it run anew (with a new input, input patch, step overrides or version if given), and "
+                     "the steps that do not depend on it and succeeded keep their output (`reused`, no usage "
+                     "charged).", (201, R.Run), schemas.ForkBody, query=(TRIGGERED_BY,), errors=(409,),
+                     links=run_links("/id")),
+    "forks.bulk_action": Op("Apply one action to every run a filter selects (at most `limit`, newest first), each "
+                            "through the single-run state machine in its own transaction; a run in the wrong state "
+                            "is listed in `skipped`. `dry_run` changes nothing.", (200, R.BulkResult),
+                            schemas.BulkBody, query=(TRIGGERED_BY,)),
+    "forks.compare_runs": Op("Two runs side by side, step by step in graph order: status, attempts, duration, "
+                             "tokens and credits in each, whether input and output changed (with a JSON Patch), "
+                             "and the first step that diverges.", (200, R.Comparison)),
     "approvals.inbox": Op("The tenant's approvals.", (200, R.ApprovalList), query=(
-        query("status", {"type": "string", "enum": ["pending", "approved", "rejected", "changes_requested",
-                                                     "cancelled", "all"], "default": "pending"}), limit(100, 500))),
+        query("status", {"type": "string", "enum": ["pending", "decided", "approved", "rejected", "changes_requested",
+                                                     "cancelled", "all"], "default": "pending"},
+              "decided: approved, rejected or changes_requested."), limit(100, 500))),
     "approvals.open_questions": Op("The tenant's questions.", (200, R.QuestionList), query=(
-        query("status", {"type": "string", "enum": ["open", "answered", "cancelled", "all"], "default": "open"}),
+        query("status", {"type": "string", "enum": ["pending", "answered", "cancelled", "all"], "default": "pending"}),
         limit(100, 500))),
     "approvals.decide": Op("Approve, reject or request changes.", (200, R.Run), schemas.Decision,
                            body_required=False, query=(TRIGGERED_BY,), errors=(409,)),

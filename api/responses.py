@@ -61,7 +61,7 @@ class Question(_Out):
     run_id: str
     step_id: str
     question: str
-    status: Literal["open", "answered", "cancelled"]
+    status: Literal["pending", "answered", "cancelled"]
     answer: Any
     answered_by: str | None
     created_at: datetime
@@ -85,6 +85,8 @@ class Step(_Out):
     usage: dict[str, Any] | None
     waiting_on: str | None
     policy: list[dict[str, Any]]
+    reused: bool = Field(description="A fork's step that kept the original run's output instead of running "
+                                     "(no usage charged).")
 
 
 class WorkflowRef(_Out):
@@ -100,6 +102,13 @@ class OutputFile(_Out):
     url_expires_at: datetime
 
 
+class ForkedFrom(_Out):
+    """The run and step a fork was made from (POST /runs/{run_id}/fork)."""
+
+    run_id: str
+    step_id: str
+
+
 class RunSummary(_Out):
     """A run as GET /runs lists it."""
 
@@ -107,14 +116,16 @@ class RunSummary(_Out):
     workflow: WorkflowRef
     status: RunStatus
     waiting_on: str | None
-    current_step: str | None
-    pending_approvals: list[Approval]
+    current_step: str | None = Field(description="The step holding the run: running, else waiting, else queued.")
+    pending_approvals: int = Field(ge=0, description="How many approval requests wait for a decision "
+                                                     "(GET /runs/{run_id} lists them in `approvals`).")
     input: Any
     output: Any
     error: dict[str, Any] | None
-    trigger_type: Literal["api", "rerun", "webhook"]
+    trigger_type: Literal["api", "rerun", "webhook", "fork", "schedule", "event"]
     triggered_by: str | None
     retry_of: str | None
+    forked_from: ForkedFrom | None
     attempt: int
     risk_level: Literal["low", "medium", "high"] | None
     limits: dict[str, Any] | None
@@ -129,6 +140,8 @@ class Run(RunSummary):
     """A run with its steps, as GET /runs/{run_id} and every action on a run answer."""
 
     steps: list[Step]
+    approvals: list[Approval] = Field(description="The approval requests waiting for a decision.")
+    questions: list[Question] = Field(description="The questions waiting for an answer.")
     failed_steps: list[str] = Field(description="The steps that failed for good; in a succeeded run, the ones "
                                                 "whose `on_failure: continue` let it go on.")
 
@@ -333,3 +346,61 @@ class Worker(_Out):
 
 class WorkerList(_Out):
     workers: list[Worker]
+
+
+class BulkSkip(_Out):
+    run_id: str
+    reason: str
+
+
+class BulkResult(_Out):
+    """POST /runs/bulk/{action}: ``matched`` counts every run the filter selects; at most ``limit`` of them
+    (newest first) are acted on; ``runs`` are those the action applied to (for rerun and fork, the new
+    runs; on a dry run, the runs it would apply to); ``skipped`` the others, with why."""
+
+    matched: int
+    applied: int
+    skipped: list[BulkSkip]
+    runs: list[str]
+
+
+class ComparedStepRun(_Out):
+    """One step in one of the two runs compared."""
+
+    status: StepStatus
+    attempts: int
+    duration_s: float | None
+    tokens_in: float
+    tokens_out: float
+    credits: float
+    reused: bool
+
+
+class ComparedStep(_Out):
+    step_id: str
+    input_changed: bool = Field(description="Its fields in the run's definition, the outputs of the steps it "
+                                            "needs, or the run input its templates read differ.")
+    output_changed: bool
+    output_diff: list[dict[str, Any]] = Field(description="JSON Patch (RFC 6902) from the run's output to the "
+                                                          "other's.")
+    run: ComparedStepRun | None = Field(description="Null if the run has no such step.")
+    other: ComparedStepRun | None
+
+
+class ComparedRun(_Out):
+    id: str
+    workflow_id: str
+    version: int
+    status: RunStatus
+    usage: dict[str, Any]
+    forked_from: ForkedFrom | None
+
+
+class Comparison(_Out):
+    """GET /runs/{run_id}/compare/{other_id}: the steps in graph order."""
+
+    run: ComparedRun
+    other: ComparedRun
+    first_divergence: str | None = Field(description="The first step, in graph order, whose input or output "
+                                                     "differs (or that one run lacks); null if none.")
+    steps: list[ComparedStep]

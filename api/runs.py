@@ -75,8 +75,10 @@ def list_runs():
         names = {w.id: w.name for w in repo.list_workflows(session, who.tenant_id)}
         page = runs[:limit]
         pending = repo.pending_approvals(session, [r.id for r in page])
+        current = repo.current_steps(session, [r.id for r in page])
         next_cursor = _cursor_encode(page[-1].created_at, page[-1].id) if len(runs) > limit else None
-        return {"runs": [serializers.run_json(r, names.get(r.workflow_id), None, pending[r.id]) for r in page],
+        return {"runs": [serializers.run_json(r, names.get(r.workflow_id), None, len(pending[r.id]),
+                                              serializers.current_step(current[r.id])) for r in page],
                 "next_cursor": next_cursor}
 
 

@@ -46,14 +46,16 @@ def step_json(step: Step) -> dict[str, Any]:
         "usage": step.usage,
         "waiting_on": step.waiting_on,
         "policy": step.policy or [],
+        "reused": bool(step.reused),
     }
 
 
 def current_step(steps: list[Step]) -> str | None:
-    """The first step doing something now (running, then waiting, then queued or retrying)."""
+    """The first step doing something now (running, then waiting, then queued or retrying); a for-each
+    step's items are not steps of their own."""
     for wanted in (StepStatus.RUNNING, StepStatus.WAITING, StepStatus.QUEUED, StepStatus.RETRYING):
         for step in steps:
-            if step.status == wanted:
+            if step.status == wanted and step.item_of is None:
                 return step.step_id
     return None
 
@@ -74,13 +76,18 @@ def approval_json(approval: Approval) -> dict[str, Any]:
     }
 
 
+# One status vocabulary for approvals and questions: a question waiting for its answer is `pending`
+# (stored as `open`).
+QUESTION_STATUS = {"open": "pending"}
+
+
 def question_json(question: Question) -> dict[str, Any]:
     return {
         "id": question.id,
         "run_id": question.run_id,
         "step_id": question.step_id,
         "question": question.question,
-        "status": question.status,
+        "status": QUESTION_STATUS.get(question.status, question.status),
         "answer": question.answer,
         "answered_by": question.answered_by,
         "created_at": ts(question.created_at),
@@ -89,31 +96,38 @@ def question_json(question: Question) -> dict[str, Any]:
 
 
 def full_run(session: Session, run: Run) -> dict[str, Any]:
-    """A run with its steps, pending approvals and output files (URLs signed now), as GET /runs/{id}
-    answers. Lists of runs leave ``output_files`` empty: signing URLs is for the one run asked for."""
+    """A run with its steps, the approval requests waiting for a decision (``approvals``), its open
+    questions and output files (URLs signed now), as GET /runs/{id} answers. Lists of runs leave
+    ``output_files`` empty: signing URLs is for the one run asked for."""
     workflow = repo.get_workflow(session, run.tenant_id, run.workflow_id)
     pending = repo.pending_approvals(session, [run.id])[run.id]
-    body = run_json(run, workflow.name if workflow else None, list(repo.run_steps(session, run.id)), pending)
+    steps = list(repo.run_steps(session, run.id))
+    body = run_json(run, workflow.name if workflow else None, steps, len(pending), current_step(steps))
+    body["approvals"] = [approval_json(a) for a in pending]
+    body["questions"] = [question_json(q) for q in repo.run_questions(session, run.id) if q.status == "open"]
     body["output_files"] = output_files(run.id)
     return body
 
 
-def run_json(
-    run: Run, workflow_name: str | None, steps: list[Step] | None = None, pending: list[Approval] | None = None
-) -> dict[str, Any]:
+def run_json(run: Run, workflow_name: str | None, steps: list[Step] | None = None, pending: int = 0,
+             current: str | None = None) -> dict[str, Any]:
+    """A run; with ``steps``, its steps too. ``pending``: how many approval requests wait for a
+    decision; ``current``: the step holding the run (serializers.current_step)."""
     body = {
         "id": run.id,
         "workflow": {"id": run.workflow_id, "version": run.workflow_version, "name": workflow_name},
         "status": run.status,
         "waiting_on": run.waiting_on,
-        "current_step": current_step(steps) if steps is not None else None,
-        "pending_approvals": [approval_json(a) for a in pending or []],
+        "current_step": current,
+        "pending_approvals": pending,
         "input": run.input,
         "output": run.output,
         "error": run.error,
         "trigger_type": run.trigger_type,
         "triggered_by": run.triggered_by,
         "retry_of": run.retry_of,
+        "forked_from": ({"run_id": run.forked_from_run_id, "step_id": run.forked_from_step_id}
+                        if run.forked_from_run_id else None),
         "attempt": run.attempt,
         "risk_level": run.risk_level,
         "limits": run.limits,

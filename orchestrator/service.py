@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import ids
 from orchestrator.core import start
+from orchestrator.core.fork import ForkPlan
 from orchestrator.core.inputs import Env
 from orchestrator.core.reports import empty_usage
 from orchestrator.core.snapshot import StepState
@@ -68,6 +70,7 @@ def start_run(
     triggered_by: str | None = None,
     retry_of: str | None = None,
     first_pass: bool = False,
+    fork: ForkPlan | None = None,
 ) -> Started:
     """Create a run pinned to a workflow version (the latest if ``version`` is None).
 
@@ -75,6 +78,9 @@ def start_run(
     when it is plain (core.start.on_start: it only queues worker steps): the run is written started,
     its first steps queued with their outbox rows, and the caller publishes ``Started.messages``
     after the commit (dispatch.publish_queued); otherwise the scheduler starts the run.
+
+    With ``fork`` (orchestrator.forks), the run is that fork: its reused steps are written succeeded with
+    the original's outputs, and only the others run.
 
     The same Idempotency-Key with the same body returns the first run (created False); with a
     different body it raises IdempotencyConflict.
@@ -90,10 +96,11 @@ def start_run(
         status=RunStatus.QUEUED.value, input=run_input, usage=empty_usage(), trigger_type=trigger_type,
         triggered_by=triggered_by, retry_of=retry_of, attempt=1, idempotency_key=idempotency_key,
         request_hash=body_hash, has_work=True,
+        forked_from_run_id=fork.run_id if fork else None, forked_from_step_id=fork.from_step if fork else None,
     )
-    events = [_created_event(run)]
-    steps = _pending_steps(settings, definition, run.id)
-    first = _first_pass(settings, definition, run, steps) if first_pass else None
+    events = [_created_event(run, fork)]
+    steps = _pending_steps(settings, definition, run.id, fork.reused if fork else {})
+    first = _first_pass(settings, definition, run, steps, fork.reused if fork else {}) if first_pass else None
     if first is not None:
         events += [event.row() for event in first.events]
     return _insert(session, run, steps, events, first)
@@ -116,9 +123,12 @@ def _insert(session: Session, run: Run, steps: list[Step], events: list[dict], f
     return Started(run, True, messages)
 
 
-def _created_event(run: Run) -> dict[str, Any]:
-    return {"type": EventType.RUN_CREATED.value, "step_id": None, "attempt": None,
-            "data": {"workflow_id": run.workflow_id, "version": run.workflow_version, "trigger_type": run.trigger_type}}
+def _created_event(run: Run, fork: ForkPlan | None) -> dict[str, Any]:
+    data = {"workflow_id": run.workflow_id, "version": run.workflow_version, "trigger_type": run.trigger_type}
+    if fork is not None:
+        data["forked_from"] = {"run_id": fork.run_id, "step_id": fork.from_step}
+        data["reused"] = list(fork.reused)
+    return {"type": EventType.RUN_CREATED.value, "step_id": None, "attempt": None, "data": data}
 
 
 @dataclass(frozen=True)
@@ -131,13 +141,14 @@ class Started:
     messages: list[StepMessage] = field(default_factory=list)
 
 
-def _first_pass(settings: Settings, definition: Definition, run: Run, steps: list[Step]) -> Transition | None:
+def _first_pass(settings: Settings, definition: Definition, run: Run, steps: list[Step],
+                reused: Mapping[str, Any]) -> Transition | None:
     """The scheduler's first pass over the new run, if plain (core.start.on_start), applied to its rows."""
     state = start.new_run(run_id=run.id, tenant_id=run.tenant_id, workflow_id=run.workflow_id,
-                          version=run.workflow_version, run_input=run.input,
-                          steps=[StepState(s.step_id, s.type, StepStatus.PENDING, 0, s.max_attempts, s.queue)
+                          version=run.workflow_version, run_input=run.input, reused=reused,
+                          steps=[StepState(s.step_id, s.type, StepStatus(s.status), 0, s.max_attempts, s.queue)
                                  for s in steps])
-    first = start.on_start(state, definition, Env(prices=settings.prices))
+    first = start.on_start(state, definition, Env(prices=settings.prices, max_items=settings.max_for_each_items))
     if first is None:
         return None
     run.status, run.started_at, run.has_work = first.after.status.value, db_now(), False
@@ -195,11 +206,14 @@ def _check_input(settings: Settings, definition: Definition, run_input: Any) -> 
         raise InvalidRequest("input does not match the workflow's input_schema: " + "; ".join(problems), {"problems": problems})
 
 
-def _pending_steps(settings: Settings, definition: Definition, run_id: str) -> list[Step]:
-    """A new run's steps, in the definition's order, none of them started."""
+def _pending_steps(settings: Settings, definition: Definition, run_id: str, reused: Mapping[str, Any]) -> list[Step]:
+    """A new run's steps, in the definition's order, none of them started; a fork's ``reused`` steps
+    succeeded already, with the original's outputs (they never run, so no usage is charged)."""
     return [
         Step(
-            run_id=run_id, step_id=step.id, position=i, type=step.type, status=StepStatus.PENDING.value, attempt=0,
+            run_id=run_id, step_id=step.id, position=i, type=step.type, attempt=0,
+            status=(StepStatus.SUCCEEDED if step.id in reused else StepStatus.PENDING).value,
+            output=reused.get(step.id), reused=step.id in reused,
             max_attempts=definition.retry_policy(step).max_attempts, queue=step.queue or settings.default_queue,
             cancel_requested=False,
         )

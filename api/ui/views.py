@@ -302,13 +302,19 @@ def workflows():
 
 @bp.get("/workflows/<workflow_id>")
 def workflow(workflow_id: str):
+    return _workflow_page(workflow_id, request.args.get("version", type=int))
+
+
+def _workflow_page(workflow_id: str, number: int | None, *, values=None, errors: dict | None = None):
+    """The workflow page; after a refused start, the form again with what was typed and every error."""
     latest = get(f"/workflows/{workflow_id}")
-    number = request.args.get("version", type=int) or latest["version"]
-    version = get(f"/workflows/{workflow_id}/versions/{number}")
+    version = get(f"/workflows/{workflow_id}/versions/{number or latest['version']}")
     definition = version["definition"]
-    return render_template("workflow.html", workflow=latest, version=version, definition=definition,
+    page = render_template("workflow.html", workflow=latest, version=version, definition=definition,
                            layout=graph.layout(definition["steps"]),
-                           fields=forms.fields(definition.get("input_schema") or {}))
+                           fields=forms.fields(definition.get("input_schema") or {}),
+                           values=values or {}, errors=errors or {})
+    return page, 400 if errors else 200
 
 
 @bp.post("/workflows/<workflow_id>/start")
@@ -317,13 +323,14 @@ def start(workflow_id: str):
     definition = get(f"/workflows/{workflow_id}/versions/{number}")["definition"]
     try:
         values = forms.parse(definition.get("input_schema") or {}, request.form)
-    except ValueError as exc:
-        flash(str(exc), "error")
-        return redirect(url_for("ui.workflow", workflow_id=workflow_id, version=number))
+    except forms.FormErrors as exc:
+        return _workflow_page(workflow_id, number, values=request.form, errors=exc.errors)
     status, body = api("POST", "/runs", body={"workflow_id": workflow_id, "version": number, "input": values})
     if status >= 400:
-        flash(body.get("error", {}).get("message", f"the API answered {status}"), "error")
-        return redirect(url_for("ui.workflow", workflow_id=workflow_id, version=number))
+        error = body.get("error", {})
+        errors = forms.api_errors((error.get("details") or {}).get("problems") or [],
+                                  error.get("message", f"the API answered {status}"))
+        return _workflow_page(workflow_id, number, values=request.form, errors=errors)
     flash("Run started.", "ok")
     return redirect(url_for("ui.run", run_id=body["id"]))
 

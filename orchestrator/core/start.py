@@ -4,7 +4,7 @@ scheduler pass before a worker takes them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -18,11 +18,14 @@ from orchestrator.states import RunStatus, StepStatus
 
 
 def new_run(*, run_id: str, tenant_id: str, workflow_id: str, version: int, run_input: Any,
-            steps: Iterable[StepState]) -> RunState:
-    """A run as its creation leaves it: queued, its steps pending, its log holding `run_created`."""
+            steps: Iterable[StepState], reused: Mapping[str, Any] | None = None) -> RunState:
+    """A run as its creation leaves it: queued, its steps pending, its log holding `run_created`.
+
+    ``reused`` (a fork, core.fork.plan): the outputs of the steps it keeps from the original run, which
+    ``steps`` holds as succeeded; the templates and conditions of the steps that run read them."""
     return RunState(id=run_id, tenant_id=tenant_id, workflow_id=workflow_id, workflow_version=version,
                     status=RunStatus.QUEUED, last_seq=1, steps=MappingProxyType({s.step_id: s for s in steps}),
-                    usage=empty_usage(), input=run_input, outputs={}, approval=None)
+                    usage=empty_usage(), input=run_input, outputs=dict(reused or {}), approval=None)
 
 
 def on_start(state: RunState, definition: Definition, env: Env) -> Transition | None:

@@ -124,6 +124,9 @@ class Run(Base):
     risk_level: Mapped[str | None] = mapped_column(String(8))
     # An operator's raised limits (POST /runs/{id}/resume), over the definition's policy limits.
     limits: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    # A fork (POST /runs/{id}/fork): the run and step it was forked from.
+    forked_from_run_id: Mapped[str | None] = mapped_column(String(40))
+    forked_from_step_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class Step(Base):
@@ -186,6 +189,8 @@ class Step(Base):
     waiting_on: Mapped[str | None] = mapped_column(String(16))
     # Every policy decision taken about this step's tool calls, in order, across its attempts.
     policy: Mapped[list[Any] | None] = mapped_column(JsonType)
+    # A fork's step that kept the original run's output instead of running (no usage charged).
+    reused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class Event(Base):

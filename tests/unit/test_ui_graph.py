@@ -78,10 +78,26 @@ def test_the_form_parses_to_the_input(form, expected):
     assert forms.parse(SCHEMA, form) == expected
 
 
-@pytest.mark.parametrize("form", [{"ticket": "T", "n": "three"}, {"ticket": "T", "tags": "[oops"}])
-def test_a_field_that_cannot_be_read_is_named(form):
-    with pytest.raises(ValueError, match="'(n|tags)' must be"):
-        forms.parse(SCHEMA, form)
+def test_every_field_that_cannot_be_read_or_breaks_the_schema_is_named():
+    strict = {**SCHEMA, "properties": {**SCHEMA["properties"], "ticket": {"type": "string", "minLength": 3}}}
+    with pytest.raises(forms.FormErrors) as raised:
+        forms.parse(strict, {"ticket": "T", "n": "three", "tags": "[oops", "team": "c"})
+    assert raised.value.errors == {"n": "n must be an integer", "tags": "tags must be valid JSON",
+                                   "ticket": "'T' is too short", "team": "'c' is not one of ['a', 'b']"}
+    with pytest.raises(forms.FormErrors) as raised:
+        forms.parse({**SCHEMA, "required": ["ticket", "n"]}, {"ticket": "T-1"})
+    assert raised.value.errors == {"n": "n is required"}
+    assert forms.schema_errors({**SCHEMA, "required": ["ticket", "n"]}, {"ticket": "T"}) == {
+        "n": "'n' is a required property"}
+
+
+def test_the_apis_input_problems_go_beside_their_fields():
+    problems = ["input['ticket']: 'ab' is too short", "input: 'n' is a required property",
+                "input['tags'][0]: 1 is not of type 'string'", "something else"]
+    assert forms.api_errors(problems, "refused") == {
+        "ticket": "'ab' is too short", "n": "'n' is a required property", "tags": "1 is not of type 'string'",
+        "": "something else"}
+    assert forms.api_errors([], "workflow archived") == {"": "workflow archived"}
 
 
 def test_a_schema_without_properties_takes_the_input_as_json():

@@ -30,6 +30,7 @@ The modules:
   ``apply_run_changes``, ``apply_many_run_changes``): every step's path ends here;
 - ``attempts``: the worker's side of an attempt (``lock_run_and_claim``, ``extend_lease``);
 - ``scheduling``: the scheduler's pass and sweep, due times, a run's diagnosis facts and the outbox;
+- ``operators``: the runs a bulk action's filter selects, the definitions forks run, current steps;
 - ``people``: step checkpoints, approvals, questions and inbound events;
 - ``aggregates``: the monitoring and analytics queries (GET /metrics and /analytics);
 - ``events``: appending to the event log, and staging what was written for the publisher;
@@ -57,6 +58,13 @@ from orchestrator.db.repository.attempts import extend_lease, lock_run_and_claim
 from orchestrator.db.repository.changes import lock_run, lock_run_with_steps, steps_for_update, steps_of
 from orchestrator.db.repository.common import LIVE_RUN, now
 from orchestrator.db.repository.events import WRITTEN_EVENTS
+from orchestrator.db.repository.operators import (
+    RunFilter,
+    count_matching_runs,
+    current_steps,
+    matching_runs,
+    store_fork_definition,
+)
 from orchestrator.db.repository.people import (
     answer_question,
     close_open_requests,
@@ -145,6 +153,8 @@ __all__ = [
     "LIVE_RUN", "now",
     # events
     "WRITTEN_EVENTS",
+    # operators
+    "RunFilter", "count_matching_runs", "current_steps", "matching_runs", "store_fork_definition",
     # people
     "answer_question", "close_open_requests", "decide_approval", "get_approval", "get_question",
     "insert_approval", "insert_inbound_event", "insert_question", "kept_event", "latest_approval_decision",

@@ -67,10 +67,12 @@ def run_questions(session: Session, run_id: str) -> Sequence[Question]:
     ).scalars().all()
 
 
-def list_approvals(session: Session, tenant_id: str, status: str | None, limit: int) -> Sequence[Approval]:
+def list_approvals(session: Session, tenant_id: str, statuses: Sequence[str] | None, limit: int
+                   ) -> Sequence[Approval]:
+    """The tenant's newest first, of ``statuses`` (None: every status)."""
     query = select(Approval).where(Approval.tenant_id == tenant_id)
-    if status:
-        query = query.where(Approval.status == status)
+    if statuses:
+        query = query.where(Approval.status.in_(list(statuses)))
     return session.execute(query.order_by(Approval.created_at.desc()).limit(limit)).scalars().all()
 
 
@@ -121,10 +123,12 @@ def answer_question(session: Session, question_id: str, answer: Any, answered_by
     ).rowcount == 1
 
 
-def list_questions(session: Session, tenant_id: str, status: str | None, limit: int) -> Sequence[Question]:
+def list_questions(session: Session, tenant_id: str, statuses: Sequence[str] | None, limit: int
+                   ) -> Sequence[Question]:
+    """The tenant's newest first, of ``statuses`` (None: every status)."""
     query = select(Question).where(Question.tenant_id == tenant_id)
-    if status:
-        query = query.where(Question.status == status)
+    if statuses:
+        query = query.where(Question.status.in_(list(statuses)))
     return session.execute(query.order_by(Question.created_at.desc()).limit(limit)).scalars().all()
 
 

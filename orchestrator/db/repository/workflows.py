@@ -50,7 +50,9 @@ def list_versions(session: Session, tenant_id: str, workflow_id: str) -> Sequenc
     return (
         session.execute(
             select(WorkflowVersion)
-            .where(WorkflowVersion.tenant_id == tenant_id, WorkflowVersion.workflow_id == workflow_id)
+            # A fork's own definition (operators.store_fork_definition) has a negative number: not listed.
+            .where(WorkflowVersion.tenant_id == tenant_id, WorkflowVersion.workflow_id == workflow_id,
+                   WorkflowVersion.version > 0)
             .order_by(WorkflowVersion.version)
         )
         .scalars()
