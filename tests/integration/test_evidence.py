@@ -27,7 +27,7 @@ def pack(app, tokens):
         {"id": "send", "type": "llm", "needs": ["review"], "prompt": "send {{ steps.draft.output.text }}"},
     ]})
     run = wait_run(api, start(api, workflow), statuses=("waiting",))
-    approval = run["pending_approvals"][0]["id"]
+    approval = run["approvals"][0]["id"]
     decided = api.post(f"/runs/{run['id']}/approvals/{approval}/approve?triggered_by=alice", json={"comment": "fine"})
     assert decided.status_code == 200, decided.get_json()
     run = wait_run(api, run["id"])

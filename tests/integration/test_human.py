@@ -61,8 +61,8 @@ def test_approve_reject_and_request_changes_and_the_inbox(api):
     first = {}
     for decision, run_id in runs.items():
         run = wait_waiting(api, run_id, "approval")
-        assert [a["status"] for a in run["pending_approvals"]] == ["pending"]
-        first[decision] = run["pending_approvals"][0]
+        assert [a["status"] for a in run["approvals"]] == ["pending"] and run["pending_approvals"] == 1
+        first[decision] = run["approvals"][0]
         assert first[decision]["prompt"] == f"Publish Draft about {decision}?"
     assert {a["id"] for a in first.values()} <= inbox(api)
 
@@ -71,7 +71,7 @@ def test_approve_reject_and_request_changes_and_the_inbox(api):
                        json={"comment": "ship it"})
     assert approve.status_code == 200, approve.get_json()
     run = wait_run(api, runs["approve"])
-    assert run["status"] == "succeeded" and run["pending_approvals"] == []
+    assert run["status"] == "succeeded" and run["approvals"] == [] and run["pending_approvals"] == 0
     assert by_id(run)["publish"]["output"] == {"text": "Draft about approve", "by": "alice"}
 
     # Reject: the run fails with approval_rejected.
@@ -88,13 +88,13 @@ def test_approve_reject_and_request_changes_and_the_inbox(api):
 
     def asked_again():
         run = api.get(f"/runs/{runs['changes']}").get_json()
-        pending = run["pending_approvals"]
+        pending = run["approvals"]
         return run if run["status"] == "waiting" and pending and pending[0]["round"] == 2 else None
 
     run = wait_for(asked_again, 20, "the approval to ask again after the changes")
     assert by_id(run)["draft"]["output"]["text"] == "Draft about changes; changes: shorter please"
-    second = run["pending_approvals"][0]
-    assert len(run["pending_approvals"]) == 1
+    second = run["approvals"][0]
+    assert len(run["approvals"]) == 1
 
     # The inbox lists exactly the pending ones: the second round, none of the decided approvals.
     pending = inbox(api)
@@ -118,12 +118,12 @@ def test_approve_reject_and_request_changes_and_the_inbox(api):
 def test_viewer_and_other_tenant_cannot_decide(api, tokens):
     workflow = publish(api, REVIEWED)
     run_id = start(api, workflow, {"topic": "x"})
-    approval = wait_waiting(api, run_id, "approval")["pending_approvals"][0]
+    approval = wait_waiting(api, run_id, "approval")["approvals"][0]
     path = f"/runs/{run_id}/approvals/{approval['id']}/approve"
     assert api.as_(tokens["viewer"]).post(path).status_code == 403
     assert api.as_(tokens["other_tenant"]).post(path).status_code == 404
     assert approval["id"] not in inbox(api.as_(tokens["other_tenant"]))
-    assert api.get(f"/runs/{run_id}").get_json()["pending_approvals"][0]["status"] == "pending"
+    assert api.get(f"/runs/{run_id}").get_json()["approvals"][0]["status"] == "pending"
     api.post(f"/runs/{run_id}/cancel")
 
 

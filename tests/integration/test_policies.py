@@ -38,7 +38,7 @@ def test_allowed_denied_and_gated_calls_of_an_agent(api, fake_llm):
     run_id = start(api, workflow)
     run = wait_status(api, run_id, "waiting")
     assert run["waiting_on"] == "approval" and run["risk_level"] == "high"
-    [approval] = run["pending_approvals"]
+    [approval] = run["approvals"]
     assert approval["call"]["tool"] == "http.request" and approval["call"]["rule"] == "rules[2]"
     assert "outbound calls need a person" in approval["prompt"]
     decisions = by_id(run)["act"]["policy"]
@@ -72,7 +72,7 @@ def test_an_approved_call_runs_and_a_rejected_tool_step_fails_the_run(api):
     for run_id, decision in ((approved, "approve"), (rejected, "reject")):
         run = wait_status(api, run_id, "waiting")
         assert run["risk_level"] == "low"
-        api.post(f"/runs/{run_id}/approvals/{run['pending_approvals'][0]['id']}/{decision}", json={"comment": "k"})
+        api.post(f"/runs/{run_id}/approvals/{run['approvals'][0]['id']}/{decision}", json={"comment": "k"})
     run = wait_run(api, approved)
     assert run["status"] == "succeeded" and by_id(run)["say"]["output"] == {"said": "yes"}
     run = wait_run(api, rejected)

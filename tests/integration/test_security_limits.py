@@ -95,7 +95,7 @@ def test_an_approval_prompt_longer_than_its_column_is_cut_not_a_stuck_run(api, e
     workflow = publish(api, {"name": "long prompt", "steps": [
         {"id": "review", "type": "approval", "prompt": "{{ input.text }}"}]})
     run = api.post("/runs", json={"workflow_id": workflow, "input": {"text": "p" * 5000}}).get_json()["id"]
-    waiting = wait_for(lambda: api.get(f"/runs/{run}").get_json()["pending_approvals"], 30,
+    waiting = wait_for(lambda: api.get(f"/runs/{run}").get_json()["approvals"], 30,
                        "the run to wait on its approval")
     assert waiting[0]["prompt"] == "p" * 2000
 
