@@ -31,11 +31,15 @@ class Remote:
 
     client: Client
     as_json: bool
+    json_lines: bool = False  # one JSON document a line (a stream of events), not indented
 
-    def emit(self, value: Any, people: Callable[[], None]) -> None:
-        """``value`` as JSON with --json, else what ``people`` prints."""
-        if self.as_json:
-            click.echo(json.dumps(jsonable(value), indent=2, default=str))
+    def emit(self, value: Any, people: Callable[[], None], *, ids: Iterable[str] | None = None) -> None:
+        """``value`` as JSON with --json; else ``ids`` one a line (--quiet), else what ``people`` prints."""
+        if ids is not None:
+            for one in ids:
+                click.echo(one)
+        elif self.as_json:
+            click.echo(json.dumps(jsonable(value), indent=None if self.json_lines else 2, default=str))
         else:
             people()
 
@@ -82,6 +86,9 @@ def remote(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_API)
 
     return command
+
+
+quiet = click.option("-q", "--quiet", is_flag=True, help="Only the ids, one a line (for shell scripts).")
 
 
 def refused(exc: ApiError) -> None:

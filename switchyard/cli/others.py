@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from switchyard.cli.common import Remote, json_arg, remote, short, table, when
+from switchyard.cli.common import Remote, json_arg, quiet, remote, short, table, when
 
 
 @click.group()
@@ -86,12 +86,15 @@ def approvals() -> None:
 
 @approvals.command("list")
 @click.option("--status", default="pending", show_default=True, help="pending, decided, cancelled or all.")
+@click.option("--run", "run_id", metavar="RUN_ID", help="Only this run's.")
+@quiet
 @remote
-def approvals_list(remote_: Remote, status: str) -> None:
+def approvals_list(remote_: Remote, status: str, run_id: str | None, quiet: bool) -> None:
     """Approval requests."""
-    found = remote_.client.approvals.list(status=status)
+    found = [a for a in remote_.client.approvals.list(status=status) if run_id in (None, a.run_id)]
     remote_.emit(found, lambda: table(None, ("run", "approval", "step", "status", "prompt", "created"), (
-        (a.run_id, a.id, a.step_id, a.status, short(a.prompt or "", 50), when(a.created_at)) for a in found)))
+        (a.run_id, a.id, a.step_id, a.status, short(a.prompt or "", 50), when(a.created_at)) for a in found)),
+        ids=[a.id for a in found] if quiet else None)
 
 
 def _decision(name: str, doc: str):
@@ -119,13 +122,16 @@ def questions() -> None:
 
 
 @questions.command("list")
-@click.option("--status", help="The API's default (the open ones), answered, cancelled or all.")
+@click.option("--status", help="The API's default (the ones waiting for an answer), answered, cancelled or all.")
+@click.option("--run", "run_id", metavar="RUN_ID", help="Only this run's.")
+@quiet
 @remote
-def questions_list(remote_: Remote, status: str | None) -> None:
+def questions_list(remote_: Remote, status: str | None, run_id: str | None, quiet: bool) -> None:
     """Questions."""
-    found = remote_.client.questions.list(status=status)
+    found = [q for q in remote_.client.questions.list(status=status) if run_id in (None, q.run_id)]
     remote_.emit(found, lambda: table(None, ("run", "question", "step", "status", "text", "created"), (
-        (q.run_id, q.id, q.step_id, q.status, short(q.question, 50), when(q.created_at)) for q in found)))
+        (q.run_id, q.id, q.step_id, q.status, short(q.question, 50), when(q.created_at)) for q in found)),
+        ids=[q.id for q in found] if quiet else None)
 
 
 @questions.command("answer")

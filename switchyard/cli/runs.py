@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from switchyard.cli import watch as board
-from switchyard.cli.common import EXIT_RUN_FAILED, Remote, json_arg, remote, short, table, when
+from switchyard.cli.common import EXIT_RUN_FAILED, Remote, json_arg, quiet, remote, short, table, when
 from switchyard.client.models import Run, RunSummary
 
 RUN_STATUSES = ("queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled")
@@ -19,8 +19,8 @@ def runs() -> None:
     """Start, list, read, watch and control runs."""
 
 
-def show_run(remote_: Remote, run: Run) -> None:
-    """The run for people: its line, then its steps."""
+def show_run(remote_: Remote, run: Run, *, only_id: bool = False) -> None:
+    """The run for people: its line, then its steps (``only_id``: its id alone)."""
     def people() -> None:
         error = f"  error: {run.error.get('code')}: {run.error.get('message')}" if run.error else ""
         click.echo(f"{run.id}  {run.workflow.id} v{run.workflow.version}  {run.status}"
@@ -33,7 +33,7 @@ def show_run(remote_: Remote, run: Run) -> None:
         if run.status == "succeeded" and run.output is not None:
             click.echo(f"output: {short(run.output, 200)}")
 
-    remote_.emit(run, people)
+    remote_.emit(run, people, ids=[run.id] if only_id else None)
 
 
 def finish(run: Run) -> None:
@@ -49,10 +49,11 @@ def finish(run: Run) -> None:
 @click.option("--idempotency-key", metavar="KEY", help="The same key and input answer the first run again.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 unless it succeeded.")
 @click.option("--follow", is_flag=True, help="Print the run's events as they happen; exit 1 unless it succeeded.")
-@click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 3).")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
+@quiet
 @remote
 def start(remote_: Remote, workflow: str, input_: str | None, version: int | None, idempotency_key: str | None,
-          wait: bool, follow: bool, timeout: float | None) -> None:
+          wait: bool, follow: bool, timeout: float | None, quiet: bool) -> None:
     """Start a run of WORKFLOW."""
     if wait and follow:
         raise click.UsageError("--wait and --follow exclude each other: --follow waits too, printing events")
@@ -65,14 +66,30 @@ def start(remote_: Remote, workflow: str, input_: str | None, version: int | Non
         if not remote_.as_json:
             click.echo(f"started {run.id}; waiting for it to end", err=True)
         run = remote_.client.runs.wait(run.id, timeout=timeout)
-    show_run(remote_, run)
+    show_run(remote_, run, only_id=quiet)
     if wait or follow:
         finish(run)
 
 
 def _follow(remote_: Remote, run_id: str) -> None:
+    """The run's events as they happen: a line each (with --json, JSON lines; so is what follows)."""
+    remote_.json_lines = True
     for event in remote_.client.runs.follow(run_id):
         remote_.emit(event, lambda e=event: click.echo(board.line(e)))
+
+
+@runs.command("wait")
+@click.argument("run_id")
+@click.option("--until", "until", type=click.Choice(["ended", "waiting", "paused", "running"]), default="ended",
+              show_default=True, help="Wait for the run to end, or to reach this status (or end).")
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
+@remote
+def wait_(remote_: Remote, run_id: str, until: str, timeout: float | None) -> None:
+    """Wait for a run to end (exit 0 if it succeeded, else 1) or to reach a status (exit 0)."""
+    run = remote_.client.runs.wait(run_id, timeout=timeout, until=() if until == "ended" else (until,))
+    show_run(remote_, run)
+    if run.status != until:
+        finish(run)
 
 
 @runs.command("list")
@@ -80,8 +97,9 @@ def _follow(remote_: Remote, run_id: str) -> None:
 @click.option("--workflow", "workflow_id", metavar="ID", help="Only runs of this workflow.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
               help="At most this many runs (read page after page).")
+@quiet
 @remote
-def list_(remote_: Remote, status: str | None, workflow_id: str | None, limit: int) -> None:
+def list_(remote_: Remote, status: str | None, workflow_id: str | None, limit: int, quiet: bool) -> None:
     """The tenant's runs, newest first."""
     found: list[RunSummary] = []
     for run in remote_.client.runs.list(status=status, workflow_id=workflow_id, page_size=min(limit, 500)):
@@ -90,7 +108,7 @@ def list_(remote_: Remote, status: str | None, workflow_id: str | None, limit: i
             break
     remote_.emit(found, lambda: table(None, ("run", "workflow", "status", "current step", "created"), (
         (r.id, f"{r.workflow.id} v{r.workflow.version}", r.status + (f" ({r.waiting_on})" if r.waiting_on else ""),
-         r.current_step, when(r.created_at)) for r in found)))
+         r.current_step, when(r.created_at)) for r in found)), ids=[r.id for r in found] if quiet else None)
 
 
 @runs.command("get")

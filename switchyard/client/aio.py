@@ -83,12 +83,13 @@ class AsyncClient(_Resources):
                 if event is not None:
                     yield event
 
-    async def _wait(self, run_id: str, timeout: float | None, interval: float) -> models.Run:
+    async def _wait(self, run_id: str, timeout: float | None, interval: float,
+                    statuses: frozenset[str]) -> models.Run:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = min(0.05, interval)
         while True:
             run = await self.runs.get(run_id)
-            if run.ended:
+            if run.status in statuses:
                 return run
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:

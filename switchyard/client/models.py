@@ -211,22 +211,33 @@ class Delivery(Model):
     step_id: str
 
 
+class TriggerError(Model):
+    """A workflow whose trigger matched the event but started no run, and why."""
+
+    workflow_id: str
+    code: str
+    message: str
+
+
 class EventAccepted(Model):
     id: str
-    delivered_to: list[Delivery] = Field(default_factory=list)
+    duplicate: bool = False
     started_runs: list[str] = Field(default_factory=list)
+    delivered_to: list[Delivery] = Field(default_factory=list)
+    trigger_errors: list[TriggerError] = Field(default_factory=list)
 
 
 class Schedule(Model):
     id: str
     workflow_id: str
     cron: str
-    timezone: str | None = None
+    timezone: str
     input: Any = None
-    overlap: str | None = None
-    catchup: str | None = None
-    enabled: bool = True
+    overlap: str
+    catchup: str
+    enabled: bool
     next_fire_times: list[datetime] = Field(default_factory=list)
+    last_run_id: str | None = None
 
 
 class ScheduleList(Model):

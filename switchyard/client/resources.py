@@ -7,7 +7,7 @@ model, ``AsyncClient`` an awaitable of it; iterating methods (``runs.list``, ``r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from switchyard.client import calls, models
@@ -79,10 +79,11 @@ class Runs(Resource):
         A dropped connection is resumed where it stopped."""
         return self._client._follow(run_id, after)
 
-    def wait(self, run_id: str, *, timeout: float | None = None, interval: float = 0.5) -> models.Run:
-        """The run once it has ended (succeeded, failed or cancelled), read every ``interval`` seconds at
-        most; WaitTimeout after ``timeout`` seconds."""
-        return self._client._wait(run_id, timeout, interval)
+    def wait(self, run_id: str, *, timeout: float | None = None, interval: float = 0.5,
+             until: Iterable[str] = ()) -> models.Run:
+        """The run once it has ended (succeeded, failed or cancelled) or reached a status of ``until``
+        (e.g. ``("waiting",)``), read every ``interval`` seconds at most; WaitTimeout after ``timeout`` s."""
+        return self._client._wait(run_id, timeout, interval, frozenset(until) | models.TERMINAL_RUN)
 
     def context(self, run_id: str) -> models.RunContext:
         return self._send(Call("GET", f"/runs/{seg(run_id)}/context", model=models.RunContext))

@@ -1,0 +1,105 @@
+"""switchyard.client's pure parts: errors from answers, Server-Sent Events, pagination, calls."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from switchyard.client import calls, errors, models
+from switchyard.client.calls import Call, SseParser
+
+
+@pytest.mark.parametrize(("status", "code", "cls"), [
+    (400, "invalid_request", errors.ValidationFailed),
+    (400, "invalid_arguments", errors.InvalidArguments),
+    (400, "runtime_not_applicable", errors.RuntimeNotApplicable),
+    (401, "unauthorized", errors.Unauthorized),
+    (403, "forbidden", errors.Forbidden),
+    (404, "not_found", errors.NotFound),
+    (409, "invalid_transition", errors.InvalidTransition),
+    (409, "idempotency_conflict", errors.IdempotencyConflict),
+    (409, "workflow_archived", errors.WorkflowArchived),
+    (413, "payload_too_large", errors.PayloadTooLarge),
+    (429, "rate_limited", errors.RateLimited),
+    (503, "unavailable", errors.Unavailable),
+    (418, "something_new", errors.ApiError),
+])
+def test_each_error_code_is_its_own_exception_carrying_what_the_api_said(status, code, cls):
+    body = {"error": {"code": code, "message": "said so", "details": {"status": "succeeded"}}}
+    exc = errors.error_for(status, body, "7")
+    assert type(exc) is cls and isinstance(exc, errors.ApiError)
+    assert (exc.code, exc.message, exc.details, exc.status, exc.retry_after) == (
+        code, "said so", {"status": "succeeded"}, status, 7.0)
+    assert str(exc) == f"{code}: said so"
+
+
+@pytest.mark.parametrize("body", [None, "oops", {"detail": "not ours"}, {"error": "flat"}])
+def test_an_answer_not_in_the_error_shape_is_still_an_api_error_with_its_status(body):
+    exc = errors.error_for(502, body)
+    assert type(exc) is errors.ApiError and exc.code == "http_502" and exc.status == 502
+
+
+def test_read_answer_returns_the_model_or_its_field_and_raises_for_errors():
+    call = Call("GET", "/approvals", model=models.ApprovalList, key="approvals")
+    assert calls.read_answer(call, httpx.Response(200, json={"approvals": []})) == []
+    assert calls.read_answer(Call("DELETE", "/x"), httpx.Response(204)) is None
+    with pytest.raises(errors.NotFound):
+        calls.read_answer(call, httpx.Response(404, json={"error": {"code": "not_found", "message": "no"}}))
+    with pytest.raises(errors.ApiError, match="http_500"):
+        calls.read_answer(call, httpx.Response(500, text="<html>"))
+
+
+def test_query_leaves_out_unset_parameters_and_spells_booleans_as_the_api_does():
+    call = Call("GET", "/workflows", {"archived": True, "status": None, "limit": 5})
+    assert call.query() == {"archived": "true", "limit": 5}
+    assert calls.seg("a/b c") == "a%2Fb%20c"
+
+
+def test_sse_messages_are_assembled_line_by_line_and_comments_ignored():
+    parser = SseParser()
+    lines = ["retry: 1000", "", ": keepalive", "", "id: 3", "event: step_started", 'data: {"seq": 3,',
+             'data: "type": "step_started"}', ""]
+    messages = [m for line in lines if (m := parser.feed(line))]
+    assert messages == [("step_started", '{"seq": 3,\n"type": "step_started"}', "3")]
+    assert parser.retry_ms == 1000
+
+
+def test_a_stream_message_becomes_an_event_when_it_is_one():
+    event = calls.stream_event(("step_started", '{"seq": 3, "type": "step_started", "step_id": "a", '
+                                                '"created_at": "2026-01-01T00:00:00Z"}', "3"))
+    assert (event.seq, event.type, event.step_id) == (3, "step_started", "a")
+    assert calls.stream_event(("message", "not json", None)) is None
+    assert calls.stream_event(("message", '{"run_id": "x"}', None)) is None
+
+
+def _run(run_id: str) -> dict:
+    return {"id": run_id, "workflow": {"id": "w", "version": 1, "name": None}, "status": "succeeded",
+            "trigger_type": "api", "attempt": 1, "created_at": "2026-01-01T00:00:00Z"}
+
+
+def test_runs_are_paged_by_cursor_until_there_is_none():
+    first = Call("GET", "/runs", {"limit": 2, "cursor": None}, model=models.RunPage)
+    page = models.RunPage.model_validate({"runs": [_run("a"), _run("b")], "next_cursor": "c1"})
+    items, after = calls.runs_advance(first, page)
+    assert [r.id for r in items] == ["a", "b"] and after.params["cursor"] == "c1" and after.params["limit"] == 2
+    last = models.RunPage.model_validate({"runs": [_run("c")], "next_cursor": None})
+    assert calls.runs_advance(after, last)[1] is None
+
+
+def test_events_are_paged_by_after_and_a_short_page_is_the_last():
+    call = Call("GET", "/runs/r/events", {"after": 0, "limit": 2}, model=models.EventPage)
+    event = {"seq": 1, "type": "run_created", "created_at": "2026-01-01T00:00:00Z"}
+    full = models.EventPage.model_validate({"events": [event, {**event, "seq": 2}], "next_after": 2})
+    assert calls.events_advance(call, full)[1].params["after"] == 2
+    short = models.EventPage.model_validate({"events": [event], "next_after": 1})
+    assert calls.events_advance(call, short)[1] is None
+
+
+def test_a_run_counts_its_pending_approvals_from_an_api_that_listed_them():
+    assert models.RunSummary.model_validate({**_run("a"), "pending_approvals": [{}, {}]}).pending_approvals == 2
+    assert models.RunSummary.model_validate({**_run("a"), "pending_approvals": 1}).pending_approvals == 1
+
+
+def test_a_run_not_read_through_a_client_says_how_to_wait_for_it():
+    with pytest.raises(RuntimeError, match="client.runs.wait"):
+        models.Run.model_validate(_run("a")).wait()
