@@ -73,7 +73,7 @@ ROUTE_ROLES: dict[str, str] = {
     **{f"ui.{name}": SESSION for name in (
         "sign_in", "sign_out", "command", "command_panels", "decide", "answer", "runs", "run", "run_body",
         "control", "run_evidence", "run_stream", "tenant_stream", "workflows", "workflow", "start", "queues",
-        "analytics")},
+        "analytics", "editor", "editor_check", "editor_publish", "new_workflow", "versions_diff")},
 }
 # Endpoints open to anyone when a setting says so.
 PUBLIC_WHEN = {"monitoring.metrics": "metrics_public"}

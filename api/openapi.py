@@ -109,7 +109,10 @@ OPERATIONS: dict[str, Op] = {
                                    links=workflow_links("/workflows/0/id")),
     "workflows.get_workflow": Op("A workflow: latest definition and its versions.", (200, R.Workflow)),
     "workflows.get_version": Op("One immutable version of a workflow.", (200, R.WorkflowVersion)),
-    "workflows.publish": Op("Publish a new version of a definition.", (201, R.WorkflowVersion), schemas.Definition,
+    "workflows.publish": Op("Publish a new version of a definition; with dry_run=true only check it (the same 400s, "
+                            "nothing stored, 200 with the version it would become).", (201, R.WorkflowVersion),
+                            schemas.Definition, other_ok={200: R.WorkflowVersion},
+                            query=(query("dry_run", {"type": "string", "enum": ["true", "false"], "default": "false"}),),
                             links=(*workflow_links("/id"), Link("GetVersion", "workflows.get_version", {
                                 "workflow_id": "$response.body#/id", "number": "$response.body#/version"}))),
     "workflows.archive": Op("Archive a workflow: starting it answers 409 workflow_archived until a new version "

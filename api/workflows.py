@@ -11,8 +11,10 @@ from api.auth import principal
 from api.context import json_body, services
 from orchestrator import service
 from orchestrator.db import repository as repo
+from orchestrator.db.models import WorkflowVersion
 from orchestrator.db.repository import lifecycle
 from orchestrator.db.session import transaction
+from orchestrator.definitions import parse_definition
 from orchestrator.errors import InvalidRequest, NotFound
 
 bp = Blueprint("workflows", __name__)
@@ -28,10 +30,31 @@ def _check_id(workflow_id: str) -> None:
 def publish(workflow_id: str):
     _check_id(workflow_id)
     raw = json_body()
+    if _dry_run():
+        return _check_only(workflow_id, raw), 200
     with transaction(services().sessions) as session:
         version = service.publish_workflow(session, services().settings, principal().tenant_id, workflow_id, raw)
         body = serializers.version_json(version)
     return body, 201
+
+
+def _dry_run() -> bool:
+    value = request.args.get("dry_run", "false")
+    if value not in ("true", "false"):
+        raise InvalidRequest("query parameter 'dry_run' must be true or false", {"field": "dry_run"})
+    return value == "true"
+
+
+def _check_only(workflow_id: str, raw) -> dict:
+    """``?dry_run=true`` (the web UI's editor validates as you type): the checks of a publish, the same
+    400 on a refusal, nothing stored; answers the version it would become."""
+    definition = parse_definition(raw, services().settings.max_steps_per_definition)
+    with services().sessions() as session:
+        workflow = repo.get_workflow(session, principal().tenant_id, workflow_id)
+        would_be = WorkflowVersion(workflow_id=workflow_id, version=(workflow.latest_version if workflow else 0) + 1,
+                                   definition=definition.model_dump(mode="json", exclude_unset=True),
+                                   created_at=repo.now(session))
+    return serializers.version_json(would_be)
 
 
 @bp.get("/workflows")

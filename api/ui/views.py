@@ -77,7 +77,8 @@ def _template_globals():
         session["csrf"] = secrets.token_urlsafe(32)
     who = g.get("principal") if request.blueprint == "ui" else None
     return {"csrf_token": session["csrf"], "who": who, "legend_statuses": graph.LEGEND,
-            "can_operate": bool(who and who.has("operator")), "status_label": graph.label}
+            "can_operate": bool(who and who.has("operator")), "can_publish": bool(who and who.has("admin")),
+            "status_label": graph.label}
 
 
 @bp.app_template_filter("clock")
@@ -355,3 +356,7 @@ def analytics():
              charts.series("Credits", points["credits"], unit="credits")]
     return render_template("analytics.html", summary=get("/analytics/summary", since=since), bucket=bucket,
                            ranges=charts.RANGES, chosen=chosen, rate=charts.overall_rate(*ended), charts=shown)
+
+
+# The editor's routes live in their own module, on this blueprint (it imports this one).
+from api.ui import editor  # noqa: E402,F401

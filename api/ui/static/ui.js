@@ -180,7 +180,32 @@ function drawChart(box) {
   window.addEventListener("resize", () => plot.setSize({width: Math.max(box.clientWidth, 280), height: 220}));
 }
 
+// -- the workflow editor: the API checks the draft as you type (debounced), the preview follows ----
+function followEditor(form) {
+  const text = form.querySelector("#definition"), format = form.querySelector("#format");
+  const result = document.getElementById("editor-check");
+  let timer = null, sent = 0;
+  async function checkNow() {
+    const mine = ++sent;
+    const response = await fetch(form.dataset.check, {
+      method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRF-Token": document.body.dataset.csrf},
+      body: JSON.stringify({text: text.value, format: format.value}),
+    });
+    if (!response.ok || mine !== sent) return;  // a later keystroke's check supersedes this one
+    const answer = await response.json();
+    result.innerHTML = answer.html;
+    text.setAttribute("aria-invalid", answer.ok ? "false" : "true");
+    graphs(result);
+  }
+  const later = () => { clearTimeout(timer); timer = setTimeout(checkNow, 350); };
+  text.addEventListener("input", later);
+  format.addEventListener("change", later);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const editorForm = document.getElementById("editor-form");
+  if (editorForm) followEditor(editorForm);
   if (typeof uPlot !== "undefined") document.querySelectorAll("[data-chart]").forEach(drawChart);
   localTimes(document);
   setInterval(() => localTimes(document), 30000);
