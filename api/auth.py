@@ -73,7 +73,8 @@ ROUTE_ROLES: dict[str, str] = {
     **{f"ui.{name}": SESSION for name in (
         "sign_in", "sign_out", "command", "command_panels", "decide", "answer", "runs", "run", "run_body",
         "control", "run_evidence", "run_stream", "tenant_stream", "workflows", "workflow", "start", "queues",
-        "analytics", "editor", "editor_check", "editor_publish", "new_workflow", "versions_diff")},
+        "analytics", "editor", "editor_check", "editor_publish", "new_workflow", "versions_diff",
+        "compare", "compare_with", "bulk")},
 }
 # Endpoints open to anyone when a setting says so.
 PUBLIC_WHEN = {"monitoring.metrics": "metrics_public"}

@@ -108,7 +108,9 @@ OPERATIONS: dict[str, Op] = {
                                        "true", "false"], "default": "false"}),),
                                    links=workflow_links("/workflows/0/id")),
     "workflows.get_workflow": Op("A workflow: latest definition and its versions.", (200, R.Workflow)),
-    "workflows.get_version": Op("One immutable version of a workflow.", (200, R.WorkflowVersion)),
+    "workflows.get_version": Op("One immutable version of a workflow; a negative number is the definition a fork "
+                                "with step overrides runs (POST /runs/{run_id}/fork), never listed.",
+                                (200, R.WorkflowVersion)),
     "workflows.publish": Op("Publish a new version of a definition; with dry_run=true only check it (the same 400s, "
                             "nothing stored, 200 with the version it would become).", (201, R.WorkflowVersion),
                             schemas.Definition, other_ok={200: R.WorkflowVersion},
@@ -235,7 +237,9 @@ def _path(rule: str) -> tuple[str, list[dict[str, Any]]]:
             schema: dict[str, Any] = {"type": "string", "enum": [a.strip() for a in args.split(",")]}
         elif converter == "int":
             bounds = dict(re.findall(r"(min|max)=(\d+)", args))
-            schema = {"type": "integer", "minimum": int(bounds.get("min", 0))}
+            schema = {"type": "integer"}
+            if "signed=True" not in args:
+                schema["minimum"] = int(bounds.get("min", 0))
             if "max" in bounds:
                 schema["maximum"] = int(bounds["max"])
         else:

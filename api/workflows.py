@@ -90,10 +90,12 @@ def get_workflow(workflow_id: str):
         return serializers.workflow_json(workflow, list(versions))
 
 
-@bp.get("/workflows/<workflow_id>/versions/<int(min=1, max=2147483647):number>")
+# Negative numbers are the definitions forks with step overrides run (POST /runs/{id}/fork).
+@bp.get("/workflows/<workflow_id>/versions/<int(signed=True):number>")
 def get_version(workflow_id: str, number: int):
     with services().sessions() as session:
-        version = repo.get_version(session, principal().tenant_id, workflow_id, number)
+        version = (repo.get_version(session, principal().tenant_id, workflow_id, number)
+                   if -2**31 < number < 2**31 else None)  # the column's range
         if version is None:
             raise NotFound(f"workflow {workflow_id!r} has no version {number}")
         return serializers.version_json(version)

@@ -360,3 +360,4 @@ def analytics():
 
 # The editor's routes live in their own module, on this blueprint (it imports this one).
 from api.ui import editor  # noqa: E402,F401
+from api.ui import compare  # noqa: E402,F401 - the compare page and the runs list's bulk actions

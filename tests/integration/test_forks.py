@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import by_id, events, publish, start, wait_run
+from tests.integration.conftest import by_id, events, publish, signed_in, start, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -25,7 +25,7 @@ def five_steps() -> dict:
     ]}
 
 
-def test_a_fork_from_the_fourth_step_runs_only_the_fourth_and_fifth(api, fake_llm):
+def test_a_fork_from_the_fourth_step_runs_only_the_fourth_and_fifth(api, app, tokens, fake_llm):
     workflow = publish(api, five_steps())
     original = wait_run(api, start(api, workflow, {"topic": "tides"}))
     assert original["status"] == "failed", original
@@ -61,6 +61,16 @@ def test_a_fork_from_the_fourth_step_runs_only_the_fourth_and_fifth(api, fake_ll
         "steps": 2, "llm_calls": 1, "tool_calls": 1, "tokens_in": 11, "tokens_out": 7}
     new_calls = fake_llm.requests[calls_before:]
     assert len(new_calls) == 1 and "Summarise briefly" in new_calls[0]["body"]["messages"][-1]["content"]
+
+    # The overridden definition is a version of its own, readable but never listed nor the latest.
+    number = done["workflow"]["version"]
+    assert number < 0
+    stored = api.get(f"/workflows/{workflow}/versions/{number}").get_json()
+    assert stored["definition"]["steps"][3]["model"] == "openai/gpt-4o-mini"
+    listed = api.get(f"/workflows/{workflow}").get_json()
+    assert [v["version"] for v in listed["versions"]] == [1] and listed["version"] == 1
+    page = signed_in(app, tokens["viewer"]).client.get(f"/runs/{done['id']}")
+    assert page.status_code == 200 and "Summarise briefly" in page.get_data(as_text=True)
 
     comparison = api.get(f"/runs/{original['id']}/compare/{done['id']}").get_json()
     assert comparison["first_divergence"] == "s4"

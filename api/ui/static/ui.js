@@ -203,7 +203,21 @@ function followEditor(form) {
   format.addEventListener("change", later);
 }
 
+// The runs list's bulk selection: a box ticks every run of the page, and the bar counts the ticked ones.
+function bulkSelection(form) {
+  const boxes = () => [...form.querySelectorAll('input[name="run_id"]')];
+  const count = form.querySelector("[data-bulk-count]");
+  const update = () => { count.textContent = `${boxes().filter((b) => b.checked).length} ticked`; };
+  form.querySelector("[data-bulk-all]").addEventListener("change", (e) => {
+    boxes().forEach((b) => { b.checked = e.target.checked; });
+    update();
+  });
+  form.addEventListener("change", update);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const bulkForm = document.querySelector("form[data-bulk]");
+  if (bulkForm) bulkSelection(bulkForm);
   const editorForm = document.getElementById("editor-form");
   if (editorForm) followEditor(editorForm);
   if (typeof uPlot !== "undefined") document.querySelectorAll("[data-chart]").forEach(drawChart);
