@@ -100,6 +100,7 @@ def _register_routes(app: Flask, settings: Settings) -> None:
         webhooks,
         workflows,
     )
+    from api.ui import schedules as _ui_schedules  # noqa: F401 - adds the schedules' routes to the UI's blueprint
     from api.ui import views as ui
 
     errors.register(app)

@@ -35,6 +35,8 @@ ROUTE_ROLES: dict[str, str] = {
     "schedules.workflow_schedules": "viewer",
     "schedules.all_schedules": "viewer",
     "schedules.delete_schedule": "admin",
+    "ui.schedule_save": SESSION,
+    "ui.schedule_action": SESSION,
     "runs.list_runs": "viewer",
     "runs.get_run": "viewer",
     "runs.run_events": "viewer",

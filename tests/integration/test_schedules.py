@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from orchestrator.db.models import Run, Schedule, ScheduleFire
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.schedules import Spec
-from tests.integration.conftest import publish, unique, wait_for, wait_run
+from tests.integration.conftest import publish, signed_in, unique, wait_for, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 QUICK = [{"id": "echo", "type": "tool", "tool": "echo", "args": {"at": "{{ input.tag }}"}}]
@@ -158,3 +158,30 @@ def test_schedules_are_listed_with_their_next_fire_times_and_deleted(api, tokens
     assert api.get(f"/workflows/{workflow}/schedules").get_json()["schedules"] == []
     assert api.delete(f"/workflows/{workflow}/schedules/nightly").status_code == 404
     assert api.put(f"/workflows/{unique('none')}/schedules/x", json={"cron": "* * * * *"}).status_code == 404
+
+
+def test_the_workflow_page_lists_schedules_and_an_admin_adds_pauses_and_deletes_one(app, api, tokens):
+    workflow = publish(api, {"name": "page", "steps": QUICK})
+    admin, viewer = signed_in(app, tokens["admin"]), signed_in(app, tokens["viewer"])
+    added = admin.post(f"/workflows/{workflow}/schedules", {
+        "schedule_id": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin", "overlap": "skip",
+        "catchup": "latest", "input": '{"tag": "n"}'})
+    assert added.status_code == 302
+    page = admin.client.get(f"/workflows/{workflow}").get_data(as_text=True)
+    assert "Schedule nightly saved." in page and "<code>30 2 * * *</code>" in page
+    upcoming = api.get(f"/workflows/{workflow}/schedules").get_json()["schedules"][0]["next_fire_times"]
+    assert all(f'datetime="{t}"' in page for t in upcoming)
+    assert "Add schedule" not in viewer.client.get(f"/workflows/{workflow}").get_data(as_text=True)
+
+    refused = admin.post(f"/workflows/{workflow}/schedules", {"schedule_id": "bad", "cron": "61 * * * *"})
+    assert "cron:" in admin.client.get(refused.location).get_data(as_text=True)
+
+    admin.post(f"/workflows/{workflow}/schedules/nightly/pause", {})
+    assert api.get(f"/workflows/{workflow}/schedules").get_json()["schedules"][0]["enabled"] is False
+    assert "none while paused" in admin.client.get(f"/workflows/{workflow}").get_data(as_text=True)
+    admin.post(f"/workflows/{workflow}/schedules/nightly/resume", {})
+    assert api.get(f"/workflows/{workflow}/schedules").get_json()["schedules"][0]["enabled"] is True
+    assert viewer.post(f"/workflows/{workflow}/schedules/nightly/delete", {}).status_code == 302
+    assert len(api.get(f"/workflows/{workflow}/schedules").get_json()["schedules"]) == 1  # a viewer cannot
+    admin.post(f"/workflows/{workflow}/schedules/nightly/delete", {})
+    assert api.get(f"/workflows/{workflow}/schedules").get_json()["schedules"] == []

@@ -28,6 +28,8 @@ EXPECTED = {
     "schedules.workflow_schedules": "viewer",
     "schedules.all_schedules": "viewer",
     "schedules.delete_schedule": "admin",
+    "ui.schedule_save": "session",
+    "ui.schedule_action": "session",
     "workflows.get_workflow": "viewer",
     "workflows.get_version": "viewer",
     "workflows.publish": "admin",
@@ -296,6 +298,8 @@ def ui_expectations(acme, other: Api) -> dict:
         "ui.static": [],
         **{f"ui.{name}": [] for name in pages},  # the caller's own tenant only: the API behind them is checked above
         "ui.run": [not_found(f"/runs/{run}")],
+        "ui.schedule_save": [refused(f"/workflows/{acme.workflow}/schedules", {"schedule_id": "s", "cron": "* * * * *"})],
+        "ui.schedule_action": [refused(f"/workflows/{acme.workflow}/schedules/s/delete")],
         "ui.run_body": [not_found(f"/runs/{run}/body")],
         "ui.run_evidence": [not_found(f"/runs/{run}/evidence")],
         "ui.run_stream": [not_found(f"/runs/{run}/stream")],
