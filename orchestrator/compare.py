@@ -3,8 +3,9 @@
 Per step (in graph order): each run's status, attempts, duration, tokens and credits, whether its input
 or output changed, and the output's JSON diff. A step's input is what decides what it does: its
 fields in the run's definition, the outputs of the steps it needs and, when its templates read it, the
-run's input (rendered arguments are not recorded, and follow from these). ``first_divergence`` is the
-first step whose input or output differs, or that only one run has.
+run's input (rendered arguments are not recorded, and follow from these); a step a fork reused did not
+run with the fork's input, so the run's input is left out of its comparison. ``first_divergence`` is
+the first step whose input or output differs, or that only one run has.
 
 ``json_diff`` and ``compare`` are pure; ``load`` reads the two runs.
 """
@@ -80,7 +81,7 @@ def compare(order: Sequence[str], run: Mapping[str, StepFacts], other: Mapping[s
     for step_id in order:
         mine, theirs = run.get(step_id), other.get(step_id)
         both = mine is not None and theirs is not None
-        input_changed = not both or mine.input != theirs.input
+        input_changed = not both or _decided_by(mine, theirs) != _decided_by(theirs, mine)
         diff = json_diff(mine.output, theirs.output) if both else []
         output_changed = not both or bool(diff)
         if first is None and (input_changed or output_changed):
@@ -90,6 +91,14 @@ def compare(order: Sequence[str], run: Mapping[str, StepFacts], other: Mapping[s
             "output_diff": diff, "run": mine.as_json() if mine else None, "other": theirs.as_json() if theirs else None,
         })
     return {"first_divergence": first, "steps": steps}
+
+
+def _decided_by(facts: StepFacts, other: StepFacts) -> Any:
+    """What is compared of a step's input: all of it, but the run's input when either run reused the step
+    (a fork's reused step did not run with the fork's input; its output is the original's)."""
+    if (facts.reused or other.reused) and isinstance(facts.input, dict):
+        return {k: v for k, v in facts.input.items() if k != "input"}
+    return facts.input
 
 
 def graph_order(definition: Definition, other: Definition) -> list[str]:

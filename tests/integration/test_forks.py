@@ -5,9 +5,12 @@ runs names step 4 as the first divergence."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
-from tests.integration.conftest import by_id, events, publish, signed_in, start, wait_run
+from tests.integration.conftest import ROOT, by_id, events, publish, signed_in, start, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -114,3 +117,37 @@ def test_a_run_still_going_cannot_be_forked(api):
     assert response.status_code == 409, response.get_json()
     assert response.get_json()["error"]["details"]["allowed_from"] == ["cancelled", "failed", "succeeded"]
     api.post(f"/runs/{run_id}/cancel")
+
+
+def _json_blocks(heading: str) -> list:
+    """The JSON blocks of docs/forks.md under ``heading`` (up to the next heading of its level)."""
+    text = (ROOT / "docs" / "forks.md").read_text().split(heading + "\n", 1)[1]
+    text = re.split(r"\n#{1,%d} " % len(heading.split(" ")[0]), text)[0]
+    return [json.loads(block.split("```", 1)[0]) for block in text.split("```json\n")[1:]]
+
+
+def test_the_example_of_docs_forks_md_runs_as_it_says(api):
+    definition, fork_body = _json_blocks("### Example")
+    [bulk_body] = _json_blocks("## Bulk actions")
+    workflow = publish(api, definition)
+    runs = [wait_run(api, start(api, workflow, {"customer": f"c{i}@example.com", "ticket": "refund?"}))
+            for i in range(3)]
+    assert {r["status"] for r in runs} == {"failed"} and runs[0]["error"]["step_id"] == "send"
+
+    response = api.post(f"/runs/{runs[0]['id']}/fork", json=fork_body)
+    assert response.status_code == 201, response.get_json()
+    fork = wait_run(api, response.get_json()["id"])
+    steps = by_id(fork)
+    assert fork["status"] == "succeeded" and fork["input"]["priority"] == "high"
+    assert [s for s in ("fetch", "draft", "send", "log") if steps[s]["reused"]] == ["fetch", "draft"]
+    assert steps["send"]["output"] == {"to": "c0@example.com", "text": by_id(runs[0])["draft"]["output"]["text"]}
+    assert fork["usage"]["steps"] == 2 and fork["usage"]["llm_calls"] == 0
+    assert api.get(f"/runs/{runs[0]['id']}/compare/{fork['id']}").get_json()["first_divergence"] == "send"
+
+    bulk_body["filter"]["workflow_id"] = workflow
+    dry = api.post("/runs/bulk/fork", json=bulk_body).get_json()
+    assert (dry["matched"], dry["applied"], dry["skipped"]) == (3, 0, []) and len(dry["runs"]) == 3
+    applied = api.post("/runs/bulk/fork", json={**bulk_body, "dry_run": False}).get_json()
+    assert applied["applied"] == 3
+    assert {wait_run(api, r)["status"] for r in applied["runs"]} == {"succeeded"}
+    assert api.post("/runs/bulk/fork", json=bulk_body).get_json()["matched"] == 3  # the originals only

@@ -49,3 +49,13 @@ def test_graph_order_puts_every_step_after_its_needs_then_the_other_runs_own_ste
     second = parse_definition({"name": "x", "steps": [
         {"id": "early", "type": "tool", "tool": "echo"}, {"id": "extra", "type": "tool", "tool": "echo"}]})
     assert compare.graph_order(first, second) == ["early", "late", "extra"]
+
+
+def test_a_reused_step_is_compared_without_the_run_input_it_did_not_run_with():
+    original = {"step": {"id": "a"}, "needs": {}, "input": {"who": "ada"}}
+    forked = {**original, "input": {"who": "ada", "priority": "high"}}
+    run = {"a": _facts(1, step_input=original)}
+    reused = {"a": compare.StepFacts(**{**_facts(1, step_input=forked).__dict__, "reused": True})}
+    ran_again = {"a": _facts(1, step_input=forked)}
+    assert compare.compare(["a"], run, reused)["first_divergence"] is None
+    assert compare.compare(["a"], run, ran_again)["first_divergence"] == "a"
