@@ -27,7 +27,7 @@ bp = Blueprint("openapi", __name__)
 
 ERROR_TEXT = {400: "invalid_request (or runtime_not_applicable)", 401: "unauthorized: no, unknown or revoked token",
               403: "forbidden: role too low", 404: "not_found: no such thing in this tenant",
-              409: "invalid_transition or idempotency_conflict", 413: "payload_too_large",
+              409: "invalid_transition, idempotency_conflict or workflow_archived", 413: "payload_too_large",
               429: "rate_limited: over the tenant's rate limit; see Retry-After",
               503: "unavailable: the database does not answer; see Retry-After"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.", "required": True,
@@ -188,7 +188,7 @@ OPERATIONS: dict[str, Op] = {
                                  body_required=False, links=(Link("ListSecrets", "webhooks.list_secrets", {
                                      "workflow_id": "$response.body#/workflow_id"}),)),
     "webhooks.receive": Op("Start a run from a signed delivery; the JSON body is the run's input.", (201, R.Run),
-                           ANY_JSON, body_required=False, errors=(413,), headers=({
+                           ANY_JSON, body_required=False, errors=(409, 413), headers=({
                                "name": "X-Switchyard-Signature", "in": "header", "required": True,
                                "schema": {"type": "string"},
                                "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'> with "
