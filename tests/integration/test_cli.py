@@ -3,11 +3,14 @@ HTTP) and real workers. Exit codes: 0 done, 1 the run failed, 2 usage, 3 the API
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +200,77 @@ def test_a_step_cancelled_on_a_thread_pool_worker_stops_without_a_traceback(engi
         engine_processes.stop("threads-worker")
     log = engine_processes.log_tail("threads-worker", 400)
     assert "NotImplementedError" not in log and "kill_job" not in log, log[-3000:]
+
+
+# --- docs/cli.md: every example runs ------------------------------------------------------------------
+
+def doc_blocks(language: str) -> list[str]:
+    """The code blocks of ``language`` in docs/cli.md, in order."""
+    return re.findall(rf"^```{language}\n(.*?)^```", (ROOT / "docs" / "cli.md").read_text(), re.S | re.M)
+
+
+def test_the_examples_of_docs_cli_md_run_as_shown(url, tokens, tmp_path):
+    from switchyard.cli import config
+
+    (profiles,) = doc_blocks("toml")
+    (tmp_path / "config.toml").write_text(profiles)
+    target = config.resolve(None, None, "staging", {"SWITCHYARD_CONFIG": str(tmp_path / "config.toml")})
+    assert (target.url, target.token) == ("https://switchyard.staging.example.com", "sy_a-staging-operator-token")
+
+    (definition,) = doc_blocks("yaml")
+    (tmp_path / "hello.yaml").write_text(definition)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env.update(SWITCHYARD_URL=url, SWITCHYARD_TOKEN=tokens["admin"], SWITCHYARD_CONFIG=str(tmp_path / "none.toml"),
+               PYTHONPATH=str(ROOT), COLUMNS="200", PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    outputs = []
+    for block in doc_blocks("sh"):
+        done = subprocess.run(["bash", "-c", f"set -euo pipefail\n{block}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{block}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    published, decided, failing, controlled, events_and_schedules, scripted = outputs
+    assert "published hello version" in published and "Send the greeting?" in published  # workflows get
+    assert "run_succeeded" in decided and ": approve; run " in decided and "Hello Ada, sent" in decided
+    assert "no luck" in failing and "the run failed: exit 1" in failing
+    actions = [line.split(": ", 1)[1] for line in controlled.splitlines() if re.match(r"run_\S+: ", line)]
+    assert actions[0] == "paused" and actions[1] in ("running", "waiting")
+    assert actions[2:5] == ["cancelled", "queued", "cancelled"] and "(a new run of run_" in actions[5]
+    assert "delivered to 0 step(s)" in events_and_schedules and "hello/nightly: 0 3 * * *" in events_and_schedules
+    assert isinstance(json.loads(scripted), list)
+
+    sync_example, async_example = doc_blocks("python")
+    printed = subprocess.run([sys.executable, "-c", sync_example], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert lines[0] == "succeeded {'text': 'Hello Linus, sent'}"
+    assert lines[1] == "invalid_transition succeeded ['running', 'waiting']"
+    newest = ast.literal_eval(lines[2])  # Ada's, Grace's, its rerun and Linus's runs at least, five at most
+    assert 4 <= len(newest) <= 5 and len(set(newest)) == len(newest) and all(r.startswith("run_") for r in newest)
+    printed = subprocess.run([sys.executable, "-c", async_example], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.split() == ["failed", "no", "luck", "run_failed"]
+
+
+def test_switchyard_dev_keeps_one_admin_token_across_restarts(tmp_path):
+    """`switchyard dev` makes its admin token once and prints the same one at every start while it
+    is live; revoked (or for another tenant), it makes a new one."""
+    from orchestrator import cli
+    from orchestrator.db import migrate
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+    from orchestrator.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data")
+    migrate.upgrade(settings)
+    first, reused = cli._dev_token(settings, "demo")
+    assert not reused and (tmp_path / "data" / "dev-token").read_text().strip() == first
+    assert oct((tmp_path / "data" / "dev-token").stat().st_mode & 0o777) == "0o600"
+    assert cli._dev_token(settings, "demo") == (first, True)
+    other, reused = cli._dev_token(settings, "another-tenant")
+    assert other != first and not reused
+    with transaction(make_sessionmaker(make_engine(settings))) as session:
+        repo.revoke_token(session, None, repo.find_token(session, other).id)
+    again, reused = cli._dev_token(settings, "another-tenant")
+    assert again not in (first, other) and not reused
