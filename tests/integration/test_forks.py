@@ -122,7 +122,8 @@ def test_a_run_still_going_cannot_be_forked(api):
 def _json_blocks(heading: str) -> list:
     """The JSON blocks of docs/forks.md under ``heading`` (up to the next heading of its level)."""
     text = (ROOT / "docs" / "forks.md").read_text().split(heading + "\n", 1)[1]
-    text = re.split(r"\n#{1,%d} " % len(heading.split(" ")[0]), text)[0]
+    depth = len(heading.split(" ")[0])
+    text = re.split(rf"\n#{{1,{depth}}} ", text)[0]
     return [json.loads(block.split("```", 1)[0]) for block in text.split("```json\n")[1:]]
 
 
