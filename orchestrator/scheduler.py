@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sqlalchemy import event as sa_event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 
 # How long an idle scheduler waits for a ring before it deletes the outbox rows it published.
 IDLE_CLEANUP_S = 0.2
+# A scheduler frozen in a transaction (SIGSTOP, a long pause, a VM migration) holds its runs' row
+# locks, and the other schedulers skip those runs (SKIP LOCKED): PostgreSQL ends its session after
+# this long idle in the transaction (rolled back whole; the frozen one reconnects when it wakes), so
+# another scheduler takes them within seconds. A statement (a lock wait included) ends after the second.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 2000
+STATEMENT_TIMEOUT_MS = 30000
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Scheduler:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], celery, batch_size: int = 200):
         self.settings = settings
         self.sessions = sessions
+        bound_holds(sessions)
         self.celery = celery
         self.doorbell = broker.Doorbell(celery, settings.wake_queue)
         self.epoch = broker.BrokerEpoch(settings)
@@ -310,6 +318,23 @@ class Scheduler:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+
+
+def bound_holds(sessions: sessionmaker[Session]) -> None:
+    """On PostgreSQL, bound how long a transaction of ``sessions``' engine may hold its locks idle, and
+    how long a statement may run: set once on each new connection (the same bound as a SET LOCAL in
+    every transaction, without its round trip)."""
+    engine = sessions.kw.get("bind")
+    if engine is not None and engine.dialect.name == "postgresql" \
+            and not sa_event.contains(engine, "connect", _bound_connection):
+        sa_event.listen(engine, "connect", _bound_connection)
+
+
+def _bound_connection(dbapi_connection, _record) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}")
+        cursor.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+    dbapi_connection.commit()
 
 
 def _has_due_times(runs: Iterable[RunState]) -> bool:

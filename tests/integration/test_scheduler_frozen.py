@@ -1,0 +1,169 @@
+"""One of two schedulers frozen (SIGSTOP) in the middle of a transaction, holding its runs' row locks,
+for 30 s while runs keep coming: PostgreSQL ends its session after the idle-in-transaction timeout,
+the other scheduler takes its runs, and no run waits more than 10 s. Thawed, the frozen one finds its
+session gone, reconnects and goes on; every run succeeds once, and the invariant checker finds nothing.
+
+Every run here needs the scheduler (a step with a condition is left to its pass), on a database and
+a Redis db of the test's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
+
+from orchestrator.db import repository as repo
+from orchestrator.db.models import Event, Run
+from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.scheduler import IDLE_IN_TRANSACTION_TIMEOUT_MS
+from orchestrator.settings import Settings
+from tests.integration import conftest
+from tests.integration.conftest import Api, Processes, claimed_redis_db, fresh_database, publish, wait_for
+from tests.integration.invariants import assert_no_violations
+
+FREEZE_S = 30
+FROZEN = "switchyard-test-frozen-scheduler"  # its connections' application_name (libpq's PGAPPNAME)
+
+
+@pytest.fixture
+def two_schedulers(tmp_path) -> Iterator[tuple[Settings, Processes]]:
+    with fresh_database("switchyard_sched_frozen") as database_url, claimed_redis_db() as broker_url:
+        settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=tmp_path / "data",
+                            sweep_interval_s=1.0, lease_s=6.0, outbox_republish_after_s=2.0)
+        procs = Processes(settings, tmp_path)
+        try:
+            procs.start("worker", "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
+            procs.start("frozen", "scheduler", env={"PGAPPNAME": FROZEN})
+            procs.start("other", "scheduler")
+            yield settings, procs
+        finally:
+            if "frozen" in procs.procs:
+                os.kill(procs.procs["frozen"].pid, signal.SIGCONT)  # never leave it stopped
+            procs.stop_all()
+
+
+def freeze_holding_runs(settings: Settings, pid: int, deadline_s: float = 60) -> None:
+    """SIGSTOP the scheduler ``pid`` inside a pass, after it locked runs: the test holds the steps
+    table for a moment, so a pass that locked its runs waits on its steps' read; the scheduler is
+    stopped there and the table let go (its statement then ends, and its session sits idle in the
+    transaction, holding the runs' locks, as a scheduler frozen between two statements)."""
+    waiting_with_runs_locked = (
+        "SELECT count(*) FROM pg_stat_activity a WHERE a.application_name = %s AND a.wait_event_type = 'Lock' "
+        "AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'runs'::regclass "
+        "AND l.mode = 'RowShareLock' AND l.granted)")
+    url = conftest._libpq(settings.database_url)
+    with psycopg.connect(url, autocommit=True) as admin, psycopg.connect(url) as blocker:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            blocker.execute("LOCK TABLE steps IN ACCESS EXCLUSIVE MODE")
+            try:
+                # At most a second at a time: a sweep blocked meanwhile would keep its scheduler from a pass.
+                until = time.monotonic() + 1.0
+                while time.monotonic() < until:
+                    if admin.execute(waiting_with_runs_locked, (FROZEN,)).fetchone()[0]:
+                        os.kill(pid, signal.SIGSTOP)
+                        return
+                    time.sleep(0.01)  # polling for the moment, with a deadline
+            finally:
+                blocker.rollback()
+            time.sleep(0.2)  # let the engine go on between tries
+    pytest.fail(f"the scheduler never locked runs for a pass in {deadline_s} s")
+
+
+def session_in_transaction(settings: Settings) -> bool:
+    with psycopg.connect(conftest._libpq(settings.database_url), autocommit=True) as admin:
+        return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                             "AND xact_start IS NOT NULL", (FROZEN,)).fetchone()[0] > 0
+
+
+class Starts(threading.Thread):
+    """Starts a run every 200 ms until stopped, keeping the ids started and any other answer."""
+
+    def __init__(self, api: Api, workflow: str):
+        super().__init__(daemon=True)
+        self.api, self.workflow, self.run_ids, self.refused = api, workflow, [], []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.2):
+            response = self.api.post("/runs", json={"workflow_id": self.workflow, "input": {}})
+            if response.status_code == 201:
+                self.run_ids.append(response.get_json()["id"])
+            else:
+                self.refused.append((response.status_code, response.get_json()))
+
+
+def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedulers):
+    from api import create_app
+
+    settings, procs = two_schedulers
+    sessions = make_sessionmaker(make_engine(settings))
+    with transaction(sessions) as session:
+        token = repo.create_token(session, "frozen", "admin", "frozen scheduler test")[1]
+    api = Api(create_app(settings).test_client(), token)
+    workflow = publish(api, {"name": "conditional", "steps": [
+        {"id": "a", "type": "tool", "tool": "echo", "args": {"ok": True}},
+        {"id": "b", "type": "tool", "tool": "echo", "needs": ["a"], "when": "steps.a.output.ok", "args": {}},
+    ]})
+    starts = Starts(api, workflow)
+    starts.start()
+    try:
+        wait_for(lambda: len(starts.run_ids) >= 10, 30, "10 runs started before the freeze")
+        freeze_holding_runs(settings, procs.procs["frozen"].pid)
+        frozen_at = time.monotonic()
+        assert session_in_transaction(settings), "the scheduler was not frozen in a transaction"
+        bound = IDLE_IN_TRANSACTION_TIMEOUT_MS / 1000
+        wait_for(lambda: not session_in_transaction(settings), bound + 5,
+                 f"PostgreSQL to end the frozen scheduler's transaction (idle timeout {bound:g} s)")
+        ended_after = time.monotonic() - frozen_at
+        # The freeze lasts FREEZE_S while runs keep coming: the pace of the fault, not synchronisation.
+        time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen_at)))
+        os.kill(procs.procs["frozen"].pid, signal.SIGCONT)
+        started_before_thaw = len(starts.run_ids)
+        wait_for(lambda: len(starts.run_ids) >= started_before_thaw + 20, 30, "20 runs started after the thaw")
+    finally:
+        starts.stopping.set()
+        starts.join(10)
+
+    def all_ended() -> bool:
+        with sessions() as session:
+            return session.execute(select(func.count()).select_from(Run).where(
+                Run.status.in_(["succeeded", "failed", "cancelled"]))).scalar_one() == len(starts.run_ids)
+
+    wait_for(all_ended, 60, f"all {len(starts.run_ids)} runs to end", interval=0.5)
+    with sessions() as session:
+        statuses = dict(session.execute(select(Run.status, func.count()).group_by(Run.status)).all())
+        longest_run = session.execute(select(func.max(func.extract("epoch", Run.completed_at - Run.created_at)))
+                                      ).scalar_one()
+        # What each run waited for a scheduler: from `a` completed (has_work raised, the doorbell rung)
+        # to the pass that queued `b`.
+        done, queued = aliased(Event), aliased(Event)
+        waited = func.extract("epoch", queued.created_at - done.created_at)
+        slowest_id, longest = session.execute(
+            select(done.run_id, waited)
+            .join(queued, (queued.run_id == done.run_id) & (queued.type == "step_queued") & (queued.step_id == "b"))
+            .where(done.type == "step_completed", done.step_id == "a").order_by(waited.desc()).limit(1)).one()
+        twice = session.execute(
+            select(Event.run_id, Event.step_id, Event.attempt).where(Event.type == "step_queued")
+            .group_by(Event.run_id, Event.step_id, Event.attempt).having(func.count() > 1)).all()
+    assert starts.refused == [], starts.refused[:3]
+    assert statuses == {"succeeded": len(starts.run_ids)}, statuses
+    assert float(longest) < 10, \
+        f"run {slowest_id} waited {float(longest):.1f} s for a scheduler (the frozen one's transaction ended " \
+        f"after {ended_after:.1f} s)"
+    assert twice == [], f"attempts queued twice: {twice[:5]}"
+    assert procs.procs["frozen"].poll() is None, "the thawed scheduler exited instead of reconnecting"
+    wait_for(lambda: "scheduler pass failed; reconnecting" in procs.log_tail("frozen", 400), 20,
+             "the thawed scheduler to find its session ended and reconnect")
+    assert_no_violations(settings)
+    print(f"\nscheduler frozen {FREEZE_S} s holding runs' locks: its transaction ended after {ended_after:.1f} s; "
+          f"{len(starts.run_ids)} runs, all succeeded; the longest wait for a scheduler {float(longest):.1f} s, "
+          f"the longest run {float(longest_run):.1f} s")
