@@ -10,7 +10,7 @@ from api.auth import principal
 from api.context import parse_body, services
 from api.controls import actor
 from orchestrator import event_starts, human, ids, triggers
-from orchestrator.db.repository import lifecycle
+from orchestrator.db import repository as repo
 from orchestrator.db.session import transaction
 from orchestrator.errors import InvalidRequest
 
@@ -25,7 +25,7 @@ def post_event():
                              "(to reach wait_event steps), or both", {"field": "name"})
     svc, tenant_id = services(), principal().tenant_id
     with transaction(svc.sessions) as session:
-        if body.id is not None and not lifecycle.record_event_id(session, tenant_id, body.id):
+        if body.id is not None and not repo.record_event_id(session, tenant_id, body.id):
             return {"id": body.id, "duplicate": True, "started_runs": [], "delivered_to": [], "trigger_errors": []}, 202
         event_id, delivered = body.id, []
         if body.correlation_key is not None:

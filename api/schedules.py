@@ -15,7 +15,6 @@ from api.serializers import ts
 from orchestrator import schedules
 from orchestrator.db import models
 from orchestrator.db import repository as repo
-from orchestrator.db.repository import schedules as schedule_rows
 from orchestrator.db.session import transaction
 from orchestrator.definitions import Definition, input_problems
 from orchestrator.errors import InvalidRequest, NotFound
@@ -88,12 +87,12 @@ def put_schedule(workflow_id: str, schedule_id: str):
     key = (principal().tenant_id, workflow_id, schedule_id)
     with transaction(services().sessions) as session:
         _checked(body, _definition(session, key[0], workflow_id))
-        created = schedule_rows.get_schedule(session, key) is None
+        created = repo.get_schedule(session, key) is None
         now = repo.now(session)
         fields = body.model_dump()
         spec = schedules.Spec(body.cron, body.timezone)
         fields.update(last_slot=now, next_fire_at=spec.next_slots(now, 1)[0] if body.enabled else None)
-        answer = schedule_json(schedule_rows.put_schedule(session, key, fields), now)
+        answer = schedule_json(repo.put_schedule(session, key, fields), now)
     return answer, 201 if created else 200
 
 
@@ -104,19 +103,19 @@ def workflow_schedules(workflow_id: str):
         if repo.get_workflow(session, tenant_id, workflow_id) is None:
             raise NotFound(f"workflow {workflow_id!r} not found")
         now = repo.now(session)
-        return {"schedules": [schedule_json(s, now) for s in schedule_rows.list_schedules(session, tenant_id, workflow_id)]}
+        return {"schedules": [schedule_json(s, now) for s in repo.list_schedules(session, tenant_id, workflow_id)]}
 
 
 @bp.get("/schedules")
 def all_schedules():
     with services().sessions() as session:
         now = repo.now(session)
-        return {"schedules": [schedule_json(s, now) for s in schedule_rows.list_schedules(session, principal().tenant_id)]}
+        return {"schedules": [schedule_json(s, now) for s in repo.list_schedules(session, principal().tenant_id)]}
 
 
 @bp.delete("/workflows/<workflow_id>/schedules/<schedule_id>")
 def delete_schedule(workflow_id: str, schedule_id: str):
     with transaction(services().sessions) as session:
-        if not schedule_rows.delete_schedule(session, (principal().tenant_id, workflow_id, schedule_id)):
+        if not repo.delete_schedule(session, (principal().tenant_id, workflow_id, schedule_id)):
             raise NotFound(f"schedule {schedule_id!r} of workflow {workflow_id!r} not found")
     return "", 204

@@ -12,7 +12,6 @@ from api.context import json_body, services
 from orchestrator import service
 from orchestrator.db import repository as repo
 from orchestrator.db.models import WorkflowVersion
-from orchestrator.db.repository import lifecycle
 from orchestrator.db.session import transaction
 from orchestrator.definitions import parse_definition
 from orchestrator.errors import InvalidRequest, NotFound
@@ -73,7 +72,7 @@ def archive(workflow_id: str):
     """Archive the workflow: it starts no run (409 workflow_archived) until a new version is published;
     its runs, live or not, are left as they are."""
     with transaction(services().sessions) as session:
-        workflow = lifecycle.archive_workflow(session, principal().tenant_id, workflow_id)
+        workflow = repo.archive_workflow(session, principal().tenant_id, workflow_id)
         if workflow is None:
             raise NotFound(f"workflow {workflow_id!r} not found")
         versions = repo.list_versions(session, principal().tenant_id, workflow_id)

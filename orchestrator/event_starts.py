@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import service, triggers
 from orchestrator.catalog import DefinitionCatalog
-from orchestrator.db.repository import lifecycle
+from orchestrator.db import repository as repo
 from orchestrator.errors import SwitchyardError
 from orchestrator.settings import Settings
 
@@ -31,7 +31,7 @@ def start_runs(session: Session, settings: Settings, catalog: DefinitionCatalog,
     """Start one run of every workflow of the tenant whose trigger matches ``event``, in the caller's
     transaction; a workflow that cannot start one (its input refused, say) does not stop the others."""
     out = EventStarts()
-    for workflow_id, version in lifecycle.workflows_on_event(session, tenant_id, event.name):
+    for workflow_id, version in repo.workflows_on_event(session, tenant_id, event.name):
         definition = catalog.get(session, (tenant_id, workflow_id, version))
         found = triggers.match(definition.triggers, event)
         if not found.matched:

@@ -22,7 +22,6 @@ from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core.inputs import Actor
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Schedule
-from orchestrator.db.repository import schedules as schedule_rows
 from orchestrator.db.session import transaction
 from orchestrator.errors import SwitchyardError
 from orchestrator.settings import Settings
@@ -48,7 +47,7 @@ class Fired:
 def fire_due(session: Session, settings: Settings, catalog: DefinitionCatalog, now: datetime) -> Fired:
     """Fire the slots due at ``now`` of the schedules due then, in the caller's transaction."""
     out = Fired()
-    due = schedule_rows.lock_due_schedules(session, now, BATCH)
+    due = repo.lock_due_schedules(session, now, BATCH)
     for schedule in due:
         spec = schedules.Spec(schedule.cron, schedule.timezone, schedule.overlap, schedule.catchup)
         decided = schedules.plan(spec, schedule.last_slot, now, max_catchup=settings.max_catchup)
@@ -60,7 +59,7 @@ def fire_due(session: Session, settings: Settings, catalog: DefinitionCatalog, n
                      schedule.catchup)
         schedule.last_slot, schedule.next_fire_at = decided.last_slot, decided.next_fire_at
     session.flush()
-    out.next_fire_at, out.full = schedule_rows.next_fire_at(session), len(due) == BATCH
+    out.next_fire_at, out.full = repo.next_fire_at(session), len(due) == BATCH
     return out
 
 
@@ -71,9 +70,9 @@ def _fire_slot(session: Session, settings: Settings, catalog: DefinitionCatalog,
     live = previous is not None and repo.run_status(session, previous) in LIVE
     action = schedules.overlap_action(schedule.overlap, live)
     if action == "skip":
-        schedule_rows.insert_fire(session, schedule, slot, "skipped", detail=f"run {previous} is still live")
+        repo.insert_fire(session, schedule, slot, "skipped", detail=f"run {previous} is still live")
         return
-    if not schedule_rows.insert_fire(session, schedule, slot, "started"):
+    if not repo.insert_fire(session, schedule, slot, "started"):
         return  # fired already
     if action == "cancel_previous":
         out.revoke += _cancel(session, settings, catalog, schedule, previous)
@@ -83,9 +82,9 @@ def _fire_slot(session: Session, settings: Settings, catalog: DefinitionCatalog,
                                     trigger_type="schedule", triggered_by=schedule.id).run
     except SwitchyardError as exc:
         log.warning("schedule %s/%s could not start a run for %s: %s", schedule.workflow_id, schedule.id, slot, exc)
-        schedule_rows.mark_fire_failed(session, schedule, slot, f"{exc.code}: {exc}"[:2000])
+        repo.mark_fire_failed(session, schedule, slot, f"{exc.code}: {exc}"[:2000])
         return
-    schedule_rows.set_fire_run(session, schedule, slot, run.id)
+    repo.set_fire_run(session, schedule, slot, run.id)
     schedule.last_run_id = run.id
     out.started.append(run.id)
 

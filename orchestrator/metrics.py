@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
-from orchestrator.db.repository import Histogram, lifecycle
+from orchestrator.db.repository import Histogram
 from orchestrator.db.session import transaction
 from orchestrator.states import RunStatus
 
@@ -81,7 +81,7 @@ class DatabaseCollector:
     def _purged(self) -> Metric:
         """What the retention sweep deleted: the series above cover only the runs still kept."""
         with self.sessions() as session:
-            purged = lifecycle.purged_rows(session, self.tenant_id)
+            purged = repo.purged_rows(session, self.tenant_id)
         family = CounterMetricFamily("switchyard_retention_purged_rows",
                                      "Rows the retention sweep deleted (runs past retention), by table.", labels=["table"])
         for table, count in sorted(purged.items()):

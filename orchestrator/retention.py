@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import artifacts, evidence
 from orchestrator.db import repository as repo
-from orchestrator.db.repository import lifecycle as rows
 from orchestrator.db.session import transaction
 from orchestrator.settings import Settings
 
@@ -65,7 +64,7 @@ def sweep(sessions: sessionmaker[Session], settings: Settings, *, now: datetime 
     started, totals = time.monotonic(), Totals()
     with sessions() as session:
         now = now or repo.now(session)
-        targets = rows.retention_targets(session, settings.retention_days)
+        targets = repo.retention_targets(session, settings.retention_days)
     for tenant_id, workflow_id, days in targets:
         cutoff = now - timedelta(days=days)
         while not stopping.is_set():
@@ -86,14 +85,14 @@ def purge_batch(sessions: sessionmaker[Session], settings: Settings, target: tup
     """Delete (archiving first, if set) up to a batch of the workflow's runs that ended before ``cutoff``,
     in one transaction; the runs deleted and the rows deleted per table."""
     with transaction(sessions) as session:
-        run_ids = rows.lock_expired_runs(session, target, cutoff, settings.retention_batch)
+        run_ids = repo.lock_expired_runs(session, target, cutoff, settings.retention_batch)
         if not run_ids:
             return 0, {}
         if settings.archive_dir is not None:
             for run_id in run_ids:
                 archive(session, settings, target[0], run_id)
-        counts = rows.delete_runs(session, run_ids)
-        rows.add_purged(session, target[0], counts)
+        counts = repo.delete_runs(session, run_ids)
+        repo.add_purged(session, target[0], counts)
     store = artifacts.store(settings)
     for run_id in run_ids:  # after the commit: a failed delete leaves a run's files, never files without a run
         shutil.rmtree(store.root / run_id, ignore_errors=True)
@@ -104,7 +103,7 @@ def _prune_records(sessions: sessionmaker[Session], cutoff: datetime, batch: int
     """Event receipts and schedule fires older than the retention: nothing reads them any more."""
     while True:
         with transaction(sessions) as session:
-            if rows.prune_old_records(session, cutoff, batch) < batch:
+            if repo.prune_old_records(session, cutoff, batch) < batch:
                 return
 
 

@@ -21,7 +21,6 @@ from orchestrator.core.transition import Transition
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Run, Step, WorkflowVersion
-from orchestrator.db.repository import lifecycle
 from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition, input_problems, parse_definition
 from orchestrator.errors import (
@@ -47,8 +46,8 @@ def publish_workflow(session: Session, settings: Settings, tenant_id: str, workf
         session, tenant_id, workflow_id, name=definition.name, kind=definition.kind,
         definition=definition.model_dump(mode="json", exclude_unset=True),
     )
-    lifecycle.set_workflow_lifecycle(session, tenant_id, workflow_id, retention_days=definition.retention_days,
-                                     events=[trigger.event for trigger in definition.triggers])
+    repo.set_workflow_lifecycle(session, tenant_id, workflow_id, retention_days=definition.retention_days,
+                                events=[trigger.event for trigger in definition.triggers])
     return version
 
 

@@ -29,6 +29,8 @@ The modules:
 - ``run_changes``: the guarded update of a locked run with its events (``RunChanges``, ``StepMove``,
   ``apply_run_changes``, ``apply_many_run_changes``): every step's path ends here;
 - ``attempts``: the worker's side of an attempt (``lock_run_and_claim``, ``extend_lease``);
+- ``schedules``: cron schedules and the record of their fires (each slot's unique key);
+- ``lifecycle``: event triggers and event ids seen, archived workflows, the retention sweep's deletes;
 - ``scheduling``: the scheduler's pass and sweep, due times, a run's diagnosis facts and the outbox;
 - ``operators``: the runs a bulk action's filter selects, the definitions forks run, current steps;
 - ``people``: step checkpoints, approvals, questions and inbound events;
@@ -58,6 +60,18 @@ from orchestrator.db.repository.attempts import extend_lease, lock_run_and_claim
 from orchestrator.db.repository.changes import lock_run, lock_run_with_steps, steps_for_update, steps_of
 from orchestrator.db.repository.common import LIVE_RUN, now
 from orchestrator.db.repository.events import WRITTEN_EVENTS
+from orchestrator.db.repository.lifecycle import (
+    add_purged,
+    archive_workflow,
+    delete_runs,
+    lock_expired_runs,
+    prune_old_records,
+    purged_rows,
+    record_event_id,
+    retention_targets,
+    set_workflow_lifecycle,
+    workflows_on_event,
+)
 from orchestrator.db.repository.operators import (
     RunFilter,
     count_matching_runs,
@@ -102,6 +116,17 @@ from orchestrator.db.repository.runs import (
     run_status_events,
     run_steps,
     succeeded_outputs,
+)
+from orchestrator.db.repository.schedules import (
+    delete_schedule,
+    get_schedule,
+    insert_fire,
+    list_schedules,
+    lock_due_schedules,
+    mark_fire_failed,
+    next_fire_at,
+    put_schedule,
+    set_fire_run,
 )
 from orchestrator.db.repository.scheduling import (
     delete_outbox,
@@ -165,6 +190,12 @@ __all__ = [
     # runs
     "find_run_by_idempotency_key", "get_run", "insert_run", "list_runs", "run_events", "run_status",
     "run_status_events", "run_steps", "succeeded_outputs",
+    # lifecycle
+    "add_purged", "archive_workflow", "delete_runs", "lock_expired_runs", "prune_old_records", "purged_rows",
+    "record_event_id", "retention_targets", "set_workflow_lifecycle", "workflows_on_event",
+    # schedules
+    "delete_schedule", "get_schedule", "insert_fire", "list_schedules", "lock_due_schedules", "mark_fire_failed",
+    "next_fire_at", "put_schedule", "set_fire_run",
     # scheduling
     "delete_outbox", "diagnosis_facts", "flag_runs_with_due_steps", "insert_outbox", "lock_runs_with_work",
     "outputs_if_others_succeeded", "queue_steps_with_outbox", "queued_steps", "seconds_until_next_due",

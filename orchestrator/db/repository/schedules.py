@@ -95,9 +95,3 @@ def _fire(schedule: Schedule, slot: datetime):
             ScheduleFire.schedule_id == schedule.id, ScheduleFire.slot == slot)
 
 
-def list_fires(session: Session, key: tuple[str, str, str], limit: int = 100) -> Sequence[ScheduleFire]:
-    """The schedule's latest fires, newest first."""
-    tenant_id, workflow_id, schedule_id = key
-    return session.execute(select(ScheduleFire).where(
-        ScheduleFire.tenant_id == tenant_id, ScheduleFire.workflow_id == workflow_id,
-        ScheduleFire.schedule_id == schedule_id).order_by(ScheduleFire.slot.desc()).limit(limit)).scalars().all()
