@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import event as sa_event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +27,7 @@ from orchestrator.core.snapshot import RunState
 from orchestrator.core.transition import Event, Transition
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
+from orchestrator.db.repository.scheduling import bound_hold
 from orchestrator.db.session import database_unavailable, transaction
 from orchestrator.definitions import Definition
 from orchestrator.messages import StepMessage
@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 
 # How long an idle scheduler waits for a ring before it deletes the outbox rows it published.
 IDLE_CLEANUP_S = 0.2
-# A scheduler frozen in a transaction (SIGSTOP, a long pause, a VM migration) holds its runs' row
-# locks, and the other schedulers skip those runs (SKIP LOCKED): PostgreSQL ends its session after
-# this long idle in the transaction (rolled back whole; the frozen one reconnects when it wakes), so
+# A scheduler frozen in a pass (SIGSTOP, a long pause, a VM migration) holds its runs' row locks, and
+# the other schedulers skip those runs (SKIP LOCKED): PostgreSQL ends its session after this long
+# idle in the pass's transaction (rolled back whole; the frozen one reconnects when it wakes), so
 # another scheduler takes them within seconds. A statement (a lock wait included) ends after the second.
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 2000
 STATEMENT_TIMEOUT_MS = 30000
@@ -81,7 +81,6 @@ class Scheduler:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], celery, batch_size: int = 200):
         self.settings = settings
         self.sessions = sessions
-        bound_holds(sessions)
         self.celery = celery
         self.doorbell = broker.Doorbell(celery, settings.wake_queue)
         self.epoch = broker.BrokerEpoch(settings)
@@ -122,6 +121,7 @@ class Scheduler:
         out, runs = Pass(), []
         published = list(self.published_outbox)
         with transaction(self.sessions) as session:
+            bound_hold(session, IDLE_IN_TRANSACTION_TIMEOUT_MS, STATEMENT_TIMEOUT_MS)
             # A due time that has passed is fired by this pass, not left to the sweep: the loop wakes for it.
             reread_due = self._due_passed()
             if reread_due:
@@ -204,6 +204,7 @@ class Scheduler:
             self._republish_stranded()
         published = list(self.published_outbox)
         with transaction(self.sessions) as session:
+            bound_hold(session, IDLE_IN_TRANSACTION_TIMEOUT_MS, STATEMENT_TIMEOUT_MS)
             # First: a row this scheduler published is never stale, however long it was idle since.
             repo.delete_outbox(session, published)
             flagged = repo.flag_runs_with_due_steps(session)
@@ -318,23 +319,6 @@ class Scheduler:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-
-
-def bound_holds(sessions: sessionmaker[Session]) -> None:
-    """On PostgreSQL, bound how long a transaction of ``sessions``' engine may hold its locks idle, and
-    how long a statement may run: set once on each new connection (the same bound as a SET LOCAL in
-    every transaction, without its round trip)."""
-    engine = sessions.kw.get("bind")
-    if engine is not None and engine.dialect.name == "postgresql" \
-            and not sa_event.contains(engine, "connect", _bound_connection):
-        sa_event.listen(engine, "connect", _bound_connection)
-
-
-def _bound_connection(dbapi_connection, _record) -> None:
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}")
-        cursor.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-    dbapi_connection.commit()
 
 
 def _has_due_times(runs: Iterable[RunState]) -> bool:

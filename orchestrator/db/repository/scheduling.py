@@ -230,3 +230,19 @@ def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Se
     return session.execute(
         select(OUTBOX).where(OUTBOX.c.created_at < db_now(-older_than_s)).order_by(OUTBOX.c.id).limit(limit)
     ).all()
+
+
+# --- bounding a transaction's hold on its locks -------------------------------------------------
+
+# For the rest of the transaction (set_config's `true`: SET LOCAL): end the session if it sits idle in
+# the transaction longer than :idle ms, and a statement (a lock wait included) after :statement ms.
+_BOUND_HOLD = text("SELECT set_config('idle_in_transaction_session_timeout', :idle, true), "
+                   "set_config('statement_timeout', :statement, true)")
+
+
+def bound_hold(session: Session, idle_ms: int, statement_ms: int) -> None:
+    """Bound how long the rest of this transaction may hold its locks while its client does not
+    answer, and how long one of its statements may run (PostgreSQL; nothing on SQLite, where one
+    process holds the database)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_BOUND_HOLD, {"idle": str(idle_ms), "statement": str(statement_ms)})
