@@ -97,12 +97,13 @@ def _runtime(settings: Settings, celery: Celery) -> Runtime:
 
 def register(app: Celery, settings: Settings) -> None:
     # max_retries=None: a claim is retried for as long as the database stays down (see below).
+    # throws: an attempt that failed ends the task in AttemptFailed, an expected error (no traceback).
     @app.task(name=broker.RUN_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False,
-              max_retries=None)
-    def run_step(task, run_id: str, step_id: str, attempt: int) -> None:
+              max_retries=None, throws=(AttemptFailed,))
+    def run_step(task, run_id: str, step_id: str, attempt: int) -> str:
         worker = f"{task.request.hostname or 'worker'}:{os.getpid()}"
         try:
-            execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker)
+            return task_result(execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker))
         except DatabaseUnavailable as exc:
             # The attempt was never claimed: nothing ran. Send the message again shortly rather than
             # acknowledge it and leave the step `queued` with no message anywhere.
@@ -127,6 +128,25 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached to claim an attempt."""
 
 
+class AttemptFailed(Exception):
+    """The attempt failed (its outcome, a retry or a failure for good, is the database's and was handed
+    to the outcome writer): raised so that Celery's events, and Flower, show the task FAILURE rather
+    than SUCCESS. Celery acknowledges the message of a task that raised (acks_late with its default
+    task_acks_on_failure_or_timeout), so nothing is delivered again, and no Celery retry is asked for."""
+
+
+def task_result(outcome: Outcome | None) -> str:
+    """What Celery's events show of an attempt: ``succeeded``, ``waiting`` (it suspended) or ``dropped``
+    (a stale or duplicate delivery, or one deferred by a pause); raises AttemptFailed if it failed."""
+    if outcome is None:
+        return "dropped"
+    if outcome.suspend is not None:
+        return "waiting"
+    if outcome.error is not None:
+        raise AttemptFailed(f"{outcome.error.code}: {outcome.error.message}"[:1000])
+    return "succeeded"
+
+
 # How long a worker's live-stream publisher waits for more to send once it has something: a short
 # step's claim and outcome then go out as one message (see streams._Publisher).
 STREAM_LINGER_S = 0.02
@@ -136,8 +156,9 @@ CLAIM_RETRY_MAX_DELAY_S = 10
 RECORD_RETRY_S = 300
 
 
-def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
-    """Run one delivered attempt end to end; a stale or duplicate delivery does nothing.
+def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> Outcome | None:
+    """Run one delivered attempt end to end and return its outcome; a stale or duplicate delivery does
+    nothing (None).
 
     With ``worker_record_behind``, the outcome is written after this returns (see _OutcomesBehind);
     the calling thread's next attempt waits for it before its claim.
@@ -146,10 +167,10 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
     """
     rt.outcomes_behind.wait()
     with logs.bound(run_id=run_id, step_id=step_id, attempt=attempt):
-        _execute_attempt(rt, run_id, step_id, attempt, worker)
+        return _execute_attempt(rt, run_id, step_id, attempt, worker)
 
 
-def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> None:
+def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> Outcome | None:
     key = outcomes.AttemptKey(run_id, step_id, attempt)
     claim = _claim(rt, key, worker)
     if claim is None:
@@ -174,6 +195,7 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
         rt.outcomes_behind.submit(write)
     else:
         write()
+    return outcome
 
 
 def _claim(rt: Runtime, key: outcomes.AttemptKey, worker: str) -> outcomes.Claim | None:
