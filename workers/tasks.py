@@ -174,7 +174,7 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
     key = outcomes.AttemptKey(run_id, step_id, attempt)
     claim = _claim(rt, key, worker)
     if claim is None:
-        return
+        return None
     logs.bind(tenant=claim.tenant_id)  # undone with the rest when execute_attempt's block ends
     started = time.monotonic()
     log.info("attempt started on %s", worker)
