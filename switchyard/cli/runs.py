@@ -192,14 +192,67 @@ runs.command("cancel")(click.option("--reason", help="Recorded on the run.")(
 @click.option("--input-patch", metavar="JSON|@FILE", help="A JSON merge patch (RFC 7396) of the run's input.")
 @click.option("--input", "input_", metavar="JSON|@FILE", help="A new input instead of the original one.")
 @click.option("--wait", is_flag=True, help="Wait for the new run to end; exit 1 unless it succeeded.")
+@quiet
 @remote
 def fork(remote_: Remote, run_id: str, from_step: str, input_patch: str | None, input_: str | None,
-         wait: bool) -> None:
+         wait: bool, quiet: bool) -> None:
     """A new run from STEP of an ended run; the steps STEP does not depend on keep their outputs."""
     run = remote_.client.runs.fork(run_id, from_step, input=json_arg(input_, "--input"),
                                    input_patch=json_arg(input_patch, "--input-patch"))
     if wait:
         run = remote_.client.runs.wait(run.id)
-    show_run(remote_, run)
+    show_run(remote_, run, only_id=quiet)
     if wait:
         finish(run)
+
+
+@runs.command("compare")
+@click.argument("run_id")
+@click.argument("other_id")
+@remote
+def compare(remote_: Remote, run_id: str, other_id: str) -> None:
+    """Two runs step by step (e.g. a fork and its original), and the first step that diverges."""
+    found = remote_.client.runs.compare(run_id, other_id)
+
+    def side(step: Any) -> str:
+        if step is None:
+            return "-"
+        return f"{step.status} (reused)" if step.reused else f"{step.status} ×{step.attempts}"
+
+    def people() -> None:
+        click.echo(f"{found.run.id} ({found.run.status}) against {found.other.id} ({found.other.status}); "
+                   f"first divergence: {found.first_divergence or 'none'}")
+        table(None, ("step", run_id, other_id, "input", "output"), (
+            (s.step_id, side(s.run), side(s.other), "changed" if s.input_changed else "same",
+             short(s.output_diff) if s.output_changed else "same") for s in found.steps))
+
+    remote_.emit(found, people)
+
+
+@runs.command("bulk")
+@click.argument("action", type=click.Choice(["cancel", "pause", "resume", "retry", "rerun", "fork"]))
+@click.option("--status", multiple=True, type=click.Choice(RUN_STATUSES), help="Runs in this status (repeatable).")
+@click.option("--workflow", "workflow_id", metavar="ID", help="Runs of this workflow.")
+@click.option("--error-code", metavar="CODE", help="Runs whose error has this code.")
+@click.option("--run", "run_ids", multiple=True, metavar="RUN_ID", help="This run (repeatable).")
+@click.option("--limit", type=click.IntRange(1, 1000), help="At most this many runs, newest first (API default 100).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be done.")
+@click.option("--from", "from_step", metavar="STEP", help="fork: the first step to run anew.")
+@click.option("--input-patch", metavar="JSON|@FILE", help="fork: a JSON merge patch of each run's input.")
+@click.option("--reason", help="cancel: recorded on each run.")
+@remote
+def bulk(remote_: Remote, action: str, status: tuple[str, ...], run_ids: tuple[str, ...], input_patch: str | None,
+         **fields: Any) -> None:
+    """ACTION on every run the filter selects (at least one of --status, --workflow, --error-code, --run)."""
+    result = remote_.client.runs.bulk(action, status=list(status) or None, run_ids=list(run_ids) or None,
+                                      input_patch=json_arg(input_patch, "--input-patch"), **fields)
+
+    def people() -> None:
+        done = f"would apply to {len(result.runs)}" if fields["dry_run"] else f"applied to {result.applied}"
+        click.echo(f"{action}: {result.matched} matched, {done}, skipped {len(result.skipped)}")
+        for run_id in result.runs:
+            click.echo(f"  {run_id}")
+        for skip in result.skipped:
+            click.echo(f"  skipped {skip.run_id}: {skip.reason}")
+
+    remote_.emit(result, people)

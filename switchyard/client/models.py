@@ -82,6 +82,11 @@ class OutputFile(Model):
     url_expires_at: datetime
 
 
+class ForkedFrom(Model):
+    run_id: str
+    step_id: str
+
+
 class RunSummary(Model):
     """A run as lists show it (no steps). ``wait()`` reads it again until it ends."""
 
@@ -97,7 +102,7 @@ class RunSummary(Model):
     trigger_type: str
     triggered_by: str | None = None
     retry_of: str | None = None
-    forked_from: dict[str, Any] | None = Field(None, description="A fork's original run and step: run_id, step_id.")
+    forked_from: ForkedFrom | None = Field(None, description="A fork's original run and step.")
     attempt: int
     risk_level: str | None = None
     limits: dict[str, Any] | None = None
@@ -179,6 +184,7 @@ class WorkflowSummary(Model):
     version: int
     created_at: datetime
     updated_at: datetime
+    archived_at: datetime | None = Field(None, description="Set while the workflow is archived.")
 
 
 class Workflow(WorkflowSummary):
@@ -264,3 +270,55 @@ class Diagnosis(Model):
     status: str
     waiting_on: str | None = None
     causes: list[Cause]
+
+
+class BulkSkip(Model):
+    run_id: str
+    reason: str
+
+
+class BulkResult(Model):
+    """A bulk action: runs matched, applied (``runs``: for rerun and fork the new runs; on a dry run the
+    runs it would apply to) and skipped, with why."""
+
+    matched: int
+    applied: int
+    skipped: list[BulkSkip]
+    runs: list[str]
+
+
+class ComparedStepRun(Model):
+    status: str
+    attempts: int
+    duration_s: float | None = None
+    tokens_in: float
+    tokens_out: float
+    credits: float
+    reused: bool
+
+
+class ComparedStep(Model):
+    step_id: str
+    input_changed: bool
+    output_changed: bool
+    output_diff: list[dict[str, Any]] = Field(default_factory=list)
+    run: ComparedStepRun | None = None
+    other: ComparedStepRun | None = None
+
+
+class ComparedRun(Model):
+    id: str
+    workflow_id: str
+    version: int
+    status: str
+    usage: dict[str, Any] = Field(default_factory=dict)
+    forked_from: ForkedFrom | None = None
+
+
+class Comparison(Model):
+    """Two runs side by side, step by step in graph order, and the first step that diverges."""
+
+    run: ComparedRun
+    other: ComparedRun
+    first_divergence: str | None = None
+    steps: list[ComparedStep]

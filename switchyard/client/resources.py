@@ -120,6 +120,23 @@ class Runs(Resource):
         return self._send(Call("POST", f"/runs/{seg(run_id)}/fork", model=models.Run,
                                body={k: v for k, v in body.items() if v is not None}))
 
+    def compare(self, run_id: str, other_id: str) -> models.Comparison:
+        """Two runs step by step: status, attempts, duration, usage, output diffs, the first divergence."""
+        return self._send(Call("GET", f"/runs/{seg(run_id)}/compare/{seg(other_id)}", model=models.Comparison))
+
+    def bulk(self, action: str, *, dry_run: bool = False, limit: int | None = None, status: Any = None,
+             workflow_id: str | None = None, error_code: str | None = None, run_ids: list[str] | None = None,
+             created_after: str | None = None, created_before: str | None = None,
+             **fields: Any) -> models.BulkResult:
+        """``action`` (cancel, pause, resume, retry, rerun, fork) on every run the filter selects, each
+        through the run's state machine; ``fields`` are the action's own (reason, mode, from_step, …)."""
+        where = {"status": status, "workflow_id": workflow_id, "error_code": error_code, "run_ids": run_ids,
+                 "created_after": created_after, "created_before": created_before}
+        body = {"filter": {k: v for k, v in where.items() if v is not None}, "dry_run": dry_run, "limit": limit,
+                **fields}
+        return self._send(Call("POST", f"/runs/bulk/{seg(action)}", model=models.BulkResult,
+                               body={k: v for k, v in body.items() if v is not None}))
+
     def _control(self, run_id: str, action: str, body: Any, triggered_by: str | None) -> models.Run:
         return self._send(Call("POST", f"/runs/{seg(run_id)}/{action}", {"triggered_by": triggered_by},
                                body=body, model=models.Run))

@@ -228,13 +228,16 @@ def test_the_examples_of_docs_cli_md_run_as_shown(url, tokens, tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{block}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}"
         outputs.append(done.stdout)
-    published, decided, failing, controlled, events_and_schedules, scripted = outputs
+    published, decided, failing, controlled, forked, events_and_schedules, scripted = outputs
     assert "published hello version" in published and "Send the greeting?" in published  # workflows get
     assert "run_succeeded" in decided and ": approve; run " in decided and "Hello Ada, sent" in decided
     assert "no luck" in failing and "the run failed: exit 1" in failing
     actions = [line.split(": ", 1)[1] for line in controlled.splitlines() if re.match(r"run_\S+: ", line)]
     assert actions[0] == "paused" and actions[1] in ("running", "waiting")
     assert actions[2:5] == ["cancelled", "queued", "cancelled"] and "(a new run of run_" in actions[5]
+    assert re.search(r"greet +succeeded ×1 +succeeded \(reused\)", forked), forked
+    assert re.search(r"send +succeeded ×1 +succeeded ×1 ", forked) and "first divergence: none" in forked
+    assert "retry: 1 matched, would apply to 1, skipped 0" in forked
     assert "delivered to 0 step(s)" in events_and_schedules and "hello/nightly: 0 3 * * *" in events_and_schedules
     assert isinstance(json.loads(scripted), list)
 

@@ -161,7 +161,9 @@ SCHEMAS = {
     models.WorkflowList: "WorkflowList", models.WorkflowVersion: "WorkflowVersion",
     models.ApprovalList: "ApprovalList", models.QuestionList: "QuestionList", models.Delivery: "Delivery",
     models.EventAccepted: "EventAccepted", models.TriggerError: "TriggerError", models.Diagnosis: "Diagnosis", models.Cause: "Cause",
-    models.ActionRequest: "ActionRequest",
+    models.ActionRequest: "ActionRequest", models.ForkedFrom: "ForkedFrom", models.BulkSkip: "BulkSkip",
+    models.BulkResult: "BulkResult", models.ComparedStepRun: "ComparedStepRun", models.ComparedStep: "ComparedStep",
+    models.ComparedRun: "ComparedRun", models.Comparison: "Comparison",
 }
 SCHEDULES = {models.Schedule: "Schedule", models.ScheduleList: "ScheduleList"}
 
