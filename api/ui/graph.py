@@ -8,7 +8,7 @@ names each node's status the way the UI shows it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from grandalf.graphs import Edge, Graph, Vertex
 from grandalf.layouts import SugiyamaLayout
@@ -146,3 +146,11 @@ def _link(edge: Edge, centres: dict[str, tuple[float, float]]) -> Link:
     inner = [(gy - top + MARGIN, gx - low + offset + MARGIN) for gx, gy in edge.view.points[1:-1]]
     points = ((sx + NODE_W / 2, sy), *inner, (tx - NODE_W / 2, ty))
     return Link(source, target, tuple((round(x, 1), round(y, 1)) for x, y in points))
+
+
+def with_statuses(drawn: Layout, statuses: dict[str, str]) -> Layout:
+    """``drawn`` with each node showing its step's status (the positions depend on the definition alone,
+    so a run's page lays a version out once and only recolours it)."""
+    nodes = tuple(replace(n, status=statuses.get(n.id, "pending"), label=label(statuses.get(n.id))[0],
+                          css=label(statuses.get(n.id))[1]) for n in drawn.nodes)
+    return replace(drawn, nodes=nodes)

@@ -18,6 +18,10 @@ from datetime import datetime
 
 from api.ui import times
 
+# The run page's event log shows this many events at most (a run of thousands of steps stays a page).
+LOG_WINDOW = 200
+FAILURES = ("step_failed", "run_failed")
+
 LABEL_W, PLOT_W, ROW_H, AXIS_H, BAR_H = 170, 830, 22, 22, 14
 MIN_BAR_W = 1.5  # an instant still shows
 NICE_STEPS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600,
@@ -169,3 +173,12 @@ def _ticks(span_s: float, scale: float) -> tuple[Tick, ...]:
     return tuple(Tick(round(LABEL_W + i * step * scale, 2), "+" + times.duration(i * step) if i else "0")
                  for i in range(count))
 
+
+def log_window(events: list[dict], *, failed: bool, show_all: bool = False) -> tuple[list[dict], int | None]:
+    """The events the log shows and the seq of a failed run's first failure (where the page opens it):
+    LOG_WINDOW events from just before that failure, else the newest; every event with ``show_all``."""
+    first = next((i for i, e in enumerate(events) if e["type"] in FAILURES), None) if failed else None
+    newest = max(len(events) - LOG_WINDOW, 0)
+    start = newest if first is None else min(max(first - 5, 0), newest)
+    shown = events if show_all else events[start:start + LOG_WINDOW]
+    return shown, (events[first]["seq"] if first is not None else None)

@@ -15,6 +15,13 @@ def parse(value: str | datetime | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
+def iso(value: str | datetime | None) -> str | None:
+    """RFC 3339 as the API writes it (``...Z``); a string is taken as already written so."""
+    if value is None or isinstance(value, str):
+        return value
+    return parse(value).isoformat().replace("+00:00", "Z")
+
+
 def clock(value: str | datetime | None) -> str:
     """The fallback text of a time before ui.js localises it: ``13:35:42 UTC`` (with the date when it
     is not today's)."""

@@ -27,6 +27,7 @@ from flask import (
     session,
     url_for,
 )
+from markupsafe import Markup, escape
 
 from api import auth, evidence, live
 from api.auth import Principal
@@ -84,6 +85,15 @@ def _template_globals():
 @bp.app_template_filter("clock")
 def _clock(value) -> str:
     return times.clock(value)
+
+
+@bp.app_template_filter("timetag")
+def _timetag(iso) -> Markup:
+    """A <time datetime> with its UTC fallback (ui.js makes it local and relative); — without a time."""
+    if not iso:
+        return Markup("—")
+    text = escape(times.iso(iso))
+    return Markup(f'<time datetime="{text}" title="{text}">{times.clock(iso)}</time>')
 
 
 @bp.app_template_filter("took")
@@ -231,37 +241,55 @@ def _with_current_steps(runs: list[dict]) -> None:
 
 @bp.get("/runs/<run_id>")
 def run(run_id: str):
-    data = _run_data(run_id)
-    return render_template("run.html", **data, **_log_data(run_id, data["run"]["status"]))
+    body = get(f"/runs/{run_id}")
+    with services().sessions() as db:  # the API's answer above checked the run is this tenant's
+        events = ui_reads.run_events(db, run_id, LOG_MAX)
+    attempts = [e for e in events if e["type"] in ui_reads.TIMELINE_EVENTS]
+    return render_template("run.html", **_run_data(body, attempts), **_log_data(events, body["status"]))
 
 
 @bp.get("/runs/<run_id>/body")
 def run_body(run_id: str):
     """The live part of the run page: re-rendered on each event of the run's stream."""
-    return render_template("_run_body.html", **_run_data(run_id))
-
-
-def _run_data(run_id: str) -> dict:
     body = get(f"/runs/{run_id}")
-    version = get(f"/workflows/{body['workflow']['id']}/versions/{body['workflow']['version']}")
+    with services().sessions() as db:  # the API's answer above checked the run is this tenant's
+        attempts = ui_reads.timeline_events(db, run_id)
+    return render_template("_run_body.html", **_run_data(body, attempts))
+
+
+def _run_data(body: dict, attempts: list[dict]) -> dict:
     statuses = {s["id"]: s["status"] for s in body["steps"]}
     status = RunStatus(body["status"])
     controls = [name for name, control in CONTROLS.items() if status in control.allowed_from]
-    diagnosis = get(f"/runs/{run_id}/diagnosis") if status not in TERMINAL_RUN else None
-    with services().sessions() as db:  # the API's answer above checked the run is this tenant's
-        attempts = ui_reads.timeline_events(db, run_id)
-    return {"run": body, "layout": graph.layout(version["definition"]["steps"], statuses),
-            "controls": controls, "diagnosis": diagnosis,
+    diagnosis = get(f"/runs/{body['id']}/diagnosis") if status not in TERMINAL_RUN else None
+    drawn = graph.with_statuses(_version_layout(body["workflow"]["id"], body["workflow"]["version"]), statuses)
+    return {"run": body, "layout": drawn, "controls": controls, "diagnosis": diagnosis,
             "timeline": timeline.build(body, attempts, datetime.now(UTC))}
 
 
-def _log_data(run_id: str, run_status: str) -> dict:
-    """The event log: every event, and where the page opens it (a failed run: at its first failure)."""
-    events = get(f"/runs/{run_id}/events")["events"]
-    first_failure = None
-    if run_status == RunStatus.FAILED:
-        first_failure = next((e["seq"] for e in events if e["type"] in ("step_failed", "run_failed")), None)
-    return {"events": events, "first_failure": first_failure}
+LAYOUTS_KEPT = 256
+
+
+def _version_layout(workflow_id: str, version: int) -> graph.Layout:
+    """The step graph of a workflow version, laid out once per app (a version never changes)."""
+    kept = current_app.extensions.setdefault("switchyard_ui_layouts", {})
+    key = (g.principal.tenant_id, workflow_id, version)
+    if key not in kept:
+        if len(kept) >= LAYOUTS_KEPT:
+            kept.clear()
+        kept[key] = graph.layout(get(f"/workflows/{workflow_id}/versions/{version}")["definition"]["steps"])
+    return kept[key]
+
+
+LOG_MAX = 20_000  # the events one run page reads at most
+
+
+def _log_data(events: list[dict], run_status: str) -> dict:
+    """The event log's window (api/ui/timeline.log_window), the whole log's size and its last seq."""
+    shown, first_failure = timeline.log_window(events, failed=run_status == RunStatus.FAILED,
+                                               show_all=request.args.get("log") == "all")
+    return {"events": shown, "first_failure": first_failure, "event_count": len(events),
+            "last_seq": events[-1]["seq"] if events else 0}
 
 
 @bp.post("/runs/<run_id>/<any(pause, resume, cancel, retry, rerun):action>")
@@ -359,5 +387,7 @@ def analytics():
 
 
 # The editor's routes live in their own module, on this blueprint (it imports this one).
-from api.ui import editor  # noqa: E402,F401
-from api.ui import compare  # noqa: E402,F401 - the compare page and the runs list's bulk actions
+from api.ui import (  # noqa: E402 - after bp, to which these modules add their routes
+    compare,  # noqa: F401 - the compare page and the runs list's bulk actions
+    editor,  # noqa: F401
+)

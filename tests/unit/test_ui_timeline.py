@@ -79,3 +79,27 @@ def test_a_live_run_draws_to_now_and_marks_the_open_bar():
     drawn = timeline.build(run, RETRIED[:2], T0 + timedelta(seconds=4))
     assert drawn.live and drawn.bars[-1].css == "tl-running run open" and "still going" in drawn.bars[-1].title
     assert drawn.bars[-1].x + drawn.bars[-1].w == pytest.approx(timeline.LABEL_W + timeline.PLOT_W)
+
+
+def test_the_log_opens_a_failed_run_at_its_first_failure_and_a_long_log_shows_a_window():
+    log = [{"seq": i, "type": "step_completed"} for i in range(1, 1001)]
+    shown, first = timeline.log_window(log, failed=False)
+    assert [e["seq"] for e in shown] == list(range(801, 1001)) and first is None
+    log[99] = {"seq": 100, "type": "step_failed"}
+    log[-1] = {"seq": 1000, "type": "run_failed"}
+    shown, first = timeline.log_window(log, failed=True)
+    assert first == 100 and shown[0]["seq"] == 95 and len(shown) == timeline.LOG_WINDOW
+    assert timeline.log_window(log[:50], failed=True)[0] == log[:50]
+    assert len(timeline.log_window(log, failed=True, show_all=True)[0]) == 1000
+    assert timeline.log_window([], failed=True) == ([], None)
+
+
+def test_a_laid_out_version_is_recoloured_by_status_without_moving():
+    from api.ui import graph
+
+    drawn = graph.layout([{"id": "a", "type": "tool"}, {"id": "b", "type": "tool", "needs": ["a"]}])
+    coloured = graph.with_statuses(drawn, {"a": "succeeded", "b": "queued"})
+    assert [(n.status, n.label, n.css) for n in coloured.nodes] == [
+        ("succeeded", "Success", "ok"), ("queued", "Queued", "queue")]
+    assert [(n.x, n.y) for n in coloured.nodes] == [(n.x, n.y) for n in drawn.nodes]
+    assert coloured.edges == drawn.edges

@@ -47,13 +47,21 @@ def current_steps(session: Session, run_ids: Sequence[str]) -> dict[str, str | N
     return result
 
 
+_EVENT_COLUMNS = (EVENTS.c.seq, EVENTS.c.type, EVENTS.c.step_id, EVENTS.c.attempt, EVENTS.c.data, EVENTS.c.created_at)
+
+
 def timeline_events(session: Session, run_id: str) -> list[dict[str, Any]]:
     """A run's attempt events in order (seq, type, step_id, attempt, data, created_at as datetimes),
     at most TIMELINE_EVENT_LIMIT of them. The caller has checked that the run is its tenant's."""
     rows = session.execute(
-        select(EVENTS.c.seq, EVENTS.c.type, EVENTS.c.step_id, EVENTS.c.attempt, EVENTS.c.data, EVENTS.c.created_at)
-        .where(EVENTS.c.run_id == run_id, EVENTS.c.type.in_(TIMELINE_EVENTS))
-        .order_by(EVENTS.c.seq)
-        .limit(TIMELINE_EVENT_LIMIT)
+        select(*_EVENT_COLUMNS).where(EVENTS.c.run_id == run_id, EVENTS.c.type.in_(TIMELINE_EVENTS))
+        .order_by(EVENTS.c.seq).limit(TIMELINE_EVENT_LIMIT)
     )
+    return [row._asdict() for row in rows]
+
+
+def run_events(session: Session, run_id: str, limit: int) -> list[dict[str, Any]]:
+    """A run's whole event log in order, at most ``limit`` events, as plain dicts (the run page's log
+    and timeline read it once). The caller has checked that the run is its tenant's."""
+    rows = session.execute(select(*_EVENT_COLUMNS).where(EVENTS.c.run_id == run_id).order_by(EVENTS.c.seq).limit(limit))
     return [row._asdict() for row in rows]
