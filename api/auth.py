@@ -40,6 +40,7 @@ ROUTE_ROLES: dict[str, str] = {
     "runs.list_runs": "viewer",
     "runs.get_run": "viewer",
     "runs.run_events": "viewer",
+    "runs.step_items": "viewer",
     "runs.run_context": "viewer",
     "runs.start_run": "operator",
     "controls.act": "operator",

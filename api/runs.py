@@ -138,3 +138,27 @@ def run_diagnosis(run_id: str):
                                 approvals=approvals, questions=questions, consumers=consumers)
     return {"run_id": run.id, "status": run.status, "waiting_on": run.waiting_on,
             "causes": [c.as_json() for c in causes]}
+
+
+@bp.get("/runs/<run_id>/steps/<step_id>/items")
+def step_items(run_id: str, step_id: str):
+    """A for-each step's items in index order, a page at a time (``cursor``: the last index seen)."""
+    status = request.args.get("status") or None
+    if status is not None and status not in StepStatus.__members__.values():
+        raise InvalidRequest(f"'status' must be one of {[s.value for s in StepStatus]}")
+    limit = int_arg("limit", 50, 1, 500)
+    cursor = request.args.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise InvalidRequest("'cursor' is not a cursor this API gave out; use next_cursor from a previous page")
+    with services().sessions() as session:
+        run = _load_run(session, run_id)
+        step = repo.run_step(session, run.id, step_id)
+        if step is None or step.item_of is not None:
+            raise NotFound(f"run {run_id!r} has no step {step_id!r}")
+        if step.item_counts is None:
+            raise InvalidRequest(f"step {step_id!r} has no items: it is not a for-each step, or has not started")
+        found = repo.list_items(session, run.id, step_id, status=status,
+                                after=int(cursor) if cursor is not None else None, limit=limit + 1)
+    page = found[:limit]
+    return {"items": [serializers.item_json(row) for row in page],
+            "next_cursor": str(page[-1].item_index) if len(found) > limit else None}

@@ -45,9 +45,23 @@ def step_json(step: Step) -> dict[str, Any]:
         "worker": step.worker,
         "usage": step.usage,
         "waiting_on": step.waiting_on,
+        **({"items": items_json(step.item_counts)} if step.item_counts is not None else {}),
         "policy": step.policy or [],
         "reused": bool(step.reused),
     }
+
+
+def items_json(counts: dict[str, int]) -> dict[str, int]:
+    """A for-each step's items by status (``running``: queued, running or retrying)."""
+    return {"total": counts["total"], "succeeded": counts["succeeded"], "failed": counts["failed"],
+            "running": counts["in_flight"], "pending": counts["pending"], "cancelled": counts["cancelled"]}
+
+
+def item_json(row: Any) -> dict[str, Any]:
+    """One item of a for-each step (GET /runs/{id}/steps/{step_id}/items)."""
+    return {"index": row.item_index, "status": row.status, "attempt": row.attempt, "output": row.output,
+            "error": row.error, "queued_at": ts(row.queued_at), "started_at": ts(row.started_at),
+            "completed_at": ts(row.completed_at)}
 
 
 def current_step(steps: list[Step]) -> str | None:

@@ -89,7 +89,13 @@ class Definition(StrictModel):
         return {s.id: s for s in self.steps}
 
     def step(self, step_id: str) -> Step:
-        return self.steps_by_id[step_id]
+        """The step ``step_id``; a for-each item's id (``<step>[<index>]``) names its step's definition."""
+        found = self.steps_by_id.get(step_id)
+        if found is None and step_id.endswith("]"):
+            return self.steps_by_id[step_id[:step_id.rindex("[")]]
+        if found is None:
+            raise KeyError(step_id)
+        return found
 
     @cached_property
     def needs(self) -> dict[str, list[str]]:
@@ -174,8 +180,24 @@ def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
         if step.when is not None:
             problems += templates.expression_problems(step.when, f"steps.{i}.when",
                                                       dag.upstream(step.id, definition.needs))
+        problems += _for_each_problems(i, step, dag.upstream(step.id, definition.needs))
     problems += event_triggers.problems(definition.triggers)
     return problems + _policy_problems(definition.policy, known) + _schema_problems(definition.input_schema)
+
+
+# The step types a for-each may run: those that run on a worker (a waiting type waits once, not per item).
+FOR_EACH_TYPES = frozenset({"tool", "llm", "agent", "workflow"})
+
+
+def _for_each_problems(index: int, step: Any, upstream: set[str]) -> list[str]:
+    where = f"steps.{index}"
+    if step.for_each is None:
+        return [f"{where}.{name}: only a step with for_each may set it" for name in ("max_parallel", "min_succeeded")
+                if getattr(step, name) is not None]
+    if step.type not in FOR_EACH_TYPES:
+        return [f"{where}.for_each: a {step.type!r} step cannot run for each item; for_each applies to "
+                f"{', '.join(sorted(FOR_EACH_TYPES))} steps"]
+    return templates.expression_problems(step.for_each, f"{where}.for_each", upstream)
 
 
 def _salvaged_problems(raw: dict, max_steps: int) -> list[str]:
@@ -220,7 +242,8 @@ def _salvaged_problems(raw: dict, max_steps: int) -> list[str]:
 
 
 # A step's fields that are not templates: the rest is checked for template syntax.
-_NOT_TEMPLATES = frozenset({"id", "type", "needs", "when", "join", "on_failure"})
+_NOT_TEMPLATES = frozenset({"id", "type", "needs", "when", "join", "on_failure", "for_each", "max_parallel",
+                            "min_succeeded"})
 
 
 def _size_problems(count: int, max_steps: int) -> list[str]:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from orchestrator import policy, writer
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core import controls as decide_controls
+from orchestrator.core import items
 from orchestrator.core import outcome as decide
 from orchestrator.core.inputs import AttemptReport, Defer, Env
 from orchestrator.core.reports import WORKER_LOST, ErrorInfo, Outcome, Suspension, empty_usage
@@ -61,6 +62,9 @@ class Claim:
     tenant_policy: policy.Policy | None = None
     # The run and step as the claim left them (not locked), for record_as_claimed (PostgreSQL only).
     seen: RunState | None = None
+    # A for-each item's index and value (its templates' ``index`` and ``item``); None for a step.
+    item_index: int | None = None
+    item: Any = None
 
 
 def effective_limits(definition: Definition, raised: dict[str, Any] | None, tenant: policy.Policy | None) -> Limits:
@@ -93,7 +97,7 @@ def claim_attempt(session: Session, catalog: DefinitionCatalog, key: AttemptKey,
         definition=definition, checkpoint=found.checkpoint,
         approval=repo.latest_approval_decision(session, key.run_id) if "approval" in names else None,
         run_usage=dict(run.usage or {}), limits=effective_limits(definition, run.limits, tenant),
-        tenant_policy=tenant, seen=found.seen,
+        tenant_policy=tenant, seen=found.seen, item_index=items.index_of(key.step_id), item=found.item_value,
     )
 
 
@@ -104,7 +108,10 @@ def defer_attempt(session: Session, key: AttemptKey) -> bool:
     run = repo.lock_run(session, key.run_id)
     if run is None or run.status != RunStatus.PAUSED:
         return False
-    state = RunState.from_row(run, repo.steps_for_update(session, [key.run_id])[key.run_id])
+    steps = repo.steps_for_update(session, [key.run_id])[key.run_id]
+    if items.parent_of(key.step_id) is not None:  # an item: not among the steps read for a pass
+        steps += repo.steps_of(session, key.run_id, [key.step_id])
+    state = RunState.from_row(run, steps)
     return writer.apply(session, decide_controls.on_defer(state, Defer(key.step_id, key.attempt))).applied
 
 
@@ -149,6 +156,8 @@ def record_as_claimed(session: Session, definition: Definition, seen: RunState, 
 def _decidable_as_claimed(definition: Definition, report: AttemptReport) -> bool:
     """Whether what the claim left (the run and the step) is enough to decide the report: a success
     that queues nothing (the steps it makes ready are read under the run's lock)."""
+    if items.parent_of(report.step_id) is not None:
+        return False  # an item's outcome is counted on its step, read under the lock
     return report.outcome.succeeded and not (report.queue_ready and definition.dependents[report.step_id])
 
 
@@ -165,6 +174,8 @@ def _locked_snapshot(session: Session, definition: Definition, report: AttemptRe
     with the lock), every step if it fails the run, and for a success, fresh under the lock, whether
     every other step succeeded (with the run's output) and the other needs of the steps it may make
     ready. None if the step is not running at the report's attempt."""
+    if items.parent_of(report.step_id) is not None:
+        return _locked_item_snapshot(session, report)
     reads = (decide.ready_reads(definition, report.step_id)
              if report.queue_ready and report.outcome.succeeded else None)
     wanted = [report.step_id, *(definition.dependents[report.step_id] if reads is not None else ())]
@@ -189,3 +200,21 @@ def _locked_snapshot(session: Session, definition: Definition, report: AttemptRe
     if reads:
         state = state.with_steps(repo.steps_of(session, run.id, reads))
     return state
+
+
+def _locked_item_snapshot(session: Session, report: AttemptReport) -> RunState | None:
+    """The run, locked, with a for-each item and its step; with every step if the item did not
+    succeed (its step may fail, and fail its run). None if the item is not running at that attempt."""
+    found = repo.lock_run_with_steps(session, report.run_id, [report.step_id])
+    if found is None:
+        return None
+    run, (item, *_), _ = found
+    if item.status is not StepStatus.RUNNING or item.attempt != report.attempt:
+        return None
+    # The step's counts are read after the lock is held: the locking statement's own read of them may
+    # predate an outcome of another item committed while it waited (and its counts would be lost).
+    state = RunState.from_row(run, [item, *repo.steps_of(session, run.id, [items.parent_of(report.step_id)])],
+                              complete=False)
+    if report.outcome.succeeded:
+        return state
+    return state.with_steps(repo.steps_for_update(session, [run.id])[run.id]).replace(complete=True)

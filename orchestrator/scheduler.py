@@ -87,7 +87,7 @@ class Scheduler:
         self.catalog = DefinitionCatalog()
         # Cron schedules fire from this loop (orchestrator/firing.py); retention sweeps on a thread (run_forever).
         self.schedules = firing.Ticker(settings, sessions, self.catalog)
-        self.env = Env(prices=settings.prices)
+        self.env = Env(prices=settings.prices, max_items=settings.max_for_each_items)
         self.batch_size = batch_size
         self.stopping = threading.Event()
         # Outbox rows published since the last transaction: the next one deletes them (a pass, the
@@ -145,8 +145,8 @@ class Scheduler:
                         else:
                             transitions.append(decide_pass(session, state, definition, self.env))
                 if not isolated:
-                    out.messages = writer.apply_batch(session, transitions)
-                    out.revoke = [task for t in transitions for task in t.revoke]
+                    written = writer.apply_batch(session, transitions)
+                    out.messages, out.revoke = written.messages, written.revoke
                 # A new due time ahead is on a step retrying or waiting after the pass; one that went
                 # away unseen (a retry cancelled by fail-fast) only wakes the loop once for nothing.
                 reread_due = reread_due or _has_due_times(t.after for t in transitions)

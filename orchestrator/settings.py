@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     max_input_bytes: int = 256 * 1024
     max_steps_per_definition: int = 1000
+    # The most items one for-each step may run; more fail the step with too_many_items.
+    max_for_each_items: int = 1000
     rate_limit_per_min: int = 6000
 
     # Webhooks in: how far a signature's timestamp may be from now, and how long a rotated secret

@@ -51,7 +51,8 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 }
 
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
-    S.PENDING: frozenset({S.QUEUED, S.WAITING, S.SKIPPED, S.CANCELLED}),
+    # pending -> running: a for-each step starts its items (it holds no worker itself).
+    S.PENDING: frozenset({S.QUEUED, S.RUNNING, S.WAITING, S.SKIPPED, S.CANCELLED}),
     # queued -> pending: the run was paused before a worker claimed the attempt.
     S.QUEUED: frozenset({S.RUNNING, S.PENDING, S.CANCELLED}),
     # running -> waiting: an agent asked a human (`human.ask`) and gave its worker back.

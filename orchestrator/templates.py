@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from orchestrator.errors import PermanentStepError
@@ -88,11 +88,26 @@ def _compiled(expression: str):
     return _env.compile_expression(expression, undefined_to_none=False)
 
 
+def _lone_expression(value: str) -> str | None:
+    """The expression of a string that is one ``{{ … }}`` and nothing else, else None."""
+    text = value.strip()
+    if not (text.startswith("{{") and text.endswith("}}")) or "{%" in text:
+        return None
+    inner = text[2:-2]
+    return None if "{{" in inner or "}}" in inner else inner
+
+
 def render(value: Any, context: dict[str, Any]) -> Any:
-    """Render every string inside ``value``; other JSON values pass through unchanged."""
+    """Render every string inside ``value``; other JSON values pass through unchanged. A string that is
+    one ``{{ … }}`` and nothing else takes the value of its expression with its type (a number, a
+    list, an object), so ``"{{ steps.fetch.output.ids }}"`` passes a list on; any other template
+    renders to a string."""
     if isinstance(value, str):
         if "{{" not in value and "{%" not in value:
             return value
+        expression = _lone_expression(value)
+        if expression is not None:
+            return _json_value(evaluate(expression, context), value)
         try:
             return _env.from_string(value).render(context)
         except Exception as exc:  # noqa: BLE001 - any error in a template (undefined, 1/0, 'a' + 1) is
@@ -104,6 +119,26 @@ def render(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [render(item, context) for item in value]
     return value
+
+
+def _json_value(result: Any, template: str) -> Any:
+    """An expression's value as JSON holds it (a tuple as a list, a string subclass as a string)."""
+    if isinstance(result, Undefined):  # what the sandbox left of an unsafe or missing name: its error
+        try:
+            str(result)
+        except Exception as exc:  # noqa: BLE001 - as for render()
+            raise PermanentStepError(f"template {template!r} failed: {type(exc).__name__}: {exc}",
+                                     code="template_error") from exc
+    if result is None or isinstance(result, bool | int | float):
+        return result
+    if isinstance(result, str):
+        return str(result)
+    if isinstance(result, list | tuple):
+        return [_json_value(item, template) for item in result]
+    if isinstance(result, dict):
+        return {str(key): _json_value(item, template) for key, item in result.items()}
+    raise PermanentStepError(f"template {template!r} gave a {type(result).__name__}, which is not a JSON value",
+                             code="template_error")
 
 
 def referenced_names(value: Any) -> frozenset[str]:

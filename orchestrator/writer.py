@@ -11,21 +11,29 @@ was applied. It alone chooses how to write it:
   questions, then the run's update with its events;
 - the scheduler's batch (``apply_batch``) writes the moves and run updates of many runs together, a
   statement per shape of change, and checks that every guard matched.
+
+Writes to a for-each step's items (``Transition.items``) and a for-each step's output (its items'
+outputs, read when it is written) take the move-by-move path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orchestrator.core.transition import DueIn, Event, Marker, StepMove, Transition
+from orchestrator.core import items
+from orchestrator.core.transition import ITEM_OUTPUTS, DueIn, Event, Marker, StepMove, Transition
+from orchestrator.core.vocabulary import ErrorCode, EventType
 from orchestrator.db import repository as repo
+from orchestrator.db.repository import items as item_rows
 from orchestrator.db.types import db_now
-from orchestrator.messages import StepMessage
+from orchestrator.messages import StepMessage, task_id
 from orchestrator.states import StepStatus
 
 
@@ -60,6 +68,9 @@ def apply(session: Session, transition: Transition | None) -> Written:
     if not transition.run.locked:
         return _apply_as_seen(session, transition)
     required = [m for m in transition.moves if not m.optional]
+    if _writes_items(transition):
+        transition = _with_item_outputs(session, transition)
+        return _apply_direct(session, transition, [m for m in transition.moves if not m.optional])
     if _foldable(transition, required):
         return _apply_folded(session, transition, required[0])
     return _apply_direct(session, transition, required)
@@ -70,7 +81,54 @@ def one_statement(transition: Transition) -> bool:
     and nothing else but the run's update and its events."""
     moves = transition.moves
     return (len(moves) == 1 and not moves[0].optional and moves[0].attempt is not None
-            and not transition.requests and not transition.close_requests and not transition.output_from)
+            and not transition.requests and not transition.close_requests and not transition.output_from
+            and not _writes_items(transition))
+
+
+def _writes_items(transition: Transition) -> bool:
+    """Whether the transition writes for-each items or a for-each step's output."""
+    return bool(transition.items) or any(m.values.get("output") is ITEM_OUTPUTS for m in transition.moves)
+
+
+def _with_item_outputs(session: Session, transition: Transition) -> Transition:
+    """A for-each step that succeeded (output ITEM_OUTPUTS): its items' outputs, read now, in its move
+    and its event."""
+    done = {m.step_id for m in transition.moves if m.values.get("output") is ITEM_OUTPUTS}
+    if not done:
+        return transition
+    outputs = {step_id: item_rows.item_outputs(session, transition.run.id, step_id) for step_id in done}
+    for move in transition.moves:  # the item whose success this is: written with this transition, after the read
+        if move.target is StepStatus.SUCCEEDED and items.parent_of(move.step_id) in done:
+            outputs[items.parent_of(move.step_id)][items.index_of(move.step_id)] = move.values.get("output")
+    moves = tuple(
+        dataclasses.replace(m, values=MappingProxyType({**m.values, "output": outputs[m.step_id]}))
+        if m.values.get("output") is ITEM_OUTPUTS else m for m in transition.moves)
+    events = tuple(
+        dataclasses.replace(e, data={**e.data, "output": outputs[e.step_id]})
+        if e.step_id in done and e.data.get("output") is ITEM_OUTPUTS else e for e in transition.events)
+    return dataclasses.replace(transition, moves=moves, events=events)
+
+
+def _write_items(session: Session, transition: Transition) -> tuple[list[StepMessage], list[str], list[Event]]:
+    """The for-each item writes, after the moves: the messages of the items queued (with their outbox
+    rows), the tasks of the items stopped, and their events."""
+    run_id = transition.run.id
+    messages: list[StepMessage] = []
+    revoke: list[str] = []
+    events: list[Event] = []
+    for write in transition.items:
+        if write.kind == "expand":
+            item_rows.write_items(session, run_id, write.step_id, write.values)
+        if write.kind in ("expand", "queue") and write.queue_first:
+            queued = item_rows.queue_items(session, run_id, write.step_id, write.queue_first, write.soft_time_limit)
+            messages += queued
+            events += [Event(EventType.STEP_QUEUED, m.step_id, m.attempt) for m in queued]
+        if write.kind == "stop":
+            for item_id, attempt in item_rows.stop_items(session, run_id, write.step_id, dict(write.error or {})):
+                revoke.append(task_id(run_id, item_id, attempt))
+                events.append(Event(EventType.STEP_CANCELLED, item_id, attempt,
+                                    {"reason": ErrorCode.RUN_STOPPED.value}))
+    return messages, revoke, events
 
 
 def _apply_as_seen(session: Session, transition: Transition) -> Written:
@@ -123,30 +181,36 @@ def _apply_direct(session: Session, transition: Transition, required: list[StepM
         if repo.update_steps(session, run_id, [move.step_id], move.target, only_from=move.from_,
                              **_sql_values(move.values)):
             attempts[move.step_id] = move.message.attempt if move.message else None
+    item_messages, item_revoke, item_events = _write_items(session, transition)
     _write_requests(session, transition)
-    changes = _run_changes(transition, _events_of(transition.events, attempts))
+    changes = _run_changes(transition, [*_events_of(transition.events, attempts), *item_events])
     if transition.output_from:
         outputs = repo.step_outputs(session, [(run_id, s) for s in transition.output_from])
         changes.run_values["output"] = {s: outputs.get((run_id, s)) for s in transition.output_from}
     repo.apply_run_changes(session, changes)
     queued = [m.message for m in required if m.message is not None]
     queued += [m.message for m in transition.moves if m.optional and m.step_id in attempts and m.message]
-    return _written(transition, repo.insert_outbox(session, queued))
+    return Written(True, repo.insert_outbox(session, queued) + item_messages, transition.revoke + item_revoke,
+                   transition.wakes_scheduler)
 
 
-def apply_batch(session: Session, transitions: Sequence[Transition]) -> list[StepMessage]:
+def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
     """Write the transitions of many locked runs (the scheduler's pass): the moves of one shape in one
     statement, the run updates of one shape in one executemany, every event in one statement, the
-    outbox rows of every queued step in one. Returns the queued steps' messages. Raises
+    outbox rows of every queued step in one. Returns the queued steps' messages and the tasks to
+    revoke. Raises
     repo.StaleRunState if any guard matched nothing, for the caller to undo the batch and redo it run
     by run."""
     groups: dict[tuple, list[tuple[str, StepMove]]] = {}
-    many, queued = [], []
+    many, queued, revoke = [], [], []
     for transition in transitions:
-        if _moves_a_step_twice(transition):
+        if _moves_a_step_twice(transition) or _writes_items(transition):
             # Its moves must be written in order: on their own, not in the shared statements.
-            queued += apply(session, transition).messages
+            written = apply(session, transition)
+            queued += written.messages
+            revoke += written.revoke
             continue
+        revoke += transition.revoke
         for move in transition.moves:
             groups.setdefault(_shape_key(move), []).append((transition.run.id, move))
             if move.message is not None:
@@ -162,8 +226,9 @@ def apply_batch(session: Session, transitions: Sequence[Transition]) -> list[Ste
             raise repo.StaleRunState(f"steps {sorted(set(keys) - moved)} changed under their runs' locks")
     _read_outputs(session, many)
     repo.apply_many_run_changes(session, [changes for _, changes in many])
-    return repo.insert_outbox(session, [m for m in queued if m.outbox_id is None]) + [
+    messages = repo.insert_outbox(session, [m for m in queued if m.outbox_id is None]) + [
         m for m in queued if m.outbox_id is not None]
+    return Written(True, messages, revoke)
 
 
 def _moves_a_step_twice(transition: Transition) -> bool:

@@ -70,7 +70,7 @@ class Runtime:
         # one of each kind, so up to five per worker process on PostgreSQL.
         self.sessions = HeldConnectionSessions(sessions)
         self.catalog = DefinitionCatalog()
-        self.env = Env(prices=self.settings.prices)
+        self.env = Env(prices=self.settings.prices, max_items=self.settings.max_for_each_items)
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
         self.heartbeats = _Heartbeats(self)
         self.outcomes_behind = _OutcomesBehind()
@@ -220,16 +220,19 @@ def _claim(rt: Runtime, key: outcomes.AttemptKey, worker: str) -> outcomes.Claim
 def _step_context(settings: Settings, claim: outcomes.Claim) -> StepContext:
     """What the executor of a claimed attempt sees."""
     step = claim.definition.step(claim.step_id)
+    template_context = templates.run_context(
+        claim.run_input, claim.outputs,
+        {"id": claim.run_id, "attempt": claim.run_attempt, "workflow_id": claim.workflow_id},
+        claim.approval, claim.attempt,
+    )
+    if claim.item_index is not None:  # a for-each item: its templates read `item` and `index`
+        template_context.update(item=claim.item, index=claim.item_index)
     return StepContext(
         run_id=claim.run_id,
         step_id=claim.step_id,
         attempt=claim.attempt,
         step=step,
-        template_context=templates.run_context(
-            claim.run_input, claim.outputs,
-            {"id": claim.run_id, "attempt": claim.run_attempt, "workflow_id": claim.workflow_id},
-            claim.approval, claim.attempt,
-        ),
+        template_context=template_context,
         checkpoint=claim.checkpoint,
         settings=settings,
         deadline=time.monotonic() + claim.definition.timeout_s(step),

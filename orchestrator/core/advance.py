@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import dag, steptypes, templates
+from orchestrator.core import items, stopping
 from orchestrator.core import outcome as outcomes
-from orchestrator.core import stopping
 from orchestrator.core.inputs import Env
 from orchestrator.core.reports import WORKER_LOST, ErrorInfo, Outcome
 from orchestrator.core.snapshot import RunState, StepState
@@ -61,8 +61,8 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
         draft.run_values["started_at"] = NOW
         draft.event(EventType.RUN_STARTED)
     for step in state.steps.values():
-        if step.status is StepStatus.RUNNING and step.lease_expired:
-            outcomes.settle(draft, definition, step, WORKER_LOST, env)
+        if step.status is StepStatus.RUNNING and step.lease_expired and draft.step(step.step_id) == step:
+            outcomes.settle_any(draft, definition, step, WORKER_LOST, env)
             if draft.status is RunStatus.FAILED:
                 return draft.finish()
     if draft.status is RunStatus.PAUSED:
@@ -70,6 +70,7 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
     _fire_due(draft, definition, env)
     if draft.status is not RunStatus.FAILED:
         _dispatch_and_park(draft, definition, env, kept)
+        items.top_up(draft, definition)
     if draft.status not in TERMINAL_RUN:
         _settle_status(draft, definition)
     return draft.finish()
@@ -97,12 +98,16 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
     completed at once (an event kept from before it waited)."""
     while True:
         ready = _ready_or_skipped(draft, definition)
+        settled_at_once = False
         for step_id in ready:
-            if steptypes.get(draft.step(step_id).type).waits_on is None:
+            if definition.step(step_id).for_each is not None:
+                settled_at_once |= _start_for_each(draft, definition, draft.step(step_id), env)
+            elif steptypes.get(draft.step(step_id).type).waits_on is None:
                 outcomes.queue_step(draft, definition, draft.step(step_id))
+            if draft.status is RunStatus.FAILED:
+                return
         park = [s for s in ready if steptypes.get(draft.step(s).type).waits_on is not None]
         _check_facts(draft, definition, park, kept)
-        settled_at_once = False
         for step_id in park:
             settled_at_once |= _park(draft, definition, draft.step(step_id), env, kept or {})
             if draft.status is RunStatus.FAILED:
@@ -111,13 +116,29 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
             return
 
 
+def _start_for_each(draft: Draft, definition: Definition, step: StepState, env: Env) -> bool:
+    """A ready for-each step starts over the list its ``for_each`` evaluates to (core.items); True if
+    that settled it at once (no items, or a list it cannot run)."""
+    if draft.run.outputs is None:
+        raise NeedsFacts(context=True)
+    try:
+        values = templates.evaluate(definition.step(step.step_id).for_each, _context(draft))
+    except StepError as exc:
+        values = exc
+    settles = items.expand(draft, definition, step, values, max_items=env.max_items)
+    if settles is None:
+        return False
+    outcomes.settle(draft, definition, draft.step(step.step_id), settles, env)
+    return True
+
+
 def _ready_or_skipped(draft: Draft, definition: Definition) -> list[str]:
     """The pending steps that may run now, by their join rule and their `when`; those that never
     will are skipped (with the reason), again while a skip settles another step's needs."""
     while True:
         statuses, ready, skipped_any = draft.statuses(), [], False
         for step_id, status in statuses.items():
-            if status is not StepStatus.PENDING:
+            if status is not StepStatus.PENDING or step_id not in definition.needs:  # (a for-each item)
                 continue
             step_def = definition.step(step_id)
             verdict = dag.join_verdict(step_def.join, [statuses[n] for n in definition.needs[step_id]])
@@ -211,8 +232,8 @@ def _park(draft: Draft, definition: Definition, step: StepState, env: Env,
 def _settle_status(draft: Draft, definition: Definition) -> None:
     """The run's status from its steps' (dag.advance): succeeded when every step did, waiting when all
     that is left waits on the outside world, running otherwise."""
-    steps = draft.steps.values()
-    decision = dag.advance(definition.needs, draft.statuses(), {s.step_id: s.type for s in steps},
+    steps = [s for s in draft.steps.values() if s.step_id in definition.needs]  # not for-each items
+    decision = dag.advance(definition.needs, {s.step_id: s.status for s in steps}, {s.step_id: s.type for s in steps},
                            {s.step_id: s.waiting_on for s in steps if s.waiting_on})
     if decision.run_status is RunStatus.SUCCEEDED:
         # The sinks' outputs (None for a sink that was skipped or failed), if the snapshot holds them.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from orchestrator.core import stopping
+from orchestrator.core import items, stopping
 from orchestrator.core.inputs import Control, Defer
 from orchestrator.core.snapshot import RunState
 from orchestrator.core.transition import NOW, Draft, Transition
@@ -110,4 +110,6 @@ def on_defer(state: RunState, defer: Defer) -> Transition | None:
     draft.move(step, StepStatus.PENDING, only_from=[StepStatus.QUEUED], reported=True, attempt=defer.attempt - 1,
                queued_at=None)
     draft.event(EventType.STEP_DEFERRED, step.step_id, defer.attempt, reason="run_paused")
+    if items.parent_of(step.step_id) is not None:
+        items.put_back(draft, step)
     return draft.finish()

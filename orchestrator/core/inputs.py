@@ -14,11 +14,13 @@ from orchestrator.settings import PriceTable
 
 @dataclass(frozen=True)
 class Env:
-    """What a decision may not take from the world itself: randomness (retry jitter), new ids, prices."""
+    """What a decision may not take from the world itself: randomness (retry jitter), new ids, prices,
+    and the installation's limits."""
 
     rand: Callable[[], float] = random.random
     new_id: Callable[[str], str] = ids.new_id
     prices: PriceTable | None = None
+    max_items: int = 1000  # the most items a for-each step may have (SWITCHYARD_MAX_FOR_EACH_ITEMS)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator import dag, metering, policy, retry
-from orchestrator.core import stopping
+from orchestrator.core import items, stopping
 from orchestrator.core.inputs import AttemptReport, Env
 from orchestrator.core.reports import USAGE_KEYS, Outcome, empty_usage
 from orchestrator.core.snapshot import RunState, StepState
@@ -29,6 +29,9 @@ def on_report(state: RunState, definition: Definition, report: AttemptReport, en
     if step is None or step.status is not StepStatus.RUNNING or step.attempt != report.attempt:
         return None
     draft = Draft(state)
+    if items.parent_of(step.step_id) is not None:
+        settle_item(draft, definition, step, report.outcome, env)
+        return draft.finish()
     settle(draft, definition, step, report.outcome, env)
     finished = _finish_if_last(draft, definition, step, report.outcome)
     queued = report.queue_ready and not finished and _queue_ready(draft, definition, step)
@@ -71,6 +74,30 @@ def settle(draft: Draft, definition: Definition, step: StepState, outcome: Outco
     _fail(draft, definition, step, outcome, env, usage=usage, values=values)
 
 
+def settle_any(draft: Draft, definition: Definition, step: StepState, outcome: Outcome, env: Env) -> None:
+    """settle(), or settle_item() for a for-each item."""
+    if items.parent_of(step.step_id) is None:
+        settle(draft, definition, step, outcome, env)
+    else:
+        settle_item(draft, definition, step, outcome, env)
+
+
+def settle_item(draft: Draft, definition: Definition, item: StepState, outcome: Outcome, env: Env) -> None:
+    """A for-each item's outcome (retried like a step's), then its step's: the item counted, the next
+    items dispatched, and the step settled when that decides it (the snapshot holds the step, and
+    every step if the item did not succeed: the step may fail its run). What the step's end makes
+    ready is the scheduler's to decide."""
+    settle(draft, definition, item, outcome, env)
+    settles_step = items.account(draft, definition, item)
+    if settles_step is not None:
+        parent_id = items.parent_of(item.step_id)
+        settle(draft, definition, draft.step(parent_id), settles_step, env)
+        if draft.step(parent_id).status is not StepStatus.SUCCEEDED:
+            # k-of-n can no longer succeed: the items still in flight are stopped with their step.
+            items.stop(draft, [parent_id], stopping.stopped_error(f"step {parent_id!r} failed"))
+        draft.run_values["has_work"] = True
+
+
 def _fail(draft: Draft, definition: Definition, step: StepState, outcome: Outcome, env: Env, *, usage: _Usage,
           values: dict[str, Any]) -> None:
     """An error: retried after a backoff if the policy allows it, else the step (and its run) fail."""
@@ -88,7 +115,8 @@ def _fail(draft: Draft, definition: Definition, step: StepState, outcome: Outcom
     draft.event(EventType.STEP_FAILED, step.step_id, step.attempt, error=error.as_json())
     usage.add(step_done=True)
     # `on_failure: continue`: the run goes on; the steps that need this one follow their join rule.
-    if not run_ended and definition.step(step.step_id).on_failure != "continue":
+    # A for-each item's failure is its step's to count (core.items).
+    if not run_ended and definition.step(step.step_id).on_failure != "continue" and items.parent_of(step.step_id) is None:
         stopping.fail_run(draft, step.step_id, error.as_json())
 
 
@@ -186,9 +214,11 @@ def ready_reads(definition: Definition, step_id: str) -> list[str] | None:
     makes ready reads; None if that is left to the scheduler (a step to start waits in the database,
     or there are too many to read)."""
     dependents = definition.dependents[step_id]
-    # A dependent that waits in the database, has a condition or another join rule: the scheduler decides.
+    # A dependent that waits in the database, has a condition or another join rule, or runs for each
+    # item of a list: the scheduler decides.
     if not dependents or any(definition.step(d).type in dag.WAITING_TYPES or definition.step(d).when is not None
-                             or definition.step(d).join != "all_succeeded" for d in dependents):
+                             or definition.step(d).join != "all_succeeded" or definition.step(d).for_each is not None
+                             for d in dependents):
         return None
     others = sorted({n for d in dependents for n in definition.needs[d]} - {step_id})
     return None if len(others) > QUEUE_READY_MAX_READS else others

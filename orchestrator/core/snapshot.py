@@ -34,18 +34,20 @@ class StepState(NamedTuple):
     due: bool = False
     lease_expired: bool = False
     waiting_on: str | None = None
+    # A for-each step's items' counts (core.items.ItemCounts as JSON); None on any other step.
+    item_counts: Mapping[str, int] | None = None
     # The policy decisions recorded on the step so far (read on a worker's report only).
     policy: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> StepState:
         """From a row of the step's columns in this order (the repository's STEP_COLUMNS): step_id,
-        type, status, attempt, max_attempts, queue, due, expired, waiting_on, and policy where the
-        row has it (a report's path reads it; the scheduler's, which reads every step, does not).
+        type, status, attempt, max_attempts, queue, due, expired, waiting_on, item_counts, and policy where
+        the row has it (a report's path reads it; the scheduler's, which reads every step, does not).
         Unpacked as a tuple: reading a row's columns by name costs several times more."""
-        step_id, type_, status, attempt, max_attempts, queue, due, expired, waiting_on, *policy = row
+        step_id, type_, status, attempt, max_attempts, queue, due, expired, waiting_on, item_counts, *policy = row
         return cls(step_id, type_, _STEP_STATUSES[status], attempt, max_attempts, queue, bool(due), bool(expired),
-                   waiting_on, tuple(policy[0]) if policy and policy[0] else ())
+                   waiting_on, item_counts, tuple(policy[0]) if policy and policy[0] else ())
 
     def moved(self, **changes: Any) -> StepState:
         return self._replace(**changes)

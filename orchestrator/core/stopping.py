@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator import dag
+from orchestrator.core import items
 from orchestrator.core.transition import NOW, Draft
 from orchestrator.core.vocabulary import ErrorCode, EventType, SkipReason
 from orchestrator.states import RunStatus, StepStatus
@@ -22,6 +23,7 @@ def stop_steps(draft: Draft, *, cancel: Sequence[str], skip: Sequence[str], mess
     """Cancel the steps ``cancel`` (in flight) and skip the steps ``skip`` (never started); their
     pending approvals and open questions close."""
     stopped = stopped_error(message)
+    items.stop(draft, cancel, stopped)
     for step_id in cancel:
         step = draft.step(step_id)
         if draft.move(step, StepStatus.CANCELLED, cancel_requested=True, error=stopped, completed_at=NOW,

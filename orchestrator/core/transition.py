@@ -31,9 +31,10 @@ class Marker(StrEnum):
 
     NOW = "now"
     NEXT_ATTEMPT = "next_attempt"  # the step's attempt + 1
+    ITEM_OUTPUTS = "item_outputs"  # a for-each step's output: its items' outputs in item order
 
 
-NOW, NEXT_ATTEMPT = Marker.NOW, Marker.NEXT_ATTEMPT
+NOW, NEXT_ATTEMPT, ITEM_OUTPUTS = Marker.NOW, Marker.NEXT_ATTEMPT, Marker.ITEM_OUTPUTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,20 @@ class StepMove:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemsWrite:
+    """A write to a for-each step's item rows, set-based (core.items): ``expand`` writes one row per
+    value (pending) and queues the first ``queue_first``; ``queue`` queues the next ``queue_first``
+    pending items in index order; ``stop`` cancels every item that has not ended."""
+
+    kind: str  # "expand" | "queue" | "stop"
+    step_id: str
+    values: tuple[Any, ...] = ()
+    queue_first: int = 0
+    soft_time_limit: float = 0.0  # of the items' messages
+    error: Mapping[str, Any] | None = None  # "stop": the error the cancelled items carry
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """An approval or a question to open for a step (``call``: the tool call a policy gated)."""
 
@@ -92,6 +107,7 @@ class Transition:
     requests: tuple[Request, ...] = ()
     close_requests: bool = False  # the run ended: its pending approvals and open questions close
     output_from: tuple[str, ...] = ()  # the run succeeded: its output is these steps' outputs, read on writing
+    items: tuple[ItemsWrite, ...] = ()  # writes to for-each items, after the moves
     after: RunState | None = None  # the run as the decision leaves it, if every guard matches
 
     @property
@@ -113,7 +129,7 @@ def _after_move(step: StepState, target: StepStatus, values: dict[str, Any], que
     """The step as a move leaves it: its status and the fields of its snapshot the move writes (a
     marker's value, NEXT_ATTEMPT, is the queued message's attempt)."""
     changes: dict[str, Any] = {"status": target, "due": False, "lease_expired": False}
-    for name in ("attempt", "max_attempts", "waiting_on"):
+    for name in ("attempt", "max_attempts", "waiting_on", "item_counts"):
         if name in values and not isinstance(values[name], Marker):
             changes[name] = values[name]
     if queued is not None:
@@ -142,6 +158,7 @@ class Draft:
         self.requests: list[Request] = []
         self.close_requests = False
         self.output_from: tuple[str, ...] = ()
+        self.items: list[ItemsWrite] = []
 
     @property
     def status(self) -> RunStatus:
@@ -178,6 +195,12 @@ class Draft:
         self.steps[step.step_id] = _after_move(step, target, values, queued)
         return True
 
+    def update(self, step: StepState, **values: Any) -> None:
+        """Write ``values`` to ``step`` where it is still in its status, without moving it (a for-each
+        step's item counts)."""
+        self.moves.append(StepMove(step.step_id, step.status, frozenset({step.status}), MappingProxyType(values)))
+        self.steps[step.step_id] = _after_move(step, step.status, values, None)
+
     def move_run(self, target: RunStatus) -> None:
         """The run moves to ``target``; InvalidTransition if the table does not allow it from its status."""
         if target is self.run.status:
@@ -206,5 +229,5 @@ class Draft:
         return Transition(
             run=self.run, run_to=self.run_to, run_values=MappingProxyType(dict(self.run_values)),
             moves=tuple(self.moves), events=tuple(self.events), requests=tuple(self.requests),
-            close_requests=self.close_requests, output_from=self.output_from, after=after,
+            close_requests=self.close_requests, output_from=self.output_from, items=tuple(self.items), after=after,
         )

@@ -55,6 +55,10 @@ class ErrorCode(StrEnum):
     EVENT_TIMEOUT = "event_timeout"
     APPROVAL_REJECTED = "approval_rejected"
     TEMPLATE_ERROR = "template_error"
+    # for-each steps
+    INVALID_FOR_EACH = "invalid_for_each"  # for_each did not evaluate to a list
+    TOO_MANY_ITEMS = "too_many_items"
+    TOO_FEW_SUCCEEDED = "too_few_succeeded"
 
 
 class SkipReason(StrEnum):

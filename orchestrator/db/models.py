@@ -154,6 +154,9 @@ class Step(Base):
             postgresql_where=text("completed_at IS NOT NULL"),
             sqlite_where=text("completed_at IS NOT NULL"),
         ),
+        # A for-each step's items in index order (core.items): the next to dispatch, and GET …/items.
+        Index("ix_steps_items", "run_id", "item_of", "item_index", postgresql_where=text("item_of IS NOT NULL"),
+              sqlite_where=text("item_of IS NOT NULL")),
         Index(
             "ix_steps_lease",
             "lease_expires_at",
@@ -162,7 +165,8 @@ class Step(Base):
         ),
     )
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    step_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # A for-each item's row is named "<step>[<index>]" (see orchestrator/core/items.py).
+    step_id: Mapped[str] = mapped_column(String(80), primary_key=True)
     position: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
@@ -189,6 +193,12 @@ class Step(Base):
     waiting_on: Mapped[str | None] = mapped_column(String(16))
     # Every policy decision taken about this step's tool calls, in order, across its attempts.
     policy: Mapped[list[Any] | None] = mapped_column(JsonType)
+    # A for-each item's step, index and value (null on a step of the definition), and on a for-each
+    # step its items' counts: {"total", "pending", "in_flight", "succeeded", "failed", "cancelled"}.
+    item_of: Mapped[str | None] = mapped_column(String(64))
+    item_index: Mapped[int | None] = mapped_column(Integer)
+    item_value: Mapped[Any | None] = mapped_column(JsonType)
+    item_counts: Mapped[dict[str, int] | None] = mapped_column(JsonType)
     # A fork's step that kept the original run's output instead of running (no usage charged).
     reused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 

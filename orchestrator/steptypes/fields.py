@@ -40,6 +40,11 @@ class StepFields(StrictModel):
     when: str | None = Field(default=None, min_length=1, max_length=2000)
     join: Literal["all_succeeded", "any_succeeded", "all_done"] = "all_succeeded"
     on_failure: Literal["fail_run", "continue"] = "fail_run"
+    # For-each: an expression giving a list; the step runs once per item (``item`` and ``index`` in
+    # its templates), at most ``max_parallel`` at once, and succeeds if ``min_succeeded`` did (default all).
+    for_each: str | None = Field(default=None, min_length=1, max_length=2000)
+    max_parallel: int | None = Field(default=None, ge=1, le=1000)
+    min_succeeded: int | None = Field(default=None, ge=0)
 
 
 class ScriptedTurn(StrictModel):

@@ -32,7 +32,16 @@ def test_render_walks_nested_structures_and_leaves_other_values_alone():
 def test_render_statements_and_filters():
     assert templates.render("{% for t in input.tags %}[{{ t }}]{% endfor %}", CONTEXT) == "[a][b]"
     assert templates.render("{{ input.ticket | lower }}", CONTEXT) == "t-42"
-    assert templates.render("{{ steps.fetch.output.n * 2 }}", CONTEXT) == "6"
+    assert templates.render("{{ steps.fetch.output.n * 2 }}", CONTEXT) == 6
+    assert templates.render("n = {{ steps.fetch.output.n * 2 }}", CONTEXT) == "n = 6"
+
+
+def test_a_lone_expression_keeps_its_type_and_any_other_template_is_a_string():
+    assert templates.render({"tags": "{{ input.tags }}", "n": " {{ steps.fetch.output.n }} ",
+                             "text": "{{ input.tags | join(',') }}", "both": "{{ input.ticket }}{{ run.id }}"},
+                            CONTEXT) == {"tags": ["a", "b"], "n": 3, "text": "a,b", "both": "T-42run_1"}
+    with pytest.raises(PermanentStepError, match="not a JSON value"):
+        templates.render("{{ range(3) }}", CONTEXT)
 
 
 def test_render_does_not_mutate_its_input():

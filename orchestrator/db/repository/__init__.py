@@ -28,6 +28,7 @@ The modules:
   shared expressions ``NOW`` and ``NEXT_ATTEMPT``;
 - ``run_changes``: the guarded update of a locked run with its events (``RunChanges``, ``StepMove``,
   ``apply_run_changes``, ``apply_many_run_changes``): every step's path ends here;
+- ``items``: a for-each step's item rows (written, dispatched, stopped and read set-based);
 - ``attempts``: the worker's side of an attempt (``lock_run_and_claim``, ``extend_lease``);
 - ``schedules``: cron schedules and the record of their fires (each slot's unique key);
 - ``lifecycle``: event triggers and event ids seen, archived workflows, the retention sweep's deletes;
@@ -60,6 +61,7 @@ from orchestrator.db.repository.attempts import extend_lease, lock_run_and_claim
 from orchestrator.db.repository.changes import lock_run, lock_run_with_steps, steps_for_update, steps_of
 from orchestrator.db.repository.common import LIVE_RUN, now
 from orchestrator.db.repository.events import WRITTEN_EVENTS
+from orchestrator.db.repository.items import list_items
 from orchestrator.db.repository.lifecycle import (
     add_purged,
     archive_workflow,
@@ -114,6 +116,7 @@ from orchestrator.db.repository.runs import (
     run_events,
     run_status,
     run_status_events,
+    run_step,
     run_steps,
     succeeded_outputs,
 )
@@ -189,7 +192,9 @@ __all__ = [
     "RunChanges", "StaleRunState", "StepMove", "apply_many_run_changes", "apply_run_changes",
     # runs
     "find_run_by_idempotency_key", "get_run", "insert_run", "list_runs", "run_events", "run_status",
-    "run_status_events", "run_steps", "succeeded_outputs",
+    "run_status_events", "run_step", "run_steps", "succeeded_outputs",
+    # items
+    "list_items",
     # lifecycle
     "add_purged", "archive_workflow", "delete_runs", "lock_expired_runs", "prune_old_records", "purged_rows",
     "record_event_id", "retention_targets", "set_workflow_lifecycle", "workflows_on_event",

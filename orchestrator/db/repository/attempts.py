@@ -33,6 +33,7 @@ class Claimed:
     claimed: bool
     checkpoint: dict | None = None
     seen: RunState | None = None
+    item_value: Any = None  # a for-each item's value
 
 
 # The run statuses in which a step may be claimed.
@@ -58,7 +59,7 @@ WITH run AS (
         lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s)
     WHERE run_id = %(run_id)s AND step_id = %(step_id)s AND attempt = %(attempt)s AND status IN ({from_steps})
       AND EXISTS (SELECT 1 FROM run WHERE status IN ({from_runs}))
-    RETURNING checkpoint, type, max_attempts, queue, policy
+    RETURNING checkpoint, type, max_attempts, queue, policy, item_value
 ), bumped AS (
     UPDATE runs SET last_seq = runs.last_seq + 1 FROM claimed WHERE runs.id = %(run_id)s RETURNING runs.last_seq
 ), started AS (
@@ -69,6 +70,7 @@ WITH run AS (
 SELECT {run_columns}, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
        claimed.checkpoint AS claimed_checkpoint, claimed.type AS claimed_type,
        claimed.max_attempts AS claimed_max_attempts, claimed.queue AS claimed_queue, claimed.policy AS claimed_policy,
+       claimed.item_value AS claimed_item_value,
        started.seq AS started_seq, started.created_at AS started_created_at
 FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
 """.format(
@@ -102,7 +104,7 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
                          row.claimed_queue, policy=tuple(row.claimed_policy or ()))
         run = SimpleNamespace(**{name: getattr(row, name) for name in OUTCOME_RUN_COLUMNS} | {"last_seq": row.started_seq})
         seen = RunState.from_row(run, [step], complete=False, locked=False)
-        return Claimed(row, True, row.claimed_checkpoint, seen)
+        return Claimed(row, True, row.claimed_checkpoint, seen, row.claimed_item_value)
     run = lock_run(session, run_id, with_tenant_policy=True)
     if run is None:
         return None
@@ -113,7 +115,7 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
     changes = RunChanges(run)
     changes.event("step_started", step_id, attempt, **data)
     apply_run_changes(session, changes)
-    return Claimed(run, True, claimed.checkpoint)
+    return Claimed(run, True, claimed.checkpoint, item_value=claimed.item_value)
 
 
 def claim_step(session: Session, run_id: str, step_id: str, attempt: int, *, worker: str, lease_s: float) -> Any:
@@ -126,7 +128,7 @@ def claim_step(session: Session, run_id: str, step_id: str, attempt: int, *, wor
                STEPS.c.status.in_([s.value for s in allowed]))
         .values(status=StepStatus.RUNNING.value, started_at=db_now(), worker=worker,
                 lease_expires_at=db_now(lease_s))
-        .returning(STEPS.c.checkpoint)
+        .returning(STEPS.c.checkpoint, STEPS.c.item_value)
     ).one_or_none()
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import String, and_, any_, bindparam, exists, select
+from sqlalchemy import String, and_, any_, bindparam, exists, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ CLAIM_RUN_COLUMNS = (*OUTCOME_RUN_COLUMNS, "input", "attempt", "limits")
 _STEP_COLUMNS = (
     STEPS.c.step_id, STEPS.c.type, STEPS.c.status, STEPS.c.attempt, STEPS.c.max_attempts, STEPS.c.queue,
     (STEPS.c.due_at <= db_now()).label("due"), (STEPS.c.lease_expires_at < db_now()).label("expired"),
-    STEPS.c.waiting_on,
+    STEPS.c.waiting_on, STEPS.c.item_counts,
 )
 # A report's step also carries its policy decisions so far (JSON: not read for every step of a pass).
 _REPORTED_STEP_COLUMNS = (*_STEP_COLUMNS, STEPS.c.policy)
@@ -45,7 +45,7 @@ def others_succeeded(run_id):
     """An SQL condition: every step of the run ``run_id`` (an SQL expression) but the bind parameter
     ``:step_id`` succeeded."""
     return ~exists().where(_OTHER_STEPS.c.run_id == run_id, _OTHER_STEPS.c.step_id != bindparam("step_id"),
-                           _OTHER_STEPS.c.status != StepStatus.SUCCEEDED.value)
+                           _OTHER_STEPS.c.status != StepStatus.SUCCEEDED.value, _OTHER_STEPS.c.item_of.is_(None))
 
 
 # Statements on every step's path are built once (with bind parameters): building one costs about
@@ -106,7 +106,13 @@ def lock_run_with_steps(session: Session, run_id: str, step_ids: Sequence[str]
 
 
 def _steps_for_update_query(of_runs):
-    return select(STEPS.c.run_id, *_STEP_COLUMNS).where(of_runs).order_by(STEPS.c.run_id, STEPS.c.position)
+    # A for-each step's items are read only where the scheduler must act on them (a retry came due, a
+    # lease expired): their step's row carries their counts, so a pass never reads a thousand items.
+    clock = db_now()
+    item_needs_a_pass = or_(STEPS.c.due_at <= clock,
+                            and_(STEPS.c.status == StepStatus.RUNNING.value, STEPS.c.lease_expires_at < clock))
+    return (select(STEPS.c.run_id, *_STEP_COLUMNS).where(of_runs, or_(STEPS.c.item_of.is_(None), item_needs_a_pass))
+            .order_by(STEPS.c.run_id, STEPS.c.position, STEPS.c.item_index))
 
 
 # Read the steps of locked runs, by dialect. On PostgreSQL the run ids go as one array: psycopg
@@ -120,7 +126,7 @@ _STEPS_FOR_UPDATE = {
 
 def steps_for_update(session: Session, run_ids: Sequence[str]) -> dict[str, list[StepState]]:
     """The steps of locked runs, in each run's order, with `due` (due_at passed) and `lease_expired`
-    computed by the database."""
+    computed by the database; of a for-each step's items, only those due or lost."""
     result: dict[str, list[StepState]] = {run_id: [] for run_id in run_ids}
     rows = session.execute(_STEPS_FOR_UPDATE[session.get_bind().dialect.name], {"run_ids": list(run_ids)}).all()
     for row in rows:  # (run_id, *the step's columns)

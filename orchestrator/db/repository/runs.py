@@ -67,7 +67,14 @@ def list_runs(
 
 
 def run_steps(session: Session, run_id: str) -> Sequence[Step]:
-    return session.execute(select(Step).where(Step.run_id == run_id).order_by(Step.position)).scalars().all()
+    """The run's steps in definition order (a for-each step's items are not among them)."""
+    return session.execute(
+        select(Step).where(Step.run_id == run_id, Step.item_of.is_(None)).order_by(Step.position)
+    ).scalars().all()
+
+
+def run_step(session: Session, run_id: str, step_id: str) -> Step | None:
+    return session.get(Step, (run_id, step_id))
 
 
 def run_status(session: Session, run_id: str) -> str | None:
@@ -123,6 +130,7 @@ def run_events(session: Session, run_id: str, after: int, limit: int) -> Sequenc
 
 def succeeded_outputs(session: Session, run_id: str) -> dict[str, Any]:
     rows = session.execute(
-        select(Step.step_id, Step.output).where(Step.run_id == run_id, Step.status == StepStatus.SUCCEEDED)
+        select(Step.step_id, Step.output).where(Step.run_id == run_id, Step.status == StepStatus.SUCCEEDED,
+                                                Step.item_of.is_(None))
     ).all()
     return {step_id: output for step_id, output in rows}

@@ -87,7 +87,9 @@ def move_steps_many(
     actually changed."""
     if not keys:
         return set()
-    allowed = step_allowed_from(target, only_from)
+    # ``only_from`` of just ``target``: the step's values are updated where it is, without a move.
+    same = only_from is not None and set(only_from) == {target}
+    allowed = frozenset({target}) if same else step_allowed_from(target, only_from)
     dialect = session.get_bind().dialect.name
     params: dict[str, Any] = {f"new_{k}": v for k, v in values.items() if not isinstance(v, ClauseElement)}
     params["at_attempt"] = at_attempt

@@ -1,0 +1,92 @@
+"""A for-each step's item rows (orchestrator/core/items.py): written at the step's start, dispatched
+in index order a few at a time, stopped together, and read back as the step's output and for
+GET /runs/{id}/steps/{step_id}/items. Each statement is set-based: its cost does not grow with the
+number of items beyond those it touches. The run must be locked by the caller of every write."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from orchestrator.db.repository.common import STEPS
+from orchestrator.db.repository.scheduling import insert_outbox
+from orchestrator.db.types import db_now
+from orchestrator.messages import StepMessage
+from orchestrator.states import IN_FLIGHT_STEP, StepStatus
+
+# Items not ended: stopped with their step.
+_NOT_ENDED = sorted(s.value for s in (*IN_FLIGHT_STEP, StepStatus.PENDING))
+_OF_STEP = (STEPS.c.run_id, STEPS.c.item_of)
+
+
+def write_items(session: Session, run_id: str, step_id: str, values: Sequence[Any]) -> None:
+    """One `pending` row per value, replacing the rows of an earlier start of the step (an operator's
+    retry). An item's attempt numbers go on from the highest of the rows it replaces, so a new
+    attempt's Celery task id is never one revoked before."""
+    step = session.execute(
+        select(STEPS.c.position, STEPS.c.type, STEPS.c.queue, STEPS.c.max_attempts,
+               select(func.coalesce(func.max(STEPS.c.attempt), 0))
+               .where(STEPS.c.run_id == run_id, STEPS.c.item_of == step_id).scalar_subquery().label("base"))
+        .where(STEPS.c.run_id == run_id, STEPS.c.step_id == step_id)
+    ).one()
+    session.execute(delete(STEPS).where(STEPS.c.run_id == run_id, STEPS.c.item_of == step_id))
+    session.execute(insert(STEPS), [
+        dict(run_id=run_id, step_id=f"{step_id}[{index}]", position=step.position, type=step.type,
+             status=StepStatus.PENDING.value, attempt=step.base, max_attempts=step.base + step.max_attempts,
+             queue=step.queue, item_of=step_id, item_index=index, item_value=value, cancel_requested=False)
+        for index, value in enumerate(values)
+    ])
+
+
+def queue_items(session: Session, run_id: str, step_id: str, count: int, soft_time_limit: float
+                ) -> list[StepMessage]:
+    """Queue the next ``count`` pending items of the step, in index order (their next attempt), with
+    their outbox rows; their messages."""
+    next_items = (select(STEPS.c.step_id).where(STEPS.c.run_id == run_id, STEPS.c.item_of == step_id,
+                                                 STEPS.c.status == StepStatus.PENDING.value)
+                  .order_by(STEPS.c.item_index).limit(count))
+    moved = session.execute(
+        update(STEPS)
+        .where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(next_items))
+        .values(status=StepStatus.QUEUED.value, attempt=STEPS.c.attempt + 1, queued_at=db_now())
+        .returning(STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue)
+    ).all()
+    return insert_outbox(session, [StepMessage(run_id, row.step_id, row.attempt, row.queue, soft_time_limit)
+                                   for row in moved])
+
+
+def stop_items(session: Session, run_id: str, step_id: str, error: dict[str, Any]) -> list[tuple[str, int]]:
+    """Cancel every item of the step that has not ended; (item id, attempt) of each."""
+    return [tuple(row) for row in session.execute(
+        update(STEPS)
+        .where(STEPS.c.run_id == run_id, STEPS.c.item_of == step_id, STEPS.c.status.in_(_NOT_ENDED))
+        .values(status=StepStatus.CANCELLED.value, cancel_requested=True, error=error, completed_at=db_now(),
+                lease_expires_at=None, due_at=None)
+        .returning(STEPS.c.step_id, STEPS.c.attempt)
+    )]
+
+
+def item_outputs(session: Session, run_id: str, step_id: str) -> list[Any]:
+    """The items' outputs in index order (None for an item that did not succeed): the step's output."""
+    rows = session.execute(
+        select(STEPS.c.status, STEPS.c.output).where(STEPS.c.run_id == run_id, STEPS.c.item_of == step_id)
+        .order_by(STEPS.c.item_index)
+    ).all()
+    return [row.output if row.status == StepStatus.SUCCEEDED.value else None for row in rows]
+
+
+def list_items(session: Session, run_id: str, step_id: str, *, status: str | None, after: int | None,
+               limit: int) -> list[Any]:
+    """A page of the step's items in index order, from after the index ``after``."""
+    query = (select(STEPS.c.item_index, STEPS.c.status, STEPS.c.attempt, STEPS.c.output, STEPS.c.error,
+                    STEPS.c.queued_at, STEPS.c.started_at, STEPS.c.completed_at)
+             .where(STEPS.c.run_id == run_id, STEPS.c.item_of == step_id)
+             .order_by(STEPS.c.item_index).limit(limit))
+    if status is not None:
+        query = query.where(STEPS.c.status == status)
+    if after is not None:
+        query = query.where(STEPS.c.item_index > after)
+    return list(session.execute(query).all())
