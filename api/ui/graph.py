@@ -66,6 +66,11 @@ class Link:
     target: str
     points: tuple[tuple[float, float], ...]  # from the source's right side to the target's left side
 
+    @property
+    def svg_points(self) -> str:
+        """The points as an SVG ``points`` attribute (one string: the page has hundreds of edges)."""
+        return " ".join(f"{x},{y}" for x, y in self.points)
+
 
 @dataclass(frozen=True)
 class Layout:
