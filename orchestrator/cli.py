@@ -262,7 +262,7 @@ def dev(host: str, port: int, tenant: str, concurrency: int) -> None:
     body = json.dumps({"workflow_id": SAMPLE_WORKFLOW_ID, "input": SAMPLE_INPUT})
     click.echo(
         f"[4/4] Switchyard is up at {base}\n\n  token: {plaintext}"
-        f"{f' (the one of the last start, kept in {DEV_TOKEN_FILE} of the data dir)' if reused else ''}\n"
+        f"{f' (the same as at the last start, kept in {settings.data_dir / DEV_TOKEN_FILE})' if reused else ''}\n"
         f"  web UI: http://{host}:{port}/ (sign in with the token)\n\n"
         f"Start a run of the sample workflow:\n\n"
         f"  curl -s -X POST {base}/runs -H 'Authorization: Bearer {plaintext}' "
