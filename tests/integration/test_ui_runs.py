@@ -157,3 +157,23 @@ def test_a_queued_step_reads_queued_in_the_graph_the_table_and_the_legend(page, 
     expect(page.locator("svg.timeline rect.tl-queued.open")).to_have_count(1)
     shot(page, "run_queued")
     api.post(f"/runs/{run_id}/cancel")
+
+
+def test_the_timeline_of_a_live_run_grows_while_a_long_attempt_runs(page, server, api, tokens):
+    from playwright.sync_api import expect
+
+    run_id = start(api, publish(api, {"name": "A long attempt (UI)", "steps": [
+        {"id": "slow", "type": "tool", "tool": "sleep", "args": {"seconds": 12}}]}))
+    wait_for(lambda: api.get(f"/runs/{run_id}").get_json()["steps"][0]["status"] == "running", 60, "the step to run")
+    sign_in(page, server, tokens["viewer"])
+    page.goto(f"{server}/runs/{run_id}")
+    running = page.locator("svg.timeline rect.tl-running.open")
+    expect(running).to_have_count(1)
+    expect(page.locator("svg.timeline")).to_have_attribute("data-live", "true")
+    first = running.locator("title").text_content()
+    # No event arrives while the attempt runs: the page redraws on its own and the bar's duration grows.
+    page.wait_for_function("""(first) => {
+        const bar = document.querySelector("svg.timeline rect.tl-running.open title");
+        return bar && bar.textContent !== first; }""", arg=first, timeout=20_000)
+    assert "still going" in running.locator("title").text_content()
+    api.post(f"/runs/{run_id}/cancel")

@@ -94,6 +94,8 @@ function followRun(body) {
     if (ended()) { source.close(); state.textContent = "ended"; }
   });
   source = new EventSource(body.dataset.liveRun + "?after=" + (log.dataset.after || 0));
+  // A long attempt sends no event for a while: redraw now and then so its timeline bar keeps growing.
+  const ticking = setInterval(() => { if (ended()) clearInterval(ticking); else refresh(); }, 5000);
   source.onopen = () => { state.textContent = "live"; };
   // The stream ended (the run did) or broke: stop if the run has ended, else let the browser reconnect.
   source.onerror = () => {
