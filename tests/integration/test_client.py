@@ -150,6 +150,26 @@ def test_the_async_client_does_the_same(url, tokens):
     assert failed.status == "failed" and failed.step("boom").error["message"] == "it broke"
 
 
+def test_fork_compare_and_bulk_through_the_client(client):
+    workflow_id = unique("client")
+    client.workflows.publish(workflow_id, CHAIN)
+    original = client.runs.start(workflow_id, {"text": "hi"}).wait(timeout=60)
+    fork = client.runs.fork(original.id, "second", input_patch={"text": "patched"}).wait(timeout=60)
+    assert fork.status == "succeeded" and fork.forked_from == models.ForkedFrom(run_id=original.id, step_id="second")
+    assert (fork.step("first").reused, fork.step("second").reused) == (True, False)
+    assert fork.input == {"text": "patched"} and fork.step("first").output == {"text": "hi"}
+
+    compared = client.runs.compare(original.id, fork.id)
+    assert [s.step_id for s in compared.steps] == ["first", "second"]
+    assert compared.steps[0].other.reused and not compared.steps[1].other.reused
+    assert compared.other.forked_from.run_id == original.id
+
+    dry = client.runs.bulk("rerun", workflow_id=workflow_id, status="succeeded", dry_run=True)
+    assert (dry.matched, sorted(dry.runs)) == (2, sorted([original.id, fork.id]))
+    with pytest.raises(ValidationFailed):
+        client.runs.bulk("rerun", dry_run=True)  # an empty filter would select every run
+
+
 # --- the models and the served OpenAPI document ----------------------------------------------------
 
 # Client model -> the schema of the served document it reads.
