@@ -139,6 +139,38 @@ def test_approve_from_the_command_line_and_watch_the_run_to_its_end(switchyard, 
     assert any(line.split()[:3] == ["ship", "tool", "succeeded"] for line in last)
 
 
+ASKING = {"name": "CLI asking", "steps": [
+    {"id": "ask", "type": "question", "question": "Which region?"},
+    {"id": "paid", "type": "wait_event", "needs": ["ask"], "correlation_key": "order-{{ run.id }}", "timeout_s": 60},
+    {"id": "use", "type": "tool", "tool": "echo", "needs": ["paid"],
+     "args": {"region": "{{ steps.ask.output.answer }}"}},
+]}
+
+
+def test_answer_a_question_and_send_the_event_a_run_waits_for(switchyard, tmp_path):
+    workflow_id = unique("cli")
+    (tmp_path / "asking.json").write_text(json.dumps(ASKING))
+    assert switchyard("workflows", "publish", workflow_id, "-f", "asking.json").returncode == 0
+    run_id = switchyard("runs", "start", workflow_id, "-q").stdout.strip()
+    waiting = switchyard("runs", "wait", run_id, "--until", "waiting", "--timeout", "30", "--json")
+    assert waiting.returncode == 0 and json.loads(waiting.stdout)["waiting_on"] == "question"
+    question_id = switchyard("questions", "list", "--run", run_id, "-q").stdout.strip()
+    assert question_id.startswith("q_")
+    answered = switchyard("questions", "answer", run_id, question_id, "eu-west")
+    assert answered.returncode == 0 and f"{question_id}: answered" in answered.stdout
+
+    def waits_on_the_event():
+        run = json.loads(switchyard("runs", "get", run_id, "--json").stdout)
+        return run["waiting_on"] == "event"
+
+    wait_for(waits_on_the_event, 30, "the run to wait on its event")
+    sent = switchyard("events", "send", "payment.received", "--payload", '{"amount": 5}', "--key", f"order-{run_id}")
+    assert sent.returncode == 0 and "delivered to 1 step(s)" in sent.stdout and f"{run_id} paid" in sent.stdout
+    done = switchyard("runs", "wait", run_id, "--timeout", "60", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["output"] == {"use": {"region": "eu-west"}}
+
+
 def test_refusals_exit_3_with_the_code_on_stderr_and_usage_errors_exit_2(switchyard, tokens):
     missing = switchyard("runs", "get", "run_nope")
     assert missing.returncode == 3 and missing.stderr.startswith("error: not_found: run 'run_nope' not found")
