@@ -8,7 +8,7 @@ from celery import Celery
 from flask import Flask, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker, logs, streams
+from orchestrator import broker, logs, streams, tracing
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.settings import Settings, load
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     hook registered."""
     settings = settings or load()
     app = _flask_app(settings)
+    tracing.configure("switchyard-api", flask_app=app)  # off unless OTEL_TRACES_EXPORTER; before the engines
     app.extensions["switchyard"] = _services(settings)
     _register_routes(app, settings)
     return app

@@ -5,6 +5,8 @@ Messages carry ids only (run, step, attempt); the database is the truth (docs/ar
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import logging
 import os
@@ -323,7 +325,9 @@ class Courier:
     def send(self, call: Callable[[], object], what: str) -> bool:
         """Queue ``call`` (named ``what`` in logs and metrics); False if it was dropped."""
         try:
-            self._queue().put_nowait((call, what))
+            # Run in the caller's context: its log fields, and its trace (a step message published
+            # for a request carries that request's trace context).
+            self._queue().put_nowait((functools.partial(contextvars.copy_context().run, call), what))
             return True
         except queue.Full:
             DROPPED.labels(what).inc()

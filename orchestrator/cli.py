@@ -85,12 +85,13 @@ def _check_port(serve, host: str, port: int) -> None:
 @main.command()
 def scheduler() -> None:
     """Advance runs: dispatch ready steps, fire due retries and timers, recover lost work."""
-    from orchestrator import broker, streams
+    from orchestrator import broker, streams, tracing
     from orchestrator.db.session import make_engine, make_sessionmaker
     from orchestrator.scheduler import Scheduler
 
     settings = load()
     _logging(settings)
+    tracing.configure("switchyard-scheduler")  # off unless OTEL_TRACES_EXPORTER; before the engine
     # No ping before each transaction (a round trip each): the scheduler reconnects after an outage.
     sessions = make_sessionmaker(make_engine(settings, pool_pre_ping=False))
     streams.install_publisher(sessions, streams.make_bus(settings))

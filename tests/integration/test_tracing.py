@@ -1,0 +1,151 @@
+"""OpenTelemetry across processes: the API (`switchyard api --dev`, a process of its own) and a worker,
+both with OTEL_TRACES_EXPORTER=otlp pointed at an OTLP/HTTP receiver the test runs on loopback. One
+run's trace holds the API's request, the step message's publish, the worker's attempt and its model
+call, under one trace id; with OTEL_TRACES_EXPORTER=console the worker prints its spans instead."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="install the otel extra: pip install -e '.[otel]'")
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402 - after the skip
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from orchestrator.db import repository as repo  # noqa: E402
+from orchestrator.db.session import make_engine, make_sessionmaker, transaction  # noqa: E402
+from tests.integration.conftest import Processes, unique, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("engine_processes")
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver on loopback: keeps (trace id, service name, span name) of every span."""
+
+    def __init__(self):
+        self.spans: list[tuple[str, str, str]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                request = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
+                for resource_spans in request.resource_spans:
+                    attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                    for scope in resource_spans.scope_spans:
+                        receiver.spans += [(s.trace_id.hex(), attributes.get("service.name", ""), s.name)
+                                           for s in scope.spans]
+                body = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def trace(self, trace_id: str) -> list[tuple[str, str]]:
+        return [(service, name) for t, service, name in self.spans if t == trace_id]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    yield found
+    found.server.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def otel_env(receiver: Receiver, service: str, exporter: str = "otlp") -> dict[str, str]:
+    return {"OTEL_TRACES_EXPORTER": exporter, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_SERVICE_NAME": service, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+
+def test_one_runs_trace_spans_the_api_and_the_worker_down_to_the_model_call(settings, artifacts, receiver):
+    queue = unique("traced")  # a worker of the test's own takes the step
+    procs = Processes(settings, artifacts)
+    port = free_port()
+    with transaction(make_sessionmaker(make_engine(settings))) as session:
+        token = repo.create_token(session, "traced", "admin", "tracing test")[1]
+    try:
+        procs.start("traced-api", "api", "--dev", "--no-reload", "--port", str(port),
+                    env=otel_env(receiver, "switchyard-api"))
+        procs.start("traced-worker", "worker", "--concurrency", "1", "-Q", queue,
+                    env=otel_env(receiver, "switchyard-worker"))
+        procs.start("console-worker", "worker", "--concurrency", "1", "-Q", f"{queue}-console",
+                    env=otel_env(receiver, "switchyard-console-worker", "console"))
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"})
+
+        def healthy() -> bool:
+            try:
+                return http.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, 60, "the traced API to answer")
+        steps = [{"id": "ask", "type": "llm", "model": "openai/test-model", "prompt": "Hello", "queue": queue},
+                 {"id": "echo", "type": "tool", "tool": "echo", "args": {}, "queue": f"{queue}-console"}]
+        assert http.put("/workflows/traced", json={"name": "traced", "steps": steps}).status_code == 201
+        response = http.post("/runs", json={"workflow_id": "traced", "input": {}})
+        assert response.status_code == 201, response.text
+        run_id = response.json()["id"]
+        wait_for(lambda: http.get(f"/runs/{run_id}").json()["status"] == "succeeded", 60, "the traced run to succeed")
+
+        def whole_trace():
+            for candidate in {t for t, service, _ in receiver.spans if service == "switchyard-api"}:
+                services = {service for service, _ in receiver.trace(candidate)}
+                if {"switchyard-api", "switchyard-worker"} <= services:
+                    return candidate
+            return None
+
+        trace_id = wait_for(whole_trace, 30, "one trace with spans of the API and the worker")
+        spans = receiver.trace(trace_id)
+        names = {name for _, name in spans}
+        assert any("/runs" in name for service, name in spans if service == "switchyard-api"), names
+        assert any(name.startswith("apply_async/") for service, name in spans if service == "switchyard-api"), names
+        assert any(name.startswith("run/") for service, name in spans if service == "switchyard-worker"), names
+        assert any(name.startswith("POST") for service, name in spans if service == "switchyard-worker"), names
+
+        def printed() -> list[dict]:
+            text = procs.log_tail("console-worker", 2000)
+            return [json.loads(chunk) for chunk in _json_objects(text) if '"trace_id"' in chunk]
+
+        console = wait_for(lambda: [s for s in printed() if s["name"].startswith("run/")], 30,
+                           "the console worker to print its attempt's span")
+        assert console[0]["context"]["trace_id"] == f"0x{trace_id}"
+        by_service = {service: sum(1 for s, _ in spans if s == service) for service in {s for s, _ in spans}}
+        print(f"\ntrace {trace_id}: {len(spans)} spans over OTLP by service {by_service}; "
+              f"{len(console)} printed by the console worker")
+    finally:
+        procs.stop_all()
+
+
+def _json_objects(text: str) -> list[str]:
+    """The multi-line JSON objects ConsoleSpanExporter printed (each starts with '{' alone on a line)."""
+    objects, current = [], None
+    for line in text.splitlines():
+        if line == "{":
+            current = [line]
+        elif current is not None:
+            current.append(line)
+            if line == "}":
+                objects.append("\n".join(current))
+                current = None
+    return objects
