@@ -21,7 +21,7 @@ from api import schedules as schedule_api
 from api import schemas
 from api.auth import PUBLIC, ROUTE_ROLES, SIGNED
 from orchestrator import schedules
-from orchestrator.states import RunStatus
+from orchestrator.states import RunStatus, StepStatus
 
 bp = Blueprint("openapi", __name__)
 
@@ -137,6 +137,11 @@ OPERATIONS: dict[str, Op] = {
     "runs.run_events": Op("A run's event log after a sequence number.", (200, R.EventPage), query=(
         query("after", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0}), limit(1000, 5000),
     )),
+    "runs.step_items": Op("A for-each step's items in index order, a page at a time; 400 for a step that is "
+                          "not a for-each step.", (200, R.ItemPage), query=(
+                              query("status", {"type": "string", "enum": [s.value for s in StepStatus]}),
+                              limit(50, 500),
+                              query("cursor", {"type": "string"}, "next_cursor of the previous page."))),
     "runs.run_context": Op("A run's input and step outputs.", (200, R.RunContext)),
     "runs.start_run": Op("Start a run.", (201, R.Run), schemas.StartRun, other_ok={200: R.Run}, errors=(409,),
                          links=run_links("/id"),

@@ -68,6 +68,33 @@ class Question(_Out):
     answered_at: datetime | None
 
 
+class ItemCounts(_Out):
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    pending: int
+    cancelled: int
+
+
+class Item(_Out):
+    """One item of a for-each step."""
+
+    index: int
+    status: StepStatus
+    attempt: int
+    output: Any
+    error: dict[str, Any] | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class ItemPage(_Out):
+    items: list[Item]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
 class Step(_Out):
     id: str
     type: str
@@ -84,6 +111,8 @@ class Step(_Out):
     worker: str | None
     usage: dict[str, Any] | None
     waiting_on: str | None
+    items: ItemCounts | None = Field(None, description="A for-each step's items by status (`running`: queued, "
+                                     "running or retrying); absent on other steps.")
     policy: list[dict[str, Any]]
     reused: bool = Field(description="A fork's step that kept the original run's output instead of running "
                                      "(no usage charged).")

@@ -96,17 +96,14 @@ def totals(phases: dict[str, dict[str, int]]) -> dict[str, Counter]:
     return result
 
 
-def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
-    """The round trips of each phase of the hot path, by phase; the scheduler must not be running.
-
-    The worker's sessions are set up as a worker's Runtime does (held connections, no ping before a
-    transaction) and opened before the count: what is counted is a step's, not a connection's set-up.
-    """
+def _worker_on(settings, celery, tenant: str, workflow_id: str, steps: list[dict], run_input: dict):
+    """A run of ``steps`` started and dispatched (outside any count), and a worker's sessions set up as a
+    worker's Runtime does (held connections, no ping before a transaction) and opened: what is counted
+    is a step's, not a connection's set-up. (engine, worker, catalog, run id, settled)."""
     from types import SimpleNamespace
 
-    from orchestrator import dispatch, outcomes, service, streams
+    from orchestrator import service, streams
     from orchestrator.catalog import DefinitionCatalog
-    from orchestrator.core.inputs import AttemptReport, Env
     from orchestrator.db.session import (
         AutocommitSessions,
         HeldConnectionSessions,
@@ -120,17 +117,13 @@ def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
     sessions = HeldConnectionSessions(make_sessionmaker(engine))
     autocommit = AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
     publisher = streams.install_publisher([sessions.maker, autocommit], streams.make_bus(settings))
-    steps = [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census"},
-             {"id": "b", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census",
-              "needs": ["a"]}]
     with transaction(sessions) as session:
-        service.publish_workflow(session, settings, tenant, "census", {"name": "census", "steps": steps})
-        run_id = service.start_run(session, settings, tenant, "census", {}).run.id
-    scheduler = Scheduler(settings, sessions, celery)
+        service.publish_workflow(session, settings, tenant, workflow_id, {"name": workflow_id, "steps": steps})
+        run_id = service.start_run(session, settings, tenant, workflow_id, run_input).run.id
     catalog = DefinitionCatalog()
-    scheduler.advance_batch()  # warm: run_started and the dispatch of `a`, outside the count
+    Scheduler(settings, sessions, celery).advance_batch()  # warm: run_started and the first dispatch
     with sessions() as session:  # a worker has the definition after its first step
-        catalog.get_many(session, [(tenant, "census", 1)])
+        catalog.get_many(session, [(tenant, workflow_id, 1)])
 
     def settled() -> None:  # the live streams' publishes of a phase are counted with it
         if publisher is not None:
@@ -141,6 +134,19 @@ def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
             session.execute(text("SELECT 1"))
     worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions, one_statement=autocommit,
                              transaction=lambda: transaction(sessions))
+    return engine, worker, catalog, run_id, settled
+
+
+def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
+    """The round trips of each phase of the hot path, by phase; the scheduler must not be running."""
+    from orchestrator import dispatch, outcomes
+    from orchestrator.core.inputs import AttemptReport, Env
+
+    steps = [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census"},
+             {"id": "b", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census",
+              "needs": ["a"]}]
+    engine, worker, catalog, run_id, settled = _worker_on(settings, celery, tenant, "census", steps, {})
+    autocommit = worker.one_statement
     env = Env(prices=settings.prices)
     phases: dict[str, dict[str, int]] = {}
     with _counting(engine) as c:
@@ -173,3 +179,26 @@ def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
     assert recorded.applied and c["transactions"] == 0, "the last step's success was not written as claimed"
     phases["record the run's last step (as claimed: finishes the run)"] = _trips(c)
     return phases
+
+
+def item_outcome(settings, celery, tenant: str, items: int) -> dict[str, int]:
+    """The round trips of one for-each item's success (which queues the next pending item), in a
+    for-each step of ``items`` items run one at a time; the scheduler must not be running. The same
+    for any number of items: an item's outcome reads its row and its step's, never the other items."""
+    from orchestrator import outcomes
+    from orchestrator.core.inputs import AttemptReport, Env
+
+    steps = [{"id": "each", "type": "tool", "tool": "echo", "args": {"n": "{{ item }}"}, "queue": "bench.census",
+              "for_each": "input.numbers", "max_parallel": 1}]
+    engine, worker, catalog, run_id, settled = _worker_on(settings, celery, tenant, f"census-items-{items}", steps,
+                                                          {"numbers": list(range(items))})
+    with worker.one_statement() as session:
+        claim = outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(run_id, "each[0]", 1), worker="census",
+                                       lease_s=settings.lease_s)
+    assert claim is not None and claim.item == 0
+    with _counting(engine) as c:
+        report = AttemptReport(run_id, "each[0]", 1, outcomes.Outcome(output={"n": 0}), queue_ready=True)
+        recorded = outcomes.record(worker, claim.definition, report, seen=claim.seen, env=Env(prices=settings.prices))
+        settled()
+    assert [m.step_id for m in recorded.messages] == ["each[1]"], "the item's outcome did not queue the next item"
+    return _trips(c)

@@ -19,3 +19,15 @@ def test_a_step_costs_seven_round_trips_and_a_runs_last_step_three(settings):
     queues_next, last = totals[census.STEP_THAT_QUEUES_THE_NEXT], totals[census.RUNS_LAST_STEP]
     assert (queues_next["db round trips"], queues_next["transactions"], queues_next["redis requests"]) == (7, 1, 1), phases
     assert (last["db round trips"], last["transactions"], last["redis requests"]) == (3, 0, 0), phases
+
+
+def test_a_for_each_items_outcome_costs_the_same_with_ten_items_or_a_thousand(settings):
+    with fresh_database("switchyard_census_items") as url:
+        settings = settings.model_copy(update={"database_url": url})
+        migrate.upgrade(settings)
+        celery = make_celery(settings)
+        few, many = (census.item_outcome(settings, celery, "census", n) for n in (10, 1000))
+    assert few == many, (few, many)
+    # Lock the run with the item, read its step (after the lock), move the item, write the step's counts,
+    # queue the next item, its outbox row, and the run's update with the events.
+    assert (few["sql statements"], few["transactions"]) == (7, 1), few

@@ -1,4 +1,4 @@
-"""Chaos: hundreds of runs while workers are SIGKILLed, Redis is restarted (losing every message it
+"""Chaos: hundreds of runs (each with a for-each step) while workers are SIGKILLed, Redis is restarted (losing every message it
 held) and one of two schedulers is killed. Every run must still succeed, once.
 
 The test brings its own Redis server (so it may restart it) and its own database (so the session's
@@ -25,6 +25,7 @@ from tests.integration.conftest import Api, Processes, fresh_database, publish, 
 from tests.integration.invariants import assert_no_violations
 
 RUNS = 300
+PARTS = 5  # the items of each run's for-each step
 WORKERS = ("worker1", "worker2", "worker3")
 SETTLE_S = 120  # every run ends within this long after the last fault
 
@@ -109,12 +110,15 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
             {"id": "a", "type": "tool", "tool": "echo", "args": {"n": "{{ input.n }}"}},
             {"id": "b", "type": "tool", "tool": "sleep", "needs": ["a"], "args": {"seconds": 0.2}},
             {"id": "c", "type": "tool", "tool": "echo", "needs": ["a"], "args": {"c": True}},
-            {"id": "d", "type": "tool", "tool": "echo", "needs": ["b", "c"], "args": {"done": "{{ input.n }}"}},
+            # A for-each step: its items are rows of their own, with their own leases and messages.
+            {"id": "e", "type": "tool", "tool": "echo", "needs": ["a"], "for_each": "input.parts", "max_parallel": 2,
+             "args": {"part": "{{ item }}"}},
+            {"id": "d", "type": "tool", "tool": "echo", "needs": ["b", "c", "e"], "args": {"done": "{{ input.n }}"}},
         ],
     })
     run_ids = []
     for n in range(RUNS):
-        response = api.post("/runs", json={"workflow_id": workflow, "input": {"n": n}})
+        response = api.post("/runs", json={"workflow_id": workflow, "input": {"n": n, "parts": list(range(PARTS))}})
         assert response.status_code == 201, response.get_json()
         run_ids.append(response.get_json()["id"])
 
@@ -165,6 +169,6 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
     assert statuses == {"succeeded": RUNS}, statuses
     assert doubled == [], f"steps recorded as completed more than once: {doubled[:5]}"
     assert dispatched_twice == [], f"attempts dispatched twice: {dispatched_twice[:5]}"
-    assert completed == RUNS * 4
+    assert completed == RUNS * (5 + PARTS)  # a, b, c, d, e and each of e's items: once each
     assert_no_violations(settings)
     print(f"\nchaos: {RUNS} runs succeeded, settled {settled_after:.1f}s after the last fault")

@@ -45,7 +45,7 @@ def test_a_thousand_items_twenty_at_a_time_each_run_once(api):
          "args": {"count": "{{ steps.double.output | length }}"}},
     ]})
     run_id = start(api, workflow, {"numbers": list(range(1000))})
-    run = wait_run(api, run_id, timeout=240)
+    run = wait_run(api, run_id, timeout=300)
     assert run["status"] == "succeeded", (run["error"], [(s["id"], s["status"], s["error"]) for s in run["steps"]])
     step = by_id(run)["double"]
     assert step["items"] == {"total": 1000, "succeeded": 1000, "failed": 0, "running": 0, "pending": 0,

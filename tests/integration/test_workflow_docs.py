@@ -1,0 +1,40 @@
+"""The examples of docs/workflows.md, read from the document and run through real workers: what the
+reference shows is what runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.conftest import ROOT, by_id, publish, start, wait_run
+
+pytestmark = pytest.mark.usefixtures("engine_processes")
+
+DOC = (ROOT / "docs" / "workflows.md").read_text()
+EXAMPLES = {example["name"]: example for example in (
+    json.loads(block.split("```", 1)[0]) for block in DOC.split("```json workflow")[1:])}
+
+
+def test_the_reference_has_its_examples():
+    assert set(EXAMPLES) == {"route a ticket", "summarise documents"}
+
+
+@pytest.mark.parametrize(("category", "ran", "skipped"), [("refund", "refund", "answer"), ("billing", "answer", "refund")])
+def test_route_a_ticket(api, category, ran, skipped):
+    run = wait_run(api, start(api, publish(api, EXAMPLES["route a ticket"]), {"category": category}))
+    steps = by_id(run)
+    assert run["status"] == "succeeded" and run["failed_steps"] == ["notify"], run
+    assert steps[ran]["status"] == "succeeded"
+    assert (steps[skipped]["status"], steps[skipped]["skipped_reason"]) == ("skipped", "condition")
+    assert steps["close"]["output"] == {"text": "closed"}
+
+
+def test_summarise_each_document(api):
+    documents = [{"text": f"document {n}"} for n in range(5)]
+    run = wait_run(api, start(api, publish(api, EXAMPLES["summarise documents"]), {"documents": documents}))
+    assert run["status"] == "succeeded", run
+    steps = by_id(run)
+    assert steps["summarise"]["items"]["succeeded"] == 5
+    assert len(steps["summarise"]["output"]) == 5 and "document 2" in json.dumps(steps["summarise"]["output"][2])
+    assert steps["digest"]["output"] == {"summaries": 5}
