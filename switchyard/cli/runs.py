@@ -256,3 +256,16 @@ def bulk(remote_: Remote, action: str, status: tuple[str, ...], run_ids: tuple[s
             click.echo(f"  skipped {skip.run_id}: {skip.reason}")
 
     remote_.emit(result, people)
+
+
+@runs.command("items")
+@click.argument("run_id")
+@click.argument("step_id")
+@click.option("--status", type=click.Choice(["pending", "queued", "running", "retrying", "succeeded", "failed",
+                                             "cancelled"]))
+@remote
+def items(remote_: Remote, run_id: str, step_id: str, status: str | None) -> None:
+    """A for-each step's items, in index order."""
+    found = list(remote_.client.runs.items(run_id, step_id, status=status))
+    remote_.emit(found, lambda: table(None, ("index", "status", "attempt", "output / error"), (
+        (i.index, i.status, i.attempt, short(i.error or i.output)) for i in found)))

@@ -76,9 +76,17 @@ def bind(value: Any, client: Any) -> Any:
 Advance = Callable[[Call, Any], "tuple[list[Any], Call | None]"]
 
 
-def runs_advance(call: Call, page: RunPage) -> tuple[list[Any], Call | None]:
-    """GET /runs pages by cursor: the next call carries ``next_cursor`` until there is none."""
-    return page.runs, (call.with_params(cursor=page.next_cursor) if page.next_cursor else None)
+def by_cursor(field_name: str) -> Advance:
+    """Pages by cursor (GET /runs, a step's items): the next call carries ``next_cursor`` until there is none."""
+
+    def advance(call: Call, page: Any) -> tuple[list[Any], Call | None]:
+        return getattr(page, field_name), (call.with_params(cursor=page.next_cursor) if page.next_cursor else None)
+
+    return advance
+
+
+runs_advance = by_cursor("runs")
+items_advance = by_cursor("items")
 
 
 def events_advance(call: Call, page: EventPage) -> tuple[list[Event], Call | None]:

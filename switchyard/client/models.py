@@ -49,6 +49,35 @@ class Question(Model):
     answered_at: datetime | None = None
 
 
+class ItemCounts(Model):
+    """A for-each step's items by status."""
+
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    pending: int
+    cancelled: int
+
+
+class Item(Model):
+    """One item of a for-each step."""
+
+    index: int
+    status: str
+    attempt: int
+    output: Any = None
+    error: dict[str, Any] | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class ItemPage(Model):
+    items: list[Item]
+    next_cursor: str | None = None
+
+
 class Step(Model):
     id: str
     type: str
@@ -67,6 +96,7 @@ class Step(Model):
     waiting_on: str | None = None
     policy: list[dict[str, Any]] = Field(default_factory=list)
     reused: bool = Field(False, description="A fork's step that kept the original run's output.")
+    items: ItemCounts | None = Field(None, description="A for-each step's items by status.")
 
 
 class WorkflowRef(Model):

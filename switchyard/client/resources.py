@@ -74,6 +74,13 @@ class Runs(Resource):
                     model=models.EventPage)
         return self._client._paginate(call, calls.events_advance)
 
+    def items(self, run_id: str, step_id: str, *, status: str | None = None,
+              page_size: int = 50) -> Iterator[models.Item]:
+        """A for-each step's items in index order (every page)."""
+        call = Call("GET", f"/runs/{seg(run_id)}/steps/{seg(step_id)}/items",
+                    {"status": status, "limit": page_size}, model=models.ItemPage)
+        return self._client._paginate(call, calls.items_advance)
+
     def follow(self, run_id: str, *, after: int = 0) -> Iterator[models.Event]:
         """The run's events from the live stream, from ``after`` on; ends when the run has ended.
         A dropped connection is resumed where it stopped."""

@@ -150,6 +150,16 @@ def test_the_async_client_does_the_same(url, tokens):
     assert failed.status == "failed" and failed.step("boom").error["message"] == "it broke"
 
 
+def test_a_for_each_steps_items_page_by_page(client):
+    workflow_id = unique("client")
+    client.workflows.publish(workflow_id, {"name": "each", "steps": [
+        {"id": "each", "type": "tool", "tool": "echo", "for_each": "input.things", "args": {"text": "{{ item }}"}}]})
+    run = client.runs.start(workflow_id, {"things": ["a", "b", "c", "d", "e"]}).wait(timeout=60)
+    assert run.status == "succeeded" and run.step("each").items.succeeded == 5
+    items = list(client.runs.items(run.id, "each", page_size=2))
+    assert [(i.index, i.output) for i in items] == [(n, {"text": t}) for n, t in enumerate("abcde")]
+
+
 def test_fork_compare_and_bulk_through_the_client(client):
     workflow_id = unique("client")
     client.workflows.publish(workflow_id, CHAIN)
@@ -183,7 +193,8 @@ SCHEMAS = {
     models.EventAccepted: "EventAccepted", models.TriggerError: "TriggerError", models.Diagnosis: "Diagnosis", models.Cause: "Cause",
     models.ActionRequest: "ActionRequest", models.ForkedFrom: "ForkedFrom", models.BulkSkip: "BulkSkip",
     models.BulkResult: "BulkResult", models.ComparedStepRun: "ComparedStepRun", models.ComparedStep: "ComparedStep",
-    models.ComparedRun: "ComparedRun", models.Comparison: "Comparison",
+    models.ComparedRun: "ComparedRun", models.Comparison: "Comparison", models.ItemCounts: "ItemCounts",
+    models.Item: "Item", models.ItemPage: "ItemPage",
 }
 SCHEDULES = {models.Schedule: "Schedule", models.ScheduleList: "ScheduleList"}
 
