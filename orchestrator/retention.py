@@ -66,9 +66,9 @@ def sweep(sessions: sessionmaker[Session], settings: Settings, *, now: datetime 
         now = now or repo.now(session)
         targets = repo.retention_targets(session, settings.retention_days)
     for tenant_id, workflow_id, days in targets:
-        cutoff = now - timedelta(days=days)
+        cutoff, after = now - timedelta(days=days), None
         while not stopping.is_set():
-            runs, counts = purge_batch(sessions, settings, (tenant_id, workflow_id), cutoff)
+            runs, counts, after = purge_batch(sessions, settings, (tenant_id, workflow_id), cutoff, after)
             if runs:
                 totals.add(runs, counts)
             if runs < settings.retention_batch:
@@ -80,14 +80,16 @@ def sweep(sessions: sessionmaker[Session], settings: Settings, *, now: datetime 
     return totals
 
 
-def purge_batch(sessions: sessionmaker[Session], settings: Settings, target: tuple[str, str],
-                cutoff: datetime) -> tuple[int, dict[str, int]]:
-    """Delete (archiving first, if set) up to a batch of the workflow's runs that ended before ``cutoff``,
-    in one transaction; the runs deleted and the rows deleted per table."""
+def purge_batch(sessions: sessionmaker[Session], settings: Settings, target: tuple[str, str], cutoff: datetime,
+                after: datetime | None = None) -> tuple[int, dict[str, int], datetime | None]:
+    """Delete (archiving first, if set) up to a batch of the workflow's runs that ended before ``cutoff``
+    (created at or after ``after``), in one transaction: the runs deleted, the rows deleted per table,
+    and where the next batch starts."""
     with transaction(sessions) as session:
-        run_ids = repo.lock_expired_runs(session, target, cutoff, settings.retention_batch)
-        if not run_ids:
-            return 0, {}
+        found = repo.lock_expired_runs(session, target, cutoff, settings.retention_batch, after)
+        if not found:
+            return 0, {}, after
+        run_ids = [run_id for run_id, _ in found]
         if settings.archive_dir is not None:
             for run_id in run_ids:
                 archive(session, settings, target[0], run_id)
@@ -96,7 +98,7 @@ def purge_batch(sessions: sessionmaker[Session], settings: Settings, target: tup
     store = artifacts.store(settings)
     for run_id in run_ids:  # after the commit: a failed delete leaves a run's files, never files without a run
         shutil.rmtree(store.root / run_id, ignore_errors=True)
-    return len(run_ids), counts
+    return len(run_ids), counts, found[-1][1]
 
 
 def _prune_records(sessions: sessionmaker[Session], cutoff: datetime, batch: int) -> None:

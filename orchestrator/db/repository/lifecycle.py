@@ -72,16 +72,21 @@ def retention_targets(session: Session, default_days: int) -> Sequence[tuple[str
                            .order_by(Workflow.tenant_id, Workflow.id)).all()
 
 
-def lock_expired_runs(session: Session, target: tuple[str, str], cutoff: datetime, limit: int) -> list[str]:
-    """Up to ``limit`` terminal runs of the workflow that ended before ``cutoff``, oldest first, locked
-    (runs another transaction holds, a retry say, are skipped). A run ends after it was created, so
-    ``created_at < cutoff`` narrows the scan on the (tenant, workflow, created_at) index."""
+def lock_expired_runs(session: Session, target: tuple[str, str], cutoff: datetime, limit: int,
+                      after: datetime | None = None) -> list[tuple[str, datetime]]:
+    """Up to ``limit`` terminal runs of the workflow that ended before ``cutoff``, oldest first (created at or
+    after ``after``, where the previous batch stopped: the scan never walks back over the index entries
+    of the runs it deleted), locked; runs another transaction holds, a retry say, are skipped. A run ends
+    after it was created, so ``created_at < cutoff`` bounds the scan on the (tenant, workflow, created_at)
+    index. (id, created_at) pairs."""
     tenant_id, workflow_id = target
-    return list(session.execute(
-        select(Run.id).where(Run.tenant_id == tenant_id, Run.workflow_id == workflow_id, Run.created_at < cutoff,
-                             Run.status.in_(_TERMINAL), Run.completed_at < cutoff)
-        .order_by(Run.created_at).limit(limit).with_for_update(skip_locked=True)
-    ).scalars())
+    query = select(Run.id, Run.created_at).where(
+        Run.tenant_id == tenant_id, Run.workflow_id == workflow_id, Run.created_at < cutoff,
+        Run.status.in_(_TERMINAL), Run.completed_at < cutoff)
+    if after is not None:
+        query = query.where(Run.created_at >= after)
+    return [(r.id, r.created_at) for r in session.execute(
+        query.order_by(Run.created_at).limit(limit).with_for_update(skip_locked=True))]
 
 
 def _run_tables() -> list[Table]:
