@@ -335,16 +335,6 @@ class Courier:
                         what, self.capacity)
             return False
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Until every call queued so far was made; False if ``timeout`` passed first (for tests and shutdown)."""
-        deadline = time.monotonic() + timeout
-        calls = self._queue()
-        while calls.unfinished_tasks:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
     def _queue(self) -> queue.Queue:
         if self._pid != os.getpid():  # a forked child has no thread of its parent's
             with self._lock:
