@@ -51,29 +51,30 @@ def fire_due(session: Session, settings: Settings, catalog: DefinitionCatalog, n
     for schedule in due:
         spec = schedules.Spec(schedule.cron, schedule.timezone, schedule.overlap, schedule.catchup)
         decided = schedules.plan(spec, schedule.last_slot, now, max_catchup=settings.max_catchup)
+        last_run = schedule.last_run_id
         for slot in decided.fire:
-            _fire_slot(session, settings, catalog, schedule, slot, out)
+            last_run = _fire_slot(session, settings, catalog, schedule, slot=slot, previous=last_run, out=out)
         if decided.passed_over or decided.more_passed_over:
             log.info("schedule %s/%s passed over %d%s missed slots (catchup %s)", schedule.workflow_id,
                      schedule.id, decided.passed_over, " or more" if decided.more_passed_over else "",
                      schedule.catchup)
-        schedule.last_slot, schedule.next_fire_at = decided.last_slot, decided.next_fire_at
-    session.flush()
+        repo.advance_schedule(session, schedule, last_slot=decided.last_slot, next_fire_at=decided.next_fire_at,
+                              last_run_id=last_run)
     out.next_fire_at, out.full = repo.next_fire_at(session), len(due) == BATCH
     return out
 
 
-def _fire_slot(session: Session, settings: Settings, catalog: DefinitionCatalog, schedule: Schedule,
-               slot: datetime, out: Fired) -> None:
-    """Fire one slot: skip it, or start a run (cancelling the previous one first with cancel_previous)."""
-    previous = schedule.last_run_id
+def _fire_slot(session: Session, settings: Settings, catalog: DefinitionCatalog, schedule: Schedule, *,
+               slot: datetime, previous: str | None, out: Fired) -> str | None:
+    """Fire one slot: skip it, or start a run (cancelling the ``previous`` run the schedule started first,
+    with cancel_previous). The last run the schedule started after this slot."""
     live = previous is not None and repo.run_status(session, previous) in LIVE
     action = schedules.overlap_action(schedule.overlap, live)
     if action == "skip":
         repo.insert_fire(session, schedule, slot, "skipped", detail=f"run {previous} is still live")
-        return
+        return previous
     if not repo.insert_fire(session, schedule, slot, "started"):
-        return  # fired already
+        return previous  # fired already
     if action == "cancel_previous":
         out.revoke += _cancel(session, settings, catalog, schedule, previous)
     try:
@@ -83,10 +84,10 @@ def _fire_slot(session: Session, settings: Settings, catalog: DefinitionCatalog,
     except SwitchyardError as exc:
         log.warning("schedule %s/%s could not start a run for %s: %s", schedule.workflow_id, schedule.id, slot, exc)
         repo.mark_fire_failed(session, schedule, slot, f"{exc.code}: {exc}"[:2000])
-        return
+        return previous
     repo.set_fire_run(session, schedule, slot, run.id)
-    schedule.last_run_id = run.id
     out.started.append(run.id)
+    return run.id
 
 
 def _cancel(session: Session, settings: Settings, catalog: DefinitionCatalog, schedule: Schedule,

@@ -87,6 +87,23 @@ def test_overlap_skip_skips_slots_while_the_previous_run_is_live(api, sessions):
         put(api, workflow, "held", cron="* * * * * *", enabled=False)
 
 
+def test_overlap_cancel_previous_cancels_the_live_run_and_starts_the_next(api, sessions):
+    workflow = publish(api, {"name": "replaced", "steps": [
+        {"id": "hold", "type": "wait_event", "correlation_key": "{{ input.key }}"}]})
+    put(api, workflow, "replace", cron="* * * * * *", overlap="cancel_previous", input={"key": unique("never")})
+    try:
+        wait_for(lambda: len(fires(sessions, workflow)) >= 3, 20, "three slots fired")
+    finally:
+        put(api, workflow, "replace", cron="* * * * * *", enabled=False)
+    runs = sorted(scheduled_runs(sessions, workflow), key=lambda r: r.created_at)
+    assert len(runs) == len(fires(sessions, workflow)) >= 3
+    for earlier in runs[:-1]:  # each cancelled by the slot after it
+        assert wait_run(api, earlier.id, ("cancelled",), timeout=20)["status"] == "cancelled"
+        log = api.get(f"/runs/{earlier.id}/events").get_json()["events"]
+        assert any(e["type"] == "run_cancelled" and e["data"].get("triggered_by") == "schedule:replace" for e in log)
+    assert api.get(f"/runs/{runs[-1].id}").get_json()["status"] in ("queued", "running", "waiting")
+
+
 @pytest.mark.parametrize(("catchup", "started"), [("latest", 1), ("none", 0), ("all", 5)])
 def test_catchup_after_a_five_minute_outage(api, sessions, catchup, started):
     """Five slots (the minutes 6 to 2 minutes ago) missed, as if no scheduler had run since 7 minutes ago

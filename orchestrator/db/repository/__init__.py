@@ -121,6 +121,7 @@ from orchestrator.db.repository.runs import (
     succeeded_outputs,
 )
 from orchestrator.db.repository.schedules import (
+    advance_schedule,
     delete_schedule,
     get_schedule,
     insert_fire,
@@ -199,7 +200,7 @@ __all__ = [
     "add_purged", "archive_workflow", "delete_runs", "lock_expired_runs", "prune_old_records", "purged_rows",
     "record_event_id", "retention_targets", "set_workflow_lifecycle", "workflows_on_event",
     # schedules
-    "delete_schedule", "get_schedule", "insert_fire", "list_schedules", "lock_due_schedules", "mark_fire_failed",
+    "advance_schedule", "delete_schedule", "get_schedule", "insert_fire", "list_schedules", "lock_due_schedules", "mark_fire_failed",
     "next_fire_at", "put_schedule", "set_fire_run",
     # scheduling
     "delete_outbox", "diagnosis_facts", "flag_runs_with_due_steps", "insert_outbox", "lock_runs_with_work",

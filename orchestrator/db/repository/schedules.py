@@ -64,6 +64,13 @@ def lock_due_schedules(session: Session, now: datetime, limit: int) -> Sequence[
     ).scalars().all()
 
 
+def advance_schedule(session: Session, schedule: Schedule, *, last_slot: datetime, next_fire_at: datetime | None,
+                     last_run_id: str | None) -> None:
+    """After a firing: the last slot considered, the next slot, the last run started."""
+    session.execute(update(Schedule).where(*_key((schedule.tenant_id, schedule.workflow_id, schedule.id))).values(
+        last_slot=last_slot, next_fire_at=next_fire_at, last_run_id=last_run_id))
+
+
 def next_fire_at(session: Session) -> datetime | None:
     """The earliest next slot of any enabled schedule."""
     return session.execute(select(func.min(Schedule.next_fire_at))).scalar_one()
