@@ -4,7 +4,6 @@ each answers an awaitable, and ``runs.list``, ``runs.events`` and ``runs.follow`
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +13,6 @@ from switchyard.client import calls, errors, models
 from switchyard.client.calls import Call
 from switchyard.client.sync import (
     STREAM_READ_TIMEOUT_S,
-    STREAM_RECONNECTS,
     _Resources,
     base_url,
     default_headers,
@@ -64,9 +62,7 @@ class AsyncClient(_Resources):
                 return  # the API ended the stream: the run has ended
             except (httpx.TransportError, errors.Unavailable) as exc:
                 failures += 1
-                if failures > STREAM_RECONNECTS:
-                    raise errors.Unreachable(f"the event stream of {run_id} keeps failing: {exc}") from exc
-                await asyncio.sleep(min(0.2 * 2 ** failures, 5))
+                await asyncio.sleep(calls.reconnect_delay(run_id, failures, exc))
 
     async def _stream_once(self, run_id: str, after: int) -> AsyncIterator[models.Event]:
         call = calls.stream_call(run_id, after)
@@ -78,21 +74,12 @@ class AsyncClient(_Resources):
                 calls.read_answer(call, response)
             parser = calls.SseParser()
             async for line in response.aiter_lines():
-                message = parser.feed(line)
-                event = calls.stream_event(message) if message else None
-                if event is not None:
+                if (event := calls.event_of_line(parser, line)) is not None:
                     yield event
 
     async def _wait(self, run_id: str, timeout: float | None, interval: float,
                     statuses: frozenset[str]) -> models.Run:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = min(0.05, interval)
-        while True:
-            run = await self.runs.get(run_id)
-            if run.status in statuses:
-                return run
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise errors.WaitTimeout(f"run {run_id} is still {run.status} after {timeout} s", run)
-            await asyncio.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, interval)
+        poll = calls.Poll(run_id, statuses, timeout, interval)
+        while (pause := poll.pause_after(await self.runs.get(run_id))) is not None:
+            await asyncio.sleep(pause)
+        return poll.run

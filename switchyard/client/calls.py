@@ -8,6 +8,7 @@ Server-Sent Events are parsed by ``SseParser``, a line at a time.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,7 +18,7 @@ import httpx
 from pydantic import BaseModel
 
 from switchyard.client import errors
-from switchyard.client.models import Event, EventPage, RunPage, RunSummary
+from switchyard.client.models import Event, EventPage, Run, RunPage, RunSummary
 
 
 def seg(value: str | int) -> str:
@@ -128,6 +129,12 @@ class SseParser:
         return None
 
 
+def event_of_line(parser: SseParser, line: str) -> Event | None:
+    """The run event a stream's ``line`` completes, if it completes one."""
+    message = parser.feed(line)
+    return stream_event(message) if message else None
+
+
 def stream_event(message: tuple[str, str, str | None]) -> Event | None:
     """A run event from a stream message (None for anything that is not one)."""
     try:
@@ -140,3 +147,42 @@ def stream_event(message: tuple[str, str, str | None]) -> Event | None:
 def stream_call(run_id: str, after: int) -> Call:
     return Call("GET", f"/runs/{seg(run_id)}/events/stream", {"after": after},
                 headers={"Accept": "text/event-stream"})
+
+
+# Reconnects in a row before follow() gives up on an API that does not answer.
+STREAM_RECONNECTS = 5
+
+
+def reconnect_delay(run_id: str, failures: int, exc: Exception) -> float:
+    """How long to wait before reconnecting to a run's stream after ``failures`` failures in a row;
+    Unreachable once there have been too many."""
+    if failures > STREAM_RECONNECTS:
+        raise errors.Unreachable(f"the event stream of {run_id} keeps failing: {exc}") from exc
+    return min(0.2 * 2 ** failures, 5.0)
+
+
+@dataclass
+class Poll:
+    """``wait``'s schedule: read the run until its status is one of ``statuses``, backing off from 50 ms
+    to ``interval``; WaitTimeout once ``timeout`` seconds have passed."""
+
+    run_id: str
+    statuses: frozenset[str]
+    timeout: float | None
+    interval: float
+    run: Run | None = None
+
+    def __post_init__(self) -> None:
+        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        self.delay = min(0.05, self.interval)
+
+    def pause_after(self, run: Run) -> float | None:
+        """None when ``run`` is where it was awaited; else the seconds to sleep before reading it again."""
+        self.run = run
+        if run.status in self.statuses:
+            return None
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise errors.WaitTimeout(f"run {self.run_id} is still {run.status} after {self.timeout} s", run)
+        pause, self.delay = (self.delay if left is None else min(self.delay, left)), min(self.delay * 2, self.interval)
+        return pause

@@ -14,8 +14,6 @@ from switchyard.client.calls import Call
 
 # A stream sends a keepalive at least every 15 s; a minute of silence means the connection is gone.
 STREAM_READ_TIMEOUT_S = 60.0
-# Reconnects in a row before follow() gives up on an API that does not answer.
-STREAM_RECONNECTS = 5
 
 
 def base_url(url: str) -> str:
@@ -92,9 +90,7 @@ class Client(_Resources):
                 return  # the API ended the stream: the run has ended
             except (httpx.TransportError, errors.Unavailable) as exc:
                 failures += 1
-                if failures > STREAM_RECONNECTS:
-                    raise errors.Unreachable(f"the event stream of {run_id} keeps failing: {exc}") from exc
-                time.sleep(min(0.2 * 2 ** failures, 5))
+                time.sleep(calls.reconnect_delay(run_id, failures, exc))
 
     def _stream_once(self, run_id: str, after: int) -> Iterator[models.Event]:
         call = calls.stream_call(run_id, after)
@@ -106,21 +102,12 @@ class Client(_Resources):
                 calls.read_answer(call, response)
             parser = calls.SseParser()
             for line in response.iter_lines():
-                message = parser.feed(line)
-                event = calls.stream_event(message) if message else None
-                if event is not None:
+                if (event := calls.event_of_line(parser, line)) is not None:
                     yield event
 
     def _wait(self, run_id: str, timeout: float | None, interval: float,
               statuses: frozenset[str]) -> models.Run:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = min(0.05, interval)
-        while True:
-            run = self.runs.get(run_id)
-            if run.status in statuses:
-                return run
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise errors.WaitTimeout(f"run {run_id} is still {run.status} after {timeout} s", run)
-            time.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, interval)
+        poll = calls.Poll(run_id, statuses, timeout, interval)
+        while (pause := poll.pause_after(self.runs.get(run_id))) is not None:
+            time.sleep(pause)
+        return poll.run

@@ -103,3 +103,24 @@ def test_a_run_counts_its_pending_approvals_from_an_api_that_listed_them():
 def test_a_run_not_read_through_a_client_says_how_to_wait_for_it():
     with pytest.raises(RuntimeError, match="client.runs.wait"):
         models.Run.model_validate(_run("a")).wait()
+
+
+def test_wait_backs_off_to_its_interval_and_stops_where_it_was_asked():
+    poll = calls.Poll("a", frozenset({"waiting", "succeeded"}), None, 0.3)
+    running = models.Run.model_validate({**_run("a"), "status": "running"})
+    assert [poll.pause_after(running) for _ in range(4)] == [0.05, 0.1, 0.2, 0.3]
+    assert poll.pause_after(models.Run.model_validate({**_run("a"), "status": "waiting"})) is None
+    assert poll.run.status == "waiting"
+
+
+def test_wait_gives_up_at_its_deadline_with_the_run_it_read_last():
+    running = models.Run.model_validate({**_run("a"), "status": "running"})
+    with pytest.raises(errors.WaitTimeout, match="run a is still running after 0 s") as late:
+        calls.Poll("a", frozenset({"succeeded"}), 0, 1.0).pause_after(running)
+    assert late.value.run is running
+
+
+def test_a_stream_that_keeps_failing_is_given_up_with_what_failed():
+    assert [calls.reconnect_delay("r", n, OSError("x")) for n in (1, 2, 5)] == [0.4, 0.8, 5.0]
+    with pytest.raises(errors.Unreachable, match="the event stream of r keeps failing: refused"):
+        calls.reconnect_delay("r", calls.STREAM_RECONNECTS + 1, OSError("refused"))
