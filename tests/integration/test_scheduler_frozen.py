@@ -101,6 +101,45 @@ class Starts(threading.Thread):
                 self.refused.append((response.status_code, response.get_json()))
 
 
+def freeze_for(settings: Settings, procs: Processes, starts: Starts) -> float:
+    """Freeze the scheduler inside a pass for FREEZE_S while runs keep coming, then thaw it; seconds
+    until PostgreSQL ended its transaction."""
+    freeze_holding_runs(settings, procs.procs["frozen"].pid)
+    frozen_at = time.monotonic()
+    assert session_in_transaction(settings), "the scheduler was not frozen in a transaction"
+    bound = IDLE_IN_TRANSACTION_TIMEOUT_MS / 1000
+    wait_for(lambda: not session_in_transaction(settings), bound + 5,
+             f"PostgreSQL to end the frozen scheduler's transaction (idle timeout {bound:g} s)")
+    ended_after = time.monotonic() - frozen_at
+    # The freeze lasts FREEZE_S while runs keep coming: the pace of the fault, not synchronisation.
+    time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen_at)))
+    os.kill(procs.procs["frozen"].pid, signal.SIGCONT)
+    started_before_thaw = len(starts.run_ids)
+    wait_for(lambda: len(starts.run_ids) >= started_before_thaw + 20, 30, "20 runs started after the thaw")
+    return ended_after
+
+
+def what_runs_went_through(sessions) -> dict:
+    """Run statuses, the longest run, the longest wait for a scheduler (from `a` completed, has_work
+    raised and the doorbell rung, to the pass that queued `b`) with its run, and attempts queued twice."""
+    done, queued = aliased(Event), aliased(Event)
+    waited = func.extract("epoch", queued.created_at - done.created_at)
+    with sessions() as session:
+        slowest_id, longest = session.execute(
+            select(done.run_id, waited)
+            .join(queued, (queued.run_id == done.run_id) & (queued.type == "step_queued") & (queued.step_id == "b"))
+            .where(done.type == "step_completed", done.step_id == "a").order_by(waited.desc()).limit(1)).one()
+        return dict(
+            statuses=dict(session.execute(select(Run.status, func.count()).group_by(Run.status)).all()),
+            longest_run=float(session.execute(
+                select(func.max(func.extract("epoch", Run.completed_at - Run.created_at)))).scalar_one()),
+            slowest_id=slowest_id, longest_wait=float(longest),
+            twice=session.execute(
+                select(Event.run_id, Event.step_id, Event.attempt).where(Event.type == "step_queued")
+                .group_by(Event.run_id, Event.step_id, Event.attempt).having(func.count() > 1)).all(),
+        )
+
+
 def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedulers):
     from api import create_app
 
@@ -117,18 +156,7 @@ def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedu
     starts.start()
     try:
         wait_for(lambda: len(starts.run_ids) >= 10, 30, "10 runs started before the freeze")
-        freeze_holding_runs(settings, procs.procs["frozen"].pid)
-        frozen_at = time.monotonic()
-        assert session_in_transaction(settings), "the scheduler was not frozen in a transaction"
-        bound = IDLE_IN_TRANSACTION_TIMEOUT_MS / 1000
-        wait_for(lambda: not session_in_transaction(settings), bound + 5,
-                 f"PostgreSQL to end the frozen scheduler's transaction (idle timeout {bound:g} s)")
-        ended_after = time.monotonic() - frozen_at
-        # The freeze lasts FREEZE_S while runs keep coming: the pace of the fault, not synchronisation.
-        time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen_at)))
-        os.kill(procs.procs["frozen"].pid, signal.SIGCONT)
-        started_before_thaw = len(starts.run_ids)
-        wait_for(lambda: len(starts.run_ids) >= started_before_thaw + 20, 30, "20 runs started after the thaw")
+        ended_after = freeze_for(settings, procs, starts)
     finally:
         starts.stopping.set()
         starts.join(10)
@@ -139,31 +167,16 @@ def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedu
                 Run.status.in_(["succeeded", "failed", "cancelled"]))).scalar_one() == len(starts.run_ids)
 
     wait_for(all_ended, 60, f"all {len(starts.run_ids)} runs to end", interval=0.5)
-    with sessions() as session:
-        statuses = dict(session.execute(select(Run.status, func.count()).group_by(Run.status)).all())
-        longest_run = session.execute(select(func.max(func.extract("epoch", Run.completed_at - Run.created_at)))
-                                      ).scalar_one()
-        # What each run waited for a scheduler: from `a` completed (has_work raised, the doorbell rung)
-        # to the pass that queued `b`.
-        done, queued = aliased(Event), aliased(Event)
-        waited = func.extract("epoch", queued.created_at - done.created_at)
-        slowest_id, longest = session.execute(
-            select(done.run_id, waited)
-            .join(queued, (queued.run_id == done.run_id) & (queued.type == "step_queued") & (queued.step_id == "b"))
-            .where(done.type == "step_completed", done.step_id == "a").order_by(waited.desc()).limit(1)).one()
-        twice = session.execute(
-            select(Event.run_id, Event.step_id, Event.attempt).where(Event.type == "step_queued")
-            .group_by(Event.run_id, Event.step_id, Event.attempt).having(func.count() > 1)).all()
+    seen = what_runs_went_through(sessions)
     assert starts.refused == [], starts.refused[:3]
-    assert statuses == {"succeeded": len(starts.run_ids)}, statuses
-    assert float(longest) < 10, \
-        f"run {slowest_id} waited {float(longest):.1f} s for a scheduler (the frozen one's transaction ended " \
-        f"after {ended_after:.1f} s)"
-    assert twice == [], f"attempts queued twice: {twice[:5]}"
+    assert seen["statuses"] == {"succeeded": len(starts.run_ids)}, seen["statuses"]
+    assert seen["longest_wait"] < 10, (f"run {seen['slowest_id']} waited {seen['longest_wait']:.1f} s for a "
+                                       f"scheduler (the frozen one's transaction ended after {ended_after:.1f} s)")
+    assert seen["twice"] == [], f"attempts queued twice: {seen['twice'][:5]}"
     assert procs.procs["frozen"].poll() is None, "the thawed scheduler exited instead of reconnecting"
     wait_for(lambda: "scheduler pass failed; reconnecting" in procs.log_tail("frozen", 400), 20,
              "the thawed scheduler to find its session ended and reconnect")
     assert_no_violations(settings)
     print(f"\nscheduler frozen {FREEZE_S} s holding runs' locks: its transaction ended after {ended_after:.1f} s; "
-          f"{len(starts.run_ids)} runs, all succeeded; the longest wait for a scheduler {float(longest):.1f} s, "
-          f"the longest run {float(longest_run):.1f} s")
+          f"{len(starts.run_ids)} runs, all succeeded; the longest wait for a scheduler {seen['longest_wait']:.1f} s, "
+          f"the longest run {seen['longest_run']:.1f} s")

@@ -59,6 +59,13 @@ class Receiver:
     def trace(self, trace_id: str) -> list[tuple[str, str]]:
         return [(service, name) for t, service, name in self.spans if t == trace_id]
 
+    def trace_across(self, *services: str) -> str | None:
+        """The id of a trace with spans of every one of ``services``, if one came."""
+        for candidate in {t for t, service, _ in self.spans if service == services[0]}:
+            if set(services) <= {service for service, _ in self.trace(candidate)}:
+                return candidate
+        return None
+
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
@@ -108,14 +115,8 @@ def test_one_runs_trace_spans_the_api_and_the_worker_down_to_the_model_call(sett
         run_id = response.json()["id"]
         wait_for(lambda: http.get(f"/runs/{run_id}").json()["status"] == "succeeded", 60, "the traced run to succeed")
 
-        def whole_trace():
-            for candidate in {t for t, service, _ in receiver.spans if service == "switchyard-api"}:
-                services = {service for service, _ in receiver.trace(candidate)}
-                if {"switchyard-api", "switchyard-worker"} <= services:
-                    return candidate
-            return None
-
-        trace_id = wait_for(whole_trace, 30, "one trace with spans of the API and the worker")
+        trace_id = wait_for(lambda: receiver.trace_across("switchyard-api", "switchyard-worker"), 30,
+                            "one trace with spans of the API and the worker")
         spans = receiver.trace(trace_id)
         names = {name for _, name in spans}
         assert any("/runs" in name for service, name in spans if service == "switchyard-api"), names
@@ -123,18 +124,19 @@ def test_one_runs_trace_spans_the_api_and_the_worker_down_to_the_model_call(sett
         assert any(name.startswith("run/") for service, name in spans if service == "switchyard-worker"), names
         assert any(name.startswith("POST") for service, name in spans if service == "switchyard-worker"), names
 
-        def printed() -> list[dict]:
-            text = procs.log_tail("console-worker", 2000)
-            return [json.loads(chunk) for chunk in _json_objects(text) if '"trace_id"' in chunk]
-
-        console = wait_for(lambda: [s for s in printed() if s["name"].startswith("run/")], 30,
-                           "the console worker to print its attempt's span")
+        console = wait_for(lambda: [s for s in printed_spans(procs, "console-worker") if s["name"].startswith("run/")],
+                           30, "the console worker to print its attempt's span")
         assert console[0]["context"]["trace_id"] == f"0x{trace_id}"
         by_service = {service: sum(1 for s, _ in spans if s == service) for service in {s for s, _ in spans}}
         print(f"\ntrace {trace_id}: {len(spans)} spans over OTLP by service {by_service}; "
               f"{len(console)} printed by the console worker")
     finally:
         procs.stop_all()
+
+
+def printed_spans(procs: Processes, name: str) -> list[dict]:
+    """The spans ConsoleSpanExporter printed to the process' output."""
+    return [json.loads(chunk) for chunk in _json_objects(procs.log_tail(name, 2000)) if '"trace_id"' in chunk]
 
 
 def _json_objects(text: str) -> list[str]:
