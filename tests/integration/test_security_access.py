@@ -67,7 +67,7 @@ EXPECTED = {
     **{f"ui.{name}": "session" for name in (
         "sign_in", "sign_out", "command", "command_panels", "decide", "answer", "runs", "run", "run_body",
         "control", "run_evidence", "run_stream", "tenant_stream", "workflows", "workflow", "start", "queues",
-        "analytics")},
+        "analytics", "editor", "editor_check", "editor_publish", "new_workflow", "versions_diff")},
 }
 RANKS = {"viewer": 1, "operator": 2, "admin": 3}
 CALLERS = ("none", "bad", "viewer", "operator", "admin")
@@ -293,11 +293,20 @@ def ui_expectations(acme, other: Api) -> dict:
         return check
 
     pages = ["sign_in", "sign_out", "command", "command_panels", "runs", "workflows", "start", "queues",
-             "analytics", "tenant_stream", "workflow"]
+             "analytics", "tenant_stream", "workflow", "editor_check", "editor_publish", "new_workflow"]
+
+    def a_new_workflow(path):  # the editor of another tenant's workflow id: a new workflow of one's own
+        def check():
+            page = ui.client.get(path).get_data(as_text=True)
+            assert "new workflow" in page and "from v" not in page, path
+        return check
+
     return {
         "ui.static": [],
         **{f"ui.{name}": [] for name in pages},  # the caller's own tenant only: the API behind them is checked above
         "ui.run": [not_found(f"/runs/{run}")],
+        "ui.editor": [a_new_workflow(f"/workflows/{acme.workflow}/edit")],
+        "ui.versions_diff": [not_found(f"/workflows/{acme.workflow}/diff")],
         "ui.schedule_save": [refused(f"/workflows/{acme.workflow}/schedules", {"schedule_id": "s", "cron": "* * * * *"})],
         "ui.schedule_action": [refused(f"/workflows/{acme.workflow}/schedules/s/delete")],
         "ui.run_body": [not_found(f"/runs/{run}/body")],
