@@ -171,7 +171,7 @@ def test_answer_a_question_and_send_the_event_a_run_waits_for(switchyard, tmp_pa
     assert json.loads(done.stdout)["output"] == {"use": {"region": "eu-west"}}
 
 
-def test_refusals_exit_3_with_the_code_on_stderr_and_usage_errors_exit_2(switchyard, tokens):
+def test_refusals_exit_3_with_the_code_on_stderr_and_usage_errors_exit_2(switchyard, tokens, tmp_path):
     missing = switchyard("runs", "get", "run_nope")
     assert missing.returncode == 3 and missing.stderr.startswith("error: not_found: run 'run_nope' not found")
     assert missing.stdout == ""
@@ -180,6 +180,14 @@ def test_refusals_exit_3_with_the_code_on_stderr_and_usage_errors_exit_2(switchy
     assert empty.returncode == 2 and "must hold one definition" in empty.stderr  # empty standard input
     forbidden = switchyard("runs", "start", "whatever", extra_env={"SWITCHYARD_TOKEN": tokens["viewer"]})
     assert forbidden.returncode == 3 and "error: forbidden" in forbidden.stderr and "What to do" in forbidden.stderr
+
+    archived = unique("cli")
+    (tmp_path / "failing.json").write_text(json.dumps(FAILING))
+    assert switchyard("workflows", "publish", archived, "-f", "failing.json").returncode == 0
+    assert switchyard("workflows", "archive", archived).stdout == f"archived {archived}\n"
+    refused = switchyard("runs", "start", archived)
+    assert refused.returncode == 3 and refused.stderr.startswith("error: workflow_archived: ")
+    assert archived in [w["id"] for w in json.loads(switchyard("workflows", "list", "--archived", "--json").stdout)]
 
     bad_input = switchyard("runs", "start", "whatever", "--input", "{not json")
     assert bad_input.returncode == 2 and "--input" in bad_input.stderr
