@@ -104,6 +104,12 @@ def test_the_runs_list_shows_the_current_step_and_durations(page, server, api, t
     expect(row.locator("[data-duration]")).to_have_text(re.compile(r"^\d.* so far$"))
     expect(row.locator("time")).to_have_text(LOCAL_TIME)
     shot(page, "runs_current_step")
+    # Its timeline shows the wait for a person, still open.
+    page.goto(f"{server}/runs/{run_id}")
+    waiting = page.locator("svg.timeline rect.tl-waiting.open")
+    expect(waiting).to_have_count(1)
+    expect(waiting.locator("title")).to_contain_text("review · attempt 1 · waiting")
+    expect(waiting.locator("title")).to_contain_text("approval")
     api.post(f"/runs/{run_id}/cancel")
 
 
