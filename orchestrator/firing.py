@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Schedules fired per transaction; a full batch makes the scheduler come back at once for more.
 BATCH = 50
+# How soon to look again at a due schedule another scheduler holds.
+HELD_RETRY_S = 0.1
 LIVE = frozenset(s.value for s in repo.LIVE_RUN)
 
 
@@ -134,6 +136,8 @@ class Ticker:
         elif fired.next_fire_at is None:
             self.due_at = None
         else:
-            self.due_at = time.monotonic() + max(0.0, (fired.next_fire_at - now).total_seconds())
+            # A slot already due here is another scheduler's to fire (it holds the schedule's lock):
+            # look again shortly rather than at once, which would spin until that one commits.
+            self.due_at = time.monotonic() + max((fired.next_fire_at - now).total_seconds(), HELD_RETRY_S)
         return fired.revoke
 
