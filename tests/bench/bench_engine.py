@@ -132,12 +132,12 @@ class Bench:
             service.publish_workflow(session, self.settings, TENANT, workflow_id,
                                      {"name": workflow_id, "steps": steps})
 
-    def start_run(self, workflow_id: str) -> str:
+    def start_run(self, workflow_id: str, run_input: dict | None = None) -> str:
         from orchestrator import service
         from orchestrator.db.session import transaction
 
         with transaction(self.sessions) as session:
-            run = service.start_run(session, self.settings, TENANT, workflow_id, {}).run
+            run = service.start_run(session, self.settings, TENANT, workflow_id, run_input or {}).run
             run_id = run.id
         self.doorbell.ring("bench")
         return run_id
@@ -321,6 +321,30 @@ class Bench:
                           "–", "–"))
         say(f"  fan-out: {self.notes['fan_out']}")
 
+    def for_each(self) -> None:
+        n, parallel = 1000, 40
+        say(f"for-each: one run of a step over {n} items, {parallel} at a time")
+        self.publish("map", [{"id": "each", "type": "tool", "tool": "echo", "args": {"n": "{{ item }}"},
+                              "for_each": "input.numbers", "max_parallel": parallel}])
+        with self.admin() as conn:
+            tidy_tables(conn)
+        pid = self.procs["scheduler"].pid
+        cpu0 = _cpu_s(pid)
+        run_id = self.start_run("map", {"numbers": list(range(n))})
+        self.wait_runs("id = :id", 900, id=run_id)
+        cpu = _cpu_s(pid) - cpu0
+        status, wall = self.sql("SELECT status, extract(epoch FROM completed_at - created_at) FROM runs "
+                                "WHERE id = :id", id=run_id)[0]
+        once = self.sql("SELECT count(DISTINCT step_id), count(*) FROM events WHERE run_id = :id "
+                        "AND type = 'step_completed' AND step_id IN (SELECT step_id FROM steps WHERE run_id = :id "
+                        "AND item_of = 'each')", id=run_id)[0]
+        self.notes["for_each"] = dict(status=status, wall_s=float(wall), scheduler_cpu_s=cpu, items_completed=once[1],
+                                      distinct_items=once[0])
+        self.rows.append((f"for-each {n} items, {parallel} at a time: wall", f"{float(wall):.2f} s", "–", "–"))
+        self.rows.append(("for-each: scheduler CPU", f"{cpu:.2f} s", "–", "–"))
+        self.rows.append(("for-each: items completed / distinct", f"{once[1]}/{once[0]}", "–", "–"))
+        say(f"  for-each: {self.notes['for_each']}")
+
     def api(self) -> None:
         from orchestrator.db import repository as repo
         from orchestrator.db.session import transaction
@@ -422,6 +446,10 @@ class Bench:
         say("round trips per step: one step through the claim, the outcome that queues the next step and its publish")
         self.notes["round_trips"] = census.count(self.settings, self.celery, TENANT)
         say(f"  {self.notes['round_trips']}")
+        few, many = (census.item_outcome(self.settings, self.celery, TENANT, n) for n in (10, 1000))
+        self.rows.append(("for-each: one item's outcome (10 items / 1,000 items)",
+                          f"{few['sql statements']} / {many['sql statements']} statements", "–", "–"))
+        say(f"  an item's outcome: {few} with 10 items, {many} with 1,000")
 
 
 THROUGHPUT_SEED = """
@@ -696,7 +724,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker process")
     parser.add_argument("--api-workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--api-requests", type=int, default=50, help="requests per API client")
-    parser.add_argument("--only", default="", help="comma-separated: chain,throughput,fanout,api,monitoring,data,census")
+    parser.add_argument("--only", default="", help="comma-separated: chain,throughput,fanout,foreach,api,monitoring,data,census")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -714,7 +742,8 @@ def main() -> int:
             bench.start_switchyard()
             say("scheduler and workers are up")
             for name, step in [("chain", bench.step_to_step), ("throughput", bench.throughput),
-                               ("fanout", bench.fan_out), ("api", bench.api), ("monitoring", bench.monitoring),
+                               ("fanout", bench.fan_out), ("foreach", bench.for_each), ("api", bench.api),
+                               ("monitoring", bench.monitoring),
                                ("census", bench.round_trips),
                                ("data", bench.data_scale)]:
                 if not only or name in only:
