@@ -22,9 +22,10 @@ from switchyard.client.sync import (
 class AsyncClient(_Resources):
     """The Switchyard API at ``url`` with ``token``, for asyncio: ``async with AsyncClient(url, token) as c``."""
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0,
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0, retries: int = 2,
                  transport: httpx.AsyncBaseTransport | None = None):
         self.url = base_url(url)
+        self.retries = retries
         self._http = httpx.AsyncClient(base_url=self.url, headers=default_headers(token), timeout=timeout,
                                        transport=transport)
         self._attach()
@@ -39,6 +40,18 @@ class AsyncClient(_Resources):
         await self._http.aclose()
 
     async def _send(self, call: Call) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return await self._send_once(call)
+            except (errors.RateLimited, errors.Unavailable) as exc:
+                pause = calls.retry_pause(exc, attempt, self.retries)
+                if pause is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(pause)
+
+    async def _send_once(self, call: Call) -> Any:
         try:
             response = await self._http.request(call.method, call.path, params=call.query(), json=call.body,
                                                 headers=call.headers)

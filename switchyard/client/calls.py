@@ -186,3 +186,16 @@ class Poll:
             raise errors.WaitTimeout(f"run {self.run_id} is still {run.status} after {self.timeout} s", run)
         pause, self.delay = (self.delay if left is None else min(self.delay, left)), min(self.delay * 2, self.interval)
         return pause
+
+
+# The longest a refused request waits before it is sent again (a Retry-After beyond it is not waited).
+MAX_RETRY_PAUSE_S = 10.0
+
+
+def retry_pause(exc: errors.ApiError, attempt: int, retries: int) -> float | None:
+    """Seconds to wait before sending again a request refused with ``exc`` (429 rate_limited, 503
+    unavailable: the API applied nothing, so sending it again is safe), or None to raise it now."""
+    if not isinstance(exc, errors.RateLimited | errors.Unavailable) or attempt > retries:
+        return None
+    wanted = exc.retry_after if exc.retry_after is not None else 0.5 * 2 ** (attempt - 1)
+    return None if wanted > MAX_RETRY_PAUSE_S else wanted

@@ -47,13 +47,15 @@ class Client(_Resources):
     """The Switchyard API at ``url`` (the server's base URL, e.g. ``http://127.0.0.1:8080``) with ``token``.
 
     Every method answers a typed model or raises an ``ApiError`` subclass named by the error's code
-    (``NotFound``, ``InvalidTransition``, …), or ``Unreachable`` when the API does not answer.
-    Use it as a context manager, or ``close()`` it.
+    (``NotFound``, ``InvalidTransition``, …), or ``Unreachable`` when the API does not answer. A request
+    refused with 429 or 503 (nothing applied) is sent again up to ``retries`` times, after its
+    Retry-After. Use it as a context manager, or ``close()`` it.
     """
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0,
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0, retries: int = 2,
                  transport: httpx.BaseTransport | None = None):
         self.url = base_url(url)
+        self.retries = retries
         self._http = httpx.Client(base_url=self.url, headers=default_headers(token), timeout=timeout,
                                   transport=transport)
         self._attach()
@@ -68,6 +70,18 @@ class Client(_Resources):
         self._http.close()
 
     def _send(self, call: Call) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return self._send_once(call)
+            except (errors.RateLimited, errors.Unavailable) as exc:
+                pause = calls.retry_pause(exc, attempt, self.retries)
+                if pause is None:
+                    raise
+                attempt += 1
+                time.sleep(pause)
+
+    def _send_once(self, call: Call) -> Any:
         try:
             response = self._http.request(call.method, call.path, params=call.query(), json=call.body,
                                           headers=call.headers)
