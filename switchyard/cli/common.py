@@ -1,8 +1,8 @@
 """What every remote command shares: connection options, output for people or scripts, exit codes.
 
 Exit codes: 0 done; 1 the run failed or was cancelled, or did not end within --timeout (commands that
-wait for a run); 2 usage error
-(click's own); 3 the API refused (its code and message on stderr) or could not be reached.
+wait for a run); 2 usage error (click's own); 3 the API refused (its code and message on stderr) or
+could not be reached.
 """
 
 from __future__ import annotations
@@ -103,6 +103,11 @@ def refused(exc: ApiError) -> None:
 
 
 HINTS = {
+    "invalid_request": "fix what the message and details name, and send it again",
+    "not_found": "check the id and the token's tenant (switchyard runs list, switchyard workflows list)",
+    "invalid_transition": "the action does not apply to the run's status now (details: allowed_from); "
+                          "switchyard runs get shows it",
+    "workflow_archived": "publish a new version of the workflow to restore it",
     "unauthorized": "pass a valid token with --token or SWITCHYARD_TOKEN (switchyard token create prints one)",
     "forbidden": "use a token with a higher role (operator to act on runs, admin to publish)",
     "rate_limited": "wait and try again",
