@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import sqlalchemy
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,7 +22,7 @@ def make_engine(settings: Settings, **overrides) -> Engine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **overrides)
+        engine = _create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **overrides)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -44,7 +45,12 @@ def make_engine(settings: Settings, **overrides) -> Engine:
         return engine
     options = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
     options.update(overrides)
-    return create_engine(url, **options)
+    return _create_engine(url, **options)
+
+
+def _create_engine(url: str, **options) -> Engine:
+    # Looked up when called: with tracing on, the SQLAlchemy instrumentation replaces it (orchestrator.tracing).
+    return sqlalchemy.create_engine(url, **options)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

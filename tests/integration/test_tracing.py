@@ -1,7 +1,8 @@
 """OpenTelemetry across processes: the API (`switchyard api --dev`, a process of its own) and a worker,
 both with OTEL_TRACES_EXPORTER=otlp pointed at an OTLP/HTTP receiver the test runs on loopback. One
-run's trace holds the API's request, the step message's publish, the worker's attempt and its model
-call, under one trace id; with OTEL_TRACES_EXPORTER=console the worker prints its spans instead."""
+run's trace holds the API's request, its SQL, the step message's publish, the worker's attempt, its
+SQL and its model call, under one trace id; with OTEL_TRACES_EXPORTER=console a worker prints its
+spans instead."""
 
 from __future__ import annotations
 
@@ -123,6 +124,8 @@ def test_one_runs_trace_spans_the_api_and_the_worker_down_to_the_model_call(sett
         assert any(name.startswith("apply_async/") for service, name in spans if service == "switchyard-api"), names
         assert any(name.startswith("run/") for service, name in spans if service == "switchyard-worker"), names
         assert any(name.startswith("POST") for service, name in spans if service == "switchyard-worker"), names
+        for service in ("switchyard-api", "switchyard-worker"):  # their SQL, by the SQLAlchemy instrumentation
+            assert any(name.split()[0] in ("SELECT", "INSERT", "WITH") for s, name in spans if s == service), names
 
         console = wait_for(lambda: [s for s in printed_spans(procs, "console-worker") if s["name"].startswith("run/")],
                            30, "the console worker to print its attempt's span")
