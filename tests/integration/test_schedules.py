@@ -102,6 +102,7 @@ def test_overlap_cancel_previous_cancels_the_live_run_and_starts_the_next(api, s
         log = api.get(f"/runs/{earlier.id}/events").get_json()["events"]
         assert any(e["type"] == "run_cancelled" and e["data"].get("triggered_by") == "schedule:replace" for e in log)
     assert api.get(f"/runs/{runs[-1].id}").get_json()["status"] in ("queued", "running", "waiting")
+    assert api.post(f"/runs/{runs[-1].id}/cancel").status_code == 200  # leave nothing waiting behind
 
 
 @pytest.mark.parametrize(("catchup", "started"), [("latest", 1), ("none", 0), ("all", 5)])

@@ -125,5 +125,9 @@ def test_an_archived_workflow_refuses_new_runs_keeps_its_live_ones_and_a_new_ver
     publish(api, definition, workflow)
     assert api.get(f"/workflows/{workflow}").get_json()["archived_at"] is None
     assert workflow in [w["id"] for w in api.get("/workflows").get_json()["workflows"]]
-    assert start(api, workflow, {"order": unique("o")})
-    assert len(api.post("/events", json={"name": name, "payload": {"order": "z"}}).get_json()["started_runs"]) == 1
+    restored = [start(api, workflow, {"order": unique("o")})]
+    restored += api.post("/events", json={"name": name, "payload": {"order": "z"}}).get_json()["started_runs"]
+    assert len(restored) == 2
+    for run_id in restored:  # leave nothing waiting behind
+        wait_on(api, run_id, "event")
+        assert api.post(f"/runs/{run_id}/cancel").status_code == 200
