@@ -27,13 +27,20 @@ def show_run(remote_: Remote, run: Run, *, only_id: bool = False) -> None:
                    f"{f' (waiting on {run.waiting_on})' if run.waiting_on else ''}{error}")
         if run.steps:
             table(None, ("step", "type", "status", "attempt", "output / error"),
-                  ((s.id, s.type, s.status, f"{s.attempt}/{s.max_attempts}",
-                    short(s.error or s.output if s.error or s.output is not None else s.skipped_reason))
-                   for s in run.steps))
+                  ((s.id, s.type, s.status, f"{s.attempt}/{s.max_attempts}", _result(s)) for s in run.steps))
         if run.status == "succeeded" and run.output is not None:
             click.echo(f"output: {short(run.output, 200)}")
 
     remote_.emit(run, people, ids=[run.id] if only_id else None)
+
+
+def _result(step: Any) -> str | None:
+    """A step's error, else its output, else why it was skipped or what it waits on (None: nothing yet)."""
+    if step.error:
+        return short(step.error)
+    if step.output is not None:
+        return short(step.output)
+    return step.skipped_reason or (f"waiting on {step.waiting_on}" if step.waiting_on else None)
 
 
 def finish(run: Run) -> None:
