@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.core import controls, outcome
+from orchestrator.core import controls, items, outcome
 from orchestrator.core.inputs import Actor, Env
 from orchestrator.core.reports import ErrorInfo, Outcome
 from orchestrator.core.snapshot import RunState
@@ -72,10 +72,10 @@ def on_approval(state: RunState, definition: Definition, decision: ApprovalDecis
         if decision.decision == "reject" and step.type == "tool":
             error = ErrorInfo(ErrorCode.APPROVAL_REJECTED.value,
                               decision.comment or "the approver refused the tool call", False)
-            outcome.settle(draft, definition, step, Outcome(error=error), env)
+            outcome.settle_any(draft, definition, step, Outcome(error=error), env)
         else:
             verdict = {"approved": decision.decision == "approve", "comment": decision.comment, "decided_by": who}
-            _go_on(draft, step.step_id, {**(checkpoint or {}), "approval": verdict})
+            _go_on(draft, definition, step.step_id, {**(checkpoint or {}), "approval": verdict})
         return draft.finish()
     if decision.decision == "request_changes":
         again = controls.reopen(draft, definition, [step.step_id, *definition.step(step.step_id).needs])
@@ -98,16 +98,19 @@ def on_answer(state: RunState, definition: Definition, *, step_id: str, question
     step = state.step(step_id)
     draft.event(EventType.QUESTION_ANSWERED, step_id, step.attempt, question_id=question_id, **actor.audit())
     if step.type == "agent":
-        _go_on(draft, step_id, {**(checkpoint or {}), "answer": answer})
+        _go_on(draft, definition, step_id, {**(checkpoint or {}), "answer": answer})
     else:
         outcome.settle(draft, definition, step, Outcome(output={"answer": answer}), env)
     return draft.finish()
 
 
-def _go_on(draft: Draft, step_id: str, checkpoint: dict[str, Any]) -> None:
-    """A suspended worker step goes back to `pending` to be dispatched again, from ``checkpoint``."""
+def _go_on(draft: Draft, definition: Definition, step_id: str, checkpoint: dict[str, Any]) -> None:
+    """A suspended worker step goes back to `pending` to be dispatched again, from ``checkpoint``; a
+    for-each item is queued at once (its step dispatches only items never started, in index order)."""
     draft.move(draft.step(step_id), StepStatus.PENDING, only_from=[StepStatus.WAITING], checkpoint=checkpoint,
                waiting_on=None)
+    if items.parent_of(step_id) is not None:
+        outcome.queue_step(draft, definition, draft.step(step_id))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.core import advance, controls, items, outcome
+from orchestrator.core import advance, controls, items, outcome, people
 from orchestrator.core.inputs import Actor, AttemptReport, Control, Defer
 from orchestrator.core.transition import ITEM_OUTPUTS
 from orchestrator.core.vocabulary import ErrorCode, EventType
@@ -167,3 +167,16 @@ def test_publish_refuses_a_for_each_it_cannot_run(step, problem):
     with pytest.raises(DefinitionInvalid) as raised:
         workflow("bad", tool("fetch"), step)
     assert any(problem in p for p in raised.value.details["problems"]), raised.value.details["problems"]
+
+
+def test_an_agent_item_answered_by_a_person_is_queued_again_at_once():
+    agents = workflow("ask", {"id": "each", "type": "agent", "for_each": "input.tickets", "prompt": "{{ item }}"})
+    counts = items.ItemCounts(total=3, pending=1, in_flight=2)
+    steps = {"each": step_state(agents, "each", S.RUNNING, 1, item_counts=counts.as_json()),
+             "each[1]": step_state(agents, "each[1]", S.WAITING, 1, waiting_on="question")}
+    transition = people.on_answer(run_state(agents, R.RUNNING, steps), agents, step_id="each[1]", question_id="q_1",
+                                  answer="yes", actor=Actor("tok"), env=counting_env())
+    assert table_violations(transition) == []
+    assert transition.after.steps["each[1]"].status is S.QUEUED
+    assert [m.step_id for m in transition.messages] == ["each[1]"]
+    assert transition.after.steps["each"].item_counts == counts.as_json()  # still in flight: counts unchanged

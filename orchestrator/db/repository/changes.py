@@ -106,10 +106,11 @@ def lock_run_with_steps(session: Session, run_id: str, step_ids: Sequence[str]
 
 
 def _steps_for_update_query(of_runs):
-    # A for-each step's items are read only where the scheduler must act on them (a retry came due, a
-    # lease expired): their step's row carries their counts, so a pass never reads a thousand items.
+    # A for-each step's items are read only where a decision must act on them (a retry came due, a
+    # lease expired, a person's answer or approval awaited): their step's row carries their counts, so
+    # a pass never reads a thousand items.
     clock = db_now()
-    item_needs_a_pass = or_(STEPS.c.due_at <= clock,
+    item_needs_a_pass = or_(STEPS.c.due_at <= clock, STEPS.c.status == StepStatus.WAITING.value,
                             and_(STEPS.c.status == StepStatus.RUNNING.value, STEPS.c.lease_expires_at < clock))
     return (select(STEPS.c.run_id, *_STEP_COLUMNS).where(of_runs, or_(STEPS.c.item_of.is_(None), item_needs_a_pass))
             .order_by(STEPS.c.run_id, STEPS.c.position, STEPS.c.item_index))
