@@ -14,6 +14,7 @@ COPY pyproject.toml README.md ./
 COPY orchestrator ./orchestrator
 COPY workers ./workers
 COPY api ./api
+COPY switchyard ./switchyard
 RUN pip install '.[flower]'
 
 # Run as an unprivileged user. SWITCHYARD_DATA_DIR holds the embedded defaults (SQLite file,
