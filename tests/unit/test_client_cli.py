@@ -77,3 +77,15 @@ def test_an_event_as_a_log_line():
     event = Event(seq=4, type="step_failed", step_id="a", attempt=2, data={"error": {"message": "it broke"}},
                   created_at=datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC))
     assert watch.line(event) == "12:00:05 #4 step_failed a (attempt 2): it broke"
+
+
+def test_the_image_holds_every_package_of_the_distribution_switchyard_included():
+    """The `switchyard` command imports switchyard/ (its remote commands): an image without it would not start."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    packages = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert "switchyard*" in packages
+    copied = (root / "Dockerfile").read_text()
+    assert [p for p in packages if f"COPY {p.rstrip('*')} ./{p.rstrip('*')}" not in copied] == []
