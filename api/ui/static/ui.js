@@ -179,6 +179,7 @@ function drawChart(box) {
     ],
   };
   const plot = new uPlot(opts, [c.t, c.v], box);
+  box.plot = plot;  // for scripts and tests that read or point at the chart
   window.addEventListener("resize", () => plot.setSize({width: Math.max(box.clientWidth, 280), height: 220}));
 }
 
