@@ -6,13 +6,14 @@ One row per step; per attempt, a bar of queue wait (queued → started) and one 
 step waiting for a person, an event or a timer gets a wait bar until its next move. A bar still open
 (the run is live) runs to ``now`` and is marked open; the page re-renders on each event of the run.
 
-For-each items: a row carries ``item`` (None today). When a step runs per item, its events will name
-the item (``data.item``); ``_key`` is the one place that turns an event into its row, so rows per
-item (collapsed under their step by default) come from changing it and ``Row.item`` alone.
+For-each items: an item's events name it ``<step>[<index>]`` (its own row of ``steps``); ``_key`` turns
+an event into its row. Collapsed (the default), a for-each step's row carries every item's bars over its
+own; expanded (``expanded`` names the step), each item gets a row of its own under its step.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -45,14 +46,21 @@ class Segment:
     outcome: str | None = None  # how it ended: succeeded, failed, cancelled, retrying; None if it went on
     note: str = ""  # what a wait waits on, a retry's error
     open: bool = False  # still going (a live run)
+    item: str | None = None  # the for-each item it belongs to (its bars are in its step's row while collapsed)
 
 
 @dataclass
 class Row:
     step_id: str
     status: str
-    item: str | None = None  # the for-each item of this row (see the module's docstring)
+    item: str | None = None  # the for-each item (its index) of this row (see the module's docstring)
     segments: list[Segment] = field(default_factory=list)
+    items: int = 0  # a for-each step's items with events (their bars in this row while collapsed)
+    expanded: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.step_id}[{self.item}]" if self.item is not None else self.step_id
 
 
 @dataclass(frozen=True)
@@ -81,32 +89,56 @@ class Timeline:
     span: str  # the whole run's duration, as read
 
 
-def _key(event: dict) -> tuple[str, str | None]:
-    """The row an event belongs to: (step id, for-each item); the item is None until for-each lands."""
-    return event["step_id"], None
+ITEM = re.compile(r"^(?P<step>.+)\[(?P<index>\d+)\]$")
 
 
-def rows(steps: list[dict], events: list[dict], end: datetime) -> list[Row]:
+def _key(event: dict) -> tuple[str | None, str | None]:
+    """The row an event belongs to: (step id, for-each item index or None)."""
+    found = ITEM.match(event["step_id"] or "")
+    return (found["step"], found["index"]) if found else (event["step_id"], None)
+
+
+def rows(steps: list[dict], events: list[dict], end: datetime, expanded: frozenset[str] = frozenset()) -> list[Row]:
     """A row per step (in ``steps``' order, each ``{"id", "status"}``) with its segments, built from
     the run's attempt events in order (``type``, ``step_id``, ``attempt``, ``data``, ``created_at``).
-    A segment still open is closed at ``end`` and marked open."""
+    A segment still open is closed at ``end`` and marked open. A for-each step's items are rows of
+    their own under it if ``expanded`` names it, else their bars are drawn in its row."""
+    by_key = _segments(steps, events, end)
+    result = []
+    for key, row in by_key.items():
+        if key[1] is not None:
+            continue
+        items = sorted((k for k in by_key if k[0] == row.step_id and k[1] is not None), key=lambda k: int(k[1]))
+        row.items, row.expanded = len(items), row.step_id in expanded and bool(items)
+        result.append(row)
+        for item in items:
+            if row.expanded:
+                result.append(by_key[item])
+            else:
+                row.segments.extend(by_key[item].segments)
+    return result
+
+
+def _segments(steps: list[dict], events: list[dict], end: datetime) -> dict[tuple, Row]:
+    """Every row's segments, steps' and items' alike, keyed by (step id, item index or None)."""
     by_key = {(s["id"], None): Row(s["id"], s["status"]) for s in steps}
     opened: dict[tuple, tuple[str, datetime, int | None, str]] = {}
     for event in events:
         key = _key(event)
         if key[0] is None or event["type"] not in OPENS:
             continue
-        row = by_key.setdefault(key, Row(key[0], "pending", key[1]))
+        row = by_key.setdefault(key, Row(key[0], "" if key[1] is not None else "pending", key[1]))
         at = times.parse(event["created_at"])
         if key in opened:
             kind, start, attempt, note = opened.pop(key)
-            row.segments.append(Segment(kind, start, max(at, start), attempt, OUTCOMES.get(event["type"]), note))
+            row.segments.append(Segment(kind, start, max(at, start), attempt, OUTCOMES.get(event["type"]), note,
+                                        item=key[1]))
         kind = OPENS[event["type"]]
         if kind is not None:
             opened[key] = (kind, at, event.get("attempt"), _note(event))
     for key, (kind, start, attempt, note) in opened.items():
-        by_key[key].segments.append(Segment(kind, start, max(end, start), attempt, None, note, open=True))
-    return list(by_key.values())
+        by_key[key].segments.append(Segment(kind, start, max(end, start), attempt, None, note, open=True, item=key[1]))
+    return by_key
 
 
 def _note(event: dict) -> str:
@@ -119,13 +151,14 @@ def _note(event: dict) -> str:
     return ""
 
 
-def build(run: dict, events: list[dict], now: datetime) -> Timeline:
+def build(run: dict, events: list[dict], now: datetime, expanded: frozenset[str] = frozenset()) -> Timeline:
     """The timeline of ``run`` (the API's run: ``created_at``, ``completed_at``, ``steps``) from its
-    attempt events, drawn up to its end (``now`` while it is live)."""
+    attempt events, drawn up to its end (``now`` while it is live); ``expanded``: the for-each steps
+    whose items get rows of their own."""
     live = run.get("completed_at") is None
     start = times.parse(run["created_at"])
     end = times.parse(run.get("completed_at")) or now
-    all_rows = rows(run["steps"], events, end)
+    all_rows = rows(run["steps"], events, end, expanded)
     starts = [seg.start for row in all_rows for seg in row.segments]
     start = min([start, *starts])
     end = max([end, *(seg.end for row in all_rows for seg in row.segments)])
@@ -153,7 +186,7 @@ def _css(seg: Segment) -> str:
 def _title(row: Row, seg: Segment) -> str:
     what = {"queued": "queue wait", "running": "execution", "backoff": "backoff", "waiting": "waiting",
             "deferred": "deferred"}[seg.kind]
-    parts = [row.step_id + (f" [{row.item}]" if row.item else "")]
+    parts = [row.label if seg.item is None else f"{row.step_id}[{seg.item}]"]
     if seg.attempt:
         parts.append(f"attempt {seg.attempt}")
     parts.append(f"{what} {times.duration((seg.end - seg.start).total_seconds())}")

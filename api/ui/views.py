@@ -264,7 +264,7 @@ def _run_data(body: dict, attempts: list[dict]) -> dict:
     diagnosis = get(f"/runs/{body['id']}/diagnosis") if status not in TERMINAL_RUN else None
     drawn = graph.with_statuses(_version_layout(body["workflow"]["id"], body["workflow"]["version"]), statuses)
     return {"run": body, "layout": drawn, "controls": controls, "diagnosis": diagnosis,
-            "timeline": timeline.build(body, attempts, datetime.now(UTC))}
+            "timeline": timeline.build(body, attempts, datetime.now(UTC), frozenset(request.args.getlist("items")))}
 
 
 LAYOUTS_KEPT = 256

@@ -183,3 +183,26 @@ def test_the_timeline_of_a_live_run_grows_while_a_long_attempt_runs(page, server
         return bar && bar.textContent !== first; }""", arg=first, timeout=20_000)
     assert "still going" in running.locator("title").text_content()
     api.post(f"/runs/{run_id}/cancel")
+
+
+def test_a_for_each_steps_items_are_collapsed_on_the_timeline_until_shown(page, server, api, tokens):
+    from playwright.sync_api import expect
+
+    run_id = start(api, publish(api, {"name": "For each (UI)", "steps": [
+        {"id": "map", "type": "tool", "tool": "echo", "for_each": "input.numbers", "max_parallel": 4,
+         "args": {"value": "{{ item }}"}},
+        {"id": "after", "type": "tool", "tool": "echo", "needs": ["map"], "args": {}}]}), {"numbers": list(range(6))})
+    assert wait_run(api, run_id, timeout=90)["status"] == "succeeded"
+    sign_in(page, server, tokens["viewer"])
+    page.goto(f"{server}/runs/{run_id}")
+    labels = page.locator("svg.timeline text.row-label")
+    expect(labels).to_have_count(2)
+    expect(labels.first).to_have_text("map (6 items)")
+    expect(page.locator("svg.timeline rect").filter(has=page.locator("title", has_text="map[5] ·"))).to_have_count(2)
+    page.get_by_role("link", name="Show the 6 items of map").click()
+    expect(labels).to_have_count(8)
+    expect(labels.nth(1)).to_have_text("map[0]")
+    expect(labels.nth(6)).to_have_text("map[5]")
+    shot(page, "timeline_for_each")
+    page.get_by_role("link", name="Collapse the 6 items of map").click()
+    expect(labels).to_have_count(2)

@@ -103,3 +103,25 @@ def test_a_laid_out_version_is_recoloured_by_status_without_moving():
         ("succeeded", "Success", "ok"), ("queued", "Queued", "queue")]
     assert [(n.x, n.y) for n in coloured.nodes] == [(n.x, n.y) for n in drawn.nodes]
     assert coloured.edges == drawn.edges
+
+
+ITEMS = [
+    ev("step_started", "map", 0, items=3),
+    ev("step_queued", "map[0]", 0.1), ev("step_queued", "map[1]", 0.1), ev("step_queued", "map[10]", 0.1),
+    ev("step_started", "map[1]", 0.2), ev("step_started", "map[0]", 0.3), ev("step_started", "map[10]", 0.3),
+    ev("step_completed", "map[0]", 1.0), ev("step_failed", "map[1]", 1.5, error={"code": "x"}),
+    ev("step_completed", "map[10]", 1.2), ev("step_completed", "map", 1.6),
+]
+
+
+def test_a_for_each_steps_items_are_drawn_in_its_row_until_expanded():
+    steps = [{"id": "map", "status": "succeeded"}, {"id": "after", "status": "pending"}]
+    collapsed = timeline.rows(steps, ITEMS, T0 + timedelta(seconds=2))
+    assert [(r.label, r.items, r.expanded) for r in collapsed] == [("map", 3, False), ("after", 0, False)]
+    assert len(collapsed[0].segments) == 1 + 3 * 2  # its own run, and each item's queue wait and execution
+    drawn = timeline.build({"created_at": at(0), "completed_at": at(2), "steps": steps}, ITEMS, T0)
+    assert sum("map[1] · attempt 1 · execution" in b.title for b in drawn.bars) == 1
+    expanded = timeline.rows(steps, ITEMS, T0 + timedelta(seconds=2), frozenset({"map"}))
+    assert [r.label for r in expanded] == ["map", "map[0]", "map[1]", "map[10]", "after"]
+    assert expanded[0].expanded and len(expanded[0].segments) == 1
+    assert [s.outcome for s in expanded[2].segments] == [None, "failed"]

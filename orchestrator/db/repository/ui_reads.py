@@ -38,7 +38,8 @@ def current_steps(session: Session, run_ids: Sequence[str]) -> dict[str, str | N
     best: dict[str, tuple[int, int]] = {}
     rows = session.execute(
         select(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.status, STEPS.c.position)
-        .where(STEPS.c.run_id.in_(list(run_ids)), STEPS.c.status.in_([s.value for s in HOLDING]))
+        .where(STEPS.c.run_id.in_(list(run_ids)), STEPS.c.status.in_([s.value for s in HOLDING]),
+               STEPS.c.item_of.is_(None))  # a for-each step holds its run, not one of its items
     )
     for run_id, step_id, status, position in rows:
         key = (rank[status], position)
