@@ -39,6 +39,9 @@ EXPECTED = {
     "runs.run_context": "viewer",
     "runs.start_run": "operator",
     "controls.act": "operator",
+    "forks.fork": "operator",
+    "forks.bulk_action": "operator",
+    "forks.compare_runs": "viewer",
     "approvals.inbox": "viewer",
     "approvals.open_questions": "viewer",
     "approvals.decide": "operator",
@@ -67,7 +70,8 @@ EXPECTED = {
     **{f"ui.{name}": "session" for name in (
         "sign_in", "sign_out", "command", "command_panels", "decide", "answer", "runs", "run", "run_body",
         "control", "run_evidence", "run_stream", "tenant_stream", "workflows", "workflow", "start", "queues",
-        "analytics", "editor", "editor_check", "editor_publish", "new_workflow", "versions_diff")},
+        "analytics", "editor", "editor_check", "editor_publish", "new_workflow", "versions_diff",
+        "compare", "compare_with", "bulk")},
 }
 RANKS = {"viewer": 1, "operator": 2, "admin": 3}
 CALLERS = ("none", "bad", "viewer", "operator", "admin")
@@ -82,7 +86,7 @@ def routes(app, values: dict[str, str] | None = None):
             converter = rule._converters[name]
             if hasattr(converter, "items"):
                 choices.append([(name, item) for item in sorted(converter.items)])
-            elif converter.regex == r"\d+":
+            elif converter.regex in (r"\d+", r"-?\d+"):
                 choices.append([(name, 1)])
             else:
                 choices.append([(name, (values or {}).get(name, "nope"))])
@@ -200,6 +204,10 @@ def tenant_expectations(acme, other: Api):
             assert hidden not in _ids(response.get_json()[key])
         return check
 
+    def bulk_selects_nothing():  # another tenant's run ids match no run of the caller's
+        response = other.post("/runs/bulk/cancel", json={"filter": {"run_ids": [acme.run]}})
+        assert response.get_json() == {"matched": 0, "applied": 0, "skipped": [], "runs": []}
+
     def posts_event():
         response = other.post("/events", json={"correlation_key": acme.key, "payload": {"from": "globex"}})
         assert response.status_code == 202 and response.get_json()["delivered_to"] == []
@@ -247,6 +255,9 @@ def tenant_expectations(acme, other: Api):
         "runs.run_context": [not_found("GET", f"/runs/{run}/context")],
         "runs.start_run": [not_found("POST", "/runs", {"workflow_id": flow, "input": {"key": "x"}})],
         "controls.act": every("controls.act"),
+        "forks.fork": [not_found("POST", f"/runs/{run}/fork", {"from_step": "review"})],
+        "forks.bulk_action": [bulk_selects_nothing],
+        "forks.compare_runs": [not_found("GET", f"/runs/{run}/compare/{run}")],
         "approvals.inbox": [listing("/approvals?status=all", "approvals", acme.approval)],
         "approvals.open_questions": [listing("/questions?status=all", "questions", acme.question)],
         "approvals.decide": every("approvals.decide", {"comment": "no"}),
@@ -292,6 +303,10 @@ def ui_expectations(acme, other: Api) -> dict:
             assert after.status_code == 404 or "not found" in after.get_data(as_text=True), path
         return check
 
+    def bulk_changes_nothing():
+        ui.post("/runs/selected", {"run_id": run, "action": "cancel", "back": "/runs"})
+        assert "cancel: applied to 0 of 1." in ui.client.get("/runs").get_data(as_text=True)
+
     pages = ["sign_in", "sign_out", "command", "command_panels", "runs", "workflows", "start", "queues",
              "analytics", "tenant_stream", "workflow", "editor_check", "editor_publish", "new_workflow"]
 
@@ -305,6 +320,9 @@ def ui_expectations(acme, other: Api) -> dict:
         "ui.static": [],
         **{f"ui.{name}": [] for name in pages},  # the caller's own tenant only: the API behind them is checked above
         "ui.run": [not_found(f"/runs/{run}")],
+        "ui.compare": [not_found(f"/runs/{run}/compare/{run}")],
+        "ui.compare_with": [],  # a redirect to ui.compare, checked above
+        "ui.bulk": [bulk_changes_nothing],
         "ui.editor": [a_new_workflow(f"/workflows/{acme.workflow}/edit")],
         "ui.versions_diff": [not_found(f"/workflows/{acme.workflow}/diff")],
         "ui.schedule_save": [refused(f"/workflows/{acme.workflow}/schedules", {"schedule_id": "s", "cron": "* * * * *"})],
