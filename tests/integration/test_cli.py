@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -224,9 +225,16 @@ def test_version_and_the_remote_commands_in_help(switchyard):
 def test_a_step_cancelled_on_a_thread_pool_worker_stops_without_a_traceback(engine_processes, url, tokens, settings):
     """`switchyard dev` runs its worker with --pool threads: a cancel there used to log Celery's
     NotImplementedError (kill_job) with a traceback; the step stops at its cooperative flag."""
+    from orchestrator.broker import make_celery
+
     queue = unique("threads")
-    engine_processes.start("threads-worker", "worker", "--pool", "threads", "--queues", queue, "--concurrency", "2")
+    worker = engine_processes.start("threads-worker", "worker", "--pool", "threads", "--queues", queue,
+                                    "--concurrency", "2")
+    name = f"switchyard-{worker.pid}@{socket.gethostname()}"
+    celery = make_celery(settings)
     try:
+        wait_for(lambda: worker.poll() is None and celery.control.ping(destination=[name], timeout=0.5), 120,
+                 f"the threads worker to answer ping (its log: {engine_processes.folder}/threads-worker.log)")
         with Client(url, tokens["admin"]) as client:
             workflow_id = unique("cli")
             client.workflows.publish(workflow_id, {"name": "nap", "steps": [
