@@ -41,8 +41,9 @@ _ANY = re.compile(r"<any\(([^)]*)\):\w+>")
 def _action_groups(app: Flask) -> list[tuple[int, re.Pattern, str, list[str]]]:
     """The app's places where the last part of a path names an action: rules sharing a head (the path
     but its last part) and a method, of which one at least offers a choice (``<any(pause, resume):action>``);
-    each as (static parts of the head, a pattern matching any last part, the method, the actions, the
-    choices and the fixed last parts such as ``fork``). Built once per app."""
+    each as (how many parts of the head are fixed, a pattern matching the head and any last part, the
+    method, the actions: the choices and the fixed last parts beside them, such as ``fork``). Built once
+    per app."""
     cached = app.extensions.get("action_groups")
     if cached is not None:
         return cached
