@@ -47,7 +47,8 @@ def step_json(step: Step) -> dict[str, Any]:
         "waiting_on": step.waiting_on,
         **({"items": items_json(step.item_counts)} if step.item_counts is not None else {}),
         "policy": step.policy or [],
-        "reused": bool(step.reused),
+        # A reused step that later ran (request_changes reopened it, a retry) has attempts of its own.
+        "reused": bool(step.reused) and step.attempt == 0,
     }
 
 

@@ -125,7 +125,7 @@ def step_facts(definition: Definition, run: Run, steps: Sequence[Step]) -> dict[
                     if step.started_at and step.completed_at else None)
         facts[step.step_id] = StepFacts(
             status=step.status, attempts=step.attempt, duration_s=duration, tokens_in=usage.get("tokens_in", 0),
-            tokens_out=usage.get("tokens_out", 0), credits=usage.get("credits", 0), reused=bool(step.reused),
+            tokens_out=usage.get("tokens_out", 0), credits=usage.get("credits", 0), reused=bool(step.reused) and step.attempt == 0,
             output=step.output, input=decides)
     return facts
 

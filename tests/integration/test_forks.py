@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.integration.conftest import ROOT, by_id, events, publish, signed_in, start, wait_run
+from tests.integration.conftest import ROOT, by_id, events, publish, signed_in, start, wait_for, wait_run
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -152,3 +152,27 @@ def test_the_example_of_docs_forks_md_runs_as_it_says(api):
     assert applied["applied"] == 3
     assert {wait_run(api, r)["status"] for r in applied["runs"]} == {"succeeded"}
     assert api.post("/runs/bulk/fork", json=bulk_body).get_json()["matched"] == 3  # the originals only
+
+
+def test_a_reused_step_that_runs_again_is_no_longer_reused(api):
+    """request_changes on a fork's approval reopens the step before it, which the fork had reused."""
+    workflow = publish(api, {"name": "review", "steps": [
+        {"id": "draft", "type": "tool", "tool": "echo", "args": {"text": "draft"}},
+        {"id": "review", "type": "approval", "needs": ["draft"], "prompt": "ok?"},
+    ]})
+    original = start(api, workflow)
+    wait_for(lambda: api.get(f"/runs/{original}").get_json()["waiting_on"] == "approval", 30, "the approval")
+    api.post(f"/runs/{original}/cancel")
+    assert wait_run(api, original)["status"] == "cancelled"
+    fork_id = api.post(f"/runs/{original}/fork", json={"from_step": "review"}).get_json()["id"]
+
+    def waiting_with_approval(round_: int):
+        run = api.get(f"/runs/{fork_id}").get_json()
+        return run if run["approvals"] and run["approvals"][0]["round"] == round_ else None
+
+    run = wait_for(lambda: waiting_with_approval(1), 30, "the fork to ask for approval")
+    assert by_id(run)["draft"]["reused"] is True
+    api.post(f"/runs/{fork_id}/approvals/{run['approvals'][0]['id']}/request_changes", json={"comment": "again"})
+    run = wait_for(lambda: waiting_with_approval(2), 30, "the fork to ask again")
+    assert by_id(run)["draft"]["reused"] is False and by_id(run)["draft"]["attempt"] == 1
+    api.post(f"/runs/{fork_id}/cancel")
