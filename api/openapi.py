@@ -130,6 +130,7 @@ OPERATIONS: dict[str, Op] = {
     "runs.list_runs": Op("The tenant's runs, newest first.", (200, R.RunPage), query=(
         query("status", {"type": "string", "enum": [s.value for s in RunStatus]}),
         query("workflow_id", {"type": "string"}),
+        query("parent_run_id", {"type": "string"}, "Only the child runs of this run."),
         limit(50, 500),
         query("cursor", {"type": "string"}, "next_cursor of the previous page."),
     ), links=run_links("/runs/0/id")),

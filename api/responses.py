@@ -151,10 +151,13 @@ class RunSummary(_Out):
     input: Any
     output: Any
     error: dict[str, Any] | None
-    trigger_type: Literal["api", "rerun", "webhook", "fork", "schedule", "event"]
+    trigger_type: Literal["api", "rerun", "webhook", "fork", "schedule", "event", "workflow"] = Field(
+        description="What started the run; `workflow`: a parent run's `workflow` step (see parent_run_id).")
     triggered_by: str | None
     retry_of: str | None
     forked_from: ForkedFrom | None
+    parent_run_id: str | None = Field(description="A child run's parent run (its `workflow` step started it).")
+    parent_step_id: str | None = Field(description="The parent's `workflow` step that started this run.")
     attempt: int
     risk_level: Literal["low", "medium", "high"] | None
     limits: dict[str, Any] | None
@@ -171,6 +174,7 @@ class Run(RunSummary):
     steps: list[Step]
     approvals: list[Approval] = Field(description="The approval requests waiting for a decision.")
     questions: list[Question] = Field(description="The questions waiting for an answer.")
+    children: list[str] = Field(description="The child runs its `workflow` steps started, oldest first.")
     failed_steps: list[str] = Field(description="The steps that failed for good; in a succeeded run, the ones "
                                                 "whose `on_failure: continue` let it go on.")
 

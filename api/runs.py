@@ -71,7 +71,8 @@ def list_runs():
     who = principal()
     with services().sessions() as session:
         runs = repo.list_runs(session, who.tenant_id, status=status,
-                              workflow_id=request.args.get("workflow_id") or None, limit=limit + 1, before=before)
+                              workflow_id=request.args.get("workflow_id") or None, limit=limit + 1, before=before,
+                              parent_run_id=request.args.get("parent_run_id") or None)
         names = {w.id: w.name for w in repo.list_workflows(session, who.tenant_id)}
         page = runs[:limit]
         pending = repo.pending_approvals(session, [r.id for r in page])

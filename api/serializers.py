@@ -121,6 +121,7 @@ def full_run(session: Session, run: Run) -> dict[str, Any]:
     body["approvals"] = [approval_json(a) for a in pending]
     body["questions"] = [question_json(q) for q in repo.run_questions(session, run.id) if q.status == "open"]
     body["output_files"] = output_files(run.id)
+    body["children"] = repo.child_run_ids(session, run.id)
     return body
 
 
@@ -143,6 +144,8 @@ def run_json(run: Run, workflow_name: str | None, steps: list[Step] | None = Non
         "retry_of": run.retry_of,
         "forked_from": ({"run_id": run.forked_from_run_id, "step_id": run.forked_from_step_id}
                         if run.forked_from_run_id else None),
+        "parent_run_id": run.parent_run_id,
+        "parent_step_id": run.parent_step_id,
         "attempt": run.attempt,
         "risk_level": run.risk_level,
         "limits": run.limits,

@@ -7,6 +7,7 @@ signal second: whom to wake and which tasks to revoke after the commit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +97,28 @@ def control(session: Session, catalog: DefinitionCatalog, request: ControlReques
                                                                                  options)))
     if request.action == "rerun":
         return Effects(options["new_run_id"], ring=True, created=True)
-    return Effects(state.id, ring=written.wakes_scheduler, revoke=written.revoke)
+    revoke = list(written.revoke) + _reach_children(session, catalog, request, settings)
+    return Effects(state.id, ring=written.wakes_scheduler or bool(revoke), revoke=revoke)
+
+
+# The actions on a parent that reach its live child runs (and theirs).
+REACHES_CHILDREN = ("pause", "resume", "cancel")
+
+
+def _reach_children(session: Session, catalog: DefinitionCatalog, request: ControlRequest,
+                    settings: Settings) -> list[str]:
+    """Apply a pause, resume or cancel to the run's live children too (each through the same state
+    machine; a child already in the state asked for is left as it is); the tasks to revoke."""
+    if request.action not in REACHES_CHILDREN:
+        return []
+    revoke: list[str] = []
+    for child_id in repo.live_children(session, [request.run_id]):
+        child = dataclasses.replace(request, run_id=child_id)
+        try:
+            revoke += control(session, catalog, child, settings=settings).revoke
+        except InvalidTransitionError:
+            continue  # e.g. resume of a child that is not paused
+    return revoke
 
 
 def _check_fields(request: ControlRequest) -> None:

@@ -186,7 +186,8 @@ def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
 
 
 # The step types a for-each may run: those that run on a worker (a waiting type waits once, not per item).
-FOR_EACH_TYPES = frozenset({"tool", "llm", "agent", "workflow"})
+# (A for-each over `workflow` steps, a map over child runs, is not built yet.)
+FOR_EACH_TYPES = frozenset({"tool", "llm", "agent"})
 
 
 def _for_each_problems(index: int, step: Any, upstream: set[str]) -> list[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker, firing, logs, retention, writer
+from orchestrator import broker, firing, logs, retention, sub_runs, writer
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core import advance
 from orchestrator.core.advance import KeptEvent
@@ -52,6 +52,7 @@ class Pass:
 
     messages: list[StepMessage] = field(default_factory=list)
     revoke: list[str] = field(default_factory=list)
+    children_started: bool = False  # child runs were created: they have work for the next pass
 
 
 # A decision asks for facts at most twice (the template context, then the events kept for the keys
@@ -69,6 +70,8 @@ def decide_pass(session: Session, state: RunState, definition: Definition, env: 
             if needs.context:
                 state = state.replace(outputs=repo.succeeded_outputs(session, state.id),
                                       approval=repo.latest_approval_decision(session, state.id))
+            if needs.children:
+                state = state.replace(children=repo.child_facts(session, state.id))
             for key, name in needs.event_keys:
                 found = repo.kept_event(session, state.tenant_id, key, name)
                 kept[(key, name)] = None if found is None else KeptEvent(found.id, found.name, found.payload)
@@ -87,7 +90,8 @@ class Scheduler:
         self.catalog = DefinitionCatalog()
         # Cron schedules fire from this loop (orchestrator/firing.py); retention sweeps on a thread (run_forever).
         self.schedules = firing.Ticker(settings, sessions, self.catalog)
-        self.env = Env(prices=settings.prices, max_items=settings.max_for_each_items)
+        self.env = Env(prices=settings.prices, max_items=settings.max_for_each_items,
+                       max_depth=settings.max_run_depth)
         self.batch_size = batch_size
         self.stopping = threading.Event()
         # Outbox rows published since the last transaction: the next one deletes them (a pass, the
@@ -115,6 +119,8 @@ class Scheduler:
             out, advanced = self._advance_locked(isolated=True)
         self._publish(out.messages)
         broker.revoke(self.celery, out.revoke)
+        if out.children_started:
+            self.doorbell.ring("children")
         return advanced
 
     def _advance_locked(self, isolated: bool) -> tuple[Pass, int]:
@@ -147,6 +153,8 @@ class Scheduler:
                 if not isolated:
                     written = writer.apply_batch(session, transitions)
                     out.messages, out.revoke = written.messages, written.revoke
+                    for transition in transitions:
+                        self._start_children(session, transition, definitions, out)
                 # A new due time ahead is on a step retrying or waiting after the pass; one that went
                 # away unseen (a retry cancelled by fail-fast) only wakes the loop once for nothing.
                 reread_due = reread_due or _has_due_times(t.after for t in transitions)
@@ -166,6 +174,8 @@ class Scheduler:
                 written = writer.apply(session, transition)
                 if not written.applied:
                     raise repo.StaleRunState(f"a step of run {state.id} is not as read under its lock")
+                self._start_children(session, transition, {(state.tenant_id, state.workflow_id,
+                                                            state.workflow_version): definition}, out)
         except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
             log.exception("advancing run %s failed; it is set aside until an operator acts on it", state.id)
             with session.begin_nested():
@@ -175,6 +185,18 @@ class Scheduler:
         out.messages += written.messages
         out.revoke += written.revoke
         return [transition]
+
+    def _start_children(self, session: Session, transition: Transition, definitions: dict, out: Pass) -> None:
+        """The child runs the transition asked for (orchestrator/sub_runs.py); the next pass starts them."""
+        if not transition.children:
+            return
+        run = transition.run
+        failed = sub_runs.start_children(session, self.settings, transition,
+                                         definitions[(run.tenant_id, run.workflow_id, run.workflow_version)], self.env)
+        if failed is not None:
+            out.messages += failed.messages
+            out.revoke += failed.revoke
+        out.children_started = True
 
     def _publish(self, messages: list[StepMessage]) -> None:
         """Publish messages that have outbox rows; the rows are deleted by the next transaction."""

@@ -24,6 +24,7 @@ from orchestrator.db.models import Run, Step, WorkflowVersion
 from orchestrator.db.types import db_now
 from orchestrator.definitions import Definition, input_problems, parse_definition
 from orchestrator.errors import (
+    DefinitionInvalid,
     IdempotencyConflict,
     InvalidRequest,
     NotFound,
@@ -42,6 +43,7 @@ def publish_workflow(session: Session, settings: Settings, tenant_id: str, workf
     Publishing restores an archived workflow, and makes the new version's triggers and retention_days
     the workflow's."""
     definition = parse_definition(raw, settings.max_steps_per_definition)
+    _check_child_workflows(session, tenant_id, workflow_id, definition)
     version = repo.publish_workflow(
         session, tenant_id, workflow_id, name=definition.name, kind=definition.kind,
         definition=definition.model_dump(mode="json", exclude_unset=True),
@@ -49,6 +51,17 @@ def publish_workflow(session: Session, settings: Settings, tenant_id: str, workf
     repo.set_workflow_lifecycle(session, tenant_id, workflow_id, retention_days=definition.retention_days,
                                 events=[trigger.event for trigger in definition.triggers])
     return version
+
+
+def _check_child_workflows(session: Session, tenant_id: str, workflow_id: str, definition: Definition) -> None:
+    """A `workflow` step must name a workflow of the tenant (or the one being published: a workflow may
+    call itself, within SWITCHYARD_MAX_RUN_DEPTH); DefinitionInvalid naming each that does not."""
+    problems = [f"steps.{i}.workflow_id: no workflow {step.workflow_id!r} in this tenant; publish it first"
+                for i, step in enumerate(definition.steps)
+                if step.type == "workflow" and step.workflow_id != workflow_id
+                and repo.get_workflow(session, tenant_id, step.workflow_id) is None]
+    if problems:
+        raise DefinitionInvalid("invalid workflow definition: " + "; ".join(problems), {"problems": problems})
 
 
 def request_hash(body: Any) -> str:
@@ -70,6 +83,7 @@ def start_run(
     retry_of: str | None = None,
     first_pass: bool = False,
     fork: ForkPlan | None = None,
+    parent: ParentLink | None = None,
 ) -> Started:
     """Create a run pinned to a workflow version (the latest if ``version`` is None).
 
@@ -96,6 +110,7 @@ def start_run(
         triggered_by=triggered_by, retry_of=retry_of, attempt=1, idempotency_key=idempotency_key,
         request_hash=body_hash, has_work=True,
         forked_from_run_id=fork.run_id if fork else None, forked_from_step_id=fork.from_step if fork else None,
+        **(dict(parent_run_id=parent.run_id, parent_step_id=parent.step_id, depth=parent.depth) if parent else {}),
     )
     events = [_created_event(run, fork)]
     steps = _pending_steps(settings, definition, run.id, fork.reused if fork else {})
@@ -131,6 +146,15 @@ def _created_event(run: Run, fork: ForkPlan | None) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class ParentLink:
+    """A child run's place: the parent run and its `workflow` step that started it, and its depth."""
+
+    run_id: str
+    step_id: str
+    depth: int
+
+
+@dataclass(frozen=True)
 class Started:
     """A start's answer: the run, whether this call created it (an Idempotency-Key answers with the
     run it started first), and the messages of the first steps it queued, to publish after the commit."""
@@ -147,7 +171,8 @@ def _first_pass(settings: Settings, definition: Definition, run: Run, steps: lis
                           version=run.workflow_version, run_input=run.input, reused=reused,
                           steps=[StepState(s.step_id, s.type, StepStatus(s.status), 0, s.max_attempts, s.queue)
                                  for s in steps])
-    first = start.on_start(state, definition, Env(prices=settings.prices, max_items=settings.max_for_each_items))
+    first = start.on_start(state, definition, Env(prices=settings.prices, max_items=settings.max_for_each_items,
+                       max_depth=settings.max_run_depth))
     if first is None:
         return None
     run.status, run.started_at, run.has_work = first.after.status.value, db_now(), False

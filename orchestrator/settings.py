@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     max_steps_per_definition: int = 1000
     # The most items one for-each step may run; more fail the step with too_many_items.
     max_for_each_items: int = 1000
+    # The deepest a child run (a `workflow` step's sub-run) may be; deeper fails the step with max_depth_exceeded.
+    max_run_depth: int = 10
     rate_limit_per_min: int = 6000
 
     # Webhooks in: how far a signature's timestamp may be from now, and how long a rotated secret

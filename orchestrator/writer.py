@@ -86,8 +86,10 @@ def one_statement(transition: Transition) -> bool:
 
 
 def _writes_items(transition: Transition) -> bool:
-    """Whether the transition writes for-each items or a for-each step's output."""
-    return bool(transition.items) or any(m.values.get("output") is ITEM_OUTPUTS for m in transition.moves)
+    """Whether the transition writes for-each items or a for-each step's output, or wakes a parent run
+    or asks for child runs (core.children): written move by move."""
+    return (bool(transition.items) or bool(transition.children) or transition.wake_run is not None
+            or any(m.values.get("output") is ITEM_OUTPUTS for m in transition.moves))
 
 
 def _with_item_outputs(session: Session, transition: Transition) -> Transition:
@@ -188,6 +190,8 @@ def _apply_direct(session: Session, transition: Transition, required: list[StepM
         outputs = repo.step_outputs(session, [(run_id, s) for s in transition.output_from])
         changes.run_values["output"] = {s: outputs.get((run_id, s)) for s in transition.output_from}
     repo.apply_run_changes(session, changes)
+    if transition.wake_run is not None:
+        repo.flag_run(session, transition.wake_run)
     queued = [m.message for m in required if m.message is not None]
     queued += [m.message for m in transition.moves if m.optional and m.step_id in attempts and m.message]
     return Written(True, repo.insert_outbox(session, queued) + item_messages, transition.revoke + item_revoke,

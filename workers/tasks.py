@@ -70,7 +70,8 @@ class Runtime:
         # one of each kind, so up to five per worker process on PostgreSQL.
         self.sessions = HeldConnectionSessions(sessions)
         self.catalog = DefinitionCatalog()
-        self.env = Env(prices=self.settings.prices, max_items=self.settings.max_for_each_items)
+        self.env = Env(prices=self.settings.prices, max_items=self.settings.max_for_each_items,
+                       max_depth=self.settings.max_run_depth)
         self.doorbell = broker.Doorbell(self.celery, self.settings.wake_queue)
         self.heartbeats = _Heartbeats(self)
         self.outcomes_behind = _OutcomesBehind()

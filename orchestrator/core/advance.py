@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import dag, steptypes, templates
-from orchestrator.core import items, stopping
+from orchestrator.core import children, items, stopping
 from orchestrator.core import outcome as outcomes
 from orchestrator.core.inputs import Env
 from orchestrator.core.reports import WORKER_LOST, ErrorInfo, Outcome
@@ -35,9 +35,10 @@ class NeedsFacts(Exception):  # noqa: N818 - a request for more input, not an er
     succeeded steps and the latest approval) and the kept events of ``event_keys`` ((key, name) pairs).
     Read them into the snapshot and decide again (a decision writes nothing, so deciding twice is free)."""
 
-    def __init__(self, *, context: bool = False, event_keys: tuple[tuple[str, str | None], ...] = ()):
+    def __init__(self, *, context: bool = False, event_keys: tuple[tuple[str, str | None], ...] = (),
+                 children: bool = False):
         super().__init__("the decision needs more facts")
-        self.context, self.event_keys = context, event_keys
+        self.context, self.event_keys, self.children = context, event_keys, children
 
 
 def on_advance(state: RunState, definition: Definition, env: Env, *,
@@ -67,6 +68,9 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
                 return draft.finish()
     if draft.status is RunStatus.PAUSED:
         return draft.finish()
+    _settle_children(draft, definition, env)
+    if draft.status is RunStatus.FAILED:
+        return draft.finish()
     _fire_due(draft, definition, env)
     if draft.status is not RunStatus.FAILED:
         _dispatch_and_park(draft, definition, env, kept)
@@ -80,7 +84,9 @@ def _fire_due(draft: Draft, definition: Definition, env: Env) -> None:
     """Retries whose backoff has passed are queued again; timers fire; event waits time out."""
     due = [s for s in draft.steps.values() if s.due]
     for step in due:
-        if step.status is StepStatus.RETRYING:
+        if step.status is StepStatus.RETRYING and step.type == children.SUB_RUN:
+            _start_child(draft, definition, step, env)  # a new child run
+        elif step.status is StepStatus.RETRYING:
             outcomes.queue_step(draft, definition, step, only_from=(StepStatus.RETRYING,))
     for step in due:
         if draft.status is RunStatus.FAILED:
@@ -102,11 +108,14 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
         for step_id in ready:
             if definition.step(step_id).for_each is not None:
                 settled_at_once |= _start_for_each(draft, definition, draft.step(step_id), env)
+            elif draft.step(step_id).type == children.SUB_RUN:
+                settled_at_once |= _start_child(draft, definition, draft.step(step_id), env)
             elif steptypes.get(draft.step(step_id).type).waits_on is None:
                 outcomes.queue_step(draft, definition, draft.step(step_id))
             if draft.status is RunStatus.FAILED:
                 return
-        park = [s for s in ready if steptypes.get(draft.step(s).type).waits_on is not None]
+        park = [s for s in ready if steptypes.get(draft.step(s).type).waits_on is not None
+                and draft.step(s).type != children.SUB_RUN]
         _check_facts(draft, definition, park, kept)
         for step_id in park:
             settled_at_once |= _park(draft, definition, draft.step(step_id), env, kept or {})
@@ -114,6 +123,33 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
                 return
         if not settled_at_once:
             return
+
+
+def _settle_children(draft: Draft, definition: Definition, env: Env) -> None:
+    """Sub-run steps whose child run ended take its result (core.children)."""
+    live = children.running(draft)
+    if not live:
+        return
+    if draft.run.children is None:
+        raise NeedsFacts(children=True)
+    for step in live:
+        ended = children.ended(draft.run.children.get(step.step_id))
+        if ended is not None:
+            outcomes.settle(draft, definition, step, ended, env)
+            if draft.status is RunStatus.FAILED:
+                return
+
+
+def _start_child(draft: Draft, definition: Definition, step: StepState, env: Env) -> bool:
+    """A ready sub-run step (or one whose retry came due) starts its child run; True if that settled
+    it at once (too deep, or its input's templates failed)."""
+    if draft.run.outputs is None:
+        raise NeedsFacts(context=True)
+    failed = children.start(draft, definition, step, _context(draft), env)
+    if failed is None:
+        return False
+    outcomes.settle(draft, definition, draft.step(step.step_id), failed, env)
+    return True
 
 
 def _start_for_each(draft: Draft, definition: Definition, step: StepState, env: Env) -> bool:

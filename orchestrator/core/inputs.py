@@ -21,6 +21,7 @@ class Env:
     new_id: Callable[[str], str] = ids.new_id
     prices: PriceTable | None = None
     max_items: int = 1000  # the most items a for-each step may have (SWITCHYARD_MAX_FOR_EACH_ITEMS)
+    max_depth: int = 10  # the deepest a child run may be (SWITCHYARD_MAX_RUN_DEPTH)
 
 
 @dataclass(frozen=True)

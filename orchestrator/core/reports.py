@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +21,15 @@ class ErrorInfo:
     code: str
     message: str
     retryable: bool
+    details: Mapping[str, Any] | None = None  # e.g. a failed child run's id
 
     @classmethod
     def of(cls, exc: StepError) -> ErrorInfo:
         return cls(exc.code, exc.message, exc.retryable)
 
     def as_json(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+        found = {"code": self.code, "message": self.message, "retryable": self.retryable}
+        return found | ({"details": dict(self.details)} if self.details else {})
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class StepState(NamedTuple):
 
 # The run's columns a snapshot carries.
 RUN_COLUMNS = ("id", "tenant_id", "workflow_id", "workflow_version", "status", "waiting_on", "usage", "last_seq",
-               "risk_level", "attempt", "input", "limits")
+               "risk_level", "attempt", "input", "limits", "parent_run_id", "depth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,11 @@ class RunState:
     outputs: Mapping[str, Any] | None = None  # None: not read
     # What the templates of a step to park read besides outputs: the latest approval decision.
     approval: Mapping[str, Any] | None = None
+    # A child run's parent (its end wakes the parent) and how deep it is (a top-level run: 0).
+    parent_run_id: str | None = None
+    depth: int = 0
+    # The newest child run of each sub-run step (core.children.ChildFacts), by step id; None: not read.
+    children: Mapping[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any, steps: Iterable[StepState] = (), **facts: Any) -> RunState:

@@ -23,7 +23,14 @@ from typing import Any
 from orchestrator.core.snapshot import RunState, StepState
 from orchestrator.core.vocabulary import EventType
 from orchestrator.messages import StepMessage, task_id
-from orchestrator.states import InvalidTransition, RunStatus, StepStatus, run_allowed_from, step_allowed_from
+from orchestrator.states import (
+    TERMINAL_RUN,
+    InvalidTransition,
+    RunStatus,
+    StepStatus,
+    run_allowed_from,
+    step_allowed_from,
+)
 
 
 class Marker(StrEnum):
@@ -108,6 +115,8 @@ class Transition:
     close_requests: bool = False  # the run ended: its pending approvals and open questions close
     output_from: tuple[str, ...] = ()  # the run succeeded: its output is these steps' outputs, read on writing
     items: tuple[ItemsWrite, ...] = ()  # writes to for-each items, after the moves
+    children: tuple[Any, ...] = ()  # child runs to create (core.children.ChildStart), by the scheduler
+    wake_run: str | None = None  # the run ended: its parent run is flagged with work (core.children)
     after: RunState | None = None  # the run as the decision leaves it, if every guard matches
 
     @property
@@ -120,8 +129,8 @@ class Transition:
 
     @property
     def wakes_scheduler(self) -> bool:
-        """Whether the run is left flagged with work for the scheduler."""
-        return bool(self.run_values.get("has_work"))
+        """Whether the run (or the parent run it woke) is left flagged with work for the scheduler."""
+        return bool(self.run_values.get("has_work")) or self.wake_run is not None
 
 
 def _after_move(step: StepState, target: StepStatus, values: dict[str, Any], queued: StepMessage | None
@@ -159,6 +168,7 @@ class Draft:
         self.close_requests = False
         self.output_from: tuple[str, ...] = ()
         self.items: list[ItemsWrite] = []
+        self.children: list[Any] = []
 
     @property
     def status(self) -> RunStatus:
@@ -229,5 +239,7 @@ class Draft:
         return Transition(
             run=self.run, run_to=self.run_to, run_values=MappingProxyType(dict(self.run_values)),
             moves=tuple(self.moves), events=tuple(self.events), requests=tuple(self.requests),
-            close_requests=self.close_requests, output_from=self.output_from, items=tuple(self.items), after=after,
+            close_requests=self.close_requests, output_from=self.output_from, items=tuple(self.items),
+            children=tuple(self.children), after=after,
+            wake_run=self.run.parent_run_id if self.run_to in TERMINAL_RUN else None,
         )

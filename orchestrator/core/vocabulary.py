@@ -59,6 +59,9 @@ class ErrorCode(StrEnum):
     INVALID_FOR_EACH = "invalid_for_each"  # for_each did not evaluate to a list
     TOO_MANY_ITEMS = "too_many_items"
     TOO_FEW_SUCCEEDED = "too_few_succeeded"
+    # sub-runs
+    CHILD_RUN_FAILED = "child_run_failed"
+    MAX_DEPTH_EXCEEDED = "max_depth_exceeded"
 
 
 class SkipReason(StrEnum):

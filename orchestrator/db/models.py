@@ -93,6 +93,9 @@ class Run(Base):
         Index("ix_runs_tenant_status_completed", "tenant_id", "status", "completed_at"),
         # The scheduler's queue of runs with something to do; partial, so it stays tiny.
         Index("ix_runs_has_work", "has_work", postgresql_where=text("has_work"), sqlite_where=text("has_work")),
+        # A run's children (sub-runs).
+        Index("ix_runs_parent", "parent_run_id", postgresql_where=text("parent_run_id IS NOT NULL"),
+              sqlite_where=text("parent_run_id IS NOT NULL")),
         Index("uq_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
         ForeignKeyConstraint(
             ["tenant_id", "workflow_id", "workflow_version"],
@@ -125,6 +128,10 @@ class Run(Base):
     # An operator's raised limits (POST /runs/{id}/resume), over the definition's policy limits.
     limits: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     # A fork (POST /runs/{id}/fork): the run and step it was forked from.
+    # A child run (a `workflow` step's sub-run): its parent run and step, and how deep it is (top level 0).
+    parent_run_id: Mapped[str | None] = mapped_column(String(40))
+    parent_step_id: Mapped[str | None] = mapped_column(String(80))
+    depth: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     forked_from_run_id: Mapped[str | None] = mapped_column(String(40))
     forked_from_step_id: Mapped[str | None] = mapped_column(String(64))
 

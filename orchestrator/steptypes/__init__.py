@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from orchestrator.steptypes import agent, approval, llm, question, timer, tool, wait_event
+from orchestrator.steptypes import agent, approval, llm, question, timer, tool, wait_event, workflow
 from orchestrator.steptypes.base import Parking, StepType
 
 __all__ = ["Parking", "StepType", "find", "get", "names", "on_change", "register", "types",
@@ -100,5 +100,5 @@ def _check(step_type: StepType) -> None:
         raise ValueError(f"step type {name!r} has no label")
 
 
-for _module in (tool, llm, agent, approval, question, wait_event, timer):
+for _module in (tool, llm, agent, approval, question, wait_event, timer, workflow):
     register(_module.STEP_TYPE)

@@ -82,7 +82,7 @@ def test_allowed_from_spot_checks():
     # A run reaches `queued` only through `retry`; nothing re-enters `running` from a terminal status.
     assert states.run_allowed_from(R.QUEUED) == {R.FAILED, R.CANCELLED}
     assert states.run_allowed_from(R.RUNNING) == {R.QUEUED, R.WAITING, R.PAUSED}
-    assert states.step_allowed_from(S.RUNNING) == {S.QUEUED, S.PENDING}
+    assert states.step_allowed_from(S.RUNNING) == {S.QUEUED, S.PENDING, S.RETRYING}
     assert states.step_allowed_from(S.SKIPPED) == {S.PENDING}
 
 

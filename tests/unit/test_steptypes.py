@@ -12,6 +12,7 @@ from orchestrator.core.reports import ErrorInfo, Outcome
 from orchestrator.errors import DefinitionInvalid
 from orchestrator.states import RunStatus, StepStatus
 from orchestrator.steptypes import Parking
+from orchestrator.steptypes.workflow import WorkflowStep
 from tests.unit.conftest import build_step
 from tests.unit.toy_steptype import TOYS
 from workers import executors
@@ -26,6 +27,7 @@ BUILTINS = [
     ("question", "question", None, "Question", definitions.QuestionStep),
     ("wait_event", "event", None, "Wait for event", definitions.WaitEventStep),
     ("timer", "timer", None, "Timer", definitions.TimerStep),
+    ("workflow", "child_run", None, "Sub-workflow", WorkflowStep),
 ]
 
 
@@ -40,10 +42,11 @@ def test_each_builtin_is_registered_as_it_runs(name, waits_on, executor, label, 
 
 
 def test_builtins_come_in_registration_order_and_make_step_types():
-    assert steptypes.names() == ("tool", "llm", "agent", "approval", "question", "wait_event", "timer")
+    assert steptypes.names() == ("tool", "llm", "agent", "approval", "question", "wait_event", "timer", "workflow")
     assert definitions.STEP_TYPES == steptypes.names()
     assert dict(steptypes.waiting_types()) == {
-        "approval": "approval", "question": "question", "wait_event": "event", "timer": "timer"}
+        "approval": "approval", "question": "question", "wait_event": "event", "timer": "timer",
+        "workflow": "child_run"}
 
 
 def test_worker_executors_are_the_executor_modules_functions():
@@ -129,7 +132,7 @@ def test_a_malformed_or_duplicate_type_is_refused(change, needle):
     bad = type("Bad", (type(steptypes.get("timer")),), change)()
     with pytest.raises(ValueError, match=needle.replace("[", r"\[")):
         steptypes.register(bad)
-    assert steptypes.names()[-1] == "timer"
+    assert steptypes.names()[-1] == "workflow"
 
 
 # --- a type registered later: one module (tests/unit/toy_steptype.py) and its register call ---
@@ -156,7 +159,7 @@ def test_before_registration_a_toy_type_is_refused_naming_the_known_types():
         definitions.parse_definition(TOY_DEFINITION)
     assert caught.value.details["problems"][0] == (
         "steps.0: unknown step type 'shout'; use one of "
-        "['tool', 'llm', 'agent', 'approval', 'question', 'wait_event', 'timer']")
+        "['tool', 'llm', 'agent', 'approval', 'question', 'wait_event', 'timer', 'workflow']")
     assert "pause_for" not in dag.WAITING_TYPES
 
 

@@ -28,6 +28,7 @@ The modules:
   shared expressions ``NOW`` and ``NEXT_ATTEMPT``;
 - ``run_changes``: the guarded update of a locked run with its events (``RunChanges``, ``StepMove``,
   ``apply_run_changes``, ``apply_many_run_changes``): every step's path ends here;
+- ``children``: child runs (sub-runs): their facts for a parent's pass, waking a parent, live children;
 - ``items``: a for-each step's item rows (written, dispatched, stopped and read set-based);
 - ``attempts``: the worker's side of an attempt (``lock_run_and_claim``, ``extend_lease``);
 - ``schedules``: cron schedules and the record of their fires (each slot's unique key);
@@ -59,6 +60,7 @@ from orchestrator.db.repository.aggregates import (
 )
 from orchestrator.db.repository.attempts import extend_lease, lock_run_and_claim
 from orchestrator.db.repository.changes import lock_run, lock_run_with_steps, steps_for_update, steps_of
+from orchestrator.db.repository.children import child_facts, child_run_ids, flag_run, live_children
 from orchestrator.db.repository.common import LIVE_RUN, now
 from orchestrator.db.repository.events import WRITTEN_EVENTS
 from orchestrator.db.repository.items import list_items
@@ -196,6 +198,8 @@ __all__ = [
     "run_status_events", "run_step", "run_steps", "succeeded_outputs",
     # items
     "list_items",
+    # children
+    "child_facts", "child_run_ids", "flag_run", "live_children",
     # lifecycle
     "add_purged", "archive_workflow", "delete_runs", "lock_expired_runs", "prune_old_records", "purged_rows",
     "record_event_id", "retention_targets", "set_workflow_lifecycle", "workflows_on_event",

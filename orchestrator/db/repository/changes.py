@@ -26,7 +26,7 @@ RunRow = Any
 # The run's columns the outcome writer reads (with CLAIM_RUN_COLUMNS, those a claim reads), not all
 # of them: every column of a result costs the client more than its share of the statement.
 OUTCOME_RUN_COLUMNS = ("id", "tenant_id", "workflow_id", "workflow_version", "status", "waiting_on", "usage",
-                       "last_seq", "risk_level")
+                       "last_seq", "risk_level", "parent_run_id")
 CLAIM_RUN_COLUMNS = (*OUTCOME_RUN_COLUMNS, "input", "attempt", "limits")
 
 # A step's columns as StepState reads them, with `due` (due_at passed) and `expired` (lease passed)

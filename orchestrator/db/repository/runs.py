@@ -51,9 +51,12 @@ def list_runs(
     workflow_id: str | None,
     limit: int,
     before: tuple[datetime, str] | None,
+    parent_run_id: str | None = None,
 ) -> Sequence[Run]:
     """Newest first, keyset-paginated on (created_at, id) so any page costs one index range scan."""
     query = select(Run).where(Run.tenant_id == tenant_id)
+    if parent_run_id:
+        query = query.where(Run.parent_run_id == parent_run_id)
     if status:
         query = query.where(Run.status == status)
     if workflow_id:
