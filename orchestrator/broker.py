@@ -23,6 +23,7 @@ from kombu import Exchange, Queue
 from kombu.transport.virtual import Transport as VirtualTransport
 from prometheus_client import CollectorRegistry, Counter
 
+from orchestrator import tracing
 from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
 
@@ -205,6 +206,8 @@ class Doorbell:
         self.courier = courier
         self._lock = threading.Lock()
         self._ring_pending = False
+        # The trace context the last ring heard carried (see take_trace).
+        self._heard_trace: dict[str, str] | None = None
         url = app.conf.broker_url or ""
         self.key = f"switchyard:doorbell:{queue_name}"
         self.client = None
@@ -243,7 +246,10 @@ class Doorbell:
     def _ring_now(self, reason: str) -> None:
         try:
             if self.client is not None:
-                self.line.send([("LPUSH", self.key, reason or "1"), ("LTRIM", self.key, 0, self.MAX_PENDING - 1)])
+                # With tracing on, the ring carries the ringer's trace: the pass it wakes continues it.
+                carrier = tracing.inject()
+                value = json.dumps({"reason": reason, "trace": carrier}) if carrier else reason or "1"
+                self.line.send([("LPUSH", self.key, value), ("LTRIM", self.key, 0, self.MAX_PENDING - 1)])
                 return
             with self.app.producer_or_acquire() as producer:
                 producer.publish(
@@ -258,6 +264,11 @@ class Doorbell:
         except Exception as exc:  # noqa: BLE001 - the sweep is the safety net
             log.warning("could not wake the scheduler (%s); the next sweep will pick the work up", exc)
 
+    def take_trace(self) -> dict[str, str] | None:
+        """The trace context the last ring heard carried (once), for the pass it woke."""
+        heard, self._heard_trace = self._heard_trace, None
+        return heard
+
     @contextmanager
     def listening(self, max_wait_s: float) -> Iterator[Callable[[float], int]]:
         """A ``wait(timeout) -> rings`` function: block until a ring or ``timeout`` seconds (at most
@@ -271,8 +282,10 @@ class Doorbell:
                                           socket_timeout=max_wait_s + 10)
 
             def wait_redis(timeout: float) -> int:
-                if client.blpop([self.key], timeout=min(max(timeout, 0.001), max_wait_s)) is None:
+                ring = client.blpop([self.key], timeout=min(max(timeout, 0.001), max_wait_s))
+                if ring is None:
                     return 0
+                self._heard_trace = _trace_of(ring[1])
                 pipe = client.pipeline(transaction=False)
                 pipe.llen(self.key)
                 pipe.delete(self.key)
@@ -306,6 +319,16 @@ class Doorbell:
                     simple_queue.close()
                 except Exception as exc:  # noqa: BLE001 - the connection may already be gone
                     log.debug("closing the wake queue failed: %s", exc)
+
+
+def _trace_of(value: bytes) -> dict[str, str] | None:
+    """The trace context a ring carries, if it carries one."""
+    if not value.startswith(b"{"):
+        return None
+    try:
+        return dict(json.loads(value).get("trace") or {}) or None
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 class Courier:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker, firing, logs, retention, sub_runs, writer
+from orchestrator import broker, firing, logs, retention, sub_runs, tracing, writer
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core import advance
 from orchestrator.core.advance import KeptEvent
@@ -324,7 +324,8 @@ class Scheduler:
                 self.sweep()
                 next_sweep = time.monotonic() + self.settings.sweep_interval_s
             broker.revoke(self.celery, self.schedules.tick())
-            self.drain()
+            with tracing.continued("scheduler pass", self.doorbell.take_trace()):  # the ringer's trace, if traced
+                self.drain()
             timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0),
                           self.schedules.seconds_until_due())
             if self.published_outbox and timeout > IDLE_CLEANUP_S:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +81,29 @@ def _instrument() -> None:
     SQLAlchemyInstrumentor().instrument(skip_dep_check=True)
     RedisInstrumentor().instrument()
     HTTPXClientInstrumentor().instrument()
+
+
+def inject() -> dict[str, str]:
+    """The current trace context as W3C headers, to carry where a message's headers do not go (the
+    doorbell); empty when tracing is off or no span is current."""
+    if _configured_pid != os.getpid():
+        return {}
+    from opentelemetry.propagate import inject as inject_context
+
+    carrier: dict[str, str] = {}
+    inject_context(carrier)
+    return carrier
+
+
+@contextmanager
+def continued(name: str, carrier: Mapping[str, str] | None) -> Iterator[None]:
+    """A span ``name`` in the trace ``carrier`` carries (what ``inject`` gave another process); nothing
+    when tracing is off or there is no carrier."""
+    if _configured_pid != os.getpid() or not carrier:
+        yield
+        return
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+
+    with trace.get_tracer(__name__).start_as_current_span(name, context=extract(dict(carrier))):
+        yield

@@ -23,7 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
 
 from orchestrator.db import repository as repo  # noqa: E402
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction  # noqa: E402
-from tests.integration.conftest import Processes, unique, wait_for  # noqa: E402
+from orchestrator.settings import Settings  # noqa: E402
+from tests.integration.conftest import Processes, fresh_database, unique, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -154,3 +155,59 @@ def _json_objects(text: str) -> list[str]:
                 objects.append("\n".join(current))
                 current = None
     return objects
+
+
+def traced_api(procs: Processes, settings: Settings, receiver: Receiver, env: dict[str, str]) -> httpx.Client:
+    """`switchyard api --dev` on a free port, exporting to ``receiver``; a client of it with an admin token."""
+    port = free_port()
+    with transaction(make_sessionmaker(make_engine(settings))) as session:
+        token = repo.create_token(session, "traced", "admin", "tracing test")[1]
+    procs.start("traced-api", "api", "--dev", "--no-reload", "--port", str(port),
+                env={**otel_env(receiver, "switchyard-api"), **env})
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"})
+
+    def healthy() -> bool:
+        try:
+            return http.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(healthy, 60, "the traced API to answer")
+    return http
+
+
+def test_a_run_the_scheduler_starts_is_one_trace_across_three_processes(settings, tmp_path, receiver):
+    """A rerun is started by the scheduler: the API's ring carries the request's trace, the scheduler's
+    pass continues it and its step message carries it on to the worker. A database of the test's own
+    and a wake queue of its own, so the session's scheduler takes no part."""
+    queue = unique("traced")
+    with fresh_database("switchyard_traced") as database_url:
+        own = Settings(**{**settings.model_dump(), "database_url": database_url, "data_dir": tmp_path})
+        env = {"SWITCHYARD_WAKE_QUEUE": f"{queue}.wake"}
+        procs = Processes(own, tmp_path)
+        try:
+            http = traced_api(procs, own, receiver, env)
+            procs.start("traced-scheduler", "scheduler", env={**otel_env(receiver, "switchyard-scheduler"), **env})
+            procs.start("traced-worker", "worker", "--concurrency", "1", "-Q", queue,
+                        env={**otel_env(receiver, "switchyard-worker"), **env})
+            steps = [{"id": "ask", "type": "llm", "model": "openai/test-model", "prompt": "Hello", "queue": queue}]
+            assert http.put("/workflows/traced", json={"name": "traced", "steps": steps}).status_code == 201
+            first = http.post("/runs", json={"workflow_id": "traced", "input": {}}).json()["id"]
+            wait_for(lambda: http.get(f"/runs/{first}").json()["status"] == "succeeded", 60, "the first run")
+            rerun = http.post(f"/runs/{first}/rerun")
+            assert rerun.status_code == 201, rerun.text
+            run_id = rerun.json()["id"]
+            wait_for(lambda: http.get(f"/runs/{run_id}").json()["status"] == "succeeded", 60, "the rerun")
+            trace_id = wait_for(lambda: receiver.trace_across("switchyard-api", "switchyard-scheduler",
+                                                              "switchyard-worker"), 30,
+                                "one trace with spans of the API, the scheduler and the worker")
+        finally:
+            procs.stop_all()
+    spans = receiver.trace(trace_id)
+    names = {name for _, name in spans}
+    # The control's route, named by its rule (POST /api/v1/runs/<run_id>/<…:action>).
+    assert any(name.startswith("POST /api/v1/runs/<run_id>/") for s, name in spans if s == "switchyard-api"), names
+    assert ("switchyard-scheduler", "scheduler pass") in spans, names
+    assert any(name.startswith("apply_async/") for service, name in spans if service == "switchyard-scheduler"), names
+    assert any(name.startswith("run/") for service, name in spans if service == "switchyard-worker"), names
+    print(f"\nrerun trace {trace_id}: {len(spans)} spans from {sorted({s for s, _ in spans})}")
