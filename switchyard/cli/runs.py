@@ -102,14 +102,17 @@ def wait_(remote_: Remote, run_id: str, until: str, timeout: float | None) -> No
 @runs.command("list")
 @click.option("--status", type=click.Choice(RUN_STATUSES))
 @click.option("--workflow", "workflow_id", metavar="ID", help="Only runs of this workflow.")
+@click.option("--parent", "parent_run_id", metavar="RUN_ID", help="Only the child runs of this run.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
               help="At most this many runs (read page after page).")
 @quiet
 @remote
-def list_(remote_: Remote, status: str | None, workflow_id: str | None, limit: int, quiet: bool) -> None:
+def list_(remote_: Remote, status: str | None, workflow_id: str | None, parent_run_id: str | None, limit: int,
+          quiet: bool) -> None:
     """The tenant's runs, newest first."""
     found: list[RunSummary] = []
-    for run in remote_.client.runs.list(status=status, workflow_id=workflow_id, page_size=min(limit, 500)):
+    for run in remote_.client.runs.list(status=status, workflow_id=workflow_id, parent_run_id=parent_run_id,
+                                        page_size=min(limit, 500)):
         found.append(run)
         if len(found) >= limit:
             break

@@ -133,6 +133,8 @@ class RunSummary(Model):
     triggered_by: str | None = None
     retry_of: str | None = None
     forked_from: ForkedFrom | None = Field(None, description="A fork's original run and step.")
+    parent_run_id: str | None = Field(None, description="A child run's parent (its `workflow` step started it).")
+    parent_step_id: str | None = Field(None, description="The parent's `workflow` step that started this run.")
     attempt: int
     risk_level: str | None = None
     limits: dict[str, Any] | None = None
@@ -168,6 +170,7 @@ class Run(RunSummary):
     failed_steps: list[str] = Field(default_factory=list)
     approvals: list[Approval] = Field(default_factory=list, description="The requests waiting for a decision.")
     questions: list[Question] = Field(default_factory=list, description="The open questions.")
+    children: list[str] = Field(default_factory=list, description="The child runs its `workflow` steps started.")
 
     def step(self, step_id: str) -> Step:
         """The step with this id (KeyError if the run has none)."""

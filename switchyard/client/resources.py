@@ -59,14 +59,16 @@ class Runs(Resource):
         return self._send(Call("GET", f"/runs/{seg(run_id)}", model=models.Run))
 
     def page(self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50,
-             cursor: str | None = None) -> models.RunPage:
+             cursor: str | None = None, parent_run_id: str | None = None) -> models.RunPage:
         """One page of runs, newest first; pass its ``next_cursor`` back for the next."""
-        return self._send(_runs_call(status, workflow_id, limit, cursor))
+        return self._send(_runs_call(status, workflow_id, limit, cursor, parent_run_id))
 
-    def list(self, *, status: str | None = None, workflow_id: str | None = None,
-             page_size: int = 50) -> Iterator[models.RunSummary]:
-        """Every matching run, newest first, reading page after page as the iteration goes."""
-        return self._client._paginate(_runs_call(status, workflow_id, page_size, None), calls.runs_advance)
+    def list(self, *, status: str | None = None, workflow_id: str | None = None, page_size: int = 50,
+             parent_run_id: str | None = None) -> Iterator[models.RunSummary]:
+        """Every matching run (a parent's children with ``parent_run_id``), newest first, reading page
+        after page as the iteration goes."""
+        call = _runs_call(status, workflow_id, page_size, None, parent_run_id)
+        return self._client._paginate(call, calls.runs_advance)
 
     def events(self, run_id: str, *, after: int = 0, page_size: int = 1000) -> Iterator[models.Event]:
         """The run's event log after ``after`` (every page), as it is now."""
@@ -149,8 +151,10 @@ class Runs(Resource):
                                body=body, model=models.Run))
 
 
-def _runs_call(status: str | None, workflow_id: str | None, limit: int, cursor: str | None) -> Call:
-    params = {"status": status, "workflow_id": workflow_id, "limit": limit, "cursor": cursor}
+def _runs_call(status: str | None, workflow_id: str | None, limit: int, cursor: str | None,
+               parent_run_id: str | None) -> Call:
+    params = {"status": status, "workflow_id": workflow_id, "limit": limit, "cursor": cursor,
+              "parent_run_id": parent_run_id}
     return Call("GET", "/runs", params, model=models.RunPage)
 
 
