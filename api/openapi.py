@@ -16,9 +16,9 @@ from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api import operator_responses, schemas
 from api import responses as R
 from api import schedules as schedule_api
-from api import schemas
 from api.auth import PUBLIC, ROUTE_ROLES, SIGNED
 from orchestrator import schedules
 from orchestrator.states import RunStatus, StepStatus
@@ -160,11 +160,11 @@ OPERATIONS: dict[str, Op] = {
                      links=run_links("/id")),
     "forks.bulk_action": Op("Apply one action to every run a filter selects (at most `limit`, newest first), each "
                             "through the single-run state machine in its own transaction; a run in the wrong state "
-                            "is listed in `skipped`. `dry_run` changes nothing.", (200, R.BulkResult),
+                            "is listed in `skipped`. `dry_run` changes nothing.", (200, operator_responses.BulkResult),
                             schemas.BulkBody, query=(TRIGGERED_BY,)),
     "forks.compare_runs": Op("Two runs side by side, step by step in graph order: status, attempts, duration, "
                              "tokens and credits in each, whether input and output changed (with a JSON Patch), "
-                             "and the first step that diverges.", (200, R.Comparison)),
+                             "and the first step that diverges.", (200, operator_responses.Comparison)),
     "approvals.inbox": Op("The tenant's approvals.", (200, R.ApprovalList), query=(
         query("status", {"type": "string", "enum": ["pending", "decided", "approved", "rejected", "changes_requested",
                                                      "cancelled", "all"], "default": "pending"},
