@@ -53,18 +53,19 @@ def finish(run: Run) -> None:
 @click.argument("workflow")
 @click.option("--input", "input_", metavar="JSON|@FILE", help="The run's input: JSON, or @file.json.")
 @click.option("--version", type=click.IntRange(min=1), help="A version of the workflow (default: the latest).")
+@click.option("--priority", type=click.IntRange(1, 9), help="1 (first) to 9 (default: the workflow's, else 5).")
 @click.option("--idempotency-key", metavar="KEY", help="The same key and input answer the first run again.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 unless it succeeded.")
 @click.option("--follow", is_flag=True, help="Print the run's events as they happen; exit 1 unless it succeeded.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
 @quiet
 @remote
-def start(remote_: Remote, workflow: str, input_: str | None, version: int | None, idempotency_key: str | None,
-          wait: bool, follow: bool, timeout: float | None, quiet: bool) -> None:
+def start(remote_: Remote, workflow: str, input_: str | None, version: int | None, priority: int | None,
+          idempotency_key: str | None, wait: bool, follow: bool, timeout: float | None, quiet: bool) -> None:
     """Start a run of WORKFLOW."""
     if wait and follow:
         raise click.UsageError("--wait and --follow exclude each other: --follow waits too, printing events")
-    run = remote_.client.runs.start(workflow, json_arg(input_, "--input"), version=version,
+    run = remote_.client.runs.start(workflow, json_arg(input_, "--input"), version=version, priority=priority,
                                     idempotency_key=idempotency_key)
     if follow:
         _follow(remote_, run.id)
