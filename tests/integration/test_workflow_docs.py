@@ -17,7 +17,8 @@ EXAMPLES = {example["name"]: example for example in (
 
 
 def test_the_reference_has_its_examples():
-    assert set(EXAMPLES) == {"route a ticket", "summarise documents"}
+    assert set(EXAMPLES) == {"route a ticket", "summarise documents", "research", "write a report",
+                             "answer a customer"}
 
 
 @pytest.mark.parametrize(("category", "ran", "skipped"), [("refund", "refund", "answer"), ("billing", "answer", "refund")])
@@ -38,3 +39,16 @@ def test_summarise_each_document(api):
     assert steps["summarise"]["items"]["succeeded"] == 5
     assert len(steps["summarise"]["output"]) == 5 and "document 2" in json.dumps(steps["summarise"]["output"][2])
     assert steps["digest"]["output"] == {"summaries": 5}
+
+
+def test_a_research_sub_workflow_called_from_two_workflows(api):
+    publish(api, EXAMPLES["research"], "research")
+    report = wait_run(api, start(api, publish(api, EXAMPLES["write a report"]), {"subject": "tides"}))
+    answer = wait_run(api, start(api, publish(api, EXAMPLES["answer a customer"]), {"question": "refunds"}))
+    for run, topic in ((report, "tides"), (answer, "refunds")):
+        assert run["status"] == "succeeded", run
+        child = api.get(f"/runs/{run['children'][0]}").get_json()
+        assert (child["workflow"]["id"], child["parent_run_id"], child["input"]) == ("research", run["id"],
+                                                                                  {"topic": topic})
+        assert by_id(run)["research"]["output"] == child["output"] and topic in json.dumps(child["output"])
+    assert "tides" in json.dumps(by_id(report)["draft"]["output"])
