@@ -90,25 +90,12 @@ def otel_env(receiver: Receiver, service: str, exporter: str = "otlp") -> dict[s
 def test_one_runs_trace_spans_the_api_and_the_worker_down_to_the_model_call(settings, artifacts, receiver):
     queue = unique("traced")  # a worker of the test's own takes the step
     procs = Processes(settings, artifacts)
-    port = free_port()
-    with transaction(make_sessionmaker(make_engine(settings))) as session:
-        token = repo.create_token(session, "traced", "admin", "tracing test")[1]
     try:
-        procs.start("traced-api", "api", "--dev", "--no-reload", "--port", str(port),
-                    env=otel_env(receiver, "switchyard-api"))
         procs.start("traced-worker", "worker", "--concurrency", "1", "-Q", queue,
                     env=otel_env(receiver, "switchyard-worker"))
         procs.start("console-worker", "worker", "--concurrency", "1", "-Q", f"{queue}-console",
                     env=otel_env(receiver, "switchyard-console-worker", "console"))
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"})
-
-        def healthy() -> bool:
-            try:
-                return http.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, 60, "the traced API to answer")
+        http = traced_api(procs, settings, receiver, {})
         steps = [{"id": "ask", "type": "llm", "model": "openai/test-model", "prompt": "Hello", "queue": queue},
                  {"id": "echo", "type": "tool", "tool": "echo", "args": {}, "queue": f"{queue}-console"}]
         assert http.put("/workflows/traced", json={"name": "traced", "steps": steps}).status_code == 201
