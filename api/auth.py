@@ -77,7 +77,7 @@ ROUTE_ROLES: dict[str, str] = {
         "sign_in", "sign_out", "command", "command_panels", "decide", "answer", "runs", "run", "run_body",
         "control", "run_evidence", "run_stream", "tenant_stream", "workflows", "workflow", "start", "queues",
         "analytics", "editor", "editor_check", "editor_publish", "new_workflow", "versions_diff",
-        "compare", "compare_with", "bulk")},
+        "compare", "compare_with", "bulk", "step_items")},
 }
 # Endpoints open to anyone when a setting says so.
 PUBLIC_WHEN = {"monitoring.metrics": "metrics_public"}

@@ -58,6 +58,8 @@ class Node:
     w: float = NODE_W
     h: float = NODE_H
     type_label: str = ""  # the step type as people read it: "Approval", "Wait for event"
+    note: str = ""  # what else a run's page shows on the node: a for-each step's progress
+    href: str = ""  # where the node leads: a for-each step's items, a sub-run step's child run
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,27 @@ def _link(edge: Edge, centres: dict[str, tuple[float, float]]) -> Link:
     return Link(source, target, tuple((round(x, 1), round(y, 1)) for x, y in points))
 
 
-def with_statuses(drawn: Layout, statuses: dict[str, str]) -> Layout:
+def with_statuses(drawn: Layout, statuses: dict[str, str], steps: dict[str, dict] | None = None,
+                  links: dict[str, str] | None = None) -> Layout:
     """``drawn`` with each node showing its step's status (the positions depend on the definition alone,
-    so a run's page lays a version out once and only recolours it)."""
-    nodes = tuple(replace(n, status=statuses.get(n.id, "pending"), label=label(statuses.get(n.id))[0],
-                          css=label(statuses.get(n.id))[1]) for n in drawn.nodes)
-    return replace(drawn, nodes=nodes)
+    so a run's page lays a version out once and only recolours it). With the run's ``steps`` (by id, as
+    GET /runs/{id} answers them), a skipped step says why and a for-each step shows its items' progress;
+    ``links``: where a node leads (by step id)."""
+    steps, links = steps or {}, links or {}
+    nodes = []
+    for n in drawn.nodes:
+        step = steps.get(n.id, {})
+        text, css = label(statuses.get(n.id))
+        if step.get("skipped_reason"):
+            text = f"Skipped ({step['skipped_reason'].replace('_', ' ').capitalize()})"
+        nodes.append(replace(n, status=statuses.get(n.id, "pending"), label=text, css=css,
+                             note=items_note(step.get("items")), href=links.get(n.id, "")))
+    return replace(drawn, nodes=tuple(nodes))
+
+
+def items_note(items: dict | None) -> str:
+    """A for-each step's progress as its node shows it: "12/40, 2 failed" (succeeded of all)."""
+    if not items:
+        return ""
+    note = f"{items['succeeded']}/{items['total']}"
+    return note + (f", {items['failed']} failed" if items["failed"] else "")

@@ -262,9 +262,29 @@ def _run_data(body: dict, attempts: list[dict]) -> dict:
     status = RunStatus(body["status"])
     controls = [name for name, control in CONTROLS.items() if status in control.allowed_from]
     diagnosis = get(f"/runs/{body['id']}/diagnosis") if status not in TERMINAL_RUN else None
-    drawn = graph.with_statuses(_version_layout(body["workflow"]["id"], body["workflow"]["version"]), statuses)
+    drawn = graph.with_statuses(_version_layout(body["workflow"]["id"], body["workflow"]["version"]), statuses,
+                                {s["id"]: s for s in body["steps"]}, _node_links(body))
     return {"run": body, "layout": drawn, "controls": controls, "diagnosis": diagnosis,
             "timeline": timeline.build(body, attempts, datetime.now(UTC), frozenset(request.args.getlist("items")))}
+
+
+def _node_links(body: dict) -> dict[str, str]:
+    """Where a run's graph nodes lead: a for-each step to its items, a sub-run step to its newest child."""
+    links = {s["id"]: url_for("ui.step_items", run_id=body["id"], step_id=s["id"])
+             for s in body["steps"] if s.get("items")}
+    if body.get("children"):
+        for child in get("/runs", parent_run_id=body["id"], limit=500)["runs"][::-1]:  # oldest first: newest wins
+            links[child["parent_step_id"]] = url_for("ui.run", run_id=child["id"])
+    return links
+
+
+@bp.get("/runs/<run_id>/steps/<step_id>/items")
+def step_items(run_id: str, step_id: str):
+    """A for-each step's items, a page at a time."""
+    page = get(f"/runs/{run_id}/steps/{step_id}/items", limit=100, status=request.args.get("status"),
+               cursor=request.args.get("cursor"))
+    return render_template("items.html", run_id=run_id, step_id=step_id, page=page,
+                           status=request.args.get("status") or "")
 
 
 LAYOUTS_KEPT = 256

@@ -174,7 +174,7 @@ def _ready_or_skipped(draft: Draft, definition: Definition) -> list[str]:
     while True:
         statuses, ready, skipped_any = draft.statuses(), [], False
         for step_id, status in statuses.items():
-            if status is not StepStatus.PENDING or step_id not in definition.needs:  # (a for-each item)
+            if status is not StepStatus.PENDING or items.parent_of(step_id) is not None:  # (a for-each item)
                 continue
             step_def = definition.step(step_id)
             verdict = dag.join_verdict(step_def.join, [statuses[n] for n in definition.needs[step_id]])

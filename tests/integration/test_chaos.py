@@ -1,4 +1,4 @@
-"""Chaos: hundreds of runs (each with a for-each step) while workers are SIGKILLed, Redis is restarted (losing every message it
+"""Chaos: hundreds of runs (each with a for-each step and a sub-workflow) while workers are SIGKILLed, Redis is restarted (losing every message it
 held) and one of two schedulers is killed. Every run must still succeed, once.
 
 The test brings its own Redis server (so it may restart it) and its own database (so the session's
@@ -25,7 +25,7 @@ from tests.integration.conftest import Api, Processes, fresh_database, publish, 
 from tests.integration.invariants import assert_no_violations
 
 RUNS = 300
-PARTS = 5  # the items of each run's for-each step
+PARTS = 3  # the items of each run's for-each step
 WORKERS = ("worker1", "worker2", "worker3")
 SETTLE_S = 120  # every run ends within this long after the last fault
 
@@ -103,6 +103,8 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
     with transaction(sessions) as session:
         token = repo.create_token(session, "chaos", "admin", "chaos test")[1]
     api = Api(create_app(settings).test_client(), token)
+    child = publish(api, {"name": "child", "steps": [
+        {"id": "leaf", "type": "tool", "tool": "echo", "args": {"n": "{{ input.n }}"}}]})
     workflow = publish(api, {
         "name": "branches",
         "defaults": {"retry": {"max_attempts": 5, "initial_delay_s": 0.2, "jitter": True}},
@@ -113,7 +115,10 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
             # A for-each step: its items are rows of their own, with their own leases and messages.
             {"id": "e", "type": "tool", "tool": "echo", "needs": ["a"], "for_each": "input.parts", "max_parallel": 2,
              "args": {"part": "{{ item }}"}},
-            {"id": "d", "type": "tool", "tool": "echo", "needs": ["b", "c", "e"], "args": {"done": "{{ input.n }}"}},
+            # A sub-workflow: a child run of its own, whose end wakes this one.
+            {"id": "f", "type": "workflow", "workflow_id": child, "needs": ["a"], "input": {"n": "{{ input.n }}"}},
+            {"id": "d", "type": "tool", "tool": "echo", "needs": ["b", "c", "e", "f"],
+             "args": {"done": "{{ input.n }}"}},
         ],
     })
     run_ids = []
@@ -144,8 +149,8 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
                 select(func.count()).select_from(Run).where(Run.status.in_(["succeeded", "failed", "cancelled"]))
             ).scalar_one()
 
-    wait_for(lambda: finished_runs() == RUNS, SETTLE_S, f"all {RUNS} runs to end within {SETTLE_S}s of the last fault",
-             interval=0.5)
+    wait_for(lambda: finished_runs() == 2 * RUNS, SETTLE_S,
+             f"all {RUNS} runs and their child runs to end within {SETTLE_S}s of the last fault", interval=0.5)
     settled_after = time.monotonic() - last_fault
 
     with sessions() as session:
@@ -166,9 +171,9 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
         completed = session.execute(
             select(func.count()).select_from(Event).where(Event.type == "step_completed")
         ).scalar_one()
-    assert statuses == {"succeeded": RUNS}, statuses
+    assert statuses == {"succeeded": 2 * RUNS}, statuses  # each run and its child run
     assert doubled == [], f"steps recorded as completed more than once: {doubled[:5]}"
     assert dispatched_twice == [], f"attempts dispatched twice: {dispatched_twice[:5]}"
-    assert completed == RUNS * (5 + PARTS)  # a, b, c, d, e and each of e's items: once each
+    assert completed == RUNS * (7 + PARTS)  # a to f, each of e's items and the child's leaf: once each
     assert_no_violations(settings)
     print(f"\nchaos: {RUNS} runs succeeded, settled {settled_after:.1f}s after the last fault")

@@ -36,6 +36,7 @@ EXPECTED = {
     "runs.list_runs": "viewer",
     "runs.get_run": "viewer",
     "runs.run_events": "viewer",
+    "runs.step_items": "viewer",
     "runs.run_context": "viewer",
     "runs.start_run": "operator",
     "controls.act": "operator",
@@ -71,7 +72,7 @@ EXPECTED = {
         "sign_in", "sign_out", "command", "command_panels", "decide", "answer", "runs", "run", "run_body",
         "control", "run_evidence", "run_stream", "tenant_stream", "workflows", "workflow", "start", "queues",
         "analytics", "editor", "editor_check", "editor_publish", "new_workflow", "versions_diff",
-        "compare", "compare_with", "bulk")},
+        "compare", "compare_with", "bulk", "step_items")},
 }
 RANKS = {"viewer": 1, "operator": 2, "admin": 3}
 CALLERS = ("none", "bad", "viewer", "operator", "admin")
@@ -252,6 +253,7 @@ def tenant_expectations(acme, other: Api):
                            listing(f"/runs?workflow_id={flow}", "runs", run)],
         "runs.get_run": [not_found("GET", f"/runs/{run}")],
         "runs.run_events": [not_found("GET", f"/runs/{run}/events")],
+        "runs.step_items": [not_found("GET", f"/runs/{run}/steps/review/items")],
         "runs.run_context": [not_found("GET", f"/runs/{run}/context")],
         "runs.start_run": [not_found("POST", "/runs", {"workflow_id": flow, "input": {"key": "x"}})],
         "controls.act": every("controls.act"),
@@ -320,6 +322,7 @@ def ui_expectations(acme, other: Api) -> dict:
         "ui.static": [],
         **{f"ui.{name}": [] for name in pages},  # the caller's own tenant only: the API behind them is checked above
         "ui.run": [not_found(f"/runs/{run}")],
+        "ui.step_items": [not_found(f"/runs/{run}/steps/review/items")],
         "ui.compare": [not_found(f"/runs/{run}/compare/{run}")],
         "ui.compare_with": [],  # a redirect to ui.compare, checked above
         "ui.bulk": [bulk_changes_nothing],

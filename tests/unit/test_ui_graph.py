@@ -121,3 +121,18 @@ def test_success_rate_series_and_totals():
     credits = charts.series("Credits", [{"t": ok[0]["t"], "value": 0}, {"t": ok[1]["t"], "value": 0.0}])
     assert credits.empty and credits.total == 0
     assert charts.series("x", [{"t": ok[0]["t"], "value": 0.1}, {"t": ok[1]["t"], "value": 0.2}]).total == 0.3
+
+
+def test_a_run_graph_says_why_a_step_was_skipped_shows_for_each_progress_and_leads_on():
+    from api.ui import graph as ui_graph
+
+    drawn = ui_graph.layout([{"id": "a", "type": "tool"}, {"id": "b", "type": "tool", "needs": ["a"]},
+                             {"id": "c", "type": "tool", "needs": ["a"]}])
+    steps = {"a": {"id": "a"}, "b": {"id": "b", "skipped_reason": "upstream_skipped"},
+             "c": {"id": "c", "items": {"total": 40, "succeeded": 12, "failed": 2, "running": 3, "pending": 23,
+                                        "cancelled": 0}}}
+    nodes = {n.id: n for n in ui_graph.with_statuses(drawn, {"a": "succeeded", "b": "skipped", "c": "running"},
+                                                     steps, {"c": "/runs/r/steps/c/items"}).nodes}
+    assert nodes["b"].label == "Skipped (Upstream skipped)" and nodes["b"].css == "skip"
+    assert (nodes["c"].note, nodes["c"].href) == ("12/40, 2 failed", "/runs/r/steps/c/items")
+    assert (nodes["a"].note, nodes["a"].href) == ("", "")
