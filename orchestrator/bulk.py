@@ -104,7 +104,7 @@ def run_bulk(sessions: sessionmaker[Session], catalog: DefinitionCatalog, settin
         reason = skip_reason(request.action, status)
         if reason is None and not request.dry_run:
             try:
-                result.runs.append(act(sessions, catalog, settings, request, run_id, signals, stored))
+                result.runs.append(act(sessions, catalog, settings, request, run_id, signals=signals, stored=stored))
                 result.applied += 1
                 continue
             except (Conflict, InvalidRequest, NotFound, RuntimeNotApplicable) as exc:
@@ -116,7 +116,8 @@ def run_bulk(sessions: sessionmaker[Session], catalog: DefinitionCatalog, settin
     return result
 
 
-def _control_one(sessions, catalog, settings, request: BulkRequest, run_id: str, signals: Signals, _stored) -> str:
+def _control_one(sessions, catalog, settings, request: BulkRequest, run_id: str, *, signals: Signals,
+                 stored) -> str:
     with transaction(sessions) as session:
         effects = controls.control(session, catalog, controls.ControlRequest(
             request.tenant_id, run_id, request.action, request.actor, dict(request.fields)), settings=settings)
@@ -124,7 +125,7 @@ def _control_one(sessions, catalog, settings, request: BulkRequest, run_id: str,
     return effects.run_id
 
 
-def _fork_one(sessions, _catalog, settings, request: BulkRequest, run_id: str, signals: Signals,
+def _fork_one(sessions, _catalog, settings, request: BulkRequest, run_id: str, *, signals: Signals,
               stored: dict[tuple[str, int], int]) -> str:
     changes = {k: v for k, v in request.fields.items() if k != "from_step"}
     # A definition stored for the overrides is shared by the next forks only once its transaction committed.

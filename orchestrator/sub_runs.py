@@ -39,11 +39,11 @@ def start_children(session: Session, settings: Settings, transition: Transition,
                                   parent=link)
         except SwitchyardError as exc:
             log.info("run %s: the child run of step %s could not start: %s", parent.id, child.step_id, exc)
-            written = _fail_step(session, parent, definition, child, str(exc), env)
+            written = _fail_step(session, parent, definition, child, str(exc), env=env)
     return written
 
 
-def _fail_step(session: Session, parent: RunState, definition: Definition, child: ChildStart, reason: str,
+def _fail_step(session: Session, parent: RunState, definition: Definition, child: ChildStart, reason: str, *,
                env: Env) -> writer.Written:
     """The step whose child could not start fails (not retried: starting again would fail the same way)."""
     run = repo.lock_run(session, parent.id)
