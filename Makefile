@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install chromium run test unit integration lint bench bench-analytics clean
+.PHONY: install chromium run test chaos unit integration lint bench bench-analytics clean
 
 install: $(STAMP)
 
@@ -50,7 +50,12 @@ integration: install chromium
 	$(BIN)/python -m pytest tests/integration
 
 test: install chromium lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not chaos"
+
+# The fault-injection scenarios (PostgreSQL down, workers SIGKILLed, Redis restarted or frozen, a
+# scheduler frozen mid-pass), each with its figures in the output; .ci/run runs them after `make test`.
+chaos: install
+	$(BIN)/python -m pytest -m chaos -s tests/integration
 
 # Switchyard against a raw Celery baseline (step-to-step, throughput, fan-out, API, 1,000,000 runs, memory) on
 # a database and Redis db of its own; writes BENCHMARKS.md. BENCH_ARGS passes flags (e.g. --steps 5000).

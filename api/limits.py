@@ -28,7 +28,7 @@ from orchestrator.settings import Settings
 log = logging.getLogger(__name__)
 WINDOW_S = 60
 DEGRADED = Counter("switchyard_rate_limit_degraded", "Requests whose rate limit was counted in the API process "
-                   "because Redis did not answer.", registry=broker.PROCESS_METRICS)
+                   "because Redis did not answer.", registry=broker.process_metrics()["registry"])
 
 
 class MemoryWindow:

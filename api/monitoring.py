@@ -38,7 +38,7 @@ def metrics_view():
     collector = metrics.DatabaseCollector(svc.sessions, tenant_id, svc.settings.default_queue,
                                           lambda names: broker.queue_depths(svc.celery, names))
     # Then what this process counted itself (its broker calls dropped, rate limits counted locally).
-    return Response(metrics.render(collector) + generate_latest(broker.PROCESS_METRICS), content_type=metrics.CONTENT_TYPE)
+    return Response(metrics.render(collector) + generate_latest(broker.process_metrics()["registry"]), content_type=metrics.CONTENT_TYPE)
 
 
 @bp.get("/queues")

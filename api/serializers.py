@@ -121,7 +121,9 @@ def full_run(session: Session, run: Run) -> dict[str, Any]:
     body["approvals"] = [approval_json(a) for a in pending]
     body["questions"] = [question_json(q) for q in repo.run_questions(session, run.id) if q.status == "open"]
     body["output_files"] = output_files(run.id)
-    body["children"] = repo.child_run_ids(session, run.id)
+    # Only a run with a sub-run step can have children: no read for the others (POST /runs answers this).
+    body["children"] = (repo.child_run_ids(session, run.id) if any(s.type == "workflow" for s in steps)
+                        else [])
     return body
 
 

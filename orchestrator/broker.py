@@ -21,7 +21,6 @@ from queue import Empty
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.transport.virtual import Transport as VirtualTransport
-from prometheus_client import CollectorRegistry, Counter
 
 from orchestrator import tracing
 from orchestrator.messages import StepMessage
@@ -32,10 +31,21 @@ log = logging.getLogger(__name__)
 RUN_STEP_TASK = "switchyard.run_step"
 
 # What this process's broker edge counts (GET /metrics adds it to the database's series).
-PROCESS_METRICS = CollectorRegistry(auto_describe=True)
-DROPPED = Counter("switchyard_broker_calls_dropped", "Broker calls off the request path dropped because too many "
-                  "were waiting (a broker not answering); the outbox and the sweep cover them.", ["call"],
-                  registry=PROCESS_METRICS)
+# Made on first use: importing prometheus-client here would fix its mode before a worker sets up its
+# multiprocess directory (workers/metrics.py), and the worker's children would count nothing.
+_process_metrics: dict = {}
+
+
+def process_metrics():
+    """The registry of what this process's broker edge counts, and its dropped-calls counter."""
+    if not _process_metrics:
+        from prometheus_client import CollectorRegistry, Counter
+
+        registry = CollectorRegistry(auto_describe=True)
+        _process_metrics.update(registry=registry, dropped=Counter(
+            "switchyard_broker_calls_dropped", "Broker calls off the request path dropped because too many were "
+            "waiting (a broker not answering); the outbox and the sweep cover them.", ["call"], registry=registry))
+    return _process_metrics
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -353,7 +363,7 @@ class Courier:
             self._queue().put_nowait((functools.partial(contextvars.copy_context().run, call), what))
             return True
         except queue.Full:
-            DROPPED.labels(what).inc()
+            process_metrics()["dropped"].labels(what).inc()
             log.warning("dropped a %s: %d broker calls are waiting (is the broker answering?); the sweep covers it",
                         what, self.capacity)
             return False

@@ -26,6 +26,9 @@ from tests.integration.conftest import Processes, fresh_database, served, wait_f
 from tests.integration.invariants import assert_no_violations
 from tests.integration.test_chaos import RedisServer
 
+# A fault-injection scenario: `make chaos` runs it (and .ci/run), `make test` leaves it out.
+pytestmark = pytest.mark.chaos
+
 FREEZE_S = 25
 CLIENTS = 3
 

@@ -24,6 +24,9 @@ from orchestrator.settings import Settings
 from tests.integration.conftest import Api, Processes, fresh_database, publish, wait_for
 from tests.integration.invariants import assert_no_violations
 
+# A fault-injection scenario: `make chaos` runs it (and .ci/run), `make test` leaves it out.
+pytestmark = pytest.mark.chaos
+
 RUNS = 300
 PARTS = 3  # the items of each run's for-each step
 WORKERS = ("worker1", "worker2", "worker3")

@@ -27,6 +27,9 @@ from tests.integration.conftest import Api, Processes, claimed_redis_db, publish
 from tests.integration.invariants import assert_no_violations
 from tests.integration.test_chaos import free_port
 
+# A fault-injection scenario: `make chaos` runs it (and .ci/run), `make test` leaves it out.
+pytestmark = pytest.mark.chaos
+
 OUTAGE_S = 10
 
 

@@ -29,6 +29,9 @@ from tests.integration import conftest
 from tests.integration.conftest import Api, Processes, claimed_redis_db, fresh_database, publish, wait_for
 from tests.integration.invariants import assert_no_violations
 
+# A fault-injection scenario: `make chaos` runs it (and .ci/run), `make test` leaves it out.
+pytestmark = pytest.mark.chaos
+
 FREEZE_S = 30
 FROZEN = "switchyard-test-frozen-scheduler"  # its connections' application_name (libpq's PGAPPNAME)
 
