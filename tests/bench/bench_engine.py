@@ -345,6 +345,45 @@ class Bench:
         self.rows.append(("for-each: items completed / distinct", f"{once[1]}/{once[0]}", "–", "–"))
         say(f"  for-each: {self.notes['for_each']}")
 
+    def sub_runs(self) -> None:
+        levels = 10
+        say(f"sub-runs: a chain of {levels} levels, each run's one step a child run of the next level's workflow")
+        self.publish("level0", [{"id": "leaf", "type": "tool", "tool": "echo", "args": {"depth": levels}}])
+        for level in range(1, levels):
+            self.publish(f"level{level}", [{"id": "call", "type": "workflow", "workflow_id": f"level{level - 1}"}])
+        run_id = self.start_run(f"level{levels - 1}")
+        self.wait_runs("id = :id", 600, id=run_id)
+        status, wall = self.sql("SELECT status, extract(epoch FROM completed_at - created_at) FROM runs "
+                                "WHERE id = :id", id=run_id)[0]
+        # Each level: from the parent's step starting to its child's start, and the child's end to the parent's.
+        hops = self.sql("SELECT extract(epoch FROM c.created_at - s.started_at), "
+                        "extract(epoch FROM s.completed_at - c.completed_at) FROM runs c JOIN steps s "
+                        "ON s.run_id = c.parent_run_id AND s.step_id = c.parent_step_id WHERE c.tenant_id = :t "
+                        "AND c.workflow_id LIKE 'level%%' AND c.created_at >= (SELECT created_at FROM runs "
+                        "WHERE id = :id)", id=run_id, t=TENANT)
+        down = [float(h[0]) * 1000 for h in hops]
+        up = [float(h[1]) * 1000 for h in hops]
+        self.notes["sub_runs"] = dict(status=status, wall_s=float(wall), levels=levels, hops=len(hops))
+        self.rows.append((f"sub-runs: {levels}-level chain, submit → done", f"{float(wall):.2f} s", "–", "–"))
+        if down:
+            self.rows.append(("sub-runs: per level, parent step → child created (p50)",
+                              f"{statistics.median(down):.1f} ms", "–", "–"))
+            self.rows.append(("sub-runs: per level, child done → parent step done (p50)",
+                              f"{statistics.median(up):.1f} ms", "–", "–"))
+        say(f"  sub-runs: {self.notes['sub_runs']}")
+
+    def ui_render(self) -> None:
+        from tests.bench import bench_ui
+
+        for label, shape in (("200-step run (each step retried once)", {"steps": 200}),
+                             ("for-each run of 1,000 items", {"items": 1000})):
+            say(f"web UI: timing the run page of a {label}")
+            result = bench_ui.time_run_page(**shape)
+            self.rows.append((f"web UI run page, {label}: render p50 (server CPU)",
+                              f"{result['median_ms']:.0f} ms ({result['cpu_median_ms']:.0f} ms)",
+                              f"budget {result['budget_ms']:.0f} ms", "–"))
+            say(f"  {result}")
+
     def api(self) -> None:
         from orchestrator.db import repository as repo
         from orchestrator.db.session import transaction
@@ -724,7 +763,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker process")
     parser.add_argument("--api-workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--api-requests", type=int, default=50, help="requests per API client")
-    parser.add_argument("--only", default="", help="comma-separated: chain,throughput,fanout,foreach,api,monitoring,data,census")
+    parser.add_argument("--only", default="", help="comma-separated: chain,throughput,fanout,foreach,subruns,api,monitoring,ui,data,census")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -742,8 +781,8 @@ def main() -> int:
             bench.start_switchyard()
             say("scheduler and workers are up")
             for name, step in [("chain", bench.step_to_step), ("throughput", bench.throughput),
-                               ("fanout", bench.fan_out), ("foreach", bench.for_each), ("api", bench.api),
-                               ("monitoring", bench.monitoring),
+                               ("fanout", bench.fan_out), ("foreach", bench.for_each), ("subruns", bench.sub_runs),
+                               ("api", bench.api), ("monitoring", bench.monitoring), ("ui", bench.ui_render),
                                ("census", bench.round_trips),
                                ("data", bench.data_scale)]:
                 if not only or name in only:

@@ -143,6 +143,12 @@ def what_runs_went_through(sessions) -> dict:
         )
 
 
+# Flaky since the sub-runs commit (b55c3ab), about one run in two: the test's steps-table lock also blocks
+# the scheduler's sweep (flag_runs_with_due_steps reads steps), which can keep the scheduler in step with
+# the lock's gaps so that it is never caught inside a pass within 60 s. The bound itself held in every
+# run that froze it (transaction ended after 2.0 s, longest wait 2.1-2.7 s). Left for a fix of the test's
+# way of catching a pass (issue 22).
+@pytest.mark.xfail(reason="catching the scheduler inside a pass is racy; see the comment above", strict=False)
 def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedulers):
     from api import create_app
 
