@@ -15,7 +15,9 @@ COPY orchestrator ./orchestrator
 COPY workers ./workers
 COPY api ./api
 COPY switchyard ./switchyard
-RUN pip install '.[flower]'
+# flower: the `flower` service; otel: OpenTelemetry traces, off until OTEL_TRACES_EXPORTER is set
+# (orchestrator/tracing.py), so every process of the image can export them without a rebuild.
+RUN pip install '.[flower,otel]'
 
 # Run as an unprivileged user. SWITCHYARD_DATA_DIR holds the embedded defaults (SQLite file,
 # filesystem broker) and the output files (artifacts/, a volume the API and workers share in

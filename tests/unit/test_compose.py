@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shlex
 import tomllib
 from pathlib import Path
@@ -144,17 +145,25 @@ def test_entry_modules_exist(module):
     assert importlib.util.find_spec(module) is not None
 
 
-def test_dockerfile_runs_switchyard_as_a_user_with_flower():
+def test_dockerfile_runs_switchyard_as_a_user_with_flower_and_tracing():
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in text
     assert "switchyard" in dockerfile_cmd()
-    assert "'.[flower]'" in text or '".[flower]"' in text
+    installed = re.search(r"pip install ['\"]?\.\[([a-z,]+)\]", text)
+    assert installed, "the Dockerfile does not pip install the project with its extras"
+    # Flower for the `flower` service; otel so tracing is one OTEL_TRACES_EXPORTER away (orchestrator/tracing.py).
+    assert {"flower", "otel"} <= set(installed.group(1).split(","))
     assert any(line.strip().startswith("USER ") and "root" not in line for line in text.splitlines())
 
 
-def test_flower_extra_is_declared():
+def test_flower_and_otel_extras_are_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert any(req.startswith("flower") for req in project["optional-dependencies"]["flower"])
+    extras = project["optional-dependencies"]
+    assert any(req.startswith("flower") for req in extras["flower"])
+    # What orchestrator/tracing.py imports: the SDK, the OTLP exporter and each instrumentation.
+    otel = {re.split(r"[<>=\[ ]", req, maxsplit=1)[0] for req in extras["otel"]}
+    assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"} <= otel
+    assert {f"opentelemetry-instrumentation-{lib}" for lib in ("flask", "celery", "sqlalchemy", "redis", "httpx")} <= otel
 
 
 def test_api_and_workers_share_the_output_files(services, compose):
