@@ -53,27 +53,34 @@ def two_schedulers(tmp_path) -> Iterator[tuple[Settings, Processes]]:
             procs.stop_all()
 
 
-def freeze_holding_runs(settings: Settings, pid: int, deadline_s: float = 60) -> None:
-    """SIGSTOP the scheduler ``pid`` inside a pass, after it locked runs: the test holds the steps
-    table for a moment, so a pass that locked its runs waits on its steps' read; the scheduler is
-    stopped there and the table let go (its statement then ends, and its session sits idle in the
-    transaction, holding the runs' locks, as a scheduler frozen between two statements)."""
+def freeze_holding_runs(settings: Settings, pid: int, deadline_s: float = 60) -> int:
+    """SIGSTOP the scheduler ``pid`` inside a pass, after it locked runs, then let the pass's statement
+    end: its session then sits idle in the transaction holding the runs' locks, as a scheduler frozen
+    between two statements.
+
+    The moment is made, not waited for: the test holds the ``approvals`` table, which only a pass reads
+    (for a condition's template context, after the pass locked its runs and read their steps; the
+    sweep, the workers and the run's start never read it), so a pass over these conditional runs waits
+    there with its runs locked, and the scheduler is caught in that wait. The hold lasts at most a
+    second at a time, so the other scheduler is slowed, never stopped. Returns how many holds it took."""
     waiting_with_runs_locked = (
-        "SELECT count(*) FROM pg_stat_activity a WHERE a.application_name = %s AND a.wait_event_type = 'Lock' "
+        "SELECT count(*) FROM pg_stat_activity a WHERE a.application_name = %s "
+        "AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'approvals'::regclass "
+        "AND NOT l.granted) "
         "AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'runs'::regclass "
         "AND l.mode = 'RowShareLock' AND l.granted)")
     url = conftest._libpq(settings.database_url)
     with psycopg.connect(url, autocommit=True) as admin, psycopg.connect(url) as blocker:
-        deadline = time.monotonic() + deadline_s
+        deadline, holds = time.monotonic() + deadline_s, 0
         while time.monotonic() < deadline:
-            blocker.execute("LOCK TABLE steps IN ACCESS EXCLUSIVE MODE")
+            blocker.execute("LOCK TABLE approvals IN ACCESS EXCLUSIVE MODE")
+            holds += 1
             try:
-                # At most a second at a time: a sweep blocked meanwhile would keep its scheduler from a pass.
                 until = time.monotonic() + 1.0
                 while time.monotonic() < until:
                     if admin.execute(waiting_with_runs_locked, (FROZEN,)).fetchone()[0]:
                         os.kill(pid, signal.SIGSTOP)
-                        return
+                        return holds
                     time.sleep(0.01)  # polling for the moment, with a deadline
             finally:
                 blocker.rollback()
@@ -104,10 +111,10 @@ class Starts(threading.Thread):
                 self.refused.append((response.status_code, response.get_json()))
 
 
-def freeze_for(settings: Settings, procs: Processes, starts: Starts) -> float:
+def freeze_for(settings: Settings, procs: Processes, starts: Starts) -> tuple[float, int]:
     """Freeze the scheduler inside a pass for FREEZE_S while runs keep coming, then thaw it; seconds
-    until PostgreSQL ended its transaction."""
-    freeze_holding_runs(settings, procs.procs["frozen"].pid)
+    until PostgreSQL ended its transaction, and how many holds of the approvals table caught it."""
+    holds = freeze_holding_runs(settings, procs.procs["frozen"].pid)
     frozen_at = time.monotonic()
     assert session_in_transaction(settings), "the scheduler was not frozen in a transaction"
     bound = IDLE_IN_TRANSACTION_TIMEOUT_MS / 1000
@@ -119,7 +126,7 @@ def freeze_for(settings: Settings, procs: Processes, starts: Starts) -> float:
     os.kill(procs.procs["frozen"].pid, signal.SIGCONT)
     started_before_thaw = len(starts.run_ids)
     wait_for(lambda: len(starts.run_ids) >= started_before_thaw + 20, 30, "20 runs started after the thaw")
-    return ended_after
+    return ended_after, holds
 
 
 def what_runs_went_through(sessions) -> dict:
@@ -143,12 +150,6 @@ def what_runs_went_through(sessions) -> dict:
         )
 
 
-# Flaky since the sub-runs commit (b55c3ab), about one run in two: the test's steps-table lock also blocks
-# the scheduler's sweep (flag_runs_with_due_steps reads steps), which can keep the scheduler in step with
-# the lock's gaps so that it is never caught inside a pass within 60 s. The bound itself held in every
-# run that froze it (transaction ended after 2.0 s, longest wait 2.1-2.7 s). Left for a fix of the test's
-# way of catching a pass (issue 22).
-@pytest.mark.xfail(reason="catching the scheduler inside a pass is racy; see the comment above", strict=False)
 def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedulers):
     from api import create_app
 
@@ -165,7 +166,7 @@ def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedu
     starts.start()
     try:
         wait_for(lambda: len(starts.run_ids) >= 10, 30, "10 runs started before the freeze")
-        ended_after = freeze_for(settings, procs, starts)
+        ended_after, holds = freeze_for(settings, procs, starts)
     finally:
         starts.stopping.set()
         starts.join(10)
@@ -186,6 +187,7 @@ def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedu
     wait_for(lambda: "scheduler pass failed; reconnecting" in procs.log_tail("frozen", 400), 20,
              "the thawed scheduler to find its session ended and reconnect")
     assert_no_violations(settings)
-    print(f"\nscheduler frozen {FREEZE_S} s holding runs' locks: its transaction ended after {ended_after:.1f} s; "
+    print(f"\nscheduler frozen {FREEZE_S} s holding runs' locks (caught in a pass by hold {holds} of the approvals "
+          f"table): its transaction ended after {ended_after:.1f} s; "
           f"{len(starts.run_ids)} runs, all succeeded; the longest wait for a scheduler {seen['longest_wait']:.1f} s, "
           f"the longest run {seen['longest_run']:.1f} s")
