@@ -119,6 +119,15 @@ def consumer_counts(svc) -> dict[str, int]:
     return counts
 
 
+def silent_workers(svc, names: set[str]) -> dict[str, datetime | None]:
+    """Of the Celery workers ``names``, those that stopped sending heartbeats, with when they were last
+    heard (None: never, by this process); from the worker monitor's memory."""
+    if not names or svc.settings.uses_embedded_broker:  # no heartbeats there: the lease alone tells
+        return {}
+    return {name: None if at is None else datetime.fromtimestamp(at, UTC)
+            for name, at in _monitor(svc).silent(names).items()}
+
+
 def _monitor(svc) -> monitor.WorkerMonitor:
     """The app's worker monitor, started by the first request that needs it in this process (a forked
     process starts its own); that request alone may wait for the monitor's first round."""

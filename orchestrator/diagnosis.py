@@ -18,6 +18,7 @@ import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.core.vocabulary import ErrorCode
@@ -36,6 +37,8 @@ class StepFacts:
     correlation_key: str | None = None
     waiting_on: str | None = None  # what a waiting agent or tool step waits on (question, approval, budget)
     queued_for_s: float | None = None  # how long a queued step has waited for a worker
+    worker: str | None = None  # who runs its attempt: "<Celery worker name>:<pid>" (workers/tasks.py)
+    lease_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,12 @@ def diagnose(
     approvals: Mapping[str, str],
     questions: Mapping[str, str],
     consumers: Mapping[str, int] | None,
+    silent_workers: Mapping[str, datetime | None] | None = None,
 ) -> list[Cause]:
     """Every reason the run is where it is. ``approvals`` and ``questions`` map a step id to its open
-    approval or question id; ``consumers`` maps a queue to its consuming workers (None: unknown)."""
+    approval or question id; ``consumers`` maps a queue to its consuming workers (None: unknown);
+    ``silent_workers`` maps a Celery worker that stopped sending heartbeats to when it was last heard
+    (None: never, by this process)."""
     if status in TERMINAL_RUN:
         if status is RunStatus.SUCCEEDED:
             return []
@@ -100,7 +106,8 @@ def diagnose(
         causes.append(Cause("scheduler", None, "no scheduler has picked the run up yet",
                             "check that a `switchyard scheduler` process is running and reaches the database"))
     for step in steps:
-        cause = _step_cause(run_id, step, approvals, questions, consumers)
+        cause = (_step_cause(run_id, step, approvals, questions, consumers)
+                 or _silent_worker_cause(step, silent_workers or {}))
         if cause is not None:
             causes.append(cause)
     return causes
@@ -145,6 +152,31 @@ def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cau
         return Cause(ErrorCode.WORKER_LOST.value, sid, f"the worker running step {sid!r} stopped heartbeating",
                      "nothing: the scheduler reclaims the attempt and retries it; check that worker's machine")
     return None
+
+
+def worker_name(step_worker: str | None) -> str | None:
+    """The Celery worker's name in a step's ``worker`` ("<name>:<pid of the pool process>")."""
+    return (step_worker.rpartition(":")[0] or step_worker) if step_worker else None
+
+
+def _silent_worker_cause(step: StepFacts, silent_workers: Mapping[str, datetime | None]) -> Cause | None:
+    """A running step whose worker stopped sending Celery heartbeats, named before its lease expires
+    (the lease stays the authority: the sweep reclaims the attempt only then)."""
+    name = worker_name(step.worker)
+    if step.status is not StepStatus.RUNNING or step.lease_expired or name not in silent_workers:
+        return None
+    last = silent_workers[name]
+    stopped = (f"stopped sending heartbeats at {_at(last)}" if last is not None
+               else "sends no heartbeats (none heard since this API process began listening)")
+    lease = f" at {_at(step.lease_expires_at)}" if step.lease_expires_at is not None else ""
+    return Cause(ErrorCode.WORKER_LOST.value, step.step_id,
+                 f"worker {name} {stopped}; step {step.step_id!r} will be recovered when its lease expires{lease}",
+                 "nothing: the scheduler reclaims the attempt when its lease expires and retries it; "
+                 "check that worker's process and machine")
+
+
+def _at(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _said(call: Request) -> str:

@@ -20,7 +20,13 @@ event in files for as long as it is bound, read by nobody once its process is go
 no heartbeats and the monitor asks ``inspect`` every ``EMBEDDED_REFRESH_S`` seconds; a worker is online
 while it answered the latest round.
 
-Readers never wait for the broker: ``workers()`` answers from memory. Only the first reader after the
+A worker that stopped sending heartbeats is **silent** (``silent()``, for the diagnosis): named within
+two heartbeat intervals of its death, long before its steps' leases expire (the lease stays the
+authority that reclaims them). One the monitor never heard is silent too once the monitor has listened
+longer than that without a heartbeat or an inspect answer from it (a worker that died before this
+process began listening). The embedded broker has no heartbeats: no worker is ever named silent there.
+
+Readers never wait for the broker: ``workers()`` and ``silent()`` answer from memory. Only the first reader after the
 monitor starts may wait (``wait_ready``) for the first round, so a fresh process does not answer "no
 workers" while it has not asked yet.
 """
@@ -31,6 +37,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from celery import Celery
@@ -41,6 +48,7 @@ from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 
+DEFAULT_HEARTBEAT_FREQ_S = 2.0  # a Celery worker's heartbeat interval unless it says otherwise
 REFRESH_S = 10.0  # a round of inspect, with events on
 EMBEDDED_REFRESH_S = 2.0  # a round of inspect, the embedded broker's only source
 FORGET_AFTER_S = 600.0  # a worker silent this long is forgotten (it is offline long before)
@@ -84,6 +92,8 @@ class WorkerMonitor:
         self._answered: dict[str, float] = {}  # worker -> time.time() of that answer
         self._round: set[str] = set()  # who answered the latest round
         self._round_began = 0.0
+        self._offline: dict[str, float] = {}  # worker -> time.time() of its worker-offline event
+        self._listening_since: float | None = None  # time.time() when the event receiver began capturing
         self._ready = threading.Event()
         self._poke = threading.Event()
         self._stop = threading.Event()
@@ -116,6 +126,32 @@ class WorkerMonitor:
                     seen_at=max(beat.received if beat else 0.0, self._answered.get(name, 0.0)),
                 ))
             return views
+
+    def silent(self, names: Iterable[str]) -> dict[str, float | None]:
+        """Of the Celery workers ``names``, those gone quiet: by name, when they were last heard
+        (time.time() of their latest heartbeat, inspect answer or worker-offline event; None if never
+        heard). A worker the monitor cannot judge yet (it has not listened two heartbeat intervals) is
+        left out, as is every worker when events are off (the embedded broker)."""
+        now, found = time.time(), {}
+        with self._lock:
+            listened_long_enough = self._listening_since is not None and now >= heartbeat_expires(
+                self._listening_since, DEFAULT_HEARTBEAT_FREQ_S)
+            for name in names:
+                beat = self._beats.get(name)
+                if beat is not None:
+                    if not beat.alive(now):
+                        found[name] = beat.received
+                elif name in self._offline:
+                    found[name] = self._offline[name]
+                elif listened_long_enough and not self._answered_while_listening(name):
+                    found[name] = self._answered.get(name)
+        return found
+
+    def _answered_while_listening(self, name: str) -> bool:
+        """Whether the worker answered the latest inspect round since the receiver began listening (one
+        started without heartbeats is alive while it answers; an answer from before says nothing)."""
+        since = self._listening_since
+        return name in self._round and since is not None and self._answered.get(name, 0.0) >= since
 
     def _online(self, name: str, now: float) -> bool:
         beat = self._beats.get(name)
@@ -164,9 +200,11 @@ class WorkerMonitor:
                 self._forget(name)
             for name in [n for n, b in self._beats.items() if now - b.received > FORGET_AFTER_S]:
                 self._forget(name)
+            for name in [n for n, at in self._offline.items() if now - at > FORGET_AFTER_S]:
+                self._forget(name)
 
     def _forget(self, name: str) -> None:
-        for table in (self._beats, self._started, self._known, self._answered):
+        for table in (self._beats, self._started, self._known, self._answered, self._offline):
             table.pop(name, None)
 
     def _event_loop(self) -> None:
@@ -177,9 +215,12 @@ class WorkerMonitor:
                     conn.ensure_connection(max_retries=1)
                     self._receiver = self.app.events.Receiver(conn, handlers={"*": self.on_event})
                     backoff = 1.0
+                    self._listening_since = time.time()
                     # wakeup: every worker sends a heartbeat at once, so they show up without waiting 2 s.
                     self._receiver.capture(limit=None, timeout=None, wakeup=True)
             except Exception as exc:  # noqa: BLE001 - the broker went away: reconnect, more slowly each time
+                # Deaf meanwhile: a worker not heard of is not judged silent until it listened again.
+                self._listening_since = None
                 if self._stop.is_set():
                     return
                 log.warning("monitor: lost the workers' events (%s); reconnecting in %.0f s", exc, backoff)
@@ -193,11 +234,13 @@ class WorkerMonitor:
         new_worker = False
         with self._lock:
             if kind == "worker-offline":
+                self._offline[name] = received
                 self._beats.pop(name, None)
                 self._started.pop(name, None)
                 self._round.discard(name)
             elif kind.startswith("worker-"):
                 new_worker = name not in self._beats and name not in self._known
+                self._offline.pop(name, None)
                 self._beats[name] = _Beat(received, float(event.get("freq") or 2.0), event.get("processed"))
             elif kind == "task-started" and name:
                 self._started.setdefault(name, {})[event["uuid"]] = time.monotonic()

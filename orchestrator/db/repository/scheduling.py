@@ -146,6 +146,7 @@ def diagnosis_facts(
             due_in_s=(due - clock).total_seconds() if due is not None else None,
             correlation_key=step.correlation_key, waiting_on=step.waiting_on,
             queued_for_s=(clock - step.queued_at).total_seconds() if step.queued_at is not None else None,
+            worker=step.worker, lease_expires_at=step.lease_expires_at,
         ))
     approvals = dict(session.execute(
         select(Approval.step_id, Approval.id).where(Approval.run_id == run_id, Approval.status == "pending")
