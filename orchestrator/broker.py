@@ -69,6 +69,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # The dispatch windows the publishers check (orchestrator/admission.py), and where they ring.
+        switchyard_window=settings.dispatch_window, switchyard_queue_windows=dict(settings.queue_windows),
+        switchyard_wake=settings.wake_queue,
     )
     if settings.uses_embedded_broker:
         folder = settings.broker_folder

@@ -12,7 +12,7 @@ from celery import Celery
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from orchestrator import broker
+from orchestrator import admission, broker
 from orchestrator.db import repository as repo
 from orchestrator.messages import StepMessage
 
@@ -20,10 +20,20 @@ log = logging.getLogger(__name__)
 
 
 def publish_queued(celery: Celery, one_statement: Callable[[], AbstractContextManager[Session]],
-                   messages: list[StepMessage], *, cancel_grace_s: float) -> None:
+                   messages: list[StepMessage], *, cancel_grace_s: float, handoff_queue: str | None = None) -> None:
     """Publish the messages of steps a committed transaction queued, then delete their outbox rows
-    (in ``one_statement()``: a session in autocommit on PostgreSQL). Never raises for a broker or
-    database failure: the rows stay for the sweep."""
+    (in ``one_statement()``: a session in autocommit on PostgreSQL). Only what fits their queues'
+    windows is published; the rest is held for the scheduler (orchestrator/admission.py; a lone
+    message on ``handoff_queue`` takes the place of the step that queued it). Never raises for a
+    broker or database failure: the rows stay for the sweep."""
+    if not messages:
+        return
+    try:
+        messages = admission.checked(celery, one_statement, messages, handoff_queue=handoff_queue)
+    except DBAPIError as exc:
+        log.warning("could not check the window for %d step messages (%s); the sweep will publish them",
+                    len(messages), exc)
+        return
     if not messages:
         return
     try:

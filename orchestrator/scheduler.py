@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import broker, firing, logs, retention, sub_runs, tracing, writer
+from orchestrator import admission, broker, firing, logs, retention, sub_runs, tracing, writer
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core import advance
 from orchestrator.core.advance import KeptEvent
@@ -27,6 +27,7 @@ from orchestrator.core.snapshot import RunState
 from orchestrator.core.transition import Event, Transition
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
+from orchestrator.db.repository import admission as admission_rows
 from orchestrator.db.repository.scheduling import bound_hold
 from orchestrator.db.session import database_unavailable, transaction
 from orchestrator.definitions import Definition
@@ -100,6 +101,9 @@ class Scheduler:
         # When (time.monotonic()) the earliest due time ahead comes, as last read in a transaction
         # that could have changed it; None if none is ahead.
         self.next_due: float | None = None
+        # Held step messages were left waiting for room in their queues' windows at the last look:
+        # the loop looks again every admit_interval_s (orchestrator/admission.py).
+        self.backlog = True
 
     def advance_batch(self) -> int:
         """Advance up to batch_size runs with work in one transaction, then publish. Returns runs advanced.
@@ -199,7 +203,26 @@ class Scheduler:
         out.children_started = True
 
     def _publish(self, messages: list[StepMessage]) -> None:
-        """Publish messages that have outbox rows; the rows are deleted by the next transaction."""
+        """Publish messages that have outbox rows, as far as their queues' windows have room (the rest
+        is held: admission.checked); the rows are deleted by the next transaction."""
+        if not messages:
+            return
+        try:
+            passed = admission.checked(self.celery, lambda: transaction(self.sessions), messages)
+        except DBAPIError as exc:
+            log.warning("checking the window for %d step messages failed (%s); the sweep will retry", len(messages), exc)
+            return
+        self.backlog = self.backlog or len(passed) < len(messages)
+        self._publish_admitted(passed)
+
+    def admit(self) -> int:
+        """Admit held step messages into their queues' windows' room and publish them; how many."""
+        messages, self.backlog = admission.admit_backlog(self.sessions, self.settings)
+        self._publish_admitted(messages)
+        return len(messages)
+
+    def _publish_admitted(self, messages: list[StepMessage]) -> None:
+        """Publish messages that hold their places in their windows; the rows are deleted by the next transaction."""
         if not messages:
             return
         try:
@@ -229,6 +252,7 @@ class Scheduler:
             bound_hold(session, IDLE_IN_TRANSACTION_TIMEOUT_MS, STATEMENT_TIMEOUT_MS)
             # First: a row this scheduler published is never stale, however long it was idle since.
             repo.delete_outbox(session, published)
+            admission_rows.forget_orphans(session)
             flagged = repo.flag_runs_with_due_steps(session)
             stale = repo.stale_outbox(session, self.settings.outbox_republish_after_s)
             messages = [StepMessage(m.run_id, m.step_id, m.attempt, m.queue, m.soft_time_limit, m.id) for m in stale]
@@ -326,8 +350,11 @@ class Scheduler:
             broker.revoke(self.celery, self.schedules.tick())
             with tracing.continued("scheduler pass", self.doorbell.take_trace()):  # the ringer's trace, if traced
                 self.drain()
+            self.admit()
             timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0),
                           self.schedules.seconds_until_due())
+            if self.backlog:
+                timeout = min(timeout, self.settings.admit_interval_s)
             if self.published_outbox and timeout > IDLE_CLEANUP_S:
                 # The next pass would delete the published rows; if no ring comes soon, delete them now.
                 if wait_for_ring(IDLE_CLEANUP_S):

@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     max_run_depth: int = 10
     rate_limit_per_min: int = 6000
 
+    # Flow control (docs/flow-control.md). The broker holds at most this many step messages per queue,
+    # counting the steps running from it (about 2x the concurrency of the workers that consume it);
+    # `queue_windows` sets it per queue ({"llm": 16}). The rest wait in the database, admitted fairly
+    # across tenants (weights `tenant_weights`, default 1) by the scheduler, which looks for room this
+    # often while a queue has a backlog.
+    dispatch_window: int = Field(default=32, ge=1)
+    queue_windows: dict[str, int] = Field(default_factory=dict)
+    tenant_weights: dict[str, float] = Field(default_factory=dict)
+    admit_interval_s: float = Field(default=0.02, gt=0)
+    # LLM rate limits for the whole installation, by provider or provider/model:
+    # {"openai/gpt-4o-mini": {"requests_per_min": 500, "tokens_per_min": 200000}}.
+    rate_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # A provider's 429 with Retry-After suspends its step this long at most, then it is llm_unavailable.
+    max_rate_limit_wait_s: float = Field(default=600.0, ge=0)
+
     # Webhooks in: how far a signature's timestamp may be from now, and how long a rotated secret
     # stays valid beside the new one.
     webhook_tolerance_s: int = 300
@@ -132,7 +147,19 @@ class Settings(BaseSettings):
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""
     openai_model: str = "gpt-4o-mini"
+    # The models a definition may name (JSON list, e.g. ["openai/gpt-4o-mini", "openai/gpt-4o"]): with a
+    # list, another openai model is refused at publish; without one, any model of a known provider passes.
+    models: list[str] = Field(default_factory=list)
     openai_timeout_s: float = 60.0
+
+    def window_of(self, queue: str) -> int:
+        """The dispatch window of ``queue``: the most step messages the broker holds for it (with the
+        steps running from it)."""
+        return self.queue_windows.get(queue, self.dispatch_window)
+
+    def weight_of(self, tenant_id: str) -> float:
+        """The tenant's weight in the fair share of every queue's window (SWITCHYARD_TENANT_WEIGHTS)."""
+        return self.tenant_weights.get(tenant_id, 1.0)
 
     @property
     def resolved_database_url(self) -> str:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import broker, dispatch, logs, outcomes, redact, streams, templates
 from orchestrator.catalog import DefinitionCatalog
+from orchestrator.core import items
 from orchestrator.core.inputs import AttemptReport, Env
 from orchestrator.core.reports import ErrorInfo, Outcome, Suspension
 from orchestrator.core.vocabulary import ErrorCode
@@ -255,8 +256,9 @@ def _write_outcome(rt: Runtime, report: AttemptReport, claim: outcomes.Claim, he
         # is briefly down, so the attempt is not taken for lost.
         rt.heartbeats.forget(heartbeat)
     if written.messages:
+        # The step's place in its queue's window goes to the one next step it queued there (admission.checked).
         dispatch.publish_queued(rt.celery, rt.one_statement, written.messages,
-                                cancel_grace_s=rt.settings.cancel_grace_s)
+                                cancel_grace_s=rt.settings.cancel_grace_s, handoff_queue=_queue_of(rt, claim))
     outcome = report.outcome
     result = "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else f"error {outcome.error.code}"
     if not written.applied:
@@ -266,6 +268,12 @@ def _write_outcome(rt: Runtime, report: AttemptReport, claim: outcomes.Claim, he
     if written.wakes_scheduler:
         rt.doorbell.ring(report.run_id)
     broker.revoke(rt.celery, written.revoke)
+
+
+def _queue_of(rt: Runtime, claim: outcomes.Claim) -> str:
+    """The queue the claimed attempt came from (a for-each item's is its step's)."""
+    step_id = items.parent_of(claim.step_id) or claim.step_id
+    return claim.definition.step(step_id).queue or rt.settings.default_queue
 
 
 def _record(rt: Runtime, report: AttemptReport, claim: outcomes.Claim) -> Written:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    SmallInteger,
     String,
     text,
 )
@@ -94,6 +95,9 @@ class Run(Base):
         # The scheduler's queue of runs with something to do; partial, so it stays tiny.
         Index("ix_runs_has_work", "has_work", postgresql_where=text("has_work"), sqlite_where=text("has_work")),
         # A run's children (sub-runs).
+        # Flow control: the runs of a workflow that hold or wait for a concurrency key (orchestrator/admission.py).
+        Index("ix_runs_concurrency", "tenant_id", "workflow_id", postgresql_where=text("concurrency_keys IS NOT NULL"),
+              sqlite_where=text("concurrency_keys IS NOT NULL")),
         Index("ix_runs_parent", "parent_run_id", postgresql_where=text("parent_run_id IS NOT NULL"),
               sqlite_where=text("parent_run_id IS NOT NULL")),
         Index("uq_runs_idempotency", "tenant_id", "idempotency_key", unique=True),
@@ -134,6 +138,15 @@ class Run(Base):
     depth: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     forked_from_run_id: Mapped[str | None] = mapped_column(String(40))
     forked_from_step_id: Mapped[str | None] = mapped_column(String(64))
+    # 1 (highest) to 9: its ready steps are admitted to their queue's window before lower ones'.
+    priority: Mapped[int] = mapped_column(SmallInteger, default=5, server_default="5")
+    # The workflow-level concurrency keys it holds or waits for, rendered at its first pass
+    # ("<index>:<key>", one per entry of the definition's `concurrency`); null without any.
+    concurrency_keys: Mapped[list[str] | None] = mapped_column(JsonType)
+
+
+# A step that holds a place in its queue's window (see Step.held).
+_IN_WINDOW = "status IN ('queued', 'running') AND NOT held"
 
 
 class Step(Base):
@@ -164,6 +177,11 @@ class Step(Base):
         # A for-each step's items in index order (core.items): the next to dispatch, and GET …/items.
         Index("ix_steps_items", "run_id", "item_of", "item_index", postgresql_where=text("item_of IS NOT NULL"),
               sqlite_where=text("item_of IS NOT NULL")),
+        # Flow control: the steps that hold a place in their queue's window (queued and admitted, or
+        # running), counted at each admission; and the attempts holding a step-level concurrency key.
+        Index("ix_steps_window", "queue", postgresql_where=text(_IN_WINDOW), sqlite_where=text(_IN_WINDOW)),
+        Index("ix_steps_concurrency", "concurrency_key", postgresql_where=text("concurrency_key IS NOT NULL"),
+              sqlite_where=text("concurrency_key IS NOT NULL")),
         Index(
             "ix_steps_lease",
             "lease_expires_at",
@@ -208,6 +226,11 @@ class Step(Base):
     item_counts: Mapped[dict[str, int] | None] = mapped_column(JsonType)
     # A fork's step that kept the original run's output instead of running (no usage charged).
     reused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Queued in the database but not admitted to its queue's window yet: no broker message (its outbox
+    # row is held too), and it does not count against the window (orchestrator/admission.py).
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # A step-level concurrency key, rendered ("<tenant>:<key>"), while the step waits for or holds it.
+    concurrency_key: Mapped[str | None] = mapped_column(String(300))
 
 
 class Event(Base):
@@ -236,6 +259,8 @@ class Outbox(Base):
     """A Celery message committed with the state change that calls for it, deleted once published."""
 
     __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_backlog", "queue", "tenant_id", "priority", "id",
+                            postgresql_where=text("held"), sqlite_where=text("held")),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(40))
     step_id: Mapped[str] = mapped_column(String(64))
@@ -243,6 +268,11 @@ class Outbox(Base):
     queue: Mapped[str] = mapped_column(String(100))
     soft_time_limit: Mapped[float] = mapped_column()
     created_at: Mapped[datetime] = _created()
+    # A held message waits in the database for room in its queue's window; the scheduler admits held
+    # messages fairly across tenants (by ``tenant_id``), then by ``priority`` and age (``id``).
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    tenant_id: Mapped[str | None] = mapped_column(String(64))
+    priority: Mapped[int | None] = mapped_column(SmallInteger)
 
 
 

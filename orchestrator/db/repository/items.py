@@ -51,7 +51,7 @@ def queue_items(session: Session, run_id: str, step_id: str, count: int, soft_ti
     moved = session.execute(
         update(STEPS)
         .where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(next_items))
-        .values(status=StepStatus.QUEUED.value, attempt=STEPS.c.attempt + 1, queued_at=db_now())
+        .values(status=StepStatus.QUEUED.value, attempt=STEPS.c.attempt + 1, queued_at=db_now(), held=False)
         .returning(STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue)
     ).all()
     return insert_outbox(session, [StepMessage(run_id, row.step_id, row.attempt, row.queue, soft_time_limit)

@@ -117,13 +117,14 @@ def seconds_until_next_due(session: Session, passed_within_s: float) -> float | 
 
 
 def queued_steps(session: Session, attempts: Sequence[tuple[str, str, int]] | None = None) -> Sequence[Any]:
-    """Every step attempt waiting in a broker queue (of ``attempts`` only, (run id, step id, attempt),
-    if given), with its run's workflow version (to rebuild its message)."""
+    """Every step attempt waiting in a broker queue (not held for its window: held, it has no message)
+    (of ``attempts`` only, (run id, step id, attempt), if given), with its run's workflow version (to
+    rebuild its message)."""
     query = (
         select(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue, RUNS.c.tenant_id,
                RUNS.c.workflow_id, RUNS.c.workflow_version)
         .join(RUNS, RUNS.c.id == STEPS.c.run_id)
-        .where(STEPS.c.status == StepStatus.QUEUED.value)
+        .where(STEPS.c.status == StepStatus.QUEUED.value, STEPS.c.held.is_(False))
     )
     if attempts is not None:
         query = query.where(tuple_(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt).in_(list(attempts)))
@@ -178,7 +179,7 @@ _SUCCEED_FROM = sql_list(_REPORTED_FROM)
 # transition table, formatted in once, like the claim's (attempts._CLAIM_PG).
 _QUEUE_WITH_OUTBOX_PG = text(f"""
 WITH moved AS (
-    UPDATE steps SET status = 'queued', attempt = steps.attempt + 1, queued_at = clock_timestamp()
+    UPDATE steps SET status = 'queued', attempt = steps.attempt + 1, queued_at = clock_timestamp(), held = false
     FROM unnest(CAST(:step_ids AS varchar[]), CAST(:limits AS float8[])) AS next (step_id, soft_time_limit)
     WHERE steps.run_id = :run_id AND steps.step_id = next.step_id AND steps.status IN ({_QUEUE_FROM})
       AND EXISTS (SELECT 1 FROM steps AS done WHERE done.run_id = :run_id AND done.step_id = :done_step_id
@@ -229,7 +230,8 @@ def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Se
     """Outbox rows (with the outbox's columns) committed but not published after ``older_than_s``
     (the publisher died in between), oldest first."""
     return session.execute(
-        select(OUTBOX).where(OUTBOX.c.created_at < db_now(-older_than_s)).order_by(OUTBOX.c.id).limit(limit)
+        select(OUTBOX).where(OUTBOX.c.created_at < db_now(-older_than_s), OUTBOX.c.held.is_(False))
+        .order_by(OUTBOX.c.id).limit(limit)
     ).all()
 
 

@@ -87,6 +87,8 @@ def move_steps_many(
     actually changed."""
     if not keys:
         return set()
+    if target is StepStatus.QUEUED and "held" not in values:
+        values = {**values, "held": False}  # a queued step holds a place in its window until checked (admission)
     # ``only_from`` of just ``target``: the step's values are updated where it is, without a move.
     same = only_from is not None and set(only_from) == {target}
     allowed = frozenset({target}) if same else step_allowed_from(target, only_from)

@@ -1,0 +1,100 @@
+"""The dispatch window (docs/flow-control.md): the broker holds a bounded number of step messages per
+queue; the rest wait in the database, held, and are admitted fairly by the scheduler.
+
+Two kinds of caller:
+- publishers (the API after a start, a worker after an outcome, the scheduler after a pass) check the
+  window before they publish (``checked``): what fits goes to the broker at once, the rest is held and
+  the scheduler is woken. A worker whose step queued the one next step of its chain on the same queue
+  hands its place over and publishes without a check (the place it held is the one the next step takes).
+- the scheduler's ``admit_backlog``, woken by such a ring or while a backlog is left, fills every
+  queue's room from the held messages (core.admission.choose: fair across tenants, then priority, age).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator import broker
+from orchestrator.core import admission as decide
+from orchestrator.db.repository import admission as rows
+from orchestrator.db.session import transaction
+from orchestrator.messages import StepMessage
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The app's conf keys the publishers read their windows from (set by broker.make_celery).
+CONF_WINDOW, CONF_QUEUE_WINDOWS, CONF_WAKE_QUEUE = "switchyard_window", "switchyard_queue_windows", "switchyard_wake"
+
+
+def _window(celery: Celery, queue: str) -> int:
+    conf = celery.conf
+    return (conf.get(CONF_QUEUE_WINDOWS) or {}).get(queue, conf.get(CONF_WINDOW) or 32)
+
+
+def checked(celery: Celery, one_statement: Callable[[], AbstractContextManager[Session]],
+            messages: Sequence[StepMessage], *, handoff_queue: str | None = None) -> list[StepMessage]:
+    """The messages (of steps a committed transaction queued, with their outbox rows) that fit their
+    queues' windows now, to publish; the others are held in the database and the scheduler is woken
+    to admit them. A lone message on ``handoff_queue`` (the queue of the step whose end queued it)
+    takes its predecessor's place: no check. Raises the database's errors (the rows stay for the sweep)."""
+    if len(messages) == 1 and messages[0].queue == handoff_queue:
+        return list(messages)
+    by_queue: dict[str, list[StepMessage]] = {}
+    for message in messages:
+        by_queue.setdefault(message.queue, []).append(message)
+    passed: list[StepMessage] = []
+    for queue in sorted(by_queue):  # one lock at a time, in one order
+        group = by_queue[queue]
+        with one_statement() as session:
+            fits = rows.pass_or_hold(session, queue, group, _window(celery, queue))
+        passed += group[:fits]
+    if len(passed) < len(messages):
+        _doorbell(celery).ring("window")
+    return passed
+
+
+_DOORBELLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _doorbell(celery: Celery) -> broker.Doorbell:
+    bell = _DOORBELLS.get(celery)
+    if bell is None:
+        bell = _DOORBELLS[celery] = broker.Doorbell(celery, celery.conf.get(CONF_WAKE_QUEUE) or "switchyard.wake")
+    return bell
+
+
+def admit_backlog(sessions: sessionmaker[Session], settings: Settings) -> tuple[list[StepMessage], bool]:
+    """Fill the room of every queue that has held messages (one transaction per queue, under its
+    window's lock). Returns the messages admitted, to publish, and whether held messages are left."""
+    with transaction(sessions) as session:
+        queues = rows.backlog_queues(session)
+    admitted: list[StepMessage] = []
+    left = False
+    for queue in queues:
+        with transaction(sessions) as session:
+            rows.lock_window(session, queue)
+            messages, more = _admit_queue(session, settings, queue)
+        admitted += messages
+        left = left or more
+    return admitted, left
+
+
+def _admit_queue(session: Session, settings: Settings, queue: str) -> tuple[list[StepMessage], bool]:
+    """Admit into the room of ``queue`` (its window held); True beside them if some are left held."""
+    holders = {tenant: n for (_, tenant), n in rows.window_holders(session, queue).items()}
+    room = settings.window_of(queue) - sum(holders.values())
+    if room <= 0:
+        return [], True
+    candidates = rows.held_candidates(session, queue, room)
+    chosen = decide.choose(room, holders, candidates, weights=settings.tenant_weights)
+    messages = rows.admit(session, chosen)
+    # Not every candidate fitted, some were gone (their steps moved on), or the room is filled and
+    # more may wait beyond the candidates read: look again soon.
+    return messages, len(candidates) > len(messages) or len(messages) >= room

@@ -1,0 +1,71 @@
+"""Which held step messages enter a queue's window, decided: fair across tenants, then by priority
+and age within a tenant (docs/flow-control.md).
+
+The database is the queue: a step that is ready but finds its queue's window full waits there, held.
+When the window has room, the scheduler reads the window's holders per tenant and each tenant's best
+held messages, and ``choose`` picks which enter: each place goes to the tenant whose share of the
+window, divided by its weight, is the smallest (a tenant with nothing in the window comes first), and
+that tenant's best message by priority (1 first), then age. The result is a weighted round robin that
+starts from what each tenant already holds, so one tenant's backlog never stands in front of another's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+DEFAULT_PRIORITY = 5
+PRIORITIES = range(1, 10)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A held message: its outbox row (``id``: the order of age), its tenant and its run's priority."""
+
+    id: int
+    tenant_id: str
+    priority: int
+    run_id: str
+    step_id: str
+    attempt: int
+    queue: str
+    soft_time_limit: float
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Within a tenant: priority first (1 is the highest), then the oldest."""
+        return self.priority, self.id
+
+
+def choose(room: int, holding: Mapping[str, int], held: Sequence[Held],
+           weights: Mapping[str, float] | None = None) -> list[Held]:
+    """The held messages to admit into ``room`` places, in the order they are admitted.
+
+    ``holding``: how many places each tenant holds in the window now; ``held``: the candidates (each
+    tenant's best, in any order); ``weights``: a tenant's weight (default 1; a weight of 2 gets twice
+    the places of a tenant of weight 1 when both wait). Ties between tenants go to the better message
+    (priority, then age), so a lone tenant is served in its own order."""
+    if room <= 0 or not held:
+        return []
+    weights = weights or {}
+    queues: dict[str, list[Held]] = {}
+    for message in sorted(held, key=lambda m: m.order):
+        queues.setdefault(message.tenant_id, []).append(message)
+    taken = {tenant: holding.get(tenant, 0) for tenant in queues}
+    heads = dict.fromkeys(queues, 0)
+    chosen: list[Held] = []
+    while len(chosen) < room:
+        waiting = [t for t in queues if heads[t] < len(queues[t])]
+        if not waiting:
+            break
+        tenant = min(waiting, key=lambda t: (taken[t] / max(weights.get(t, 1.0), 1e-9),
+                                             queues[t][heads[t]].order, t))
+        chosen.append(queues[tenant][heads[tenant]])
+        heads[tenant] += 1
+        taken[tenant] += 1
+    return chosen
+
+
+def valid_priority(value: object) -> bool:
+    """Whether ``value`` is a priority: an integer from 1 (highest) to 9 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value in PRIORITIES

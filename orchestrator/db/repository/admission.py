@@ -1,0 +1,204 @@
+"""The dispatch window's statements (orchestrator/admission.py): the publishers' check of a window before
+they publish, and the scheduler's admission of held messages.
+
+A step holds a place in its queue's window while it is `queued` and not ``held``, or `running`
+(ix_steps_window). Every writer that queues a step commits it holding a place; before the messages
+are published, ``pass_or_hold`` checks the window under the queue's lock and holds what does not fit
+(``steps.held`` and ``outbox.held``, with the run's tenant and priority on the outbox row). A hold
+only ever gives places back, so a publisher may decide while others have committed steps they have
+not checked yet: the count of places can only be too high, never too low, and the window is never
+overfilled. ``admit`` turns held messages back into places, under the same lock, in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import ClientCursor
+from psycopg.rows import namedtuple_row
+from sqlalchemy import and_, delete, exists, func, select, text, tuple_, update
+from sqlalchemy.orm import Session
+
+from orchestrator.core.admission import Held
+from orchestrator.db.repository.common import OUTBOX, RUNS, STEPS
+from orchestrator.messages import StepMessage
+from orchestrator.states import StepStatus
+
+# The first key of the windows' advisory locks (the second: hashtext(queue)).
+LOCK_SPACE = 715_001
+_IN_WINDOW = (STEPS.c.status.in_([StepStatus.QUEUED.value, StepStatus.RUNNING.value]), STEPS.c.held.is_(False))
+
+# The publishers' check on PostgreSQL, in one round trip: two statements in one simple query (so one
+# implicit transaction, the lock held to its end), the second taking its snapshot after the lock is
+# held. The messages' own steps are not counted; the first :room of them pass if nothing is held in
+# the queue already (the database's order comes first), the others are held.
+_PASS_OR_HOLD_PG = f"""
+SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
+WITH own AS (
+    SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[])
+        WITH ORDINALITY AS o (outbox_id, run_id, step_id, ord)
+), verdict AS (
+    SELECT %(window)s::int - (
+        SELECT count(*) FROM steps s
+        WHERE s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
+          AND (s.run_id, s.step_id) NOT IN (SELECT run_id, step_id FROM own)
+    ) AS room, NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = %(queue)s) AS first_in_line
+), decided AS (
+    SELECT own.*, NOT (verdict.first_in_line AND own.ord <= verdict.room) AS hold FROM own, verdict
+), held_rows AS (
+    UPDATE outbox SET held = true, tenant_id = runs.tenant_id, priority = runs.priority
+    FROM decided JOIN runs ON runs.id = decided.run_id
+    WHERE outbox.id = decided.outbox_id AND decided.hold
+    RETURNING outbox.id
+), marked AS (
+    UPDATE steps SET held = decided.hold FROM decided
+    WHERE steps.run_id = decided.run_id AND steps.step_id = decided.step_id AND steps.held <> decided.hold
+    RETURNING steps.step_id
+)
+SELECT count(*) FILTER (WHERE NOT hold) AS passed, (SELECT count(*) FROM held_rows) AS held,
+       (SELECT count(*) FROM marked) AS marked
+FROM decided
+"""
+
+
+def pass_or_hold(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
+    """Check the window of ``queue`` for ``messages`` (committed, each with its outbox row, all of that
+    queue): the first of them that fit pass, if nothing is held in the queue already; the others are
+    held. Returns how many pass (the first n of ``messages``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _pass_or_hold_pg(session, queue, messages, window)
+    return _pass_or_hold_portable(session, queue, messages, window)
+
+
+def _pass_or_hold_pg(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
+    driver = session.connection().connection.driver_connection
+    with ClientCursor(driver, row_factory=namedtuple_row) as cursor:
+        cursor.execute(_PASS_OR_HOLD_PG, {
+            "queue": queue, "window": window, "outbox_ids": [m.outbox_id for m in messages],
+            "run_ids": [m.run_id for m in messages], "step_ids": [m.step_id for m in messages],
+        })
+        cursor.nextset()
+        return cursor.fetchone().passed
+
+
+def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
+    """The same on SQLite, where one writer holds the whole database for its transaction."""
+    own = [(m.run_id, m.step_id) for m in messages]
+    used = session.execute(select(func.count()).select_from(STEPS).where(
+        STEPS.c.queue == queue, *_IN_WINDOW, tuple_(STEPS.c.run_id, STEPS.c.step_id).not_in(own))).scalar_one()
+    backlog = session.execute(select(exists().where(OUTBOX.c.held.is_(True), OUTBOX.c.queue == queue))).scalar()
+    passed = 0 if backlog else max(0, min(len(messages), window - used))
+    for group, hold in ((messages[:passed], False), (messages[passed:], True)):
+        if group:  # statements of a fixed number, however many messages
+            session.execute(update(STEPS).where(tuple_(STEPS.c.run_id, STEPS.c.step_id).in_(
+                [(m.run_id, m.step_id) for m in group])).values(held=hold))
+    if passed < len(messages):
+        of_run = RUNS.c.id == OUTBOX.c.run_id
+        session.execute(update(OUTBOX).where(OUTBOX.c.id.in_([m.outbox_id for m in messages[passed:]])).values(
+            held=True, tenant_id=select(RUNS.c.tenant_id).where(of_run).scalar_subquery(),
+            priority=select(RUNS.c.priority).where(of_run).scalar_subquery()))
+    return passed
+
+
+def lock_window(session: Session, queue: str) -> None:
+    """Hold the window of ``queue`` for the rest of the transaction (PostgreSQL; SQLite has one writer)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(:queue))"), {"queue": queue})
+
+
+def window_holders(session: Session, queue: str | None = None) -> dict[tuple[str, str], int]:
+    """The places held in windows, by (queue, tenant): of ``queue`` only, if given."""
+    query = (select(STEPS.c.queue, RUNS.c.tenant_id, func.count())
+             .select_from(STEPS.join(RUNS, RUNS.c.id == STEPS.c.run_id))
+             .where(*_IN_WINDOW).group_by(STEPS.c.queue, RUNS.c.tenant_id))
+    if queue is not None:
+        query = query.where(STEPS.c.queue == queue)
+    return {(q, tenant): n for q, tenant, n in session.execute(query)}
+
+
+def held_counts(session: Session) -> dict[tuple[str, str], int]:
+    """The messages held (waiting for room), by (queue, tenant)."""
+    query = (select(OUTBOX.c.queue, OUTBOX.c.tenant_id, func.count()).where(OUTBOX.c.held.is_(True))
+             .group_by(OUTBOX.c.queue, OUTBOX.c.tenant_id))
+    return {(q, tenant): n for q, tenant, n in session.execute(query)}
+
+
+# The queues with held messages, by a skip scan of ix_outbox_backlog (a few queues, however long the backlog).
+_BACKLOG_QUEUES_PG = text("""
+WITH RECURSIVE q AS (
+    (SELECT queue FROM outbox WHERE held ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.queue FROM outbox o WHERE o.held AND o.queue > q.queue ORDER BY o.queue LIMIT 1)
+    FROM q WHERE q.queue IS NOT NULL
+)
+SELECT queue FROM q WHERE queue IS NOT NULL
+""")
+
+# Each tenant's best :per_tenant held messages of :queue (priority, then age), by the same skip scan.
+_CANDIDATES_PG = text("""
+WITH RECURSIVE t AS (
+    (SELECT tenant_id FROM outbox WHERE held AND queue = :queue ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.tenant_id FROM outbox o WHERE o.held AND o.queue = :queue AND o.tenant_id > t.tenant_id
+            ORDER BY o.tenant_id LIMIT 1)
+    FROM t WHERE t.tenant_id IS NOT NULL
+)
+SELECT c.* FROM t, LATERAL (
+    SELECT * FROM outbox o WHERE o.held AND o.queue = :queue AND o.tenant_id = t.tenant_id
+    ORDER BY o.priority, o.id LIMIT :per_tenant
+) c WHERE t.tenant_id IS NOT NULL
+""")
+
+
+def backlog_queues(session: Session) -> list[str]:
+    """The queues that have held messages."""
+    if session.get_bind().dialect.name == "postgresql":
+        return list(session.execute(_BACKLOG_QUEUES_PG).scalars())
+    return list(session.execute(select(OUTBOX.c.queue).where(OUTBOX.c.held.is_(True)).distinct()).scalars())
+
+
+def held_candidates(session: Session, queue: str, per_tenant: int) -> list[Held]:
+    """Each tenant's best ``per_tenant`` held messages of ``queue``, by priority then age."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(_CANDIDATES_PG, {"queue": queue, "per_tenant": per_tenant}).all()
+    else:
+        ranked = (select(OUTBOX, func.row_number().over(partition_by=OUTBOX.c.tenant_id,
+                                                        order_by=(OUTBOX.c.priority, OUTBOX.c.id)).label("rank"))
+                  .where(OUTBOX.c.held.is_(True), OUTBOX.c.queue == queue).subquery())
+        rows = session.execute(select(ranked).where(ranked.c.rank <= per_tenant)).all()
+    return [Held(r.id, r.tenant_id or "", r.priority or 5, r.run_id, r.step_id, r.attempt, r.queue,
+                 r.soft_time_limit) for r in rows]
+
+
+def admit(session: Session, chosen: Sequence[Held]) -> list[StepMessage]:
+    """Admit the held messages ``chosen`` (the caller holds their queue's window): each whose step is
+    still `queued` at that attempt takes a place and is returned, to publish; the others (the step was
+    cancelled or moved on while it waited) are deleted."""
+    if not chosen:
+        return []
+    keys = [(h.run_id, h.step_id, h.attempt) for h in chosen]
+    moved = {(r.run_id, r.step_id) for r in session.execute(
+        update(STEPS).where(tuple_(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt).in_(keys),
+                            STEPS.c.status == StepStatus.QUEUED.value, STEPS.c.held.is_(True))
+        .values(held=False).returning(STEPS.c.run_id, STEPS.c.step_id))}
+    admitted = [h for h in chosen if (h.run_id, h.step_id) in moved]
+    if admitted:
+        session.execute(update(OUTBOX).where(OUTBOX.c.id.in_([h.id for h in admitted])).values(held=False))
+    gone = [h.id for h in chosen if (h.run_id, h.step_id) not in moved]
+    if gone:
+        session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(gone)))
+    return [StepMessage(h.run_id, h.step_id, h.attempt, h.queue, h.soft_time_limit, outbox_id=h.id) for h in admitted]
+
+
+def forget_orphans(session: Session) -> int:
+    """Delete held outbox rows whose step is no longer `queued` and held at that attempt (the sweep)."""
+    step = and_(STEPS.c.run_id == OUTBOX.c.run_id, STEPS.c.step_id == OUTBOX.c.step_id,
+                STEPS.c.attempt == OUTBOX.c.attempt, STEPS.c.status == StepStatus.QUEUED.value)
+    return session.execute(delete(OUTBOX).where(OUTBOX.c.held.is_(True), ~exists().where(step))).rowcount
+
+
+def held_of_run(session: Session, run_id: str) -> list[Any]:
+    """The run's held messages (step id, queue, when it was queued) for its diagnosis."""
+    return list(session.execute(select(OUTBOX.c.step_id, OUTBOX.c.queue, OUTBOX.c.created_at)
+                                .where(OUTBOX.c.run_id == run_id, OUTBOX.c.held.is_(True))).all())

@@ -1,0 +1,56 @@
+"""The dispatch window's pure decision (orchestrator/core/admission.py): fair across tenants, then
+priority and age within a tenant."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.core.admission import Held, choose, valid_priority
+
+
+def held(id_: int, tenant: str, priority: int = 5) -> Held:
+    return Held(id_, tenant, priority, f"run_{id_}", "a", 1, "steps", 30.0)
+
+
+def tenants(chosen: list[Held]) -> list[str]:
+    return [h.tenant_id for h in chosen]
+
+
+def test_a_tenant_with_nothing_in_the_window_goes_first_and_then_they_alternate():
+    flood = [held(i, "a") for i in range(1, 6)]
+    late = [held(100 + i, "b") for i in range(3)]
+    chosen = choose(6, {"a": 4}, flood + late)
+    # b holds nothing while a holds 4: b takes places until it catches up, then they alternate.
+    assert tenants(chosen) == ["b", "b", "b", "a", "a", "a"]
+    assert [h.id for h in chosen if h.tenant_id == "a"] == [1, 2, 3]  # a's oldest first
+
+
+def test_equal_holders_alternate_round_robin():
+    chosen = choose(4, {}, [held(i, "a") for i in range(1, 5)] + [held(10 + i, "b") for i in range(1, 5)])
+    assert tenants(chosen) == ["a", "b", "a", "b"]
+
+
+def test_within_a_tenant_priority_comes_before_age():
+    chosen = choose(3, {}, [held(1, "a", 5), held(2, "a", 5), held(3, "a", 1), held(4, "a", 9)])
+    assert [h.id for h in chosen] == [3, 1, 2]
+
+
+def test_weights_give_a_tenant_a_larger_share():
+    chosen = choose(6, {}, [held(i, "a") for i in range(10)] + [held(100 + i, "b") for i in range(10)],
+                    weights={"a": 2.0})
+    assert tenants(chosen).count("a") == 4 and tenants(chosen).count("b") == 2
+
+
+@pytest.mark.parametrize("room", [0, -3])
+def test_no_room_admits_nothing(room):
+    assert choose(room, {}, [held(1, "a")]) == []
+
+
+def test_fewer_candidates_than_room():
+    assert len(choose(10, {"a": 1}, [held(1, "a"), held(2, "b")])) == 2
+
+
+@pytest.mark.parametrize(("value", "ok"), [(1, True), (9, True), (5, True), (0, False), (10, False),
+                                           (True, False), ("1", False), (None, False), (2.0, False)])
+def test_valid_priority(value, ok):
+    assert valid_priority(value) is ok
