@@ -53,7 +53,9 @@ class Pass:
 
     messages: list[StepMessage] = field(default_factory=list)
     revoke: list[str] = field(default_factory=list)
-    children_started: bool = False  # child runs were created: they have work for the next pass
+    # Runs were left flagged with work (child runs created, a parent woken by its child's end): the
+    # scheduler rings its own doorbell, so the next pass takes them now rather than at the next sweep.
+    ring: bool = False
 
 
 # A decision asks for facts at most twice (the template context, then the events kept for the keys
@@ -123,8 +125,8 @@ class Scheduler:
             out, advanced = self._advance_locked(isolated=True)
         self._publish(out.messages)
         broker.revoke(self.celery, out.revoke)
-        if out.children_started:
-            self.doorbell.ring("children")
+        if out.ring:
+            self.doorbell.ring("pass")
         return advanced
 
     def _advance_locked(self, isolated: bool) -> tuple[Pass, int]:
@@ -157,6 +159,7 @@ class Scheduler:
                 if not isolated:
                     written = writer.apply_batch(session, transitions)
                     out.messages, out.revoke = written.messages, written.revoke
+                    out.ring = written.wakes_scheduler
                     for transition in transitions:
                         self._start_children(session, transition, definitions, out)
                 # A new due time ahead is on a step retrying or waiting after the pass; one that went
@@ -188,6 +191,7 @@ class Scheduler:
             return []
         out.messages += written.messages
         out.revoke += written.revoke
+        out.ring |= written.wakes_scheduler
         return [transition]
 
     def _start_children(self, session: Session, transition: Transition, definitions: dict, out: Pass) -> None:
@@ -200,7 +204,7 @@ class Scheduler:
         if failed is not None:
             out.messages += failed.messages
             out.revoke += failed.revoke
-        out.children_started = True
+        out.ring = True
 
     def _publish(self, messages: list[StepMessage]) -> None:
         """Publish messages that have outbox rows, as far as their queues' windows have room (the rest

@@ -201,19 +201,22 @@ def _apply_direct(session: Session, transition: Transition, required: list[StepM
 def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
     """Write the transitions of many locked runs (the scheduler's pass): the moves of one shape in one
     statement, the run updates of one shape in one executemany, every event in one statement, the
-    outbox rows of every queued step in one. Returns the queued steps' messages and the tasks to
-    revoke. Raises
+    outbox rows of every queued step in one. Returns the queued steps' messages, the tasks to revoke,
+    and whether any run (or a parent run woken by its child's end) is left flagged with work. Raises
     repo.StaleRunState if any guard matched nothing, for the caller to undo the batch and redo it run
     by run."""
     groups: dict[tuple, list[tuple[str, StepMove]]] = {}
     many, queued, revoke = [], [], []
+    wakes = False
     for transition in transitions:
         if _moves_a_step_twice(transition) or _writes_items(transition):
             # Its moves must be written in order: on their own, not in the shared statements.
             written = apply(session, transition)
             queued += written.messages
             revoke += written.revoke
+            wakes |= written.wakes_scheduler
             continue
+        wakes |= transition.wakes_scheduler
         revoke += transition.revoke
         for move in transition.moves:
             groups.setdefault(_shape_key(move), []).append((transition.run.id, move))
@@ -232,7 +235,7 @@ def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
     repo.apply_many_run_changes(session, [changes for _, changes in many])
     messages = repo.insert_outbox(session, [m for m in queued if m.outbox_id is None]) + [
         m for m in queued if m.outbox_id is not None]
-    return Written(True, messages, revoke)
+    return Written(True, messages, revoke, wakes)
 
 
 def _moves_a_step_twice(transition: Transition) -> bool:

@@ -1,15 +1,32 @@
 """Sub-runs through real workers and the scheduler: a three-level chain whose leaf fails fails every
 level with the child's id, and a retry of the top run starts a new chain that succeeds; cancelling a
 parent cancels its live child; a child workflow that does not exist is refused at publish; a workflow
-calling itself stops at the depth limit."""
+calling itself stops at the depth limit; a child's end reaches its parent at once, not at the sweep."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from sqlalchemy import text
 
-from tests.integration.conftest import by_id, publish, start, unique, wait_for, wait_run
+from orchestrator import broker, service
+from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.settings import Settings
+from tests.integration.conftest import (
+    Processes,
+    by_id,
+    claimed_redis_db,
+    fresh_database,
+    publish,
+    start,
+    unique,
+    wait_for,
+    wait_run,
+)
 
-pytestmark = pytest.mark.usefixtures("engine_processes")
+# The tests on the session's processes (the last one starts its own).
+engine = pytest.mark.usefixtures("engine_processes")
 
 ONCE = {"max_attempts": 1}
 
@@ -19,6 +36,7 @@ def child_of(api, run: dict, step_id: str) -> dict:
     return api.get(f"/runs/{child_id or run['children'][-1]}").get_json()
 
 
+@engine
 def test_a_failing_leaf_fails_every_level_and_a_retry_of_the_top_succeeds(api):
     leaf = publish(api, {"name": "leaf", "steps": [
         {"id": "work", "type": "tool", "tool": "fail", "retry": ONCE,
@@ -52,6 +70,7 @@ def test_a_failing_leaf_fails_every_level_and_a_retry_of_the_top_succeeds(api):
     assert new_middle["output"] == {"call": {"work": {"attempt": 1, "succeeded_after_failures": 0}}}
 
 
+@engine
 def test_cancelling_a_parent_cancels_its_live_child(api):
     slow = publish(api, {"name": "slow", "steps": [{"id": "nap", "type": "tool", "tool": "sleep",
                                                    "args": {"seconds": 60}}]})
@@ -71,6 +90,7 @@ def test_cancelling_a_parent_cancels_its_live_child(api):
     assert wait_run(api, child["id"], timeout=30)["status"] == "cancelled"
 
 
+@engine
 def test_a_child_workflow_that_does_not_exist_is_refused_at_publish(api):
     response = api.put(f"/workflows/{unique('wf')}", json={"name": "orphan", "steps": [
         {"id": "call", "type": "workflow", "workflow_id": "nowhere"}]})
@@ -79,6 +99,7 @@ def test_a_child_workflow_that_does_not_exist_is_refused_at_publish(api):
         "steps.0.workflow_id: no workflow 'nowhere' in this tenant; publish it first"]
 
 
+@engine
 def test_a_workflow_calling_itself_stops_at_the_depth_limit(api):
     workflow_id = unique("wf")
     publish(api, {"name": "again", "steps": [{"id": "again", "type": "workflow", "workflow_id": workflow_id,
@@ -91,3 +112,55 @@ def test_a_workflow_calling_itself_stops_at_the_depth_limit(api):
         depth += 1
     assert depth == 10  # SWITCHYARD_MAX_RUN_DEPTH: the tenth child's step could not go deeper
     assert by_id(run)["again"]["error"]["code"] == "max_depth_exceeded"
+
+
+@pytest.fixture
+def slow_sweep(tmp_path) -> Iterator[Settings]:
+    """A database, a Redis db, a worker and a scheduler of the test's own, the scheduler sweeping only
+    every 60 s: whatever reaches a run sooner was rung for."""
+    with fresh_database("switchyard_sub_runs") as database_url, claimed_redis_db() as broker_url:
+        settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=tmp_path / "data",
+                            sweep_interval_s=60.0, lease_s=6.0)
+        procs = Processes(settings, tmp_path)
+        try:
+            procs.start("worker", "worker", "--concurrency", "2", "--pool", "prefork", "--loglevel", "INFO")
+            procs.start("scheduler", "scheduler")
+            celery = broker.make_celery(settings)
+            wait_for(lambda: celery.control.ping(timeout=0.5), 60, "the worker to answer ping")
+            yield settings
+        finally:
+            procs.stop("scheduler", kill=True)  # its wait for a ring outlasts a warm shutdown's 20 s
+            procs.stop_all()
+
+
+def test_a_childs_end_reaches_its_parent_at_once_not_at_the_sweep(slow_sweep):
+    """A 3-level chain: the leaf's end is decided by its worker (which rings), the middle run's end
+    by the scheduler's pass over it, which must ring for the top run (it used to wait for the sweep)."""
+    settings = slow_sweep
+    sessions = make_sessionmaker(make_engine(settings))
+    with transaction(sessions) as session:
+        for workflow_id, step in [
+            ("leaf", {"id": "work", "type": "tool", "tool": "echo", "args": {"text": "x"}}),
+            ("middle", {"id": "call", "type": "workflow", "workflow_id": "leaf"}),
+            ("top", {"id": "call", "type": "workflow", "workflow_id": "middle"}),
+        ]:
+            service.publish_workflow(session, settings, "acme", workflow_id, {"name": workflow_id, "steps": [step]})
+    with transaction(sessions) as session:
+        top_id = service.start_run(session, settings, "acme", "top", {}).run.id
+    broker.Doorbell(broker.make_celery(settings), settings.wake_queue).ring("test")
+
+    def finished():
+        with sessions() as session:
+            return session.execute(text("SELECT status FROM runs WHERE id = :id AND completed_at IS NOT NULL"),
+                                   {"id": top_id}).scalar()
+
+    # Well inside the 60 s sweep (the first sweep, at the scheduler's start, found nothing to do).
+    assert wait_for(finished, 20, "the top run to finish") == "succeeded"
+    with sessions() as session:
+        hops = session.execute(text(
+            "SELECT p.workflow_id, extract(epoch FROM s.completed_at - c.completed_at) FROM runs c "
+            "JOIN runs p ON p.id = c.parent_run_id JOIN steps s ON s.run_id = p.id AND s.step_id = c.parent_step_id"
+        )).all()
+    assert sorted(workflow for workflow, _ in hops) == ["middle", "top"]
+    slow = {workflow: float(seconds) for workflow, seconds in hops if seconds >= 1.0}
+    assert not slow, f"a child's end reached its parent's step only after this long (s): {slow}"
