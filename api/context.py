@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
+from orchestrator import wording
 from orchestrator.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -59,27 +60,34 @@ def json_problem(value: Any) -> str | None:
 def parse_body(model: type[M], *, optional: bool = False) -> M:
     """The JSON body validated by ``model``; with ``optional``, no body at all means ``model()``.
 
-    Raises InvalidRequest naming every problem (``details.problems``; ``details.unknown`` lists
-    fields the model does not have).
+    Raises InvalidRequest naming every problem in plain words (orchestrator.wording: the field path and
+    what to do, never pydantic's words): ``details.problems``, ``details.field`` when one field is at
+    fault, ``details.unknown`` listing fields the model does not have.
     """
     if optional and not request.get_data(cache=True).strip():
         return model()
     body = json_body()
     if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
+        raise InvalidRequest("the request body must be a JSON object", {"problems": ["the request body must be a "
+                                                                                    "JSON object"]})
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        problems, unknown = [], []
-        for err in exc.errors(include_url=False, include_input=False):
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            if err["type"] == "extra_forbidden":
-                unknown.append(where)
-            problems.append(f"{where}: {err['msg']}")
-        details: dict[str, Any] = {"problems": problems}
-        if unknown:
-            details["unknown"] = unknown
-        raise InvalidRequest("invalid request body: " + "; ".join(problems), details) from None
+        found = wording.problems(exc, model)
+        raise InvalidRequest("invalid request body: " + wording.joined(found), problem_details(found)) from None
+
+
+def problem_details(found: list[wording.Problem]) -> dict[str, Any]:
+    """An invalid_request's details for these problems: ``problems`` (the sentences), ``field`` (the one
+    field at fault, if there is one) and ``unknown`` (fields the body may not have, if any)."""
+    details: dict[str, Any] = {"problems": [p.message for p in found]}
+    fields = {p.field for p in found}
+    if len(fields) == 1 and "" not in fields:
+        details["field"] = fields.pop()
+    unknown = [p.field for p in found if p.unknown]
+    if unknown:
+        details["unknown"] = unknown
+    return details
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:

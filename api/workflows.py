@@ -13,7 +13,6 @@ from orchestrator import service
 from orchestrator.db import repository as repo
 from orchestrator.db.models import WorkflowVersion
 from orchestrator.db.session import transaction
-from orchestrator.definitions import parse_definition
 from orchestrator.errors import InvalidRequest, NotFound
 
 bp = Blueprint("workflows", __name__)
@@ -47,8 +46,8 @@ def _dry_run() -> bool:
 def _check_only(workflow_id: str, raw) -> dict:
     """``?dry_run=true`` (the web UI's editor validates as you type): the checks of a publish, the same
     400 on a refusal, nothing stored; answers the version it would become."""
-    definition = parse_definition(raw, services().settings.max_steps_per_definition)
     with services().sessions() as session:
+        definition = service.check_workflow(session, services().settings, principal().tenant_id, workflow_id, raw)
         workflow = repo.get_workflow(session, principal().tenant_id, workflow_id)
         would_be = WorkflowVersion(workflow_id=workflow_id, version=(workflow.latest_version if workflow else 0) + 1,
                                    definition=definition.model_dump(mode="json", exclude_unset=True),

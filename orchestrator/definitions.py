@@ -19,7 +19,7 @@ import jsonschema
 from pydantic import Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
 
-from orchestrator import dag, registry, steptypes, templates
+from orchestrator import dag, registry, steptypes, templates, validation, wording
 from orchestrator import triggers as event_triggers
 from orchestrator.errors import DefinitionInvalid
 from orchestrator.policy import Policy
@@ -140,38 +140,28 @@ def _rebuild() -> None:
 steptypes.on_change(_rebuild)
 
 
-def _pydantic_problems(exc: ValidationError) -> list[str]:
-    problems = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "definition"
-        if err["type"] == "union_tag_invalid":
-            problems.append(f"{where}: unknown step type {err['input'].get('type')!r}; use one of {list(STEP_TYPES)}")
-        elif err["type"] == "union_tag_not_found":
-            problems.append(f"{where}: a step needs a 'type', one of {list(STEP_TYPES)}")
-        else:
-            problems.append(f"{where}: {err['msg']}")
-    return problems
-
-
-def parse_definition(raw: Any, max_steps: int = 1000) -> Definition:
-    """Validate a definition as sent by a client; raise DefinitionInvalid listing every problem, once."""
+def parse_definition(raw: Any, max_steps: int = 1000, *, models: validation.Models | None = None) -> Definition:
+    """Validate a definition as sent by a client; raise DefinitionInvalid listing every problem, once.
+    ``models``: the installation's (validation.models_of(settings)); default: any model of a known provider."""
     if not isinstance(raw, dict):
-        raise DefinitionInvalid("the definition must be a JSON object", {"problems": ["not an object"]})
+        raise DefinitionInvalid("the definition must be a JSON object", {"problems": ["the definition must be a "
+                                                                                    "JSON object"]})
     try:
         definition = Definition.model_validate(raw)
     except ValidationError as exc:
         # One step the schema refuses (an unknown type, say) must not hide the other steps' problems.
-        problems = _pydantic_problems(exc) + _salvaged_problems(raw, max_steps)
+        problems = [p.message for p in wording.problems(exc, Definition)] + _salvaged_problems(raw, max_steps, models)
     else:
-        problems = semantic_problems(definition, max_steps)
+        problems = semantic_problems(definition, max_steps, models=models)
     problems = list(dict.fromkeys(problems))  # e.g. a need named twice is one problem
     if problems:
         raise DefinitionInvalid("invalid workflow definition: " + "; ".join(problems), {"problems": problems})
     return definition
 
 
-def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
-    """What the schema alone cannot see: the graph, tool names, the input schema, template syntax."""
+def semantic_problems(definition: Definition, max_steps: int, *, models: validation.Models | None = None) -> list[str]:
+    """What the schema alone cannot see: the graph, tool names, the input schema, template syntax, and
+    (orchestrator.validation) the steps templates name, literal tool arguments and models."""
     problems = _size_problems(len(definition.steps), max_steps)
     problems += dag.graph_problems([s.id for s in definition.steps], definition.needs)
     known = registry.known_tools()
@@ -179,9 +169,10 @@ def semantic_problems(definition: Definition, max_steps: int) -> list[str]:
         problems += _step_problems(i, step, known)
         if step.when is not None:
             problems += templates.expression_problems(step.when, f"steps.{i}.when",
-                                                      dag.upstream(step.id, definition.needs))
+                                                      dag.upstream(step.id, definition.needs), definition.steps_by_id)
         problems += _for_each_problems(i, step, dag.upstream(step.id, definition.needs))
     problems += event_triggers.problems(definition.triggers)
+    problems += validation.definition_problems(definition, models=models, not_templates=_NOT_TEMPLATES)
     return problems + _policy_problems(definition.policy, known) + _schema_problems(definition.input_schema)
 
 
@@ -201,7 +192,7 @@ def _for_each_problems(index: int, step: Any, upstream: set[str]) -> list[str]:
     return templates.expression_problems(step.for_each, f"{where}.for_each", upstream)
 
 
-def _salvaged_problems(raw: dict, max_steps: int) -> list[str]:
+def _salvaged_problems(raw: dict, max_steps: int, models: validation.Models | None) -> list[str]:
     """The semantic checks of what can still be read from a definition the schema refused.
 
     The graph takes every step with a string id (a step the schema refused can still be needed);
@@ -232,6 +223,8 @@ def _salvaged_problems(raw: dict, max_steps: int) -> list[str]:
                                                   f"steps.{i}")
         else:
             problems += _step_problems(i, step, known)
+            problems += validation.step_problems(i, step, upstream=dag.upstream(step.id, needs), step_ids=step_ids,
+                                                 models=models, not_templates=_NOT_TEMPLATES)
     if isinstance(raw.get("policy"), dict):
         try:
             problems += _policy_problems(Policy.model_validate(raw["policy"]), known)

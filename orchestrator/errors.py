@@ -107,6 +107,17 @@ class PermanentStepError(StepError):
     retryable = False
 
 
+class InvalidArguments(PermanentStepError):
+    """A tool's arguments do not fit its argument schema (or the tool's own checks): the step error
+    ``invalid_arguments``; another attempt with the same arguments cannot help. ``details`` may name the
+    ``tool``, the ``field`` and the ``problems``."""
+
+    code = "invalid_arguments"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message, details=details)
+
+
 class StepCancelled(StepError):
     """The step stopped because its run was cancelled or failed elsewhere."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orchestrator import service
+from orchestrator import service, validation
 from orchestrator.core import fork
 from orchestrator.core.inputs import Actor
 from orchestrator.db import repository as repo
@@ -104,7 +104,7 @@ def _fork_definition(session: Session, settings: Settings, original: Run, change
     except fork.ForkRefused as exc:
         raise InvalidRequest(exc.message, {"field": exc.field}) from None
     try:
-        definition = parse_definition(raw, settings.max_steps_per_definition)
+        definition = parse_definition(raw, settings.max_steps_per_definition, models=validation.models_of(settings))
     except DefinitionInvalid as exc:
         problems = [_named(p, raw) for p in exc.details.get("problems", [])]
         # The definition was valid before the overrides: the problems are theirs, named by step id.

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from orchestrator import ids
+from orchestrator import ids, validation
 from orchestrator.core import start
 from orchestrator.core.fork import ForkPlan
 from orchestrator.core.inputs import Env
@@ -42,8 +42,7 @@ def publish_workflow(session: Session, settings: Settings, tenant_id: str, workf
 
     Publishing restores an archived workflow, and makes the new version's triggers and retention_days
     the workflow's."""
-    definition = parse_definition(raw, settings.max_steps_per_definition)
-    _check_child_workflows(session, tenant_id, workflow_id, definition)
+    definition = check_workflow(session, settings, tenant_id, workflow_id, raw)
     version = repo.publish_workflow(
         session, tenant_id, workflow_id, name=definition.name, kind=definition.kind,
         definition=definition.model_dump(mode="json", exclude_unset=True),
@@ -51,6 +50,15 @@ def publish_workflow(session: Session, settings: Settings, tenant_id: str, workf
     repo.set_workflow_lifecycle(session, tenant_id, workflow_id, retention_days=definition.retention_days,
                                 events=[trigger.event for trigger in definition.triggers])
     return version
+
+
+def check_workflow(session: Session, settings: Settings, tenant_id: str, workflow_id: str, raw: Any) -> Definition:
+    """Every check of a publish, storing nothing (``PUT /workflows/{id}?dry_run=true`` too): the definition
+    gate with the installation's models (orchestrator.validation), and the workflows its `workflow` steps
+    call. The parsed definition; DefinitionInvalid naming every problem."""
+    definition = parse_definition(raw, settings.max_steps_per_definition, models=validation.models_of(settings))
+    _check_child_workflows(session, tenant_id, workflow_id, definition)
+    return definition
 
 
 def _check_child_workflows(session: Session, tenant_id: str, workflow_id: str, definition: Definition) -> None:

@@ -8,6 +8,7 @@ renders, which fails the step with a permanent ``template_error``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta, nodes
@@ -57,18 +58,41 @@ def _internals(tree: nodes.Template) -> list[str]:
     return found
 
 
-def expression_problems(expression: str, where: str, upstream: set[str]) -> list[str]:
+def expression_problems(expression: str, where: str, upstream: set[str],
+                        step_ids: Collection[str] | None = None) -> list[str]:
     """Why a step's ``when`` expression is refused at publish: it does not parse, reaches for a Python
-    internal, or reads ``steps.<id>`` of a step that is not upstream of it (its output would not exist)."""
+    internal, or reads ``steps.<id>`` of a step that is not upstream of it (its output would not exist)
+    or, with ``step_ids``, not in the workflow at all."""
     try:
         tree = _env.parse("{{ (" + expression + ") }}")
     except TemplateSyntaxError as exc:
         return [f"{where}: expression syntax error: {exc.message}"]
-    problems = [f"{where}: {p}" for p in _internals(tree)]
+    return [f"{where}: {p}" for p in _internals(tree)] + reference_problems(tree, where, upstream, step_ids)
+
+
+def parsed(text: str) -> nodes.Template | None:
+    """The syntax tree of a template, or None if it does not parse (syntax_problems reports that)."""
+    try:
+        return _env.parse(text)
+    except TemplateSyntaxError:
+        return None
+
+
+def reference_problems(tree: nodes.Template, where: str, upstream: set[str],
+                       step_ids: Collection[str] | None = None) -> list[str]:
+    """Why a parsed template or expression may not read the steps it names (``steps.<id>``,
+    ``steps['<id>']``): the step is not in the workflow (when ``step_ids`` are given), or it is not
+    upstream of the step the template belongs to, so its output would not exist when it renders."""
+    problems = []
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         if isinstance(node.node, nodes.Name) and node.node.name == "steps":
             name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
-            if isinstance(name, str) and name not in upstream:
+            if not isinstance(name, str) or name in upstream:
+                continue
+            if step_ids is not None and name not in step_ids:
+                problems.append(f"{where}: names step {name!r}, which is not a step of this workflow; "
+                                f"use one of {sorted(step_ids)}")
+            else:
                 problems.append(f"{where}: names step {name!r}, which is not upstream of this step "
                                 f"(add it to needs, directly or through another step)")
     return problems

@@ -96,7 +96,7 @@ def test_a_trigger_whose_input_fails_the_schema_is_reported_and_the_others_start
 def test_a_trigger_is_checked_at_publish(api, trigger, named):
     answer = api.put(f"/workflows/{unique('wf')}", json={"name": "t", "steps": echo_steps(), "triggers": [trigger]})
     assert answer.status_code == 400
-    assert any(p.startswith(named) for p in answer.get_json()["error"]["details"]["problems"]), answer.get_json()
+    assert any(named in p for p in answer.get_json()["error"]["details"]["problems"]), answer.get_json()
 
 
 def test_an_archived_workflow_refuses_new_runs_keeps_its_live_ones_and_a_new_version_restores_it(api, tokens):

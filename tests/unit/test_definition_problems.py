@@ -28,7 +28,7 @@ def test_an_unknown_step_type_does_not_hide_the_other_steps_problems():
         tool("c", tool="nope"),
     ]})
     assert len(problems) == 3, problems
-    for needle in ("steps.0: unknown step type 'bogus'", "step 'b' needs unknown step 'zz'",
+    for needle in ("'steps.0.type': unknown step type 'bogus'", "step 'b' needs unknown step 'zz'",
                    "steps.2.tool: unknown tool 'nope'"):
         assert sum(needle in p for p in problems) == 1, (needle, problems)
 
@@ -37,7 +37,8 @@ def test_a_need_named_twice_is_one_problem():
     assert problems_of({"name": "t", "steps": [tool("a", needs=["zz", "zz"])]}) == ["step 'a' needs unknown step 'zz'"]
     # Also when the schema refused something else.
     problems = problems_of({"name": "t", "colour": "red", "steps": [tool("a", needs=["zz", "zz"])]})
-    assert problems == ["colour: Extra inputs are not permitted", "step 'a' needs unknown step 'zz'"]
+    assert problems == ["unknown field 'colour'; remove it (the fields here are name, kind, description, input_schema, "
+                        "defaults, policy, steps, triggers, retention_days)", "step 'a' needs unknown step 'zz'"]
 
 
 def test_what_can_still_be_read_is_checked_after_the_schema_refused_the_definition():
@@ -50,7 +51,7 @@ def test_what_can_still_be_read_is_checked_after_the_schema_refused_the_definiti
             {"id": "ag", "type": "agent", "tools": ["echo", "ghost"]},
         ],
     })
-    for needle in ("kind:", "steps.0.tool.colour: Extra inputs are not permitted", "duplicate step id 'a'",
+    for needle in ("'kind' must be one of 'workflow', 'conversational', got \"nope\"", "unknown field 'steps.0.colour'", "duplicate step id 'a'",
                    "step 'a' needs unknown step 'zz'", "steps.0.args.text: template syntax error",
                    "steps.1.tool: unknown tool 'nope'", "steps.2.tools: unknown tool 'ghost'",
                    "policy.rules.0.tool: unknown tool 'ghost'", "input_schema: not a valid JSON Schema"):

@@ -87,7 +87,7 @@ def test_sleep_refuses_a_non_number(make_ctx):
     ctx = make_ctx({"id": "s", "type": "tool", "tool": "sleep"})
     with pytest.raises(PermanentStepError) as caught:
         builtin.sleep({"seconds": "soon"}, ctx)
-    assert caught.value.code == "invalid_args"
+    assert caught.value.code == "invalid_arguments"
 
 
 def test_sleep_stops_early_when_cancelled_from_another_thread(make_ctx):
@@ -125,10 +125,10 @@ def test_a_stopped_context_runs_no_tool(make_ctx):
 
 
 def test_http_request_refuses_a_non_http_url_without_calling_out(make_ctx):
-    ctx = make_ctx({"id": "h", "type": "tool", "tool": "http.request"})
+    ctx = make_ctx({"id": "h", "type": "tool", "tool": "http.request", "args": {"url": "{{ input.url }}"}})
     with pytest.raises(PermanentStepError) as caught:
         builtin.http_request({"url": "file:///etc/passwd"}, ctx)
-    assert caught.value.code == "invalid_args"
+    assert caught.value.code == "invalid_arguments"
 
 
 def test_unknown_tool_fails_for_good():

@@ -170,7 +170,7 @@ def test_http_request_refuses_a_redirect_to_a_private_address(make_ctx, target):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/start"
-        ctx = make_ctx({"id": "h", "type": "tool", "tool": "http.request"})
+        ctx = make_ctx({"id": "h", "type": "tool", "tool": "http.request", "args": {"url": url}})
         # The first hop is allowed by name; the redirect's host is not listed.
         ctx.policy = Policy.model_validate({"rules": [
             {"tool": "http.request", "decision": "allow", "constraints": {"hosts": ["127.0.0.1"]}}]})

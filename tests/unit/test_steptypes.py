@@ -158,8 +158,8 @@ def test_before_registration_a_toy_type_is_refused_naming_the_known_types():
     with pytest.raises(DefinitionInvalid) as caught:
         definitions.parse_definition(TOY_DEFINITION)
     assert caught.value.details["problems"][0] == (
-        "steps.0: unknown step type 'shout'; use one of "
-        "['tool', 'llm', 'agent', 'approval', 'question', 'wait_event', 'timer', 'workflow']")
+        "'steps.0.type': unknown step type 'shout'; use one of "
+        "'tool', 'llm', 'agent', 'approval', 'question', 'wait_event', 'timer', 'workflow'")
     assert "pause_for" not in dag.WAITING_TYPES
 
 

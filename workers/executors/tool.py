@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator import templates
+from orchestrator import templates, validation
 from orchestrator.errors import PermanentStepError
 from workers import tools
 from workers.context import ApprovalNeeded, BudgetExceeded, StepContext, Suspend
@@ -24,18 +24,21 @@ def run(ctx: StepContext) -> Any:
 
 
 def call_tool(ctx: StepContext, name: str, args: Any, approved_by: dict | None = None) -> Any:
-    """Decide one call under the policy, then make it, counting it in the step's usage; shared by tool
-    steps and agent loops. A denied call raises PermanentStepError (policy_denied), one that needs an
-    approval raises ApprovalNeeded, one over the run's limits BudgetExceeded. ``approved_by`` is the
-    approver's decision on a call that was sent for approval."""
+    """Check the arguments against the tool's schema, decide the call under the policy, then make it,
+    counting it in the step's usage; shared by tool steps and agent loops. Arguments that do not fit the
+    schema raise InvalidArguments (invalid_arguments, before the policy is asked), a denied call raises
+    PermanentStepError (policy_denied), one that needs an approval raises ApprovalNeeded, one over the
+    run's limits BudgetExceeded. ``approved_by`` is the approver's decision on a call that was sent for
+    approval."""
     ctx.check()
+    spec = tools.spec_for(name)
+    validation.check_arguments(spec, args)
     if approved_by is not None:
-        spec = tools.spec_for(name)
         ctx.record_decision({"tool": name, "decision": "allowed", "rule": "approval",
                              "rationale": f"approved by {approved_by.get('decided_by')}: {approved_by.get('comment')}",
                              "risk": spec.risk, "risk_factors": [f"tool risk {spec.risk}"], "constraints": []})
     else:
-        decision = ctx.authorize(tools.spec_for(name), args)
+        decision = ctx.authorize(spec, args)
         if decision.decision == "denied":
             raise PermanentStepError(f"the policy denied this call of {name}: {decision.rationale}",
                                      code="policy_denied", details={"rule": decision.rule})

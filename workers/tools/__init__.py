@@ -7,8 +7,6 @@ subclass to fail (retryable or permanent).
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
-from importlib.metadata import entry_points
 from typing import Any
 
 from orchestrator import registry
@@ -27,27 +25,16 @@ BUILTINS: dict[str, Tool] = {
 }
 
 
-# Risk levels and argument schemas: the built-ins' own; a project tool declares its own as the
-# callable's ``risk`` and ``args_schema`` attributes (default: medium, any object).
-BUILTIN_SPECS: dict[str, ToolSpec] = builtin.SPECS
-
-
-def spec_for(name: str) -> ToolSpec:
-    """The risk level and argument schema of tool ``name``."""
-    if name in BUILTIN_SPECS:
-        return BUILTIN_SPECS[name]
-    tool = _project_tools().get(name)
-    return ToolSpec(name, getattr(tool, "risk", "medium"), getattr(tool, "args_schema", builtin.ANY_OBJECT))
-
-
-@cache
-def _project_tools() -> dict[str, Tool]:
-    return {ep.name: ep.load() for ep in entry_points(group=registry.ENTRY_POINT_GROUP)}
+# Risk levels and argument schemas: the built-ins' own (orchestrator.registry, where the API reads them
+# to check literal arguments at publish); a project tool declares its own as the callable's ``risk`` and
+# ``args_schema`` attributes (default: medium, any object).
+BUILTIN_SPECS: dict[str, ToolSpec] = registry.BUILTIN_SPECS
+spec_for = registry.spec_for
 
 
 def get_tool(name: str) -> Tool:
     """The tool called ``name``; PermanentStepError if no such tool is installed on this worker."""
-    tool = BUILTINS.get(name) or _project_tools().get(name)
+    tool = BUILTINS.get(name) or registry.project_tool(name)
     if tool is None:
         raise PermanentStepError(f"tool {name!r} is not installed on this worker", code="unknown_tool")
     return tool

@@ -8,26 +8,14 @@ from typing import Any
 
 import httpx
 
-from orchestrator import artifacts
-from orchestrator.errors import NotFound, PermanentStepError, RetryableStepError
+from orchestrator import artifacts, registry
+from orchestrator.errors import InvalidArguments, NotFound, PermanentStepError, RetryableStepError
 from orchestrator.policy import ToolSpec
 
-# Each built-in's risk level and the JSON Schema of its arguments (policies decide on them).
-ANY_OBJECT = {"type": "object"}
-SPECS: dict[str, ToolSpec] = {
-    "echo": ToolSpec("echo", "low", ANY_OBJECT),
-    "sleep": ToolSpec("sleep", "low", {"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0}}}),
-    "fail": ToolSpec("fail", "low", {"type": "object", "properties": {
-        "message": {"type": "string"}, "until_attempt": {"type": "integer"}, "after_s": {"type": "number"}}}),
-    "file.write": ToolSpec("file.write", "medium", {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string"}, "text": {"type": "string"}, "base64": {"type": "string"}}}),
-    "http.request": ToolSpec("http.request", "high", {
-        "type": "object", "required": ["url"],
-        "properties": {"url": {"type": "string", "pattern": "^https?://"}, "method": {"type": "string"},
-                       "headers": {"type": "object"}, "params": {"type": "object"}, "body": {"type": "string"},
-                       "timeout_s": {"type": "number", "exclusiveMinimum": 0}, "raise_for_status": {"type": "boolean"}},
-    }),
-}
+# Each built-in's risk level and the JSON Schema of its arguments (policies decide on them); kept in
+# orchestrator.registry, which the API reads too.
+ANY_OBJECT = registry.ANY_OBJECT
+SPECS: dict[str, ToolSpec] = registry.BUILTIN_SPECS
 
 
 def echo(args: dict, ctx) -> Any:
@@ -67,7 +55,7 @@ def http_request(args: dict, ctx) -> Any:
     """
     url = args.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise PermanentStepError("http.request needs an http(s) 'url'", code="invalid_args")
+        raise InvalidArguments("http.request needs an http(s) 'url'", {"field": "url"})
     headers = {str(k): str(v) for k, v in (args.get("headers") or {}).items()}
     headers.setdefault("Idempotency-Key", ctx.idempotency_key)
     timeout = min(_number(args, "timeout_s", default=30.0), max(ctx.remaining_s, 0.1))
@@ -109,21 +97,21 @@ def file_write(args: dict, ctx) -> Any:
     """
     name = args.get("name")
     if not isinstance(name, str) or not artifacts.NAME.match(name):
-        raise PermanentStepError("file.write needs a 'name' of letters, digits, '.', '_' and '-' (not starting "
-                                 "with '.' or '-')", code="invalid_args")
+        raise InvalidArguments("file.write needs a 'name' of letters, digits, '.', '_' and '-' (not starting "
+                               "with '.' or '-')", {"field": "name"})
     if isinstance(args.get("text"), str):
         data = args["text"].encode()
     elif isinstance(args.get("base64"), str):
         try:
             data = base64.b64decode(args["base64"], validate=True)
         except (binascii.Error, ValueError):
-            raise PermanentStepError("file.write: 'base64' is not valid base64", code="invalid_args") from None
+            raise InvalidArguments("file.write: 'base64' is not valid base64", {"field": "base64"}) from None
     else:
-        raise PermanentStepError("file.write needs 'text' or 'base64'", code="invalid_args")
+        raise InvalidArguments("file.write needs 'text' or 'base64'", {"field": "text"})
     try:
         stored = artifacts.store(ctx.settings).write(ctx.run_id, name, data)
     except NotFound as exc:
-        raise PermanentStepError(exc.message, code="invalid_args") from None
+        raise InvalidArguments(exc.message, {"field": "name"}) from None
     except OSError as exc:
         raise RetryableStepError(f"file.write could not store {name!r}: {exc.strerror}", code="storage_error") from exc
     return {"name": stored.name, "size_bytes": stored.size_bytes}
@@ -134,4 +122,4 @@ def _number(args: dict, key: str, default: float) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise PermanentStepError(f"argument {key!r} must be a number, got {value!r}", code="invalid_args") from None
+        raise InvalidArguments(f"argument {key!r} must be a number, got {value!r}", {"field": key}) from None
