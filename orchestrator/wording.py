@@ -202,7 +202,8 @@ def _must_be(kind: str, ctx: dict) -> str:
         return f"one of {str(ctx.get('expected')).replace(' or ', ', ')}"
     if kind in _BOUNDS:
         key, words = _BOUNDS[kind]
-        return f"{words} {ctx.get(key)}"
+        bound = ctx.get(key)
+        return f"{words} {bound:g}" if isinstance(bound, float) else f"{words} {bound}"
     if kind == "string_too_short":
         low = ctx.get("min_length", 1)
         return "a non-empty string" if low == 1 else f"a string of at least {low} characters"
