@@ -57,9 +57,17 @@ test: install chromium lint
 chaos: install
 	$(BIN)/python -m pytest -m chaos -s tests/integration
 
-# Switchyard against a raw Celery baseline (step-to-step, throughput, fan-out, API, 1,000,000 runs, memory) on
-# a database and Redis db of its own; writes BENCHMARKS.md. BENCH_ARGS passes flags (e.g. --steps 5000).
-bench: install
+# Switchyard against a raw Celery baseline and DBOS Transact (from a run's submission through the API to its
+# end; step-to-step, throughput, fan-out, API, 1,000,000 runs, memory) on a database and Redis db of its own;
+# writes BENCHMARKS.md. BENCH_ARGS passes flags (e.g. --steps 5000, --only front,chain).
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	@echo "==> installing the bench's peers (DBOS Transact, the [bench] extra)"
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python -m tests.bench.bench_engine $(BENCH_ARGS)
 
 # The analytics alone against 1,000,000 seeded runs; fails if a median is over 100 ms.

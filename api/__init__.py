@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from celery import Celery
@@ -10,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import broker, logs, streams, tracing
 from orchestrator.catalog import DefinitionCatalog
-from orchestrator.db.session import make_engine, make_sessionmaker
+from orchestrator.db.session import AutocommitSessions, make_engine, make_sessionmaker, transaction
 from orchestrator.settings import Settings, load
 
 
@@ -26,6 +28,24 @@ class Services:
     bus: streams.Bus | None
     # Broker calls off the request path: a request never waits on the broker (the outbox and the sweep cover a lost one).
     courier: broker.Courier
+    # On PostgreSQL, sessions in autocommit on a connection each thread keeps, for work done in single
+    # statements (a token's lookup, a run's start): no pool checkout, no BEGIN and no COMMIT.
+    statements: AutocommitSessions | None = None
+
+    def at_once(self) -> AbstractContextManager[Session]:
+        """A session for work whose writes are one statement: in autocommit where there are such
+        sessions (each statement commits on its own), else a transaction."""
+        return self.statements() if self.statements is not None else transaction(self.sessions)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for a few reads."""
+        if self.statements is not None:
+            with self.statements() as session:
+                yield session
+        else:
+            with self.sessions() as session:
+                yield session
 
     def after_commit(self, effects) -> None:
         """Signal what a committed control asks for: wake the scheduler, revoke stopped tasks."""
@@ -62,9 +82,12 @@ def _flask_app(settings: Settings) -> Flask:
 def _services(settings: Settings) -> Services:
     """The broker, database and event-bus connections the views share, with the stream publisher installed."""
     celery = broker.make_celery(settings)
-    sessions = make_sessionmaker(make_engine(settings))
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    statements = (AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+                  if engine.dialect.name == "postgresql" else None)
     bus = streams.make_bus(settings)
-    streams.install_publisher(sessions, bus)
+    streams.install_publisher([sessions] + ([statements] if statements else []), bus)
     courier = broker.Courier("switchyard-broker-calls")
     return Services(
         settings=settings,
@@ -74,6 +97,7 @@ def _services(settings: Settings) -> Services:
         catalog=DefinitionCatalog(),
         bus=bus,
         courier=courier,
+        statements=statements,
     )
 
 

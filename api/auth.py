@@ -136,7 +136,7 @@ def _authenticate() -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send 'Authorization: Bearer <token>'; create one with `switchyard token create`")
-    with services().sessions() as session:
+    with services().reading() as session:
         found = repo.find_token(session, token.strip())
     if found is None:
         raise Unauthorized("unknown or revoked token; create one with `switchyard token create`")

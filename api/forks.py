@@ -23,8 +23,8 @@ def after_start(svc, started: service.Started) -> None:
     """Signal a start that committed, as POST /runs does: publish the first steps it queued (off the
     request path; the sweep publishes from the outbox what does not go out), or wake the scheduler."""
     if started.messages:
-        svc.courier.send(functools.partial(dispatch.publish_queued, svc.celery, lambda: transaction(svc.sessions),
-                                           started.messages, cancel_grace_s=svc.settings.cancel_grace_s), "publish")
+        svc.courier.send(functools.partial(dispatch.publish_queued, svc.celery, svc.at_once, started.messages,
+                                           cancel_grace_s=svc.settings.cancel_grace_s), "publish")
     elif started.created:
         svc.doorbell.ring(started.run.id)
 

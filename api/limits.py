@@ -74,7 +74,7 @@ class RedisWindow:
         window = int(now // WINDOW_S)
         name = f"switchyard:ratelimit:{key}:{window}"
         try:
-            with self.client.pipeline() as pipe:
+            with self.client.pipeline(transaction=False) as pipe:  # one round trip, no MULTI/EXEC
                 count, _ = pipe.incr(name).expire(name, WINDOW_S * 2).execute()
         except redis.RedisError as exc:
             if time.monotonic() >= self.down_until:

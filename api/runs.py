@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 from datetime import datetime
 
 from flask import Blueprint, request
 
-from api import monitoring, schemas, serializers
+from api import forks, monitoring, schemas, serializers
 from api.auth import principal
 from api.context import int_arg, parse_body, services
 from api.controls import actor
-from orchestrator import diagnosis, dispatch, service
+from orchestrator import diagnosis, service
 from orchestrator.db import repository as repo
-from orchestrator.db.session import transaction
 from orchestrator.errors import InvalidRequest, NotFound
 from orchestrator.states import RunStatus, StepStatus
 
@@ -31,20 +29,15 @@ def start_run():
         raise InvalidRequest("Idempotency-Key must be 1-200 characters")
     who, by = principal(), actor()
     svc = services()
-    with transaction(svc.sessions) as session:
+    with svc.at_once() as session:
         started = service.start_run(
             session, svc.settings, who.tenant_id, workflow_id, body.input, version=version,
             idempotency_key=key, body_hash=service.request_hash(body.model_dump(exclude_unset=True)) if key else None,
-            trigger_type="api", triggered_by=by.triggered_by or who.token_id, first_pass=True,
+            trigger_type="api", triggered_by=by.triggered_by or who.token_id, first_pass=True, catalog=svc.catalog,
         )
-        result = serializers.full_run(session, started.run)
-    if started.messages:
-        # Its first steps are queued: publish them, with no doorbell and no scheduler pass in between
-        # (off the request path: the sweep publishes from the outbox what does not go out).
-        svc.courier.send(functools.partial(dispatch.publish_queued, svc.celery, lambda: transaction(svc.sessions),
-                                           started.messages, cancel_grace_s=svc.settings.cancel_grace_s), "publish")
-    elif started.created:
-        svc.doorbell.ring(started.run.id)
+        # A new run's answer is what was just written; the run a replayed Idempotency-Key names is read.
+        result = serializers.new_run(started) if started.created else serializers.full_run(session, started.run)
+    forks.after_start(svc, started)
     return result, 201 if started.created else 200
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.files import output_files
-from orchestrator import streams
+from orchestrator import service, streams
 from orchestrator.db import repository as repo
 from orchestrator.db.models import (
     ApiToken,
@@ -124,6 +124,14 @@ def full_run(session: Session, run: Run) -> dict[str, Any]:
     # Only a run with a sub-run step can have children: no read for the others (POST /runs answers this).
     body["children"] = (repo.child_run_ids(session, run.id) if any(s.type == "workflow" for s in steps)
                         else [])
+    return body
+
+
+def new_run(started: service.Started) -> dict[str, Any]:
+    """A run its start just created, as full_run would read it back (no approvals, questions, files
+    or children yet), built from what the start wrote: POST /runs reads nothing back."""
+    body = run_json(started.run, started.workflow_name, started.steps, 0, current_step(started.steps))
+    body.update(approvals=[], questions=[], output_files=[], children=[])
     return body
 
 

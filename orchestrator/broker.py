@@ -371,6 +371,15 @@ class Courier:
                         what, self.capacity)
             return False
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every call sent so far was made (True), or ``timeout`` seconds (False); for tests."""
+        deadline = time.monotonic() + timeout
+        while self._calls is not None and self._calls.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
     def _queue(self) -> queue.Queue:
         if self._pid != os.getpid():  # a forked child has no thread of its parent's
             with self._lock:

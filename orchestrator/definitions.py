@@ -266,11 +266,13 @@ def _schema_problems(input_schema: dict[str, Any] | None) -> list[str]:
     return []
 
 
-def input_problems(definition: Definition, value: Any) -> list[str]:
-    """Why ``value`` fails the workflow's input_schema (empty if it passes or there is none)."""
+def input_problems(definition: Definition, value: Any,
+                   validator: jsonschema.Draft202012Validator | None = None) -> list[str]:
+    """Why ``value`` fails the workflow's input_schema (empty if it passes or there is none);
+    ``validator``: the schema's, compiled already (catalog.DefinitionCatalog.input_validator)."""
     if definition.input_schema is None:
         return []
-    validator = jsonschema.Draft202012Validator(definition.input_schema)
+    validator = validator or jsonschema.Draft202012Validator(definition.input_schema)
     return [
         f"input{''.join(f'[{p!r}]' for p in err.absolute_path)}: {err.message}"
         for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))

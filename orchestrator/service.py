@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+import jsonschema
 from sqlalchemy.orm import Session
 
 from orchestrator import ids, validation
+from orchestrator.catalog import DefinitionCatalog, WorkflowHead
 from orchestrator.core import start
 from orchestrator.core.fork import ForkPlan
 from orchestrator.core.inputs import Env
@@ -92,16 +93,22 @@ def start_run(
     first_pass: bool = False,
     fork: ForkPlan | None = None,
     parent: ParentLink | None = None,
+    catalog: DefinitionCatalog | None = None,
 ) -> Started:
     """Create a run pinned to a workflow version (the latest if ``version`` is None).
 
-    With ``first_pass``, the scheduler's first pass over the run is taken in the same transaction
-    when it is plain (core.start.on_start: it only queues worker steps): the run is written started,
-    its first steps queued with their outbox rows, and the caller publishes ``Started.messages``
-    after the commit (dispatch.publish_queued); otherwise the scheduler starts the run.
+    With ``first_pass``, the scheduler's first pass over the run is taken in the same write when it is
+    plain (core.start.on_start: it only queues worker steps): the run is written started, its first
+    steps queued with their outbox rows, and the caller publishes ``Started.messages`` after the
+    commit (dispatch.publish_queued); otherwise the scheduler starts the run.
 
     With ``fork`` (orchestrator.forks), the run is that fork: its reused steps are written succeeded with
     the original's outputs, and only the others run.
+
+    ``catalog``: the process's parsed definitions and workflow heads (none kept without one). The run
+    is written in one statement (repository.starts) guarded by the head it was built from (its latest
+    version: the workflow's name in the answer is the latest version's, even for a pinned version); a
+    head found stale is read again and the start built anew.
 
     The same Idempotency-Key with the same body returns the first run (created False); with a
     different body it raises IdempotencyConflict.
@@ -110,39 +117,57 @@ def start_run(
         earlier = _run_of_key(session, tenant_id, idempotency_key, body_hash)
         if earlier is not None:
             return Started(earlier, False)
-    number, definition = _runnable_version(session, tenant_id, workflow_id, version)
-    _check_input(settings, definition, run_input)
-    run = Run(
+    catalog = catalog or DefinitionCatalog()
+    fresh = False
+    for _ in range(_STALE_HEAD_TRIES):
+        head = _live_head(session, catalog, tenant_id, workflow_id, fresh=fresh)
+        number, definition = _runnable_version(session, catalog, head, version)
+        _check_input(settings, definition, run_input,
+                     catalog.input_validator((tenant_id, workflow_id, number), definition))
+        new = _new_run(settings, definition, _run_row(
+            tenant_id, workflow_id, number, run_input, idempotency_key=idempotency_key, body_hash=body_hash,
+            trigger_type=trigger_type, triggered_by=triggered_by, retry_of=retry_of, fork=fork, parent=parent,
+        ), fork, first_pass=first_pass, latest_version=head.latest_version)
+        messages = repo.insert_new_run(session, new)
+        if messages is not None:
+            return Started(new.run, True, messages, new.steps, head.name)
+        if idempotency_key:
+            winner = _run_of_key(session, tenant_id, idempotency_key, body_hash)
+            if winner is not None:  # another request with the same key won the race
+                return Started(winner, False)
+        fresh = True
+    raise RuntimeError(f"workflow {workflow_id!r} changed under {_STALE_HEAD_TRIES} starts in a row; start it again")
+
+
+# A start built on a stale head is built again on the head read anew: more than this many changes of
+# one workflow during one start is not a race worth more tries.
+_STALE_HEAD_TRIES = 3
+
+
+def _run_row(tenant_id: str, workflow_id: str, number: int, run_input: Any, *, idempotency_key: str | None,
+             body_hash: str | None, trigger_type: str, triggered_by: str | None, retry_of: str | None,
+             fork: ForkPlan | None, parent: ParentLink | None) -> Run:
+    """The new run's row, queued."""
+    return Run(
         id=ids.new_id("run"), tenant_id=tenant_id, workflow_id=workflow_id, workflow_version=number,
         status=RunStatus.QUEUED.value, input=run_input, usage=empty_usage(), trigger_type=trigger_type,
         triggered_by=triggered_by, retry_of=retry_of, attempt=1, idempotency_key=idempotency_key,
-        request_hash=body_hash, has_work=True,
+        request_hash=body_hash, has_work=True, last_seq=0,
         forked_from_run_id=fork.run_id if fork else None, forked_from_step_id=fork.from_step if fork else None,
         **(dict(parent_run_id=parent.run_id, parent_step_id=parent.step_id, depth=parent.depth) if parent else {}),
     )
+
+
+def _new_run(settings: Settings, definition: Definition, run: Run, fork: ForkPlan | None, *, first_pass: bool,
+             latest_version: int | None) -> repo.NewRun:
+    """The rows of the new run ``run``: its steps, its log and, with ``first_pass``, what that pass queued."""
+    reused = fork.reused if fork else {}
     events = [_created_event(run, fork)]
-    steps = _pending_steps(settings, definition, run.id, fork.reused if fork else {})
-    first = _first_pass(settings, definition, run, steps, fork.reused if fork else {}) if first_pass else None
+    steps = _pending_steps(settings, definition, run.id, reused)
+    first = _first_pass(settings, definition, run, steps, reused) if first_pass else None
     if first is not None:
         events += [event.row() for event in first.events]
-    return _insert(session, run, steps, events, first)
-
-
-def _insert(session: Session, run: Run, steps: list[Step], events: list[dict], first: Transition | None) -> Started:
-    """Write the new run (and its first pass's outbox rows) in a savepoint: if another request with the
-    same Idempotency-Key won the race, answer as it did."""
-    try:
-        with session.begin_nested():
-            repo.insert_run(session, run, steps, events)
-            messages = repo.insert_outbox(session, first.messages) if first is not None else []
-    except IntegrityError:
-        winner = (_run_of_key(session, run.tenant_id, run.idempotency_key, run.request_hash)
-                  if run.idempotency_key else None)
-        if winner is None:
-            raise
-        return Started(winner, False)
-    session.refresh(run)
-    return Started(run, True, messages)
+    return repo.NewRun(run, steps, events, list(first.messages) if first is not None else [], latest_version)
 
 
 def _created_event(run: Run, fork: ForkPlan | None) -> dict[str, Any]:
@@ -170,6 +195,9 @@ class Started:
     run: Run
     created: bool
     messages: list[StepMessage] = field(default_factory=list)
+    # A created run's steps and its workflow's name: the answer to its start, with no read back.
+    steps: list[Step] = field(default_factory=list)
+    workflow_name: str | None = None
 
 
 def _first_pass(settings: Settings, definition: Definition, run: Run, steps: list[Step],
@@ -202,38 +230,48 @@ def _run_of_key(session: Session, tenant_id: str, idempotency_key: str, body_has
     return existing
 
 
+def _live_head(session: Session, catalog: DefinitionCatalog, tenant_id: str, workflow_id: str, *,
+               fresh: bool) -> WorkflowHead:
+    """The workflow's head (read now if ``fresh``); NotFound if there is no such workflow, WorkflowArchived
+    if it is archived (as read now: a cached archived head may have been restored since)."""
+    head = catalog.head(session, tenant_id, workflow_id, fresh=fresh)
+    if head is not None and head.archived_at is not None and not fresh:
+        head = catalog.head(session, tenant_id, workflow_id, fresh=True)
+    if head is None:
+        raise NotFound(f"workflow {workflow_id!r} not found; publish it with PUT /api/v1/workflows/{workflow_id}")
+    if head.archived_at is not None:
+        raise WorkflowArchived(f"workflow {workflow_id!r} is archived; publish a new version with "
+                               f"PUT /api/v1/workflows/{workflow_id} to start it again", {"workflow_id": workflow_id})
+    return head
+
+
 def _runnable_version(
-    session: Session, tenant_id: str, workflow_id: str, version: int | None
+    session: Session, catalog: DefinitionCatalog, head: WorkflowHead, version: int | None
 ) -> tuple[int, Definition]:
     """The number of the version to run (the latest if ``version`` is None) and its definition.
 
-    NotFound if the workflow or that version does not exist; RuntimeNotApplicable if the workflow
-    is conversational.
+    NotFound if that version does not exist; RuntimeNotApplicable if the workflow is conversational.
     """
-    workflow = repo.get_workflow(session, tenant_id, workflow_id)
-    if workflow is None:
-        raise NotFound(f"workflow {workflow_id!r} not found; publish it with PUT /api/v1/workflows/{workflow_id}")
-    if workflow.archived_at is not None:
-        raise WorkflowArchived(f"workflow {workflow_id!r} is archived; publish a new version with "
-                               f"PUT /api/v1/workflows/{workflow_id} to start it again", {"workflow_id": workflow_id})
-    number = version or workflow.latest_version
-    stored = repo.get_version(session, tenant_id, workflow_id, number)
-    if stored is None:
-        raise NotFound(f"workflow {workflow_id!r} has no version {number}; latest is {workflow.latest_version}")
-    definition = Definition.model_validate(stored.definition)
+    number = version or head.latest_version
+    try:
+        definition = catalog.get(session, (head.tenant_id, head.workflow_id, number))
+    except KeyError:
+        raise NotFound(f"workflow {head.workflow_id!r} has no version {number}; "
+                       f"latest is {head.latest_version}") from None
     if definition.kind == "conversational":
-        raise RuntimeNotApplicable(f"workflow {workflow_id!r} is conversational; it has no runs")
+        raise RuntimeNotApplicable(f"workflow {head.workflow_id!r} is conversational; it has no runs")
     return number, definition
 
 
-def _check_input(settings: Settings, definition: Definition, run_input: Any) -> None:
+def _check_input(settings: Settings, definition: Definition, run_input: Any,
+                 validator: jsonschema.Draft202012Validator | None) -> None:
     """PayloadTooLarge if the input is over the size limit as JSON; InvalidRequest if it does not
     match the workflow's input_schema."""
     size = len(json.dumps(run_input, separators=(",", ":")))
     if size > settings.max_input_bytes:
         raise PayloadTooLarge(f"the run's input is {size} bytes as JSON, over the limit of {settings.max_input_bytes}",
                               {"field": "input", "limit_bytes": settings.max_input_bytes, "size_bytes": size})
-    problems = input_problems(definition, run_input)
+    problems = input_problems(definition, run_input, validator)
     if problems:
         raise InvalidRequest("input does not match the workflow's input_schema: " + "; ".join(problems), {"problems": problems})
 

@@ -384,6 +384,12 @@ class Bench:
                               f"budget {result['budget_ms']:.0f} ms", "–"))
             say(f"  {result}")
 
+    def front(self) -> None:
+        """What a user sees, through the API, against raw Celery and DBOS (tests/bench/bench_front.py)."""
+        from tests.bench.bench_front import Front
+
+        Front(self, rounds=self.args.front_rounds, burst=self.args.front_burst).run()
+
     def api(self) -> None:
         from orchestrator.db import repository as repo
         from orchestrator.db.session import transaction
@@ -763,7 +769,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker process")
     parser.add_argument("--api-workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--api-requests", type=int, default=50, help="requests per API client")
-    parser.add_argument("--only", default="", help="comma-separated: chain,throughput,fanout,foreach,subruns,api,monitoring,ui,data,census")
+    parser.add_argument("--front-rounds", type=int, default=3,
+                        help="rounds of the front section (each side in turn, alternating the order)")
+    parser.add_argument("--front-burst", type=int, default=400, help="one-step runs per side and round (front)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated: front,chain,throughput,fanout,foreach,subruns,api,monitoring,ui,data,census")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -780,7 +790,7 @@ def main() -> int:
         try:
             bench.start_switchyard()
             say("scheduler and workers are up")
-            for name, step in [("chain", bench.step_to_step), ("throughput", bench.throughput),
+            for name, step in [("front", bench.front), ("chain", bench.step_to_step), ("throughput", bench.throughput),
                                ("fanout", bench.fan_out), ("foreach", bench.for_each), ("subruns", bench.sub_runs),
                                ("api", bench.api), ("monitoring", bench.monitoring), ("ui", bench.ui_render),
                                ("census", bench.round_trips),

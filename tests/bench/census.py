@@ -30,9 +30,12 @@ def _counting(engine):
 
     sent = psycopg.Cursor.execute, psycopg.Cursor.executemany
 
+    # Statements of the process's own threads (an API's broker calls after a commit) are off the path.
+    path = threading.current_thread()
+
     def counted(method):
         def statement(*args, **kwargs):
-            counts["sql"] += 1
+            counts["sql" if threading.current_thread() is path else "sql off the path"] += 1
             return method(*args, **kwargs)
         return statement
 
@@ -43,9 +46,12 @@ def _counting(engine):
     original = redis.connection.AbstractConnection.send_packed_command
 
     def send(self, command, check_health=True):
-        # The live streams' publisher sends from a thread of its own, off the step's path.
-        off_path = threading.current_thread().name == "switchyard-stream-publisher"
-        counts["stream publishes" if off_path else "redis"] += 1
+        # The live streams' publisher sends from a thread of its own, off the step's path; so do an API's
+        # broker calls after a commit (its Courier: a new run's first steps).
+        thread = threading.current_thread()
+        kind = ("stream publishes" if thread.name == "switchyard-stream-publisher"
+                else "redis" if thread is path else "redis off the path")
+        counts[kind] += 1
         return original(self, command, check_health)
 
     psycopg.Cursor.execute, psycopg.Cursor.executemany = (counted(method) for method in sent)
@@ -64,7 +70,8 @@ def _counting(engine):
 def _trips(counts: Counter) -> dict[str, int]:
     return {"sql statements": counts["sql"], "transactions": counts["transactions"],
             "db round trips": counts["sql"] + 2 * counts["transactions"], "redis requests": counts["redis"],
-            "stream publishes": counts["stream publishes"]}
+            "stream publishes": counts["stream publishes"], "sql off the path": counts["sql off the path"],
+            "redis off the path": counts["redis off the path"]}
 
 
 def count(settings, celery, tenant: str) -> str:
@@ -203,4 +210,35 @@ def item_outcome(settings, celery, tenant: str, items: int) -> dict[str, int]:
         recorded = outcomes.record(worker, claim.definition, report, seen=claim.seen, env=Env(prices=settings.prices))
         settled()
     assert [m.step_id for m in recorded.messages] == ["each[1]"], "the item's outcome did not queue the next item"
+    return _trips(c)
+
+
+def start(settings) -> dict[str, int]:
+    """The round trips of one POST /runs of a one-step workflow, in the API's process (its Flask app,
+    driven by its test client: the same code as under gunicorn), after a few warmed its caches (the
+    token's process, the workflow's head and parsed definition). What the request's thread sends is on
+    the path; the first step's publish and its outbox row's deletion, sent by the API's broker thread
+    after the answer, are counted apart."""
+    import api
+    from orchestrator import service
+    from orchestrator.db import repository as repo
+    from orchestrator.db.session import transaction
+
+    app = api.create_app(settings)
+    svc = app.extensions["switchyard"]
+    with transaction(svc.sessions) as session:
+        service.publish_workflow(session, settings, "census", "census-start", {"name": "census start", "steps": [
+            {"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census"}]})
+        token = repo.create_token(session, "census", "operator", "census")[1]
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"workflow_id": "census-start", "input": {}}
+    for _ in range(3):
+        assert client.post("/api/v1/runs", json=body, headers=headers).status_code == 201
+    svc.courier.wait_idle(5)
+    with _counting(svc.sessions.kw["bind"]) as c:
+        response = client.post("/api/v1/runs", json=body, headers=headers)
+        svc.courier.wait_idle(5)
+    assert response.status_code == 201, response.get_json()
+    svc.sessions.kw["bind"].dispose()
     return _trips(c)

@@ -31,3 +31,14 @@ def test_a_for_each_items_outcome_costs_the_same_with_ten_items_or_a_thousand(se
     # Lock the run with the item, read its step (after the lock), move the item, write the step's counts,
     # queue the next item, its outbox row, and the run's update with the events.
     assert (few["sql statements"], few["transactions"]) == (7, 1), few
+
+
+def test_a_start_through_the_api_costs_two_statements(settings):
+    """POST /runs of a one-step workflow, warm: the token's lookup and the start's one statement (the run,
+    its step, its first events and its first step's outbox row, in autocommit), and the rate limit's one
+    Redis request. After the answer, on the API's broker thread: the queue's window checked
+    (orchestrator/admission.py), the first step published, its outbox row deleted."""
+    with fresh_database("switchyard_census_start") as url:
+        trips = census.start(settings.model_copy(update={"database_url": url}))
+    assert (trips["sql statements"], trips["transactions"], trips["redis requests"]) == (2, 0, 1), trips
+    assert (trips["sql off the path"], trips["redis off the path"]) == (2, 1), trips

@@ -21,7 +21,8 @@ The modules:
 
 - ``tenants``: tenants, API tokens, tenant policies, webhook secrets and the webhook replay guard;
 - ``workflows``: workflows and their published versions;
-- ``runs``: creating a run, and reading runs, their steps and their event log;
+- ``runs``: reading runs, their steps and their event log;
+- ``starts``: creating a run with its steps, first events and outbox rows (one statement on PostgreSQL);
 - ``changes``: locking a run and reading its steps under the lock (``lock_run``, ``lock_run_with_steps``,
   ``steps_for_update``, ``steps_of``): every step's path starts here;
 - ``steps``: the guarded moves of a locked run's steps (``update_steps``, ``move_steps_many``) and the
@@ -147,6 +148,7 @@ from orchestrator.db.repository.scheduling import (
     stale_outbox,
     step_outputs,
 )
+from orchestrator.db.repository.starts import NewRun, insert_new_run, read_workflow
 from orchestrator.db.repository.steps import NEXT_ATTEMPT, NOW, move_steps_many, update_steps
 from orchestrator.db.repository.tenants import (
     create_token,
@@ -194,6 +196,7 @@ __all__ = [
     # run_changes
     "RunChanges", "StaleRunState", "StepMove", "apply_many_run_changes", "apply_run_changes",
     # runs
+    "NewRun", "insert_new_run", "read_workflow",
     "find_run_by_idempotency_key", "get_run", "insert_run", "list_runs", "run_events", "run_status",
     "run_status_events", "run_step", "run_steps", "succeeded_outputs",
     # items

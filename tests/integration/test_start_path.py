@@ -1,0 +1,86 @@
+"""The lean start (POST /runs): one statement guarded by what an API process cached of the workflow
+(orchestrator/db/repository/starts.py), and an answer built from what was written.
+
+Two apps on one database stand for two API processes: what one of them changes (a new version, an
+archive) the other's cache does not know, and its next start must still be right."""
+
+from __future__ import annotations
+
+import threading
+
+import api
+from tests.integration.conftest import Api, unique
+
+ONE_STEP = {"name": "start path", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"},
+                                              "queue": "start.path.nobody"}]}
+
+
+def _two_apis(settings, tokens) -> tuple[Api, Api]:
+    first, second = (Api(api.create_app(settings).test_client(), tokens["admin"]) for _ in range(2))
+    return first, second
+
+
+def _start(client: Api, workflow_id: str, **extra) -> dict:
+    response = client.post("/runs", json={"workflow_id": workflow_id, "input": {}, **extra})
+    assert response.status_code in (200, 201), response.get_json()
+    return response.get_json()
+
+
+def test_a_new_runs_answer_is_what_get_reads_back(settings, tokens):
+    client, _ = _two_apis(settings, tokens)
+    workflow_id = unique("start")
+    assert client.put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
+    started = _start(client, workflow_id)
+    assert started["status"] == "running" and started["steps"][0]["status"] == "queued"
+    # No worker reads the step's queue: the run stays as it was written.
+    assert client.get(f"/runs/{started['id']}").get_json() == started
+
+
+def test_a_version_published_by_another_process_is_the_one_started(settings, tokens):
+    first, second = _two_apis(settings, tokens)
+    workflow_id = unique("start")
+    assert first.put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
+    assert _start(first, workflow_id)["workflow"] == {"id": workflow_id, "version": 1, "name": "start path"}
+    assert second.put(f"/workflows/{workflow_id}", json={**ONE_STEP, "name": "v2"}).status_code == 201
+    # The first process cached version 1 as the latest: its start is refused by the guard, reads again.
+    assert _start(first, workflow_id)["workflow"] == {"id": workflow_id, "version": 2, "name": "v2"}
+    pinned = _start(first, workflow_id, version=1)
+    assert pinned["workflow"] == {"id": workflow_id, "version": 1, "name": "v2"}
+
+
+def test_a_workflow_archived_by_another_process_refuses_starts_and_writes_nothing(settings, tokens):
+    first, second = _two_apis(settings, tokens)
+    workflow_id = unique("start")
+    assert first.put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
+    _start(first, workflow_id)
+    assert second.delete(f"/workflows/{workflow_id}").status_code == 200
+    refused = first.post("/runs", json={"workflow_id": workflow_id, "input": {}})
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "workflow_archived"
+    runs = first.get(f"/runs?workflow_id={workflow_id}").get_json()["runs"]
+    assert len(runs) == 1
+
+
+def test_concurrent_starts_with_one_idempotency_key_make_one_run(settings, tokens):
+    clients = [Api(api.create_app(settings).test_client(), tokens["admin"]) for _ in range(4)]
+    workflow_id = unique("start")
+    assert clients[0].put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
+    for client in clients:  # every process has the workflow's head cached: the race is the insert's
+        _start(client, workflow_id)
+    key = unique("key")
+    answers: list = []
+    barrier = threading.Barrier(len(clients))
+
+    def start(client: Api) -> None:
+        barrier.wait()
+        answers.append(client.post("/runs", json={"workflow_id": workflow_id, "input": {}},
+                                   headers={"Idempotency-Key": key}))
+
+    threads = [threading.Thread(target=start, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 201], [a.get_json() for a in answers]
+    assert len({a.get_json()["id"] for a in answers}) == 1
+    runs = clients[0].get(f"/runs?workflow_id={workflow_id}").get_json()["runs"]
+    assert len(runs) == 1 + len(clients)
