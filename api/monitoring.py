@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from api import serializers
 from api.auth import is_public, principal
 from api.context import services
-from orchestrator import broker, metrics, monitor
+from orchestrator import admission, broker, metrics, monitor
 from orchestrator.db import repository as repo
 
 bp = Blueprint("monitoring", __name__)
@@ -44,12 +44,15 @@ def metrics_view():
 @bp.get("/queues")
 def queues():
     """Each step queue: depth read from the broker, its consumers (the online workers that consume it,
-    from the monitor), and the tenant's steps enqueued and completed in the last minute (from the database)."""
+    from the monitor), the tenant's steps enqueued and completed in the last minute (from the database),
+    and its dispatch window (orchestrator/admission.py: places in use and held messages, the tenant's share)."""
     svc, tenant_id = services(), principal().tenant_id
     with svc.sessions() as session:
         now = repo.now(session)
         rates = repo.step_queue_rates(session, tenant_id, now - RATE_WINDOW)
         names = repo.live_step_queues(session, tenant_id) | set(rates) | {svc.settings.default_queue}
+        windows = admission.window_report(session, svc.settings, tenant_id)
+        names |= set(windows)
     consumers: dict[str, list[str]] = {}
     for worker in _monitor(svc).workers():
         for queue in worker.queues:
@@ -65,6 +68,7 @@ def queues():
                 "workers": sorted(consumers.get(name, [])),
                 "enqueued_last_minute": rates.get(name, {}).get("enqueued", 0),
                 "completed_last_minute": rates.get(name, {}).get("completed", 0),
+                "window": windows.get(name) or admission.empty_window(svc.settings, name),
             }
             for name in sorted(names)
         ],

@@ -351,6 +351,22 @@ class Timeseries(_Out):
     points: list[Point]
 
 
+class WindowShare(_Out):
+    in_window: int = Field(description="The places the caller's tenant holds (its steps queued in the broker or running).")
+    held: int = Field(description="The tenant's step messages waiting in the database for room.")
+    share: float = Field(description="The tenant's part of the places in use, 0 to 1.")
+
+
+class Window(_Out):
+    """A queue's dispatch window (docs/flow-control.md)."""
+
+    size: int = Field(description="The most step messages the broker holds for the queue, running steps included.")
+    in_use: int
+    held: int = Field(description="Step messages of every tenant waiting in the database for room.")
+    tenant: WindowShare
+    tenants: int = Field(description="How many tenants hold or wait for places (never named).")
+
+
 class Queue(_Out):
     name: str
     depth: int | None
@@ -358,6 +374,7 @@ class Queue(_Out):
     workers: list[str]
     enqueued_last_minute: int
     completed_last_minute: int
+    window: Window
 
 
 class QueueList(_Out):

@@ -34,6 +34,7 @@ def start_run():
             session, svc.settings, who.tenant_id, workflow_id, body.input, version=version,
             idempotency_key=key, body_hash=service.request_hash(body.model_dump(exclude_unset=True)) if key else None,
             trigger_type="api", triggered_by=by.triggered_by or who.token_id, first_pass=True, catalog=svc.catalog,
+            priority=body.priority,
         )
         # A new run's answer is what was just written; the run a replayed Idempotency-Key names is read.
         result = serializers.new_run(started) if started.created else serializers.full_run(session, started.run)

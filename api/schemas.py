@@ -24,6 +24,8 @@ class StartRun(_Body):
     workflow_id: str = Field(min_length=1, max_length=100)
     version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     input: Any = Field(default_factory=dict, description="Checked against the workflow's input_schema.")
+    priority: int | None = Field(default=None, ge=1, le=9,
+                                 description="1 (first) to 9; default the workflow's priority, else 5.")
 
 
 class ControlBody(_Body):

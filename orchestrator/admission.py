@@ -98,3 +98,27 @@ def _admit_queue(session: Session, settings: Settings, queue: str) -> tuple[list
     # Not every candidate fitted, some were gone (their steps moved on), or the room is filled and
     # more may wait beyond the candidates read: look again soon.
     return messages, len(candidates) > len(messages) or len(messages) >= room
+
+
+def window_report(session: Session, settings: Settings, tenant_id: str) -> dict[str, dict]:
+    """Each queue's window as GET /queues shows it: its size, the places in use and the messages held
+    (waiting for room), the tenant's own share of both, and how many tenants hold or wait for places
+    (other tenants are counted, never named)."""
+    holders, held = rows.window_holders(session), rows.held_counts(session)
+    report: dict[str, dict] = {}
+    for queue in sorted({q for q, _ in holders} | {q for q, _ in held}):
+        in_use = sum(n for (q, _), n in holders.items() if q == queue)
+        size, yours = settings.window_of(queue), holders.get((queue, tenant_id), 0)
+        report[queue] = {
+            "size": size, "in_use": in_use, "held": sum(n for (q, _), n in held.items() if q == queue),
+            "tenant": {"in_window": yours, "held": held.get((queue, tenant_id), 0),
+                       "share": round(yours / in_use, 3) if in_use else 0.0},
+            "tenants": len({t for (q, t) in holders if q == queue} | {t for (q, t) in held if q == queue}),
+        }
+    return report
+
+
+def empty_window(settings: Settings, queue: str) -> dict:
+    """The window of a queue with nothing in it and nothing held, as window_report shows one."""
+    return {"size": settings.window_of(queue), "in_use": 0, "held": 0,
+            "tenant": {"in_window": 0, "held": 0, "share": 0.0}, "tenants": 0}

@@ -79,6 +79,8 @@ class Definition(StrictModel):
     # (days; 0 keeps them; null: SWITCHYARD_RETENTION_DAYS).
     triggers: list[event_triggers.Trigger] = Field(default_factory=list, max_length=100)
     retention_days: int | None = Field(default=None, ge=0, le=36500)
+    # Flow control (docs/flow-control.md): the runs' default priority (1 first, 9 last).
+    priority: int = Field(default=5, ge=1, le=9)
     # Per step, the names its templates read; a definition is immutable, so it is worked out once.
     _template_names: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
 

@@ -39,6 +39,16 @@ class StepFacts:
     queued_for_s: float | None = None  # how long a queued step has waited for a worker
     worker: str | None = None  # who runs its attempt: "<Celery worker name>:<pid>" (workers/tasks.py)
     lease_expires_at: datetime | None = None
+    # A queued step held in the database for room in its queue's dispatch window (orchestrator/admission.py):
+    # the places in use and the held messages of the queue ahead of it (higher priority, or as high and older).
+    window: WindowFacts | None = None
+
+
+@dataclass(frozen=True)
+class WindowFacts:
+    in_use: int
+    size: int | None
+    held_ahead: int
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,7 @@ class Request:
 
 @dataclass(frozen=True)
 class Cause:
-    kind: str  # paused, budget_exceeded, approval, question, event, timer, retry, no_consumers, queued,
+    kind: str  # paused, budget_exceeded, approval, question, event, timer, retry, no_consumers, queued, window,
     # worker_lost, scheduler, failed, cancelled
     step_id: str | None
     message: str
@@ -141,6 +151,8 @@ def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cau
     if step.status is StepStatus.RETRYING:
         return Cause("retry", sid, f"step {sid!r} failed attempt {step.attempt} and is retried" + _due(step, "next"),
                      "nothing: the scheduler dispatches the next attempt when it is due")
+    if step.status is StepStatus.QUEUED and step.window is not None:
+        return _held_cause(step)
     if step.status is StepStatus.QUEUED:
         if consumers is not None and consumers.get(step.queue, 0) == 0:
             command = f"switchyard worker --queues {shlex.quote(step.queue)}"
@@ -152,6 +164,18 @@ def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cau
         return Cause(ErrorCode.WORKER_LOST.value, sid, f"the worker running step {sid!r} stopped heartbeating",
                      "nothing: the scheduler reclaims the attempt and retries it; check that worker's machine")
     return None
+
+
+def _held_cause(step: StepFacts) -> Cause:
+    """A step held for room in its queue's window: how full the window is and what is ahead of it."""
+    window, sid = step.window, step.step_id
+    places = f"{window.in_use} of {window.size}" if window.size is not None else f"{window.in_use}"
+    return Cause("window", sid,
+                 f"step {sid!r} is queued on {step.queue!r} but waits in the database: {places} places of the "
+                 f"queue's dispatch window are in use and {window.held_ahead} held messages are ahead of it "
+                 "(higher priority, or as high and older); places go to the tenants holding the fewest first",
+                 "nothing: it is admitted as places free; to go faster add workers for the queue (and raise "
+                 "its window, SWITCHYARD_QUEUE_WINDOWS, with them) or start urgent runs with a higher priority")
 
 
 def worker_name(step_worker: str | None) -> str | None:

@@ -94,6 +94,7 @@ def start_run(
     fork: ForkPlan | None = None,
     parent: ParentLink | None = None,
     catalog: DefinitionCatalog | None = None,
+    priority: int | None = None,
 ) -> Started:
     """Create a run pinned to a workflow version (the latest if ``version`` is None).
 
@@ -128,6 +129,7 @@ def start_run(
             tenant_id, workflow_id, number, run_input, idempotency_key=idempotency_key, body_hash=body_hash,
             trigger_type=trigger_type, triggered_by=triggered_by, retry_of=retry_of, fork=fork, parent=parent,
         ), fork, first_pass=first_pass, latest_version=head.latest_version)
+        new.run.priority = priority or definition.priority  # flow control: the order of its steps' admission
         messages = repo.insert_new_run(session, new)
         if messages is not None:
             return Started(new.run, True, messages, new.steps, head.name)

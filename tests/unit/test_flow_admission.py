@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator import diagnosis
 from orchestrator.core.admission import Held, choose, valid_priority
+from orchestrator.states import RunStatus, StepStatus
 
 
 def held(id_: int, tenant: str, priority: int = 5) -> Held:
@@ -54,3 +56,11 @@ def test_fewer_candidates_than_room():
                                            (True, False), ("1", False), (None, False), (2.0, False)])
 def test_valid_priority(value, ok):
     assert valid_priority(value) is ok
+
+
+def test_a_held_step_is_diagnosed_as_waiting_for_its_window():
+    step = diagnosis.StepFacts("a", "tool", StepStatus.QUEUED, "steps", 1,
+                               window=diagnosis.WindowFacts(in_use=32, size=32, held_ahead=140))
+    [cause] = diagnosis.diagnose("run_1", RunStatus.RUNNING, None, [step], approvals={}, questions={}, consumers={"steps": 2})
+    assert cause.kind == "window" and cause.step_id == "a"
+    assert "32 of 32 places" in cause.message and "140 held messages are ahead" in cause.message

@@ -20,6 +20,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import and_, delete, exists, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
+from orchestrator import diagnosis
 from orchestrator.core.admission import Held
 from orchestrator.db.repository.common import OUTBOX, RUNS, STEPS
 from orchestrator.messages import StepMessage
@@ -202,3 +203,20 @@ def held_of_run(session: Session, run_id: str) -> list[Any]:
     """The run's held messages (step id, queue, when it was queued) for its diagnosis."""
     return list(session.execute(select(OUTBOX.c.step_id, OUTBOX.c.queue, OUTBOX.c.created_at)
                                 .where(OUTBOX.c.run_id == run_id, OUTBOX.c.held.is_(True))).all())
+
+
+def held_window(session: Session, step: Any) -> diagnosis.WindowFacts | None:
+    """For a held step's diagnosis: the places in use in its queue's window and the held messages of
+    the queue ahead of it (higher priority, or as high and older); None if its message is not held."""
+    mine = session.execute(select(OUTBOX.c.id, OUTBOX.c.priority).where(
+        OUTBOX.c.run_id == step.run_id, OUTBOX.c.step_id == step.step_id, OUTBOX.c.attempt == step.attempt,
+        OUTBOX.c.held.is_(True))).first()
+    if mine is None:
+        return None
+    ahead = session.execute(select(func.count()).select_from(OUTBOX).where(
+        OUTBOX.c.held.is_(True), OUTBOX.c.queue == step.queue,
+        (OUTBOX.c.priority < mine.priority) | ((OUTBOX.c.priority == mine.priority) & (OUTBOX.c.id < mine.id)))
+    ).scalar_one()
+    in_use = session.execute(select(func.count()).select_from(STEPS).where(STEPS.c.queue == step.queue, *_IN_WINDOW)
+                             ).scalar_one()
+    return diagnosis.WindowFacts(in_use=in_use, size=None, held_ahead=ahead)

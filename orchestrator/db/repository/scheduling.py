@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import diagnosis
 from orchestrator.db.models import Approval, Question
+from orchestrator.db.repository.admission import held_window
 from orchestrator.db.repository.changes import RunRow, others_succeeded
 from orchestrator.db.repository.common import OUTBOX, RUNS, STEP_STATUSES, STEPS, now, sql_list
 from orchestrator.db.repository.runs import run_steps
@@ -148,6 +149,7 @@ def diagnosis_facts(
             correlation_key=step.correlation_key, waiting_on=step.waiting_on,
             queued_for_s=(clock - step.queued_at).total_seconds() if step.queued_at is not None else None,
             worker=step.worker, lease_expires_at=step.lease_expires_at,
+            window=held_window(session, step) if step.held and step.status == StepStatus.QUEUED.value else None,
         ))
     approvals = dict(session.execute(
         select(Approval.step_id, Approval.id).where(Approval.run_id == run_id, Approval.status == "pending")
