@@ -1,7 +1,8 @@
 """The dispatch window's statements (orchestrator/admission.py): the publishers' check of a window before
 they publish, and the scheduler's admission of held messages.
 
-A step holds a place in its queue's window while it is `queued` and not ``held``, or `running`
+A step holds a place in its queue's window while it is `queued` and not ``held``, or `running` on a
+worker (with a lease: a for-each or sub-workflow step, running while its items or child run, holds none)
 (ix_steps_window). Every writer that queues a step commits it holding a place; before the messages
 are published, ``pass_or_hold`` checks the window under the queue's lock and holds what does not fit
 (``steps.held`` and ``outbox.held``, with the run's tenant and priority on the outbox row). A hold
@@ -17,7 +18,7 @@ from typing import Any
 
 from psycopg import ClientCursor
 from psycopg.rows import namedtuple_row
-from sqlalchemy import and_, delete, exists, func, select, text, tuple_, update
+from sqlalchemy import and_, delete, exists, func, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from orchestrator import diagnosis
@@ -28,7 +29,12 @@ from orchestrator.states import StepStatus
 
 # The first key of the windows' advisory locks (the second: hashtext(queue)).
 LOCK_SPACE = 715_001
-_IN_WINDOW = (STEPS.c.status.in_([StepStatus.QUEUED.value, StepStatus.RUNNING.value]), STEPS.c.held.is_(False))
+# A step takes a place while its message is in the broker (queued, not held) or a worker runs it (running,
+# with a lease). A for-each step (its items take the places) or a sub-workflow step (its child run's steps
+# do) is running with no lease and takes none: counted, enough of them would fill the window for good with
+# steps that end only once the steps they keep out have run. The first two terms are ix_steps_window's.
+_IN_WINDOW = (STEPS.c.status.in_([StepStatus.QUEUED.value, StepStatus.RUNNING.value]), STEPS.c.held.is_(False),
+              or_(STEPS.c.status == StepStatus.QUEUED.value, STEPS.c.lease_expires_at.is_not(None)))
 
 # The publishers' check on PostgreSQL, in one round trip: two statements in one simple query (so one
 # implicit transaction, the lock held to its end), the second taking its snapshot after the lock is
@@ -43,6 +49,7 @@ WITH own AS (
     SELECT %(window)s::int - (
         SELECT count(*) FROM steps s
         WHERE s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
+          AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)
           AND (s.run_id, s.step_id) NOT IN (SELECT run_id, step_id FROM own)
     ) AS room, NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = %(queue)s) AS first_in_line
 ), decided AS (
