@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from orchestrator.db.repository.common import STEPS
@@ -44,7 +44,11 @@ def write_items(session: Session, run_id: str, step_id: str, values: Sequence[An
 def queue_items(session: Session, run_id: str, step_id: str, count: int, soft_time_limit: float
                 ) -> list[StepMessage]:
     """Queue the next ``count`` pending items of the step, in index order (their next attempt), with
-    their outbox rows; their messages."""
+    their outbox rows; their messages. One statement on PostgreSQL."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(_QUEUE_ITEMS_PG, dict(run_id=run_id, step_id=step_id, count=count,
+                                                     soft_time_limit=soft_time_limit)).all()
+        return [StepMessage(run_id, row.step_id, row.attempt, row.queue, soft_time_limit, row.id) for row in rows]
     next_items = (select(STEPS.c.step_id).where(STEPS.c.run_id == run_id, STEPS.c.item_of == step_id,
                                                  STEPS.c.status == StepStatus.PENDING.value)
                   .order_by(STEPS.c.item_index).limit(count))
@@ -56,6 +60,26 @@ def queue_items(session: Session, run_id: str, step_id: str, count: int, soft_ti
     ).all()
     return insert_outbox(session, [StepMessage(run_id, row.step_id, row.attempt, row.queue, soft_time_limit)
                                    for row in moved])
+
+
+# The next pending items, moved to `queued` with their outbox rows, in one statement. The items to move
+# are picked once (ARRAY(…) is an init plan) and then found by primary key: written as `step_id IN
+# (SELECT … LIMIT n)`, PostgreSQL planned a semi join that ran the subquery once per step row of the
+# run (with the items' fresh rows not yet analysed), 1.2 s per dispatch at a thousand items.
+_QUEUE_ITEMS_PG = text("""
+WITH moved AS (
+    UPDATE steps SET status = 'queued', attempt = steps.attempt + 1, queued_at = clock_timestamp(), held = false
+    FROM unnest(ARRAY(
+        SELECT pending.step_id FROM steps AS pending
+        WHERE pending.run_id = :run_id AND pending.item_of = :step_id AND pending.status = 'pending'
+        ORDER BY pending.item_index LIMIT :count)) AS next (step_id)
+    WHERE steps.run_id = :run_id AND steps.step_id = next.step_id
+    RETURNING steps.run_id, steps.step_id, steps.attempt, steps.queue, steps.item_index
+)
+INSERT INTO outbox (run_id, step_id, attempt, queue, soft_time_limit, created_at)
+SELECT run_id, step_id, attempt, queue, :soft_time_limit, clock_timestamp() FROM moved ORDER BY item_index
+RETURNING id, step_id, attempt, queue
+""")
 
 
 def stop_items(session: Session, run_id: str, step_id: str, error: dict[str, Any]) -> list[tuple[str, int]]:
