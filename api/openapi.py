@@ -30,6 +30,50 @@ ERROR_TEXT = {400: "invalid_request (or runtime_not_applicable)", 401: "unauthor
               409: "invalid_transition, idempotency_conflict or workflow_archived", 413: "payload_too_large",
               429: "rate_limited: over the tenant's rate limit; see Retry-After",
               503: "unavailable: the database does not answer; see Retry-After"}
+# The codes of a step's `error` (and of a failed run's, which names its `step_id`) that the engine, the
+# built-in tools and the providers set: code -> (retryable, when). A project's tool may add its own.
+# docs/api.md, "Step errors", holds the same table (a test compares them).
+STEP_ERRORS: dict[str, tuple[bool | None, str]] = {
+    "invalid_arguments": (False, "a tool's arguments do not fit its argument schema (or its own checks), as "
+                                 "rendered; literal ones are refused at publish"),
+    "policy_denied": (False, "the workflow's or tenant's policy denied the tool call"),
+    "template_error": (False, "a template or expression failed to render (an undefined name, 1/0)"),
+    "unknown_tool": (False, "the tool is not installed on the worker that took the step"),
+    "invalid_model": (False, "the step's model names no known provider"),
+    "invalid_step": (False, "the step's type does not run on a worker"),
+    "approval_rejected": (False, "a person rejected the approval (or the gated tool call of a tool step)"),
+    "event_timeout": (False, "no event came before a wait_event step's timeout_s"),
+    "max_turns_exceeded": (False, "an agent did not answer within max_turns"),
+    "invalid_for_each": (False, "for_each did not evaluate to a list"),
+    "too_many_items": (False, "for_each gave more than SWITCHYARD_MAX_FOR_EACH_ITEMS items"),
+    "too_few_succeeded": (False, "fewer items than min_succeeded can still succeed"),
+    "max_depth_exceeded": (False, "a sub-run would nest deeper than SWITCHYARD_MAX_RUN_DEPTH"),
+    "child_run_failed": (True, "a workflow step's child run failed or was cancelled (a retry starts a new child)"),
+    "timeout": (True, "an attempt ran past its timeout_s"),
+    "worker_lost": (True, "the worker holding the attempt stopped (its lease ran out)"),
+    "step_error": (True, "the executor or tool raised an unexpected exception"),
+    "tool_failed": (True, "the fail tool failed on purpose"),
+    "http_error": (True, "http.request could not reach the server"),
+    "http_status": (None, "http.request got an error status: retryable for 5xx and 429, not for other 4xx"),
+    "http_redirects": (False, "http.request was redirected more than 5 times"),
+    "storage_error": (True, "file.write could not store the file"),
+    "llm_unavailable": (True, "the model endpoint is unreachable, answered 429 or 5xx, or a rate limit wait ran out"),
+    "llm_error": (None, "the model endpoint refused the request (4xx: not retryable) or sent no chat completion"),
+    "run_stopped": (False, "the step was stopped because its run failed elsewhere or was cancelled"),
+}
+
+
+def _step_error_schema() -> dict[str, Any]:
+    rows = "\n".join(f"- `{code}` ({'retryable' if again else 'not retryable' if again is False else 'depends'}): "
+                     f"{when}" for code, (again, when) in STEP_ERRORS.items())
+    return {"title": "StepError", "type": "object", "required": ["code", "message"],
+            "description": "A step's `error` (a failed run's `error` is the same, with `step_id`).",
+            "properties": {"code": {"type": "string", "examples": list(STEP_ERRORS),
+                                    "description": f"What went wrong; the engine's codes:\n{rows}"},
+                           "message": {"type": "string"}, "retryable": {"type": "boolean"},
+                           "details": {"type": "object"}}}
+
+
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.", "required": True,
                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 
@@ -300,7 +344,7 @@ def _components() -> dict[str, Any]:
     models += [(m, "serialization") for m in {R.Error, R.Status, *(op.ok[1] for op in OPERATIONS.values() if op.ok[1]),
                                                *(m for op in OPERATIONS.values() for m in op.other_ok.values())}]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
-    return top["$defs"]
+    return {**top["$defs"], "StepError": _step_error_schema()}
 
 
 def api_rules(app: Flask) -> list:
@@ -324,7 +368,8 @@ def build(app: Flask) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Switchyard run API", "version": "1",
                  "description": "Durable runs of AI-agent workflows. Errors: {\"error\": {\"code\", \"message\", "
-                                "\"details\"}}; another tenant's things answer 404."},
+                                "\"details\"}}; another tenant's things answer 404. A step's (and a failed run's) "
+                                "`error.code`: see the StepError schema."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,

@@ -70,8 +70,10 @@ def expression_problems(expression: str, where: str, upstream: set[str],
     return [f"{where}: {p}" for p in _internals(tree)] + reference_problems(tree, where, upstream, step_ids)
 
 
+@functools.lru_cache(maxsize=4096)
 def parsed(text: str) -> nodes.Template | None:
-    """The syntax tree of a template, or None if it does not parse (syntax_problems reports that)."""
+    """The syntax tree of a template, or None if it does not parse (syntax_problems reports that); kept
+    for the next publish of the same text (callers only read it)."""
     try:
         return _env.parse(text)
     except TemplateSyntaxError:

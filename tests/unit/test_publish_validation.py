@@ -3,6 +3,8 @@ arguments against the tool's schema, and models; and tool arguments at run time 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator import definitions, validation
@@ -186,3 +188,18 @@ def test_a_tool_with_an_unreadable_schema_is_called_unchecked():
     with pytest.raises(InvalidArguments):
         validation.check_arguments(ToolSpec("strict", "low", {"type": "object", "additionalProperties": False}),
                                    {"extra": 1})
+
+
+def test_the_step_error_table_of_the_docs_is_the_openapi_documents():
+    """docs/api.md's "Step errors" table and the StepError schema of the OpenAPI document list the same
+    codes, retryable alike; invalid_arguments is one of them, not retryable."""
+    from api import openapi
+
+    doc = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    table = doc.split("## Step errors", 1)[1].split("\n\n")[2]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `") and "retryable |" not in line]
+    documented = {code.strip(" `"): {"yes": True, "no": False, "depends": None}[again.strip()] for code, again in rows}
+    assert documented == {code: again for code, (again, _) in openapi.STEP_ERRORS.items()}
+    assert documented["invalid_arguments"] is False
+    schema = openapi._step_error_schema()
+    assert schema["properties"]["code"]["examples"] == list(openapi.STEP_ERRORS)

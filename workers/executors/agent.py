@@ -24,6 +24,7 @@ from typing import Any
 from orchestrator import templates
 from orchestrator.core.vocabulary import ErrorCode
 from orchestrator.errors import PermanentStepError, StepError
+from workers import tools
 from workers.context import ApprovalNeeded, BudgetExceeded, StepContext, Suspend
 from workers.executors.llm import call_model, initial_messages
 from workers.executors.tool import call_tool
@@ -50,7 +51,7 @@ class _Loop:
 
 def run(ctx: StepContext) -> Any:
     step = ctx.step
-    specs = [{"name": name, "description": f"the {name} tool", "parameters": {"type": "object"}} for name in step.tools]
+    specs = [tools.describe(name) for name in step.tools]  # the tools' descriptions and argument schemas
     loop = _resume(ctx, ctx.checkpoint) if ctx.checkpoint else _Loop(initial_messages(ctx), [], 0)
     while loop.next_turn < step.max_turns:
         turn = loop.next_turn

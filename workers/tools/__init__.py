@@ -6,6 +6,7 @@ subclass to fail (retryable or permanent).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,23 @@ BUILTINS: dict[str, Tool] = {
 # ``args_schema`` attributes (default: medium, any object).
 BUILTIN_SPECS: dict[str, ToolSpec] = registry.BUILTIN_SPECS
 spec_for = registry.spec_for
+
+
+# What a model is told about the tool the engine answers itself (workers/executors/agent.py).
+HUMAN_ASK = {"name": "human.ask", "description": "Ask a person a question; the run waits for the answer, which "
+             "comes back as this tool's result.",
+             "parameters": {"type": "object", "required": ["question"], "properties": {"question": {"type": "string"}}}}
+
+
+def describe(name: str) -> dict[str, Any]:
+    """What an agent's model is told about tool ``name``: its name, its description (the callable's
+    ``description`` attribute, else its docstring's first paragraph) and its argument schema."""
+    if name == HUMAN_ASK["name"]:
+        return HUMAN_ASK
+    tool = BUILTINS.get(name) or registry.project_tool(name)
+    text = getattr(tool, "description", None) or (inspect.getdoc(tool) or "").split("\n\n")[0]
+    return {"name": name, "description": " ".join(text.replace("``", "`").split()) or f"the {name} tool",
+            "parameters": spec_for(name).args_schema}
 
 
 def get_tool(name: str) -> Tool:
