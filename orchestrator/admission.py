@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 
 from celery import Celery
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import broker
 from orchestrator.core import admission as decide
 from orchestrator.db.repository import admission as rows
+from orchestrator.db.repository.scheduling import delete_outbox
 from orchestrator.db.session import transaction
 from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
@@ -70,20 +73,54 @@ def _doorbell(celery: Celery) -> broker.Doorbell:
     return bell
 
 
-def admit_backlog(sessions: sessionmaker[Session], settings: Settings) -> tuple[list[StepMessage], bool]:
-    """Fill the room of every queue that has held messages (one transaction per queue, under its
-    window's lock). Returns the messages admitted, to publish, and whether held messages are left."""
-    with transaction(sessions) as session:
-        queues = rows.backlog_queues(session)
-    admitted: list[StepMessage] = []
-    left = False
-    for queue in queues:
+@dataclass
+class Admission:
+    """What an ``admit_backlog`` did: the messages admitted (to publish), whether held messages are
+    left, and each queue with held messages as found (for the pace of the next look)."""
+
+    messages: list[StepMessage] = field(default_factory=list)
+    left: bool = False
+    looked: list[decide.Looked] = field(default_factory=list)
+    forgotten: int = 0
+
+
+def admit_backlog(sessions: sessionmaker[Session], settings: Settings, published: Sequence[int] = ()) -> Admission:
+    """Look for room in the windows of the queues with held messages (one statement, no lock, no
+    transaction); fill the room of each that has some (a transaction per queue, under its window's
+    lock). A full window costs the look only. The outbox rows ``published`` (their messages sent) are
+    deleted by the first transaction, if one is made (``forgotten``: how many)."""
+    with _autocommit(sessions) as session:
+        in_use = rows.backlog_in_use(session)
+    done = Admission()
+    for queue, used in sorted(in_use.items()):
+        window = settings.window_of(queue)
+        messages, more = [], True  # a full window keeps its held messages
+        if decide.has_room(used, window):
+            with transaction(sessions) as session:
+                rows.lock_window(session, queue)
+                messages, more = _admit_queue(session, settings, queue)
+                if not done.forgotten and published:
+                    delete_outbox(session, published)
+                    done.forgotten = len(published)
+        done.messages += messages
+        done.left = done.left or more
+        done.looked.append(decide.Looked(window, len(messages)))
+    return done
+
+
+@contextmanager
+def _autocommit(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for one read on its own, in autocommit: no BEGIN nor COMMIT to send (a transaction
+    if the sessions are not bound to an engine)."""
+    engine = sessions.kw.get("bind")
+    if not isinstance(engine, Engine):
         with transaction(sessions) as session:
-            rows.lock_window(session, queue)
-            messages, more = _admit_queue(session, settings, queue)
-        admitted += messages
-        left = left or more
-    return admitted, left
+            yield session
+        return
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        with Session(bind=connection) as session:
+            yield session
 
 
 def _admit_queue(session: Session, settings: Settings, queue: str) -> tuple[list[StepMessage], bool]:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import admission, broker, firing, logs, retention, sub_runs, tracing, writer
 from orchestrator.catalog import DefinitionCatalog
+from orchestrator.core import admission as decide_admission
 from orchestrator.core import advance
 from orchestrator.core.advance import KeptEvent
 from orchestrator.core.inputs import Env
@@ -104,8 +105,11 @@ class Scheduler:
         # that could have changed it; None if none is ahead.
         self.next_due: float | None = None
         # Held step messages were left waiting for room in their queues' windows at the last look:
-        # the loop looks again every admit_interval_s (orchestrator/admission.py).
+        # the loop looks again at next_admit (time.monotonic()), paced by core.admission.next_look_in.
         self.backlog = True
+        self.next_admit = 0.0
+        self.admit_wait = settings.admit_interval_s
+        self.last_look: float | None = None
 
     def advance_batch(self) -> int:
         """Advance up to batch_size runs with work in one transaction, then publish. Returns runs advanced.
@@ -216,14 +220,28 @@ class Scheduler:
         except DBAPIError as exc:
             log.warning("checking the window for %d step messages failed (%s); the sweep will retry", len(messages), exc)
             return
-        self.backlog = self.backlog or len(passed) < len(messages)
+        if len(passed) < len(messages) and not self.backlog:
+            self.backlog, self.next_admit = True, time.monotonic()
         self._publish_admitted(passed)
 
     def admit(self) -> int:
-        """Admit held step messages into their queues' windows' room and publish them; how many."""
-        messages, self.backlog = admission.admit_backlog(self.sessions, self.settings)
-        self._publish_admitted(messages)
-        return len(messages)
+        """Admit held step messages into their queues' windows' room and publish them; how many.
+        Sets when to look again while some are left (core.admission.next_look_in)."""
+        now = time.monotonic()
+        done = admission.admit_backlog(self.sessions, self.settings, list(self.published_outbox))
+        del self.published_outbox[:done.forgotten]
+        self._publish_admitted(done.messages)
+        fastest = self.settings.admit_interval_s
+        if done.left:
+            elapsed = now - self.last_look if self.last_look is not None else fastest
+            self.admit_wait = decide_admission.next_look_in(
+                done.looked, elapsed_s=elapsed, previous_s=self.admit_wait, fastest_s=fastest,
+                slowest_s=max(self.settings.admit_max_wait_s, fastest))
+            self.last_look = now
+        else:  # nothing held: the next look comes with a ring, at the fastest pace
+            self.admit_wait, self.last_look = fastest, None
+        self.backlog, self.next_admit = done.left, now + self.admit_wait
+        return len(done.messages)
 
     def _publish_admitted(self, messages: list[StepMessage]) -> None:
         """Publish messages that hold their places in their windows; the rows are deleted by the next transaction."""
@@ -346,26 +364,33 @@ class Scheduler:
                 self.stopping.wait(1.0)
 
     def _loop(self, wait_for_ring) -> None:
-        next_sweep = 0.0
+        next_sweep, drain = 0.0, True
         while not self.stopping.is_set():
             if time.monotonic() >= next_sweep:
                 self.sweep()
-                next_sweep = time.monotonic() + self.settings.sweep_interval_s
+                next_sweep, drain = time.monotonic() + self.settings.sweep_interval_s, True
             broker.revoke(self.celery, self.schedules.tick())
-            with tracing.continued("scheduler pass", self.doorbell.take_trace()):  # the ringer's trace, if traced
-                self.drain()
-            self.admit()
+            if drain:  # not when only the pace of admission woke the loop: no run has new work then
+                with tracing.continued("scheduler pass", self.doorbell.take_trace()):  # the ringer's trace
+                    self.drain()
+            # While a backlog is known, the pace decides when to look for room (a ring does not: rings
+            # come with every step's end, places free at the pace's rate); with none known, a ring
+            # may be a publisher's that held messages: look now (one statement if nothing is held).
+            if not self.backlog or time.monotonic() >= self.next_admit:
+                self.admit()
             timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0),
                           self.schedules.seconds_until_due())
-            if self.backlog:
-                timeout = min(timeout, self.settings.admit_interval_s)
+            paced = self.backlog and self.next_admit - time.monotonic() < timeout
+            if paced:
+                timeout = max(self.next_admit - time.monotonic(), 0.0)
             if self.published_outbox and timeout > IDLE_CLEANUP_S:
                 # The next pass would delete the published rows; if no ring comes soon, delete them now.
                 if wait_for_ring(IDLE_CLEANUP_S):
+                    drain = True
                     continue
                 self._forget_published()
                 timeout -= IDLE_CLEANUP_S
-            wait_for_ring(timeout)
+            drain = bool(wait_for_ring(timeout)) or not paced
 
     def stop(self, *_args) -> None:
         self.stopping.set()

@@ -118,12 +118,15 @@ class Settings(BaseSettings):
     # Flow control (docs/flow-control.md). The broker holds at most this many step messages per queue,
     # counting the steps running from it (about 2x the concurrency of the workers that consume it);
     # `queue_windows` sets it per queue ({"llm": 16}). The rest wait in the database, admitted fairly
-    # across tenants (weights `tenant_weights`, default 1) by the scheduler, which looks for room this
-    # often while a queue has a backlog.
+    # across tenants (weights `tenant_weights`, default 1) by the scheduler, which looks for room at most
+    # this often while a queue has a backlog.
     dispatch_window: int = Field(default=32, ge=1)
     queue_windows: dict[str, int] = Field(default_factory=dict)
     tenant_weights: dict[str, float] = Field(default_factory=dict)
     admit_interval_s: float = Field(default=0.02, gt=0)
+    # While every window with held messages is full, the look for room backs off up to this (the
+    # longest a freed place stays empty); a busy window is filled about a quarter of it at a time.
+    admit_max_wait_s: float = Field(default=0.25, gt=0)
     # LLM rate limits for the whole installation, by provider or provider/model:
     # {"openai/gpt-4o-mini": {"requests_per_min": 500, "tokens_per_min": 200000}}.
     rate_limits: dict[str, dict[str, int]] = Field(default_factory=dict)

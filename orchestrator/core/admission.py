@@ -66,6 +66,45 @@ def choose(room: int, holding: Mapping[str, int], held: Sequence[Held],
     return chosen
 
 
+# A look for room is worth its round trips once about this share of a window has freed: the pace aims
+# at it. The rest of the window (three quarters, less the steps running) stays in the broker meanwhile,
+# so the workers never run dry while the scheduler waits for the next look.
+BATCH_SHARE = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Looked:
+    """One queue at a look for room: its window's size and the messages admitted into it."""
+
+    window: int
+    admitted: int
+
+
+def has_room(in_use: int, window: int) -> bool:
+    """Whether a window with ``in_use`` places taken is worth a transaction to admit into."""
+    return in_use < window
+
+
+def batch_of(window: int) -> int:
+    """The places whose freeing makes a look for room worth it: a quarter of the window, at least 1."""
+    return max(1, int(window * BATCH_SHARE))
+
+
+def next_look_in(looked: Sequence[Looked], *, elapsed_s: float, previous_s: float, fastest_s: float,
+                 slowest_s: float) -> float:
+    """Seconds until the scheduler looks for room again while held messages wait (``looked``: the
+    queues with held messages at the last look, ``elapsed_s`` since the look before it, which came
+    ``previous_s`` after its own predecessor).
+
+    Places free as steps end: those admitted at a look freed in ``elapsed_s``, so the next look
+    comes when about a batch (``batch_of``) is free again: a busy window is filled a batch at a time,
+    not a place per look. A look that admitted nothing (every window full) backs off, doubling the
+    wait. Always between ``fastest_s`` and ``slowest_s`` (the longest a freed place stays empty)."""
+    waits = [elapsed_s * batch_of(q.window) / q.admitted for q in looked if q.admitted > 0]
+    wait = min(waits) if waits else previous_s * 2
+    return min(max(wait, fastest_s), slowest_s)
+
+
 def valid_priority(value: object) -> bool:
     """Whether ``value`` is a priority: an integer from 1 (highest) to 9 (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value in PRIORITIES

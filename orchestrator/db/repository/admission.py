@@ -133,15 +133,14 @@ def held_counts(session: Session) -> dict[tuple[str, str], int]:
 
 
 # The queues with held messages, by a skip scan of ix_outbox_backlog (a few queues, however long the backlog).
-_BACKLOG_QUEUES_PG = text("""
+_HELD_QUEUES = """
 WITH RECURSIVE q AS (
     (SELECT queue FROM outbox WHERE held ORDER BY queue LIMIT 1)
     UNION ALL
     SELECT (SELECT o.queue FROM outbox o WHERE o.held AND o.queue > q.queue ORDER BY o.queue LIMIT 1)
     FROM q WHERE q.queue IS NOT NULL
-)
-SELECT queue FROM q WHERE queue IS NOT NULL
-""")
+)"""
+_BACKLOG_QUEUES_PG = text(_HELD_QUEUES + "\nSELECT queue FROM q WHERE queue IS NOT NULL")
 
 # Each tenant's best :per_tenant held messages of :queue (priority, then age), by the same skip scan.
 _CANDIDATES_PG = text("""
@@ -157,6 +156,28 @@ SELECT c.* FROM t, LATERAL (
     ORDER BY o.priority, o.id LIMIT :per_tenant
 ) c WHERE t.tenant_id IS NOT NULL
 """)
+
+
+# The places in use in the window of each queue with held messages, in one statement: the scheduler's
+# look for room before it takes any lock (no room, no transaction). The count is ix_steps_window's.
+_BACKLOG_IN_USE_PG = text(_HELD_QUEUES + """
+SELECT q.queue, (
+    SELECT count(*) FROM steps s
+    WHERE s.queue = q.queue AND s.status IN ('queued', 'running') AND NOT s.held
+      AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)
+) AS in_use
+FROM q WHERE q.queue IS NOT NULL
+""")
+
+
+def backlog_in_use(session: Session) -> dict[str, int]:
+    """The places in use in the window of each queue that has held messages (not locked: a look)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return {queue: n for queue, n in session.execute(_BACKLOG_IN_USE_PG)}
+    queues = backlog_queues(session)
+    used = dict(session.execute(select(STEPS.c.queue, func.count()).where(STEPS.c.queue.in_(queues), *_IN_WINDOW)
+                                .group_by(STEPS.c.queue)).all()) if queues else {}
+    return {queue: used.get(queue, 0) for queue in queues}
 
 
 def backlog_queues(session: Session) -> list[str]:
