@@ -246,7 +246,9 @@ OPERATIONS: dict[str, Op] = {
     "policies.get_policy": Op("The tenant's policy on tool calls (with none set: allow everything, no limits).",
                               (200, R.TenantPolicy)),
     "policies.put_policy": Op("Replace the tenant's policy: its rules come before every workflow's own, the "
-                              "stricter default applies, and its limits cap every run.", (200, R.TenantPolicy),
+                              "stricter default applies, its limits cap every run, and its rate_limits (by provider "
+                              "or provider/model: requests_per_min, tokens_per_min) hold back its model calls.",
+                              (200, R.TenantPolicy),
                               schemas.Policy),
     "runs.run_diagnosis": Op("Why a run is not moving, and the operator action that would move it: as a "
                              "sentence (`action`), as an API call (`request`) and as a shell line to paste "

@@ -29,9 +29,16 @@ def put_policy():
     known = registry.known_tools() | registry.AGENT_ONLY_TOOLS
     unknown = [f"rules.{i}.tool: unknown tool {r.tool!r}" for i, r in enumerate(body.rules)
                if r.tool is not None and r.tool not in known]
+    unknown += [f"rate_limits.{key}: key a limit by provider ('openai') or 'provider/model' ('openai/gpt-4o-mini')"
+                for key in body.rate_limits if not _rate_limit_key(key)]
     if unknown:
         raise InvalidRequest("invalid policy: " + "; ".join(unknown), {"problems": unknown})
     stored = body.model_dump(mode="json")
     with transaction(services().sessions) as session:
         repo.set_tenant_policy(session, principal().tenant_id, stored)
     return {"policy": stored}
+
+
+def _rate_limit_key(key: str) -> bool:
+    provider, _, model = key.partition("/")
+    return bool(provider.strip()) and provider == provider.strip() and (model.strip() != "" or "/" not in key)

@@ -61,10 +61,20 @@ class Limits(_Strict):
     credits: float | None = Field(default=None, ge=0)
 
 
+class RateLimit(_Strict):
+    """An LLM rate limit of one provider or model: at most this many calls or tokens in any 60 s."""
+
+    requests_per_min: int | None = Field(default=None, ge=1)
+    tokens_per_min: int | None = Field(default=None, ge=1)
+
+
 class Policy(_Strict):
     rules: list[Rule] = Field(default_factory=list, max_length=200)
     default: Literal["allow", "deny", "require_approval"] = "allow"
     limits: Limits = Limits()
+    # LLM rate limits by provider ("openai") or "provider/model", the tenant's on top of
+    # SWITCHYARD_RATE_LIMITS (docs/flow-control.md).
+    rate_limits: dict[str, RateLimit] = Field(default_factory=dict, max_length=100)
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     rate_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
     # A provider's 429 with Retry-After suspends its step this long at most, then it is llm_unavailable.
     max_rate_limit_wait_s: float = Field(default=600.0, ge=0)
+    # The length of the rate limits' sliding window: 60 s as the limits are per minute. For tests
+    # only, which shorten it to see a window's worth of calls quickly; the limits then hold per window.
+    rate_limit_window_s: float = Field(default=60.0, gt=0)
 
     # Webhooks in: how far a signature's timestamp may be from now, and how long a rotated secret
     # stays valid beside the new one.

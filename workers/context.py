@@ -103,9 +103,11 @@ class Suspend(Exception):  # noqa: N818 - control flow, like dramatiq's Retry, n
     a tool call (``approval``, with the ``call``) or on an operator raising a budget (``budget``). It
     goes on from ``checkpoint`` when it is dispatched again."""
 
-    def __init__(self, kind: str, text: str, checkpoint: dict[str, Any], call: dict[str, Any] | None = None):
+    def __init__(self, kind: str, text: str, checkpoint: dict[str, Any], call: dict[str, Any] | None = None,
+                 due_in_s: float | None = None):
         super().__init__(text)
         self.kind, self.text, self.checkpoint, self.call = kind, text, checkpoint, call
+        self.due_in_s = due_in_s  # an LLM rate limit's wait (``rate_limit``): queued again after it
 
 
 class ApprovalNeeded(Exception):  # noqa: N818 - control flow

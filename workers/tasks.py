@@ -309,7 +309,8 @@ def _outcome_of(ctx: StepContext) -> Outcome:
         output = executors.execute(ctx)
         return Outcome(output=output, **seen)
     except Suspend as suspend:
-        return Outcome(suspend=Suspension(suspend.kind, suspend.text, suspend.checkpoint, suspend.call), **seen)
+        suspension = Suspension(suspend.kind, suspend.text, suspend.checkpoint, suspend.call, suspend.due_in_s)
+        return Outcome(suspend=suspension, **seen)
     except StepError as exc:
         return Outcome(error=ErrorInfo.of(exc), **seen)
     except SoftTimeLimitExceeded:

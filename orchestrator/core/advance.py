@@ -88,6 +88,8 @@ def _fire_due(draft: Draft, definition: Definition, env: Env) -> None:
             _start_child(draft, definition, step, env)  # a new child run
         elif step.status is StepStatus.RETRYING:
             outcomes.queue_step(draft, definition, step, only_from=(StepStatus.RETRYING,))
+        elif step.status is StepStatus.WAITING and step.waiting_on == WaitsOn.RATE_LIMIT:
+            outcomes.requeue_rate_limited(draft, definition, step)
     for step in due:
         if draft.status is RunStatus.FAILED:
             return

@@ -152,6 +152,14 @@ def _move(draft: Draft, step: StepState, outcome: Outcome, target: StepStatus, *
 def _suspend(draft: Draft, step: StepState, outcome: Outcome, env: Env, values: dict[str, Any]) -> None:
     """A step gave its worker back: it waits on a question or an approval in the inbox, or on a paused run."""
     suspension = outcome.suspend
+    if suspension.kind == WaitsOn.RATE_LIMIT:
+        # An LLM rate limit: queued again at the due time, at the same attempt (requeue_rate_limited).
+        due_in_s = max(suspension.due_in_s or 0.0, 0.0)
+        _move(draft, step, outcome, StepStatus.WAITING, checkpoint=suspension.checkpoint, lease_expires_at=None,
+              waiting_on=suspension.kind, due_at=DueIn(due_in_s), **values)
+        draft.event(EventType.STEP_WAITING, step.step_id, step.attempt, waiting_on=WaitsOn.RATE_LIMIT.value,
+                    reason=suspension.text, retry_in_s=round(due_in_s, 3))
+        return
     _move(draft, step, outcome, StepStatus.WAITING, checkpoint=suspension.checkpoint, lease_expires_at=None,
           waiting_on=suspension.kind, **values)
     if suspension.kind == WaitsOn.BUDGET:
@@ -240,6 +248,17 @@ def _queue_ready(draft: Draft, definition: Definition, step: StepState) -> bool:
         if all(draft.step(n).status is StepStatus.SUCCEEDED for n in needs):
             queued |= queue_step(draft, definition, draft.step(dependent), optional=True)
     return queued
+
+
+def requeue_rate_limited(draft: Draft, definition: Definition, step: StepState) -> bool:
+    """A step that waited on an LLM rate limit is queued again at the same attempt: the wait spent
+    none (its checkpoint, kept on the row, says where it goes on from)."""
+    # Back to `pending` one attempt down, as a delivery deferred by a pause is, so that queueing it
+    # queues the same attempt number again.
+    if not draft.move(step, StepStatus.PENDING, only_from=(StepStatus.WAITING,), attempt=step.attempt - 1,
+                      waiting_on=None, due_at=None):
+        return False
+    return queue_step(draft, definition, draft.step(step.step_id))
 
 
 def queue_step(draft: Draft, definition: Definition, step: StepState, *,

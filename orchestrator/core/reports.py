@@ -42,6 +42,8 @@ class Suspension:
     text: str
     checkpoint: dict[str, Any]
     call: dict[str, Any] | None = None
+    # ``rate_limit``: queued again, at the same attempt, this many seconds from now.
+    due_in_s: float | None = None
 
 
 @dataclass(frozen=True)

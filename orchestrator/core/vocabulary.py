@@ -82,3 +82,4 @@ class WaitsOn(StrEnum):
     TIMER = "timer"
     BUDGET = "budget"
     CONCURRENCY = "concurrency"
+    RATE_LIMIT = "rate_limit"  # an LLM rate limit: the step is queued again at its due time, same attempt

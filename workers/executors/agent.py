@@ -6,7 +6,8 @@ to the model, not run; so is a call the policy denies. Three things suspend the 
 conversation so far is checkpointed, the worker is given back, and the next dispatch goes on from
 there: ``human.ask`` (the person's answer becomes the tool's result), a call the policy sends for
 approval (approved, it runs; rejected, the model is told), and a call or model turn that would go
-over the run's budget (it is made once an operator raised the budget). The loop checks the stop
+over the run's budget (it is made once an operator raised the budget). A model turn that an LLM rate
+limit holds back suspends the same way until the limit has room. The loop checks the stop
 flag every turn and before every tool call.
 
 Which arguments are templates: the definition's own text is, model output is not. The ``scripted``
@@ -24,7 +25,7 @@ from typing import Any
 from orchestrator import templates
 from orchestrator.core.vocabulary import ErrorCode
 from orchestrator.errors import PermanentStepError, StepError
-from workers import tools
+from workers import ratelimit, tools
 from workers.context import ApprovalNeeded, BudgetExceeded, StepContext, Suspend
 from workers.executors.llm import call_model, initial_messages
 from workers.executors.tool import call_tool
@@ -59,6 +60,8 @@ def run(ctx: StepContext) -> Any:
             reply = call_model(ctx, loop.messages, specs, turn)
         except BudgetExceeded as exc:
             raise loop.suspend("budget", str(exc), []) from None
+        except ratelimit.RateLimited as limited:  # the turn is made again after the wait
+            raise limited.suspend(loop.suspend("rate_limit", limited.text, []).checkpoint) from None
         if not reply.tool_calls:
             return {"text": reply.content, "turns": turn + 1, "tool_calls": loop.transcript}
         calls = [{"id": c.id, "name": c.name, "args": _args(ctx, c.args)} for c in reply.tool_calls]

@@ -27,6 +27,14 @@ class Reply:
     tokens_out: int = 0
 
 
+class ProviderBusy(Exception):  # noqa: N818 - control flow
+    """The provider answered 429 with Retry-After: the call may be made again that many seconds on."""
+
+    def __init__(self, retry_after_s: float, status: int = 429):
+        super().__init__(f"the provider answered {status}; retry after {retry_after_s:g}s")
+        self.retry_after_s, self.status = retry_after_s, status
+
+
 class Provider(Protocol):
     def chat(self, model: str, messages: list[dict], tools: list[dict], ctx, turn: int) -> Reply:
         """One model call. ``tools`` are JSON-schema function specs; ``turn`` counts from 0."""

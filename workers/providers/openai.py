@@ -7,11 +7,13 @@ Tool names are mapped to the function-name alphabet the API accepts (``http.requ
 from __future__ import annotations
 
 import json
+import time
+from email.utils import parsedate_to_datetime
 
 import httpx
 
 from orchestrator.errors import PermanentStepError, RetryableStepError
-from workers.providers import Reply, ToolCall
+from workers.providers import ProviderBusy, Reply, ToolCall
 
 
 def wire_name(tool: str) -> str:
@@ -42,6 +44,9 @@ class OpenAIProvider:
             )
         except httpx.HTTPError as exc:
             raise RetryableStepError(f"LLM endpoint {url} unreachable: {exc}", code="llm_unavailable") from exc
+        retry_after = retry_after_s(response.headers.get("Retry-After"))
+        if response.status_code == 429 and retry_after is not None:
+            raise ProviderBusy(retry_after, response.status_code)
         if response.status_code == 429 or response.status_code >= 500:
             raise RetryableStepError(f"LLM endpoint answered {response.status_code}", code="llm_unavailable")
         if response.status_code >= 400:
@@ -59,6 +64,21 @@ class OpenAIProvider:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise RetryableStepError(f"LLM endpoint sent a reply that is not a chat completion: {exc}", code="llm_error") from exc
         return Reply(message.get("content"), calls, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+
+
+def retry_after_s(header: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header's wait in seconds (delay-seconds or an HTTP date); None if absent or unreadable."""
+    if not header:
+        return None
+    try:
+        return max(float(header), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(when - (time.time() if now is None else now), 0.0)
 
 
 def _wire_message(message: dict) -> dict:
