@@ -34,29 +34,32 @@ WINDOW_S = 60.0
 
 @dataclass(frozen=True)
 class Limit:
-    """One limit on one key: at most ``limit`` of ``kind`` (requests or tokens) in any window."""
+    """One limit on one key: at most ``limit`` of ``kind`` (requests or tokens) in any window, of the
+    calls of every tenant (``tenant`` empty: the installation's limit) or of one tenant's (its policy's)."""
 
     key: str  # "openai" or "openai/gpt-4o-mini"
     kind: str  # REQUESTS or TOKENS
     limit: int
+    tenant: str = ""
 
     @property
     def log_name(self) -> str:
-        return f"{self.key}|{self.kind}"
+        return f"{self.tenant}|{self.key}|{self.kind}"
 
 
-def limits_for(model: str, *tables: Mapping[str, Mapping[str, int]] | None) -> list[Limit]:
+def limits_for(model: str, installation: Mapping[str, Mapping[str, int]] | None,
+               tenant: Mapping[str, Mapping[str, int]] | None = None, tenant_id: str = "") -> list[Limit]:
     """Every limit that applies to a call of ``model`` ("openai/gpt-4o-mini"): the provider's and the
-    model's, from each table (the installation's, the tenant's); all of them must have room."""
+    model's, the installation's (counting every tenant's calls) and the tenant's (counting its own);
+    all of them must have room."""
     provider = model.partition("/")[0]
-    found: dict[tuple[str, str], int] = {}
-    for table in tables:
+    found = []
+    for table, scope in ((installation, ""), (tenant, tenant_id)):
         for key in dict.fromkeys((provider, model)):
             for kind, limit in ((table or {}).get(key) or {}).items():
                 if kind in KINDS and limit is not None:
-                    # The same key in two tables: the stricter holds.
-                    found[(key, kind)] = min(int(limit), found.get((key, kind), int(limit)))
-    return [Limit(key, kind, limit) for (key, kind), limit in found.items()]
+                    found.append(Limit(key, kind, int(limit), scope))
+    return found
 
 
 def wait_for_room(log: Sequence[tuple[float, float]], now: float, limit: float, amount: float,

@@ -47,6 +47,7 @@ class StepContext:
     # Every policy decision taken in this attempt, recorded on the step with the outcome.
     decisions: list[dict[str, Any]] = field(default_factory=list)
     resolve: Resolver = resolve_host
+    tenant_id: str = ""  # whose calls a tenant policy's LLM rate limits count
 
     @property
     def idempotency_key(self) -> str:

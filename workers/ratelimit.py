@@ -51,13 +51,15 @@ def admit(ctx: StepContext, model: str, estimate: int) -> ratelimits.Grant | Non
     installation's and the tenant's); raise RateLimited if one has no room. None with no limits."""
     tenant = ctx.tenant_policy.rate_limits if ctx.tenant_policy is not None else None
     limits = ratelimits.limits_for(model, ctx.settings.rate_limits,
-                                   {k: v.model_dump(exclude_none=True) for k, v in (tenant or {}).items()})
+                                   {k: v.model_dump(exclude_none=True) for k, v in (tenant or {}).items()},
+                                   ctx.tenant_id)
     if not limits:
         return None
     granted = windows(ctx.settings).reserve(limits, estimate)
     if isinstance(granted, ratelimits.Grant):
         return granted
-    names = ", ".join(f"{lim.key} {lim.kind}={lim.limit}" for lim in limits)
+    names = ", ".join(f"{lim.key} {lim.kind}={lim.limit}{' (the tenant policy)' if lim.tenant else ''}"
+                      for lim in limits)
     raise RateLimited(granted, f"rate limit of {names}: the call waits {granted:.1f}s for room",
                       waited_s=_waited(ctx))
 

@@ -242,6 +242,7 @@ def _step_context(settings: Settings, claim: outcomes.Claim) -> StepContext:
         limits=claim.limits,
         run_usage=claim.run_usage,
         tenant_policy=claim.tenant_policy,
+        tenant_id=claim.tenant_id,
     )
 
 

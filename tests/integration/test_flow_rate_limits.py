@@ -80,6 +80,14 @@ def test_a_429_with_retry_after_suspends_the_step_and_resumes_it(settings, artif
     fake_llm.busy(model, 1, "2")
     with flow_stack(settings, artifacts, tenants=("acme",), workers={"a": (QUEUE, 1)}, windows={QUEUE: 4}) as stack:
         api = stack.api("acme")
+        refused = [api.put("/policy", json={"rate_limits": bad}) for bad in (
+            {"/x": {"tokens_per_min": 10}}, {"openai": {"tokens_per_min": 0}}, {"openai": {"per_hour": 1}})]
+        assert [r.status_code for r in refused] == [400] * 3
+        assert all("rate_limits" in json.dumps(r.get_json()["error"]) for r in refused), [r.get_json() for r in refused]
+        # The tenant's own limit on the model, roomy: the call is charged to it as well.
+        policy = {"rate_limits": {f"openai/{model}": {"requests_per_min": 100}}}
+        assert api.put("/policy", json=policy).get_json()["policy"]["rate_limits"] == {
+            f"openai/{model}": {"requests_per_min": 100, "tokens_per_min": None}}
         step = {"id": "ask", "type": "llm", "model": f"openai/{model}", "prompt": PROMPT, "queue": QUEUE}
         publish(api, {"name": "busy", "steps": [step]}, "busy")
         run_id = api.post("/runs", json={"workflow_id": "busy", "input": {"i": 1}}).get_json()["id"]

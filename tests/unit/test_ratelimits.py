@@ -43,14 +43,25 @@ def test_a_call_larger_than_the_limit_goes_alone_once_the_window_is_empty():
     assert wait_for_room([(990.0, 1)], 1000.0, 100, 500) == pytest.approx(50.0)
 
 
-def test_limits_for_takes_the_provider_and_the_model_and_the_stricter_of_two_tables():
+def test_limits_for_takes_the_provider_and_the_model_of_the_installation_and_of_the_tenant():
     installation = {"openai": {"requests_per_min": 100}, "openai/gpt-4o-mini": {"tokens_per_min": 1000}}
     tenant = {"openai/gpt-4o-mini": {"tokens_per_min": 500, "requests_per_min": 10}, "other": {"requests_per_min": 1}}
-    found = set(ratelimits.limits_for("openai/gpt-4o-mini", installation, tenant))
-    assert found == {Limit("openai", REQUESTS, 100), Limit("openai/gpt-4o-mini", TOKENS, 500),
-                     Limit("openai/gpt-4o-mini", REQUESTS, 10)}
-    assert ratelimits.limits_for("openai/gpt-4o", installation, tenant) == [Limit("openai", REQUESTS, 100)]
+    found = set(ratelimits.limits_for("openai/gpt-4o-mini", installation, tenant, "acme"))
+    assert found == {Limit("openai", REQUESTS, 100), Limit("openai/gpt-4o-mini", TOKENS, 1000),
+                     Limit("openai/gpt-4o-mini", TOKENS, 500, "acme"), Limit("openai/gpt-4o-mini", REQUESTS, 10, "acme")}
+    assert ratelimits.limits_for("openai/gpt-4o", installation, tenant, "acme") == [Limit("openai", REQUESTS, 100)]
     assert ratelimits.limits_for("scripted/scripted", installation, None) == []
+
+
+def test_a_tenants_limit_counts_its_own_calls_and_the_installations_every_tenants():
+    windows = MemoryWindows(window_s=60, clock=Clock())
+    table = {"openai": {"requests_per_min": 1}}
+    assert isinstance(windows.reserve(ratelimits.limits_for("openai/m", None, table, "acme"), 1), Grant)
+    assert isinstance(windows.reserve(ratelimits.limits_for("openai/m", None, table, "globex"), 1), Grant)
+    assert windows.reserve(ratelimits.limits_for("openai/m", None, table, "acme"), 1) > 0
+    installation = ratelimits.limits_for("openai/m", {"openai": {"requests_per_min": 1}})
+    assert isinstance(windows.reserve(installation, 1), Grant)
+    assert windows.reserve(installation, 1) > 0
 
 
 def test_memory_windows_never_let_a_window_hold_more_than_the_limit():
@@ -118,4 +129,4 @@ def test_redis_windows_share_one_log_and_settle_from_usage(redis_windows):
     redis_windows.settle(first, 20)  # the call used 20 tokens: 60 more now fit
     assert isinstance(other.reserve(limits, 60), Grant)
     # The refused call charged no request: 2 of 5 requests are held.
-    assert redis_windows.client.zcard(redis_windows.PREFIX + "openai|requests_per_min") == 2
+    assert redis_windows.client.zcard(redis_windows.PREFIX + "|openai|requests_per_min") == 2
