@@ -70,7 +70,7 @@ class Request:
 
 @dataclass(frozen=True)
 class Cause:
-    kind: str  # paused, budget_exceeded, approval, question, event, timer, retry, no_consumers, queued, window,
+    kind: str  # paused, budget_exceeded, rate_limit, approval, question, event, timer, retry, no_consumers, queued, window,
     # worker_lost, scheduler, failed, cancelled
     step_id: str | None
     message: str
@@ -130,6 +130,11 @@ def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cau
             call = Request("POST", f"/runs/{run_id}/resume", {"limits": {"tokens": "<a higher limit>"}})
             return Cause("budget_exceeded", sid, f"step {sid!r} stopped before a call that would exceed the run's limits",
                          f"{_said(call)} to raise them (tokens, tool_calls or credits), or /cancel", call)
+        if step.waiting_on == "rate_limit":
+            return Cause("rate_limit", sid, f"step {sid!r} waits for room under an LLM rate limit (its step_waiting "
+                         "event names the limit)" + _due(step, "is queued again"),
+                         "nothing: the scheduler queues it again when the limit's window has room; raise the limit "
+                         "(SWITCHYARD_RATE_LIMITS, the tenant policy's rate_limits) if this is too slow")
         if sid in approvals:
             call = Request("POST", f"/runs/{run_id}/approvals/{approvals[sid]}/approve")
             return Cause("approval", sid, f"step {sid!r} waits for an approval ({approvals[sid]})",

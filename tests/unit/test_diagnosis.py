@@ -33,6 +33,8 @@ CASES = [
     ("paused", R.PAUSED, [step(S.PENDING)], {}, {}, None, ["paused"], "/resume"),
     ("over budget", R.PAUSED, [step(S.WAITING, "agent", waiting_on="budget")], {}, {}, None,
      ["paused", "budget_exceeded"], '"limits"'),
+    ("llm rate limit", R.WAITING, [step(S.WAITING, "llm", waiting_on="rate_limit", due_in_s=4)], {}, {}, None,
+     ["rate_limit"], "queues it again"),
     ("tool call gated", R.WAITING, [step(S.WAITING, "agent", waiting_on="approval")], {"s": "apr_9"}, {}, None,
      ["approval"], "apr_9/approve"),
     ("not picked up", R.QUEUED, [step(S.PENDING)], {}, {}, None, ["scheduler"], "switchyard scheduler"),
