@@ -130,7 +130,7 @@ def tenant_policy(settings):
 def test_a_tenant_policy_comes_before_the_workflows_own_and_caps_its_limits(tenant_policy):
     api = tenant_policy
     assert api.get("/policy").get_json()["policy"] == {"rules": [], "default": "allow", "limits": {
-        "tool_calls": None, "tokens": None, "credits": None}}
+        "tool_calls": None, "tokens": None, "credits": None}, "rate_limits": {}}
     bad = api.put("/policy", json={"rules": [{"tool": "no.such.tool", "decision": "deny"}]})
     assert bad.status_code == 400 and "unknown tool 'no.such.tool'" in bad.get_json()["error"]["message"]
     assert api.put("/policy", json={"rules": [{"risk": "high", "decision": "deny", "rationale": "tenant rule"}],
