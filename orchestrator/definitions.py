@@ -178,9 +178,9 @@ def semantic_problems(definition: Definition, max_steps: int, *, models: validat
     return problems + _policy_problems(definition.policy, known) + _schema_problems(definition.input_schema)
 
 
-# The step types a for-each may run: those that run on a worker (a waiting type waits once, not per item).
-# (A for-each over `workflow` steps, a map over child runs, is not built yet.)
-FOR_EACH_TYPES = frozenset({"tool", "llm", "agent"})
+# The step types a for-each may run: those that run on a worker, and `workflow` (a map over child runs);
+# a waiting type waits once, not per item.
+FOR_EACH_TYPES = frozenset({"tool", "llm", "agent", "workflow"})
 
 
 def _for_each_problems(index: int, step: Any, upstream: set[str]) -> list[str]:

@@ -29,6 +29,7 @@ from orchestrator.core.transition import Event, Transition
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import admission as admission_rows
+from orchestrator.db.repository import items as item_rows
 from orchestrator.db.repository.scheduling import bound_hold
 from orchestrator.db.session import database_unavailable, transaction
 from orchestrator.definitions import Definition
@@ -59,9 +60,10 @@ class Pass:
     ring: bool = False
 
 
-# A decision asks for facts at most twice (the template context, then the events kept for the keys
-# it renders); more would be a bug, not a need.
-_MAX_FACT_ROUNDS = 3
+# A decision asks for facts a few times at most (the children of its due sub-run steps, the template
+# context, a for-each step's kept items, then the events kept for the keys it renders); more would be
+# a bug, not a need.
+_MAX_FACT_ROUNDS = 5
 
 
 def decide_pass(session: Session, state: RunState, definition: Definition, env: Env) -> Transition:
@@ -75,7 +77,10 @@ def decide_pass(session: Session, state: RunState, definition: Definition, env: 
                 state = state.replace(outputs=repo.succeeded_outputs(session, state.id),
                                       approval=repo.latest_approval_decision(session, state.id))
             if needs.children:
-                state = state.replace(children=repo.child_facts(session, state.id))
+                state = state.replace(children=repo.child_facts(session, state.id, needs.children))
+            if needs.succeeded_items:
+                state = state.replace(succeeded_items={**(state.succeeded_items or {}), **item_rows.succeeded_items(
+                    session, state.id, needs.succeeded_items)})
             for key, name in needs.event_keys:
                 found = repo.kept_event(session, state.tenant_id, key, name)
                 kept[(key, name)] = None if found is None else KeptEvent(found.id, found.name, found.payload)
@@ -165,7 +170,7 @@ class Scheduler:
                     out.messages, out.revoke = written.messages, written.revoke
                     out.ring = written.wakes_scheduler
                     for transition in transitions:
-                        self._start_children(session, transition, definitions, out)
+                        self._follow_up(session, transition, written, definitions, out)
                 # A new due time ahead is on a step retrying or waiting after the pass; one that went
                 # away unseen (a retry cancelled by fail-fast) only wakes the loop once for nothing.
                 reread_due = reread_due or _has_due_times(t.after for t in transitions)
@@ -185,8 +190,8 @@ class Scheduler:
                 written = writer.apply(session, transition)
                 if not written.applied:
                     raise repo.StaleRunState(f"a step of run {state.id} is not as read under its lock")
-                self._start_children(session, transition, {(state.tenant_id, state.workflow_id,
-                                                            state.workflow_version): definition}, out)
+                self._follow_up(session, transition, written, {(state.tenant_id, state.workflow_id,
+                                                                state.workflow_version): definition}, out)
         except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
             log.exception("advancing run %s failed; it is set aside until an operator acts on it", state.id)
             with session.begin_nested():
@@ -198,17 +203,17 @@ class Scheduler:
         out.ring |= written.wakes_scheduler
         return [transition]
 
-    def _start_children(self, session: Session, transition: Transition, definitions: dict, out: Pass) -> None:
-        """The child runs the transition asked for (orchestrator/sub_runs.py); the next pass starts them."""
-        if not transition.children:
+    def _follow_up(self, session: Session, transition: Transition, written: writer.Written, definitions: dict,
+                   out: Pass) -> None:
+        """The child runs the transition (written) asked for, and those it stopped (orchestrator/sub_runs.py)."""
+        if not (transition.children or transition.stop_children or written.started.get(transition.run.id)):
             return
         run = transition.run
-        failed = sub_runs.start_children(session, self.settings, transition,
-                                         definitions[(run.tenant_id, run.workflow_id, run.workflow_version)], self.env)
-        if failed is not None:
-            out.messages += failed.messages
-            out.revoke += failed.revoke
-        out.ring = True
+        done = sub_runs.follow_up(session, self.settings, self.catalog, transition, written, env=self.env,
+                                  definition=definitions[(run.tenant_id, run.workflow_id, run.workflow_version)])
+        out.messages += done.messages
+        out.revoke += done.revoke
+        out.ring |= done.ring
 
     def _publish(self, messages: list[StepMessage]) -> None:
         """Publish messages that have outbox rows, as far as their queues' windows have room (the rest

@@ -13,24 +13,27 @@ was applied. It alone chooses how to write it:
   statement per shape of change, and checks that every guard matched.
 
 Writes to a for-each step's items (``Transition.items``) and a for-each step's output (its items'
-outputs, read when it is written) take the move-by-move path.
+outputs, read when it is written) take the move-by-move path. The items of a map over child runs it
+starts are answered (``Written.started``): their child runs are the scheduler's to create
+(orchestrator/sub_runs.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orchestrator.core import items
+from orchestrator.core import children, items
 from orchestrator.core.transition import ITEM_OUTPUTS, DueIn, Event, Marker, StepMove, Transition
 from orchestrator.core.vocabulary import ErrorCode, EventType
 from orchestrator.db import repository as repo
+from orchestrator.db.repository import children as child_rows
 from orchestrator.db.repository import items as item_rows
 from orchestrator.db.types import db_now
 from orchestrator.messages import StepMessage, task_id
@@ -41,12 +44,14 @@ from orchestrator.states import StepStatus
 class Written:
     """What applying a transition did: ``applied`` False if it was stale and wrote nothing; the
     messages of the steps it queued (with their outbox rows) and the tasks to revoke, for after the
-    commit; ``wakes_scheduler`` if the run is left flagged with work."""
+    commit; ``wakes_scheduler`` if the run is left flagged with work; ``started``: the for-each items
+    of maps over child runs it started, (item id, attempt) by run id, whose children are to create."""
 
     applied: bool
     messages: list[StepMessage] = field(default_factory=list)
     revoke: list[str] = field(default_factory=list)
     wakes_scheduler: bool = False
+    started: Mapping[str, list[tuple[str, int]]] = field(default_factory=dict)
 
 
 STALE = Written(False)
@@ -98,7 +103,9 @@ def _with_item_outputs(session: Session, transition: Transition) -> Transition:
     done = {m.step_id for m in transition.moves if m.values.get("output") is ITEM_OUTPUTS}
     if not done:
         return transition
-    outputs = {step_id: item_rows.item_outputs(session, transition.run.id, step_id) for step_id in done}
+    totals = {step_id: items.ItemCounts.of(transition.after.steps[step_id].item_counts).total for step_id in done}
+    outputs = {step_id: item_rows.item_outputs(session, transition.run.id, step_id, totals[step_id])
+               for step_id in done}
     for move in transition.moves:  # the item whose success this is: written with this transition, after the read
         if move.target is StepStatus.SUCCEEDED and items.parent_of(move.step_id) in done:
             outputs[items.parent_of(move.step_id)][items.index_of(move.step_id)] = move.values.get("output")
@@ -111,26 +118,35 @@ def _with_item_outputs(session: Session, transition: Transition) -> Transition:
     return dataclasses.replace(transition, moves=moves, events=events)
 
 
-def _write_items(session: Session, transition: Transition) -> tuple[list[StepMessage], list[str], list[Event]]:
+def _write_items(session: Session, transition: Transition) -> tuple[list[StepMessage], list[str], list[Event],
+                                                                   list[tuple[str, int]]]:
     """The for-each item writes, after the moves: the messages of the items queued (with their outbox
-    rows), the tasks of the items stopped, and their events."""
+    rows), the tasks of the items stopped, their events, and the items of maps over child runs started."""
     run_id = transition.run.id
     messages: list[StepMessage] = []
     revoke: list[str] = []
     events: list[Event] = []
+    started: list[tuple[str, int]] = []
     for write in transition.items:
         if write.kind == "expand":
-            item_rows.write_items(session, run_id, write.step_id, write.values)
-        if write.kind in ("expand", "queue") and write.queue_first:
+            item_rows.write_items(session, run_id, write.step_id, write.values, write.keep)
+        if write.kind in ("expand", "queue") and write.queue_first and write.child_workflow is not None:
+            begun = item_rows.start_items(session, run_id, write.step_id, write.queue_first)
+            started += begun
+            events += [Event(EventType.STEP_STARTED, item_id, attempt, {"workflow_id": write.child_workflow})
+                       for item_id, attempt in begun]
+        elif write.kind in ("expand", "queue") and write.queue_first:
             queued = item_rows.queue_items(session, run_id, write.step_id, write.queue_first, write.soft_time_limit)
             messages += queued
             events += [Event(EventType.STEP_QUEUED, m.step_id, m.attempt) for m in queued]
         if write.kind == "stop":
-            for item_id, attempt in item_rows.stop_items(session, run_id, write.step_id, dict(write.error or {})):
-                revoke.append(task_id(run_id, item_id, attempt))
+            for item_id, attempt, type_ in item_rows.stop_items(session, run_id, write.step_id,
+                                                                dict(write.error or {})):
+                if type_ != children.SUB_RUN:  # an item running a child run has no task (its child is stopped)
+                    revoke.append(task_id(run_id, item_id, attempt))
                 events.append(Event(EventType.STEP_CANCELLED, item_id, attempt,
                                     {"reason": ErrorCode.RUN_STOPPED.value}))
-    return messages, revoke, events
+    return messages, revoke, events, started
 
 
 def _apply_as_seen(session: Session, transition: Transition) -> Written:
@@ -183,7 +199,7 @@ def _apply_direct(session: Session, transition: Transition, required: list[StepM
         if repo.update_steps(session, run_id, [move.step_id], move.target, only_from=move.from_,
                              **_sql_values(move.values)):
             attempts[move.step_id] = move.message.attempt if move.message else None
-    item_messages, item_revoke, item_events = _write_items(session, transition)
+    item_messages, item_revoke, item_events, started = _write_items(session, transition)
     _write_requests(session, transition)
     changes = _run_changes(transition, [*_events_of(transition.events, attempts), *item_events])
     if transition.output_from:
@@ -191,11 +207,11 @@ def _apply_direct(session: Session, transition: Transition, required: list[StepM
         changes.run_values["output"] = {s: outputs.get((run_id, s)) for s in transition.output_from}
     repo.apply_run_changes(session, changes)
     if transition.wake_run is not None:
-        repo.flag_run(session, transition.wake_run)
+        child_rows.wake_parent(session, transition.wake_run, run_id)
     queued = [m.message for m in required if m.message is not None]
     queued += [m.message for m in transition.moves if m.optional and m.step_id in attempts and m.message]
     return Written(True, repo.insert_outbox(session, queued) + item_messages, transition.revoke + item_revoke,
-                   transition.wakes_scheduler)
+                   transition.wakes_scheduler, {run_id: started} if started else {})
 
 
 def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
@@ -207,7 +223,7 @@ def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
     by run."""
     groups: dict[tuple, list[tuple[str, StepMove]]] = {}
     many, queued, revoke = [], [], []
-    wakes = False
+    wakes, started = False, {}
     for transition in transitions:
         if _moves_a_step_twice(transition) or _writes_items(transition):
             # Its moves must be written in order: on their own, not in the shared statements.
@@ -215,6 +231,7 @@ def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
             queued += written.messages
             revoke += written.revoke
             wakes |= written.wakes_scheduler
+            started.update(written.started)
             continue
         wakes |= transition.wakes_scheduler
         revoke += transition.revoke
@@ -235,7 +252,7 @@ def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
     repo.apply_many_run_changes(session, [changes for _, changes in many])
     messages = repo.insert_outbox(session, [m for m in queued if m.outbox_id is None]) + [
         m for m in queued if m.outbox_id is not None]
-    return Written(True, messages, revoke, wakes)
+    return Written(True, messages, revoke, wakes, started)
 
 
 def _moves_a_step_twice(transition: Transition) -> bool:

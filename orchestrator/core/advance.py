@@ -36,9 +36,11 @@ class NeedsFacts(Exception):  # noqa: N818 - a request for more input, not an er
     Read them into the snapshot and decide again (a decision writes nothing, so deciding twice is free)."""
 
     def __init__(self, *, context: bool = False, event_keys: tuple[tuple[str, str | None], ...] = (),
-                 children: bool = False):
+                 children: tuple[str, ...] = (), succeeded_items: tuple[str, ...] = ()):
         super().__init__("the decision needs more facts")
-        self.context, self.event_keys, self.children = context, event_keys, children
+        self.context, self.event_keys = context, event_keys
+        # The child runs of these due sub-run steps and items; the succeeded items of these for-each steps.
+        self.children, self.succeeded_items = children, succeeded_items
 
 
 def on_advance(state: RunState, definition: Definition, env: Env, *,
@@ -56,6 +58,8 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
         stopping.stop_steps(draft, cancel=lost, skip=(), message=f"the run is {state.status}; its worker was lost",
                             skip_reason=SkipReason.RUN_CANCELLED)
         draft.close_requests = False
+        # Children still live when their parent ended elsewhere (a worker's failure failed it): stopped.
+        children.stop(draft, [s.id for s in definition.steps if s.type == children.SUB_RUN])
         return draft.finish()
     if state.status is RunStatus.QUEUED:
         draft.move_run(RunStatus.RUNNING)
@@ -85,7 +89,7 @@ def _fire_due(draft: Draft, definition: Definition, env: Env) -> None:
     due = [s for s in draft.steps.values() if s.due]
     for step in due:
         if step.status is StepStatus.RETRYING and step.type == children.SUB_RUN:
-            _start_child(draft, definition, step, env)  # a new child run
+            _start_held(draft, definition, step, env)  # a new child run
         elif step.status is StepStatus.RETRYING:
             outcomes.queue_step(draft, definition, step, only_from=(StepStatus.RETRYING,))
         elif step.status is StepStatus.WAITING and step.waiting_on == WaitsOn.RATE_LIMIT:
@@ -108,10 +112,8 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
         ready = _ready_or_skipped(draft, definition)
         settled_at_once = False
         for step_id in ready:
-            if definition.step(step_id).for_each is not None:
-                settled_at_once |= _start_for_each(draft, definition, draft.step(step_id), env)
-            elif draft.step(step_id).type == children.SUB_RUN:
-                settled_at_once |= _start_child(draft, definition, draft.step(step_id), env)
+            if definition.step(step_id).for_each is not None or draft.step(step_id).type == children.SUB_RUN:
+                settled_at_once |= _start_held(draft, definition, draft.step(step_id), env)
             elif steptypes.get(draft.step(step_id).type).waits_on is None:
                 outcomes.queue_step(draft, definition, draft.step(step_id))
             if draft.status is RunStatus.FAILED:
@@ -128,42 +130,41 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
 
 
 def _settle_children(draft: Draft, definition: Definition, env: Env) -> None:
-    """Sub-run steps whose child run ended take its result (core.children)."""
-    live = children.running(draft)
-    if not live:
+    """Sub-run steps and items whose child run ended (its end made them due) take its result
+    (core.children); a for-each item's is counted on its step, which may dispatch the next items."""
+    woken = children.woken(draft)
+    if not woken:
         return
     if draft.run.children is None:
-        raise NeedsFacts(children=True)
-    for step in live:
+        raise NeedsFacts(children=tuple(s.step_id for s in woken))
+    for step in woken:
         ended = children.ended(draft.run.children.get(step.step_id))
-        if ended is not None:
-            outcomes.settle(draft, definition, step, ended, env)
-            if draft.status is RunStatus.FAILED:
-                return
+        if ended is None:  # (not the child it runs now: nothing ended for it)
+            draft.update(step, due_at=None)
+            continue
+        outcomes.settle_any(draft, definition, step, ended, env)
+        if draft.status is RunStatus.FAILED:
+            return
 
 
-def _start_child(draft: Draft, definition: Definition, step: StepState, env: Env) -> bool:
-    """A ready sub-run step (or one whose retry came due) starts its child run; True if that settled
-    it at once (too deep, or its input's templates failed)."""
-    if draft.run.outputs is None:
+def _start_held(draft: Draft, definition: Definition, step: StepState, env: Env) -> bool:
+    """Start a ready step that holds no worker: a for-each step over the list its ``for_each``
+    evaluates to (core.items), or a sub-run step (or item) whose child run is asked for
+    (core.children). True if that settled it at once (no items, a list it cannot run, too deep)."""
+    step_def = definition.step(step.step_id)
+    if step_def.for_each is None or items.parent_of(step.step_id) is not None:
+        settles = children.start(draft, definition, step, env)
+    elif draft.run.outputs is None:
         raise NeedsFacts(context=True)
-    failed = children.start(draft, definition, step, _context(draft), env)
-    if failed is None:
-        return False
-    outcomes.settle(draft, definition, draft.step(step.step_id), failed, env)
-    return True
-
-
-def _start_for_each(draft: Draft, definition: Definition, step: StepState, env: Env) -> bool:
-    """A ready for-each step starts over the list its ``for_each`` evaluates to (core.items); True if
-    that settled it at once (no items, or a list it cannot run)."""
-    if draft.run.outputs is None:
-        raise NeedsFacts(context=True)
-    try:
-        values = templates.evaluate(definition.step(step.step_id).for_each, _context(draft))
-    except StepError as exc:
-        values = exc
-    settles = items.expand(draft, definition, step, values, max_items=env.max_items)
+    elif step.attempt and draft.run.succeeded_items is None:  # started before: its items may be kept
+        raise NeedsFacts(succeeded_items=(step.step_id,))
+    else:
+        try:
+            values = templates.evaluate(step_def.for_each, _context(draft))
+        except StepError as exc:
+            values = exc
+        settles = items.expand(draft, definition, step, values, env,
+                               succeeded=(draft.run.succeeded_items or {}).get(step.step_id))
     if settles is None:
         return False
     outcomes.settle(draft, definition, draft.step(step.step_id), settles, env)

@@ -7,6 +7,11 @@ rows (the item and its step), never the step's other items. At most ``max_parall
 flight; the step succeeds when every item settled and at least ``min_succeeded`` succeeded (default:
 all), and fails with ``too_few_succeeded`` (cancelling the items in flight) as soon as that can no
 longer happen. Its output is the items' outputs in item order, read when the transition is written.
+
+A for-each `workflow` step is a map over child runs: an item is started rather than queued (`running`,
+its child run created by the scheduler, core.children), and settled when its child ends. A step
+started again by a run's retry keeps the items that succeeded (where the list still holds the same
+value at their index): only the others run again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.core import children
+from orchestrator.core.inputs import Env
 from orchestrator.core.reports import ErrorInfo, Outcome
 from orchestrator.core.snapshot import StepState
 from orchestrator.core.transition import ITEM_OUTPUTS, NOW, Draft, ItemsWrite
@@ -85,24 +92,32 @@ def room(definition: Definition, step_id: str, counts: ItemCounts) -> int:
     return max(0, min(counts.pending, cap - counts.in_flight))
 
 
-def expand(draft: Draft, definition: Definition, step: StepState, values: Any, *, max_items: int) -> Outcome | None:
+def expand(draft: Draft, definition: Definition, step: StepState, values: Any, env: Env, *,
+           succeeded: Mapping[int, Any] | None = None) -> Outcome | None:
     """Start the for-each ``step`` (pending) over ``values``, what its ``for_each`` evaluated to: it
-    moves to `running` with its items written as rows and the first ``max_parallel`` of them queued.
-    ``values`` is a StepError if it could not be evaluated. Returns the outcome that settles the step
-    at once (no items, too many, not a list), for the caller to settle."""
-    problem = _problem(definition, step.step_id, values, max_items)
-    counts = ItemCounts(total=len(values), pending=len(values)) if problem is None else ItemCounts(0)
+    moves to `running` with its items written as rows and the first ``max_parallel`` of them dispatched.
+    ``values`` is a StepError if it could not be evaluated; ``succeeded``: the items of an earlier start
+    that succeeded ({index: value}), kept where ``values`` holds the same value at their index. Returns
+    the outcome that settles the step at once (no items, too many, not a list, every item kept), for
+    the caller to settle."""
+    problem = _problem(draft, definition, step.step_id, values, env)
+    keep = () if problem is not None else tuple(sorted(
+        i for i, value in (succeeded or {}).items() if i < len(values) and values[i] == value))
+    counts = (ItemCounts(total=len(values), pending=len(values) - len(keep), succeeded=len(keep))
+              if problem is None else ItemCounts(0))
     first = room(definition, step.step_id, counts)
     draft.move(step, StepStatus.RUNNING, only_from=[StepStatus.PENDING], attempt=step.attempt + 1, queued_at=NOW,
                started_at=NOW, completed_at=None, error=None, output=None, item_counts=counts.dispatched(first).as_json())
-    draft.event(EventType.STEP_STARTED, step.step_id, step.attempt + 1, items=counts.total)
+    draft.event(EventType.STEP_STARTED, step.step_id, step.attempt + 1, items=counts.total,
+                **({"kept": len(keep)} if keep else {}))
     if problem is not None:
         return problem
     if not values:
         return Outcome(output=[])
-    draft.items.append(ItemsWrite("expand", step.step_id, values=tuple(values), queue_first=first,
-                                  soft_time_limit=_timeout(definition, step.step_id)))
-    return None
+    draft.items.append(ItemsWrite("expand", step.step_id, values=tuple(values), queue_first=first, keep=keep,
+                                  soft_time_limit=_timeout(definition, step.step_id),
+                                  child_workflow=_child_workflow(definition, step.step_id)))
+    return Outcome(output=ITEM_OUTPUTS) if counts.pending == 0 else None
 
 
 def account(draft: Draft, definition: Definition, item: StepState) -> Outcome | None:
@@ -120,27 +135,29 @@ def account(draft: Draft, definition: Definition, item: StepState) -> Outcome | 
     if counts.pending == 0 and counts.in_flight == 0:
         draft.update(parent, item_counts=counts.as_json())
         return Outcome(output=ITEM_OUTPUTS)
-    more = room(definition, parent_id, counts) if draft.status in DISPATCHING_RUN else 0
-    draft.update(parent, item_counts=counts.dispatched(more).as_json())
-    if more:
-        draft.items.append(ItemsWrite("queue", parent_id, queue_first=more,
-                                      soft_time_limit=_timeout(definition, parent_id)))
+    _dispatch(draft, definition, parent, counts)
     return None
 
 
 def top_up(draft: Draft, definition: Definition) -> None:
     """Dispatch pending items where there is room (items a paused run put back wait for its resume)."""
-    if draft.status not in DISPATCHING_RUN:
+    for step in list(draft.steps.values()):
+        if step.item_counts is not None and step.status is StepStatus.RUNNING:
+            _dispatch(draft, definition, step, ItemCounts.of(step.item_counts), only_if_room=True)
+
+
+def _dispatch(draft: Draft, definition: Definition, step: StepState, counts: ItemCounts, *,
+              only_if_room: bool = False) -> None:
+    """Write the step's ``counts`` with as many pending items dispatched as ``max_parallel`` leaves room
+    for (none while the run is paused); ``only_if_room``: write nothing if there is none."""
+    more = room(definition, step.step_id, counts) if draft.status in DISPATCHING_RUN else 0
+    if only_if_room and not more:
         return
-    for step_id, step in list(draft.steps.items()):
-        if step.item_counts is None or step.status is not StepStatus.RUNNING:
-            continue
-        counts = ItemCounts.of(step.item_counts)
-        more = room(definition, step_id, counts)
-        if more:
-            draft.update(step, item_counts=counts.dispatched(more).as_json())
-            draft.items.append(ItemsWrite("queue", step_id, queue_first=more,
-                                          soft_time_limit=_timeout(definition, step_id)))
+    draft.update(step, item_counts=counts.dispatched(more).as_json())
+    if more:
+        draft.items.append(ItemsWrite("queue", step.step_id, queue_first=more,
+                                      soft_time_limit=_timeout(definition, step.step_id),
+                                      child_workflow=_child_workflow(definition, step.step_id)))
 
 
 def put_back(draft: Draft, item: StepState) -> None:
@@ -153,27 +170,37 @@ def put_back(draft: Draft, item: StepState) -> None:
 
 
 def stop(draft: Draft, step_ids: Sequence[str], error: Mapping[str, Any]) -> None:
-    """The items of the for-each steps ``step_ids`` that have not ended are cancelled with them."""
+    """The items of the for-each steps ``step_ids`` that have not ended are cancelled with them (in a
+    map over child runs, their live children too)."""
     for step_id in step_ids:
         if draft.steps[step_id].item_counts is not None and parent_of(step_id) is None:
             draft.items.append(ItemsWrite("stop", step_id, error=error))
+            children.stop(draft, [step_id])
 
 
 def _timeout(definition: Definition, step_id: str) -> float:
     return definition.timeout_s(definition.step(step_id))
 
 
-def _problem(definition: Definition, step_id: str, values: Any, max_items: int) -> Outcome | None:
+def _child_workflow(definition: Definition, step_id: str) -> str | None:
+    """The workflow whose runs a map over child runs starts; None for items that run on workers."""
+    step_def = definition.step(step_id)
+    return step_def.workflow_id if step_def.type == children.SUB_RUN else None
+
+
+def _problem(draft: Draft, definition: Definition, step_id: str, values: Any, env: Env) -> Outcome | None:
     """Why the step cannot run over ``values``, as the outcome that fails it; None if it can."""
     if isinstance(values, StepError):
         return Outcome(error=ErrorInfo.of(values))
     if not isinstance(values, list):
         return _failure(ErrorCode.INVALID_FOR_EACH, f"for_each must evaluate to a list, not {type(values).__name__}")
-    if len(values) > max_items:
-        return _failure(ErrorCode.TOO_MANY_ITEMS, f"for_each gave {len(values)} items; at most {max_items} are "
+    if len(values) > env.max_items:
+        return _failure(ErrorCode.TOO_MANY_ITEMS, f"for_each gave {len(values)} items; at most {env.max_items} are "
                         "allowed (raise SWITCHYARD_MAX_FOR_EACH_ITEMS, or split the list)")
     if required(definition, step_id, len(values)) > len(values):
         return _too_few(definition, step_id, ItemCounts(total=len(values)))
+    if values and _child_workflow(definition, step_id) is not None:
+        return children.too_deep(draft.run.depth, env)
     return None
 
 

@@ -86,8 +86,11 @@ class RunState:
     # A child run's parent (its end wakes the parent) and how deep it is (a top-level run: 0).
     parent_run_id: str | None = None
     depth: int = 0
-    # The newest child run of each sub-run step (core.children.ChildFacts), by step id; None: not read.
+    # The child runs of the due sub-run steps and items (core.children.ChildFacts), by step id; None: not read.
     children: Mapping[str, Any] | None = None
+    # A for-each step started again (a run's retry): its earlier items that succeeded, {index: value},
+    # by step id; None: not read (core.items keeps those whose value is unchanged).
+    succeeded_items: Mapping[str, Mapping[int, Any]] | None = None
 
     @classmethod
     def from_row(cls, row: Any, steps: Iterable[StepState] = (), **facts: Any) -> RunState:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator import dag
-from orchestrator.core import items
+from orchestrator.core import children, items
 from orchestrator.core.transition import NOW, Draft
 from orchestrator.core.vocabulary import ErrorCode, EventType, SkipReason
 from orchestrator.states import RunStatus, StepStatus
@@ -21,9 +21,10 @@ def stopped_error(message: str) -> dict[str, Any]:
 def stop_steps(draft: Draft, *, cancel: Sequence[str], skip: Sequence[str], message: str,
                skip_reason: SkipReason) -> None:
     """Cancel the steps ``cancel`` (in flight) and skip the steps ``skip`` (never started); their
-    pending approvals and open questions close."""
+    pending approvals and open questions close, and the live child runs of sub-run steps are cancelled."""
     stopped = stopped_error(message)
     items.stop(draft, cancel, stopped)
+    children.stop(draft, list(cancel))
     for step_id in cancel:
         step = draft.step(step_id)
         if draft.move(step, StepStatus.CANCELLED, cancel_requested=True, error=stopped, completed_at=NOW,

@@ -80,8 +80,10 @@ class StepMove:
 @dataclass(frozen=True, slots=True)
 class ItemsWrite:
     """A write to a for-each step's item rows, set-based (core.items): ``expand`` writes one row per
-    value (pending) and queues the first ``queue_first``; ``queue`` queues the next ``queue_first``
-    pending items in index order; ``stop`` cancels every item that has not ended."""
+    value (pending; the succeeded items of an earlier start at ``keep`` stay as they are) and queues
+    the first ``queue_first``; ``queue`` queues the next ``queue_first`` pending items in index order;
+    ``stop`` cancels every item that has not ended. In a map over child runs (``child_workflow``) an
+    item is not queued but started: `running`, its child run created by the scheduler (core.children)."""
 
     kind: str  # "expand" | "queue" | "stop"
     step_id: str
@@ -89,6 +91,8 @@ class ItemsWrite:
     queue_first: int = 0
     soft_time_limit: float = 0.0  # of the items' messages
     error: Mapping[str, Any] | None = None  # "stop": the error the cancelled items carry
+    keep: tuple[int, ...] = ()  # "expand": the indexes of the earlier start's succeeded items it keeps
+    child_workflow: str | None = None  # a map over child runs of this workflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class Transition:
     output_from: tuple[str, ...] = ()  # the run succeeded: its output is these steps' outputs, read on writing
     items: tuple[ItemsWrite, ...] = ()  # writes to for-each items, after the moves
     children: tuple[Any, ...] = ()  # child runs to create (core.children.ChildStart), by the scheduler
+    stop_children: tuple[str, ...] = ()  # sub-run steps whose live children the scheduler cancels
     wake_run: str | None = None  # the run ended: its parent run is flagged with work (core.children)
     after: RunState | None = None  # the run as the decision leaves it, if every guard matches
 
@@ -169,6 +174,7 @@ class Draft:
         self.output_from: tuple[str, ...] = ()
         self.items: list[ItemsWrite] = []
         self.children: list[Any] = []
+        self.stop_children: list[str] = []
 
     @property
     def status(self) -> RunStatus:
@@ -240,6 +246,6 @@ class Draft:
             run=self.run, run_to=self.run_to, run_values=MappingProxyType(dict(self.run_values)),
             moves=tuple(self.moves), events=tuple(self.events), requests=tuple(self.requests),
             close_requests=self.close_requests, output_from=self.output_from, items=tuple(self.items),
-            children=tuple(self.children), after=after,
+            children=tuple(self.children), stop_children=tuple(self.stop_children), after=after,
             wake_run=self.run.parent_run_id if self.run_to in TERMINAL_RUN else None,
         )

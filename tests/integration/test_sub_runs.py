@@ -1,7 +1,10 @@
 """Sub-runs through real workers and the scheduler: a three-level chain whose leaf fails fails every
 level with the child's id, and a retry of the top run starts a new chain that succeeds; cancelling a
 parent cancels its live child; a child workflow that does not exist is refused at publish; a workflow
-calling itself stops at the depth limit; a child's end reaches its parent at once, not at the sweep."""
+calling itself stops at the depth limit; a child's end reaches its parent at once, not at the sweep.
+A map over child runs (for_each over a `workflow` step): its outputs in order with at most max_parallel
+children live; k-of-n failing early and cancelling the live children; pause, resume and cancel reaching
+the items' children; a retry of the run running again only the items that did not succeed."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from tests.integration.conftest import (
     Processes,
     by_id,
     claimed_redis_db,
+    events,
     fresh_database,
     publish,
     start,
@@ -164,3 +168,106 @@ def test_a_childs_end_reaches_its_parent_at_once_not_at_the_sweep(slow_sweep):
     assert sorted(workflow for workflow, _ in hops) == ["middle", "top"]
     slow = {workflow: float(seconds) for workflow, seconds in hops if seconds >= 1.0}
     assert not slow, f"a child's end reached its parent's step only after this long (s): {slow}"
+
+
+def children_by_item(api, run_id: str) -> dict[str, list[dict]]:
+    """The run's children by the step (an item) that started them, oldest first."""
+    found: dict[str, list[dict]] = {}
+    for child_id in api.get(f"/runs/{run_id}").get_json()["children"]:
+        child = api.get(f"/runs/{child_id}").get_json()
+        found.setdefault(child["parent_step_id"], []).append(child)
+    return found
+
+
+@engine
+def test_a_map_over_child_runs_gives_their_outputs_in_order_with_at_most_max_parallel_live(api):
+    child = publish(api, {"name": "summarise one", "steps": [
+        {"id": "say", "type": "tool", "tool": "echo", "args": {"topic": "{{ input.topic }}", "n": "{{ input.n }}"}}]})
+    parent = publish(api, {"name": "summarise all", "steps": [
+        {"id": "each", "type": "workflow", "workflow_id": child, "for_each": "input.topics", "max_parallel": 2,
+         "input": {"topic": "{{ item }}", "n": "{{ index }}"}},
+        {"id": "count", "type": "tool", "tool": "echo", "needs": ["each"],
+         "args": {"count": "{{ steps.each.output | length }}"}}]})
+    topics = ["tides", "winds", "ice", "sand", "rain", "fog"]
+    run = wait_run(api, start(api, parent, {"topics": topics}), timeout=120)
+    assert run["status"] == "succeeded", (run["error"], run["steps"])
+    step = by_id(run)["each"]
+    assert step["items"] == {"total": 6, "succeeded": 6, "failed": 0, "running": 0, "pending": 0, "cancelled": 0}
+    assert step["output"] == [{"say": {"topic": t, "n": i}} for i, t in enumerate(topics)]
+    assert by_id(run)["count"]["output"] == {"count": 6}
+    children = children_by_item(api, run["id"])
+    assert sorted(children) == [f"each[{i}]" for i in range(6)] and all(len(c) == 1 for c in children.values())
+    assert {c[0]["status"] for c in children.values()} == {"succeeded"}
+    assert children["each[3]"][0]["input"] == {"topic": "sand", "n": 3}
+    log = [e for e in events(api, run["id"]) if (e["step_id"] or "").startswith("each[")]
+    live, most = 0, 0
+    for event in log:  # in the log's order: items started and not yet completed
+        live += {"step_started": 1, "step_completed": -1}.get(event["type"], 0)
+        most = max(most, live)
+    assert most == 2
+
+
+@engine
+def test_a_map_that_cannot_reach_k_fails_early_and_cancels_the_live_children(api):
+    job = publish(api, {"name": "job", "steps": [
+        {"id": "work", "type": "tool", "tool": "fail", "retry": ONCE,
+         "args": {"until_attempt": "{{ input.until }}", "after_s": "{{ input.after_s }}"}}]})
+    parent = publish(api, {"name": "jobs", "steps": [
+        {"id": "each", "type": "workflow", "workflow_id": job, "for_each": "input.jobs", "min_succeeded": 5,
+         "retry": ONCE, "input": {"until": "{{ item.until }}", "after_s": "{{ item.after_s }}"}}]})
+    slow_ok, fast_fail = {"until": 1, "after_s": 60}, {"until": 99, "after_s": 0}
+    run = wait_run(api, start(api, parent, {"jobs": [slow_ok] * 4 + [fast_fail] * 3}), timeout=45)
+    assert run["status"] == "failed" and by_id(run)["each"]["error"]["code"] == "too_few_succeeded", run
+    children = children_by_item(api, run["id"])
+    for index in range(4):  # the slow children, live when the step failed: cancelled with their items
+        (slow,) = children[f"each[{index}]"]
+        assert wait_run(api, slow["id"], timeout=30)["status"] == "cancelled"
+    assert {children[f"each[{i}]"][0]["status"] for i in range(4, 7)} == {"failed"}
+
+
+@engine
+def test_pause_resume_and_cancel_reach_the_children_of_a_maps_items(api):
+    nap = publish(api, {"name": "nap", "steps": [{"id": "nap", "type": "tool", "tool": "sleep",
+                                                 "args": {"seconds": 60}}]})
+    parent = publish(api, {"name": "naps", "steps": [
+        {"id": "each", "type": "workflow", "workflow_id": nap, "for_each": "input.n", "max_parallel": 2}]})
+    run_id = start(api, parent, {"n": [1, 2, 3]})
+
+    def two_children_running():
+        children = children_by_item(api, run_id)
+        live = [c[0] for c in children.values() if by_id(c[0])["nap"]["status"] == "running"]
+        return live if len(live) == 2 else None
+
+    live = wait_for(two_children_running, 60, "two items' children to be running")
+    assert api.post(f"/runs/{run_id}/pause").status_code == 200
+    assert {wait_run(api, c["id"], ("paused",), timeout=30)["status"] for c in live} == {"paused"}
+    assert api.post(f"/runs/{run_id}/resume").status_code == 200
+    assert {wait_run(api, c["id"], ("running",), timeout=30)["status"] for c in live} == {"running"}
+    assert api.post(f"/runs/{run_id}/cancel").status_code == 200
+    assert wait_run(api, run_id)["status"] == "cancelled"
+    assert {wait_run(api, c["id"], timeout=30)["status"] for c in live} == {"cancelled"}
+    assert sorted(children_by_item(api, run_id)) == ["each[0]", "each[1]"]  # the third item never started
+
+
+@engine
+def test_a_retry_runs_again_only_the_items_of_a_map_that_did_not_succeed(api):
+    flaky = publish(api, {"name": "flaky", "steps": [
+        {"id": "work", "type": "tool", "tool": "fail", "retry": ONCE, "args": {"until_attempt": "{{ input.until }}"}}]})
+    # Item 1 fails while the run is at its first attempt (until 2) and succeeds once it is retried (until 1).
+    parent = publish(api, {"name": "flaky map", "steps": [
+        {"id": "each", "type": "workflow", "workflow_id": flaky, "for_each": "input.jobs", "max_parallel": 1,
+         "retry": ONCE, "input": {"until": "{{ 1 if item == 'ok' else 3 - run.attempt }}"}}]})
+    run = wait_run(api, start(api, parent, {"jobs": ["ok", "flaky", "ok"]}), timeout=60)
+    assert run["status"] == "failed", run
+    before = children_by_item(api, run["id"])
+    assert sorted(before) == ["each[0]", "each[1]"], (run["error"], run["steps"])  # item 2 never started: the step failed at item 1
+
+    assert api.post(f"/runs/{run['id']}/retry").status_code == 200
+    retried = wait_run(api, run["id"], timeout=60)
+    assert retried["status"] == "succeeded", retried
+    after = children_by_item(api, run["id"])
+    assert [len(after[f"each[{i}]"]) for i in range(3)] == [1, 2, 1]  # item 0 kept: its one child only
+    assert after["each[0]"][0]["id"] == before["each[0]"][0]["id"]
+    assert by_id(retried)["each"]["output"] == [c[-1]["output"] for c in (after[f"each[{i}]"] for i in range(3))]
+    restarted = [e for e in events(api, run["id"]) if e["step_id"] == "each" and e["type"] == "step_started"]
+    assert restarted[-1]["data"]["kept"] == 1

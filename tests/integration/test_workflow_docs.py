@@ -18,7 +18,7 @@ EXAMPLES = {example["name"]: example for example in (
 
 def test_the_reference_has_its_examples():
     assert set(EXAMPLES) == {"route a ticket", "summarise documents", "research", "write a report",
-                             "answer a customer"}
+                             "answer a customer", "research topics"}
 
 
 @pytest.mark.parametrize(("category", "ran", "skipped"), [("refund", "refund", "answer"), ("billing", "answer", "refund")])
@@ -52,3 +52,19 @@ def test_a_research_sub_workflow_called_from_two_workflows(api):
                                                                                   {"topic": topic})
         assert by_id(run)["research"]["output"] == child["output"] and topic in json.dumps(child["output"])
     assert "tides" in json.dumps(by_id(report)["draft"]["output"])
+
+
+def test_a_map_over_child_runs_of_the_research_sub_workflow(api):
+    publish(api, EXAMPLES["research"], "research")
+    topics = ["tides", "winds", "ice"]
+    run = wait_run(api, start(api, publish(api, EXAMPLES["research topics"]), {"topics": topics}))
+    assert run["status"] == "succeeded", run
+    step = by_id(run)["research"]
+    assert step["items"]["succeeded"] == 3 and by_id(run)["compare"]["output"] == {"researched": 3}
+    children = [api.get(f"/runs/{child_id}").get_json() for child_id in run["children"]]
+    by_item = {child["parent_step_id"]: child for child in children}
+    assert sorted(by_item) == ["research[0]", "research[1]", "research[2]"]
+    for index, topic in enumerate(topics):
+        child = by_item[f"research[{index}]"]
+        assert child["input"] == {"topic": topic, "rank": index + 1}
+        assert step["output"][index] == child["output"] and topic in json.dumps(child["output"])

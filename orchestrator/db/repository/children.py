@@ -1,30 +1,66 @@
-"""Child runs (orchestrator/core/children.py): a parent's sub-run steps' children as its pass reads
-them, waking a parent when a child ends, and the children an operator's control reaches."""
+"""Child runs (orchestrator/core/children.py): which child a sub-run step (or item) runs, a child's end
+waking its parent, the children a parent's pass reads, and the children a control or a stopped step
+reaches.
+
+A sub-run step's row names its child in ``checkpoint`` ({"child_run_id": …}, written when the child is
+created, cleared when the step starts again): a parent's pass reads the children of its due steps by
+primary key, never the run's other children (a map over a thousand child runs has a thousand)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from orchestrator.core import items
 from orchestrator.core.children import ChildFacts
-from orchestrator.db.repository.common import LIVE_RUN, RUNS
-from orchestrator.states import RunStatus
+from orchestrator.db.repository.common import LIVE_RUN, RUNS, STEPS
+from orchestrator.db.types import db_now
+from orchestrator.states import RunStatus, StepStatus
+
+_CHILD_OF_STEP = STEPS.c.checkpoint["child_run_id"].as_string()
 
 
 def flag_run(session: Session, run_id: str) -> None:
-    """Flag a run with work for the scheduler (a child of it ended)."""
+    """Flag a run with work for the scheduler."""
     session.execute(update(RUNS).where(RUNS.c.id == run_id, RUNS.c.has_work.is_(False)).values(has_work=True))
 
 
-def child_facts(session: Session, run_id: str) -> dict[str, ChildFacts]:
-    """The newest child run of each of the run's sub-run steps, by step id."""
+def wake_parent(session: Session, parent_run_id: str, child_run_id: str) -> None:
+    """A child run ended: its parent is flagged with work, then the step (or item) that runs this child
+    is made due, so the parent's pass reads this child (core.children.woken). The parent's row first:
+    its lock orders this write after a pass over the parent that holds it."""
+    flag_run(session, parent_run_id)
+    session.execute(
+        update(STEPS)
+        .where(STEPS.c.run_id == parent_run_id,
+               STEPS.c.step_id == select(RUNS.c.parent_step_id).where(RUNS.c.id == child_run_id).scalar_subquery(),
+               STEPS.c.status == StepStatus.RUNNING.value, _CHILD_OF_STEP == child_run_id)
+        .values(due_at=db_now())
+    )
+
+
+def link_children(session: Session, run_id: str, children: Mapping[str, str]) -> None:
+    """Name each step's (or item's) child run on its row: ``children`` is {step id: child run id}."""
+    if not children:
+        return
+    session.execute(
+        update(STEPS).where(STEPS.c.run_id == bindparam("run"), STEPS.c.step_id == bindparam("step"))
+        .values(checkpoint=bindparam("link", type_=STEPS.c.checkpoint.type)),
+        [{"run": run_id, "step": step_id, "link": {"child_run_id": child_id}} for step_id, child_id in children.items()],
+    )
+
+
+def child_facts(session: Session, run_id: str, step_ids: Sequence[str]) -> dict[str, ChildFacts]:
+    """The child runs of the run's steps (or items) ``step_ids``, by step id (a step without one absent)."""
     rows = session.execute(
-        select(RUNS.c.parent_step_id, RUNS.c.id, RUNS.c.status, RUNS.c.output, RUNS.c.error)
-        .where(RUNS.c.parent_run_id == run_id).order_by(RUNS.c.created_at, RUNS.c.id)
+        select(STEPS.c.step_id, RUNS.c.id, RUNS.c.status, RUNS.c.output, RUNS.c.error)
+        .join(RUNS, RUNS.c.id == _CHILD_OF_STEP)
+        .where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(list(step_ids)))
     ).all()
-    return {row.parent_step_id: ChildFacts(row.id, RunStatus(row.status), row.output, row.error) for row in rows}
+    return {row.step_id: ChildFacts(row.id, RunStatus(row.status), row.output, row.error) for row in rows}
 
 
 def child_run_ids(session: Session, run_id: str) -> list[str]:
@@ -40,3 +76,19 @@ def live_children(session: Session, run_ids: Sequence[str]) -> list[str]:
         select(RUNS.c.id).where(RUNS.c.parent_run_id.in_(list(run_ids)),
                                 RUNS.c.status.in_([s.value for s in LIVE_RUN]))
     ).scalars())
+
+
+def lock_live_children(session: Session, run_id: str, step_ids: Sequence[str]) -> tuple[list[Any], bool]:
+    """The live children of the run's steps ``step_ids`` (or of their for-each items), locked, and
+    whether any was skipped because another transaction holds it (SKIP LOCKED: a parent's pass never
+    waits for a child, whose own end waits for the parent's lock)."""
+    live = (RUNS.c.parent_run_id == run_id, RUNS.c.status.in_([s.value for s in LIVE_RUN]))
+    rows = session.execute(select(RUNS).where(*live).with_for_update(skip_locked=True)).all()
+    mine = [row for row in rows if _step_of(row.parent_step_id) in step_ids]
+    everyone = session.execute(select(RUNS.c.parent_step_id).where(*live)).scalars().all()
+    return mine, sum(_step_of(s) in step_ids for s in everyone) > len(mine)
+
+
+def _step_of(step_id: str) -> str:
+    """The step of the definition a child's parent step is (a for-each item's step, or itself)."""
+    return items.parent_of(step_id) or step_id
