@@ -28,9 +28,15 @@ class Services:
     bus: streams.Bus | None
     # Broker calls off the request path: a request never waits on the broker (the outbox and the sweep cover a lost one).
     courier: broker.Courier
-    # On PostgreSQL, sessions in autocommit on a connection each thread keeps, for work done in single
-    # statements (a token's lookup, a run's start): no pool checkout, no BEGIN and no COMMIT.
+    # On PostgreSQL, sessions in autocommit for work done in single statements (a token's lookup, a
+    # run's start): no ping, no BEGIN and no COMMIT (_statement_sessions).
     statements: AutocommitSessions | None = None
+
+    def dispose(self) -> None:
+        """Close the database connections the app's pools keep (an app made for a while, as in tests)."""
+        self.sessions.kw["bind"].dispose()
+        if self.statements is not None:
+            self.statements.maker.kw["bind"].dispose()
 
     def at_once(self) -> AbstractContextManager[Session]:
         """A session for work whose writes are one statement: in autocommit where there are such
@@ -84,8 +90,7 @@ def _services(settings: Settings) -> Services:
     celery = broker.make_celery(settings)
     engine = make_engine(settings)
     sessions = make_sessionmaker(engine)
-    statements = (AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
-                  if engine.dialect.name == "postgresql" else None)
+    statements = _statement_sessions(settings) if engine.dialect.name == "postgresql" else None
     bus = streams.make_bus(settings)
     streams.install_publisher([sessions] + ([statements] if statements else []), bus)
     courier = broker.Courier("switchyard-broker-calls")
@@ -99,6 +104,15 @@ def _services(settings: Settings) -> Services:
         courier=courier,
         statements=statements,
     )
+
+
+def _statement_sessions(settings: Settings) -> AutocommitSessions:
+    """Sessions in autocommit for the API's one-statement work (a token's lookup, a run's start), each on a
+    connection of a pool of their own, checked out without a ping: a ping is a round trip, as much as the
+    statement. A connection the database dropped fails its one request (503, retry) and invalidates the
+    pool's older connections. Not kept per thread: a server's threads may come and go."""
+    engine = make_engine(settings, pool_pre_ping=False, pool_size=5, max_overflow=15)
+    return AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")), held=False)
 
 
 def _register_routes(app: Flask, settings: Settings) -> None:

@@ -159,6 +159,8 @@ class RunSummary(_Out):
     parent_run_id: str | None = Field(description="A child run's parent run (its `workflow` step started it).")
     parent_step_id: str | None = Field(description="The parent's `workflow` step that started this run.")
     attempt: int
+    priority: int = Field(description="1 (first) to 9 (last): the order its steps are admitted to their queues' "
+                                      "windows in, within its tenant's share (docs/flow-control.md).")
     risk_level: Literal["low", "medium", "high"] | None
     limits: dict[str, Any] | None
     created_at: datetime

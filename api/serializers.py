@@ -157,6 +157,7 @@ def run_json(run: Run, workflow_name: str | None, steps: list[Step] | None = Non
         "parent_run_id": run.parent_run_id,
         "parent_step_id": run.parent_step_id,
         "attempt": run.attempt,
+        "priority": run.priority,
         "risk_level": run.risk_level,
         "limits": run.limits,
         "created_at": ts(run.created_at),

@@ -88,15 +88,25 @@ class AutocommitSessions:
     functions in ``after_use`` get the session instead (the live streams' publisher takes what the
     statements wrote to the event log, as it does after a commit). A use that raised drops its
     session; the next one starts anew, on a new connection if the error broke the held one.
+
+    With ``held=False`` each use has a session of its own on a connection from the pool, given back
+    after the use: for processes whose threads come and go (a development server starts one per
+    request), where a connection kept per thread would outlive its thread until a garbage collection.
     """
 
-    def __init__(self, maker: sessionmaker[Session]):
+    def __init__(self, maker: sessionmaker[Session], *, held: bool = True):
         self.held = HeldConnectionSessions(maker)
+        self.maker = maker
+        self.keep = held
         self.after_use: list[Callable[[Session], None]] = []
         self._kept = threading.local()
 
     @contextmanager
     def __call__(self) -> Iterator[Session]:
+        if not self.keep:
+            with self._pooled() as session:
+                yield session
+            return
         session: Session | None = getattr(self._kept, "session", None)
         if session is None or session.bind.closed or session.bind.invalidated:
             session = self._kept.session = self.held()
@@ -114,6 +124,18 @@ class AutocommitSessions:
                 session.close()
             else:
                 session.expunge_all()  # nothing it loaded may be served stale to the next use
+
+    @contextmanager
+    def _pooled(self) -> Iterator[Session]:
+        """A session of its own for this use, on a connection from the pool, given back after."""
+        session = self.maker()
+        try:
+            yield session
+            session.flush()
+        finally:
+            for hook in self.after_use:
+                hook(session)
+            session.close()
 
 
 @contextmanager

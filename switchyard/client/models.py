@@ -136,6 +136,7 @@ class RunSummary(Model):
     parent_run_id: str | None = Field(None, description="A child run's parent (its `workflow` step started it).")
     parent_step_id: str | None = Field(None, description="The parent's `workflow` step that started this run.")
     attempt: int
+    priority: int = Field(5, description="1 (first) to 9 (last), the order its steps are dispatched in.")
     risk_level: str | None = None
     limits: dict[str, Any] | None = None
     created_at: datetime

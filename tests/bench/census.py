@@ -240,5 +240,5 @@ def start(settings) -> dict[str, int]:
         response = client.post("/api/v1/runs", json=body, headers=headers)
         svc.courier.wait_idle(5)
     assert response.status_code == 201, response.get_json()
-    svc.sessions.kw["bind"].dispose()
+    svc.dispose()
     return _trips(c)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 import api
 from tests.integration.conftest import Api, unique
 
@@ -15,9 +17,19 @@ ONE_STEP = {"name": "start path", "steps": [{"id": "a", "type": "tool", "tool": 
                                               "queue": "start.path.nobody"}]}
 
 
-def _two_apis(settings, tokens) -> tuple[Api, Api]:
-    first, second = (Api(api.create_app(settings).test_client(), tokens["admin"]) for _ in range(2))
-    return first, second
+@pytest.fixture
+def apis(settings, tokens):
+    """Makes API processes' apps (their connections closed after the test)."""
+    made = []
+
+    def make(n: int) -> list[Api]:
+        apps = [api.create_app(settings) for _ in range(n)]
+        made.extend(apps)
+        return [Api(app.test_client(), tokens["admin"]) for app in apps]
+
+    yield make
+    for app in made:
+        app.extensions["switchyard"].dispose()
 
 
 def _start(client: Api, workflow_id: str, **extra) -> dict:
@@ -26,8 +38,8 @@ def _start(client: Api, workflow_id: str, **extra) -> dict:
     return response.get_json()
 
 
-def test_a_new_runs_answer_is_what_get_reads_back(settings, tokens):
-    client, _ = _two_apis(settings, tokens)
+def test_a_new_runs_answer_is_what_get_reads_back(apis):
+    [client] = apis(1)
     workflow_id = unique("start")
     assert client.put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
     started = _start(client, workflow_id)
@@ -36,8 +48,8 @@ def test_a_new_runs_answer_is_what_get_reads_back(settings, tokens):
     assert client.get(f"/runs/{started['id']}").get_json() == started
 
 
-def test_a_version_published_by_another_process_is_the_one_started(settings, tokens):
-    first, second = _two_apis(settings, tokens)
+def test_a_version_published_by_another_process_is_the_one_started(apis):
+    first, second = apis(2)
     workflow_id = unique("start")
     assert first.put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
     assert _start(first, workflow_id)["workflow"] == {"id": workflow_id, "version": 1, "name": "start path"}
@@ -48,8 +60,8 @@ def test_a_version_published_by_another_process_is_the_one_started(settings, tok
     assert pinned["workflow"] == {"id": workflow_id, "version": 1, "name": "v2"}
 
 
-def test_a_workflow_archived_by_another_process_refuses_starts_and_writes_nothing(settings, tokens):
-    first, second = _two_apis(settings, tokens)
+def test_a_workflow_archived_by_another_process_refuses_starts_and_writes_nothing(apis):
+    first, second = apis(2)
     workflow_id = unique("start")
     assert first.put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
     _start(first, workflow_id)
@@ -60,8 +72,8 @@ def test_a_workflow_archived_by_another_process_refuses_starts_and_writes_nothin
     assert len(runs) == 1
 
 
-def test_concurrent_starts_with_one_idempotency_key_make_one_run(settings, tokens):
-    clients = [Api(api.create_app(settings).test_client(), tokens["admin"]) for _ in range(4)]
+def test_concurrent_starts_with_one_idempotency_key_make_one_run(apis):
+    clients = apis(4)
     workflow_id = unique("start")
     assert clients[0].put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
     for client in clients:  # every process has the workflow's head cached: the race is the insert's
