@@ -33,9 +33,10 @@ from orchestrator.db.repository import items as item_rows
 from orchestrator.db.repository.scheduling import bound_hold
 from orchestrator.db.session import database_unavailable, transaction
 from orchestrator.definitions import Definition
-from orchestrator.messages import StepMessage
+from orchestrator.messages import StepMessage, task_id
 from orchestrator.settings import Settings
 from orchestrator.states import StepStatus
+from orchestrator.vanished import VanishedWatch
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Scheduler:
         self.celery = celery
         self.doorbell = broker.Doorbell(celery, settings.wake_queue)
         self.epoch = broker.BrokerEpoch(settings)
+        self.vanished = VanishedWatch()  # step messages a worker killed in its BRPOP took with it
         self.catalog = DefinitionCatalog()
         # Cron schedules fire from this loop (orchestrator/firing.py); retention sweeps on a thread (run_forever).
         self.schedules = firing.Ticker(settings, sessions, self.catalog)
@@ -274,6 +276,7 @@ class Scheduler:
             self._republish_queued()
         elif self.epoch.client is not None:
             self._republish_stranded()
+            self._republish_vanished()
         published = list(self.published_outbox)
         with transaction(self.sessions) as session:
             bound_hold(session, IDLE_IN_TRANSACTION_TIMEOUT_MS, STATEMENT_TIMEOUT_MS)
@@ -321,6 +324,20 @@ class Scheduler:
                         len(messages))
             broker.publish_steps(self.celery, messages, self.settings.cancel_grace_s)
         broker.forget_stranded(self.epoch.client, list(stranded))
+
+    def _republish_vanished(self) -> None:
+        """Publish again the messages of steps long `queued` that are nowhere in Redis at two sweeps in a
+        row: a worker killed in its BRPOP took them (orchestrator/vanished.py)."""
+        with transaction(self.sessions) as session:
+            rows = repo.queued_steps(session, published_before_s=self.settings.stranded_after_s)
+        queued = {task_id(r.run_id, r.step_id, r.attempt): r for r in rows}
+        gone = self.vanished.confirm(self.epoch.client, {t: r.queue for t, r in queued.items()})
+        messages = self._queued_messages({(queued[t].run_id, queued[t].step_id, queued[t].attempt) for t in gone}
+                                         ) if gone else []
+        if messages:
+            log.warning("re-publishing %d step messages that vanished from the broker (a worker killed while "
+                        "taking them)", len(messages))
+            broker.publish_steps(self.celery, messages, self.settings.cancel_grace_s)
 
     def _queued_messages(self, attempts: set[tuple[str, str, int]] | None) -> list[StepMessage]:
         """The messages of the `queued` step attempts (of ``attempts`` only, if given)."""

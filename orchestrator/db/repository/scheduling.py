@@ -8,7 +8,21 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Integer, and_, any_, bindparam, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import (
+    Integer,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -117,10 +131,12 @@ def seconds_until_next_due(session: Session, passed_within_s: float) -> float | 
     ).scalar_one_or_none()
 
 
-def queued_steps(session: Session, attempts: Sequence[tuple[str, str, int]] | None = None) -> Sequence[Any]:
+def queued_steps(session: Session, attempts: Sequence[tuple[str, str, int]] | None = None, *,
+                 published_before_s: float | None = None) -> Sequence[Any]:
     """Every step attempt waiting in a broker queue (not held for its window: held, it has no message)
-    (of ``attempts`` only, (run id, step id, attempt), if given), with its run's workflow version (to
-    rebuild its message)."""
+    (of ``attempts`` only, (run id, step id, attempt), if given; with ``published_before_s``, only those
+    queued longer ago than that whose outbox row is gone, so published), with its run's workflow
+    version (to rebuild its message)."""
     query = (
         select(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue, RUNS.c.tenant_id,
                RUNS.c.workflow_id, RUNS.c.workflow_version)
@@ -129,6 +145,9 @@ def queued_steps(session: Session, attempts: Sequence[tuple[str, str, int]] | No
     )
     if attempts is not None:
         query = query.where(tuple_(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt).in_(list(attempts)))
+    if published_before_s is not None:
+        query = query.where(STEPS.c.queued_at < db_now(-published_before_s), ~exists().where(
+            OUTBOX.c.run_id == STEPS.c.run_id, OUTBOX.c.step_id == STEPS.c.step_id, OUTBOX.c.attempt == STEPS.c.attempt))
     return session.execute(query).all()
 
 
