@@ -227,6 +227,21 @@ class Processes:
             self.stop(name)
 
 
+@contextmanager
+def stack_of_its_own(prefix: str, folder: Path, **overrides) -> Iterator[tuple[Settings, Processes]]:
+    """A database (``prefix``) and a Redis db of the test's own, settings for them (a sweep every second,
+    then ``overrides``) and the Processes to start on them, all stopped at the end: for a scenario whose
+    processes and faults must not touch the session's."""
+    with fresh_database(prefix) as database_url, claimed_redis_db() as broker_url:
+        settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=folder / "data",
+                            **{"sweep_interval_s": 1.0, **overrides})
+        procs = Processes(settings, folder)
+        try:
+            yield settings, procs
+        finally:
+            procs.stop_all()
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
     """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes (then fail, saying what)."""
     deadline = time.monotonic() + timeout

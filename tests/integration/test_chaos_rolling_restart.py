@@ -19,7 +19,7 @@ import pytest
 from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.settings import Settings
-from tests.integration.conftest import Api, Processes, claimed_redis_db, fresh_database, publish, wait_for
+from tests.integration.conftest import Api, Processes, publish, stack_of_its_own, wait_for
 from tests.integration.invariants import (
     assert_every_step_succeeded_once,
     assert_no_violations,
@@ -36,14 +36,9 @@ SETTLE_S = 120
 
 @pytest.fixture
 def rolling(tmp_path) -> Iterator[tuple[Settings, Processes]]:
-    with fresh_database("switchyard_rolling") as database_url, claimed_redis_db() as broker_url:
-        settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=tmp_path / "data",
-                            sweep_interval_s=1.0, lease_s=4.0, outbox_republish_after_s=2.0, stranded_after_s=3.0)
-        procs = Processes(settings, tmp_path)
-        try:
-            yield settings, procs
-        finally:
-            procs.stop_all()
+    with stack_of_its_own("switchyard_rolling", tmp_path, lease_s=4.0, outbox_republish_after_s=2.0,
+                          stranded_after_s=3.0) as stack:
+        yield stack
 
 
 class Load(threading.Thread):

@@ -19,15 +19,7 @@ from orchestrator.db import repository as repo
 from orchestrator.db.models import Step
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.settings import Settings
-from tests.integration.conftest import (
-    Api,
-    Processes,
-    claimed_redis_db,
-    fresh_database,
-    publish,
-    start,
-    wait_for,
-)
+from tests.integration.conftest import Api, Processes, publish, stack_of_its_own, start, wait_for
 
 LEASE_S = 30.0
 NAMED_WITHIN_S = 10.0
@@ -36,14 +28,8 @@ QUIET_S = 5.0  # longer than two heartbeat intervals (4 s): a live worker is hea
 
 @pytest.fixture
 def lone_worker(tmp_path) -> Iterator[tuple[Settings, Processes]]:
-    with fresh_database("switchyard_dead_worker") as database_url, claimed_redis_db() as broker_url:
-        settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=tmp_path / "data",
-                            sweep_interval_s=1.0, lease_s=LEASE_S)
-        procs = Processes(settings, tmp_path)
-        try:
-            yield settings, procs
-        finally:
-            procs.stop_all()
+    with stack_of_its_own("switchyard_dead_worker", tmp_path, lease_s=LEASE_S) as stack:
+        yield stack
 
 
 def _lost_worker_causes(api: Api, run_id: str, name: str) -> list[dict]:

@@ -26,7 +26,7 @@ from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.scheduler import IDLE_IN_TRANSACTION_TIMEOUT_MS
 from orchestrator.settings import Settings
 from tests.integration import conftest
-from tests.integration.conftest import Api, Processes, claimed_redis_db, fresh_database, publish, wait_for
+from tests.integration.conftest import Api, Processes, publish, stack_of_its_own, wait_for
 from tests.integration.invariants import assert_no_violations
 
 # A fault-injection scenario: `make chaos` runs it (and .ci/run), `make test` leaves it out.
@@ -38,10 +38,8 @@ FROZEN = "switchyard-test-frozen-scheduler"  # its connections' application_name
 
 @pytest.fixture
 def two_schedulers(tmp_path) -> Iterator[tuple[Settings, Processes]]:
-    with fresh_database("switchyard_sched_frozen") as database_url, claimed_redis_db() as broker_url:
-        settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=tmp_path / "data",
-                            sweep_interval_s=1.0, lease_s=6.0, outbox_republish_after_s=2.0)
-        procs = Processes(settings, tmp_path)
+    with stack_of_its_own("switchyard_sched_frozen", tmp_path, lease_s=6.0, outbox_republish_after_s=2.0) as (
+            settings, procs):
         try:
             procs.start("worker", "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
             procs.start("frozen", "scheduler", env={"PGAPPNAME": FROZEN})

@@ -18,15 +18,7 @@ from orchestrator.broker import BrokerEpoch
 from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.settings import Settings
-from tests.integration.conftest import (
-    Api,
-    Processes,
-    claimed_redis_db,
-    fresh_database,
-    publish,
-    start,
-    wait_for,
-)
+from tests.integration.conftest import Api, Processes, publish, stack_of_its_own, start, wait_for
 from tests.integration.invariants import assert_no_violations
 
 pytestmark = pytest.mark.integration
@@ -34,14 +26,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def own_stack(tmp_path) -> Iterator[tuple[Settings, Processes]]:
-    with fresh_database("switchyard_vanished") as database_url, claimed_redis_db() as broker_url:
-        settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=tmp_path / "data",
-                            sweep_interval_s=1.0, lease_s=6.0, stranded_after_s=1.0)
-        procs = Processes(settings, tmp_path)
-        try:
-            yield settings, procs
-        finally:
-            procs.stop_all()
+    with stack_of_its_own("switchyard_vanished", tmp_path, lease_s=6.0, stranded_after_s=1.0) as stack:
+        yield stack
 
 
 def test_a_message_taken_by_a_worker_that_died_before_recording_it_is_published_again(own_stack):
