@@ -156,7 +156,7 @@ def _start_held(draft: Draft, definition: Definition, step: StepState, env: Env)
         settles = children.start(draft, definition, step, env)
     elif draft.run.outputs is None:
         raise NeedsFacts(context=True)
-    elif step.attempt and draft.run.succeeded_items is None:  # started before: its items may be kept
+    elif items.may_keep(step) and step.step_id not in (draft.run.succeeded_items or {}):
         raise NeedsFacts(succeeded_items=(step.step_id,))
     else:
         try:

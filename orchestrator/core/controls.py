@@ -91,10 +91,13 @@ def reopen(draft: Draft, definition: Definition, step_ids: Iterable[str]) -> lis
         if step.step_id not in wanted:
             continue
         budget = definition.retry_policy(definition.step(step.step_id)).max_attempts
+        # A for-each step that failed keeps its items' counts: started again, it keeps the items that
+        # succeeded (core.items.expand); one that succeeded (changes requested) runs every item again.
+        forget = {"item_counts": None} if step.status is StepStatus.SUCCEEDED and step.item_counts else {}
         if draft.move(step, StepStatus.PENDING, max_attempts=step.attempt + budget, error=None, output=None,
                       skipped_reason=None, cancel_requested=False, worker=None, queued_at=None, started_at=None,
                       completed_at=None, due_at=None, lease_expires_at=None, checkpoint=None, correlation_key=None,
-                      waiting_on=None):
+                      waiting_on=None, **forget):
             reopened.append(step.step_id)
     return reopened
 

@@ -80,6 +80,12 @@ class ItemCounts:
         return dataclasses.replace(self, pending=self.pending - count, in_flight=self.in_flight + count)
 
 
+def may_keep(step: StepState) -> bool:
+    """Whether the pending for-each ``step`` has items of an earlier start that succeeded, which its
+    start keeps (a run's retry; a step whose changes were requested forgot them: core.controls.reopen)."""
+    return step.attempt > 0 and ItemCounts.of(step.item_counts).succeeded > 0
+
+
 def required(definition: Definition, step_id: str, total: int) -> int:
     """How many items must succeed: ``min_succeeded``, or every item."""
     wanted = definition.step(step_id).min_succeeded

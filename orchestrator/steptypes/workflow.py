@@ -1,6 +1,7 @@
 """`workflow` steps: a sub-run. The step starts a child run of another workflow (or of its own, within
 the depth limit) when it starts, holds no worker while the child is live, and takes the child's output
-as its own, or fails with ``child_run_failed`` when the child fails (core.children)."""
+as its own, or fails with ``child_run_failed`` when the child fails (core.children). With ``for_each``
+it is a map over child runs: one child per item, ``item`` and ``index`` in its ``input`` (core.items)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from orchestrator.core import advance, controls, items
 from orchestrator.core.children import ChildFacts
 from orchestrator.core.inputs import Actor, Control
-from orchestrator.core.transition import ITEM_OUTPUTS
+from orchestrator.core.transition import ITEM_OUTPUTS, Draft
 from orchestrator.core.vocabulary import ErrorCode, EventType
 from orchestrator.states import RunStatus, StepStatus
 from tests.unit.core_fixtures import counting_env, run_state, step_state, table_violations, tool, workflow
@@ -178,8 +178,12 @@ def test_a_map_that_can_no_longer_reach_k_fails_and_asks_for_its_live_children_t
     assert transition.run_to is R.FAILED
 
 
+# The map as a run's retry leaves it: pending again, with the counts of its failed start (1 succeeded).
+FAILED_COUNTS = items.ItemCounts(4, succeeded=1, failed=1, cancelled=2).as_json()
+
+
 def test_a_map_started_again_keeps_the_items_that_succeeded_with_the_same_value():
-    pending_again = {"research": step_state(MAP, "research", S.PENDING, 1)}
+    pending_again = {"research": step_state(MAP, "research", S.PENDING, 1, item_counts=FAILED_COUNTS)}
     with pytest.raises(advance.NeedsFacts) as needs:
         mapped(pending_again)
     assert needs.value.succeeded_items == ("research",)
@@ -193,7 +197,20 @@ def test_a_map_started_again_keeps_the_items_that_succeeded_with_the_same_value(
 
 def test_a_map_whose_every_item_is_kept_succeeds_at_once_with_their_outputs():
     kept = {i: topic for i, topic in enumerate(["tides", "winds", "ice", "sand"])}
-    transition = mapped({"research": step_state(MAP, "research", S.PENDING, 1)}, succeeded_items={"research": kept})
+    transition = mapped({"research": step_state(MAP, "research", S.PENDING, 1, item_counts=FAILED_COUNTS)},
+                        succeeded_items={"research": kept})
     done = next(m for m in transition.moves if m.step_id == "research" and m.target is S.SUCCEEDED)
     assert done.values["output"] is ITEM_OUTPUTS
     assert transition.after.steps["after"].status is S.QUEUED
+
+
+def test_a_map_reopened_after_it_succeeded_runs_every_item_again():
+    # A person's request_changes reopens the step before the approval: its items are not kept.
+    done = {"research": step_state(MAP, "research", S.SUCCEEDED, 1, item_counts=items.ItemCounts(4, succeeded=4).as_json())}
+    state = run_state(MAP, R.RUNNING, {"prepare": step_state(MAP, "prepare", S.SUCCEEDED, 1), **done})
+    draft = Draft(state)
+    controls.reopen(draft, MAP, ["research"])
+    reopened = draft.finish().after.steps["research"]
+    assert reopened.status is S.PENDING and reopened.item_counts is None
+    transition = mapped({"research": reopened})  # no NeedsFacts(succeeded_items): nothing to keep
+    assert transition.items[0].keep == () and transition.items[0].queue_first == 2
