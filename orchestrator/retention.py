@@ -68,12 +68,15 @@ def sweep(sessions: sessionmaker[Session], settings: Settings, *, now: datetime 
     for tenant_id, workflow_id, days in targets:
         cutoff, after = now - timedelta(days=days), None
         while not stopping.is_set():
+            batch_started = time.monotonic()
             runs, counts, after = purge_batch(sessions, settings, (tenant_id, workflow_id), cutoff, after)
             if runs:
                 totals.add(runs, counts)
             if runs < settings.retention_batch:
                 break
-            stopping.wait(settings.retention_pause_s)
+            # At least as long as the batch took: the sweep never takes more than half of a database
+            # connection's time, however slow a busy database makes its batches (the hot path's share).
+            stopping.wait(max(settings.retention_pause_s, time.monotonic() - batch_started))
     if settings.retention_days > 0:
         _prune_records(sessions, now - timedelta(days=settings.retention_days), settings.retention_batch)
     totals.seconds = time.monotonic() - started

@@ -496,6 +496,13 @@ class Bench:
                           f"{few['sql statements']} / {many['sql statements']} statements", "–", "–"))
         say(f"  an item's outcome: {few} with 10 items, {many} with 1,000")
 
+    def retention(self) -> None:
+        """The retention sweep of 1,000,000 terminal runs, and GET /runs and step-to-step meanwhile
+        (tests/bench/bench_retention.py)."""
+        from tests.bench import bench_retention
+
+        self.notes["retention"] = bench_retention.section(self)
+
 
 THROUGHPUT_SEED = """
 INSERT INTO runs (id, tenant_id, workflow_id, workflow_version, status, input, usage, trigger_type, attempt,
@@ -793,6 +800,7 @@ def main() -> int:
             for name, step in [("front", bench.front), ("chain", bench.step_to_step), ("throughput", bench.throughput),
                                ("fanout", bench.fan_out), ("foreach", bench.for_each), ("subruns", bench.sub_runs),
                                ("api", bench.api), ("monitoring", bench.monitoring), ("ui", bench.ui_render),
+                               ("retention", bench.retention),
                                ("census", bench.round_trips),
                                ("data", bench.data_scale)]:
                 if not only or name in only:
