@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import diagnosis
-from orchestrator.diagnosis import StepFacts, diagnose
+from orchestrator.diagnosis import StepFacts, WindowFacts, diagnose
 from orchestrator.states import RunStatus, StepStatus
 
 R, S = RunStatus, StepStatus
@@ -41,6 +41,9 @@ SITUATIONS = {
     "no_consumers": (R.RUNNING, [step(S.QUEUED, queue=AWKWARD)], {}, {}, {"steps": 1}),
     "queued": (R.RUNNING, [step(S.QUEUED)], {}, {}, None),
     "worker_lost": (R.RUNNING, [step(S.RUNNING, lease_expired=True)], {}, {}, None),
+    "rate_limit": (R.WAITING, [step(S.WAITING, "llm", waiting_on="rate_limit", due_in_s=4)], {}, {}, None),
+    "window": (R.RUNNING, [step(S.QUEUED, queue=AWKWARD, window=WindowFacts(in_use=32, size=32, held_ahead=3))],
+               {}, {}, None),
 }
 # The kinds that are an API call (the others are a command, or nothing to do).
 CALLS = {"failed", "cancelled", "paused", "budget_exceeded", "approval", "question", "event"}

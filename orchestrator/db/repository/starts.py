@@ -154,9 +154,10 @@ WITH head AS (
       AND (%(latest)s::integer IS NULL OR latest_version = %(latest)s::integer)
 ), new_run AS (
     INSERT INTO runs (created_at, started_at, {run_cols})
-    SELECT clock_timestamp(), CASE WHEN r.status = '{RunStatus.QUEUED.value}' THEN NULL ELSE clock_timestamp() END,
+    SELECT clock.t, CASE WHEN r.status = '{RunStatus.QUEUED.value}' THEN NULL ELSE clock.t END,
            {", ".join(f"r.{c}" for c in run_columns)}
-    FROM jsonb_populate_record(NULL::runs, %(run)s::jsonb) AS r, head
+    FROM jsonb_populate_record(NULL::runs, %(run)s::jsonb) AS r, head,
+         (SELECT clock_timestamp() AS t) AS clock  -- one reading: created_at and started_at are the same time
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
     RETURNING created_at
 ), new_steps AS (
