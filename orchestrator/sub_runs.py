@@ -11,8 +11,9 @@ transaction (the parent's lock held).
 - The live children of the steps it stopped (``Transition.stop_children``: a cancel, fail-fast, a
   k-of-n step that can no longer succeed) are cancelled, each through the same decision as an
   operator's cancel (core.controls), and theirs in turn. A child another transaction holds is skipped
-  (the pass never waits for a child: a child's end waits for its parent's lock); an ended parent
-  tries again at its next pass.
+  (the pass never waits for a child: a child's end waits for its parent's lock); its stopped step (or
+  item) is made due and the parent flagged, so the parent's next pass (the next ring's, or the
+  sweep's) asks again, live parent or ended, until the child is reached (core.children.stop_held).
 """
 
 from __future__ import annotations
@@ -70,8 +71,7 @@ def follow_up(session: Session, settings: Settings, catalog: DefinitionCatalog, 
     if starts:
         _start(session, settings, parent, starts, done, definition=definition, env=env)
     if transition.stop_children:
-        ended = transition.after is not None and transition.after.status in states.TERMINAL_RUN
-        _stop(session, catalog, parent.id, transition.stop_children, done, again_if_held=ended)
+        _stop(session, catalog, parent.id, transition.stop_children, done)
     return done
 
 
@@ -168,11 +168,10 @@ def _fail_step(session: Session, parent: RunState, definition: Definition, child
 
 
 def _stop(session: Session, catalog: DefinitionCatalog, parent_id: str, step_ids: Sequence[str],
-          done: FollowUp, *, again_if_held: bool) -> None:
-    """Cancel the live children of the parent's steps ``step_ids`` (and of their items), and theirs;
-    ``again_if_held``: if a child was held by another transaction, flag the parent (ended: its next
-    pass stops its children again)."""
-    found, skipped = child_rows.lock_live_children(session, parent_id, step_ids)
+          done: FollowUp) -> None:
+    """Cancel the live children of the parent's steps or items ``step_ids`` (a step's: its items' too),
+    and theirs; those another transaction holds are left to the parent's next pass (stop_later)."""
+    found, held = child_rows.lock_live_children(session, parent_id, step_ids)
     actor = Actor("scheduler", f"run:{parent_id}")
     for row in found:
         definition = catalog.get(session, (row.tenant_id, row.workflow_id, row.workflow_version))
@@ -186,7 +185,7 @@ def _stop(session: Session, catalog: DefinitionCatalog, parent_id: str, step_ids
         transition = controls.on_control(state, definition, cancel)
         done.add(writer.apply(session, transition))
         if transition.stop_children:
-            _stop(session, catalog, row.id, transition.stop_children, done, again_if_held=True)
-    if skipped and again_if_held:
-        child_rows.flag_run(session, parent_id)
-        done.ring = True
+            _stop(session, catalog, row.id, transition.stop_children, done)
+    if held:
+        # No ring: a pass now would most likely find the child still held; the next ring's or the sweep's will not.
+        child_rows.stop_later(session, parent_id, held)

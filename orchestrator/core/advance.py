@@ -51,6 +51,7 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
     None where none is kept; a key absent: not read)."""
     draft = Draft(state)
     draft.run_values["has_work"] = False
+    children.stop_held(draft)
     if state.status in TERMINAL_RUN:
         # An attempt a graceful cancel let run on, whose worker was lost: it is stopped as the cancel
         # would have stopped it, rather than reading `running` for ever.

@@ -8,7 +8,9 @@ step's row names its child; a child that ends wakes its parent (``Transition.wak
 that step due, so the parent's next pass reads only the children of its due sub-run steps
 (``RunState.children``) and settles them: the child's output, or ``child_run_failed`` (retryable: a
 retry starts a new child). A step stopped while its child is live (cancelled, fail-fast, k-of-n)
-asks for the child to be cancelled (``Transition.stop_children``).
+asks for the child to be cancelled (``Transition.stop_children``). A child another transaction held
+at that moment is not waited for: the scheduler makes its stopped step (or item) due, and the next
+pass over the parent asks again (``stop_held``), until the child is reached.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from orchestrator.core.snapshot import StepState
 from orchestrator.core.transition import NOW, Draft
 from orchestrator.core.vocabulary import ErrorCode, EventType
 from orchestrator.definitions import Definition
-from orchestrator.states import TERMINAL_RUN, RunStatus, StepStatus
+from orchestrator.states import TERMINAL_RUN, TERMINAL_STEP, RunStatus, StepStatus
 
 SUB_RUN = "workflow"  # the step type
 
@@ -90,7 +92,17 @@ def ended(facts: ChildFacts | None) -> Outcome | None:
 
 
 def stop(draft: Draft, step_ids: list[str]) -> None:
-    """The live children of the sub-run steps ``step_ids`` (and of their items) are to be cancelled."""
+    """The live children of the sub-run steps or items ``step_ids`` (a step's: its items' too) are to be
+    cancelled."""
     for step_id in step_ids:
         if draft.step(step_id).type == SUB_RUN and step_id not in draft.stop_children:
             draft.stop_children.append(step_id)
+
+
+def stop_held(draft: Draft) -> None:
+    """The stopped sub-run steps and items made due because their live child was held by another
+    transaction when they stopped (orchestrator/sub_runs.py): their children are asked for again."""
+    for step in list(draft.steps.values()):
+        if step.type == SUB_RUN and step.due and step.status in TERMINAL_STEP:
+            draft.update(step, due_at=None)
+            stop(draft, [step.step_id])

@@ -3,8 +3,9 @@ level with the child's id, and a retry of the top run starts a new chain that su
 parent cancels its live child; a child workflow that does not exist is refused at publish; a workflow
 calling itself stops at the depth limit; a child's end reaches its parent at once, not at the sweep.
 A map over child runs (for_each over a `workflow` step): its outputs in order with at most max_parallel
-children live; k-of-n failing early and cancelling the live children; pause, resume and cancel reaching
-the items' children; a retry of the run running again only the items that did not succeed."""
+children live; k-of-n failing early and cancelling the live children, one held by another transaction
+at that moment included; pause, resume and cancel reaching the items' children; a retry of the run
+running again only the items that did not succeed."""
 
 from __future__ import annotations
 
@@ -223,6 +224,40 @@ def test_a_map_that_cannot_reach_k_fails_early_and_cancels_the_live_children(api
         (slow,) = children[f"each[{index}]"]
         assert wait_run(api, slow["id"], timeout=30)["status"] == "cancelled"
     assert {children[f"each[{i}]"][0]["status"] for i in range(4, 7)} == {"failed"}
+
+
+@engine
+def test_a_live_child_held_by_another_transaction_when_its_item_stopped_is_cancelled_once_free(api, settings):
+    """k-of-n failing while the run goes on (on_failure: continue): a live child that another
+    transaction holds at that moment is skipped by the pass (SKIP LOCKED), and reached by a later one."""
+    child = publish(api, {"name": "waits", "steps": [
+        {"id": "wait", "type": "wait_event", "correlation_key": "never-{{ run.id }}"}]})
+    parent = publish(api, {"name": "map goes on", "steps": [
+        {"id": "each", "type": "workflow", "workflow_id": child, "for_each": "input.n", "on_failure": "continue",
+         "retry": ONCE},
+        {"id": "hold", "type": "wait_event", "correlation_key": "hold-{{ run.id }}"}]})
+    run_id = start(api, parent, {"n": [0, 1, 2]})
+
+    def three_children_waiting():
+        children = children_by_item(api, run_id)
+        live = {item: c[0] for item, c in children.items() if c[0]["status"] == "waiting"}
+        return live if len(live) == 3 else None
+
+    live = wait_for(three_children_waiting, 60, "the three items' children to be waiting")
+    held, failing, other = live["each[0]"]["id"], live["each[1]"]["id"], live["each[2]"]["id"]
+    sessions = make_sessionmaker(make_engine(settings))
+    with sessions() as holder:
+        holder.execute(text("SELECT id FROM runs WHERE id = :id FOR UPDATE"), {"id": held})
+        # Its child cancelled, item 1 fails for good: the map cannot succeed and stops its other items.
+        assert api.post(f"/runs/{failing}/cancel").status_code == 200
+        assert wait_run(api, other, timeout=30)["status"] == "cancelled"
+        run = api.get(f"/runs/{run_id}").get_json()
+        assert by_id(run)["each"]["status"] == "failed" and run["status"] in ("running", "waiting"), run
+        assert api.get(f"/runs/{held}").get_json()["status"] == "waiting"  # skipped: held here
+        holder.rollback()
+    assert wait_run(api, held, timeout=30)["status"] == "cancelled"
+    assert api.get(f"/runs/{run_id}").get_json()["status"] in ("running", "waiting")  # it went on meanwhile
+    assert api.post(f"/runs/{run_id}/cancel").status_code == 200
 
 
 @engine

@@ -178,6 +178,42 @@ def test_a_map_that_can_no_longer_reach_k_fails_and_asks_for_its_live_children_t
     assert transition.run_to is R.FAILED
 
 
+# A map allowed to fail (k-of-n failing early leaves the run going on), beside a long step.
+MAP_MAY_FAIL = workflow("map may fail", tool("prepare"), tool("long", "prepare"),
+                        {"id": "research", "type": "workflow", "workflow_id": "research", "needs": ["prepare"],
+                         "for_each": "steps.prepare.output.topics", "min_succeeded": 3, "on_failure": "continue"})
+
+
+def test_a_live_runs_stopped_item_made_due_asks_again_for_its_held_child():
+    # The scheduler could not lock item 1's child when the map failed, so it made that item due
+    # (orchestrator/sub_runs.py): the next pass asks for that child again, and the item loses its due time.
+    failed = step_state(MAP_MAY_FAIL, "research", S.FAILED, 1,
+                        item_counts=items.ItemCounts(4, failed=2, cancelled=2).as_json())
+
+    def passed_with(item: dict):
+        state = run_state(MAP_MAY_FAIL, R.RUNNING, {
+            "prepare": step_state(MAP_MAY_FAIL, "prepare", S.SUCCEEDED, 1),
+            "long": step_state(MAP_MAY_FAIL, "long", S.RUNNING, 1), "research": failed,
+            "research[1]": step_state(MAP_MAY_FAIL, "research[1]", S.CANCELLED, 1, **item)})
+        transition = advance.on_advance(state, MAP_MAY_FAIL, counting_env(), kept={})
+        assert table_violations(transition) == [] and transition.run_to is None
+        return transition
+
+    transition = passed_with({"due": True})
+    assert transition.stop_children == ("research[1]",)
+    assert [(m.step_id, m.target, dict(m.values)) for m in transition.moves] == [
+        ("research[1]", S.CANCELLED, {"due_at": None})]
+    assert passed_with({}).stop_children == ()  # not made due: nothing was held, nothing to ask
+
+
+def test_an_ended_runs_stopped_step_made_due_loses_its_due_time_as_its_children_are_asked_again():
+    state = run_state(CALLER, R.FAILED, {"prepare": step_state(CALLER, "prepare", S.FAILED, 1),
+                                         "research": step_state(CALLER, "research", S.CANCELLED, 1, due=True)})
+    transition = advance.on_advance(state, CALLER, counting_env(), kept={})
+    assert transition.stop_children == ("research",)
+    assert [(m.step_id, dict(m.values)) for m in transition.moves] == [("research", {"due_at": None})]
+
+
 # The map as a run's retry leaves it: pending again, with the counts of its failed start (1 succeeded).
 FAILED_COUNTS = items.ItemCounts(4, succeeded=1, failed=1, cancelled=2).as_json()
 

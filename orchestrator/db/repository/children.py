@@ -18,7 +18,7 @@ from orchestrator.core import items
 from orchestrator.core.children import ChildFacts
 from orchestrator.db.repository.common import LIVE_RUN, RUNS, STEPS
 from orchestrator.db.types import db_now
-from orchestrator.states import RunStatus, StepStatus
+from orchestrator.states import TERMINAL_STEP, RunStatus, StepStatus
 
 _CHILD_OF_STEP = STEPS.c.checkpoint["child_run_id"].as_string()
 
@@ -78,17 +78,29 @@ def live_children(session: Session, run_ids: Sequence[str]) -> list[str]:
     ).scalars())
 
 
-def lock_live_children(session: Session, run_id: str, step_ids: Sequence[str]) -> tuple[list[Any], bool]:
-    """The live children of the run's steps ``step_ids`` (or of their for-each items), locked, and
-    whether any was skipped because another transaction holds it (SKIP LOCKED: a parent's pass never
-    waits for a child, whose own end waits for the parent's lock)."""
+def lock_live_children(session: Session, run_id: str, step_ids: Sequence[str]) -> tuple[list[Any], list[str]]:
+    """The live children of the run's steps or items ``step_ids`` (a step's: its for-each items' too),
+    locked, and the steps (or items) whose live child was skipped because another transaction holds it
+    (SKIP LOCKED: a parent's pass never waits for a child, whose own end waits for the parent's lock)."""
     live = (RUNS.c.parent_run_id == run_id, RUNS.c.status.in_([s.value for s in LIVE_RUN]))
     rows = session.execute(select(RUNS).where(*live).with_for_update(skip_locked=True)).all()
-    mine = [row for row in rows if _step_of(row.parent_step_id) in step_ids]
-    everyone = session.execute(select(RUNS.c.parent_step_id).where(*live)).scalars().all()
-    return mine, sum(_step_of(s) in step_ids for s in everyone) > len(mine)
+    mine = [row for row in rows if _stopped(row.parent_step_id, step_ids)]
+    locked = {row.id for row in mine}
+    everyone = session.execute(select(RUNS.c.id, RUNS.c.parent_step_id).where(*live)).all()
+    return mine, [row.parent_step_id for row in everyone
+                  if _stopped(row.parent_step_id, step_ids) and row.id not in locked]
 
 
-def _step_of(step_id: str) -> str:
-    """The step of the definition a child's parent step is (a for-each item's step, or itself)."""
-    return items.parent_of(step_id) or step_id
+def stop_later(session: Session, run_id: str, step_ids: Sequence[str]) -> None:
+    """The stopped steps (or items) ``step_ids`` of the locked run could not reach their live children
+    (held by another transaction): each is made due and the run flagged, so that its next pass asks
+    for them again (core.children.stop_held) — kept in the database, not in the scheduler's memory."""
+    session.execute(update(STEPS).where(STEPS.c.run_id == run_id, STEPS.c.step_id.in_(list(step_ids)),
+                                        STEPS.c.status.in_([s.value for s in TERMINAL_STEP]))
+                    .values(due_at=db_now()))
+    flag_run(session, run_id)
+
+
+def _stopped(parent_step_id: str, step_ids: Sequence[str]) -> bool:
+    """Whether a child's parent step (or item) is among ``step_ids``, or is an item of one of them."""
+    return parent_step_id in step_ids or items.parent_of(parent_step_id) in step_ids
