@@ -130,8 +130,7 @@ def run_diagnosis(run_id: str):
     stuck = any(s.status is StepStatus.QUEUED and (s.queued_for_s or 0) >= QUEUED_LONG_S for s in steps)
     consumers = (monitoring.consumer_counts(svc) if stuck and not svc.settings.uses_embedded_broker else None)
     # A running step's worker that stopped sending Celery heartbeats is named long before its lease expires.
-    running_on = {diagnosis.worker_name(s.worker) for s in steps
-                  if s.status is StepStatus.RUNNING and s.worker and not s.lease_expired}
+    running_on = diagnosis.workers_running(steps)
     causes = diagnosis.diagnose(run.id, status, run.error, steps, approvals=approvals, questions=questions,
                                 consumers=consumers, silent_workers=monitoring.silent_workers(svc, running_on))
     return {"run_id": run.id, "status": run.status, "waiting_on": run.waiting_on,

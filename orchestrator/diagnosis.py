@@ -42,6 +42,9 @@ class StepFacts:
     # A queued step held in the database for room in its queue's dispatch window (orchestrator/admission.py):
     # the places in use and the held messages of the queue ahead of it (higher priority, or as high and older).
     window: WindowFacts | None = None
+    # A for-each step's running items whose leases have not expired (each a StepFacts named
+    # "<step>[<index>]", with its worker): a silent worker holding some is named on the step.
+    items_running: tuple[StepFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,20 +191,61 @@ def worker_name(step_worker: str | None) -> str | None:
     return (step_worker.rpartition(":")[0] or step_worker) if step_worker else None
 
 
+def workers_running(steps: Sequence[StepFacts]) -> set[str]:
+    """The Celery workers running the steps' attempts (for-each items' included) whose leases have not
+    expired: those whose silence the diagnosis would name."""
+    running = [i for s in steps for i in (s, *s.items_running)]
+    return {worker_name(s.worker) for s in running if s.status is StepStatus.RUNNING and s.worker and not s.lease_expired}
+
+
 def _silent_worker_cause(step: StepFacts, silent_workers: Mapping[str, datetime | None]) -> Cause | None:
     """A running step whose worker stopped sending Celery heartbeats, named before its lease expires
-    (the lease stays the authority: the sweep reclaims the attempt only then)."""
+    (the lease stays the authority: the sweep reclaims the attempt only then); for a for-each step,
+    the silent workers holding its items."""
+    if step.items_running:
+        return _silent_item_workers_cause(step, silent_workers)
     name = worker_name(step.worker)
     if step.status is not StepStatus.RUNNING or step.lease_expired or name not in silent_workers:
         return None
-    last = silent_workers[name]
-    stopped = (f"stopped sending heartbeats at {_at(last)}" if last is not None
-               else "sends no heartbeats (none heard since this API process began listening)")
     lease = f" at {_at(step.lease_expires_at)}" if step.lease_expires_at is not None else ""
     return Cause(ErrorCode.WORKER_LOST.value, step.step_id,
-                 f"worker {name} {stopped}; step {step.step_id!r} will be recovered when its lease expires{lease}",
+                 f"worker {name} {_stopped(silent_workers[name])}; step {step.step_id!r} will be recovered when "
+                 f"its lease expires{lease}",
                  "nothing: the scheduler reclaims the attempt when its lease expires and retries it; "
                  "check that worker's process and machine")
+
+
+def _silent_item_workers_cause(step: StepFacts, silent_workers: Mapping[str, datetime | None]) -> Cause | None:
+    """A for-each step some of whose running items are held by workers that stopped sending heartbeats."""
+    held: dict[str, list[StepFacts]] = {}
+    for item in step.items_running:
+        name = worker_name(item.worker)
+        if item.status is StepStatus.RUNNING and not item.lease_expired and name in silent_workers:
+            held.setdefault(name, []).append(item)
+    if not held:
+        return None
+    said = []
+    for name, its in held.items():
+        leases = [i.lease_expires_at for i in its if i.lease_expires_at is not None]
+        until = f", the last lease expiring at {_at(max(leases))}" if leases else ""
+        said.append(f"worker {name} {_stopped(silent_workers[name])} holding {_items(its)}{until}")
+    return Cause(ErrorCode.WORKER_LOST.value, step.step_id,
+                 f"{'; '.join(said)}: those items of step {step.step_id!r} will be recovered when their leases expire",
+                 "nothing: the scheduler reclaims each item's attempt when its lease expires and retries it; "
+                 "check that worker's process and machine")
+
+
+def _stopped(last: datetime | None) -> str:
+    """How a silent worker was last heard."""
+    return (f"stopped sending heartbeats at {_at(last)}" if last is not None
+            else "sends no heartbeats (none heard since this API process began listening)")
+
+
+def _items(its: Sequence[StepFacts], shown: int = 10) -> str:
+    """Items by id, the first ``shown`` of them."""
+    ids = ", ".join(i.step_id for i in its[:shown])
+    more = f" and {len(its) - shown} more" if len(its) > shown else ""
+    return f"{len(its)} item{'s' if len(its) != 1 else ''} ({ids}{more})"
 
 
 def _at(moment: datetime) -> str:

@@ -1,9 +1,7 @@
 """One exception per error code of the API, under one root that carries what the API said.
 
 The API answers every error as ``{"error": {"code", "message", "details"}}``; ``error_for`` maps a
-code to its class here, in one place (a test holds ``ERRORS`` to the codes the API answers). A code this
-client does not know yet becomes an ``ApiError``. A step's failure is no refusal: its code
-(``invalid_arguments``, ``policy_denied``, …) is in the run's ``models.StepError``, not an exception.
+code to its class here, in one place. A code this client does not know yet becomes an ``ApiError``.
 """
 
 from __future__ import annotations
@@ -37,6 +35,12 @@ class ValidationFailed(ApiError):
     """400 invalid_request: a malformed body or parameter, an input or definition the API refused."""
 
     code = "invalid_request"
+
+
+class InvalidArguments(ValidationFailed):
+    """400 invalid_arguments: a tool's arguments do not fit its schema."""
+
+    code = "invalid_arguments"
 
 
 class RuntimeNotApplicable(ApiError):
@@ -124,7 +128,7 @@ class WaitTimeout(SwitchyardClientError, TimeoutError):
 
 
 ERRORS: dict[str, type[ApiError]] = {cls.code: cls for cls in (
-    ValidationFailed, RuntimeNotApplicable, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
+    ValidationFailed, InvalidArguments, RuntimeNotApplicable, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
     InvalidTransition, IdempotencyConflict, WorkflowArchived, PayloadTooLarge, RateLimited, Unavailable,
     InternalError,
 )}

@@ -1,12 +1,15 @@
 """For-each steps in the pure core: the start over a list, max_parallel, the items' outcomes counted
-on their step, k-of-n (min_succeeded), the step's end, and the checks at publish."""
+on their step, k-of-n (min_succeeded), the step's end, the checks at publish, and the diagnosis
+naming a silent worker that holds items."""
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from orchestrator import diagnosis
 from orchestrator.core import advance, controls, items, outcome, people
 from orchestrator.core.inputs import Actor, AttemptReport, Control, Defer
 from orchestrator.core.transition import ITEM_OUTPUTS
@@ -180,3 +183,28 @@ def test_an_agent_item_answered_by_a_person_is_queued_again_at_once():
     assert transition.after.steps["each[1]"].status is S.QUEUED
     assert [m.step_id for m in transition.messages] == ["each[1]"]
     assert transition.after.steps["each"].item_counts == counts.as_json()  # still in flight: counts unchanged
+
+
+# The diagnosis of a for-each step whose items a dead worker holds (orchestrator/diagnosis.py).
+LEASED = datetime(2026, 5, 1, 12, 0, 25, tzinfo=UTC)
+
+
+def running_item(index: int, worker: str) -> diagnosis.StepFacts:
+    return diagnosis.StepFacts(step_id=f"each[{index}]", type="tool", status=S.RUNNING, queue="steps", attempt=1,
+                               worker=worker, lease_expires_at=LEASED + timedelta(seconds=index))
+
+
+def test_the_diagnosis_of_a_for_each_step_names_the_silent_worker_holding_its_items():
+    held = (running_item(0, "w-dead@box:11"), running_item(1, "w-live@box:12"), running_item(2, "w-dead@box:13"))
+    step = diagnosis.StepFacts(step_id="each", type="tool", status=S.RUNNING, queue="steps", attempt=1,
+                               items_running=held)
+    assert diagnosis.workers_running([step]) == {"w-dead@box", "w-live@box"}  # asked about: the items' workers
+    [cause] = diagnosis.diagnose("run_1", R.RUNNING, None, [step], approvals={}, questions={}, consumers=None,
+                                 silent_workers={"w-dead@box": LEASED - timedelta(seconds=30)})
+    assert (cause.kind, cause.step_id) == ("worker_lost", "each")
+    assert cause.message == (
+        "worker w-dead@box stopped sending heartbeats at 2026-05-01T11:59:55.000Z holding 2 items (each[0], each[2]), "
+        "the last lease expiring at 2026-05-01T12:00:27.000Z: those items of step 'each' will be recovered when "
+        "their leases expire")
+    assert diagnosis.diagnose("run_1", R.RUNNING, None, [step], approvals={}, questions={}, consumers=None,
+                              silent_workers={}) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -158,6 +159,7 @@ def diagnosis_facts(
     leases and due times), and its pending approvals and open questions by step id."""
     clock = now(session)
     steps = []
+    items_running = _items_running(session, run_id, clock)
     for step in run_steps(session, run_id):
         due = step.due_at
         steps.append(diagnosis.StepFacts(
@@ -169,6 +171,7 @@ def diagnosis_facts(
             queued_for_s=(clock - step.queued_at).total_seconds() if step.queued_at is not None else None,
             worker=step.worker, lease_expires_at=step.lease_expires_at,
             window=held_window(session, step) if step.held and step.status == StepStatus.QUEUED.value else None,
+            items_running=tuple(items_running.get(step.step_id, ())),
         ))
     approvals = dict(session.execute(
         select(Approval.step_id, Approval.id).where(Approval.run_id == run_id, Approval.status == "pending")
@@ -177,6 +180,22 @@ def diagnosis_facts(
         select(Question.step_id, Question.id).where(Question.run_id == run_id, Question.status == "open")
     ).all())
     return steps, approvals, questions
+
+
+def _items_running(session: Session, run_id: str, clock: datetime) -> dict[str, list[diagnosis.StepFacts]]:
+    """The run's for-each items that a worker runs under a lease not expired, by their step."""
+    found: dict[str, list[diagnosis.StepFacts]] = {}
+    for item in session.execute(
+        select(STEPS.c.item_of, STEPS.c.step_id, STEPS.c.type, STEPS.c.queue, STEPS.c.attempt, STEPS.c.worker,
+               STEPS.c.lease_expires_at)
+        .where(STEPS.c.run_id == run_id, STEPS.c.item_of.is_not(None), STEPS.c.status == StepStatus.RUNNING.value,
+               STEPS.c.worker.is_not(None), STEPS.c.lease_expires_at >= clock)
+        .order_by(STEPS.c.item_of, STEPS.c.item_index)
+    ):
+        found.setdefault(item.item_of, []).append(diagnosis.StepFacts(
+            step_id=item.step_id, type=item.type, status=StepStatus.RUNNING, queue=item.queue, attempt=item.attempt,
+            worker=item.worker, lease_expires_at=item.lease_expires_at))
+    return found
 
 
 def insert_outbox(session: Session, messages: list[StepMessage]) -> list[StepMessage]:
