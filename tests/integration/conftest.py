@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -91,14 +94,19 @@ def _drop_left_behind(admin: psycopg.Connection, prefix: str) -> list[str]:
     return dropped
 
 
+# The key that marks a Redis db as a test session's, holding its process id.
+REDIS_CLAIM_KEY = "switchyard:test-session"
+
+
 @contextmanager
 def claimed_redis_db(base_url: str = REDIS_URL) -> Iterator[str]:
-    """A Redis database number nobody else is using, flushed afterwards."""
-    claim_key = "switchyard:test-session"
+    """A Redis database number nobody else is using, flushed afterwards. A db still claimed by a
+    process that is gone from this machine (a session killed before its clean-up) is flushed and
+    taken; a db with keys and no claim is somebody else's and left alone."""
     for db in range(1, 16):
         client = redis.Redis.from_url(f"{base_url}/{db}", socket_connect_timeout=3)
         try:
-            claimed = client.set(claim_key, os.getpid(), nx=True, ex=3600) and client.dbsize() == 1
+            claimed = _claim_redis_db(client)
         except redis.ConnectionError as exc:
             _unavailable("Redis", exc)
         if claimed:
@@ -108,6 +116,47 @@ def claimed_redis_db(base_url: str = REDIS_URL) -> Iterator[str]:
                 client.flushdb()
             return
     pytest.fail("every Redis database 1-15 is in use by another test session; flush a stale one")
+
+
+def _claim_redis_db(client: redis.Redis) -> bool:
+    """Claim the client's db if it is empty, or left claimed by a process gone from this machine."""
+    me = str(os.getpid())
+    if client.set(REDIS_CLAIM_KEY, me, nx=True):
+        if client.dbsize() == 1:
+            return True
+        # Keys of somebody else's: not ours to take, and our claim must not stay to hide it from them.
+        _replace_claim(client, me, None)
+        return False
+    owner = client.get(REDIS_CLAIM_KEY)
+    if owner is None or not _redis_is_local(client) or Path(f"/proc/{int(owner)}").exists():
+        return False
+    return _replace_claim(client, owner.decode(), me)
+
+
+def _replace_claim(client: redis.Redis, owner: str, new_owner: str | None) -> bool:
+    """If ``owner`` still holds the db's claim: flush the db and claim it for ``new_owner`` (None:
+    only drop the claim, keeping the db's keys). False if someone else took it meanwhile."""
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(REDIS_CLAIM_KEY)
+            if pipe.get(REDIS_CLAIM_KEY) != owner.encode():
+                return False
+            pipe.multi()
+            if new_owner is None:
+                pipe.delete(REDIS_CLAIM_KEY)
+            else:
+                pipe.flushdb()
+                pipe.set(REDIS_CLAIM_KEY, new_owner)
+            pipe.execute()
+            return new_owner is not None
+        except redis.WatchError:
+            return False
+
+
+def _redis_is_local(client: redis.Redis) -> bool:
+    """Whether Redis runs on this machine, where the process id in a claim means something."""
+    return client.connection_pool.connection_kwargs.get("host") in ("localhost", "127.0.0.1", "::1") and \
+        Path("/proc/self").exists()
 
 
 @pytest.fixture(scope="session")
@@ -240,6 +289,82 @@ def stack_of_its_own(prefix: str, folder: Path, **overrides) -> Iterator[tuple[S
             yield settings, procs
         finally:
             procs.stop_all()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if found is None:
+        pytest.fail(f"{name} is not installed; install Debian's postgresql package")
+    return str(found)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a free port (initdb into a temporary folder, as the `postgres`
+    user, since PostgreSQL refuses to run as root): a test may stop it without disturbing anything else."""
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="switchyard-pg-"))
+        self.data = self.folder / "data"
+        self.port = free_port()
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.as_postgres = as_postgres
+        if as_postgres:
+            shutil.chown(self.folder, "postgres", "postgres")
+        subprocess.run([*as_postgres, _postgres_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                        "--no-sync"], check=True, capture_output=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/switchyard"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.as_postgres, _postgres_bin("pg_ctl"), "-D", str(self.data), *args],
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-o", options, "-l", str(self.folder / "server.log"), "-w", "start")
+
+    def stop(self) -> None:
+        """Like a crash: no checkpoint, every connection cut."""
+        self._ctl("-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres(tmp_path) -> Iterator[tuple[Settings, Processes, PostgresServer]]:
+    """A PostgreSQL cluster of the test's own with a migrated database `switchyard`, a Redis db of the
+    test's own, settings for them (a sweep every second, 6 s leases, the outbox re-published after 2 s)
+    and the Processes to start on them, all stopped and removed at the end: for a scenario that stops
+    or restarts PostgreSQL."""
+    server = PostgresServer()
+    server.start()
+    try:
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE switchyard")
+        with claimed_redis_db() as broker_url:
+            settings = Settings(database_url=server.url, broker_url=broker_url, data_dir=tmp_path / "data",
+                                sweep_interval_s=1.0, lease_s=6.0, outbox_republish_after_s=2.0)
+            migrate.upgrade(settings)
+            procs = Processes(settings, tmp_path)
+            try:
+                yield settings, procs, server
+            finally:
+                procs.stop_all()
+    finally:
+        server.remove()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):

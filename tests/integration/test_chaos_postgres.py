@@ -6,9 +6,9 @@ At the end: every POST was answered 201/200 or a 503 with Retry-After (never ano
 1,000 runs was created once and succeeded, each of its steps (for-each items and child runs included)
 completed exactly once, no attempt was dispatched twice, and the invariant checker finds nothing.
 
-The cluster is the test's own (initdb into a temporary folder, see test_database_outage.py): stopping
-it disturbs nothing else on the machine. Two workers and two schedulers are real processes; the broker
-is a Redis db of the test's own on the machine's Redis (never restarted here).
+The cluster is the test's own (conftest's private_postgres): stopping it disturbs nothing else on the
+machine. Two workers and two schedulers are real processes; the broker is a Redis db of the test's own
+on the machine's Redis (never restarted here).
 """
 
 from __future__ import annotations
@@ -18,23 +18,18 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
-import psycopg
 import pytest
 
-from orchestrator.db import migrate
 from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
-from orchestrator.settings import Settings
-from tests.integration.conftest import Api, Processes, claimed_redis_db, publish, served, wait_for
+from tests.integration.conftest import Api, PostgresServer, publish, served, wait_for
 from tests.integration.invariants import (
     assert_every_step_succeeded_once,
     assert_no_violations,
     wait_all_runs_ended,
 )
-from tests.integration.test_database_outage import PostgresServer
 
 # A fault-injection scenario: `make chaos` runs it (and .ci/run), `make test` leaves it out.
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -45,26 +40,6 @@ GAP_S = (5.0, 20.0)  # between two restarts, at random
 CLIENTS = 4
 SETTLE_S = 240  # every run ends within this long after the last restart
 PARTS = [0, 1, 2]
-
-
-@pytest.fixture
-def private_postgres(tmp_path) -> Iterator[tuple[Settings, Processes, PostgresServer]]:
-    server = PostgresServer()
-    server.start()
-    try:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/postgres", autocommit=True) as conn:
-            conn.execute("CREATE DATABASE switchyard")
-        with claimed_redis_db() as broker_url:
-            settings = Settings(database_url=server.url, broker_url=broker_url, data_dir=tmp_path / "data",
-                                sweep_interval_s=1.0, lease_s=6.0, outbox_republish_after_s=2.0)
-            migrate.upgrade(settings)
-            procs = Processes(settings, tmp_path)
-            try:
-                yield settings, procs, server
-            finally:
-                procs.stop_all()
-    finally:
-        server.remove()
 
 
 RETRY = {"retry": {"max_attempts": 5, "initial_delay_s": 0.2, "jitter": True}}
