@@ -8,15 +8,12 @@ the risk factors and the constraints that applied, and it is recorded on the ste
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RiskLevel = Literal["low", "medium", "high"]
@@ -90,7 +87,7 @@ class ToolSpec:
 class Decision:
     tool: str
     decision: Literal["allowed", "denied", "approval_required"]
-    rule: str  # "rules[2]", "default", "args_schema" or "network"
+    rule: str  # "rules[2]", "tenant.rules[0]", "default" or "network"
     rationale: str
     risk: RiskLevel
     risk_factors: list[str]
@@ -114,12 +111,10 @@ def decide(policy: Policy, spec: ToolSpec, args: Any, addresses: Sequence[str] =
 
     The tenant's rules come first (its guardrails hold in every workflow), then the workflow's; with
     no rule matching, the stricter of the two defaults decides. ``addresses`` are the IPs a `url`
-    argument's host resolves to (the caller resolves; this module does no I/O)."""
+    argument's host resolves to (the caller resolves; this module does no I/O). ``args`` were checked
+    against the tool's schema before (orchestrator.validation.check_arguments: ``invalid_arguments``,
+    not a denial); the policy decides on calls whose arguments fit."""
     risk_factors = [f"tool risk {spec.risk}"]
-    schema_error = _schema_error(spec, args)
-    if schema_error is not None:
-        return Decision(spec.name, "denied", "args_schema", f"the arguments do not match the tool's schema: "
-                        f"{schema_error}", spec.risk, risk_factors, [])
     where, rule = _first_match(spec, tenant, policy)
     verdict = rule.decision if rule is not None else _default(policy, tenant)
     rationale = (rule.rationale if rule is not None and rule.rationale else
@@ -191,23 +186,6 @@ def _matching_rule(rules: Sequence[Rule], spec: ToolSpec) -> tuple[int, Rule | N
             continue
         return index, rule
     return -1, None
-
-
-def _schema_error(spec: ToolSpec, args: Any) -> str | None:
-    error = jsonschema.exceptions.best_match(_args_validator(json.dumps(spec.args_schema, sort_keys=True))
-                                             .iter_errors(args))
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(the arguments)"
-    return f"{where}: {error.message}"
-
-
-@functools.lru_cache(maxsize=256)
-def _args_validator(schema_json: str) -> jsonschema.protocols.Validator:
-    """A validator per tool schema, built once: ``jsonschema.validate`` checks the schema itself and
-    builds a new validator on every call, which costed more than the call of a no-op tool."""
-    schema = json.loads(schema_json)
-    return jsonschema.validators.validator_for(schema)(schema)
 
 
 def _check_constraints(constraints: Constraints, args: Any) -> tuple[list[str], str | None]:

@@ -3,6 +3,8 @@ become events, and so never reach the API, logs of events or evidence."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.settings import Settings
 
 MASK = "[redacted]"
@@ -19,3 +21,14 @@ def redact(text: str, secrets: list[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
+
+
+def redact_json(value: Any, secrets: list[str]) -> Any:
+    """``value`` (a JSON value: a step error's ``details``) with every string in it redacted, keys too."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {redact_json(k, secrets): redact_json(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_json(v, secrets) for v in value]
+    return value

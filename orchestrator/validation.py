@@ -4,9 +4,11 @@ tool registry — and tool arguments checked at run time.
 - Templates may read only the outputs of steps that are upstream (``{{ steps.nope.output }}`` names a step
   that is not in the workflow, or whose output would not exist yet); the same check as a ``when``
   expression's (templates.reference_problems).
-- A `tool` step's literal arguments must fit the tool's argument schema (``"seconds": "five"``); an
-  argument that is a template is checked when the step runs, once it is rendered (``check_arguments``,
-  which fails the step with ``invalid_arguments``).
+- A `tool` step's literal arguments must fit the tool's argument schema (``"seconds": "five"``), and so
+  must those of the tool calls an `agent` step's ``script`` writes (the scripted model's calls are the
+  definition's text, rendered like a `tool` step's args); an argument that is a template is checked when
+  the step runs, once it is rendered (``check_arguments``, which fails the step with ``invalid_arguments``,
+  or tells the agent).
 - A step's ``model`` must be one the installation knows (``Models``): a known provider, and one of
   ``SWITCHYARD_MODELS`` where that list is set.
 
@@ -89,6 +91,8 @@ def step_problems(index: int, step: Any, *, upstream: set[str], step_ids: Collec
     problems = _template_problems(step.model_dump(exclude=set(not_templates)), where, upstream, set(step_ids))
     if step.type == "tool":
         problems += literal_argument_problems(step.tool, step.args, f"{where}.args")
+    if step.type == "agent":
+        problems += scripted_call_problems(step.script or [], step.tools, where)
     model = getattr(step, "model", None)
     problem = (models or Models()).problem(model) if isinstance(model, str) else None
     return problems + ([f"{where}.model: {problem}"] if problem else [])
@@ -109,8 +113,9 @@ def _template_problems(value: Any, where: str, upstream: set[str], step_ids: set
 # --- tool arguments --------------------------------------------------------------------------------
 
 def literal_argument_problems(tool: str, args: Any, where: str) -> list[str]:
-    """Why a `tool` step's arguments, as written, do not fit the tool's schema; a value that is a template
-    (or holds one) is left to the run-time check. Empty for a tool whose schema cannot be read here."""
+    """Why a tool call's arguments, as written (a `tool` step's or a scripted agent's), do not fit the
+    tool's schema; a value that is a template (or holds one) is left to the run-time check. Empty for a
+    tool whose schema cannot be read here."""
     spec = registry.declared_spec(tool)
     if spec is None:
         return []
@@ -125,6 +130,23 @@ def literal_argument_problems(tool: str, args: Any, where: str) -> list[str]:
                                                           "runs)" if error.validator not in _ABOUT_KEYS else "")
                      for path, text in _said(error, tool)]
     return list(dict.fromkeys(problems))
+
+
+def scripted_call_problems(script: list, tools: Collection[str], where: str) -> list[str]:
+    """Why the tool calls an agent's ``script`` writes would fail: a call without the name of its tool,
+    or literal arguments that do not fit the tool's schema (``steps.1.script[0].tool_calls[0].args.seconds:
+    …``, as ``literal_argument_problems`` says it). A call of a tool the step does not list is not checked:
+    the agent is told it has no such tool, which a script may mean to show."""
+    problems = []
+    for turn, entry in enumerate(script):
+        for i, call in enumerate(getattr(entry, "tool_calls", [])):
+            at = f"{where}.script[{turn}].tool_calls[{i}]"
+            name = call.get("name")
+            if not isinstance(name, str) or not name:
+                problems.append(f"{at}.name: a scripted tool call needs the name of the tool it calls; add it")
+            elif name in tools:
+                problems += literal_argument_problems(name, call.get("args") or {}, f"{at}.args")
+    return problems
 
 
 def check_arguments(spec: ToolSpec, args: Any) -> None:

@@ -295,12 +295,14 @@ def _record(rt: Runtime, report: AttemptReport, claim: outcomes.Claim) -> Writte
 
 
 def run_executor(ctx: StepContext) -> Outcome:
-    """The executor's result or exception, as an Outcome; an error's message never carries a secret
-    of this process (a provider may echo its API key back in an error body)."""
+    """The executor's result or exception, as an Outcome; an error's message and details never carry a
+    secret of this process (a provider may echo its API key back in an error body)."""
     outcome = _outcome_of(ctx)
     if outcome.error is not None:
-        scrubbed = redact.redact(outcome.error.message, redact.known_secrets(ctx.settings))
-        outcome = dataclasses.replace(outcome, error=dataclasses.replace(outcome.error, message=scrubbed))
+        secrets, error = redact.known_secrets(ctx.settings), outcome.error
+        outcome = dataclasses.replace(outcome, error=dataclasses.replace(
+            error, message=redact.redact(error.message, secrets),
+            details=redact.redact_json(dict(error.details), secrets) if error.details else None))
     return outcome
 
 

@@ -21,11 +21,11 @@ class ErrorInfo:
     code: str
     message: str
     retryable: bool
-    details: Mapping[str, Any] | None = None  # e.g. a failed child run's id
+    details: Mapping[str, Any] | None = None  # e.g. a failed child run's id, the field of invalid_arguments
 
     @classmethod
     def of(cls, exc: StepError) -> ErrorInfo:
-        return cls(exc.code, exc.message, exc.retryable)
+        return cls(exc.code, exc.message, exc.retryable, exc.details or None)
 
     def as_json(self) -> dict[str, Any]:
         found = {"code": self.code, "message": self.message, "retryable": self.retryable}

@@ -44,7 +44,9 @@ def fail_run(draft: Draft, failed_step: str, error: Mapping[str, Any]) -> None:
     stop_steps(draft, cancel=plan.cancel, skip=plan.skip, message=f"run failed at step {failed_step!r}",
                skip_reason=SkipReason.BLOCKED)
     draft.move_run(RunStatus.FAILED)
-    draft.run_values.update(error={"code": error["code"], "message": error["message"], "step_id": failed_step},
+    # The step's error, naming the step (its details too: an invalid_arguments' field, a child run's id).
+    failed = {"code": error["code"], "message": error["message"], "step_id": failed_step}
+    draft.run_values.update(error=failed | ({"details": error["details"]} if error.get("details") else {}),
                             completed_at=NOW, waiting_on=None)
     draft.event(EventType.RUN_FAILED, failed_step, None, error={"code": error["code"], "message": error["message"]})
 

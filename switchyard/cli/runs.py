@@ -9,7 +9,7 @@ import click
 
 from switchyard.cli import watch as board
 from switchyard.cli.common import EXIT_RUN_FAILED, Remote, json_arg, quiet, remote, short, table, when
-from switchyard.client.models import Run, RunSummary
+from switchyard.client.models import Run, RunSummary, StepError
 
 RUN_STATUSES = ("queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled")
 
@@ -22,7 +22,7 @@ def runs() -> None:
 def show_run(remote_: Remote, run: Run, *, only_id: bool = False) -> None:
     """The run for people: its line, then its steps (``only_id``: its id alone)."""
     def people() -> None:
-        error = f"  error: {run.error.get('code')}: {run.error.get('message')}" if run.error else ""
+        error = f"  error: {said(run.error)}" if run.error else ""
         click.echo(f"{run.id}  {run.workflow.id} v{run.workflow.version}  {run.status}"
                    f"{f' (waiting on {run.waiting_on})' if run.waiting_on else ''}{error}")
         if run.steps:
@@ -34,10 +34,15 @@ def show_run(remote_: Remote, run: Run, *, only_id: bool = False) -> None:
     remote_.emit(run, people, ids=[run.id] if only_id else None)
 
 
+def said(error: StepError) -> str:
+    """A step's (or run's) error on one line: its code and message."""
+    return f"{error.code}: {error.message}"
+
+
 def _result(step: Any) -> str | None:
     """A step's error, else its output, else why it was skipped or what it waits on (None: nothing yet)."""
     if step.error:
-        return short(step.error)
+        return short(said(step.error))
     if step.output is not None:
         return short(step.output)
     return step.skipped_reason or (f"waiting on {step.waiting_on}" if step.waiting_on else None)
@@ -279,4 +284,4 @@ def items(remote_: Remote, run_id: str, step_id: str, status: str | None) -> Non
     """A for-each step's items, in index order."""
     found = list(remote_.client.runs.items(run_id, step_id, status=status))
     remote_.emit(found, lambda: table(None, ("index", "status", "attempt", "output / error"), (
-        (i.index, i.status, i.attempt, short(i.error or i.output)) for i in found)))
+        (i.index, i.status, i.attempt, short(said(i.error) if i.error else i.output)) for i in found)))

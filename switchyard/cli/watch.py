@@ -52,7 +52,7 @@ def board_from(run: Run, *, replay: bool) -> Board:
 
 def _note(step: Any) -> str:
     if step.error:
-        return str(step.error.get("message") or step.error.get("code") or "")
+        return step.error.message or step.error.code
     return step.skipped_reason or step.waiting_on or ""
 
 

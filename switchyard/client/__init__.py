@@ -18,7 +18,6 @@ from switchyard.client.errors import (
     Forbidden,
     IdempotencyConflict,
     InternalError,
-    InvalidArguments,
     InvalidTransition,
     MethodNotAllowed,
     NotFound,
@@ -33,12 +32,12 @@ from switchyard.client.errors import (
     WaitTimeout,
     WorkflowArchived,
 )
-from switchyard.client.models import TERMINAL_RUN, Event, Run, RunSummary, Step
+from switchyard.client.models import TERMINAL_RUN, Event, Run, RunSummary, Step, StepError
 from switchyard.client.sync import Client
 
 __all__ = [
     "TERMINAL_RUN", "ApiError", "AsyncClient", "Client", "Event", "Forbidden", "IdempotencyConflict",
-    "InternalError", "InvalidArguments", "InvalidTransition", "MethodNotAllowed", "NotFound", "PayloadTooLarge",
-    "RateLimited", "Run", "RunSummary", "RuntimeNotApplicable", "Step", "SwitchyardClientError", "Unauthorized",
+    "InternalError", "InvalidTransition", "MethodNotAllowed", "NotFound", "PayloadTooLarge", "RateLimited", "Run",
+    "RunSummary", "RuntimeNotApplicable", "Step", "StepError", "SwitchyardClientError", "Unauthorized",
     "Unavailable", "Unreachable", "ValidationFailed", "WaitTimeout", "WorkflowArchived", "models",
 ]

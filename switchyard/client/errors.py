@@ -1,7 +1,9 @@
 """One exception per error code of the API, under one root that carries what the API said.
 
 The API answers every error as ``{"error": {"code", "message", "details"}}``; ``error_for`` maps a
-code to its class here, in one place. A code this client does not know yet becomes an ``ApiError``.
+code to its class here, in one place (a test holds ``ERRORS`` to the codes the API answers). A code this
+client does not know yet becomes an ``ApiError``. A step's failure is no refusal: its code
+(``invalid_arguments``, ``policy_denied``, …) is in the run's ``models.StepError``, not an exception.
 """
 
 from __future__ import annotations
@@ -35,12 +37,6 @@ class ValidationFailed(ApiError):
     """400 invalid_request: a malformed body or parameter, an input or definition the API refused."""
 
     code = "invalid_request"
-
-
-class InvalidArguments(ValidationFailed):
-    """400 invalid_arguments: a tool's arguments do not fit its schema."""
-
-    code = "invalid_arguments"
 
 
 class RuntimeNotApplicable(ApiError):
@@ -128,7 +124,7 @@ class WaitTimeout(SwitchyardClientError, TimeoutError):
 
 
 ERRORS: dict[str, type[ApiError]] = {cls.code: cls for cls in (
-    ValidationFailed, InvalidArguments, RuntimeNotApplicable, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
+    ValidationFailed, RuntimeNotApplicable, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
     InvalidTransition, IdempotencyConflict, WorkflowArchived, PayloadTooLarge, RateLimited, Unavailable,
     InternalError,
 )}

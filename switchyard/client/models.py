@@ -49,6 +49,18 @@ class Question(Model):
     answered_at: datetime | None = None
 
 
+class StepError(Model):
+    """Why a step (or a for-each item) failed; a failed run's ``error`` is the same, with ``step_id``.
+    ``code`` is one of the step error codes (docs/api.md, "Step errors"), not an API error's: a step that
+    failed is a run's state, not a refused request. ``details`` say more where the code has more to say
+    (``invalid_arguments``: the ``tool``, the ``field`` and every ``problems``)."""
+
+    code: str
+    message: str
+    retryable: bool = Field(False, description="Another attempt may help (absent on a run's error).")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
 class ItemCounts(Model):
     """A for-each step's items by status."""
 
@@ -67,7 +79,7 @@ class Item(Model):
     status: str
     attempt: int
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: StepError | None = None
     queued_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -89,7 +101,7 @@ class Step(Model):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: StepError | None = None
     skipped_reason: str | None = None
     worker: str | None = None
     usage: dict[str, Any] | None = None
@@ -128,7 +140,7 @@ class RunSummary(Model):
     pending_approvals: int = Field(0, description="Approval requests waiting for a decision.")
     input: Any = None
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: StepError | None = None
     trigger_type: str
     triggered_by: str | None = None
     retry_of: str | None = None

@@ -766,6 +766,22 @@ Load average before the run: {load}. Other processes (ps: CPU % over each proces
 """
 
 
+# The sections, in the order they run: (the name --only takes, the Bench method that runs it).
+SECTIONS = (("front", "front"), ("chain", "step_to_step"), ("throughput", "throughput"), ("fanout", "fan_out"),
+            ("foreach", "for_each"), ("subruns", "sub_runs"), ("api", "api"), ("monitoring", "monitoring"),
+            ("ui", "ui_render"), ("retention", "retention"), ("census", "round_trips"), ("data", "data_scale"))
+
+
+def sections(text: str) -> set[str]:
+    """The sections --only names (comma-separated; empty: all of them)."""
+    named = set(filter(None, text.split(",")))
+    unknown = sorted(named - {name for name, _ in SECTIONS})
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no section {', '.join(unknown)}; the sections are "
+                                         f"{','.join(name for name, _ in SECTIONS)}")
+    return named
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20000, help="no-op steps in the throughput run")
@@ -779,10 +795,10 @@ def main() -> int:
     parser.add_argument("--front-rounds", type=int, default=3,
                         help="rounds of the front section (each side in turn, alternating the order)")
     parser.add_argument("--front-burst", type=int, default=400, help="one-step runs per side and round (front)")
-    parser.add_argument("--only", default="",
-                        help="comma-separated: front,chain,throughput,fanout,foreach,subruns,api,monitoring,ui,data,census")
+    parser.add_argument("--only", type=sections, default=set(),
+                        help=f"comma-separated sections to run: {','.join(name for name, _ in SECTIONS)}")
     args = parser.parse_args()
-    only = set(filter(None, args.only.split(",")))
+    only = args.only
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     info = machine(args)
@@ -797,16 +813,11 @@ def main() -> int:
         try:
             bench.start_switchyard()
             say("scheduler and workers are up")
-            for name, step in [("front", bench.front), ("chain", bench.step_to_step), ("throughput", bench.throughput),
-                               ("fanout", bench.fan_out), ("foreach", bench.for_each), ("subruns", bench.sub_runs),
-                               ("api", bench.api), ("monitoring", bench.monitoring), ("ui", bench.ui_render),
-                               ("retention", bench.retention),
-                               ("census", bench.round_trips),
-                               ("data", bench.data_scale)]:
+            for name, method in SECTIONS:
                 if not only or name in only:
                     if name in ("census", "data"):
                         bench.stop_all()  # the census drives the hot path itself; the seed wants the machine
-                    step()
+                    getattr(bench, method)()
         finally:
             bench.stop_all()
             bench.engine.dispose()

@@ -96,6 +96,20 @@ def test_every_refusal_is_its_own_exception_with_the_apis_code_message_and_detai
         nowhere.workflows.list()
 
 
+def test_a_steps_error_reaches_the_client_with_its_details(client):
+    """A step failing with invalid_arguments raises nothing (no request was refused): its error, and the
+    failed run's naming it, carry the details the check gave (the tool, the field, the problems)."""
+    workflow_id = unique("client")
+    client.workflows.publish(workflow_id, {"name": "sleepy", "steps": [
+        {"id": "nap", "type": "tool", "tool": "sleep", "args": {"seconds": "{{ input.seconds }}"}}]})
+    done = client.runs.start(workflow_id, {"seconds": "five"}).wait(timeout=60)
+    error = done.step("nap").error
+    assert isinstance(error, models.StepError) and (error.code, error.retryable) == ("invalid_arguments", False)
+    assert error.details == {"tool": "sleep", "field": "seconds",
+                             "problems": ["seconds: the tool 'sleep' takes a number here, got \"five\""]}
+    assert (done.error.code, done.error.step_id, done.error.details) == ("invalid_arguments", "nap", error.details)
+
+
 def test_wait_gives_up_at_its_deadline_with_the_run_as_last_read(client):
     workflow_id = unique("client")
     client.workflows.publish(workflow_id, {"name": "slow", "steps": [
@@ -147,7 +161,7 @@ def test_the_async_client_does_the_same(url, tokens):
     followed, done, listed, started, failed = asyncio.run(scenario())
     assert followed[-1].type == "run_succeeded" and done.status == "succeeded"
     assert listed == started[::-1]
-    assert failed.status == "failed" and failed.step("boom").error["message"] == "it broke"
+    assert failed.status == "failed" and failed.step("boom").error.message == "it broke"
 
 
 def test_a_for_each_steps_items_page_by_page(client):
@@ -194,7 +208,7 @@ SCHEMAS = {
     models.ActionRequest: "ActionRequest", models.ForkedFrom: "ForkedFrom", models.BulkSkip: "BulkSkip",
     models.BulkResult: "BulkResult", models.ComparedStepRun: "ComparedStepRun", models.ComparedStep: "ComparedStep",
     models.ComparedRun: "ComparedRun", models.Comparison: "Comparison", models.ItemCounts: "ItemCounts",
-    models.Item: "Item", models.ItemPage: "ItemPage",
+    models.Item: "Item", models.ItemPage: "ItemPage", models.StepError: "StepError",
 }
 SCHEDULES = {models.Schedule: "Schedule", models.ScheduleList: "ScheduleList"}
 

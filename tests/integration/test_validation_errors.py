@@ -146,11 +146,15 @@ PUBLISH_REFUSALS = [
      "steps.0.args.seconds: the tool 'sleep' takes a number here, got \"five\""),
     ({"name": "t", "steps": [{"id": "m", "type": "llm", "model": "gpt-5", "prompt": "hi"}]},
      "steps.0.model: unknown model 'gpt-5'; known models: openai, openai/gpt-4o-mini, scripted"),
+    ({"name": "t", "steps": [{"id": "ag", "type": "agent", "tools": ["sleep"], "script": [
+        {"tool_calls": [{"name": "sleep", "args": {"seconds": "five"}}]}, "slept"]}]},
+     "steps.0.script[0].tool_calls[0].args.seconds: the tool 'sleep' takes a number here, got \"five\""),
 ]
 
 
 @pytest.mark.parametrize(("definition", "said"), PUBLISH_REFUSALS, ids=["unknown-step", "not-upstream",
-                                                                        "literal-argument", "unknown-model"])
+                                                                        "literal-argument", "unknown-model",
+                                                                        "scripted-call"])
 @pytest.mark.parametrize("dry_run", [False, True], ids=["publish", "dry-run"])
 def test_a_definition_that_would_fail_at_run_time_is_refused_at_publish(api, definition, said, dry_run):
     workflow = unique("wf")
@@ -186,6 +190,9 @@ def test_arguments_of_the_wrong_type_at_run_time_fail_the_step_with_invalid_argu
     assert (nap["status"], nap["attempt"], nap["error"]["code"]) == ("failed", 1, "invalid_arguments"), nap
     assert nap["error"]["retryable"] is False
     assert "seconds: the tool 'sleep' takes a number here, got \"five\"" in nap["error"]["message"]
+    said = {"tool": "sleep", "field": "seconds", "problems": ["seconds: the tool 'sleep' takes a number here, got \"five\""]}
+    assert nap["error"]["details"] == said, nap["error"]
+    assert (run["error"]["step_id"], run["error"]["details"]) == ("nap", said), run["error"]
     assert not nap.get("policy")  # refused before the policy was asked: no decision recorded
 
     # A fork whose override writes the same mistake literally is refused naming it; a good one runs.

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from switchyard.cli import config, watch
-from switchyard.client.models import Event
+from switchyard.cli.runs import said
+from switchyard.client.models import Event, Run
 
 
 def test_a_flag_or_its_variable_wins_over_the_profile_which_wins_over_the_default(tmp_path):
@@ -66,6 +67,18 @@ def test_the_board_follows_the_events_of_a_run_from_its_first():
     assert [s.status for s in board.steps] == ["pending", "skipped", "pending"]
     board = watch.apply(board, _event(11, "step_failed", "b", 1, error={"code": "boom", "message": "it broke"}))
     assert board.steps[1].status == "failed" and board.steps[1].note == "it broke"
+
+
+def test_a_failed_steps_error_is_shown_by_its_message_on_the_board_and_code_and_message_in_tables():
+    error = {"code": "invalid_arguments", "message": "the arguments of sleep do not fit its schema",
+             "retryable": False, "details": {"field": "seconds"}}
+    run = Run.model_validate({
+        "id": "run_1", "workflow": {"id": "w", "version": 1}, "status": "failed", "trigger_type": "api", "attempt": 1,
+        "created_at": "2026-01-01T00:00:00Z", "error": {**error, "step_id": "nap"},
+        "steps": [{"id": "nap", "type": "tool", "status": "failed", "attempt": 1, "max_attempts": 3,
+                   "queue": "default", "error": error}]})
+    assert watch.board_from(run, replay=False).steps[0].note == "the arguments of sleep do not fit its schema"
+    assert said(run.error) == "invalid_arguments: the arguments of sleep do not fit its schema"
 
 
 def test_events_the_board_does_not_know_change_nothing():

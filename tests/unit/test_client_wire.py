@@ -1,6 +1,10 @@
-"""switchyard.client's pure parts: errors from answers, Server-Sent Events, pagination, calls."""
+"""switchyard.client's pure parts: errors from answers (and its table of codes against the API's), step
+errors, Server-Sent Events, pagination, calls."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,7 +15,6 @@ from switchyard.client.calls import Call, SseParser
 
 @pytest.mark.parametrize(("status", "code", "cls"), [
     (400, "invalid_request", errors.ValidationFailed),
-    (400, "invalid_arguments", errors.InvalidArguments),
     (400, "runtime_not_applicable", errors.RuntimeNotApplicable),
     (401, "unauthorized", errors.Unauthorized),
     (403, "forbidden", errors.Forbidden),
@@ -31,6 +34,50 @@ def test_each_error_code_is_its_own_exception_carrying_what_the_api_said(status,
     assert (exc.code, exc.message, exc.details, exc.status, exc.retry_after) == (
         code, "said so", {"status": "succeeded"}, status, 7.0)
     assert str(exc) == f"{code}: said so"
+
+
+def api_error_codes() -> set[str]:
+    """Every code an error answer of the API can carry, read from the code that answers: the domain
+    errors' (orchestrator/errors.py; a step's errors are a run's state, never an answer), api/errors.py's
+    for HTTP errors werkzeug raises, and each code an api module writes into an answer itself."""
+    from api import errors as answers
+    from orchestrator import errors as domain
+
+    def tree(cls: type) -> list[type]:
+        return [cls, *(sub for child in cls.__subclasses__() for sub in tree(child))]
+
+    codes = {cls.code for cls in tree(domain.SwitchyardError) if not issubclass(cls, domain.StepError)}
+    codes |= set(answers.HTTP_CODES.values())
+    for module in (Path(__file__).parents[2] / "api").rglob("*.py"):
+        text = module.read_text()
+        codes |= set(re.findall(r'error_response\(\s*\w+,\s*"(\w+)"', text))
+        codes |= set(re.findall(r'HTTP_CODES\.get\(\w+, "(\w+)"\)', text))
+    return codes
+
+
+def test_the_clients_exceptions_are_the_codes_the_api_answers():
+    """One exception per code the API can answer, and none for a code it never answers (invalid_arguments
+    is a step's error code, in a run's step, never an answer's). Two codes are left to ApiError: conflict,
+    only the base of the 409 codes, and http_error, an HTTP error the API has no code of its own for."""
+    answered = api_error_codes()
+    assert {"invalid_request", "not_found", "invalid_transition", "unavailable", "internal"} <= answered
+    assert set(errors.ERRORS) <= answered, set(errors.ERRORS) - answered
+    assert answered - set(errors.ERRORS) == {"conflict", "http_error"}
+    assert "invalid_arguments" not in errors.ERRORS and not hasattr(errors, "InvalidArguments")
+
+
+def test_a_steps_error_is_a_model_with_its_details_and_a_runs_names_its_step():
+    details = {"tool": "sleep", "field": "seconds", "problems": ["seconds: the tool 'sleep' takes a number here"]}
+    error = {"code": "invalid_arguments", "message": "the arguments of sleep do not fit", "retryable": False,
+             "details": details}
+    step = models.Step.model_validate({"id": "nap", "type": "tool", "status": "failed", "attempt": 1,
+                                       "max_attempts": 3, "queue": "default", "error": error})
+    assert isinstance(step.error, models.StepError)
+    assert (step.error.code, step.error.retryable, step.error.details) == ("invalid_arguments", False, details)
+    run = models.Run.model_validate({**_run("a"), "status": "failed", "error": {**error, "step_id": "nap"},
+                                     "steps": [step.model_dump(mode="json")]})
+    assert run.error.step_id == "nap" and run.error.details == details and run.step("nap").error == step.error
+    assert models.StepError.model_validate({"code": "cancelled", "message": "stop"}).details == {}
 
 
 @pytest.mark.parametrize("body", [None, "oops", {"detail": "not ours"}, {"error": "flat"}])

@@ -31,7 +31,6 @@ POLICY = Policy.model_validate({"rules": [
     (ECHO, {"x": 1}, (), "allowed", "rules[0]", "echo is harmless"),
     (PAY, {"amount": 50}, (), "allowed", "rules[1]", "rule rules[1] says allow"),
     (PAY, {"amount": 500}, (), "denied", "rules[1]", "amount=500 is over the maximum 100"),
-    (PAY, {"amount": "lots"}, (), "denied", "args_schema", "amount: 'lots' is not of type 'number'"),
     (HTTP, {"url": "https://api.example.com/x"}, ("93.184.216.34",), "allowed", "rules[2]", "says allow"),
     (HTTP, {"url": "https://evil.example.net/"}, ("93.184.216.34",), "denied", "rules[2]", "not in"),
     # Listed explicitly, a loopback host is allowed; not listed, a private address is refused.

@@ -1,5 +1,6 @@
 """Publish-time checks beyond the schema (orchestrator.validation): the steps templates name, literal tool
-arguments against the tool's schema, and models; and tool arguments at run time (invalid_arguments)."""
+arguments (a tool step's, and a scripted agent's calls) against the tool's schema, and models; and tool
+arguments at run time (invalid_arguments), checked once, before the policy, their details kept."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import definitions, validation
+from orchestrator import definitions, registry, validation
+from orchestrator.core.reports import ErrorInfo
 from orchestrator.errors import DefinitionInvalid, InvalidArguments, PermanentStepError
-from orchestrator.policy import ToolSpec
+from orchestrator.policy import Policy, ToolSpec, decide
 from orchestrator.settings import PriceTable, Settings
-from workers import executors
+from workers import executors, tasks
 from workers.executors import agent
 
 
@@ -25,6 +27,16 @@ def tool(step_id: str, name: str = "echo", **fields) -> dict:
 
 def llm(step_id: str, **fields) -> dict:
     return {"id": step_id, "type": "llm", "prompt": "hi", **fields}
+
+
+def scripted(step_id: str, *turns, tools: tuple[str, ...] = ("sleep",), **fields) -> dict:
+    """An agent step of the scripted model whose replies are ``turns``."""
+    return {"id": step_id, "type": "agent", "tools": list(tools), "script": list(turns), **fields}
+
+
+def calls(*pairs: tuple[str, dict]) -> dict:
+    """A scripted reply making these tool calls (name, args)."""
+    return {"tool_calls": [{"name": name, "args": args} for name, args in pairs]}
 
 
 def problems_of(raw: dict, **kw) -> list[str]:
@@ -120,6 +132,47 @@ def test_a_tool_whose_schema_cannot_be_read_here_is_left_to_the_run_time_check()
     assert validation.literal_argument_problems("no.such.tool", {"x": 1}, "steps.0.args") == []
 
 
+# --- the tool calls of a scripted agent: its script is the definition's text, checked as a tool step's args ---
+
+REFUSED_SCRIPTED_CALLS = [
+    pytest.param(scripted("ag", calls(("sleep", {"seconds": "five"}))),
+                 "steps.0.script[0].tool_calls[0].args.seconds: the tool 'sleep' takes a number here, got \"five\"; "
+                 "fix the value, or make it a template (checked when the step runs)", id="wrong-type"),
+    pytest.param(scripted("ag", calls(("echo", {})), calls(("echo", {}), ("http.request", {"method": "GET"})),
+                          tools=("echo", "http.request")),
+                 "steps.0.script[1].tool_calls[1].args.url: the tool 'http.request' needs this argument; add it",
+                 id="second-turn-second-call"),
+    pytest.param(scripted("ag", calls(("fail", {"message": "{{ input.why }}", "until_attempt": 2.5})), tools=("fail",)),
+                 "steps.0.script[0].tool_calls[0].args.until_attempt: the tool 'fail' takes an integer here, got 2.5",
+                 id="literal-beside-a-template"),
+    pytest.param(scripted("ag", {"tool_calls": [{"args": {"seconds": 1}}]}),
+                 "steps.0.script[0].tool_calls[0].name: a scripted tool call needs the name of the tool it calls; add it",
+                 id="no-name"),
+]
+
+
+@pytest.mark.parametrize(("step", "needle"), REFUSED_SCRIPTED_CALLS)
+def test_a_scripted_agents_literal_call_arguments_that_do_not_fit_are_refused_naming_the_call(step, needle):
+    problems = problems_of(wf(step))
+    assert sum(needle in p for p in problems) == 1, (needle, problems)
+
+
+@pytest.mark.parametrize("step", [
+    scripted("ag", calls(("sleep", {"seconds": "{{ input.seconds }}"})), "done"),   # checked when rendered
+    scripted("ag", calls(("sleep", {"seconds": 0.5}), ("human.ask", {"question": "ok?"})),
+             tools=("sleep", "human.ask")),
+    scripted("ag", calls(("sleep", {"seconds": "five"})), tools=("echo",)),   # not its tool: the agent is told
+], ids=["template", "fitting", "a-tool-it-does-not-have"])
+def test_scripted_calls_that_fit_are_templates_or_name_no_tool_of_the_step_pass(step):
+    definitions.parse_definition(wf(step))
+
+
+def test_a_scripted_call_problem_is_found_beside_a_refusal_by_the_schema():
+    problems = problems_of(wf(scripted("ag", calls(("sleep", {"seconds": "five"}))), colour="red"))
+    assert any(p.startswith("steps.0.script[0].tool_calls[0].args.seconds: the tool 'sleep'") for p in problems), \
+        problems
+
+
 # --- models ---
 
 def test_an_unknown_model_is_refused_with_the_known_models_listed():
@@ -176,11 +229,39 @@ def test_rendered_arguments_of_the_wrong_type_fail_the_step_with_invalid_argumen
 
 
 def test_an_agent_is_told_its_call_had_invalid_arguments_and_goes_on(make_ctx):
-    script = [{"tool_calls": [{"name": "sleep", "args": {"seconds": "five"}}]}, "gave up sleeping"]
-    ctx = make_ctx({"id": "ag", "type": "agent", "tools": ["sleep"], "script": script})
+    # Literal, the call is refused at publish; rendered from a template, it is checked when it is made.
+    script = [{"tool_calls": [{"name": "sleep", "args": {"seconds": "{{ input.seconds }}"}}]}, "gave up sleeping"]
+    ctx = make_ctx({"id": "ag", "type": "agent", "tools": ["sleep"], "script": script},
+                   template_context={"input": {"seconds": "five"}, "steps": {}})
     result = agent.run(ctx)
     assert result["text"] == "gave up sleeping"
     assert result["tool_calls"][0]["result"]["code"] == "invalid_arguments"
+
+
+def test_the_arguments_are_checked_once_before_the_policy_which_decides_on_calls_that_fit():
+    """The schema is checked in one place (validation.check_arguments, from the tool executor): the policy
+    does not check it again, nor answer a call that does not fit with a denial of its own."""
+    sleep = registry.BUILTIN_SPECS["sleep"]
+    with pytest.raises(InvalidArguments):
+        validation.check_arguments(sleep, {"seconds": "five"})
+    decision = decide(Policy(), sleep, {"seconds": "five"})
+    assert (decision.decision, decision.rule) == ("allowed", "default")
+
+
+def test_the_details_of_invalid_arguments_reach_the_steps_error_scrubbed_of_secrets(make_ctx):
+    """What the worker records (tasks.run_executor): the error's details as the check said them, with
+    every secret of the process masked there as in the message."""
+    secret = "sk-a-provider-key-1234"
+    step = tool("s", "sleep", args={"seconds": "{{ input.seconds }}"})
+    ctx = make_ctx(step, template_context={"input": {"seconds": secret}, "steps": {}})
+    ctx.settings = Settings(openai_api_key=secret)
+    outcome = tasks.run_executor(ctx)
+    error = outcome.error.as_json()
+    assert error["code"] == "invalid_arguments" and secret not in str(error), error
+    assert error["details"] == {"tool": "sleep", "field": "seconds", "problems": [
+        "seconds: the tool 'sleep' takes a number here, got \"[redacted]\""]}
+    assert ErrorInfo.of(InvalidArguments("no", {"field": "x"})).as_json()["details"] == {"field": "x"}
+    assert "details" not in ErrorInfo.of(PermanentStepError("no")).as_json()
 
 
 def test_a_tool_with_an_unreadable_schema_is_called_unchecked():
