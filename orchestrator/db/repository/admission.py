@@ -13,10 +13,12 @@ overfilled. ``admit`` turns held messages back into places, under the same lock,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from psycopg import ClientCursor
+from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import and_, delete, exists, func, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
@@ -107,6 +109,98 @@ def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[Step
             held=True, tenant_id=select(RUNS.c.tenant_id).where(of_run).scalar_subquery(),
             priority=select(RUNS.c.priority).where(of_run).scalar_subquery()))
     return passed
+
+
+# The admission of one queue on PostgreSQL in two round trips (orchestrator/admission._admit_queue_pg),
+# in autocommit with the transaction written out: BEGIN, its bounds, the window's lock, the places held
+# by tenant and each tenant's best held messages (no more than the room) in one simple query; then the
+# admission, the deletion of published rows and COMMIT in another.
+_WINDOW_IN_USE = """s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
+      AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)"""
+_OPEN_WINDOW_PG = f"""
+BEGIN;
+SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, set_config('statement_timeout', '30000', true) AS statement;
+SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
+SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id;
+WITH RECURSIVE used AS (SELECT count(*) AS n FROM steps s WHERE {_WINDOW_IN_USE}), t AS (
+    (SELECT tenant_id FROM outbox WHERE held AND queue = %(queue)s ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.tenant_id FROM outbox o WHERE o.held AND o.queue = %(queue)s AND o.tenant_id > t.tenant_id
+            ORDER BY o.tenant_id LIMIT 1)
+    FROM t WHERE t.tenant_id IS NOT NULL
+)
+SELECT c.* FROM t, LATERAL (
+    SELECT * FROM outbox o WHERE o.held AND o.queue = %(queue)s AND o.tenant_id = t.tenant_id
+    ORDER BY o.priority, o.id LIMIT greatest(0, %(window)s - (SELECT n FROM used))
+) c WHERE t.tenant_id IS NOT NULL
+"""
+# A chosen message whose step is no longer `queued` and held at that attempt (cancelled, or moved on
+# while it waited) is deleted, as ``admit`` does.
+_ADMIT_AND_COMMIT_PG = """
+WITH chosen AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[], %(attempts)s::int[])
+        AS c (id, run_id, step_id, attempt)
+), moved AS (
+    UPDATE steps s SET held = false FROM chosen c
+    WHERE s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempt = c.attempt AND s.status = 'queued' AND s.held
+    RETURNING c.id
+), admitted AS (
+    UPDATE outbox SET held = false WHERE id IN (SELECT id FROM moved) RETURNING id
+), gone AS (
+    DELETE FROM outbox WHERE id IN (SELECT id FROM chosen EXCEPT SELECT id FROM moved) RETURNING id
+), forgotten AS (
+    DELETE FROM outbox WHERE id = ANY(%(forget)s::bigint[]) RETURNING id
+)
+SELECT id FROM admitted;
+COMMIT
+"""
+
+
+class WindowTransaction:
+    """One queue's admission on PostgreSQL, in a transaction of two round trips (``window_transaction``)."""
+
+    def __init__(self, cursor: ClientCursor):
+        self.cursor = cursor
+        self.queue = ""
+
+    def holders_and_candidates(self, queue: str, window: int) -> tuple[dict[str, int], list[Held]]:
+        """Begin, hold the window of ``queue``, and read the places held by tenant and each tenant's best
+        held messages (as many as the room, by priority then age)."""
+        self.queue = queue
+        cursor = self.cursor
+        cursor.execute(_OPEN_WINDOW_PG, {"queue": queue, "window": window})
+        for _ in range(3):  # BEGIN, the bounds, the lock
+            cursor.nextset()
+        holders = {r.tenant_id: r.n for r in cursor.fetchall()}
+        cursor.nextset()
+        candidates = [Held(r.id, r.tenant_id or "", r.priority or 5, r.run_id, r.step_id, r.attempt, r.queue,
+                           r.soft_time_limit) for r in cursor.fetchall()]
+        return holders, candidates
+
+    def admit_and_commit(self, chosen: Sequence[Held], forget: Sequence[int]) -> list[StepMessage]:
+        """Admit ``chosen`` as ``admit`` does, delete the outbox rows ``forget`` (published), commit."""
+        self.cursor.execute(_ADMIT_AND_COMMIT_PG, {
+            "ids": [h.id for h in chosen], "run_ids": [h.run_id for h in chosen],
+            "step_ids": [h.step_id for h in chosen], "attempts": [h.attempt for h in chosen],
+            "forget": list(forget)})
+        admitted = {r.id for r in self.cursor.fetchall()}
+        return [StepMessage(h.run_id, h.step_id, h.attempt, h.queue, h.soft_time_limit, outbox_id=h.id)
+                for h in chosen if h.id in admitted]
+
+
+@contextmanager
+def window_transaction(session: Session) -> Iterator[WindowTransaction]:
+    """A window's admission on ``session`` (in autocommit, on PostgreSQL); rolled back if it raises
+    before its commit."""
+    driver = session.connection().connection.driver_connection
+    with ClientCursor(driver, row_factory=namedtuple_row) as cursor:
+        try:
+            yield WindowTransaction(cursor)
+        except BaseException:
+            if not driver.closed and driver.info.transaction_status != TransactionStatus.IDLE:
+                with suppress(Exception):  # a connection the server cut is discarded by the pool
+                    driver.execute("ROLLBACK")
+            raise
 
 
 def lock_window(session: Session, queue: str) -> None:
