@@ -21,6 +21,7 @@ from api.auth import is_public, principal
 from api.context import services
 from orchestrator import admission, broker, metrics, monitor
 from orchestrator.db import repository as repo
+from orchestrator.db.repository import concurrency as concurrency_rows
 
 bp = Blueprint("monitoring", __name__)
 
@@ -45,13 +46,15 @@ def metrics_view():
 def queues():
     """Each step queue: depth read from the broker, its consumers (the online workers that consume it,
     from the monitor), the tenant's steps enqueued and completed in the last minute (from the database),
-    and its dispatch window (orchestrator/admission.py: places in use and held messages, the tenant's share)."""
+    and its dispatch window (orchestrator/admission.py: places in use and held messages, the tenant's share);
+    and the tenant's concurrency keys that are held or waited for, with their counts."""
     svc, tenant_id = services(), principal().tenant_id
     with svc.sessions() as session:
         now = repo.now(session)
         rates = repo.step_queue_rates(session, tenant_id, now - RATE_WINDOW)
         names = repo.live_step_queues(session, tenant_id) | set(rates) | {svc.settings.default_queue}
         windows = admission.window_report(session, svc.settings, tenant_id)
+        keys = concurrency_rows.key_report(session, tenant_id)
         names |= set(windows)
     consumers: dict[str, list[str]] = {}
     for worker in _monitor(svc).workers():
@@ -72,6 +75,7 @@ def queues():
             }
             for name in sorted(names)
         ],
+        "concurrency": keys,
         "at": serializers.ts(now),
     }
 

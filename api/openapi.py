@@ -270,8 +270,9 @@ OPERATIONS: dict[str, Op] = {
         query("metric", {"type": "string", "enum": ["runs_started", "runs_succeeded", "runs_failed", "steps",
                                                     "credits"]}),
         query("bucket", {"type": "string", "enum": ["minute", "hour", "day"], "default": "hour"}), SINCE)),
-    "monitoring.queues": Op("Each step queue: depth from the broker, consumers, the tenant's rates.",
-                            (200, R.QueueList)),
+    "monitoring.queues": Op("Each step queue: depth from the broker, consumers, the tenant's rates, its dispatch "
+                            "window; and the tenant's concurrency keys held or waited for, with the runs and steps "
+                            "waiting under each.", (200, R.QueueList)),
     "monitoring.workers": Op("Online workers: pool, queues, active tasks, last heartbeat.", (200, R.WorkerList)),
     "monitoring.metrics": Op("Prometheus text: runs by status, step durations, dispatch latency, retries, "
                              "failures (no token needed with SWITCHYARD_METRICS_PUBLIC=1).", (200, None),

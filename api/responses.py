@@ -379,8 +379,29 @@ class Queue(_Out):
     window: Window
 
 
+class WorkflowKey(_Out):
+    workflow_id: str
+    key: str = Field(description="A workflow-level concurrency key as rendered from its runs' input.")
+    active: int = Field(description="The runs holding it (running, waiting or paused).")
+    waiting: int = Field(description="The runs queued, waiting for room under it.")
+
+
+class StepKey(_Out):
+    key: str = Field(description="A step-level concurrency key as rendered.")
+    running: int = Field(description="The attempts holding it (queued or running).")
+    waiting: int = Field(description="The steps pending, waiting for room under it.")
+
+
+class ConcurrencyKeys(_Out):
+    """The caller's concurrency keys that are held or waited for (docs/flow-control.md)."""
+
+    workflow_keys: list[WorkflowKey]
+    step_keys: list[StepKey]
+
+
 class QueueList(_Out):
     queues: list[Queue]
+    concurrency: ConcurrencyKeys
     at: datetime
 
 

@@ -13,7 +13,9 @@ from api.auth import principal
 from api.context import int_arg, parse_body, services
 from api.controls import actor
 from orchestrator import diagnosis, service
+from orchestrator.core.vocabulary import WaitsOn
 from orchestrator.db import repository as repo
+from orchestrator.db.repository import concurrency as concurrency_rows
 from orchestrator.errors import InvalidRequest, NotFound
 from orchestrator.states import RunStatus, StepStatus
 
@@ -124,6 +126,9 @@ def run_diagnosis(run_id: str):
     with svc.sessions() as session:
         run = _load_run(session, run_id)
         steps, approvals, questions = repo.diagnosis_facts(session, run.id)
+        keys = (concurrency_rows.waits(session, run, svc.catalog.get(session, (
+            run.tenant_id, run.workflow_id, run.workflow_version)))
+            if run.waiting_on == WaitsOn.CONCURRENCY or any(s.waiting_on == WaitsOn.CONCURRENCY for s in steps) else [])
     status = RunStatus(run.status)
     # Only a step that has waited a while for a worker makes the queues' consumers worth reading; they
     # come from the worker monitor's memory (what the workers broadcast), not from a broadcast now.
@@ -132,7 +137,8 @@ def run_diagnosis(run_id: str):
     # A running step's worker that stopped sending Celery heartbeats is named long before its lease expires.
     running_on = diagnosis.workers_running(steps)
     causes = diagnosis.diagnose(run.id, status, run.error, steps, approvals=approvals, questions=questions,
-                                consumers=consumers, silent_workers=monitoring.silent_workers(svc, running_on))
+                                consumers=consumers, silent_workers=monitoring.silent_workers(svc, running_on),
+                                concurrency=keys)
     return {"run_id": run.id, "status": run.status, "waiting_on": run.waiting_on,
             "causes": [c.as_json() for c in causes]}
 

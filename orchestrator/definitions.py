@@ -28,6 +28,7 @@ from orchestrator.steptypes.agent import AgentStep
 from orchestrator.steptypes.approval import ApprovalStep
 from orchestrator.steptypes.fields import (
     STEP_ID_PATTERN,
+    Concurrency,
     RetrySpec,
     ScriptedTurn,
     ScriptEntry,
@@ -41,7 +42,7 @@ from orchestrator.steptypes.tool import ToolStep
 from orchestrator.steptypes.wait_event import WaitEventStep
 
 __all__ = [
-    "STEP_ID_PATTERN", "STEP_TYPES", "AgentStep", "ApprovalStep", "Defaults", "Definition", "LlmStep",
+    "STEP_ID_PATTERN", "STEP_TYPES", "AgentStep", "ApprovalStep", "Concurrency", "Defaults", "Definition", "LlmStep",
     "QuestionStep", "RetrySpec", "ScriptEntry", "ScriptedTurn", "Step", "TimerStep", "ToolStep",
     "WaitEventStep", "StepFields", "input_problems", "parse_definition", "semantic_problems",
 ]
@@ -81,6 +82,8 @@ class Definition(StrictModel):
     retention_days: int | None = Field(default=None, ge=0, le=36500)
     # Flow control (docs/flow-control.md): the runs' default priority (1 first, 9 last).
     priority: int = Field(default=5, ge=1, le=9)
+    # At most `limit` active runs of this workflow per key rendered from the run's input (core.concurrency).
+    concurrency: Concurrency | Annotated[list[Concurrency], Field(min_length=1, max_length=10)] | None = None
     # Per step, the names its templates read; a definition is immutable, so it is worked out once.
     _template_names: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
 
@@ -98,6 +101,13 @@ class Definition(StrictModel):
         if found is None:
             raise KeyError(step_id)
         return found
+
+    @cached_property
+    def concurrency_keys(self) -> tuple[Concurrency, ...]:
+        """The workflow-level concurrency keys, as a tuple (the field takes one or a list)."""
+        if self.concurrency is None:
+            return ()
+        return tuple(self.concurrency) if isinstance(self.concurrency, list) else (self.concurrency,)
 
     @cached_property
     def needs(self) -> dict[str, list[str]]:
@@ -175,7 +185,32 @@ def semantic_problems(definition: Definition, max_steps: int, *, models: validat
         problems += _for_each_problems(i, step, dag.upstream(step.id, definition.needs))
     problems += event_triggers.problems(definition.triggers)
     problems += validation.definition_problems(definition, models=models, not_templates=_NOT_TEMPLATES)
+    problems += _concurrency_problems(definition)
     return problems + _policy_problems(definition.policy, known) + _schema_problems(definition.input_schema)
+
+
+def _concurrency_problems(definition: Definition) -> list[str]:
+    """A workflow's keys render over the run's input alone (before any step ran); a step's key is for
+    a step that holds a worker, one attempt at a time (a for-each step's items have max_parallel)."""
+    problems = []
+    for i, spec in enumerate(definition.concurrency_keys):
+        where = f"concurrency.{i}.key" if isinstance(definition.concurrency, list) else "concurrency.key"
+        problems += templates.syntax_problems(spec.key, where)
+        other = sorted(templates.referenced_names(spec.key) - {"input"})
+        if other:
+            problems.append(f"{where}: a workflow's concurrency key is rendered from the run's input before any "
+                            f"step runs, so it may read only 'input', not {other}")
+    for i, step in enumerate(definition.steps):
+        if step.concurrency is None:
+            continue
+        if steptypes.get(step.type).waits_on is not None or step.type == "workflow":
+            problems.append(f"steps.{i}.concurrency: a {step.type!r} step holds no worker; a step's concurrency "
+                            "key applies to tool, llm and agent steps (set a workflow's `concurrency` to limit "
+                            "whole runs)")
+        elif step.for_each is not None:
+            problems.append(f"steps.{i}.concurrency: a for_each step cannot take a concurrency key; bound its "
+                            "items with max_parallel")
+    return problems
 
 
 # The step types a for-each may run: those that run on a worker, and `workflow` (a map over child runs);

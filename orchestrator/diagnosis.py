@@ -55,6 +55,17 @@ class WindowFacts:
 
 
 @dataclass(frozen=True)
+class KeyWait:
+    """A concurrency key the run (``step_id`` None: a workflow's key) or one of its steps waits for
+    room under, as rendered, with its limit and the runs holding it (the first few)."""
+
+    step_id: str | None
+    key: str
+    limit: int
+    holders: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Request:
     """An API call: ``path`` is under the API's base URL (``/api/v1``); ``body`` is JSON (None: no body)."""
 
@@ -99,11 +110,12 @@ def diagnose(
     questions: Mapping[str, str],
     consumers: Mapping[str, int] | None,
     silent_workers: Mapping[str, datetime | None] | None = None,
+    concurrency: Sequence[KeyWait] = (),
 ) -> list[Cause]:
     """Every reason the run is where it is. ``approvals`` and ``questions`` map a step id to its open
     approval or question id; ``consumers`` maps a queue to its consuming workers (None: unknown);
     ``silent_workers`` maps a Celery worker that stopped sending heartbeats to when it was last heard
-    (None: never, by this process)."""
+    (None: never, by this process); ``concurrency``: the keys the run or its steps wait for."""
     if status in TERMINAL_RUN:
         if status is RunStatus.SUCCEEDED:
             return []
@@ -115,7 +127,8 @@ def diagnose(
     if status is RunStatus.PAUSED:
         causes.append(Cause("paused", None, "the run is paused: nothing new is dispatched",
                             f"POST /runs/{run_id}/resume", Request("POST", f"/runs/{run_id}/resume")))
-    if status is RunStatus.QUEUED:
+    causes += _concurrency_causes(concurrency)
+    if status is RunStatus.QUEUED and not any(w.step_id is None for w in concurrency):
         causes.append(Cause("scheduler", None, "no scheduler has picked the run up yet",
                             "check that a `switchyard scheduler` process is running and reaches the database"))
     for step in steps:
@@ -172,6 +185,22 @@ def _step_cause(run_id, step: StepFacts, approvals, questions, consumers) -> Cau
         return Cause(ErrorCode.WORKER_LOST.value, sid, f"the worker running step {sid!r} stopped heartbeating",
                      "nothing: the scheduler reclaims the attempt and retries it; check that worker's machine")
     return None
+
+
+def _concurrency_causes(waits: Sequence[KeyWait]) -> list[Cause]:
+    """The run (queued) or a step (pending) waits for room under a concurrency key: which key, its limit
+    and the runs that hold it."""
+    causes = []
+    for wait in waits:
+        held_by = ", ".join(wait.holders) if wait.holders else "runs that ended since (it starts at the next look)"
+        what = (f"the run waits (queued) for room under its workflow's concurrency key {wait.key!r}"
+                if wait.step_id is None else
+                f"step {wait.step_id!r} waits (pending) for room under the concurrency key {wait.key!r}")
+        causes.append(Cause(
+            "concurrency", wait.step_id, f"{what}: limit {wait.limit}, held by {held_by}",
+            "nothing: it starts when a holder ends (waiters start by priority, then age); to free it now, "
+            "cancel a holder (POST /runs/<holder>/cancel), or raise the limit in the workflow's definition"))
+    return causes
 
 
 def _held_cause(step: StepFacts) -> Cause:

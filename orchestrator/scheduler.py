@@ -22,6 +22,7 @@ from orchestrator import admission, broker, firing, logs, retention, sub_runs, t
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.core import admission as decide_admission
 from orchestrator.core import advance
+from orchestrator.core import concurrency as decide_concurrency
 from orchestrator.core.advance import KeptEvent
 from orchestrator.core.inputs import Env
 from orchestrator.core.snapshot import RunState
@@ -29,6 +30,7 @@ from orchestrator.core.transition import Event, Transition
 from orchestrator.core.vocabulary import EventType
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import admission as admission_rows
+from orchestrator.db.repository import concurrency as concurrency_rows
 from orchestrator.db.repository import items as item_rows
 from orchestrator.db.repository.scheduling import bound_hold
 from orchestrator.db.session import database_unavailable, transaction
@@ -48,6 +50,11 @@ IDLE_CLEANUP_S = 0.2
 # another scheduler takes them within seconds. A statement (a lock wait included) ends after the second.
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 2000
 STATEMENT_TIMEOUT_MS = 30000
+# While runs or steps wait for room under a concurrency key, the scheduler looks for keys with room
+# after a pass that advanced runs (a holder's end rings it), at most this often…
+CONCURRENCY_LOOK_MIN_S = 0.05
+# …and at least this often, as a net for an end that rang nothing.
+CONCURRENCY_LOOK_MAX_S = 0.5
 
 
 @dataclass
@@ -62,13 +69,16 @@ class Pass:
 
 
 # A decision asks for facts a few times at most (the children of its due sub-run steps, the template
-# context, a for-each step's kept items, then the events kept for the keys it renders); more would be
-# a bug, not a need.
-_MAX_FACT_ROUNDS = 5
+# context, a for-each step's kept items, the room under its concurrency keys (the run's, then its
+# steps'), then the events kept for the keys it renders); more would be a bug, not a need.
+_MAX_FACT_ROUNDS = 7
 
 
-def decide_pass(session: Session, state: RunState, definition: Definition, env: Env) -> Transition:
-    """The scheduler's transition for one locked run, reading the facts the decision asks for."""
+def decide_pass(session: Session, state: RunState, definition: Definition, env: Env,
+                rooms: concurrency_rows.PassRooms | None = None) -> Transition:
+    """The scheduler's transition for one locked run, reading the facts the decision asks for;
+    ``rooms``: the pass's reader of concurrency room (one per transaction)."""
+    rooms = rooms or concurrency_rows.PassRooms()
     kept: dict[tuple[str, str | None], KeptEvent | None] = {}
     for _ in range(_MAX_FACT_ROUNDS):
         try:
@@ -82,6 +92,9 @@ def decide_pass(session: Session, state: RunState, definition: Definition, env: 
             if needs.succeeded_items:
                 state = state.replace(succeeded_items={**(state.succeeded_items or {}), **item_rows.succeeded_items(
                     session, state.id, needs.succeeded_items)})
+            if needs.concurrency:
+                state = state.replace(concurrency={**(state.concurrency or {}),
+                                                   **rooms.read(session, state, needs.concurrency)})
             for key, name in needs.event_keys:
                 found = repo.kept_event(session, state.tenant_id, key, name)
                 kept[(key, name)] = None if found is None else KeptEvent(found.id, found.name, found.payload)
@@ -117,6 +130,12 @@ class Scheduler:
         self.next_admit = 0.0
         self.admit_wait = settings.admit_interval_s
         self.last_look: float | None = None
+        # Runs or steps may wait for room under a concurrency key: looked for after passes, and at
+        # least every CONCURRENCY_LOOK_MAX_S (wake_waiters); until the first look, assume some do.
+        self.waiters_known = True
+        self.next_waiters_look = 0.0
+        self.waiters_look_after = 0.0
+        self.look_wanted = False  # a pass advanced runs since the last look (a holder may have ended)
 
     def advance_batch(self) -> int:
         """Advance up to batch_size runs with work in one transaction, then publish. Returns runs advanced.
@@ -150,6 +169,7 @@ class Scheduler:
             if reread_due:
                 repo.flag_runs_with_due_steps(session)
             runs = repo.lock_runs_with_work(session, self.batch_size, published_outbox=published)
+            rooms = concurrency_rows.PassRooms()
             if runs:
                 # A statement of its own, after the locks are held: in READ COMMITTED it reads the steps
                 # as the runs' last writers committed them (a read in the locking statement would use
@@ -164,9 +184,10 @@ class Scheduler:
                     definition = definitions[(run.tenant_id, run.workflow_id, run.workflow_version)]
                     with logs.bound(run_id=run.id, tenant=run.tenant_id):
                         if isolated:
-                            transitions += self._advance_one(session, state, definition, out)
+                            transitions += self._advance_one(session, state, definition, out, rooms)
                         else:
-                            transitions.append(decide_pass(session, state, definition, self.env))
+                            transitions.append(decide_pass(session, state, definition, self.env, rooms))
+                            rooms.took(transitions[-1])
                 if not isolated:
                     written = writer.apply_batch(session, transitions)
                     out.messages, out.revoke = written.messages, written.revoke
@@ -179,16 +200,17 @@ class Scheduler:
             if reread_due:
                 self._read_next_due(session)
         del self.published_outbox[:len(published)]
+        self.waiters_known |= rooms.locked  # a decision read a key's room: it may have held a waiter
         return out, len(runs)
 
-    def _advance_one(self, session: Session, state: RunState, definition: Definition, out: Pass
-                     ) -> list[Transition]:
+    def _advance_one(self, session: Session, state: RunState, definition: Definition, out: Pass,
+                     rooms: concurrency_rows.PassRooms) -> list[Transition]:
         """Advance one run in a savepoint: a run that trips a bug is set aside (logged, with an event)
         instead of failing the batch again and again and stalling every other run. The transition
         written, if one was."""
         try:
             with session.begin_nested():
-                transition = decide_pass(session, state, definition, self.env)
+                transition = decide_pass(session, state, definition, self.env, rooms)
                 written = writer.apply(session, transition)
                 if not written.applied:
                     raise repo.StaleRunState(f"a step of run {state.id} is not as read under its lock")
@@ -200,6 +222,7 @@ class Scheduler:
                 writer.apply(session, Transition(run=state, run_values={"has_work": False}, events=(
                     Event(EventType.SCHEDULER_ERROR, data={"error": f"{type(exc).__name__}: {exc}"[:2000]}),)))
             return []
+        rooms.took(transition)
         out.messages += written.messages
         out.revoke += written.revoke
         out.ring |= written.wakes_scheduler
@@ -216,6 +239,22 @@ class Scheduler:
         out.messages += done.messages
         out.revoke += done.revoke
         out.ring |= done.ring
+
+    def wake_waiters(self) -> int:
+        """Flag for a pass the runs whose waiters' concurrency keys have room again (core.concurrency.
+        to_wake: in the order they start in); how many. The pass decides again under the lock."""
+        now = time.monotonic()
+        with transaction(self.sessions) as session:
+            rows, holders = concurrency_rows.waiting(session)
+            definitions = self.catalog.get_many(
+                session, list({(w.tenant_id, w.workflow_id, w.workflow_version) for w in rows}))
+            waiters = [waiter for row in rows
+                       for waiter in _waiters(row, definitions[(row.tenant_id, row.workflow_id, row.workflow_version)],
+                                              holders)]
+            flagged = concurrency_rows.flag(session, decide_concurrency.to_wake(waiters))
+        self.waiters_known, self.look_wanted = bool(rows), False
+        self.waiters_look_after, self.next_waiters_look = now + CONCURRENCY_LOOK_MIN_S, now + CONCURRENCY_LOOK_MAX_S
+        return flagged
 
     def _publish(self, messages: list[StepMessage]) -> None:
         """Publish messages that have outbox rows, as far as their queues' windows have room (the rest
@@ -392,9 +431,14 @@ class Scheduler:
                 self.sweep()
                 next_sweep, drain = time.monotonic() + self.settings.sweep_interval_s, True
             broker.revoke(self.celery, self.schedules.tick())
+            advanced = 0
             if drain:  # not when only the pace of admission woke the loop: no run has new work then
                 with tracing.continued("scheduler pass", self.doorbell.take_trace()):  # the ringer's trace
-                    self.drain()
+                    advanced = self.drain()
+            self.look_wanted |= bool(advanced)
+            if self.waiters_known and time.monotonic() >= self._next_look() and self.wake_waiters():
+                drain = True  # the woken runs' passes now
+                continue
             # While a backlog is known, the pace decides when to look for room (a ring does not: rings
             # come with every step's end, places free at the pace's rate); with none known, a ring
             # may be a publisher's that held messages: look now (one statement if nothing is held).
@@ -402,6 +446,8 @@ class Scheduler:
                 self.admit()
             timeout = min(self.wait_timeout(), max(next_sweep - time.monotonic(), 0.0),
                           self.schedules.seconds_until_due())
+            if self.waiters_known:
+                timeout = min(timeout, max(self._next_look() - time.monotonic(), 0.0))
             paced = self.backlog and self.next_admit - time.monotonic() < timeout
             if paced:
                 timeout = max(self.next_admit - time.monotonic(), 0.0)
@@ -414,12 +460,32 @@ class Scheduler:
                 timeout -= IDLE_CLEANUP_S
             drain = bool(wait_for_ring(timeout)) or not paced
 
+    def _next_look(self) -> float:
+        """When (time.monotonic()) to look for concurrency waiters to wake, while some are known."""
+        return self.waiters_look_after if self.look_wanted else self.next_waiters_look
+
     def stop(self, *_args) -> None:
         self.stopping.set()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+
+
+def _waiters(row: concurrency_rows.WaitingRow, definition: Definition,
+             holders: dict[tuple[str, ...], int]) -> list[decide_concurrency.Waiter]:
+    """The waiter a look read, on each of its keys, with the limit its definition sets."""
+    if row.step_id is None:
+        # A run's keys are "<index>:<key>", the index of their entry in its version's `concurrency`.
+        scope_keys = [(decide_concurrency.RUN, row.tenant_id, row.workflow_id, key) for key in row.keys]
+        limits = [definition.concurrency_keys[int(key.partition(":")[0])].limit for key in row.keys]
+        waiter = row.run_id
+    else:
+        scope_keys = [(decide_concurrency.STEP, row.keys[0])]
+        limits = [definition.step(row.step_id).concurrency.limit]
+        waiter = f"{row.run_id}/{row.step_id}"
+    return [decide_concurrency.Waiter(row.run_id, waiter, scope_key, limit, holders.get(scope_key, 0), row.flagged)
+            for scope_key, limit in zip(scope_keys, limits, strict=True)]
 
 
 def _has_due_times(runs: Iterable[RunState]) -> bool:

@@ -58,7 +58,8 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     # running -> waiting: an agent asked a human (`human.ask`) and gave its worker back.
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED, S.WAITING}),
     # retrying -> running: a sub-run step's next attempt starts its new child run (it holds no worker).
-    S.RETRYING: frozenset({S.QUEUED, S.RUNNING, S.CANCELLED}),
+    # retrying -> pending: its next attempt waits for room under its concurrency key.
+    S.RETRYING: frozenset({S.QUEUED, S.RUNNING, S.PENDING, S.CANCELLED}),
     # waiting -> pending: a human answered an agent's question (it is dispatched again to go on), or
     # an approval asked for changes and goes round again.
     S.WAITING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PENDING}),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import dag, steptypes, templates
-from orchestrator.core import children, items, stopping
+from orchestrator.core import children, concurrency, items, stopping
 from orchestrator.core import outcome as outcomes
 from orchestrator.core.inputs import Env
 from orchestrator.core.reports import WORKER_LOST, ErrorInfo, Outcome
@@ -36,11 +36,14 @@ class NeedsFacts(Exception):  # noqa: N818 - a request for more input, not an er
     Read them into the snapshot and decide again (a decision writes nothing, so deciding twice is free)."""
 
     def __init__(self, *, context: bool = False, event_keys: tuple[tuple[str, str | None], ...] = (),
-                 children: tuple[str, ...] = (), succeeded_items: tuple[str, ...] = ()):
+                 children: tuple[str, ...] = (), succeeded_items: tuple[str, ...] = (),
+                 concurrency: tuple[concurrency.Ask, ...] = ()):
         super().__init__("the decision needs more facts")
         self.context, self.event_keys = context, event_keys
         # The child runs of these due sub-run steps and items; the succeeded items of these for-each steps.
         self.children, self.succeeded_items = children, succeeded_items
+        # The concurrency keys whose room the decision needs (read under the scheduler's concurrency lock).
+        self.concurrency = concurrency
 
 
 def on_advance(state: RunState, definition: Definition, env: Env, *,
@@ -63,6 +66,8 @@ def on_advance(state: RunState, definition: Definition, env: Env, *,
         children.stop(draft, [s.id for s in definition.steps if s.type == children.SUB_RUN])
         return draft.finish()
     if state.status is RunStatus.QUEUED:
+        if definition.concurrency_keys and _held_by_keys(draft, definition):
+            return draft.finish()
         draft.move_run(RunStatus.RUNNING)
         draft.run_values["started_at"] = NOW
         draft.event(EventType.RUN_STARTED)
@@ -92,9 +97,9 @@ def _fire_due(draft: Draft, definition: Definition, env: Env) -> None:
         if step.status is StepStatus.RETRYING and step.type == children.SUB_RUN:
             _start_held(draft, definition, step, env)  # a new child run
         elif step.status is StepStatus.RETRYING:
-            outcomes.queue_step(draft, definition, step, only_from=(StepStatus.RETRYING,))
+            _queue(draft, definition, step, only_from=(StepStatus.RETRYING,))
         elif step.status is StepStatus.WAITING and step.waiting_on == WaitsOn.RATE_LIMIT:
-            outcomes.requeue_rate_limited(draft, definition, step)
+            outcomes.requeue_rate_limited(draft, definition, step, queue=_queue)
     for step in due:
         if draft.status is RunStatus.FAILED:
             return
@@ -116,7 +121,7 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
             if definition.step(step_id).for_each is not None or draft.step(step_id).type == children.SUB_RUN:
                 settled_at_once |= _start_held(draft, definition, draft.step(step_id), env)
             elif steptypes.get(draft.step(step_id).type).waits_on is None:
-                outcomes.queue_step(draft, definition, draft.step(step_id))
+                _queue(draft, definition, draft.step(step_id))
             if draft.status is RunStatus.FAILED:
                 return
         park = [s for s in ready if steptypes.get(draft.step(s).type).waits_on is not None
@@ -128,6 +133,39 @@ def _dispatch_and_park(draft: Draft, definition: Definition, env: Env,
                 return
         if not settled_at_once:
             return
+
+
+def _held_by_keys(draft: Draft, definition: Definition) -> bool:
+    """A queued run of a workflow with concurrency keys: True if it does not start now (held, waiting
+    on a key, or failed: a key did not render)."""
+    try:
+        keys = concurrency.run_keys(definition, draft.run.input)
+    except StepError as exc:
+        concurrency.fail_unrendered(draft, ErrorInfo.of(exc).as_json())
+        return True
+    asks = concurrency.missing(draft.run, concurrency.run_asks(definition, keys))
+    if asks:
+        raise NeedsFacts(concurrency=asks)
+    return not concurrency.admit_run(draft, definition, keys)
+
+
+def _queue(draft: Draft, definition: Definition, step: StepState,
+           only_from: tuple[StepStatus, ...] = (StepStatus.PENDING,)) -> bool:
+    """Queue a worker step's next attempt; under its concurrency key if it has one (core.concurrency)."""
+    step_def = definition.step(step.step_id)
+    if step_def.concurrency is None:
+        return outcomes.queue_step(draft, definition, step, only_from=only_from)
+    if draft.run.outputs is None and concurrency.reads_outputs(step_def):
+        raise NeedsFacts(context=True)
+    try:
+        key = concurrency.step_key(draft.run.tenant_id, step_def, _context(draft))
+    except StepError as exc:
+        stopping.fail_run(draft, step.step_id, ErrorInfo.of(exc).as_json())
+        return False
+    asks = concurrency.missing(draft.run, [concurrency.Ask(concurrency.STEP, key, step_def.concurrency.limit)])
+    if asks:
+        raise NeedsFacts(concurrency=asks)
+    return concurrency.queue_or_hold(draft, definition, step, key, only_from)
 
 
 def _settle_children(draft: Draft, definition: Definition, env: Env) -> None:

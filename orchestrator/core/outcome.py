@@ -37,6 +37,9 @@ def on_report(state: RunState, definition: Definition, report: AttemptReport, en
     queued = report.queue_ready and not finished and _queue_ready(draft, definition, step)
     if not finished and not queued:
         draft.run_values["has_work"] = True
+    elif holds_key(definition, step.step_id) or (finished and definition.concurrency_keys):
+        # It released a concurrency key: the scheduler's pass (rung) wakes whoever waits for it.
+        draft.run_values["has_work"] = True
     return draft.finish()
 
 
@@ -118,6 +121,11 @@ def _fail(draft: Draft, definition: Definition, step: StepState, outcome: Outcom
     # A for-each item's failure is its step's to count (core.items).
     if not run_ended and definition.step(step.step_id).on_failure != "continue" and items.parent_of(step.step_id) is None:
         stopping.fail_run(draft, step.step_id, error.as_json())
+
+
+def holds_key(definition: Definition, step_id: str) -> bool:
+    """Whether the step holds a concurrency key while it runs (a for-each item never does)."""
+    return items.parent_of(step_id) is None and definition.step(step_id).concurrency is not None
 
 
 def will_fail_for_good(definition: Definition, step: StepState, outcome: Outcome, run_status: RunStatus) -> bool:
@@ -222,11 +230,12 @@ def ready_reads(definition: Definition, step_id: str) -> list[str] | None:
     makes ready reads; None if that is left to the scheduler (a step to start waits in the database,
     or there are too many to read)."""
     dependents = definition.dependents[step_id]
-    # A dependent that waits in the database, has a condition or another join rule, or runs for each
-    # item of a list: the scheduler decides.
+    # A dependent that waits in the database, has a condition or another join rule, runs for each
+    # item of a list, or holds a concurrency key (its room is read under the scheduler's lock): the
+    # scheduler decides.
     if not dependents or any(definition.step(d).type in dag.WAITING_TYPES or definition.step(d).when is not None
                              or definition.step(d).join != "all_succeeded" or definition.step(d).for_each is not None
-                             for d in dependents):
+                             or definition.step(d).concurrency is not None for d in dependents):
         return None
     others = sorted({n for d in dependents for n in definition.needs[d]} - {step_id})
     return None if len(others) > QUEUE_READY_MAX_READS else others
@@ -250,25 +259,29 @@ def _queue_ready(draft: Draft, definition: Definition, step: StepState) -> bool:
     return queued
 
 
-def requeue_rate_limited(draft: Draft, definition: Definition, step: StepState) -> bool:
+def requeue_rate_limited(draft: Draft, definition: Definition, step: StepState, *,
+                         queue: Callable[..., bool] | None = None) -> bool:
     """A step that waited on an LLM rate limit is queued again at the same attempt: the wait spent
-    none (its checkpoint, kept on the row, says where it goes on from)."""
+    none (its checkpoint, kept on the row, says where it goes on from). ``queue``: how it is queued
+    from `pending` (the scheduler's, under the step's concurrency key; default queue_step)."""
     # Back to `pending` one attempt down, as a delivery deferred by a pause is, so that queueing it
     # queues the same attempt number again.
     if not draft.move(step, StepStatus.PENDING, only_from=(StepStatus.WAITING,), attempt=step.attempt - 1,
                       waiting_on=None, due_at=None):
         return False
-    return queue_step(draft, definition, draft.step(step.step_id))
+    return (queue or queue_step)(draft, definition, draft.step(step.step_id))
 
 
 def queue_step(draft: Draft, definition: Definition, step: StepState, *,
-               only_from: tuple[StepStatus, ...] = (StepStatus.PENDING,), optional: bool = False) -> bool:
-    """Queue the step's next attempt with its message; True if the table allowed it."""
+               only_from: tuple[StepStatus, ...] = (StepStatus.PENDING,), optional: bool = False,
+               **values: Any) -> bool:
+    """Queue the step's next attempt with its message; True if the table allowed it. ``values``: more
+    columns the move writes (a concurrency key it holds)."""
     message = StepMessage(draft.run.id, step.step_id, step.attempt + 1, step.queue,
                           definition.timeout_s(definition.step(step.step_id)))
     if not draft.move(step, StepStatus.QUEUED, only_from=only_from, optional=optional, queued=message,
                       attempt=NEXT_ATTEMPT, queued_at=NOW,
-                      **({"due_at": None} if StepStatus.RETRYING in only_from else {})):
+                      **({"due_at": None} if StepStatus.RETRYING in only_from else {}), **values):
         return False
     if optional:
         draft.move_event(EventType.STEP_QUEUED, step.step_id, step.attempt + 1)

@@ -91,6 +91,9 @@ class RunState:
     # A for-each step started again (a run's retry): its earlier items that succeeded, {index: value},
     # by step id; None: not read (core.items keeps those whose value is unchanged).
     succeeded_items: Mapping[str, Mapping[int, Any]] | None = None
+    # The room under the concurrency keys its decision renders (core.concurrency.Room), by (scope, key),
+    # read under the scheduler's concurrency lock; None: not read.
+    concurrency: Mapping[tuple[str, str], Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any, steps: Iterable[StepState] = (), **facts: Any) -> RunState:

@@ -26,6 +26,14 @@ class RetrySpec(StrictModel):
         return RetryPolicy(**self.model_dump())
 
 
+class Concurrency(StrictModel):
+    """A concurrency key (docs/flow-control.md): at most ``limit`` holders of the key rendered from the
+    template ``key`` at once (a workflow's: its active runs; a step's: the tenant's running attempts)."""
+
+    key: str = Field(min_length=1, max_length=500)
+    limit: int = Field(ge=1, le=100_000)
+
+
 class StepFields(StrictModel):
     """What every step has; a type's model adds ``type: Literal[its name]`` and its own fields."""
 
@@ -45,6 +53,8 @@ class StepFields(StrictModel):
     for_each: str | None = Field(default=None, min_length=1, max_length=2000)
     max_parallel: int | None = Field(default=None, ge=1, le=1000)
     min_succeeded: int | None = Field(default=None, ge=0)
+    # Flow control: at most ``limit`` attempts of the tenant's steps with this rendered key run at once.
+    concurrency: Concurrency | None = None
 
 
 class ScriptedTurn(StrictModel):

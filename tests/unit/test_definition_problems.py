@@ -38,7 +38,7 @@ def test_a_need_named_twice_is_one_problem():
     # Also when the schema refused something else.
     problems = problems_of({"name": "t", "colour": "red", "steps": [tool("a", needs=["zz", "zz"])]})
     assert problems == ["unknown field 'colour'; remove it (the fields here are name, kind, description, input_schema, "
-                        "defaults, policy, steps, triggers, retention_days, priority)",
+                        "defaults, policy, steps, triggers, retention_days, priority, concurrency)",
                         "step 'a' needs unknown step 'zz'"]
 
 

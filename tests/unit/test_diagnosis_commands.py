@@ -26,7 +26,7 @@ def step(status, type_="tool", **kw) -> StepFacts:
     return StepFacts(step_id="s", type=type_, status=status, queue=kw.pop("queue", "steps"), attempt=1, **kw)
 
 
-# kind -> (run status, steps, approvals, questions, consumers)
+# kind -> (run status, steps, approvals, questions, consumers[, the concurrency keys waited for])
 SITUATIONS = {
     "failed": (R.FAILED, [step(S.FAILED)], {}, {}, None),
     "cancelled": (R.CANCELLED, [step(S.CANCELLED)], {}, {}, None),
@@ -42,6 +42,7 @@ SITUATIONS = {
     "queued": (R.RUNNING, [step(S.QUEUED)], {}, {}, None),
     "worker_lost": (R.RUNNING, [step(S.RUNNING, lease_expired=True)], {}, {}, None),
     "rate_limit": (R.WAITING, [step(S.WAITING, "llm", waiting_on="rate_limit", due_in_s=4)], {}, {}, None),
+    "concurrency": (R.QUEUED, [step(S.PENDING)], {}, {}, None, [diagnosis.KeyWait(None, AWKWARD, 1, ("run_h",))]),
     "window": (R.RUNNING, [step(S.QUEUED, queue=AWKWARD, window=WindowFacts(in_use=32, size=32, held_ahead=3))],
                {}, {}, None),
 }
@@ -50,9 +51,9 @@ CALLS = {"failed", "cancelled", "paused", "budget_exceeded", "approval", "questi
 
 
 def cause_of(kind: str) -> diagnosis.Cause:
-    status, steps, approvals, questions, consumers = SITUATIONS[kind]
+    status, steps, approvals, questions, consumers, *keys = SITUATIONS[kind]
     causes = diagnose("run_1", status, {"message": "boom", "step_id": "s"}, steps,
-                      approvals=approvals, questions=questions, consumers=consumers)
+                      approvals=approvals, questions=questions, consumers=consumers, concurrency=keys[0] if keys else ())
     [found] = [c for c in causes if c.kind == kind]
     return found
 
