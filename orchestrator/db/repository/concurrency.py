@@ -24,6 +24,7 @@ from orchestrator.core.concurrency import RUN, STEP, Ask, Room
 from orchestrator.core.snapshot import RunState
 from orchestrator.core.transition import Transition
 from orchestrator.core.vocabulary import WaitsOn
+from orchestrator.db.types import JsonType
 from orchestrator.states import RunStatus, StepStatus
 
 # The key of the advisory lock every decision that admits under a concurrency key holds to its
@@ -41,6 +42,8 @@ _HAS_KEY = {
     "postgresql": "r.concurrency_keys @> jsonb_build_array(CAST(:key AS text))",
     "sqlite": "EXISTS (SELECT 1 FROM json_each(r.concurrency_keys) AS k WHERE k.value = :key)",
 }
+# A statement's runs.concurrency_keys decoded from JSON as the column's type does (SQLite returns text).
+_KEYS = {"concurrency_keys": JsonType}
 # ``r`` comes before the run ``me`` in the order waiters start in.
 _AHEAD_OF_ME = ("(r.priority < me.priority OR (r.priority = me.priority AND (r.created_at < me.created_at "
                 "OR (r.created_at = me.created_at AND r.id < me.id))))")
@@ -155,7 +158,7 @@ def waiting(session: Session) -> tuple[list[WaitingRow], dict[tuple[str, ...], i
             for r in session.execute(text(
                 "SELECT r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.concurrency_keys, r.has_work "
                 "FROM runs r WHERE r.status = 'queued' AND r.concurrency_keys IS NOT NULL "
-                "ORDER BY r.priority, r.created_at, r.id LIMIT :n"), {"n": LOOK_LIMIT})]
+                "ORDER BY r.priority, r.created_at, r.id LIMIT :n").columns(**_KEYS), {"n": LOOK_LIMIT})]
     steps = [WaitingRow(r.run_id, r.step_id, r.tenant_id, r.workflow_id, r.workflow_version, (r.concurrency_key,),
                         bool(r.has_work))
              for r in session.execute(text(
@@ -185,8 +188,8 @@ def _active_runs(session: Session, workflows: Sequence[tuple[str, str]]) -> list
     for tenant_id, workflow_id in workflows:
         rows += session.execute(text(
             f"SELECT tenant_id, workflow_id, concurrency_keys FROM runs WHERE tenant_id = :tenant "
-            f"AND workflow_id = :workflow AND concurrency_keys IS NOT NULL AND status IN {_in(HOLDING_RUN)}"),
-            {"tenant": tenant_id, "workflow": workflow_id}).all()
+            f"AND workflow_id = :workflow AND concurrency_keys IS NOT NULL AND status IN {_in(HOLDING_RUN)}"
+        ).columns(**_KEYS), {"tenant": tenant_id, "workflow": workflow_id}).all()
     return rows
 
 
@@ -207,7 +210,8 @@ def key_report(session: Session, tenant_id: str) -> dict[str, list[dict[str, Any
     workflow_keys: dict[tuple[str, str], dict[str, Any]] = {}
     for workflow_id, status, keys in session.execute(text(
             "SELECT workflow_id, status, concurrency_keys FROM runs WHERE tenant_id = :tenant "
-            f"AND concurrency_keys IS NOT NULL AND status IN {_in(('queued', *HOLDING_RUN))}"), {"tenant": tenant_id}):
+            f"AND concurrency_keys IS NOT NULL AND status IN {_in(('queued', *HOLDING_RUN))}").columns(**_KEYS),
+            {"tenant": tenant_id}):
         for key in keys or ():
             entry = workflow_keys.setdefault((workflow_id, key), {
                 "workflow_id": workflow_id, "key": concurrency.shown(key), "active": 0, "waiting": 0})
