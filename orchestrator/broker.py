@@ -72,6 +72,9 @@ def make_celery(settings: Settings) -> Celery:
         # The dispatch windows the publishers check (orchestrator/admission.py), and where they ring.
         switchyard_window=settings.dispatch_window, switchyard_queue_windows=dict(settings.queue_windows),
         switchyard_wake=settings.wake_queue,
+        # The slack of each step message's soft time limit for the steps a worker runs after it
+        # (Settings.worker_eager_s; workers/tasks.py).
+        switchyard_eager_s=settings.worker_eager_s if settings.database_url.startswith("postgresql") else 0.0,
     )
     if settings.uses_embedded_broker:
         folder = settings.broker_folder
@@ -91,10 +94,15 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+# The app's conf key of the soft time limits' slack for eager steps (Settings.worker_eager_s).
+CONF_EAGER = "switchyard_eager_s"
+
+
 def publish_steps(app: Celery, messages: Iterable[StepMessage], cancel_grace_s: float) -> None:
     """Publish one Celery message per step attempt, over one producer connection; on Redis, several
     messages go out in one pipeline (kombu's publish batch) rather than a request each."""
     messages = list(messages)
+    slack = app.conf.get(CONF_EAGER) or 0.0
     with app.producer_or_acquire() as producer, producer.batch() if len(messages) > 1 else nullcontext():
         # On kombu's virtual transports (Redis, the embedded broker) the default exchange delivers to
         # the queue the routing key names, declared or not: declaring it again for every message only
@@ -110,8 +118,8 @@ def publish_steps(app: Celery, messages: Iterable[StepMessage], cancel_grace_s: 
                 kwargsrepr="{}",
                 task_id=m.task_id,
                 queue=m.queue,
-                soft_time_limit=m.soft_time_limit,
-                time_limit=m.soft_time_limit + cancel_grace_s,
+                soft_time_limit=m.soft_time_limit + slack,
+                time_limit=m.soft_time_limit + slack + cancel_grace_s,
                 producer=producer,
                 declare=declare,
             )

@@ -74,14 +74,15 @@ def effective_limits(definition: Definition, raised: dict[str, Any] | None, tena
 
 
 def claim_attempt(session: Session, catalog: DefinitionCatalog, key: AttemptKey, *, worker: str,
-                  lease_s: float) -> Claim | None:
+                  lease_s: float, outbox_id: int | None = None) -> Claim | None:
     """queued -> running for exactly this attempt, with a lease; None if the message is stale or a
     duplicate, or if its run is paused (see defer_attempt).
 
     One statement on PostgreSQL, so ``session`` may be in autocommit (the worker's is: two round trips
     fewer); what is read after it (definition, outputs, approval) needs no lock.
     """
-    found = repo.lock_run_and_claim(session, key.run_id, key.step_id, key.attempt, worker=worker, lease_s=lease_s)
+    found = repo.lock_run_and_claim(session, key.run_id, key.step_id, key.attempt, worker=worker, lease_s=lease_s,
+                                    outbox_id=outbox_id)
     if found is None or not found.claimed:
         return None
     run = found.run

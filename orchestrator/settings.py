@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     # takes its next message meanwhile; it waits for the write before its next claim (see
     # workers.tasks._OutcomesBehind). Off, the task returns after the outcome committed.
     worker_record_behind: bool = True
+    # A worker whose step's success queued the next step of its run on the same queue runs that step
+    # itself (claimed from the database, no broker message) while its Celery task has run for less than
+    # this many seconds; then the next one goes through the broker, behind the queue's other work. Each
+    # step message's soft time limit carries this much slack, so a step run this way keeps its own. 0:
+    # every step goes through the broker. PostgreSQL only (docs/architecture.md, "Eager steps").
+    worker_eager_s: float = Field(default=2.0, ge=0, le=60)
 
     # How long POST /events keeps an event for steps that start waiting on its key later.
     event_keep_s: float = 3600.0

@@ -39,6 +39,7 @@ from orchestrator.db.session import (
     transaction,
 )
 from orchestrator.errors import StepError
+from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
 from orchestrator.writer import Written
 from workers import executors
@@ -104,8 +105,10 @@ def register(app: Celery, settings: Settings) -> None:
               max_retries=None, throws=(AttemptFailed,))
     def run_step(task, run_id: str, step_id: str, attempt: int) -> str:
         worker = f"{task.request.hostname or 'worker'}:{os.getpid()}"
+        eager = EagerBudget.of(task.request, app.conf.get(broker.CONF_EAGER) or 0.0,
+                               _announcer(app, task.request.hostname))
         try:
-            return task_result(execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker))
+            return task_result(execute_attempt(_runtime(settings, app), run_id, step_id, attempt, worker, eager))
         except DatabaseUnavailable as exc:
             # The attempt was never claimed: nothing ran. Send the message again shortly rather than
             # acknowledge it and leave the step `queued` with no message anywhere.
@@ -158,23 +161,101 @@ CLAIM_RETRY_MAX_DELAY_S = 10
 RECORD_RETRY_S = 300
 
 
-def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> Outcome | None:
+@dataclass(frozen=True)
+class EagerBudget:
+    """How long a Celery task may go on running the steps its steps' successes queued (eager steps,
+    Settings.worker_eager_s): while it has run for less than ``slack`` seconds, and only a step whose
+    own soft time limit still fits in the task's (each message's carries ``slack`` more than its step's,
+    so the task's limit never cuts a step short of its own)."""
+
+    started: float  # time.monotonic() when the task started
+    slack: float
+    soft_limit: float | None  # the task's soft time limit, if its message had one
+    # Sends a Celery task event (type, task id, fields), so that Flower shows an eager step as the task
+    # it would have been; None where the workers send no task events.
+    announce: Callable[..., None] | None = None
+
+    @classmethod
+    def of(cls, request, slack: float, announce: Callable[..., None] | None = None) -> EagerBudget | None:
+        if slack <= 0:
+            return None
+        _hard, soft = request.timelimit or (None, None)
+        return cls(time.monotonic(), slack, soft, announce)
+
+    def fits(self, message: StepMessage) -> bool:
+        elapsed = time.monotonic() - self.started
+        return elapsed < self.slack and (self.soft_limit is None or elapsed + message.soft_time_limit <= self.soft_limit)
+
+
+def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str,
+                    eager: EagerBudget | None = None) -> Outcome | None:
     """Run one delivered attempt end to end and return its outcome; a stale or duplicate delivery does
-    nothing (None).
+    nothing (None). With ``eager``, a success that queued the one next step of its run on the same
+    queue is followed by that step, claimed here without its message (its outbox row is deleted by the
+    claim), while the budget lasts; each such step's outcome goes to Celery's event stream as its own
+    task's would, and the outcome returned is the delivered attempt's.
 
     With ``worker_record_behind``, the outcome is written after this returns (see _OutcomesBehind);
-    the calling thread's next attempt waits for it before its claim.
+    the calling thread's next attempt waits for it before its claim. An outcome that may be followed is
+    written before.
 
-    Raises DatabaseUnavailable if the attempt could not be claimed because the database is down.
+    Raises DatabaseUnavailable if an attempt could not be claimed because the database is down (an eager
+    step's outbox row then stays, and the sweep publishes its message).
     """
     rt.outcomes_behind.wait()
     with logs.bound(run_id=run_id, step_id=step_id, attempt=attempt):
-        return _execute_attempt(rt, run_id, step_id, attempt, worker)
+        done = _execute_attempt(rt, outcomes.AttemptKey(run_id, step_id, attempt), worker, None, eager)
+    if done is None:
+        return None
+    outcome, following = done
+    while following is not None:
+        following = _follow(rt, following, worker, eager)
+    return outcome
 
 
-def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker: str) -> Outcome | None:
-    key = outcomes.AttemptKey(run_id, step_id, attempt)
-    claim = _claim(rt, key, worker)
+def _follow(rt: Runtime, message: StepMessage, worker: str, eager: EagerBudget) -> StepMessage | None:
+    """Run the eager step of ``message`` (announced to Celery's event stream as its task would be); the
+    message of the step to run after it, if any."""
+    key = outcomes.AttemptKey(message.run_id, message.step_id, message.attempt)
+    _announce(eager, "task-received", message.task_id, name=broker.RUN_STEP_TASK, args=repr([key.run_id, key.step_id, key.attempt]),
+              kwargs="{}", retries=0, root_id=message.task_id, parent_id=None)
+    _announce(eager, "task-started", message.task_id)
+    started = time.monotonic()
+    with logs.bound(run_id=key.run_id, step_id=key.step_id, attempt=key.attempt):
+        done = _execute_attempt(rt, key, worker, message.outbox_id, eager)
+    try:
+        result = task_result(done[0] if done is not None else None)
+    except AttemptFailed as failed:
+        _announce(eager, "task-failed", message.task_id, exception=repr(failed), traceback="")
+    else:
+        _announce(eager, "task-succeeded", message.task_id, result=repr(result), runtime=time.monotonic() - started)
+    return done[1] if done is not None else None
+
+
+def _announcer(app: Celery, hostname: str | None) -> Callable[..., None] | None:
+    if not app.conf.worker_send_task_events:
+        return None
+
+    def announce(event_type: str, task_id: str, **fields) -> None:
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            dispatcher.send(event_type, uuid=task_id, **fields)
+
+    return announce
+
+
+def _announce(eager: EagerBudget, event_type: str, task_id: str, **fields) -> None:
+    if eager.announce is None:
+        return
+    try:
+        eager.announce(event_type, task_id, **fields)
+    except Exception as exc:  # noqa: BLE001 - monitoring only: the step's truth is the database's
+        log.warning("could not send the %s event of eager step %s: %s", event_type, task_id, exc)
+
+
+def _execute_attempt(rt: Runtime, key: outcomes.AttemptKey, worker: str, outbox_id: int | None,
+                     eager: EagerBudget | None) -> tuple[Outcome, StepMessage | None] | None:
+    """Claim and run one attempt; its outcome and the message of the step to run after it, if any."""
+    claim = _claim(rt, key, worker, outbox_id)
     if claim is None:
         return None
     logs.bind(tenant=claim.tenant_id)  # undone with the rest when execute_attempt's block ends
@@ -191,21 +272,33 @@ def _execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worke
     worker_metrics.finished(ctx.step.type,
                             "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else "failed",
                             time.monotonic() - started, outcome.usage)
-    report = AttemptReport(run_id, step_id, attempt, outcome, queue_ready=rt.settings.worker_dispatch)
+    report = AttemptReport(key.run_id, key.step_id, key.attempt, outcome, queue_ready=rt.settings.worker_dispatch)
     write = functools.partial(_write_outcome, rt, report, claim, heartbeat, started)
+    if eager is not None and _may_be_followed(rt, claim, outcome):
+        return outcome, write(follow=eager.fits)
     if rt.settings.worker_record_behind:
         rt.outcomes_behind.submit(write)
     else:
         write()
-    return outcome
+    return outcome, None
 
 
-def _claim(rt: Runtime, key: outcomes.AttemptKey, worker: str) -> outcomes.Claim | None:
-    """Claim the attempt; None (logged) for a stale or duplicate delivery or one deferred because its
-    run is paused. Raises DatabaseUnavailable if the database is down."""
+def _may_be_followed(rt: Runtime, claim: outcomes.Claim, outcome: Outcome) -> bool:
+    """Whether this outcome may queue a next step that this worker could run at once (eager): a step's
+    success (not an item's) where a worker queues what it makes ready, on PostgreSQL (the claim that
+    deletes the next step's outbox row is its one statement)."""
+    return (rt.autocommit is not None and rt.settings.worker_dispatch and outcome.succeeded
+            and outcome.suspend is None and items.parent_of(claim.step_id) is None
+            and bool(claim.definition.dependents[claim.step_id]))
+
+
+def _claim(rt: Runtime, key: outcomes.AttemptKey, worker: str, outbox_id: int | None = None) -> outcomes.Claim | None:
+    """Claim the attempt (an eager step's with its ``outbox_id``); None (logged) for a stale or duplicate
+    delivery or one deferred because its run is paused. Raises DatabaseUnavailable if the database is down."""
     try:
         with rt.one_statement() as session:
-            claim = outcomes.claim_attempt(session, rt.catalog, key, worker=worker, lease_s=rt.settings.lease_s)
+            claim = outcomes.claim_attempt(session, rt.catalog, key, worker=worker, lease_s=rt.settings.lease_s,
+                                           outbox_id=outbox_id)
         if claim is None:
             with transaction(rt.sessions) as session:
                 deferred = outcomes.defer_attempt(session, key)
@@ -247,28 +340,36 @@ def _step_context(settings: Settings, claim: outcomes.Claim) -> StepContext:
 
 
 def _write_outcome(rt: Runtime, report: AttemptReport, claim: outcomes.Claim, heartbeat: _Beat,
-                   started: float) -> None:
+                   started: float, follow: Callable[[StepMessage], bool] | None = None) -> StepMessage | None:
     """Record the outcome, then do what follows its commit: publish the steps it queued, wake the
-    scheduler, revoke what fail-fast cancelled."""
+    scheduler, revoke what fail-fast cancelled. The one step it queued on its own queue is not published
+    but returned, to run here, if ``follow`` accepts its message."""
     try:
         written = _record(rt, report, claim)
     finally:
         # The heartbeat keeps the lease alive until the outcome is written, also while the database
         # is briefly down, so the attempt is not taken for lost.
         rt.heartbeats.forget(heartbeat)
+    following = None
     if written.messages:
-        # The step's place in its queue's window goes to the one next step it queued there (admission.checked).
-        dispatch.publish_queued(rt.celery, rt.one_statement, written.messages,
-                                cancel_grace_s=rt.settings.cancel_grace_s, handoff_queue=_queue_of(rt, claim))
+        queue = _queue_of(rt, claim)
+        if follow is not None and len(written.messages) == 1 and written.messages[0].queue == queue \
+                and follow(written.messages[0]):
+            following = written.messages[0]  # it takes this step's place in the window, as a handoff does
+        else:
+            # The step's place in its queue's window goes to the one next step it queued there (admission.checked).
+            dispatch.publish_queued(rt.celery, rt.one_statement, written.messages,
+                                    cancel_grace_s=rt.settings.cancel_grace_s, handoff_queue=queue)
     outcome = report.outcome
     result = "succeeded" if outcome.succeeded else "waiting" if outcome.suspend else f"error {outcome.error.code}"
     if not written.applied:
         log.info("attempt finished (%s) but was stopped meanwhile; its outcome was dropped", result)
-        return
+        return None
     log.info("attempt finished: %s in %.3fs", result, time.monotonic() - started)
     if written.wakes_scheduler:
         rt.doorbell.ring(report.run_id)
     broker.revoke(rt.celery, written.revoke)
+    return following
 
 
 def _queue_of(rt: Runtime, claim: outcomes.Claim) -> str:

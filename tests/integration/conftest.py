@@ -128,7 +128,8 @@ def _claim_redis_db(client: redis.Redis) -> bool:
         _replace_claim(client, me, None)
         return False
     owner = client.get(REDIS_CLAIM_KEY)
-    if owner is None or not _redis_is_local(client) or Path(f"/proc/{int(owner)}").exists():
+    # A claim that is not a pid (a test that keeps its db claimed under a name) is never taken over.
+    if owner is None or not owner.isdigit() or not _redis_is_local(client) or Path(f"/proc/{int(owner)}").exists():
         return False
     return _replace_claim(client, owner.decode(), me)
 

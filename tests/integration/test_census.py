@@ -18,6 +18,9 @@ def test_a_step_costs_seven_round_trips_and_a_runs_last_step_three(settings):
     totals = census.totals(phases)
     queues_next, last = totals[census.STEP_THAT_QUEUES_THE_NEXT], totals[census.RUNS_LAST_STEP]
     assert (queues_next["db round trips"], queues_next["transactions"], queues_next["redis requests"]) == (7, 1, 1), phases
+    # A worker that runs the next step itself (eager): no publish, and the claim deletes its outbox row.
+    eager = totals[census.EAGER_STEP]
+    assert (eager["db round trips"], eager["transactions"], eager["redis requests"]) == (6, 1, 0), phases
     assert (last["db round trips"], last["transactions"], last["redis requests"]) == (3, 0, 0), phases
 
 

@@ -66,6 +66,9 @@ WITH run AS (
     INSERT INTO events (run_id, seq, type, step_id, attempt, data, created_at)
     SELECT %(run_id)s, last_seq, 'step_started', %(step_id)s, %(attempt)s, %(data)s, clock_timestamp() FROM bumped
     RETURNING seq, created_at
+), forgotten AS (
+    -- An eager step's outbox row (workers/tasks.py): its message was never sent, the claim takes its place.
+    DELETE FROM outbox WHERE id = %(outbox_id)s
 )
 SELECT {run_columns}, (SELECT policy FROM tenants WHERE tenants.id = run.tenant_id) AS tenant_policy,
        claimed.checkpoint AS claimed_checkpoint, claimed.type AS claimed_type,
@@ -82,15 +85,17 @@ FROM run LEFT JOIN claimed ON true LEFT JOIN started ON true
 
 
 def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int, *, worker: str,
-                       lease_s: float) -> Claimed | None:
+                       lease_s: float, outbox_id: int | None = None) -> Claimed | None:
     """Lock the run and, if it is running or waiting, claim the step: ``queued → running`` for exactly
     this attempt, with the worker's name, a lease and its ``step_started`` event. None if there is no
     such run; ``claimed`` False if the guard matched nothing (a stale or duplicate delivery, or a run
-    that is not running)."""
+    that is not running). ``outbox_id``: the outbox row of an attempt claimed without its message
+    (an eager step, PostgreSQL only), deleted by the same statement whatever the guard found."""
     data = {"worker": worker}
     if session.get_bind().dialect.name == "postgresql":
         row = first_row_on_driver(session, _CLAIM_PG, dict(
             run_id=run_id, step_id=step_id, attempt=attempt, worker=worker, lease_s=float(lease_s), data=Jsonb(data),
+            outbox_id=outbox_id,
         ))
         if row is None:
             return None
