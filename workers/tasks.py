@@ -217,39 +217,44 @@ def _follow(rt: Runtime, message: StepMessage, worker: str, eager: EagerBudget) 
     """Run the eager step of ``message`` (announced to Celery's event stream as its task would be); the
     message of the step to run after it, if any."""
     key = outcomes.AttemptKey(message.run_id, message.step_id, message.attempt)
-    _announce(eager, "task-received", message.task_id, name=broker.RUN_STEP_TASK, args=repr([key.run_id, key.step_id, key.attempt]),
-              kwargs="{}", retries=0, root_id=message.task_id, parent_id=None)
-    _announce(eager, "task-started", message.task_id)
+    _announce(eager, message.task_id, ("task-received", {
+        "name": broker.RUN_STEP_TASK, "args": repr([key.run_id, key.step_id, key.attempt]), "kwargs": "{}",
+        "retries": 0, "root_id": message.task_id, "parent_id": None}), ("task-started", {}))
     started = time.monotonic()
     with logs.bound(run_id=key.run_id, step_id=key.step_id, attempt=key.attempt):
         done = _execute_attempt(rt, key, worker, message.outbox_id, eager)
     try:
         result = task_result(done[0] if done is not None else None)
     except AttemptFailed as failed:
-        _announce(eager, "task-failed", message.task_id, exception=repr(failed), traceback="")
+        _announce(eager, message.task_id, ("task-failed", {"exception": repr(failed), "traceback": ""}))
     else:
-        _announce(eager, "task-succeeded", message.task_id, result=repr(result), runtime=time.monotonic() - started)
+        _announce(eager, message.task_id, ("task-succeeded", {"result": repr(result),
+                                                              "runtime": time.monotonic() - started}))
     return done[1] if done is not None else None
+
+
+# Eager steps' task events go out from a thread of their own, in order, off the step's path.
+_EVENTS = broker.Courier("switchyard-eager-events")
 
 
 def _announcer(app: Celery, hostname: str | None) -> Callable[..., None] | None:
     if not app.conf.worker_send_task_events:
         return None
 
-    def announce(event_type: str, task_id: str, **fields) -> None:
-        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-            dispatcher.send(event_type, uuid=task_id, **fields)
+    def announce(task_id: str, *events: tuple[str, dict]) -> None:
+        def send() -> None:
+            with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+                for event_type, fields in events:
+                    dispatcher.send(event_type, uuid=task_id, **fields)
+
+        _EVENTS.send(send, "eager step's task event")
 
     return announce
 
 
-def _announce(eager: EagerBudget, event_type: str, task_id: str, **fields) -> None:
-    if eager.announce is None:
-        return
-    try:
-        eager.announce(event_type, task_id, **fields)
-    except Exception as exc:  # noqa: BLE001 - monitoring only: the step's truth is the database's
-        log.warning("could not send the %s event of eager step %s: %s", event_type, task_id, exc)
+def _announce(eager: EagerBudget, task_id: str, *events: tuple[str, dict]) -> None:
+    if eager.announce is not None:
+        eager.announce(task_id, *events)
 
 
 def _execute_attempt(rt: Runtime, key: outcomes.AttemptKey, worker: str, outbox_id: int | None,
