@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -75,6 +76,16 @@ class _Beat:
 
     def alive(self, now: float) -> bool:
         return now < heartbeat_expires(self.received, self.freq)
+
+
+# The monitors started in this process and not stopped (an API process has one; a test process makes
+# one per app it asks about workers, and stops those it is done with: each listens to every event).
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+def running() -> list[WorkerMonitor]:
+    """The monitors of this process that are started and not stopped."""
+    return list(_RUNNING)
 
 
 class WorkerMonitor:
@@ -161,12 +172,14 @@ class WorkerMonitor:
     # --- running ------------------------------------------------------------------------------------
 
     def start(self) -> WorkerMonitor:
+        _RUNNING.add(self)
         threading.Thread(target=self._inspect_loop, name="switchyard-monitor-inspect", daemon=True).start()
         if self.events:
             threading.Thread(target=self._event_loop, name="switchyard-monitor-events", daemon=True).start()
         return self
 
     def stop(self) -> None:
+        _RUNNING.discard(self)
         self._stop.set()
         self._poke.set()
         if self._receiver is not None:

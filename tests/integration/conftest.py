@@ -406,7 +406,27 @@ def engine_processes(settings, artifacts) -> Iterator[Processes]:
 def app(settings):
     from api import create_app
 
-    return create_app(settings)
+    made = create_app(settings)
+    _SESSION_CELERY.append(made.extensions["switchyard"].celery)
+    return made
+
+
+# The session app's Celery app: its worker monitor lives as long as the session.
+_SESSION_CELERY: list = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_other_monitors():
+    """After each test, stop the worker monitors of the apps it made (the session app's stays): each
+    listens to every Celery event of the session's workers on a thread of this process, and tens of
+    them left running starved the session app's own monitor of the GIL (a new worker went unlisted for
+    a minute late in the suite)."""
+    yield
+    from orchestrator import monitor
+
+    for running in monitor.running():
+        if not any(running.app is kept for kept in _SESSION_CELERY):
+            running.stop()
 
 
 @pytest.fixture(scope="session")
