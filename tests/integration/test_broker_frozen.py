@@ -1,5 +1,5 @@
 """Redis frozen (SIGSTOP: it keeps its connections and answers nothing, as in a long pause or a network
-partition) for 25 s while clients go on starting runs over HTTP. Nothing on the request path may
+partition) for 30 s while clients go on starting runs over HTTP. Nothing on the request path may
 wait on the broker: POST /runs stays fast (p99 under 1 s), the rate limiter counts in the API process
 meanwhile (and says so in /metrics), and every run accepted succeeds once Redis answers again.
 
@@ -29,7 +29,7 @@ from tests.integration.test_chaos import RedisServer
 # A fault-injection scenario: `make chaos` runs it (and .ci/run), `make test` leaves it out.
 pytestmark = pytest.mark.chaos
 
-FREEZE_S = 25
+FREEZE_S = 30
 CLIENTS = 3
 
 
