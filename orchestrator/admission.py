@@ -75,11 +75,11 @@ def _doorbell(celery: Celery) -> broker.Doorbell:
 
 @dataclass
 class Admission:
-    """What an ``admit_backlog`` did: the messages admitted (to publish), whether held messages are
-    left, and each queue with held messages as found (for the pace of the next look)."""
+    """What an ``admit_backlog`` did: the messages admitted (to publish), the queues where held
+    messages are left, and each queue with held messages as found (for the pace of the next look)."""
 
     messages: list[StepMessage] = field(default_factory=list)
-    left: bool = False
+    left_in: set[str] = field(default_factory=set)
     looked: list[decide.Looked] = field(default_factory=list)
     forgotten: int = 0
 
@@ -109,7 +109,8 @@ def admit_backlog(sessions: sessionmaker[Session], settings: Settings, published
                         delete_outbox(session, forget)
             done.forgotten = len(published)
         done.messages += messages
-        done.left = done.left or more
+        if more:
+            done.left_in.add(queue)
         done.looked.append(decide.Looked(window, len(messages)))
     return done
 

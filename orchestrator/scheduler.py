@@ -66,6 +66,7 @@ class Pass:
     # Runs were left flagged with work (child runs created, a parent woken by its child's end): the
     # scheduler rings its own doorbell, so the next pass takes them now rather than at the next sweep.
     ring: bool = False
+    held: int = 0  # steps queued held for their windows' room (writer.Holding): the next look admits them
 
 
 # A decision asks for facts a few times at most (the children of its due sub-run steps, the template
@@ -128,6 +129,9 @@ class Scheduler:
         # the loop looks again at next_admit (time.monotonic()), paced by core.admission.next_look_in.
         self.backlog = True
         self.next_admit = 0.0
+        # The queues with held messages at the last look or publish: a pass writes the steps it queues
+        # on them held (writer.Holding), where checking them after the commit would hold them anyway.
+        self.held_queues: set[str] = set()
         self.admit_wait = settings.admit_interval_s
         self.last_look: float | None = None
         # Runs or steps may wait for room under a concurrency key: looked for after passes, and at
@@ -153,6 +157,8 @@ class Scheduler:
                 raise
             log.info("a batch raised (%s: %s); advancing it again, one savepoint per run", type(exc).__name__, exc)
             out, advanced = self._advance_locked(isolated=True)
+        if out.held and not self.backlog:
+            self.backlog, self.next_admit = True, time.monotonic()  # admitted by the loop's next look
         self._publish(out.messages)
         broker.revoke(self.celery, out.revoke)
         if out.ring:
@@ -189,9 +195,11 @@ class Scheduler:
                             transitions.append(decide_pass(session, state, definition, self.env, rooms))
                             rooms.took(transitions[-1])
                 if not isolated:
-                    written = writer.apply_batch(session, transitions)
+                    holding = writer.Holding(frozenset(self.held_queues), {r.id: r.priority for r in runs}) \
+                        if self.held_queues else None
+                    written = writer.apply_batch(session, transitions, holding)
                     out.messages, out.revoke = written.messages, written.revoke
-                    out.ring = written.wakes_scheduler
+                    out.ring, out.held = written.wakes_scheduler, written.held
                     for transition in transitions:
                         self._follow_up(session, transition, written, definitions, out)
                 # A new due time ahead is on a step retrying or waiting after the pass; one that went
@@ -266,8 +274,11 @@ class Scheduler:
         except DBAPIError as exc:
             log.warning("checking the window for %d step messages failed (%s); the sweep will retry", len(messages), exc)
             return
-        if len(passed) < len(messages) and not self.backlog:
-            self.backlog, self.next_admit = True, time.monotonic()
+        if len(passed) < len(messages):
+            sent = set(passed)
+            self.held_queues |= {m.queue for m in messages if m not in sent}
+            if not self.backlog:
+                self.backlog, self.next_admit = True, time.monotonic()
         self._publish_admitted(passed)
 
     def admit(self) -> int:
@@ -278,7 +289,8 @@ class Scheduler:
         del self.published_outbox[:done.forgotten]
         self._publish_admitted(done.messages)
         fastest = self.settings.admit_interval_s
-        if done.left:
+        self.held_queues = done.left_in
+        if done.left_in:
             elapsed = now - self.last_look if self.last_look is not None else fastest
             self.admit_wait = decide_admission.next_look_in(
                 done.looked, elapsed_s=elapsed, previous_s=self.admit_wait, fastest_s=fastest,
@@ -286,7 +298,7 @@ class Scheduler:
             self.last_look = now
         else:  # nothing held: the next look comes with a ring, at the fastest pace
             self.admit_wait, self.last_look = fastest, None
-        self.backlog, self.next_admit = done.left, now + self.admit_wait
+        self.backlog, self.next_admit = bool(done.left_in), now + self.admit_wait
         return len(done.messages)
 
     def _publish_admitted(self, messages: list[StepMessage]) -> None:

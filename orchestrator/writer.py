@@ -10,7 +10,9 @@ was applied. It alone chooses how to write it:
 - anything else is written move by move (moves of one shape in one statement), then its approvals and
   questions, then the run's update with its events;
 - the scheduler's batch (``apply_batch``) writes the moves and run updates of many runs together, a
-  statement per shape of change, and checks that every guard matched.
+  statement per shape of change, and checks that every guard matched. Steps it queues on a queue the
+  scheduler saw a backlog in are written held for their window (``Holding``), as a publisher's check
+  would hold them: two updates per step fewer than queueing them and holding them after.
 
 Writes to a for-each step's items (``Transition.items``) and a for-each step's output (its items'
 outputs, read when it is written) take the move-by-move path. The items of a map over child runs it
@@ -52,6 +54,19 @@ class Written:
     revoke: list[str] = field(default_factory=list)
     wakes_scheduler: bool = False
     started: Mapping[str, list[tuple[str, int]]] = field(default_factory=dict)
+    held: int = 0  # steps queued held for their windows' room (apply_batch's Holding): no message to publish
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Queues whose windows have held messages waiting, as the scheduler last saw them: a step the
+    batch queues on one of them is written held (``steps.held``, and its outbox row with its run's
+    tenant and priority), as a publisher's check (admission.checked) would hold it behind the messages
+    already waiting. Holding is always safe (it only gives places back); a queue whose backlog has
+    drained since costs its steps one admission, which the scheduler makes next."""
+
+    queues: frozenset[str]
+    priorities: Mapping[str, int]  # the runs' priorities, by run id
 
 
 STALE = Written(False)
@@ -214,15 +229,15 @@ def _apply_direct(session: Session, transition: Transition, required: list[StepM
                    transition.wakes_scheduler, {run_id: started} if started else {})
 
 
-def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
+def apply_batch(session: Session, transitions: Sequence[Transition], holding: Holding | None = None) -> Written:
     """Write the transitions of many locked runs (the scheduler's pass): the moves of one shape in one
     statement, the run updates of one shape in one executemany, every event in one statement, the
-    outbox rows of every queued step in one. Returns the queued steps' messages, the tasks to revoke,
-    and whether any run (or a parent run woken by its child's end) is left flagged with work. Raises
-    repo.StaleRunState if any guard matched nothing, for the caller to undo the batch and redo it run
-    by run."""
+    outbox rows of every queued step in one (those ``holding`` holds in another). Returns the queued
+    steps' messages (not the held ones'), the tasks to revoke, and whether any run (or a parent run
+    woken by its child's end) is left flagged with work. Raises repo.StaleRunState if any guard
+    matched nothing, for the caller to undo the batch and redo it run by run."""
     groups: dict[tuple, list[tuple[str, StepMove]]] = {}
-    many, queued, revoke = [], [], []
+    many, queued, revoke, held = [], [], [], []
     wakes, started = False, {}
     for transition in transitions:
         if _moves_a_step_twice(transition) or _writes_items(transition):
@@ -236,9 +251,13 @@ def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
         wakes |= transition.wakes_scheduler
         revoke += transition.revoke
         for move in transition.moves:
-            groups.setdefault(_shape_key(move), []).append((transition.run.id, move))
-            if move.message is not None:
+            if move.message is not None and holding is not None and move.message.queue in holding.queues:
+                move = dataclasses.replace(move, values={**move.values, "held": True})
+                held.append(repo.HeldRow(move.message, transition.run.tenant_id,
+                                         holding.priorities[transition.run.id]))
+            elif move.message is not None:
                 queued.append(move.message)
+            groups.setdefault(_shape_key(move), []).append((transition.run.id, move))
         _write_requests(session, transition)
         many.append((transition, _run_changes(transition, transition.events)))
     for moves in groups.values():
@@ -252,7 +271,8 @@ def apply_batch(session: Session, transitions: Sequence[Transition]) -> Written:
     repo.apply_many_run_changes(session, [changes for _, changes in many])
     messages = repo.insert_outbox(session, [m for m in queued if m.outbox_id is None]) + [
         m for m in queued if m.outbox_id is not None]
-    return Written(True, messages, revoke, wakes, started)
+    repo.insert_held_outbox(session, held)
+    return Written(True, messages, revoke, wakes, started, held=len(held))
 
 
 def _moves_a_step_twice(transition: Transition) -> bool:

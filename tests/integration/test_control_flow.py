@@ -47,3 +47,28 @@ def test_a_condition_naming_a_step_that_is_not_upstream_is_refused_at_publish(ap
     problems = response.get_json()["error"]["details"]["problems"]
     assert problems == ["steps.1.when: names step 'a', which is not upstream of this step "
                         "(add it to needs, directly or through another step)"]
+
+
+# A branch taken, a branch skipped, and a join after them under each rule: all_succeeded is skipped
+# (upstream_skipped, and the run still succeeds: a skip is not a failure); any_succeeded and all_done run.
+@pytest.mark.parametrize(("join", "status", "reason"), [("all_succeeded", "skipped", "upstream_skipped"),
+                                                        ("any_succeeded", "succeeded", None),
+                                                        ("all_done", "succeeded", None)])
+def test_a_join_after_a_branch_taken_and_a_branch_skipped(api, join, status, reason):
+    definition = {"name": f"join_{join}", "steps": [
+        {"id": "pick", "type": "tool", "tool": "echo", "args": {"side": "{{ input.side }}"}},
+        {"id": "left", "type": "tool", "tool": "echo", "args": {"text": "l"}, "needs": ["pick"],
+         "when": "steps.pick.output.side == 'left'"},
+        {"id": "right", "type": "tool", "tool": "echo", "args": {"text": "r"}, "needs": ["pick"],
+         "when": "steps.pick.output.side == 'right'"},
+        {"id": "joined", "type": "tool", "tool": "echo", "args": {"text": "j"}, "needs": ["left", "right"], "join": join},
+    ]}
+    run_id = start(api, publish(api, definition), {"side": "left"})
+    run = wait_run(api, run_id)
+    steps = by_id(run)
+    assert run["status"] == "succeeded", run
+    assert (steps["left"]["status"], steps["right"]["status"], steps["right"]["skipped_reason"]) == (
+        "succeeded", "skipped", "condition")
+    assert (steps["joined"]["status"], steps["joined"].get("skipped_reason")) == (status, reason)
+    started = {e["step_id"] for e in events(api, run_id) if e["type"] == "step_started"}
+    assert ("joined" in started) is (status == "succeeded") and "right" not in started

@@ -304,3 +304,37 @@ def test_without_dispatch_a_success_leaves_the_next_step_to_the_scheduler(schedu
 
     assert recorded.wakes_scheduler and recorded.messages == []
     assert run_facts(scheduler, run_id)[2]["b"] == "pending"
+
+
+def test_a_pass_writes_held_the_steps_it_queues_on_a_queue_with_held_messages(sqlite_settings, monkeypatch):
+    settings = sqlite_settings.model_copy(update={"dispatch_window": 2})
+    engine = make_engine(settings)
+    scheduler = Scheduler(settings, make_sessionmaker(engine), broker.make_celery(settings))
+    published: list[StepMessage] = []
+    monkeypatch.setattr(broker, "publish_steps", lambda _app, messages, _grace: published.extend(messages))
+    first = start_runs(scheduler, ONE_STEP, 5)
+    scheduler.advance_batch()  # five steps queued: two fit the window, three are held after the commit
+    assert len(published) == 2 and {m.run_id for m in published} <= set(first)
+    [queue] = scheduler.held_queues
+    assert scheduler.backlog
+
+    later = start_runs(scheduler, ONE_STEP, 3)
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _k, statement, *_a: seen.append(statement))
+    scheduler.advance_batch()
+    # Written held with the step: no check of the window, no update of the rows after the commit.
+    assert not [s for s in seen if s.lstrip().upper().startswith("UPDATE OUTBOX")], seen
+    assert len(published) == 2
+    with transaction(scheduler.sessions) as session:
+        rows = {r.run_id: r for r in session.execute(select(Outbox).where(Outbox.run_id.in_(later))).scalars()}
+        steps = {s.run_id: s for s in session.execute(select(Step).where(Step.run_id.in_(later))).scalars()}
+    assert {(r.held, r.tenant_id, r.priority, r.queue) for r in rows.values()} == {(True, "t", 5, queue)}
+    assert {(s.status, s.held) for s in steps.values()} == {("queued", True)}
+
+    # Room for two: the oldest held messages go first (held after their commit), then the later ones.
+    with transaction(scheduler.sessions) as session:
+        session.execute(update(Step).where(Step.run_id.in_([m.run_id for m in published])).values(status="succeeded"))
+    assert scheduler.admit() == 2
+    assert {m.run_id for m in published[2:]} <= set(first) and scheduler.held_queues == {queue}
+    assert len(published) == 4
+    engine.dispose()

@@ -136,9 +136,11 @@ from orchestrator.db.repository.schedules import (
     set_fire_run,
 )
 from orchestrator.db.repository.scheduling import (
+    HeldRow,
     delete_outbox,
     diagnosis_facts,
     flag_runs_with_due_steps,
+    insert_held_outbox,
     insert_outbox,
     lock_runs_with_work,
     outputs_if_others_succeeded,
@@ -210,7 +212,7 @@ __all__ = [
     "advance_schedule", "delete_schedule", "get_schedule", "insert_fire", "list_schedules", "lock_due_schedules", "mark_fire_failed",
     "next_fire_at", "put_schedule", "set_fire_run",
     # scheduling
-    "delete_outbox", "diagnosis_facts", "flag_runs_with_due_steps", "insert_outbox", "lock_runs_with_work",
+    "delete_outbox", "diagnosis_facts", "flag_runs_with_due_steps", "insert_held_outbox", "insert_outbox", "HeldRow", "lock_runs_with_work",
     "outputs_if_others_succeeded", "queue_steps_with_outbox", "queued_steps", "seconds_until_next_due",
     "stale_outbox", "step_outputs",
     # steps

@@ -5,7 +5,7 @@ passed, the next due time, queued attempts, a run's diagnosis facts) and the out
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -196,6 +196,22 @@ def _items_running(session: Session, run_id: str, clock: datetime) -> dict[str, 
             step_id=item.step_id, type=item.type, status=StepStatus.RUNNING, queue=item.queue, attempt=item.attempt,
             worker=item.worker, lease_expires_at=item.lease_expires_at))
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRow:
+    """A step message written held for room in its queue's window, with what the admission orders it by."""
+
+    message: StepMessage
+    tenant_id: str
+    priority: int
+
+
+def insert_held_outbox(session: Session, rows: Sequence[HeldRow]) -> None:
+    """Write the outbox rows of messages held for their windows (the scheduler admits them)."""
+    if rows:
+        session.execute(insert(OUTBOX), [{**r.message.outbox_row(), "held": True, "tenant_id": r.tenant_id,
+                                          "priority": r.priority} for r in rows])
 
 
 def insert_outbox(session: Session, messages: list[StepMessage]) -> list[StepMessage]:
