@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 # How long an idle scheduler waits for a ring before it deletes the outbox rows it published.
 IDLE_CLEANUP_S = 0.2
+# How often the sweep deletes held outbox rows whose steps moved on while they waited (cancelled): a
+# tidy-up only, since an admission that comes to such a row deletes it; every sweep it was 5% of a
+# flooded scheduler's time.
+ORPHAN_LOOK_S = 60.0
 # A scheduler frozen in a pass (SIGSTOP, a long pause, a VM migration) holds its runs' row locks, and
 # the other schedulers skip those runs (SKIP LOCKED): PostgreSQL ends its session after this long
 # idle in the pass's transaction (rolled back whole; the frozen one reconnects when it wakes), so
@@ -132,6 +136,7 @@ class Scheduler:
         # The queues with held messages at the last look or publish: a pass writes the steps it queues
         # on them held (writer.Holding), where checking them after the commit would hold them anyway.
         self.held_queues: set[str] = set()
+        self.next_orphan_look = 0.0  # when the sweep next deletes held outbox rows whose steps moved on
         self.admit_wait = settings.admit_interval_s
         self.last_look: float | None = None
         # Runs or steps may wait for room under a concurrency key: looked for after passes, and at
@@ -333,7 +338,9 @@ class Scheduler:
             bound_hold(session, IDLE_IN_TRANSACTION_TIMEOUT_MS, STATEMENT_TIMEOUT_MS)
             # First: a row this scheduler published is never stale, however long it was idle since.
             repo.delete_outbox(session, published)
-            admission_rows.forget_orphans(session)
+            if time.monotonic() >= self.next_orphan_look:
+                admission_rows.forget_orphans(session)
+                self.next_orphan_look = time.monotonic() + ORPHAN_LOOK_S
             flagged = repo.flag_runs_with_due_steps(session)
             stale = repo.stale_outbox(session, self.settings.outbox_republish_after_s)
             messages = [StepMessage(m.run_id, m.step_id, m.attempt, m.queue, m.soft_time_limit, m.id) for m in stale]

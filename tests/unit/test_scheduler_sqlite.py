@@ -338,3 +338,24 @@ def test_a_pass_writes_held_the_steps_it_queues_on_a_queue_with_held_messages(sq
     assert {m.run_id for m in published[2:]} <= set(first) and scheduler.held_queues == {queue}
     assert len(published) == 4
     engine.dispose()
+
+
+def test_the_sweep_forgets_held_messages_whose_steps_moved_on_once_a_minute(scheduler, monkeypatch):
+    monkeypatch.setattr(broker, "publish_steps", lambda *_args: None)
+    kept, cancelled = start_runs(scheduler, ONE_STEP, 2)
+    scheduler.drain()
+    with transaction(scheduler.sessions) as session:
+        session.execute(update(Outbox).values(held=True, tenant_id="t", priority=5))
+        session.execute(update(Step).where(Step.run_id == kept).values(held=True))
+        session.execute(update(Step).where(Step.run_id == cancelled).values(status="cancelled"))
+    scheduler.published_outbox.clear()
+    scheduler.sweep()
+    with transaction(scheduler.sessions) as session:
+        assert [r.run_id for r in session.execute(select(Outbox)).scalars()] == [kept]
+        # Another orphan within the minute is left for the next look (an admission deletes it if it comes first).
+        session.execute(update(Step).where(Step.run_id == kept).values(status="cancelled"))
+    scheduler.sweep()
+    assert outbox_rows(scheduler) == 1
+    scheduler.next_orphan_look = 0.0
+    scheduler.sweep()
+    assert outbox_rows(scheduler) == 0

@@ -314,11 +314,16 @@ def admit(session: Session, chosen: Sequence[Held]) -> list[StepMessage]:
     return [StepMessage(h.run_id, h.step_id, h.attempt, h.queue, h.soft_time_limit, outbox_id=h.id) for h in admitted]
 
 
-def forget_orphans(session: Session) -> int:
-    """Delete held outbox rows whose step is no longer `queued` and held at that attempt (the sweep)."""
+def forget_orphans(session: Session, limit: int = 1000) -> int:
+    """Delete up to ``limit`` held outbox rows whose step is no longer `queued` at that attempt (the
+    sweep's tidy-up: an admission deletes such a row anyway when it comes to it). Rows another
+    transaction holds are skipped, not waited for: under a flood the scheduler must not wait on
+    publishers (a plain DELETE here took 230 ms of each sweep under 6,000 held messages)."""
     step = and_(STEPS.c.run_id == OUTBOX.c.run_id, STEPS.c.step_id == OUTBOX.c.step_id,
                 STEPS.c.attempt == OUTBOX.c.attempt, STEPS.c.status == StepStatus.QUEUED.value)
-    return session.execute(delete(OUTBOX).where(OUTBOX.c.held.is_(True), ~exists().where(step))).rowcount
+    orphans = (select(OUTBOX.c.id).where(OUTBOX.c.held.is_(True), ~exists().where(step)).limit(limit)
+               .with_for_update(skip_locked=True))
+    return session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(orphans.scalar_subquery()))).rowcount
 
 
 def held_of_run(session: Session, run_id: str) -> list[Any]:
