@@ -412,13 +412,19 @@ class Scheduler:
         return messages
 
     def drain(self) -> int:
-        """Advance batches until no run has work left. Returns runs advanced."""
+        """Advance batches until no run has work left. Returns runs advanced.
+
+        Between batches, a look for room that is due is made: a flood's first passes write most of
+        its steps held, and the workers would run dry on the window's first messages while the
+        passes go on (2,000 runs take ten batches)."""
         total = 0
         while not self.stopping.is_set():
             advanced = self.advance_batch()
             total += advanced
             if advanced < self.batch_size:
                 return total
+            if self.backlog and time.monotonic() >= self.next_admit:
+                self.admit()
         return total
 
     def wait_timeout(self) -> float:

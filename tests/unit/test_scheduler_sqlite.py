@@ -340,6 +340,30 @@ def test_a_pass_writes_held_the_steps_it_queues_on_a_queue_with_held_messages(sq
     engine.dispose()
 
 
+def test_a_long_drain_makes_the_looks_for_room_that_fall_due_between_its_batches(sqlite_settings, monkeypatch):
+    """A flood's passes take many batches; the workers would run dry on the window's first messages if
+    the scheduler looked for room only once every run had been advanced."""
+    settings = sqlite_settings.model_copy(update={"dispatch_window": 2})
+    engine = make_engine(settings)
+    scheduler = Scheduler(settings, make_sessionmaker(engine), broker.make_celery(settings), batch_size=3)
+    monkeypatch.setattr(broker, "publish_steps", lambda *_args: None)
+    start_runs(scheduler, ONE_STEP, 9)
+    runs_with_work_at_looks: list[int] = []
+    admit = scheduler.admit
+
+    def looked() -> int:
+        with transaction(scheduler.sessions) as session:
+            runs_with_work_at_looks.append(session.execute(
+                select(func.count()).select_from(Run).where(Run.has_work.is_(True))).scalar_one())
+        return admit()
+
+    monkeypatch.setattr(scheduler, "admit", looked)
+    assert scheduler.drain() == 9
+    # The first batch's check held a step: the look fell due at once, with two batches still to pass.
+    assert runs_with_work_at_looks[:1] == [6], runs_with_work_at_looks
+    engine.dispose()
+
+
 def test_the_sweep_forgets_held_messages_whose_steps_moved_on_once_a_minute(scheduler, monkeypatch):
     monkeypatch.setattr(broker, "publish_steps", lambda *_args: None)
     kept, cancelled = start_runs(scheduler, ONE_STEP, 2)

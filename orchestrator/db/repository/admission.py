@@ -13,6 +13,7 @@ overfilled. ``admit`` turns held messages back into places, under the same lock,
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -114,32 +115,33 @@ def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[Step
 # The admission of one queue on PostgreSQL in two round trips (orchestrator/admission._admit_queue_pg),
 # in autocommit with the transaction written out: BEGIN, its bounds, the window's lock, the places held
 # by tenant and each tenant's best held messages (no more than the room) in one simple query; then the
-# admission, the deletion of published rows and COMMIT in another.
-_WINDOW_IN_USE = """s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
+# admission, the deletion of published rows and COMMIT in another. The reads and the admission are
+# prepared once per connection (``_prepare``): a simple query is planned at every call, and planning
+# them took as much of PostgreSQL's time as running them under a flood (pg_stat_statements with
+# track_planning, make bench --only throughput).
+_WINDOW_IN_USE = """s.queue = $1 AND s.status IN ('queued', 'running') AND NOT s.held
       AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)"""
-_OPEN_WINDOW_PG = f"""
-BEGIN;
-SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, set_config('statement_timeout', '30000', true) AS statement;
-SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
-SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id;
+_PREPARED_WINDOW_PG = {
+    "switchyard_window_holders": f"""(text) AS
+SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id""",
+    "switchyard_window_candidates": f"""(text, int) AS
 WITH RECURSIVE used AS (SELECT count(*) AS n FROM steps s WHERE {_WINDOW_IN_USE}), t AS (
-    (SELECT tenant_id FROM outbox WHERE held AND queue = %(queue)s ORDER BY tenant_id LIMIT 1)
+    (SELECT tenant_id FROM outbox WHERE held AND queue = $1 ORDER BY tenant_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT o.tenant_id FROM outbox o WHERE o.held AND o.queue = %(queue)s AND o.tenant_id > t.tenant_id
+    SELECT (SELECT o.tenant_id FROM outbox o WHERE o.held AND o.queue = $1 AND o.tenant_id > t.tenant_id
             ORDER BY o.tenant_id LIMIT 1)
     FROM t WHERE t.tenant_id IS NOT NULL
 )
 SELECT c.* FROM t, LATERAL (
-    SELECT * FROM outbox o WHERE o.held AND o.queue = %(queue)s AND o.tenant_id = t.tenant_id
-    ORDER BY o.priority, o.id LIMIT greatest(0, %(window)s - (SELECT n FROM used))
-) c WHERE t.tenant_id IS NOT NULL
-"""
-# A chosen message whose step is no longer `queued` and held at that attempt (cancelled, or moved on
-# while it waited) is deleted, as ``admit`` does.
-_ADMIT_AND_COMMIT_PG = """
+    SELECT o.id, o.tenant_id, o.priority, o.run_id, o.step_id, o.attempt, o.queue, o.soft_time_limit
+    FROM outbox o WHERE o.held AND o.queue = $1 AND o.tenant_id = t.tenant_id
+    ORDER BY o.priority, o.id LIMIT greatest(0, $2 - (SELECT n FROM used))
+) c WHERE t.tenant_id IS NOT NULL""",
+    # A chosen message whose step is no longer `queued` and held at that attempt (cancelled, or moved on
+    # while it waited) is deleted, as ``admit`` does.
+    "switchyard_window_admit": """(bigint[], varchar[], varchar[], int[], bigint[]) AS
 WITH chosen AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[], %(attempts)s::int[])
-        AS c (id, run_id, step_id, attempt)
+    SELECT * FROM unnest($1, $2, $3, $4) AS c (id, run_id, step_id, attempt)
 ), moved AS (
     UPDATE steps s SET held = false FROM chosen c
     WHERE s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempt = c.attempt AND s.status = 'queued' AND s.held
@@ -149,11 +151,38 @@ WITH chosen AS (
 ), gone AS (
     DELETE FROM outbox WHERE id IN (SELECT id FROM chosen EXCEPT SELECT id FROM moved) RETURNING id
 ), forgotten AS (
-    DELETE FROM outbox WHERE id = ANY(%(forget)s::bigint[]) RETURNING id
+    DELETE FROM outbox WHERE id = ANY($5) RETURNING id
 )
-SELECT id FROM admitted;
+SELECT id FROM admitted""",
+}
+_OPEN_WINDOW_PG = f"""
+BEGIN;
+SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, set_config('statement_timeout', '30000', true) AS statement;
+SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
+EXECUTE switchyard_window_holders(%(queue)s);
+EXECUTE switchyard_window_candidates(%(queue)s, %(window)s)
+"""
+_ADMIT_AND_COMMIT_PG = """
+EXECUTE switchyard_window_admit(%(ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[],
+                                %(attempts)s::int[], %(forget)s::bigint[]);
 COMMIT
 """
+# The connections the statements above are prepared on (a connection the pool replaces is a new one).
+_PREPARED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _prepare(cursor: ClientCursor) -> None:
+    """Prepare the admission's statements on the cursor's connection, once (outside any transaction):
+    those it lacks, so that a preparation cut short by a lost connection is finished, not repeated."""
+    if cursor.connection in _PREPARED:
+        return
+    cursor.execute("SELECT name FROM pg_prepared_statements WHERE name = ANY(%(names)s)",
+                   {"names": list(_PREPARED_WINDOW_PG)})
+    present = {row[0] for row in cursor.fetchall()}
+    missing = [f"PREPARE {name}{sql}" for name, sql in _PREPARED_WINDOW_PG.items() if name not in present]
+    if missing:
+        cursor.execute(";\n".join(missing))
+    _PREPARED.add(cursor.connection)
 
 
 class WindowTransaction:
@@ -168,6 +197,7 @@ class WindowTransaction:
         held messages (as many as the room, by priority then age)."""
         self.queue = queue
         cursor = self.cursor
+        _prepare(cursor)
         cursor.execute(_OPEN_WINDOW_PG, {"queue": queue, "window": window})
         for _ in range(3):  # BEGIN, the bounds, the lock
             cursor.nextset()
