@@ -42,19 +42,23 @@ _IN_WINDOW = (STEPS.c.status.in_([StepStatus.QUEUED.value, StepStatus.RUNNING.va
 # The publishers' check on PostgreSQL, in one round trip: two statements in one simple query (so one
 # implicit transaction, the lock held to its end), the second taking its snapshot after the lock is
 # held. The messages' own steps are not counted; the first :room of them pass if nothing is held in
-# the queue already (the database's order comes first), the others are held.
+# the queue already (the database's order comes first), the others are held. The check itself is
+# prepared once per connection (``_prepare``, with the admission's statements below).
 _PASS_OR_HOLD_PG = f"""
 SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
+EXECUTE switchyard_pass_or_hold(%(queue)s, %(window)s, %(outbox_ids)s::bigint[], %(run_ids)s::varchar[],
+                                %(step_ids)s::varchar[])
+"""
+_PASS_OR_HOLD_PREPARED = """(text, int, bigint[], varchar[], varchar[]) AS
 WITH own AS (
-    SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[])
-        WITH ORDINALITY AS o (outbox_id, run_id, step_id, ord)
+    SELECT * FROM unnest($3, $4, $5) WITH ORDINALITY AS o (outbox_id, run_id, step_id, ord)
 ), verdict AS (
-    SELECT %(window)s::int - (
+    SELECT $2 - (
         SELECT count(*) FROM steps s
-        WHERE s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
+        WHERE s.queue = $1 AND s.status IN ('queued', 'running') AND NOT s.held
           AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)
           AND (s.run_id, s.step_id) NOT IN (SELECT run_id, step_id FROM own)
-    ) AS room, NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = %(queue)s) AS first_in_line
+    ) AS room, NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = $1) AS first_in_line
 ), decided AS (
     SELECT own.*, NOT (verdict.first_in_line AND own.ord <= verdict.room) AS hold FROM own, verdict
 ), held_rows AS (
@@ -69,8 +73,7 @@ WITH own AS (
 )
 SELECT count(*) FILTER (WHERE NOT hold) AS passed, (SELECT count(*) FROM held_rows) AS held,
        (SELECT count(*) FROM marked) AS marked
-FROM decided
-"""
+FROM decided"""
 
 
 def pass_or_hold(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
@@ -85,6 +88,7 @@ def pass_or_hold(session: Session, queue: str, messages: Sequence[StepMessage], 
 def _pass_or_hold_pg(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
     driver = session.connection().connection.driver_connection
     with ClientCursor(driver, row_factory=namedtuple_row) as cursor:
+        _prepare(cursor)
         cursor.execute(_PASS_OR_HOLD_PG, {
             "queue": queue, "window": window, "outbox_ids": [m.outbox_id for m in messages],
             "run_ids": [m.run_id for m in messages], "step_ids": [m.step_id for m in messages],
@@ -122,6 +126,7 @@ def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[Step
 _WINDOW_IN_USE = """s.queue = $1 AND s.status IN ('queued', 'running') AND NOT s.held
       AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)"""
 _PREPARED_WINDOW_PG = {
+    "switchyard_pass_or_hold": _PASS_OR_HOLD_PREPARED,
     "switchyard_window_holders": f"""(text) AS
 SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id""",
     "switchyard_window_candidates": f"""(text, int) AS
@@ -172,8 +177,9 @@ _PREPARED: weakref.WeakSet = weakref.WeakSet()
 
 
 def _prepare(cursor: ClientCursor) -> None:
-    """Prepare the admission's statements on the cursor's connection, once (outside any transaction):
-    those it lacks, so that a preparation cut short by a lost connection is finished, not repeated."""
+    """Prepare the window's statements on the cursor's connection, once: those it lacks, so that a
+    preparation cut short by a lost connection is finished, not repeated (a PREPARE outlives the
+    transaction it was made in, rolled back or not)."""
     if cursor.connection in _PREPARED:
         return
     cursor.execute("SELECT name FROM pg_prepared_statements WHERE name = ANY(%(names)s)",
