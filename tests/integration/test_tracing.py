@@ -170,7 +170,10 @@ def test_a_run_the_scheduler_starts_is_one_trace_across_three_processes(settings
     queue = unique("traced")
     with fresh_database("switchyard_traced") as database_url:
         own = Settings(**{**settings.model_dump(), "database_url": database_url, "data_dir": tmp_path})
-        env = {"SWITCHYARD_WAKE_QUEUE": f"{queue}.wake"}
+        # No sweep while the test runs: a sweep's pass that took the rerun between the API's commit and
+        # its ring (sent after the commit, from the API's courier thread) would dispatch it in a trace of
+        # its own, and the test would wait in vain (it did once in a full run, 1 s sweeps under load).
+        env = {"SWITCHYARD_WAKE_QUEUE": f"{queue}.wake", "SWITCHYARD_SWEEP_INTERVAL_S": "60"}
         procs = Processes(own, tmp_path)
         try:
             http = traced_api(procs, own, receiver, env)
