@@ -40,33 +40,3 @@ def test_for_each_and_sub_workflow_steps_leave_the_window_to_the_steps_that_run(
                  interval=0.2)
         assert statuses() == ["succeeded"] * RUNS
 
-
-def test_the_window_statements_are_prepared_once_per_connection_and_completed_if_cut_short(database_url):
-    """The publishers' check and the admission run prepared statements (planning them at every call took
-    as much of PostgreSQL's time as running them). A connection has them prepared on its first use; one
-    whose preparation was cut short (a PREPARE outlives its transaction) gets the ones it lacks."""
-    import psycopg
-    from psycopg import ClientCursor
-
-    from orchestrator.db.repository import admission as rows
-    from tests.integration.conftest import _libpq
-
-    def prepared(connection) -> set[str]:
-        return {name for (name,) in connection.execute(
-            "SELECT name FROM pg_prepared_statements WHERE name LIKE 'switchyard_%'").fetchall()}
-
-    with psycopg.connect(_libpq(database_url), autocommit=True) as connection:
-        name, body = next(iter(rows._PREPARED_WINDOW_PG.items()))
-        connection.execute(f"PREPARE {name}{body}")  # a preparation cut short after its first statement
-        with ClientCursor(connection) as cursor:
-            rows._prepare(cursor)
-        assert prepared(connection) == set(rows._PREPARED_WINDOW_PG)
-        with ClientCursor(connection) as cursor:
-            rows._prepare(cursor)  # known prepared: nothing sent
-            assert cursor.pgresult is None
-        # The check runs: one message of a step that is not in the database passes an empty window.
-        cursor = ClientCursor(connection)
-        cursor.execute(rows._PASS_OR_HOLD_PG, {"queue": "nowhere", "window": 2, "outbox_ids": [1],
-                                               "run_ids": ["run_x"], "step_ids": ["a"]})
-        cursor.nextset()
-        assert cursor.fetchone()[0] == 1

@@ -13,7 +13,6 @@ overfilled. ``admit`` turns held messages back into places, under the same lock,
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -42,23 +41,19 @@ _IN_WINDOW = (STEPS.c.status.in_([StepStatus.QUEUED.value, StepStatus.RUNNING.va
 # The publishers' check on PostgreSQL, in one round trip: two statements in one simple query (so one
 # implicit transaction, the lock held to its end), the second taking its snapshot after the lock is
 # held. The messages' own steps are not counted; the first :room of them pass if nothing is held in
-# the queue already (the database's order comes first), the others are held. The check itself is
-# prepared once per connection (``_prepare``, with the admission's statements below).
+# the queue already (the database's order comes first), the others are held.
 _PASS_OR_HOLD_PG = f"""
 SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
-EXECUTE switchyard_pass_or_hold(%(queue)s, %(window)s, %(outbox_ids)s::bigint[], %(run_ids)s::varchar[],
-                                %(step_ids)s::varchar[])
-"""
-_PASS_OR_HOLD_PREPARED = """(text, int, bigint[], varchar[], varchar[]) AS
 WITH own AS (
-    SELECT * FROM unnest($3, $4, $5) WITH ORDINALITY AS o (outbox_id, run_id, step_id, ord)
+    SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[])
+        WITH ORDINALITY AS o (outbox_id, run_id, step_id, ord)
 ), verdict AS (
-    SELECT $2 - (
+    SELECT %(window)s::int - (
         SELECT count(*) FROM steps s
-        WHERE s.queue = $1 AND s.status IN ('queued', 'running') AND NOT s.held
+        WHERE s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
           AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)
           AND (s.run_id, s.step_id) NOT IN (SELECT run_id, step_id FROM own)
-    ) AS room, NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = $1) AS first_in_line
+    ) AS room, NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = %(queue)s) AS first_in_line
 ), decided AS (
     SELECT own.*, NOT (verdict.first_in_line AND own.ord <= verdict.room) AS hold FROM own, verdict
 ), held_rows AS (
@@ -73,7 +68,8 @@ WITH own AS (
 )
 SELECT count(*) FILTER (WHERE NOT hold) AS passed, (SELECT count(*) FROM held_rows) AS held,
        (SELECT count(*) FROM marked) AS marked
-FROM decided"""
+FROM decided
+"""
 
 
 def pass_or_hold(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
@@ -88,7 +84,6 @@ def pass_or_hold(session: Session, queue: str, messages: Sequence[StepMessage], 
 def _pass_or_hold_pg(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
     driver = session.connection().connection.driver_connection
     with ClientCursor(driver, row_factory=namedtuple_row) as cursor:
-        _prepare(cursor)
         cursor.execute(_PASS_OR_HOLD_PG, {
             "queue": queue, "window": window, "outbox_ids": [m.outbox_id for m in messages],
             "run_ids": [m.run_id for m in messages], "step_ids": [m.step_id for m in messages],
@@ -119,34 +114,32 @@ def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[Step
 # The admission of one queue on PostgreSQL in two round trips (orchestrator/admission._admit_queue_pg),
 # in autocommit with the transaction written out: BEGIN, its bounds, the window's lock, the places held
 # by tenant and each tenant's best held messages (no more than the room) in one simple query; then the
-# admission, the deletion of published rows and COMMIT in another. The reads and the admission are
-# prepared once per connection (``_prepare``): a simple query is planned at every call, and planning
-# them took as much of PostgreSQL's time as running them under a flood (pg_stat_statements with
-# track_planning, make bench --only throughput).
-_WINDOW_IN_USE = """s.queue = $1 AND s.status IN ('queued', 'running') AND NOT s.held
+# admission, the deletion of published rows and COMMIT in another.
+_WINDOW_IN_USE = """s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
       AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)"""
-_PREPARED_WINDOW_PG = {
-    "switchyard_pass_or_hold": _PASS_OR_HOLD_PREPARED,
-    "switchyard_window_holders": f"""(text) AS
-SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id""",
-    "switchyard_window_candidates": f"""(text, int) AS
+_OPEN_WINDOW_PG = f"""
+BEGIN;
+SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, set_config('statement_timeout', '30000', true) AS statement;
+SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
+SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id;
 WITH RECURSIVE used AS (SELECT count(*) AS n FROM steps s WHERE {_WINDOW_IN_USE}), t AS (
-    (SELECT tenant_id FROM outbox WHERE held AND queue = $1 ORDER BY tenant_id LIMIT 1)
+    (SELECT tenant_id FROM outbox WHERE held AND queue = %(queue)s ORDER BY tenant_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT o.tenant_id FROM outbox o WHERE o.held AND o.queue = $1 AND o.tenant_id > t.tenant_id
+    SELECT (SELECT o.tenant_id FROM outbox o WHERE o.held AND o.queue = %(queue)s AND o.tenant_id > t.tenant_id
             ORDER BY o.tenant_id LIMIT 1)
     FROM t WHERE t.tenant_id IS NOT NULL
 )
 SELECT c.* FROM t, LATERAL (
-    SELECT o.id, o.tenant_id, o.priority, o.run_id, o.step_id, o.attempt, o.queue, o.soft_time_limit
-    FROM outbox o WHERE o.held AND o.queue = $1 AND o.tenant_id = t.tenant_id
-    ORDER BY o.priority, o.id LIMIT greatest(0, $2 - (SELECT n FROM used))
-) c WHERE t.tenant_id IS NOT NULL""",
-    # A chosen message whose step is no longer `queued` and held at that attempt (cancelled, or moved on
-    # while it waited) is deleted, as ``admit`` does.
-    "switchyard_window_admit": """(bigint[], varchar[], varchar[], int[], bigint[]) AS
+    SELECT * FROM outbox o WHERE o.held AND o.queue = %(queue)s AND o.tenant_id = t.tenant_id
+    ORDER BY o.priority, o.id LIMIT greatest(0, %(window)s - (SELECT n FROM used))
+) c WHERE t.tenant_id IS NOT NULL
+"""
+# A chosen message whose step is no longer `queued` and held at that attempt (cancelled, or moved on
+# while it waited) is deleted, as ``admit`` does.
+_ADMIT_AND_COMMIT_PG = """
 WITH chosen AS (
-    SELECT * FROM unnest($1, $2, $3, $4) AS c (id, run_id, step_id, attempt)
+    SELECT * FROM unnest(%(ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[], %(attempts)s::int[])
+        AS c (id, run_id, step_id, attempt)
 ), moved AS (
     UPDATE steps s SET held = false FROM chosen c
     WHERE s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempt = c.attempt AND s.status = 'queued' AND s.held
@@ -156,39 +149,11 @@ WITH chosen AS (
 ), gone AS (
     DELETE FROM outbox WHERE id IN (SELECT id FROM chosen EXCEPT SELECT id FROM moved) RETURNING id
 ), forgotten AS (
-    DELETE FROM outbox WHERE id = ANY($5) RETURNING id
+    DELETE FROM outbox WHERE id = ANY(%(forget)s::bigint[]) RETURNING id
 )
-SELECT id FROM admitted""",
-}
-_OPEN_WINDOW_PG = f"""
-BEGIN;
-SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, set_config('statement_timeout', '30000', true) AS statement;
-SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
-EXECUTE switchyard_window_holders(%(queue)s);
-EXECUTE switchyard_window_candidates(%(queue)s, %(window)s)
-"""
-_ADMIT_AND_COMMIT_PG = """
-EXECUTE switchyard_window_admit(%(ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[],
-                                %(attempts)s::int[], %(forget)s::bigint[]);
+SELECT id FROM admitted;
 COMMIT
 """
-# The connections the statements above are prepared on (a connection the pool replaces is a new one).
-_PREPARED: weakref.WeakSet = weakref.WeakSet()
-
-
-def _prepare(cursor: ClientCursor) -> None:
-    """Prepare the window's statements on the cursor's connection, once: those it lacks, so that a
-    preparation cut short by a lost connection is finished, not repeated (a PREPARE outlives the
-    transaction it was made in, rolled back or not)."""
-    if cursor.connection in _PREPARED:
-        return
-    cursor.execute("SELECT name FROM pg_prepared_statements WHERE name = ANY(%(names)s)",
-                   {"names": list(_PREPARED_WINDOW_PG)})
-    present = {row[0] for row in cursor.fetchall()}
-    missing = [f"PREPARE {name}{sql}" for name, sql in _PREPARED_WINDOW_PG.items() if name not in present]
-    if missing:
-        cursor.execute(";\n".join(missing))
-    _PREPARED.add(cursor.connection)
 
 
 class WindowTransaction:
@@ -203,7 +168,6 @@ class WindowTransaction:
         held messages (as many as the room, by priority then age)."""
         self.queue = queue
         cursor = self.cursor
-        _prepare(cursor)
         cursor.execute(_OPEN_WINDOW_PG, {"queue": queue, "window": window})
         for _ in range(3):  # BEGIN, the bounds, the lock
             cursor.nextset()
