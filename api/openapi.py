@@ -54,8 +54,9 @@ STEP_ERRORS: dict[str, tuple[bool | None, str]] = {
     "step_error": (True, "the executor or tool raised an unexpected exception"),
     "tool_failed": (True, "the fail tool failed on purpose"),
     "http_error": (True, "http.request could not reach the server"),
-    "http_status": (None, "http.request got an error status: retryable for 5xx and 429, not for other 4xx"),
-    "http_redirects": (False, "http.request was redirected more than 5 times"),
+    "http_status": (None, "http.request got an error status: retryable for 5xx and 429, not for other 4xx (the "
+                    "details keep the first 4,096 characters of the body)"),
+    "http_redirects": (False, "http.request was redirected more than 5 times, or to a URL that is not http(s)"),
     "storage_error": (True, "file.write could not store the file"),
     "llm_unavailable": (True, "the model endpoint is unreachable, answered 429 or 5xx, or a rate limit wait ran out"),
     "llm_error": (None, "the model endpoint refused the request (4xx: not retryable) or sent no chat completion"),

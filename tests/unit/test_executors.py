@@ -131,6 +131,58 @@ def test_http_request_refuses_a_non_http_url_without_calling_out(make_ctx):
     assert caught.value.code == "invalid_arguments"
 
 
+@pytest.fixture
+def answering_server():
+    """A real HTTP server on loopback answering every request with ``(status, headers, body)`` as set."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answer = {"status": 200, "headers": {}, "body": b"", "requests": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            answer["requests"] += 1
+            self.send_response(answer["status"])
+            for name, value in answer["headers"].items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer["body"])))
+            self.end_headers()
+            self.wfile.write(answer["body"])
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    answer["url"] = f"http://127.0.0.1:{server.server_address[1]}/"
+    yield answer
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_request_keeps_only_the_start_of_a_long_error_body(make_ctx, answering_server):
+    ctx = make_ctx({"id": "h", "type": "tool", "tool": "http.request", "args": {"url": "{{ input.url }}"}})
+    answering_server.update(status=500, body=b"x" * 100_000)
+    with pytest.raises(RetryableStepError) as caught:
+        builtin.http_request({"url": answering_server["url"]}, ctx)
+    details = caught.value.details
+    assert caught.value.code == "http_status" and details["status"] == 500
+    assert details["text"] == "x" * builtin.MAX_ERROR_BODY and details["truncated"] and details["length"] == 100_000
+    answering_server.update(status=404, body=b'{"error": "no such thing"}', headers={"Content-Type": "application/json"})
+    with pytest.raises(PermanentStepError) as caught:
+        builtin.http_request({"url": answering_server["url"]}, ctx)
+    assert caught.value.details["json"] == {"error": "no such thing"} and "truncated" not in caught.value.details
+
+
+def test_http_request_fails_for_good_on_a_redirect_to_a_url_that_is_not_http(make_ctx, answering_server):
+    ctx = make_ctx({"id": "h", "type": "tool", "tool": "http.request", "args": {"url": "{{ input.url }}"}})
+    answering_server.update(status=302, headers={"Location": "ftp://127.0.0.1/secret"})
+    with pytest.raises(PermanentStepError) as caught:
+        builtin.http_request({"url": answering_server["url"]}, ctx)
+    assert caught.value.code == "http_redirects" and caught.value.details == {"location": "ftp://127.0.0.1/secret"}
+    assert answering_server["requests"] == 1
+
+
 def test_unknown_tool_fails_for_good():
     with pytest.raises(PermanentStepError) as caught:
         tools.get_tool("no.such.tool")

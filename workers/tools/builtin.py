@@ -44,6 +44,9 @@ def fail(args: dict, ctx) -> Any:
 
 
 MAX_REDIRECTS = 5
+# Of an error answer's body, the step's error details keep this many characters: the error is stored with
+# the step and its run, shown in every event stream and diagnosis, and a server's 500 page can be megabytes.
+MAX_ERROR_BODY = 4096
 
 
 def http_request(args: dict, ctx) -> Any:
@@ -69,6 +72,9 @@ def http_request(args: dict, ctx) -> Any:
         if not response.is_redirect:
             break
         url = str(response.url.join(response.headers["location"]))
+        if not url.startswith(("http://", "https://")):  # would fail as unreachable, and be retried in vain
+            raise PermanentStepError(f"http.request: {response.url} redirected to {url[:200]}, which is not an "
+                                     "http(s) URL", code="http_redirects", details={"location": url[:MAX_ERROR_BODY]})
         decision = ctx.authorize(SPECS["http.request"], {**args, "url": url})
         if decision.decision != "allowed":
             raise PermanentStepError(f"http.request: the redirect to {url} is not allowed: {decision.rationale}",
@@ -83,10 +89,22 @@ def http_request(args: dict, ctx) -> Any:
     except ValueError:
         result["text"] = response.text
     if response.status_code >= 500 or response.status_code == 429:
-        raise RetryableStepError(f"{url} answered {response.status_code}", code="http_status", details=result)
+        raise RetryableStepError(f"{url} answered {response.status_code}", code="http_status",
+                                 details=_error_details(result, response))
     if response.status_code >= 400 and args.get("raise_for_status", True):
-        raise PermanentStepError(f"{url} answered {response.status_code}", code="http_status", details=result)
+        raise PermanentStepError(f"{url} answered {response.status_code}", code="http_status",
+                                 details=_error_details(result, response))
     return result
+
+
+def _error_details(result: dict, response: httpx.Response) -> dict:
+    """An error answer as the step's error details: its body cut to MAX_ERROR_BODY characters (as text,
+    with ``truncated`` and the body's ``length``) when longer."""
+    text = response.text
+    if len(text) <= MAX_ERROR_BODY:
+        return result
+    return {"status": result["status"], "headers": result["headers"], "text": text[:MAX_ERROR_BODY],
+            "truncated": True, "length": len(text)}
 
 
 def file_write(args: dict, ctx) -> Any:
