@@ -211,19 +211,22 @@ class Bench:
         # Alternating rounds give both sides the same share of a host whose speed drifts over minutes
         # (a shared VM: the same work took a quarter longer from one minute to the next).
         ours_s = raw_s = 0.0
-        ours_cpu, raw_cpu, commits, ratios = CpuTally(), CpuTally(), 0, []
+        ours_cpu, raw_cpu, commits, ratios, steady = CpuTally(), CpuTally(), 0, [], []
         for r, size in enumerate(sizes):
             ours, raw = self._throughput_ours(r, size), self._throughput_raw(size, last=r == rounds - 1)
             ours_s, raw_s, commits = ours_s + ours.seconds, raw_s + raw.seconds, commits + ours.commits
             ours_cpu.add(ours.cpu, ours.cpu_steps)
             raw_cpu.add(raw.cpu, raw.cpu_steps)
             ratios.append(raw.seconds / ours.seconds)
-            say(f"  round {r + 1}/{rounds}: switchyard {size / ours.seconds:.0f} steps/s, raw celery "
-                f"{size / raw.seconds:.0f} tasks/s, ratio {ratios[-1]:.2f}")
+            steady.append(ours.steady_rate)
+            say(f"  round {r + 1}/{rounds}: switchyard {size / ours.seconds:.0f} steps/s ({ours.steady_rate:.0f} in "
+                f"its steady state), raw celery {size / raw.seconds:.0f} tasks/s, ratio {ratios[-1]:.2f}")
         self.notes["cpu_switchyard"], self.notes["cpu_raw"] = ours_cpu.per_step(), raw_cpu.per_step()
         self.notes["commits_per_step"] = commits / n
         self.notes["throughput_rounds"] = ", ".join(f"{x:.2f}" for x in ratios)
         self.row(f"throughput ({n:,} no-op steps)", n / ours_s, n / raw_s, "steps/s", "{:.0f}")
+        self.row(f"throughput, steady state (the last {STEADY_SHARE:.0%} of each round's runs)",
+                 statistics.median(steady), None, "steps/s", "{:.0f}")
         say(f"  CPU per step, Switchyard: {cpu_line(self.notes['cpu_switchyard'])}")
         say(f"  CPU per step, raw Celery: {cpu_line(self.notes['cpu_raw'])}")
 
@@ -249,7 +252,18 @@ class Bench:
                                    "WHERE workflow_id = 'one' AND id LIKE %(p)s", {"p": prefix + "%"}).fetchone()
         assert ok == size, f"only {ok} of {size} throughput runs succeeded"
         self.memory("switchyard")
-        return Round((end - t0).total_seconds(), spent, size, commits)
+        return Round((end - t0).total_seconds(), spent, size, commits, self._steady_rate(prefix, size))
+
+    def _steady_rate(self, prefix: str, size: int) -> float:
+        """Steps/s over the round's last STEADY_SHARE of runs (by completion): after the scheduler's first
+        passes over the released runs, which take the CPU the workers would use (a flood's first second
+        or two runs at about 60 % of the rate after it, on 2 cores)."""
+        with self.admin() as conn:
+            ends = [row[0] for row in conn.execute(
+                "SELECT completed_at FROM runs WHERE workflow_id = 'one' AND id LIKE %(p)s ORDER BY completed_at",
+                {"p": prefix + "%"})]
+        first = int(size * (1 - STEADY_SHARE))
+        return (size - 1 - first) / max((ends[-1] - ends[first]).total_seconds(), 1e-6)
 
     def _throughput_raw(self, size: int, last: bool) -> Round:
         """One round of raw Celery no-op tasks, queued before the worker starts, timed from the first
@@ -504,6 +518,9 @@ class Bench:
         self.notes["retention"] = bench_retention.section(self)
 
 
+# The throughput run's steady state: the last 60 % of a round's runs by completion, after its first passes.
+STEADY_SHARE = 0.6
+
 THROUGHPUT_SEED = """
 INSERT INTO runs (id, tenant_id, workflow_id, workflow_version, status, input, usage, trigger_type, attempt,
                   has_work, last_seq, created_at)
@@ -607,6 +624,7 @@ class Round:
     cpu: tuple[dict[str, float], float]
     cpu_steps: int
     commits: int = 0
+    steady_rate: float | None = None  # Switchyard's steps/s over the round's last STEADY_SHARE of runs
 
 
 class CpuTally:
