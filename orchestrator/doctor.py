@@ -8,8 +8,10 @@ steps and the outbox, as an operator (or a test after a chaos scenario) would wa
   reason and no work flagged for the scheduler: nothing will ever move it;
 - ``lease_overdue``: a step of a live run running more than a sweep past its lease (the sweep
   reclaims expired leases every ``SWITCHYARD_SWEEP_INTERVAL_S``);
-- ``outbox_stale``: an outbox row older than the republish delay plus a sweep (the sweep publishes
-  rows older than ``SWITCHYARD_OUTBOX_REPUBLISH_AFTER_S`` and deletes them).
+- ``outbox_stale``: an outbox row not held for its window older than the republish delay plus a
+  sweep (the sweep publishes rows older than ``SWITCHYARD_OUTBOX_REPUBLISH_AFTER_S`` and deletes them);
+- ``held_without_message``: a step `queued` and held for its queue's window (docs/flow-control.md)
+  with no held outbox row of its attempt: the admission admits rows, so nothing will send it.
 
 A transient violation heals by itself within a sweep or two while the scheduler runs; one that
 stays is a bug or a stopped scheduler.
@@ -30,6 +32,7 @@ STEP_IN_FLIGHT_IN_ENDED_RUN = "step_in_flight_in_ended_run"
 STALLED_RUN = "stalled_run"
 LEASE_OVERDUE = "lease_overdue"
 OUTBOX_STALE = "outbox_stale"
+HELD_WITHOUT_MESSAGE = "held_without_message"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,12 @@ def find_violations(session: Session, settings: Settings, limit: int = 100,
                   f"outbox row {r.id} (attempt {r.attempt}) is {r.age_s:.1f} s old, unpublished "
                   f"(republished after {settings.outbox_republish_after_s:g} s)")
         for r in checks.old_outbox_rows(session, settings.outbox_republish_after_s + sweep, limit, run_ids)
+    ]
+    found += [
+        Violation(HELD_WITHOUT_MESSAGE, r.run_id, r.step_id,
+                  f"attempt {r.attempt} is queued and held for room in the window of {r.queue!r}, "
+                  "but no held outbox row of that attempt is left to admit")
+        for r in checks.held_without_message(session, limit, run_ids)
     ]
     return found
 

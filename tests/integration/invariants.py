@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import and_, func, select
 
-from orchestrator.db.models import Event, Run, Step
+from orchestrator.db.models import Event, Outbox, Run, Step
 from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.doctor import find_violations, report
 from orchestrator.settings import Settings
@@ -76,7 +76,11 @@ def _what_live_runs_hold(session, settings: Settings) -> str:
     one = session.execute(select(Run.id).where(live).limit(1)).scalar_one_or_none()
     its_steps = session.execute(select(Step.step_id, Step.status, Step.attempt, Step.lease_expires_at, Step.due_at)
                                 .where(Step.run_id == one)).all() if one else []
-    return (f"their steps by status: {steps}; runs flagged with work: {flagged}; run {one}: {its_steps}\n"
+    held = dict(session.execute(select(Step.status, func.count()).join(Run, Run.id == Step.run_id)
+                                .where(live, Step.held.is_(True)).group_by(Step.status)).all())
+    outbox = dict(session.execute(select(Outbox.held, func.count()).group_by(Outbox.held)).all())
+    return (f"their steps by status: {steps} (held: {held}); outbox rows by held: {outbox}; "
+            f"runs flagged with work: {flagged}; run {one}: {its_steps}\n"
             f"{report(find_violations(session, settings, limit=10))}")
 
 

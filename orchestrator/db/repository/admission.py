@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from orchestrator import diagnosis
 from orchestrator.core.admission import Held
 from orchestrator.db.repository.common import OUTBOX, RUNS, STEPS
+from orchestrator.db.types import db_now
 from orchestrator.messages import StepMessage
 from orchestrator.states import StepStatus
 
@@ -42,6 +43,10 @@ _IN_WINDOW = (STEPS.c.status.in_([StepStatus.QUEUED.value, StepStatus.RUNNING.va
 # implicit transaction, the lock held to its end), the second taking its snapshot after the lock is
 # held. The messages' own steps are not counted; the first :room of them pass if nothing is held in
 # the queue already (the database's order comes first), the others are held.
+# A step is marked held only with its outbox row, and only while it is `queued` at the row's attempt:
+# two publishers may check one message (the sweep republishes a row another publisher is still
+# sending), and a step marked held whose row the other then deletes as published, or that a worker
+# already took, would wait for an admission that never comes (found by the chaos scenario).
 _PASS_OR_HOLD_PG = f"""
 SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
 WITH own AS (
@@ -60,10 +65,11 @@ WITH own AS (
     UPDATE outbox SET held = true, tenant_id = runs.tenant_id, priority = runs.priority
     FROM decided JOIN runs ON runs.id = decided.run_id
     WHERE outbox.id = decided.outbox_id AND decided.hold
-    RETURNING outbox.id
+    RETURNING outbox.id, outbox.attempt
 ), marked AS (
-    UPDATE steps SET held = decided.hold FROM decided
+    UPDATE steps SET held = decided.hold FROM decided LEFT JOIN held_rows ON held_rows.id = decided.outbox_id
     WHERE steps.run_id = decided.run_id AND steps.step_id = decided.step_id AND steps.held <> decided.hold
+      AND (NOT decided.hold OR (steps.status = 'queued' AND steps.attempt = held_rows.attempt))
     RETURNING steps.step_id
 )
 SELECT count(*) FILTER (WHERE NOT hold) AS passed, (SELECT count(*) FROM held_rows) AS held,
@@ -99,15 +105,20 @@ def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[Step
         STEPS.c.queue == queue, *_IN_WINDOW, tuple_(STEPS.c.run_id, STEPS.c.step_id).not_in(own))).scalar_one()
     backlog = session.execute(select(exists().where(OUTBOX.c.held.is_(True), OUTBOX.c.queue == queue))).scalar()
     passed = 0 if backlog else max(0, min(len(messages), window - used))
-    for group, hold in ((messages[:passed], False), (messages[passed:], True)):
-        if group:  # statements of a fixed number, however many messages
-            session.execute(update(STEPS).where(tuple_(STEPS.c.run_id, STEPS.c.step_id).in_(
-                [(m.run_id, m.step_id) for m in group])).values(held=hold))
+    if passed:  # statements of a fixed number, however many messages
+        session.execute(update(STEPS).where(tuple_(STEPS.c.run_id, STEPS.c.step_id).in_(
+            [(m.run_id, m.step_id) for m in messages[:passed]])).values(held=False))
     if passed < len(messages):
         of_run = RUNS.c.id == OUTBOX.c.run_id
-        session.execute(update(OUTBOX).where(OUTBOX.c.id.in_([m.outbox_id for m in messages[passed:]])).values(
-            held=True, tenant_id=select(RUNS.c.tenant_id).where(of_run).scalar_subquery(),
-            priority=select(RUNS.c.priority).where(of_run).scalar_subquery()))
+        held_rows = session.execute(
+            update(OUTBOX).where(OUTBOX.c.id.in_([m.outbox_id for m in messages[passed:]])).values(
+                held=True, tenant_id=select(RUNS.c.tenant_id).where(of_run).scalar_subquery(),
+                priority=select(RUNS.c.priority).where(of_run).scalar_subquery())
+            .returning(OUTBOX.c.run_id, OUTBOX.c.step_id, OUTBOX.c.attempt)).all()
+        if held_rows:  # as on PostgreSQL: a step is held with its row, if still queued at its attempt
+            session.execute(update(STEPS).where(
+                tuple_(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt).in_([tuple(r) for r in held_rows]),
+                STEPS.c.status == StepStatus.QUEUED.value).values(held=True))
     return passed
 
 
@@ -135,7 +146,9 @@ SELECT c.* FROM t, LATERAL (
 ) c WHERE t.tenant_id IS NOT NULL
 """
 # A chosen message whose step is no longer `queued` and held at that attempt (cancelled, or moved on
-# while it waited) is deleted, as ``admit`` does.
+# while it waited) is deleted, as ``admit`` does. An admitted row's age starts again: it is now a
+# message being published, which the sweep republishes only if it is still there after the delay
+# (its age as held is the wait for room, not a lost publish).
 _ADMIT_AND_COMMIT_PG = """
 WITH chosen AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[], %(attempts)s::int[])
@@ -145,11 +158,11 @@ WITH chosen AS (
     WHERE s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempt = c.attempt AND s.status = 'queued' AND s.held
     RETURNING c.id
 ), admitted AS (
-    UPDATE outbox SET held = false WHERE id IN (SELECT id FROM moved) RETURNING id
+    UPDATE outbox SET held = false, created_at = clock_timestamp() WHERE id IN (SELECT id FROM moved) RETURNING id
 ), gone AS (
     DELETE FROM outbox WHERE id IN (SELECT id FROM chosen EXCEPT SELECT id FROM moved) RETURNING id
 ), forgotten AS (
-    DELETE FROM outbox WHERE id = ANY(%(forget)s::bigint[]) RETURNING id
+    DELETE FROM outbox WHERE id = ANY(%(forget)s::bigint[]) AND NOT held RETURNING id
 )
 SELECT id FROM admitted;
 COMMIT
@@ -307,7 +320,8 @@ def admit(session: Session, chosen: Sequence[Held]) -> list[StepMessage]:
         .values(held=False).returning(STEPS.c.run_id, STEPS.c.step_id))}
     admitted = [h for h in chosen if (h.run_id, h.step_id) in moved]
     if admitted:
-        session.execute(update(OUTBOX).where(OUTBOX.c.id.in_([h.id for h in admitted])).values(held=False))
+        session.execute(update(OUTBOX).where(OUTBOX.c.id.in_([h.id for h in admitted]))
+                        .values(held=False, created_at=db_now()))
     gone = [h.id for h in chosen if (h.run_id, h.step_id) not in moved]
     if gone:
         session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(gone)))

@@ -67,13 +67,28 @@ def overdue_leases(session: Session, grace_s: float, limit: int, run_ids: Sequen
 
 def old_outbox_rows(session: Session, older_than_s: float, limit: int, run_ids: Sequence[str] | None = None
                     ) -> Sequence[Any]:
-    """Outbox rows older than ``older_than_s`` (the sweep should have published and deleted them):
-    id, run id, step id, attempt, age in seconds."""
+    """Outbox rows not held for their window older than ``older_than_s`` (the sweep should have
+    published and deleted them): id, run id, step id, attempt, age in seconds. A held row waits for
+    room in its queue's window as long as the backlog ahead of it lasts."""
     return session.execute(
         select(OUTBOX.c.id, OUTBOX.c.run_id, OUTBOX.c.step_id, OUTBOX.c.attempt,
                seconds_between(OUTBOX.c.created_at, db_now()).label("age_s"))
-        .where(OUTBOX.c.created_at < db_now(-older_than_s), _of(OUTBOX.c.run_id, run_ids))
+        .where(OUTBOX.c.created_at < db_now(-older_than_s), OUTBOX.c.held.is_(False), _of(OUTBOX.c.run_id, run_ids))
         .order_by(OUTBOX.c.id).limit(limit)
+    ).all()
+
+
+def held_without_message(session: Session, limit: int, run_ids: Sequence[str] | None = None) -> Sequence[Any]:
+    """Steps `queued` and held for their queue's window with no held outbox row of their attempt: the
+    admission admits held rows, so nothing will ever send them (and the sweep's nets look only at steps
+    not held): run id, step id, attempt, queue."""
+    its_row = exists().where(OUTBOX.c.run_id == STEPS.c.run_id, OUTBOX.c.step_id == STEPS.c.step_id,
+                             OUTBOX.c.attempt == STEPS.c.attempt, OUTBOX.c.held.is_(True))
+    return session.execute(
+        select(STEPS.c.run_id, STEPS.c.step_id, STEPS.c.attempt, STEPS.c.queue)
+        .where(STEPS.c.status == StepStatus.QUEUED.value, STEPS.c.held.is_(True), ~its_row,
+               _of(STEPS.c.run_id, run_ids))
+        .order_by(STEPS.c.run_id, STEPS.c.step_id).limit(limit)
     ).all()
 
 

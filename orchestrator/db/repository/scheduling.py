@@ -51,7 +51,7 @@ _RUNS_WITH_WORK = (
 # The same, deleting outbox rows on the way (PostgreSQL runs a DELETE in a WITH even if unreferenced).
 _RUNS_WITH_WORK_FORGETTING_OUTBOX = _RUNS_WITH_WORK.add_cte(
     delete(OUTBOX)
-    .where(OUTBOX.c.id == any_(bindparam("published", type_=postgresql.ARRAY(Integer))))
+    .where(OUTBOX.c.id == any_(bindparam("published", type_=postgresql.ARRAY(Integer))), OUTBOX.c.held.is_(False))
     .cte("published")
 )
 
@@ -277,9 +277,11 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
 
 
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
-    """Forget the outbox rows ``outbox_ids`` (their messages were published)."""
+    """Forget the outbox rows ``outbox_ids`` (their messages were published), but not one held since:
+    another publisher (the sweep, republishing a row this one was still sending) found its window
+    full, and its step now waits for an admission that needs the row."""
     if outbox_ids:
-        session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(outbox_ids)))
+        session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(outbox_ids), OUTBOX.c.held.is_(False)))
 
 
 def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Any]:
