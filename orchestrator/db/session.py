@@ -156,12 +156,54 @@ def first_row_on_driver(session: Session, sql: str, params: Mapping[str, Any]) -
     Python values, timestamps as aware datetimes in the connection's time zone. An error is raised as
     SQLAlchemy's (DBAPIError), and a connection it broke is invalidated, as SQLAlchemy would.
     """
+    with _driver_cursor(session, sql, params, namedtuple_row) as cursor:
+        return cursor.fetchone()
+
+
+class CompiledOnDriver:
+    """A SQLAlchemy Core statement compiled once for PostgreSQL (psycopg), to run with
+    ``rows_on_driver``: its SQL text, and the bind parameters SQLAlchemy would process (JSON wrapped
+    for psycopg, a type's own conversion) with their processors."""
+
+    __slots__ = ("compiled", "sql", "processors")
+
+    def __init__(self, statement, dialect):
+        self.compiled = statement.compile(dialect=dialect)
+        self.sql = self.compiled.string
+        # SQLAlchemy's execution applies these to the parameters (DefaultExecutionContext); so do we.
+        self.processors = dict(self.compiled._bind_processors)
+
+    def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with the statement's own bound values (its literals) added, processed."""
+        values = self.compiled.construct_params(params)
+        for name, process in self.processors.items():
+            if name in values:
+                values[name] = process(values[name])
+        return values
+
+
+def rows_on_driver(session: Session, statement: CompiledOnDriver, params: Mapping[str, Any]) -> list[Any]:
+    """Every row (named tuples) of a compiled Core statement run straight on the session's psycopg
+    connection, prepared (as ``first_row_on_driver``), in the session's transaction; for statements
+    every worker's outcome writes (the run's update with its events, a chain's next step), where
+    SQLAlchemy's execution costs
+    several times psycopg's client CPU. The session's pending ORM changes are flushed first, as its
+    own execute would."""
+    session.flush()
+    with _driver_cursor(session, statement.sql, statement.parameters(params), namedtuple_row) as cursor:
+        return cursor.fetchall() if cursor.description is not None else []
+
+
+@contextmanager
+def _driver_cursor(session: Session, sql: str, params: Mapping[str, Any], row_factory: Any) -> Iterator[Any]:
+    """A psycopg cursor of the session's connection that has run ``sql`` (prepared); psycopg's errors
+    raised as SQLAlchemy's, a connection they broke invalidated."""
     connection = session.connection()
     driver = connection.connection.driver_connection
     try:
-        with driver.cursor(row_factory=namedtuple_row) as cursor:
+        with driver.cursor(row_factory=row_factory) as cursor:
             cursor.execute(sql, params, prepare=True)
-            return cursor.fetchone()
+            yield cursor
     except psycopg.Error as exc:
         if driver.broken:
             connection.invalidate(exc)

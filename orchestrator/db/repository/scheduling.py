@@ -4,6 +4,7 @@ passed, the next due time, queued attempts, a run's diagnosis facts) and the out
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -34,6 +35,7 @@ from orchestrator.db.repository.changes import RunRow, others_succeeded
 from orchestrator.db.repository.common import OUTBOX, RUNS, STEP_STATUSES, STEPS, now, sql_list
 from orchestrator.db.repository.runs import run_steps
 from orchestrator.db.repository.steps import NEXT_ATTEMPT, NOW, update_steps
+from orchestrator.db.session import CompiledOnDriver, rows_on_driver
 from orchestrator.db.types import db_now, seconds_between
 from orchestrator.messages import StepMessage
 from orchestrator.states import RunStatus, StepStatus, step_allowed_from
@@ -248,6 +250,12 @@ RETURNING id, run_id, step_id, attempt, queue, soft_time_limit
 """)
 
 
+@functools.cache
+def _queue_with_outbox_on_driver(dialect) -> CompiledOnDriver:
+    """The statement above compiled once, to run on the driver: a chain's every step writes it."""
+    return CompiledOnDriver(_QUEUE_WITH_OUTBOX_PG, dialect)
+
+
 def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dict[str, float], done_step_id: str,
                             done_attempt: int) -> list[StepMessage]:
     """Queue the run's pending steps ``soft_time_limits`` names (their next attempt) and write their
@@ -255,10 +263,10 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
     the steps queued, each with its ``outbox_id``. The run must be locked by the caller."""
     step_ids = list(soft_time_limits)
     if session.get_bind().dialect.name == "postgresql":
-        rows = session.execute(_QUEUE_WITH_OUTBOX_PG, dict(
+        rows = rows_on_driver(session, _queue_with_outbox_on_driver(session.get_bind().dialect), dict(
             run_id=run_id, step_ids=step_ids, limits=[float(soft_time_limits[s]) for s in step_ids],
             done_step_id=done_step_id, done_attempt=done_attempt,
-        )).all()
+        ))
         return [StepMessage(r.run_id, r.step_id, r.attempt, r.queue, r.soft_time_limit, outbox_id=r.id) for r in rows]
     done = session.execute(select(STEPS.c.status).where(
         STEPS.c.run_id == run_id, STEPS.c.step_id == done_step_id, STEPS.c.attempt == done_attempt)).scalar()
@@ -280,8 +288,17 @@ def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
     """Forget the outbox rows ``outbox_ids`` (their messages were published), but not one held since:
     another publisher (the sweep, republishing a row this one was still sending) found its window
     full, and its step now waits for an admission that needs the row."""
-    if outbox_ids:
+    if not outbox_ids:
+        return
+    if session.get_bind().dialect.name == "postgresql":  # after every publish: on the driver
+        rows_on_driver(session, _delete_published_on_driver(session.get_bind().dialect), {"ids": list(outbox_ids)})
+    else:
         session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(outbox_ids), OUTBOX.c.held.is_(False)))
+
+
+@functools.cache
+def _delete_published_on_driver(dialect) -> CompiledOnDriver:
+    return CompiledOnDriver(text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[])) AND NOT held"), dialect)
 
 
 def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Any]:
