@@ -162,16 +162,29 @@ def first_row_on_driver(session: Session, sql: str, params: Mapping[str, Any]) -
 
 class CompiledOnDriver:
     """A SQLAlchemy Core statement compiled once for PostgreSQL (psycopg), to run with
-    ``rows_on_driver``: its SQL text, and the bind parameters SQLAlchemy would process (JSON wrapped
-    for psycopg, a type's own conversion) with their processors."""
+    ``rows_on_driver``: its SQL text, the bind parameters SQLAlchemy would process (JSON wrapped for
+    psycopg, a type's own conversion) with their processors, and the result columns it would convert."""
 
-    __slots__ = ("compiled", "sql", "processors")
+    __slots__ = ("compiled", "sql", "processors", "converters")
 
     def __init__(self, statement, dialect):
         self.compiled = statement.compile(dialect=dialect)
         self.sql = self.compiled.string
         # SQLAlchemy's execution applies these to the parameters (DefaultExecutionContext); so do we.
         self.processors = dict(self.compiled._bind_processors)
+        # And the result columns SQLAlchemy converts on the way out (UTCDateTime: aware, in UTC, where
+        # psycopg answers in the connection's time zone), by position.
+        self.converters = [(position, convert) for position, column in enumerate(self.compiled._result_columns)
+                           if (convert := column[3]._cached_result_processor(dialect, None)) is not None]
+
+    def row(self, row: Any) -> Any:
+        """A row as SQLAlchemy's execution would answer it (its result columns converted)."""
+        if not self.converters:
+            return row
+        values = list(row)
+        for position, convert in self.converters:
+            values[position] = convert(values[position])
+        return type(row)._make(values)
 
     def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` with the statement's own bound values (its literals) added, processed."""
@@ -191,7 +204,7 @@ def rows_on_driver(session: Session, statement: CompiledOnDriver, params: Mappin
     own execute would."""
     session.flush()
     with _driver_cursor(session, statement.sql, statement.parameters(params), namedtuple_row) as cursor:
-        return cursor.fetchall() if cursor.description is not None else []
+        return [statement.row(row) for row in cursor.fetchall()] if cursor.description is not None else []
 
 
 @contextmanager

@@ -6,6 +6,8 @@ SQLAlchemy's."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -54,12 +56,13 @@ def runs(sessions, n: int, status: str = "running") -> list[str]:
 def test_a_statement_on_the_driver_writes_and_answers_what_sqlalchemy_does(sessions):
     by_sqlalchemy, on_driver = runs(sessions, 2)
     with transaction(sessions) as session:
+        # psycopg answers timestamps in the connection's time zone; SQLAlchemy's UTCDateTime in UTC.
+        session.execute(text("SET LOCAL TIME ZONE 'Asia/Kolkata'"))
         answered = {"sqlalchemy": session.execute(FINISH, {"of_run": by_sqlalchemy, "output": OUTPUT}).one()}
         compiled = CompiledOnDriver(FINISH, session.get_bind().dialect)
         [answered["driver"]] = rows_on_driver(session, compiled, {"of_run": on_driver, "output": OUTPUT})
     assert answered["driver"].output == answered["sqlalchemy"].output == OUTPUT
-    assert answered["driver"].completed_at.tzinfo is not None
-    assert answered["driver"].completed_at.utcoffset() == answered["sqlalchemy"].completed_at.utcoffset()
+    assert answered["driver"].completed_at.tzinfo == answered["sqlalchemy"].completed_at.tzinfo == UTC
     with sessions() as session:
         stored = dict(session.execute(select(Run.id, Run.output).where(Run.id.in_([by_sqlalchemy, on_driver]))).all())
     assert stored == {by_sqlalchemy: OUTPUT, on_driver: OUTPUT}

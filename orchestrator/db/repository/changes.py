@@ -5,6 +5,7 @@ and its events). Every step's path starts here."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from orchestrator.core.snapshot import StepState
 from orchestrator.db.models import Tenant
 from orchestrator.db.repository.common import RUNS, STEPS
+from orchestrator.db.session import CompiledOnDriver, rows_on_driver
 from orchestrator.db.types import db_now
 from orchestrator.states import StepStatus
 
@@ -95,14 +97,23 @@ def lock_run_with_steps(session: Session, run_id: str, step_ids: Sequence[str]
     outcome writer reads; the steps ``step_ids`` in the run's order; a hint, read before the lock,
     that every step but ``step_ids[0]`` succeeded). None if there is no such run or step. The step's
     rows predate the lock too: the writer's guards check them."""
-    rows = session.execute(_LOCK_RUN_WITH_STEPS[session.get_bind().dialect.name],
-                           {"run_id": run_id, "step_id": step_ids[0], "step_ids": list(step_ids)}).all()
+    params = {"run_id": run_id, "step_id": step_ids[0], "step_ids": list(step_ids)}
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql":  # every locked outcome (a chain's step) starts with it: on the driver
+        rows = rows_on_driver(session, _lock_run_with_steps_on_driver(dialect), params)
+    else:
+        rows = session.execute(_LOCK_RUN_WITH_STEPS[dialect.name], params).all()
     if not rows:
         return None
     run = SimpleNamespace(**{name: getattr(rows[0], f"run_{name}") for name in OUTCOME_RUN_COLUMNS})
     first = len(OUTCOME_RUN_COLUMNS)
     return run, [StepState.from_row(row[first:first + len(_REPORTED_STEP_COLUMNS)]) for row in rows], \
         bool(rows[0].others_succeeded)
+
+
+@functools.cache
+def _lock_run_with_steps_on_driver(dialect) -> CompiledOnDriver:
+    return CompiledOnDriver(_LOCK_RUN_WITH_STEPS["postgresql"], dialect)
 
 
 def _steps_for_update_query(of_runs):
