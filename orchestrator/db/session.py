@@ -161,14 +161,18 @@ def first_row_on_driver(session: Session, sql: str, params: Mapping[str, Any]) -
 
 
 class CompiledOnDriver:
-    """A SQLAlchemy Core statement compiled once for PostgreSQL (psycopg), to run with
-    ``rows_on_driver``: its SQL text, the bind parameters SQLAlchemy would process (JSON wrapped for
-    psycopg, a type's own conversion) with their processors, and the result columns it would convert."""
+    """A SQLAlchemy Core statement to run with ``rows_on_driver``, compiled for PostgreSQL (psycopg) at
+    its first run and kept: its SQL text, the bind parameters SQLAlchemy would process (JSON wrapped
+    for psycopg, a type's own conversion) with their processors, and the result columns it would
+    convert."""
 
-    __slots__ = ("compiled", "sql", "processors", "converters")
+    __slots__ = ("statement", "compiled", "sql", "processors", "converters")
 
-    def __init__(self, statement, dialect):
-        self.compiled = statement.compile(dialect=dialect)
+    def __init__(self, statement):
+        self.statement, self.compiled = statement, None
+
+    def _compile(self, dialect) -> None:
+        self.compiled = self.statement.compile(dialect=dialect)
         self.sql = self.compiled.string
         # SQLAlchemy's execution applies these to the parameters (DefaultExecutionContext); so do we.
         self.processors = dict(self.compiled._bind_processors)
@@ -196,12 +200,12 @@ class CompiledOnDriver:
 
 
 def rows_on_driver(session: Session, statement: CompiledOnDriver, params: Mapping[str, Any]) -> list[Any]:
-    """Every row (named tuples) of a compiled Core statement run straight on the session's psycopg
-    connection, prepared (as ``first_row_on_driver``), in the session's transaction; for statements
-    every worker's outcome writes (the run's update with its events, a chain's next step), where
-    SQLAlchemy's execution costs
-    several times psycopg's client CPU. The session's pending ORM changes are flushed first, as its
-    own execute would."""
+    """Every row (named tuples) of a Core statement run straight on the session's psycopg connection,
+    prepared (as ``first_row_on_driver``), in the session's transaction: for the statements every
+    worker's outcome sends, where SQLAlchemy's execution costs several times psycopg's client CPU.
+    The session's pending ORM changes are flushed first, as its own execute would."""
+    if statement.compiled is None:
+        statement._compile(session.get_bind().dialect)
     session.flush()
     with _driver_cursor(session, statement.sql, statement.parameters(params), namedtuple_row) as cursor:
         return [statement.row(row) for row in cursor.fetchall()] if cursor.description is not None else []

@@ -59,7 +59,7 @@ def test_a_statement_on_the_driver_writes_and_answers_what_sqlalchemy_does(sessi
         # psycopg answers timestamps in the connection's time zone; SQLAlchemy's UTCDateTime in UTC.
         session.execute(text("SET LOCAL TIME ZONE 'Asia/Kolkata'"))
         answered = {"sqlalchemy": session.execute(FINISH, {"of_run": by_sqlalchemy, "output": OUTPUT}).one()}
-        compiled = CompiledOnDriver(FINISH, session.get_bind().dialect)
+        compiled = CompiledOnDriver(FINISH)
         [answered["driver"]] = rows_on_driver(session, compiled, {"of_run": on_driver, "output": OUTPUT})
     assert answered["driver"].output == answered["sqlalchemy"].output == OUTPUT
     assert answered["driver"].completed_at.tzinfo == answered["sqlalchemy"].completed_at.tzinfo == UTC
@@ -72,7 +72,7 @@ def test_the_statements_own_literals_are_bound(sessions):
     """The guard's 'running' is a value SQLAlchemy binds itself, not one of the caller's parameters."""
     [paused] = runs(sessions, 1, status="paused")
     with transaction(sessions) as session:
-        compiled = CompiledOnDriver(FINISH, session.get_bind().dialect)
+        compiled = CompiledOnDriver(FINISH)
         assert rows_on_driver(session, compiled, {"of_run": paused, "output": OUTPUT}) == []
     with sessions() as session:
         assert session.execute(select(Run.output).where(Run.id == paused)).scalar_one() is None
@@ -81,9 +81,8 @@ def test_the_statements_own_literals_are_bound(sessions):
 def test_an_error_on_the_driver_is_sqlalchemys_and_the_session_can_roll_back(sessions):
     [run_id] = runs(sessions, 1)
     with sessions() as session:
-        dialect = session.get_bind().dialect
-        rows_on_driver(session, CompiledOnDriver(FINISH, dialect), {"of_run": run_id, "output": OUTPUT})
+        rows_on_driver(session, CompiledOnDriver(FINISH), {"of_run": run_id, "output": OUTPUT})
         with pytest.raises(DBAPIError, match="division by zero"):
-            rows_on_driver(session, CompiledOnDriver(text("SELECT 1 / :zero"), dialect), {"zero": 0})
+            rows_on_driver(session, CompiledOnDriver(text("SELECT 1 / :zero")), {"zero": 0})
         session.rollback()  # the failed transaction is undone whole, the run's update with it
         assert session.execute(select(Run.output).where(Run.id == run_id)).scalar_one() is None

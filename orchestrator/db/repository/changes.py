@@ -5,7 +5,6 @@ and its events). Every step's path starts here."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -81,6 +80,7 @@ _LOCK_RUN_WITH_STEPS = {
     "postgresql": _lock_run_with_steps_query(STEPS.c.step_id == any_(bindparam("step_ids", type_=postgresql.ARRAY(String)))),
     "sqlite": _lock_run_with_steps_query(STEPS.c.step_id.in_(bindparam("step_ids", expanding=True))),
 }
+_LOCK_RUN_WITH_STEPS_ON_DRIVER = CompiledOnDriver(_LOCK_RUN_WITH_STEPS["postgresql"])
 
 
 def lock_run(session: Session, run_id: str, *, with_tenant_policy: bool = False) -> RunRow | None:
@@ -100,7 +100,7 @@ def lock_run_with_steps(session: Session, run_id: str, step_ids: Sequence[str]
     params = {"run_id": run_id, "step_id": step_ids[0], "step_ids": list(step_ids)}
     dialect = session.get_bind().dialect
     if dialect.name == "postgresql":  # every locked outcome (a chain's step) starts with it: on the driver
-        rows = rows_on_driver(session, _lock_run_with_steps_on_driver(dialect), params)
+        rows = rows_on_driver(session, _LOCK_RUN_WITH_STEPS_ON_DRIVER, params)
     else:
         rows = session.execute(_LOCK_RUN_WITH_STEPS[dialect.name], params).all()
     if not rows:
@@ -109,11 +109,6 @@ def lock_run_with_steps(session: Session, run_id: str, step_ids: Sequence[str]
     first = len(OUTCOME_RUN_COLUMNS)
     return run, [StepState.from_row(row[first:first + len(_REPORTED_STEP_COLUMNS)]) for row in rows], \
         bool(rows[0].others_succeeded)
-
-
-@functools.cache
-def _lock_run_with_steps_on_driver(dialect) -> CompiledOnDriver:
-    return CompiledOnDriver(_LOCK_RUN_WITH_STEPS["postgresql"], dialect)
 
 
 def _steps_for_update_query(of_runs):

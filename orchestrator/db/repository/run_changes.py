@@ -87,13 +87,9 @@ def apply_run_changes(session: Session, changes: RunChanges) -> bool:
     if with_events:
         # One round trip for both: every transaction on a step's path ends with this.
         params["new_events"] = [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
-        if id(query) in _ON_DRIVER:  # a statement built once (the others are this call's own)
-            on_driver = _ON_DRIVER[id(query)]
-            if on_driver is None:
-                on_driver = _ON_DRIVER[id(query)] = CompiledOnDriver(query, session.get_bind().dialect)
-            created = dict(rows_on_driver(session, on_driver, params))
-        else:
-            created = dict(session.execute(query, params).all())
+        on_driver = _ON_DRIVER.get(id(query))  # a statement built once (the others are this call's own)
+        created = dict(rows_on_driver(session, on_driver, params) if on_driver is not None
+                       else session.execute(query, params).all())
         if folded and not created:
             return False  # the step did not move, so neither did anything else
         for row in rows:
@@ -134,10 +130,10 @@ def _stage(session: Session, run, values: dict[str, Any], rows: list[dict]) -> N
 
 # The run's guarded updates built so far, by (guard, with events, shape, the step's move, unchanged).
 _RUN_UPDATES: dict[tuple, Any] = {}
-# Those with events (PostgreSQL), compiled to run on the driver once first run (None until then), by
-# id of the statement, which the cache above keeps for the process's life: every worker's outcome
-# ends with one, and SQLAlchemy's execution of it cost more client CPU than the rest of the outcome.
-_ON_DRIVER: dict[int, CompiledOnDriver | None] = {}
+# Those with events (PostgreSQL), to run on the driver, by id of the statement, which the cache above
+# keeps for the process's life: every worker's outcome ends with one, and SQLAlchemy's execution of it
+# cost more client CPU than the rest of the outcome.
+_ON_DRIVER: dict[int, CompiledOnDriver] = {}
 
 
 def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with_events: bool,
@@ -179,7 +175,7 @@ def _run_update(guard: frozenset[RunStatus] | None, values: dict[str, Any], with
     if shape is not None:
         _RUN_UPDATES[key] = query
         if with_events:
-            _ON_DRIVER[id(query)] = None
+            _ON_DRIVER[id(query)] = CompiledOnDriver(query)
     return query, params
 
 

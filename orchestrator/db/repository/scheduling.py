@@ -4,7 +4,6 @@ passed, the next due time, queued attempts, a run's diagnosis facts) and the out
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -250,10 +249,7 @@ RETURNING id, run_id, step_id, attempt, queue, soft_time_limit
 """)
 
 
-@functools.cache
-def _queue_with_outbox_on_driver(dialect) -> CompiledOnDriver:
-    """The statement above compiled once, to run on the driver: a chain's every step writes it."""
-    return CompiledOnDriver(_QUEUE_WITH_OUTBOX_PG, dialect)
+_QUEUE_WITH_OUTBOX_ON_DRIVER = CompiledOnDriver(_QUEUE_WITH_OUTBOX_PG)  # a chain's every step writes it
 
 
 def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dict[str, float], done_step_id: str,
@@ -263,7 +259,7 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
     the steps queued, each with its ``outbox_id``. The run must be locked by the caller."""
     step_ids = list(soft_time_limits)
     if session.get_bind().dialect.name == "postgresql":
-        rows = rows_on_driver(session, _queue_with_outbox_on_driver(session.get_bind().dialect), dict(
+        rows = rows_on_driver(session, _QUEUE_WITH_OUTBOX_ON_DRIVER, dict(
             run_id=run_id, step_ids=step_ids, limits=[float(soft_time_limits[s]) for s in step_ids],
             done_step_id=done_step_id, done_attempt=done_attempt,
         ))
@@ -291,14 +287,12 @@ def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
     if not outbox_ids:
         return
     if session.get_bind().dialect.name == "postgresql":  # after every publish: on the driver
-        rows_on_driver(session, _delete_published_on_driver(session.get_bind().dialect), {"ids": list(outbox_ids)})
+        rows_on_driver(session, _DELETE_PUBLISHED_ON_DRIVER, {"ids": list(outbox_ids)})
     else:
         session.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(outbox_ids), OUTBOX.c.held.is_(False)))
 
 
-@functools.cache
-def _delete_published_on_driver(dialect) -> CompiledOnDriver:
-    return CompiledOnDriver(text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[])) AND NOT held"), dialect)
+_DELETE_PUBLISHED_ON_DRIVER = CompiledOnDriver(text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[])) AND NOT held"))
 
 
 def stale_outbox(session: Session, older_than_s: float, limit: int = 1000) -> Sequence[Any]:
