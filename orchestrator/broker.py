@@ -379,6 +379,11 @@ class Courier:
                         what, self.capacity)
             return False
 
+    def waiting(self) -> int:
+        """Calls sent in this process and not yet started."""
+        calls = self._calls
+        return calls.qsize() if calls is not None and self._pid == os.getpid() else 0
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every call sent so far was made (True), or ``timeout`` seconds (False); for tests."""
         deadline = time.monotonic() + timeout

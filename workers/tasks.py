@@ -6,6 +6,7 @@ exactly one place).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -237,19 +238,62 @@ def _follow(rt: Runtime, message: StepMessage, worker: str, eager: EagerBudget) 
 _EVENTS = broker.Courier("switchyard-eager-events")
 
 
+class _EagerEvents:
+    """The dispatcher of this process's eager steps' task events, used only by _EVENTS's thread. Kept
+    for the process, its task events are grouped as Celery's own worker groups them (one `task.multi`
+    message, which event receivers such as Flower's unpack) and sent once no more wait: a step's three
+    events cost one publish or less, where a dispatcher opened for each cost 0.6 ms of CPU per step,
+    a third of the GIL's time in a worker child running a chain."""
+
+    def __init__(self, app: Celery, hostname: str | None):
+        self.app, self.hostname = app, hostname
+        self.connection = self.dispatcher = None
+
+    def send(self, task_id: str, events: tuple[tuple[str, dict], ...]) -> None:
+        try:
+            dispatcher = self._dispatcher()
+            for event_type, fields in events:
+                dispatcher.send(event_type, uuid=task_id, **fields)
+            if not _EVENTS.waiting():
+                dispatcher.flush()
+        except Exception:
+            self.close()  # best effort, as Celery's own events: a lost connection costs these events
+            raise
+
+    def _dispatcher(self):
+        if self.dispatcher is None:
+            self.connection = self.app.connection_for_write()
+            self.dispatcher = self.app.events.Dispatcher(
+                self.connection, hostname=self.hostname, buffer_while_offline=False, buffer_group=["task"],
+                buffer_limit=_EVENTS_PER_MESSAGE)
+        return self.dispatcher
+
+    def close(self) -> None:
+        for part in (self.dispatcher, self.connection):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.close()
+        self.connection = self.dispatcher = None
+
+
+# Events grouped into one message at most (more are sent in several).
+_EVENTS_PER_MESSAGE = 100
+
+
 def _announcer(app: Celery, hostname: str | None) -> Callable[..., None] | None:
     if not app.conf.worker_send_task_events:
         return None
+    events = _announcers.get((os.getpid(), id(app), hostname))
+    if events is None:  # one per process: a forked child starts with none of its parent's
+        events = _announcers[(os.getpid(), id(app), hostname)] = _EagerEvents(app, hostname)
 
-    def announce(task_id: str, *events: tuple[str, dict]) -> None:
-        def send() -> None:
-            with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-                for event_type, fields in events:
-                    dispatcher.send(event_type, uuid=task_id, **fields)
-
-        _EVENTS.send(send, "eager step's task event")
+    def announce(task_id: str, *fields: tuple[str, dict]) -> None:
+        _EVENTS.send(functools.partial(events.send, task_id, fields), "eager step's task event")
 
     return announce
+
+
+_announcers: dict[tuple[int, int, str | None], _EagerEvents] = {}
 
 
 def _announce(eager: EagerBudget, task_id: str, *events: tuple[str, dict]) -> None:

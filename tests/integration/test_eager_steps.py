@@ -10,8 +10,10 @@ import re
 
 import pytest
 
+from orchestrator import messages
 from tests.integration.conftest import Processes, by_id, events, publish, start, unique, wait_for
 from tests.integration.invariants import assert_no_violations
+from tests.integration.test_flower_truth import Heard
 
 pytestmark = pytest.mark.usefixtures("engine_processes")
 
@@ -53,14 +55,24 @@ def _own_worker(settings, artifacts, queue: str, **env: str) -> tuple[Processes,
 
 
 def test_a_chain_runs_on_one_message_while_the_budget_lasts(api, settings, artifacts):
+    """...and Flower (Celery's task events) shows each eager step as the task it would have been."""
     queue = unique("eager")
+    heard = Heard(settings)
+    heard.thread.start()
+    assert heard.ready.wait(10), "the event receiver did not connect"
     procs, name = _own_worker(settings, artifacts, queue)
     try:
         run_id = _start_chain(api, "eager chain", queue, [("echo", {"n": i}) for i in range(5)])
         _succeeded(api, run_id)
+        tasks = [messages.task_id(run_id, f"s{i}", 1) for i in range(5)]
+        wait_for(lambda: all(heard.last(task) for task in tasks), 10, "every step's task-succeeded event")
     finally:
         procs.stop_all()
+        heard.stopping.set()
     assert _received(procs, name, run_id) == ["s0"], "steps after the first went through the broker"
+    for task in tasks[1:]:  # the eager steps' events, sent by the worker child (workers/tasks.py)
+        assert heard.types(task) == ["task-received", "task-started", "task-succeeded"], (task, heard.types(task))
+        assert "succeeded" in heard.last(task)["result"], heard.last(task)
     started = [e for e in events(api, run_id) if e["type"] == "step_started"]
     assert [e["step_id"] for e in started] == [f"s{i}" for i in range(5)]
     assert len({e["data"]["worker"] for e in started}) == 1, "every step ran in the process that took s0"
