@@ -39,10 +39,11 @@ LOCK_SPACE = 715_001
 _IN_WINDOW = (STEPS.c.status.in_([StepStatus.QUEUED.value, StepStatus.RUNNING.value]), STEPS.c.held.is_(False),
               or_(STEPS.c.status == StepStatus.QUEUED.value, STEPS.c.lease_expires_at.is_not(None)))
 
-# The publishers' check on PostgreSQL, in one round trip: two statements in one simple query (so one
-# implicit transaction, the lock held to its end), the second taking its snapshot after the lock is
-# held. The messages' own steps are not counted; the first :room of them pass if nothing is held in
-# the queue already (the database's order comes first), the others are held.
+# The publishers' full check on PostgreSQL (when _ALL_PASS_PG below finds it needed), in one round
+# trip: two statements in one simple query (so one implicit transaction, the lock held to its end), the
+# second taking its snapshot after the lock is held. The messages' own steps are not counted; the first
+# :room of them pass if nothing is held in the queue already (the database's order comes first), the
+# others are held.
 # A step is marked held only with its outbox row, and only while it is `queued` at the row's attempt:
 # two publishers may check one message (the sweep republishes a row another publisher is still
 # sending), and a step marked held whose row the other then deletes as published, or that a worker
@@ -87,15 +88,43 @@ def pass_or_hold(session: Session, queue: str, messages: Sequence[StepMessage], 
     return _pass_or_hold_portable(session, queue, messages, window)
 
 
+# The common case first, in a statement cheaper to plan (the full one's round trip was mostly its
+# planning): whether the messages all pass with nothing to write, that is the room holds them all and
+# nothing is held in the queue (so none of their steps is: a step is held only with its outbox row).
+# Only otherwise is the full statement sent, which decides again under the lock taken anew.
+_ALL_PASS_PG = f"""
+SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
+SELECT %(window)s::int - (
+        SELECT count(*) FROM steps s
+        WHERE s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
+          AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)
+          AND (s.run_id, s.step_id) NOT IN (SELECT * FROM unnest(%(run_ids)s::varchar[], %(step_ids)s::varchar[]))
+    ) >= %(count)s AND NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = %(queue)s) AS all_pass
+"""
+
+# The queues whose last check in this process held messages: while one has a backlog, the full statement
+# goes first (the cheap one would only find it needed). A hint: either order decides the same.
+_BACKLOGGED: set[str] = set()
+
+
 def _pass_or_hold_pg(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
     driver = session.connection().connection.driver_connection
+    params = {"queue": queue, "window": window, "count": len(messages), "outbox_ids": [m.outbox_id for m in messages],
+              "run_ids": [m.run_id for m in messages], "step_ids": [m.step_id for m in messages]}
     with ClientCursor(driver, row_factory=namedtuple_row) as cursor:
-        cursor.execute(_PASS_OR_HOLD_PG, {
-            "queue": queue, "window": window, "outbox_ids": [m.outbox_id for m in messages],
-            "run_ids": [m.run_id for m in messages], "step_ids": [m.step_id for m in messages],
-        })
+        if queue not in _BACKLOGGED:
+            cursor.execute(_ALL_PASS_PG, params)
+            cursor.nextset()
+            if cursor.fetchone().all_pass:
+                return len(messages)
+        cursor.execute(_PASS_OR_HOLD_PG, params)
         cursor.nextset()
-        return cursor.fetchone().passed
+        passed = cursor.fetchone().passed
+    if passed < len(messages):
+        _BACKLOGGED.add(queue)
+    else:
+        _BACKLOGGED.discard(queue)
+    return passed
 
 
 def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
