@@ -49,8 +49,9 @@ unit: install
 integration: install chromium
 	$(BIN)/python -m pytest tests/integration
 
+# --durations: the slowest tests at the end of the output, to keep `make test` under its 15 minutes.
 test: install chromium lint
-	$(BIN)/python -m pytest -m "not chaos"
+	$(BIN)/python -m pytest -m "not chaos" --durations=15
 
 # The fault-injection scenarios (PostgreSQL down, workers SIGKILLed, Redis restarted or frozen, a
 # scheduler frozen mid-pass), each with its figures in the output; .ci/run runs them after `make test`.

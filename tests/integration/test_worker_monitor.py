@@ -31,9 +31,11 @@ def _started_then_killed(api: Api, procs: Processes, pool: str, implementation: 
     def listed():
         assert proc.poll() is None, procs.log_tail("monitored")
         worker = _mine(api, proc.pid)
-        return worker if worker and worker["queues"] == [queue] else None
+        # Its queues and its pool come from two of the monitor's inspect replies, which may arrive in
+        # different rounds: until both have, the worker is listed with a null pool.
+        return worker if worker and worker["queues"] == [queue] and worker["pool"]["implementation"] else None
 
-    worker = wait_for(listed, 60, "the new worker to be listed with its queue", interval=0.2)
+    worker = wait_for(listed, 60, "the new worker to be listed with its queue and pool", interval=0.2)
     assert worker["status"] == "online" and worker["pool"]["implementation"].endswith(implementation)
     assert _consumers(api, queue) == 1
 
