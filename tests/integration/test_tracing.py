@@ -61,10 +61,14 @@ class Receiver:
     def trace(self, trace_id: str) -> list[tuple[str, str]]:
         return [(service, name) for t, service, name in self.spans if t == trace_id]
 
-    def trace_across(self, *services: str) -> str | None:
-        """The id of a trace with spans of every one of ``services``, if one came."""
-        for candidate in {t for t, service, _ in self.spans if service == services[0]}:
-            if set(services) <= {service for service, _ in self.trace(candidate)}:
+    def trace_with(self, *wanted: tuple[str, str]) -> str | None:
+        """The id of a trace holding, for each (service, prefix) of ``wanted``, a span of that service
+        whose name starts with that prefix. A process exports its spans in batches, so a trace's
+        first spans may arrive long before the span that ends last (a worker's attempt, after its SQL):
+        waiting for the spans a test needs, rather than for any span of each service, keeps it exact."""
+        for candidate in {t for t, _, _ in self.spans}:
+            spans = self.trace(candidate)
+            if all(any(s == service and n.startswith(prefix) for s, n in spans) for service, prefix in wanted):
                 return candidate
         return None
 
@@ -104,15 +108,9 @@ def test_one_runs_trace_spans_the_api_and_the_worker_down_to_the_model_call(sett
         run_id = response.json()["id"]
         wait_for(lambda: http.get(f"/runs/{run_id}").json()["status"] == "succeeded", 60, "the traced run to succeed")
 
-        def with_the_attempt() -> str | None:
-            # The worker's spans go out in batches: its SQL's may come before its attempt's own span,
-            # which ends last. Wait for the trace to hold the attempt's span.
-            trace = receiver.trace_across("switchyard-api", "switchyard-worker")
-            if trace and any(n.startswith("run/") for s, n in receiver.trace(trace) if s == "switchyard-worker"):
-                return trace
-            return None
-
-        trace_id = wait_for(with_the_attempt, 30, "one trace with spans of the API and of the worker's attempt")
+        trace_id = wait_for(lambda: receiver.trace_with(("switchyard-api", "POST /api/v1/runs"),
+                                                        ("switchyard-worker", "run/")), 30,
+                            "one trace with the API's request and the worker's attempt")
         spans = receiver.trace(trace_id)
         names = {name for _, name in spans}
         assert any("/runs" in name for service, name in spans if service == "switchyard-api"), names
@@ -194,9 +192,10 @@ def test_a_run_the_scheduler_starts_is_one_trace_across_three_processes(settings
             assert rerun.status_code == 201, rerun.text
             run_id = rerun.json()["id"]
             wait_for(lambda: http.get(f"/runs/{run_id}").json()["status"] == "succeeded", 60, "the rerun")
-            trace_id = wait_for(lambda: receiver.trace_across("switchyard-api", "switchyard-scheduler",
-                                                              "switchyard-worker"), 30,
-                                "one trace with spans of the API, the scheduler and the worker")
+            trace_id = wait_for(lambda: receiver.trace_with(("switchyard-api", "POST /api/v1/runs/<run_id>/"),
+                                                            ("switchyard-scheduler", "scheduler pass"),
+                                                            ("switchyard-worker", "run/")), 30,
+                                "one trace with the API's control, the scheduler's pass and the worker's attempt")
         finally:
             procs.stop_all()
     spans = receiver.trace(trace_id)
