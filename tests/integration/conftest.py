@@ -483,6 +483,11 @@ def served(app) -> Iterator[str]:
     finally:
         http.shutdown()
         thread.join(10)
+        # Its database connections close now rather than when the app is collected: apps served one
+        # module after another kept theirs open, and once, late in a run, PostgreSQL's 100 ran out.
+        services = getattr(app, "extensions", {}).get("switchyard")
+        if services is not None:
+            services.dispose()
 
 
 class Ui:
