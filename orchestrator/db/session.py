@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy
+from psycopg import pq
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -61,8 +62,9 @@ class HeldConnectionSessions:
     """A session factory like ``maker``, whose sessions run on a connection each thread keeps open.
 
     For a worker's statements, a few per step: taking a connection from the pool and giving it back
-    costs more CPU than such a statement. A connection found broken (the database restarted) is
-    replaced by the next session; the one whose statement failed raised as a pooled one would.
+    costs more CPU than such a statement. A connection found broken (the database restarted) or left
+    busy (see ``left_busy``) is replaced by the next session; the one whose statement failed raised
+    as a pooled one would.
     """
 
     def __init__(self, maker: sessionmaker[Session]):
@@ -71,9 +73,32 @@ class HeldConnectionSessions:
 
     def __call__(self) -> Session:
         connection = getattr(self._held, "connection", None)
+        if connection is not None:
+            self.drop_if_busy()
         if connection is None or connection.closed or connection.invalidated:
             connection = self._held.connection = self.maker.kw["bind"].connect()
         return self.maker(bind=connection)
+
+    def drop_if_busy(self) -> None:
+        """Invalidate the calling thread's connection if it was left mid-command: a pooled one would be
+        reset or dropped on its way back to the pool, a held one never goes back."""
+        connection = getattr(self._held, "connection", None)
+        if connection is not None and not (connection.closed or connection.invalidated) and left_busy(connection):
+            connection.invalidate()
+            connection.close()  # its slot back to the pool
+
+
+def left_busy(connection: sqlalchemy.Connection) -> bool:
+    """Whether a PostgreSQL connection is still in a command, its answer unread: what an exception
+    raised while psycopg waited leaves behind (a signal handler's, as Celery's soft time limit raises
+    in whatever the worker's child is doing). Every later command on it fails with "another command
+    is already in progress" (psycopg cancels and drains only on KeyboardInterrupt)."""
+    driver = connection.connection.driver_connection
+    return isinstance(driver, psycopg.Connection) and driver.pgconn.transaction_status in _BUSY
+
+
+# Not INTRANS or INERROR: a transaction still open is its session's to end.
+_BUSY = frozenset({pq.TransactionStatus.ACTIVE, pq.TransactionStatus.UNKNOWN})
 
 
 class AutocommitSessions:
@@ -121,6 +146,8 @@ class AutocommitSessions:
                 hook(session)
             if failed:
                 self._kept.session = None
+                # First: a rollback on a connection left busy fails, and its error would hide this one.
+                self.held.drop_if_busy()
                 session.close()
             else:
                 session.expunge_all()  # nothing it loaded may be served stale to the next use

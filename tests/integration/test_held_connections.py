@@ -5,6 +5,7 @@ its own, what they wrote handed on after every use."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import uuid
 
@@ -146,3 +147,51 @@ def test_an_autocommit_session_whose_connection_the_server_cut_is_replaced(autoc
     second = _backend_of(autocommit)
     assert second != first
     assert _backend_of(autocommit) == second
+
+
+class _Interrupted(Exception):
+    """Raised by a signal handler while a statement waits for its answer, as Celery's soft time limit
+    (SoftTimeLimitExceeded, from SIGUSR1) is raised in whatever a worker's child is doing."""
+
+
+@pytest.fixture
+def interrupt_after():
+    def raise_interrupted(*_):
+        raise _Interrupted()
+
+    previous = signal.signal(signal.SIGALRM, raise_interrupted)
+    yield lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _sleep_on_sqlalchemy(session) -> None:
+    session.execute(text("SELECT pg_sleep(2)"))
+
+
+def _sleep_on_driver(session) -> None:
+    first_row_on_driver(session, "SELECT pg_sleep(2)", {})
+
+
+@pytest.mark.parametrize("sleep", [_sleep_on_sqlalchemy, _sleep_on_driver], ids=["sqlalchemy", "driver"])
+def test_a_statement_interrupted_mid_answer_raises_its_own_error_and_the_next_use_has_a_new_connection(
+        autocommit, interrupt_after, sleep):
+    # The connection is left in its command, the answer unread: kept, every later statement on it
+    # would fail with "another command is already in progress", for good.
+    first = _backend_of(autocommit)
+    interrupt_after(0.2)
+    with pytest.raises(_Interrupted), autocommit() as session:
+        sleep(session)
+    second = _backend_of(autocommit)
+    assert second != first
+    assert _backend_of(autocommit) == second
+
+
+def test_a_held_connection_left_mid_command_is_replaced_by_the_next_session(held, interrupt_after):
+    first = _backend(held)
+    interrupt_after(0.2)
+    with pytest.raises(Exception), transaction(held) as session:  # noqa: B017 - the rollback's error may chain it
+        _sleep_on_driver(session)
+    second = _backend(held)
+    assert second != first
+    assert _backend(held) == second
