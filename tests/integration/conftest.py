@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -483,11 +484,30 @@ def served(app) -> Iterator[str]:
     finally:
         http.shutdown()
         thread.join(10)
-        # Its database connections close now rather than when the app is collected: apps served one
-        # module after another kept theirs open, and once, late in a run, PostgreSQL's 100 ran out.
-        services = getattr(app, "extensions", {}).get("switchyard")
-        if services is not None:
-            services.dispose()
+        close_connections_of(app)
+
+
+def close_connections_of(app) -> None:
+    """Close an app's database connections now rather than when it is collected: apps made one test
+    after another kept theirs open, and once, late in a run, PostgreSQL's 100 ran out."""
+    services = getattr(app, "extensions", {}).get("switchyard")
+    if services is not None:
+        services.dispose()
+
+
+@pytest.fixture
+def app_for() -> Iterator[Callable[[Settings], Any]]:
+    """``create_app`` for one test: the apps it makes have their connections closed when it ends."""
+    from api import create_app
+
+    made = []
+
+    def make(settings: Settings):
+        made.append(create_app(settings))
+        return made[-1]
+    yield make
+    for app in made:
+        close_connections_of(app)
 
 
 class Ui:

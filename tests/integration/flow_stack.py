@@ -14,7 +14,7 @@ from orchestrator.db import migrate
 from orchestrator.db import repository as repo
 from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 from orchestrator.settings import Settings
-from tests.integration.conftest import Api, Processes, fresh_database, wait_for
+from tests.integration.conftest import Api, Processes, close_connections_of, fresh_database, wait_for
 
 
 @dataclass
@@ -47,6 +47,7 @@ def flow_stack(settings: Settings, folder, *, tenants: tuple[str, ...], workers:
         with transaction(sessions) as session:
             tokens = {t: repo.create_token(session, t, "admin", f"flow {t}")[1] for t in tenants}
         procs = Processes(flow, folder)
+        app = None
         try:
             for name, (queues, threads) in workers.items():
                 procs.start(f"flow-{tag}-{name}", "worker", "--concurrency", str(threads), "--pool", "threads",
@@ -60,6 +61,10 @@ def flow_stack(settings: Settings, folder, *, tenants: tuple[str, ...], workers:
                 return all(any(a.startswith(p) for a in answered) for p in pids)
 
             wait_for(all_answer, 60, "the flow workers to answer ping")
-            yield FlowStack(flow, procs, create_app(flow), sessions, tokens)
+            app = create_app(flow)
+            yield FlowStack(flow, procs, app, sessions, tokens)
         finally:
             procs.stop_all()
+            if app is not None:
+                close_connections_of(app)
+            sessions.kw["bind"].dispose()

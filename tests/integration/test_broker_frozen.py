@@ -96,8 +96,7 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def test_post_runs_stays_fast_and_every_run_succeeds_while_redis_is_frozen(frozen_env):
-    from api import create_app
+def test_post_runs_stays_fast_and_every_run_succeeds_while_redis_is_frozen(frozen_env, app_for):
 
     settings, procs, server = frozen_env
     procs.start("worker", "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
@@ -105,7 +104,7 @@ def test_post_runs_stays_fast_and_every_run_succeeds_while_redis_is_frozen(froze
     sessions = make_sessionmaker(make_engine(settings))
     with transaction(sessions) as session:
         token = repo.create_token(session, "frozen", "admin", "frozen broker test")[1]
-    app = create_app(settings)
+    app = app_for(settings)
     with served(app) as base:
         http = httpx.Client(base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
         workflow = "steady"

@@ -94,8 +94,7 @@ def start_worker(procs: Processes, name: str) -> None:
     procs.start(name, "worker", "--concurrency", "2", "--pool", "prefork", "--loglevel", "INFO")
 
 
-def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead_scheduler(chaos):
-    from api import create_app
+def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead_scheduler(chaos, app_for):
 
     settings, procs, redis_server = chaos
     for name in WORKERS:
@@ -105,7 +104,7 @@ def test_every_run_succeeds_once_through_worker_kills_a_redis_restart_and_a_dead
     sessions = make_sessionmaker(make_engine(settings))
     with transaction(sessions) as session:
         token = repo.create_token(session, "chaos", "admin", "chaos test")[1]
-    api = Api(create_app(settings).test_client(), token)
+    api = Api(app_for(settings).test_client(), token)
     child = publish(api, {"name": "child", "steps": [
         {"id": "leaf", "type": "tool", "tool": "echo", "args": {"n": "{{ input.n }}"}}]})
     workflow = publish(api, {

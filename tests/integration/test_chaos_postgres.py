@@ -140,8 +140,7 @@ def restart_again_and_again(server: PostgresServer, until: float, rng: random.Ra
     return lengths
 
 
-def test_every_run_succeeds_once_while_postgres_is_restarted_again_and_again(private_postgres):
-    from api import create_app
+def test_every_run_succeeds_once_while_postgres_is_restarted_again_and_again(private_postgres, app_for):
     from orchestrator.broker import make_celery
 
     settings, procs, server = private_postgres
@@ -153,7 +152,7 @@ def test_every_run_succeeds_once_while_postgres_is_restarted_again_and_again(pri
     wait_for(lambda: len(celery.control.ping(timeout=0.5)) >= 2, 60, "two workers to answer ping")
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         token = repo.create_token(session, "chaos", "admin", "postgres chaos test")[1]
-    app = create_app(settings)
+    app = app_for(settings)
     workflows = shapes(Api(app.test_client(), token))
     seed = int(os.environ.get("SWITCHYARD_CHAOS_SEED", random.randrange(1 << 30)))
 

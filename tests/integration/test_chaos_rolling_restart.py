@@ -108,8 +108,7 @@ def restart_each(procs: Processes, celery, in_flight: Callable[[int], bool] | No
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
-def test_every_worker_restarted_one_by_one_under_load_loses_and_doubles_nothing(rolling, signal_name):
-    from api import create_app
+def test_every_worker_restarted_one_by_one_under_load_loses_and_doubles_nothing(rolling, signal_name, app_for):
     from orchestrator.broker import make_celery
 
     settings, procs = rolling
@@ -121,7 +120,7 @@ def test_every_worker_restarted_one_by_one_under_load_loses_and_doubles_nothing(
     wait_for(lambda: answering(celery, procs), 60, "the three workers to answer ping", interval=0.2)
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         token = repo.create_token(session, "rolling", "admin", "rolling restart test")[1]
-    api = Api(create_app(settings).test_client(), token)
+    api = Api(app_for(settings).test_client(), token)
     retry = {"retry": {"max_attempts": 5, "initial_delay_s": 0.2, "jitter": True}}
     workflows = [
         publish(api, {"name": "chain", "defaults": retry, "steps": [

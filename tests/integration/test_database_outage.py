@@ -40,15 +40,14 @@ class Load(threading.Thread):
             self.answers.append((response.status_code, response.get_json(), response.headers.get("Retry-After")))
 
 
-def test_no_run_is_lost_and_the_api_answers_503_while_postgres_is_down(private_postgres):
-    from api import create_app
+def test_no_run_is_lost_and_the_api_answers_503_while_postgres_is_down(private_postgres, app_for):
 
     settings, procs, server = private_postgres
     procs.start("worker", "worker", "--concurrency", "3", "--pool", "prefork", "--loglevel", "INFO")
     procs.start("scheduler", "scheduler")
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         token = repo.create_token(session, "outage", "admin", "outage test")[1]
-    api = Api(create_app(settings).test_client(), token)
+    api = Api(app_for(settings).test_client(), token)
     workflow = publish(api, {"name": "steady", "steps": [
         {"id": "a", "type": "tool", "tool": "echo", "args": {"n": "{{ input.n }}"}},
         {"id": "b", "type": "tool", "tool": "sleep", "needs": ["a"], "args": {"seconds": 0.3}},

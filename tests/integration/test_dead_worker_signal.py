@@ -46,15 +46,14 @@ def _lease_left_s(sessions, run_id: str) -> tuple[str, float]:
     return status, float(left)
 
 
-def test_the_diagnosis_names_a_killed_worker_within_10_s_before_its_lease_expires(lone_worker):
-    from api import create_app
+def test_the_diagnosis_names_a_killed_worker_within_10_s_before_its_lease_expires(lone_worker, app_for):
 
     settings, procs = lone_worker
     proc = procs.start("doomed", "worker", "--concurrency", "1", "--pool", "prefork", "--loglevel", "INFO")
     sessions = make_sessionmaker(make_engine(settings))
     with transaction(sessions) as session:
         token = repo.create_token(session, "lost", "admin", "dead worker test")[1]
-    api = Api(create_app(settings).test_client(), token)
+    api = Api(app_for(settings).test_client(), token)
     workflow = publish(api, {"name": "long", "steps": [
         {"id": "long", "type": "tool", "tool": "sleep", "args": {"seconds": 600}, "timeout_s": 900}]})
     run_id = start(api, workflow)
@@ -87,7 +86,7 @@ def test_the_diagnosis_names_a_killed_worker_within_10_s_before_its_lease_expire
     assert cause["step_id"] == "long"
 
     # An API process that began listening after the death (it never heard the worker) names it too.
-    fresh = Api(create_app(settings).test_client(), token)
+    fresh = Api(app_for(settings).test_client(), token)
     asked_at = time.monotonic()
     [cause] = wait_for(lambda: _lost_worker_causes(fresh, run_id, name), NAMED_WITHIN_S,
                        "a fresh API process to name the worker it never heard", interval=0.2)

@@ -39,13 +39,13 @@ def test_worker_lines_about_a_run_are_json_with_its_ids(api, engine_processes):
     assert any("error tool_failed" in r["message"] for r in finished if r["step_id"] == "b" and r["attempt"] == 1)
 
 
-def test_api_lines_name_the_callers_tenant_and_the_run_in_the_url(settings, tokens, monkeypatch):
+def test_api_lines_name_the_callers_tenant_and_the_run_in_the_url(settings, tokens, monkeypatch, app_for):
     import logging
 
-    from api import auth, create_app
+    from api import auth
     from orchestrator import logs
 
-    app = create_app(settings)
+    app = app_for(settings)
     # The probe route needs an access rule like every route (api.auth fails closed without one).
     monkeypatch.setitem(auth.ROUTE_ROLES, "log_probe", "viewer")
     app.add_url_rule("/api/v1/runs/<run_id>/log-probe", "log_probe",

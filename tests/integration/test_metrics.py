@@ -87,13 +87,12 @@ def test_metrics_need_a_token_and_show_only_the_callers_tenant(api, tokens, runs
     assert total_runs(samples(api.as_(tokens["viewer"]).get("/metrics"))) == runs_in_db("acme")
 
 
-def test_public_metrics_need_no_token_and_cover_every_tenant(settings, api, tokens, runs_in_db):
-    from api import create_app
+def test_public_metrics_need_no_token_and_cover_every_tenant(settings, api, tokens, runs_in_db, app_for):
 
     other = api.as_(tokens["other_tenant"])
     start(other, publish(other, {"name": "x", "steps": [{"id": "a", "type": "tool", "tool": "echo"}]}))
 
-    public = Api(create_app(settings.model_copy(update={"metrics_public": True})).test_client(), None)
+    public = Api(app_for(settings.model_copy(update={"metrics_public": True})).test_client(), None)
     assert total_runs(samples(public.get("/metrics"))) == runs_in_db() > runs_in_db("acme")
 
 

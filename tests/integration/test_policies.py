@@ -115,16 +115,15 @@ def test_a_definition_with_a_bad_policy_is_refused(api):
 
 
 @pytest.fixture
-def tenant_policy(settings):
+def tenant_policy(settings, app_for):
     """A tenant of its own with an admin token, so its policy touches no other test's runs."""
-    from api import create_app
     from orchestrator.db import repository as repo
     from orchestrator.db.session import make_engine, make_sessionmaker, transaction
     from tests.integration.conftest import Api, unique
 
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         token = repo.create_token(session, unique("policy-tenant"), "admin")[1]
-    return Api(create_app(settings).test_client(), token)
+    return Api(app_for(settings).test_client(), token)
 
 
 def test_a_tenant_policy_comes_before_the_workflows_own_and_caps_its_limits(tenant_policy):

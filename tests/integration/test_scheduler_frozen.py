@@ -148,14 +148,13 @@ def what_runs_went_through(sessions) -> dict:
         )
 
 
-def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedulers):
-    from api import create_app
+def test_a_frozen_schedulers_runs_are_taken_by_another_within_seconds(two_schedulers, app_for):
 
     settings, procs = two_schedulers
     sessions = make_sessionmaker(make_engine(settings))
     with transaction(sessions) as session:
         token = repo.create_token(session, "frozen", "admin", "frozen scheduler test")[1]
-    api = Api(create_app(settings).test_client(), token)
+    api = Api(app_for(settings).test_client(), token)
     workflow = publish(api, {"name": "conditional", "steps": [
         {"id": "a", "type": "tool", "tool": "echo", "args": {"ok": True}},
         {"id": "b", "type": "tool", "tool": "echo", "needs": ["a"], "when": "steps.a.output.ok", "args": {}},

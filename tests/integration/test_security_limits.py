@@ -58,13 +58,12 @@ def test_nul_in_the_url_is_400(api):
     _error(api.get("/runs?workflow_id=a%00b"), 400, "invalid_request")
 
 
-def test_rate_limit_per_tenant_answers_429_with_retry_after(settings):
+def test_rate_limit_per_tenant_answers_429_with_retry_after(settings, app_for):
     """A separately built app with a limit of 3 a minute, counted in Redis, for tenants of its own."""
-    from api import create_app
     from orchestrator.db import repository as repo
     from orchestrator.db.session import make_engine, make_sessionmaker, transaction
 
-    limited = create_app(settings.model_copy(update={"rate_limit_per_min": 3}))
+    limited = app_for(settings.model_copy(update={"rate_limit_per_min": 3}))
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         token, other = (repo.create_token(session, f"rl-{time.time_ns()}-{i}", "viewer", "rate limited")[1]
                         for i in range(2))
@@ -100,13 +99,12 @@ def test_an_approval_prompt_longer_than_its_column_is_cut_not_a_stuck_run(api, e
     assert waiting[0]["prompt"] == "p" * 2000
 
 
-def test_signed_endpoints_are_rate_limited_per_client_address(settings):
+def test_signed_endpoints_are_rate_limited_per_client_address(settings, app_for):
     """Webhooks and file URLs carry no token: forged deliveries from one address hit a limit too."""
     import secrets
 
-    from api import create_app
 
-    limited = create_app(settings.model_copy(update={"rate_limit_per_min": 3}))
+    limited = app_for(settings.model_copy(update={"rate_limit_per_min": 3}))
     client = limited.test_client()
     address = f"127.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
     for _ in range(2):  # a second go if the minute turned over in the middle of the first

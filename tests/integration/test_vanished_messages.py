@@ -30,8 +30,7 @@ def own_stack(tmp_path) -> Iterator[tuple[Settings, Processes]]:
         yield stack
 
 
-def test_a_message_taken_by_a_worker_that_died_before_recording_it_is_published_again(own_stack):
-    from api import create_app
+def test_a_message_taken_by_a_worker_that_died_before_recording_it_is_published_again(own_stack, app_for):
 
     settings, procs = own_stack
     procs.start("scheduler", "scheduler")
@@ -40,7 +39,7 @@ def test_a_message_taken_by_a_worker_that_died_before_recording_it_is_published_
     wait_for(lambda: client.exists(BrokerEpoch.KEY), 30, "the scheduler's first sweep", interval=0.2)
     with transaction(make_sessionmaker(make_engine(settings))) as session:
         token = repo.create_token(session, "vanished", "admin", "vanished message test")[1]
-    api = Api(create_app(settings).test_client(), token)
+    api = Api(app_for(settings).test_client(), token)
     workflow = publish(api, {"name": "one", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {}}]})
     run_id = start(api, workflow)
 

@@ -55,8 +55,7 @@ def test_a_worker_killed_outright_drops_out_when_its_heartbeat_expires(api, sett
     assert len(api.get("/workers").get_json()["workers"]) == 2
 
 
-def test_switchyard_dev_lists_its_worker_on_the_embedded_broker(tmp_path):
-    from api import create_app
+def test_switchyard_dev_lists_its_worker_on_the_embedded_broker(tmp_path, app_for):
     from orchestrator.db import migrate
     from orchestrator.db import repository as repo
     from orchestrator.db.session import make_engine, make_sessionmaker, transaction
@@ -66,7 +65,7 @@ def test_switchyard_dev_lists_its_worker_on_the_embedded_broker(tmp_path):
     migrate.upgrade(embedded)
     with transaction(make_sessionmaker(make_engine(embedded))) as session:
         token = repo.create_token(session, "demo", "viewer", "monitor test")[1]
-    api = Api(create_app(embedded).test_client(), token)
+    api = Api(app_for(embedded).test_client(), token)
     procs = Processes(embedded, tmp_path)
     try:
         _started_then_killed(api, procs, "threads", "thread:TaskPool")
