@@ -36,6 +36,7 @@ class Services:
         """Close the database connections the app's pools keep (an app made for a while, as in tests)."""
         self.sessions.kw["bind"].dispose()
         if self.statements is not None:
+            self.statements.held.close_all()
             self.statements.maker.kw["bind"].dispose()
 
     def at_once(self) -> AbstractContextManager[Session]:
@@ -61,13 +62,18 @@ class Services:
             self.courier.send(lambda: broker.revoke(self.celery, effects.revoke), "revoke")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, server_threads: int | None = None) -> Flask:
     """The API for ``settings`` (from the environment if None), its services built and every route and
-    hook registered."""
+    hook registered.
+
+    ``server_threads``: given by a server whose request threads live as long as the app (gunicorn's
+    gthread workers: that many threads), each of which then keeps a database connection for its
+    one-statement work. None for a server whose threads come and go (werkzeug's starts one per
+    request): those sessions take a connection from a pool for each use."""
     settings = settings or load()
     app = _flask_app(settings)
     tracing.configure("switchyard-api", flask_app=app)  # off unless OTEL_TRACES_EXPORTER; before the engines
-    app.extensions["switchyard"] = _services(settings)
+    app.extensions["switchyard"] = _services(settings, server_threads)
     _register_routes(app, settings)
     return app
 
@@ -85,12 +91,12 @@ def _flask_app(settings: Settings) -> Flask:
     return app
 
 
-def _services(settings: Settings) -> Services:
+def _services(settings: Settings, server_threads: int | None) -> Services:
     """The broker, database and event-bus connections the views share, with the stream publisher installed."""
     celery = broker.make_celery(settings)
     engine = make_engine(settings)
     sessions = make_sessionmaker(engine)
-    statements = _statement_sessions(settings) if engine.dialect.name == "postgresql" else None
+    statements = _statement_sessions(settings, server_threads) if engine.dialect.name == "postgresql" else None
     bus = streams.make_bus(settings)
     streams.install_publisher([sessions] + ([statements] if statements else []), bus)
     courier = broker.Courier("switchyard-broker-calls")
@@ -106,13 +112,21 @@ def _services(settings: Settings) -> Services:
     )
 
 
-def _statement_sessions(settings: Settings) -> AutocommitSessions:
-    """Sessions in autocommit for the API's one-statement work (a token's lookup, a run's start), each on a
-    connection of a pool of their own, checked out without a ping: a ping is a round trip, as much as the
-    statement. A connection the database dropped fails its one request (503, retry) and invalidates the
-    pool's older connections. Not kept per thread: a server's threads may come and go."""
-    engine = make_engine(settings, pool_pre_ping=False, pool_size=5, max_overflow=15)
-    return AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")), held=False)
+def _statement_sessions(settings: Settings, server_threads: int | None) -> AutocommitSessions:
+    """Sessions in autocommit for the API's one-statement work (a token's lookup, a run's start, the
+    broker thread's window check), on connections of a pool of their own, without a ping: a ping is a
+    round trip, as much as the statement. A connection the database dropped fails its one request
+    (503, retry) and is replaced.
+
+    With ``server_threads`` (threads that live as long as the app), each thread keeps its session and
+    connection: a request's two uses took a fifth of its CPU to check a connection out of the pool and
+    back twice. The pool then has a place for every one of them and the broker thread. Otherwise each
+    use takes one from the pool: a connection kept by a thread that ended would stay open until a
+    garbage collection."""
+    size = max(5, server_threads + 2) if server_threads else 5
+    engine = make_engine(settings, pool_pre_ping=False, pool_size=size, max_overflow=15)
+    return AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
+                              held=server_threads is not None)
 
 
 def _register_routes(app: Flask, settings: Settings) -> None:

@@ -103,7 +103,7 @@ def serve_gunicorn(settings: Settings, host: str, port: int, workers: int, threa
         def load(self):
             from api import create_app
 
-            return create_app(settings)
+            return create_app(settings, server_threads=threads)
 
     SwitchyardApi().run()
 

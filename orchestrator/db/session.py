@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -70,14 +70,29 @@ class HeldConnectionSessions:
     def __init__(self, maker: sessionmaker[Session]):
         self.maker = maker
         self._held = threading.local()
+        self._every: set[sqlalchemy.Connection] = set()  # every thread's, for close_all
+        self._every_lock = threading.Lock()
 
     def __call__(self) -> Session:
         connection = getattr(self._held, "connection", None)
         if connection is not None:
             self.drop_if_busy()
         if connection is None or connection.closed or connection.invalidated:
-            connection = self._held.connection = self.maker.kw["bind"].connect()
+            new = self.maker.kw["bind"].connect()
+            with self._every_lock:
+                self._every.discard(connection)
+                self._every.add(new)
+            connection = self._held.connection = new
         return self.maker(bind=connection)
+
+    def close_all(self) -> None:
+        """Give back every thread's connection (for an owner that is done with these sessions, their
+        threads stopped: a connection a thread holds is not the pool's to close)."""
+        with self._every_lock:
+            every, self._every = self._every, set()
+        for connection in every:
+            with suppress(Exception):  # one the server cut is closed all the same
+                connection.close()
 
     def drop_if_busy(self) -> None:
         """Invalidate the calling thread's connection if it was left mid-command: a pooled one would be

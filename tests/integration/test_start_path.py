@@ -96,3 +96,61 @@ def test_concurrent_starts_with_one_idempotency_key_make_one_run(apis):
     assert len({a.get_json()["id"] for a in answers}) == 1
     runs = clients[0].get(f"/runs?workflow_id={workflow_id}").get_json()["runs"]
     assert len(runs) == 1 + len(clients)
+
+
+# -- the one-statement sessions' connections ------------------------------------------------------------
+
+def _statements_pool(app):
+    return app.extensions["switchyard"].statements.maker.kw["bind"].pool
+
+
+def test_a_server_whose_threads_last_keeps_a_connection_per_thread_and_replaces_one_the_database_cut(
+        settings, tokens):
+    app = api.create_app(settings, server_threads=4)
+    try:
+        client = Api(app.test_client(), tokens["admin"])
+        workflow_id = unique("held")
+        assert client.put(f"/workflows/{workflow_id}", json=ONE_STEP).status_code == 201
+        _start(client, workflow_id)
+        app.extensions["switchyard"].courier.wait_idle(10)
+        kept = _statements_pool(app).checkedout()
+        assert 1 <= kept <= 2  # this thread's and the broker thread's: not given back between uses
+        for _ in range(20):
+            _start(client, workflow_id)
+        app.extensions["switchyard"].courier.wait_idle(10)
+        assert _statements_pool(app).checkedout() == kept
+
+        # Every connection of the database cut (a restart): a request fails at most once per thread.
+        import psycopg
+
+        from tests.integration.conftest import _libpq
+        with psycopg.connect(_libpq(settings.resolved_database_url), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        first = client.post("/runs", json={"workflow_id": workflow_id, "input": {}})
+        assert first.status_code in (201, 503), first.get_json()
+        if first.status_code == 503:
+            assert first.headers.get("Retry-After")
+        _start(client, workflow_id)
+    finally:
+        app.extensions["switchyard"].dispose()
+    assert _statements_pool(app).checkedout() == 0  # dispose gave every thread's connection back
+
+
+def test_a_server_whose_threads_come_and_go_keeps_no_connection_between_requests(settings, tokens):
+    import httpx
+
+    from tests.integration.conftest import served
+
+    app = api.create_app(settings)
+    workflow_id = unique("pooled")
+    with served(app) as base:
+        headers = {"Authorization": f"Bearer {tokens['admin']}"}
+        assert httpx.put(f"{base}/api/v1/workflows/{workflow_id}", json=ONE_STEP, headers=headers,
+                            timeout=10).status_code == 201
+        for _ in range(5):  # werkzeug's threaded server: a thread per request
+            response = httpx.post(f"{base}/api/v1/runs", json={"workflow_id": workflow_id, "input": {}},
+                                     headers=headers, timeout=10)
+            assert response.status_code == 201, response.text
+        app.extensions["switchyard"].courier.wait_idle(10)
+        assert _statements_pool(app).checkedout() == 0
