@@ -94,8 +94,10 @@ def test_migrate_runs_once_after_postgres(services):
 def test_api_runs_gunicorn_after_migrations(services):
     api = services["api"]
     words = argv(api["command"])
-    assert words[0] == "gunicorn" and "api.wsgi:app" in words
-    assert "0.0.0.0:8080" in words or "--bind=0.0.0.0:8080" in words
+    # `switchyard api` is gunicorn in process, on every address, with its thread count known to the app.
+    assert words[:2] == ["switchyard", "api"]
+    assert words[words.index("--host") + 1] == "0.0.0.0" and words[words.index("--port") + 1] == "8080"
+    assert int(words[words.index("--threads") + 1]) >= 1 and "--dev" not in words
     assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert any(str(p).endswith("8080") for p in api["ports"])
 
