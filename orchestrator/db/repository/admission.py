@@ -39,6 +39,16 @@ LOCK_SPACE = 715_001
 _IN_WINDOW = (STEPS.c.status.in_([StepStatus.QUEUED.value, StepStatus.RUNNING.value]), STEPS.c.held.is_(False),
               or_(STEPS.c.status == StepStatus.QUEUED.value, STEPS.c.lease_expires_at.is_not(None)))
 
+
+def _window_in_use(queue: str) -> str:
+    """_IN_WINDOW's condition in SQL, on steps ``s`` of the queue the SQL expression ``queue`` names."""
+    return (f"s.queue = {queue} AND s.status IN ('queued', 'running') AND NOT s.held\n"
+            "      AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)")
+
+
+# The places in use in the window of %(queue)s, in the statements below.
+_WINDOW_IN_USE = _window_in_use("%(queue)s")
+
 # The publishers' full check on PostgreSQL (when _ALL_PASS_PG below finds it needed), in one round
 # trip: two statements in one simple query (so one implicit transaction, the lock held to its end), the
 # second taking its snapshot after the lock is held. The messages' own steps are not counted; the first
@@ -56,8 +66,7 @@ WITH own AS (
 ), verdict AS (
     SELECT %(window)s::int - (
         SELECT count(*) FROM steps s
-        WHERE s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
-          AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)
+        WHERE {_WINDOW_IN_USE}
           AND (s.run_id, s.step_id) NOT IN (SELECT run_id, step_id FROM own)
     ) AS room, NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = %(queue)s) AS first_in_line
 ), decided AS (
@@ -96,8 +105,7 @@ _ALL_PASS_PG = f"""
 SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
 SELECT %(window)s::int - (
         SELECT count(*) FROM steps s
-        WHERE s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
-          AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)
+        WHERE {_WINDOW_IN_USE}
           AND (s.run_id, s.step_id) NOT IN (SELECT * FROM unnest(%(run_ids)s::varchar[], %(step_ids)s::varchar[]))
     ) >= %(count)s AND NOT EXISTS (SELECT 1 FROM outbox WHERE held AND queue = %(queue)s) AS all_pass
 """
@@ -155,8 +163,6 @@ def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[Step
 # in autocommit with the transaction written out: BEGIN, its bounds, the window's lock, the places held
 # by tenant and each tenant's best held messages (no more than the room) in one simple query; then the
 # admission, the deletion of published rows and COMMIT in another.
-_WINDOW_IN_USE = """s.queue = %(queue)s AND s.status IN ('queued', 'running') AND NOT s.held
-      AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)"""
 _OPEN_WINDOW_PG = f"""
 BEGIN;
 SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, set_config('statement_timeout', '30000', true) AS statement;
@@ -296,11 +302,10 @@ SELECT c.* FROM t, LATERAL (
 
 # The places in use in the window of each queue with held messages, in one statement: the scheduler's
 # look for room before it takes any lock (no room, no transaction). The count is ix_steps_window's.
-_BACKLOG_IN_USE_PG = text(_HELD_QUEUES + """
+_BACKLOG_IN_USE_PG = text(_HELD_QUEUES + f"""
 SELECT q.queue, (
     SELECT count(*) FROM steps s
-    WHERE s.queue = q.queue AND s.status IN ('queued', 'running') AND NOT s.held
-      AND (s.status = 'queued' OR s.lease_expires_at IS NOT NULL)
+    WHERE {_window_in_use("q.queue")}
 ) AS in_use
 FROM q WHERE q.queue IS NOT NULL
 """)
