@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -70,7 +71,8 @@ class HeldConnectionSessions:
     def __init__(self, maker: sessionmaker[Session]):
         self.maker = maker
         self._held = threading.local()
-        self._every: set[sqlalchemy.Connection] = set()  # every thread's, for close_all
+        # Every thread's, for close_all; weakly, so as to keep none of a thread that ended alive.
+        self._every: weakref.WeakSet[sqlalchemy.Connection] = weakref.WeakSet()
         self._every_lock = threading.Lock()
 
     def __call__(self) -> Session:
@@ -80,7 +82,6 @@ class HeldConnectionSessions:
         if connection is None or connection.closed or connection.invalidated:
             new = self.maker.kw["bind"].connect()
             with self._every_lock:
-                self._every.discard(connection)
                 self._every.add(new)
             connection = self._held.connection = new
         return self.maker(bind=connection)
@@ -89,7 +90,7 @@ class HeldConnectionSessions:
         """Give back every thread's connection (for an owner that is done with these sessions, their
         threads stopped: a connection a thread holds is not the pool's to close)."""
         with self._every_lock:
-            every, self._every = self._every, set()
+            every, self._every = list(self._every), weakref.WeakSet()
         for connection in every:
             with suppress(Exception):  # one the server cut is closed all the same
                 connection.close()
