@@ -10,6 +10,7 @@ from celery import Celery
 from flask import Flask, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth import TokenCache
 from orchestrator import broker, logs, streams, tracing
 from orchestrator.catalog import DefinitionCatalog
 from orchestrator.db.session import AutocommitSessions, make_engine, make_sessionmaker, transaction
@@ -31,6 +32,8 @@ class Services:
     # On PostgreSQL, sessions in autocommit for work done in single statements (a token's lookup, a
     # run's start): no ping, no BEGIN and no COMMIT (_statement_sessions).
     statements: AutocommitSessions | None = None
+    # With SWITCHYARD_TOKEN_CACHE_S, the token lookups this process reuses (api.auth.TokenCache).
+    tokens: TokenCache | None = None
 
     def dispose(self) -> None:
         """Close the database connections the app's pools keep (an app made for a while, as in tests)."""
@@ -109,6 +112,7 @@ def _services(settings: Settings, server_threads: int | None) -> Services:
         bus=bus,
         courier=courier,
         statements=statements,
+        tokens=TokenCache(settings.token_cache_s) if settings.token_cache_s > 0 else None,
     )
 
 

@@ -7,12 +7,14 @@ table is refused (fail closed), so a new route cannot go out unguarded by accide
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from flask import Flask, g, request
 
 from api.context import services
 from orchestrator.db import repository as repo
+from orchestrator.db.repository.tenants import FoundToken, hash_token
 from orchestrator.errors import Forbidden, Unauthorized
 
 ROLES = ("viewer", "operator", "admin")
@@ -136,11 +138,36 @@ def _authenticate() -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send 'Authorization: Bearer <token>'; create one with `switchyard token create`")
-    with services().reading() as session:
-        found = repo.find_token(session, token.strip())
+    svc = services()
+    token = token.strip()
+    found = svc.tokens.get(token) if svc.tokens is not None else None
     if found is None:
-        raise Unauthorized("unknown or revoked token; create one with `switchyard token create`")
+        with svc.reading() as session:
+            found = repo.find_token(session, token)
+        if found is None:
+            raise Unauthorized("unknown or revoked token; create one with `switchyard token create`")
+        if svc.tokens is not None:
+            svc.tokens.put(token, found)
     return Principal(found.id, found.tenant_id, found.role)
+
+
+class TokenCache:
+    """The live tokens an API process looked up, reused for ``ttl_s`` (SWITCHYARD_TOKEN_CACHE_S): a
+    request then costs no lookup, and a revoked token keeps working until its entry expires. Unknown
+    tokens are never kept. Keyed by the token's hash, as the database keeps it."""
+
+    def __init__(self, ttl_s: float, size: int = 10_000):
+        self.ttl_s, self.size = ttl_s, size
+        self._found: dict[str, tuple[float, FoundToken]] = {}
+
+    def get(self, token: str) -> FoundToken | None:
+        entry = self._found.get(hash_token(token))
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+    def put(self, token: str, found: FoundToken) -> None:
+        if len(self._found) >= self.size:  # many tokens in turn: start again rather than grow
+            self._found.clear()
+        self._found[hash_token(token)] = (time.monotonic() + self.ttl_s, found)
 
 
 def is_public(endpoint: str | None) -> bool:

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # The deepest a child run (a `workflow` step's sub-run) may be; deeper fails the step with max_depth_exceeded.
     max_run_depth: int = 10
     rate_limit_per_min: int = 6000
+    # Seconds an API process may reuse a token's lookup (0: it reads the token for every request). A
+    # revoked token keeps working for up to this long in each API process that looked it up.
+    token_cache_s: float = Field(default=0.0, ge=0)
 
     # Flow control (docs/flow-control.md). The broker holds at most this many step messages per queue,
     # counting the steps running from it (about 2x the concurrency of the workers that consume it);

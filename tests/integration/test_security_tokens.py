@@ -60,3 +60,20 @@ def test_cli_lists_and_revokes(api, settings):
     assert revoked.exit_code == 0, revoked.output
     assert api.as_(secret).get("/runs?limit=1").status_code == 401
     assert runner.invoke(cli.main, ["token", "revoke", "tok_nope"], env=env).exit_code != 0
+
+
+def test_with_a_token_cache_a_revoked_token_works_until_its_entry_expires_and_no_longer(api, settings, app_for):
+    """SWITCHYARD_TOKEN_CACHE_S trades the revocation's immediacy for a lookup per request: within the
+    cache's time a revoked token still works in a process that looked it up, after it answers 401."""
+    from tests.integration.conftest import Api, wait_for
+
+    secret = api.post("/tokens", json={"role": "viewer", "name": "cached"}).get_json()
+    cached = Api(app_for(settings.model_copy(update={"token_cache_s": 3.0})).test_client(), secret["token"])
+    assert cached.get("/runs?limit=1").status_code == 200  # looked up, and kept
+    assert cached.as_("sy_unknown").get("/runs?limit=1").status_code == 401  # an unknown token is never kept
+    assert api.delete(f"/tokens/{secret['id']}").status_code == 200
+    assert cached.get("/runs?limit=1").status_code == 200  # the process's entry, not yet expired
+    refused = wait_for(lambda: (r := cached.get("/runs?limit=1")).status_code == 401 and r, 10,
+                       "the cached token's entry to expire", interval=0.1)
+    assert refused.get_json()["error"]["code"] == "unauthorized"
+    assert api.as_(secret["token"]).get("/runs?limit=1").status_code == 401  # no cache: refused at once
