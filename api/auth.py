@@ -169,6 +169,12 @@ class TokenCache:
             self._found.clear()
         self._found[hash_token(token)] = (time.monotonic() + self.ttl_s, found)
 
+    def forget(self, token_id: str) -> None:
+        """Drop the token ``token_id`` (revoked through this process)."""
+        for key, (_, found) in list(self._found.items()):
+            if found.id == token_id:
+                self._found.pop(key, None)
+
 
 def is_public(endpoint: str | None) -> bool:
     """Whether ``endpoint`` is open to anyone under the current settings."""

@@ -33,8 +33,12 @@ def create_token():
 
 @bp.delete("/tokens/<token_id>")
 def revoke_token(token_id: str):
-    with transaction(services().sessions) as session:
+    svc = services()
+    with transaction(svc.sessions) as session:
         token = repo.revoke_token(session, principal().tenant_id, token_id)
         if token is None:
             raise NotFound(f"token {token_id!r} not found")
-        return serializers.token_json(token)
+        answer = serializers.token_json(token)
+    if svc.tokens is not None:
+        svc.tokens.forget(token_id)  # at once in this process; the others' entries expire (SWITCHYARD_TOKEN_CACHE_S)
+    return answer

@@ -77,3 +77,10 @@ def test_with_a_token_cache_a_revoked_token_works_until_its_entry_expires_and_no
                        "the cached token's entry to expire", interval=0.1)
     assert refused.get_json()["error"]["code"] == "unauthorized"
     assert api.as_(secret["token"]).get("/runs?limit=1").status_code == 401  # no cache: refused at once
+
+    # Revoked through the process that keeps it: refused there at once.
+    other = api.post("/tokens", json={"role": "admin", "name": "cached admin"}).get_json()
+    admin = Api(cached.client, other["token"])
+    assert admin.get("/runs?limit=1").status_code == 200  # kept
+    assert admin.delete(f"/tokens/{other['id']}").status_code == 200
+    assert admin.get("/runs?limit=1").status_code == 401
