@@ -11,25 +11,16 @@ import threading
 import pytest
 
 import api
-from tests.integration.conftest import Api, unique
+from tests.integration.conftest import Api, close_connections_of, unique
 
 ONE_STEP = {"name": "start path", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"},
                                               "queue": "start.path.nobody"}]}
 
 
 @pytest.fixture
-def apis(settings, tokens):
-    """Makes API processes' apps (their connections closed after the test)."""
-    made = []
-
-    def make(n: int) -> list[Api]:
-        apps = [api.create_app(settings) for _ in range(n)]
-        made.extend(apps)
-        return [Api(app.test_client(), tokens["admin"]) for app in apps]
-
-    yield make
-    for app in made:
-        app.extensions["switchyard"].dispose()
+def apis(settings, tokens, app_for):
+    """Makes API processes' apps (their connections closed after the test: app_for)."""
+    return lambda n: [Api(app_for(settings).test_client(), tokens["admin"]) for _ in range(n)]
 
 
 def _start(client: Api, workflow_id: str, **extra) -> dict:
@@ -136,7 +127,7 @@ def test_a_server_whose_threads_last_keeps_a_connection_per_thread_and_replaces_
             assert first.headers.get("Retry-After")
         _start(client, workflow_id)
     finally:
-        app.extensions["switchyard"].dispose()
+        close_connections_of(app)
     assert _statements_pool(app).checkedout() == 0  # dispose gave every thread's connection back
 
 
