@@ -211,8 +211,11 @@ class HeldRow:
 def insert_held_outbox(session: Session, rows: Sequence[HeldRow]) -> None:
     """Write the outbox rows of messages held for their windows (the scheduler admits them)."""
     if rows:
-        session.execute(insert(OUTBOX), [{**r.message.outbox_row(), "held": True, "tenant_id": r.tenant_id,
-                                          "priority": r.priority} for r in rows])
+        # RETURNING makes SQLAlchemy send the rows as multi-row VALUES (1,000 a statement), where a plain
+        # executemany is one statement per row on psycopg 3: 7,200 INSERTs in a flood of 8,000 runs.
+        session.execute(insert(OUTBOX).returning(OUTBOX.c.id),
+                        [{**r.message.outbox_row(), "held": True, "tenant_id": r.tenant_id, "priority": r.priority}
+                         for r in rows]).all()
 
 
 def insert_outbox(session: Session, messages: list[StepMessage]) -> list[StepMessage]:
