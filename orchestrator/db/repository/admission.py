@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import psycopg
 from psycopg import ClientCursor
 from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
@@ -161,13 +162,17 @@ def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[Step
 
 # The admission of one queue on PostgreSQL in two round trips (orchestrator/admission._admit_queue_pg),
 # in autocommit with the transaction written out: BEGIN, its bounds, the window's lock, the places held
-# by tenant and each tenant's best held messages (no more than the room) in one simple query; then the
-# admission, the deletion of published rows and COMMIT in another.
-_OPEN_WINDOW_PG = f"""
-BEGIN;
-SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, set_config('statement_timeout', '30000', true) AS statement;
-SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
-SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id;
+# by tenant and each tenant's best held messages (no more than the room), sent together in one pipeline;
+# then the admission, the deletion of published rows and COMMIT in another. Each statement is one of its
+# own, so psycopg prepares it once per connection: planned anew for every admission (as one simple
+# query), their planning took more of PostgreSQL's time than their execution.
+_BOUNDS_PG = ("SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, "
+              "set_config('statement_timeout', '30000', true) AS statement")
+_LOCK_PG = f"SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s))"
+_HOLDERS_PG = f"""
+SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id
+"""
+_CANDIDATES_IN_ROOM_PG = f"""
 WITH RECURSIVE used AS (SELECT count(*) AS n FROM steps s WHERE {_WINDOW_IN_USE}), t AS (
     (SELECT tenant_id FROM outbox WHERE held AND queue = %(queue)s ORDER BY tenant_id LIMIT 1)
     UNION ALL
@@ -184,7 +189,7 @@ SELECT c.* FROM t, LATERAL (
 # while it waited) is deleted, as ``admit`` does. An admitted row's age starts again: it is now a
 # message being published, which the sweep republishes only if it is still there after the delay
 # (its age as held is the wait for room, not a lost publish).
-_ADMIT_AND_COMMIT_PG = """
+_ADMIT_PG = """
 WITH chosen AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[], %(attempts)s::int[])
         AS c (id, run_id, step_id, attempt)
@@ -199,41 +204,46 @@ WITH chosen AS (
 ), forgotten AS (
     DELETE FROM outbox WHERE id = ANY(%(forget)s::bigint[]) AND NOT held RETURNING id
 )
-SELECT id FROM admitted;
-COMMIT
+SELECT id FROM admitted
 """
 
 
 class WindowTransaction:
     """One queue's admission on PostgreSQL, in a transaction of two round trips (``window_transaction``)."""
 
-    def __init__(self, cursor: ClientCursor):
-        self.cursor = cursor
+    def __init__(self, driver: psycopg.Connection):
+        self.driver = driver
         self.queue = ""
+
+    def _cursor(self) -> psycopg.Cursor:
+        return self.driver.cursor(row_factory=namedtuple_row)
 
     def holders_and_candidates(self, queue: str, window: int) -> tuple[dict[str, int], list[Held]]:
         """Begin, hold the window of ``queue``, and read the places held by tenant and each tenant's best
         held messages (as many as the room, by priority then age)."""
         self.queue = queue
-        cursor = self.cursor
-        cursor.execute(_OPEN_WINDOW_PG, {"queue": queue, "window": window})
-        for _ in range(3):  # BEGIN, the bounds, the lock
-            cursor.nextset()
-        holders = {r.tenant_id: r.n for r in cursor.fetchall()}
-        cursor.nextset()
-        candidates = [Held(r.id, r.tenant_id or "", r.priority or 5, r.run_id, r.step_id, r.attempt, r.queue,
-                           r.soft_time_limit) for r in cursor.fetchall()]
-        return holders, candidates
+        params = {"queue": queue, "window": window}
+        with self.driver.pipeline():
+            self.driver.execute("BEGIN")
+            self.driver.execute(_BOUNDS_PG)
+            self.driver.execute(_LOCK_PG, params)
+            holders, candidates = self._cursor().execute(_HOLDERS_PG, params), self._cursor()
+            candidates.execute(_CANDIDATES_IN_ROOM_PG, params)
+        return ({r.tenant_id: r.n for r in holders.fetchall()},
+                [Held(r.id, r.tenant_id or "", r.priority or 5, r.run_id, r.step_id, r.attempt, r.queue,
+                      r.soft_time_limit) for r in candidates.fetchall()])
 
     def admit_and_commit(self, chosen: Sequence[Held], forget: Sequence[int]) -> list[StepMessage]:
         """Admit ``chosen`` as ``admit`` does, delete the outbox rows ``forget`` (published), commit."""
-        self.cursor.execute(_ADMIT_AND_COMMIT_PG, {
-            "ids": [h.id for h in chosen], "run_ids": [h.run_id for h in chosen],
-            "step_ids": [h.step_id for h in chosen], "attempts": [h.attempt for h in chosen],
-            "forget": list(forget)})
-        admitted = {r.id for r in self.cursor.fetchall()}
+        with self.driver.pipeline():
+            admitted = self._cursor().execute(_ADMIT_PG, {
+                "ids": [h.id for h in chosen], "run_ids": [h.run_id for h in chosen],
+                "step_ids": [h.step_id for h in chosen], "attempts": [h.attempt for h in chosen],
+                "forget": list(forget)})
+            self.driver.execute("COMMIT")
+        ids = {r.id for r in admitted.fetchall()}
         return [StepMessage(h.run_id, h.step_id, h.attempt, h.queue, h.soft_time_limit, outbox_id=h.id)
-                for h in chosen if h.id in admitted]
+                for h in chosen if h.id in ids]
 
 
 @contextmanager
@@ -241,14 +251,13 @@ def window_transaction(session: Session) -> Iterator[WindowTransaction]:
     """A window's admission on ``session`` (in autocommit, on PostgreSQL); rolled back if it raises
     before its commit."""
     driver = session.connection().connection.driver_connection
-    with ClientCursor(driver, row_factory=namedtuple_row) as cursor:
-        try:
-            yield WindowTransaction(cursor)
-        except BaseException:
-            if not driver.closed and driver.info.transaction_status != TransactionStatus.IDLE:
-                with suppress(Exception):  # a connection the server cut is discarded by the pool
-                    driver.execute("ROLLBACK")
-            raise
+    try:
+        yield WindowTransaction(driver)
+    except BaseException:
+        if not driver.closed and driver.info.transaction_status != TransactionStatus.IDLE:
+            with suppress(Exception):  # a connection the server cut is discarded by the pool
+                driver.execute("ROLLBACK")
+        raise
 
 
 def lock_window(session: Session, queue: str) -> None:
