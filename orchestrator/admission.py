@@ -84,22 +84,33 @@ class Admission:
     forgotten: int = 0
 
 
-def admit_backlog(sessions: sessionmaker[Session], settings: Settings, published: Sequence[int] = ()) -> Admission:
+def admit_backlog(sessions: sessionmaker[Session], settings: Settings, published: Sequence[int] = (), *,
+                  statements: Callable[[], AbstractContextManager[Session]] | None = None,
+                  queues: Sequence[str] | None = None) -> Admission:
     """Look for room in the windows of the queues with held messages (one statement, no lock, no
     transaction); fill the room of each that has some (a transaction per queue, under its window's
     lock). A full window costs the look only. The outbox rows ``published`` (their messages sent) are
-    deleted by the first transaction, if one is made (``forgotten``: how many)."""
-    with _autocommit(sessions) as session:
-        in_use = rows.backlog_in_use(session)
-        on_postgres = session.get_bind().dialect.name == "postgresql"
+    deleted by the first transaction, if one is made (``forgotten``: how many).
+
+    ``statements``: sessions in autocommit for the look and the admissions on PostgreSQL (the
+    scheduler's, on a connection it keeps), else each takes one from the pool. ``queues`` (on
+    PostgreSQL): the queues known to have held messages, admitted into without the look, each in its
+    transaction even if its window is full (which then admits nothing)."""
+    one_statement = statements or (lambda: _autocommit(sessions))
+    if queues is None:
+        with one_statement() as session:
+            in_use: dict[str, int | None] = dict(rows.backlog_in_use(session))
+            on_postgres = session.get_bind().dialect.name == "postgresql"
+    else:
+        in_use, on_postgres = dict.fromkeys(queues), True  # not looked at: None
     done = Admission()
     for queue, used in sorted(in_use.items()):
         window = settings.window_of(queue)
         messages, more = [], True  # a full window keeps its held messages
-        if decide.has_room(used, window):
+        if used is None or decide.has_room(used, window):
             forget = published if not done.forgotten else ()
             if on_postgres:
-                with _autocommit(sessions) as session:
+                with one_statement() as session:
                     messages, more = _admit_queue_pg(session, settings, queue, forget)
             else:
                 with transaction(sessions) as session:

@@ -9,12 +9,14 @@ leases and re-publishes outbox rows left unsent. Several schedulers may run: run
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,7 +35,7 @@ from orchestrator.db.repository import admission as admission_rows
 from orchestrator.db.repository import concurrency as concurrency_rows
 from orchestrator.db.repository import items as item_rows
 from orchestrator.db.repository.scheduling import bound_hold
-from orchestrator.db.session import database_unavailable, transaction
+from orchestrator.db.session import AutocommitSessions, database_unavailable, make_sessionmaker, transaction
 from orchestrator.definitions import Definition
 from orchestrator.messages import StepMessage, task_id
 from orchestrator.settings import Settings
@@ -139,6 +141,12 @@ class Scheduler:
         self.next_orphan_look = 0.0  # when the sweep next deletes held outbox rows whose steps moved on
         self.admit_wait = settings.admit_interval_s
         self.last_look: float | None = None
+        self.last_full_look = -math.inf  # when a look last counted every queue's places (admit)
+        # The look's and the admissions' statements, in autocommit on a connection the loop keeps (on
+        # PostgreSQL): taking one from the pool and giving it back cost as much CPU as a statement.
+        engine = sessions.kw.get("bind")
+        self.statements = (AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+                           if isinstance(engine, Engine) and engine.dialect.name == "postgresql" else None)
         # Runs or steps may wait for room under a concurrency key: looked for after passes, and at
         # least every CONCURRENCY_LOOK_MAX_S (wake_waiters); until the first look, assume some do.
         self.waiters_known = True
@@ -275,7 +283,7 @@ class Scheduler:
         if not messages:
             return
         try:
-            passed = admission.checked(self.celery, lambda: transaction(self.sessions), messages)
+            passed = admission.checked(self.celery, self.statements or (lambda: transaction(self.sessions)), messages)
         except DBAPIError as exc:
             log.warning("checking the window for %d step messages failed (%s); the sweep will retry", len(messages), exc)
             return
@@ -290,7 +298,15 @@ class Scheduler:
         """Admit held step messages into their queues' windows' room and publish them; how many.
         Sets when to look again while some are left (core.admission.next_look_in)."""
         now = time.monotonic()
-        done = admission.admit_backlog(self.sessions, self.settings, list(self.published_outbox))
+        # Between two looks no longer apart than a freed place may wait, the queues the last admission
+        # left held messages in are admitted into without a look: under a backlog a look nearly always
+        # found room, so it was a statement per admission for nothing. A look finds the other queues.
+        known = (self.statements is not None and bool(self.held_queues)
+                 and now - self.last_full_look < self.settings.admit_max_wait_s)
+        done = admission.admit_backlog(self.sessions, self.settings, list(self.published_outbox),
+                                       statements=self.statements, queues=sorted(self.held_queues) if known else None)
+        if not known:
+            self.last_full_look = now
         del self.published_outbox[:done.forgotten]
         self._publish_admitted(done.messages)
         fastest = self.settings.admit_interval_s
@@ -448,6 +464,8 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - a passing outage must not end the scheduler
                 log.exception("scheduler pass failed; reconnecting in 1s")
                 self.stopping.wait(1.0)
+        if self.statements is not None:
+            self.statements.held.close_all()
 
     def _loop(self, wait_for_ring) -> None:
         next_sweep, drain = 0.0, True
