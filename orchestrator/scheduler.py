@@ -144,7 +144,7 @@ class Scheduler:
         self.last_full_look = -math.inf  # when a look last counted every queue's places (admit)
         # The look's and the admissions' statements, in autocommit on a connection the loop keeps (on
         # PostgreSQL): taking one from the pool and giving it back cost as much CPU as a statement.
-        engine = sessions.kw.get("bind")
+        engine = getattr(sessions, "kw", {}).get("bind")  # none for sessions on a held connection (tests/bench/census.py)
         self.statements = (AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
                            if isinstance(engine, Engine) and engine.dialect.name == "postgresql" else None)
         # Runs or steps may wait for room under a concurrency key: looked for after passes, and at

@@ -258,12 +258,21 @@ def rows_on_driver(session: Session, statement: CompiledOnDriver, params: Mappin
 def _driver_cursor(session: Session, sql: str, params: Mapping[str, Any], row_factory: Any) -> Iterator[Any]:
     """A psycopg cursor of the session's connection that has run ``sql`` (prepared); psycopg's errors
     raised as SQLAlchemy's, a connection they broke invalidated."""
+    with on_driver(session, sql, params) as driver, driver.cursor(row_factory=row_factory) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        yield cursor
+
+
+@contextmanager
+def on_driver(session: Session, sql: str | None = None, params: Mapping[str, Any] | None = None,
+              ) -> Iterator[psycopg.Connection]:
+    """The session's psycopg connection, for statements sent past SQLAlchemy (``sql``, if one, for the
+    error's message): psycopg's errors are raised as SQLAlchemy's (DBAPIError), which callers catch,
+    and a connection they broke is invalidated, as SQLAlchemy would."""
     connection = session.connection()
     driver = connection.connection.driver_connection
     try:
-        with driver.cursor(row_factory=row_factory) as cursor:
-            cursor.execute(sql, params, prepare=True)
-            yield cursor
+        yield driver
     except psycopg.Error as exc:
         if driver.broken:
             connection.invalidate(exc)

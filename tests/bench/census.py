@@ -6,9 +6,10 @@ as the worker does it), its outcome write, which queues ``b``, and the worker's 
 message and deletion of its outbox row (in autocommit too); then ``b``, the run's last step: its claim
 and its success written as claimed (one statement in autocommit, which finishes the run).
 
-SQL statements are counted where psycopg sends them (the claim goes to the driver, past SQLAlchemy),
-transactions with SQLAlchemy's ``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in
-autocommit), and Redis requests by the commands redis-py sends (a pipeline is one request). Celery's own
+SQL statements are counted where psycopg sends them (the claim goes to the driver, past SQLAlchemy; the
+statements of a psycopg pipeline, sent together, count as one), transactions with SQLAlchemy's
+``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in autocommit), and Redis requests
+by the commands redis-py sends (a pipeline is one request). Celery's own
 traffic around a task (BRPOP, the late ack, the task events) is the same as the raw baseline's and is
 not counted here.
 """
@@ -33,11 +34,29 @@ def _counting(engine):
     # Statements of the process's own threads (an API's broker calls after a commit) are off the path.
     path = threading.current_thread()
 
+    def sql_key() -> str:
+        return "sql" if threading.current_thread() is path else "sql off the path"
+
+    # The statements of a psycopg pipeline go in one round trip (its sync): the pipeline is counted as one.
+    pipelines = threading.local()
+
     def counted(method):
         def statement(*args, **kwargs):
-            counts["sql" if threading.current_thread() is path else "sql off the path"] += 1
+            counts["pipelined statements" if getattr(pipelines, "depth", 0) else sql_key()] += 1
             return method(*args, **kwargs)
         return statement
+
+    original_pipeline = psycopg.Connection.pipeline
+
+    @contextmanager
+    def pipeline(self):
+        counts[sql_key()] += 1
+        pipelines.depth = getattr(pipelines, "depth", 0) + 1
+        try:
+            with original_pipeline(self) as opened:
+                yield opened
+        finally:
+            pipelines.depth -= 1
 
     def commit(conn, *_args):
         if not conn.connection.driver_connection.autocommit:  # in autocommit there is no BEGIN or COMMIT
@@ -55,6 +74,7 @@ def _counting(engine):
         return original(self, command, check_health)
 
     psycopg.Cursor.execute, psycopg.Cursor.executemany = (counted(method) for method in sent)
+    psycopg.Connection.pipeline = pipeline
     event.listen(engine, "commit", commit)
     event.listen(engine, "rollback", commit)
     redis.connection.AbstractConnection.send_packed_command = send
@@ -63,6 +83,7 @@ def _counting(engine):
     finally:
         redis.connection.AbstractConnection.send_packed_command = original
         psycopg.Cursor.execute, psycopg.Cursor.executemany = sent
+        psycopg.Connection.pipeline = original_pipeline
         event.remove(engine, "commit", commit)
         event.remove(engine, "rollback", commit)
 

@@ -6,6 +6,10 @@ does not fit. Both must decide the same."""
 from __future__ import annotations
 
 import pytest
+from psycopg.pq import TransactionStatus
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from orchestrator.db.repository import admission as window_rows
 from tests.integration.test_window_races import QUEUE, check, races_db, start, step_and_row
@@ -55,3 +59,43 @@ def test_a_check_that_passes_everything_ends_the_backlog_hint(races_db):
     assert check(sessions, message, window=2) == 1
     assert step_and_row(sessions, message) == (False, False)
     assert QUEUE not in window_rows._BACKLOGGED
+
+
+@pytest.fixture
+def autocommit_session(races_db):
+    """A session in autocommit on a connection of its own, as the publishers check on (their statements'
+    sessions): the check writes its transaction out around the lock and the count."""
+    settings, sessions = races_db
+    with sessions.kw["bind"].connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        with Session(bind=connection) as session:
+            yield session
+
+
+def test_a_check_in_autocommit_decides_as_in_a_transaction(races_db, autocommit_session):
+    settings, sessions = races_db
+    first, second = start(sessions), start(sessions)
+    assert window_rows.pass_or_hold(autocommit_session, QUEUE, [first], 2) == 1
+    assert window_rows.pass_or_hold(autocommit_session, QUEUE, [second], 1) == 0  # first holds the one place
+    assert step_and_row(sessions, first) == (False, False)
+    assert step_and_row(sessions, second) == (True, True)
+    assert _status(autocommit_session) is TransactionStatus.IDLE  # committed: the lock is let go
+
+
+def test_a_check_that_fails_raises_sqlalchemys_error_and_leaves_its_connection_usable(races_db, autocommit_session):
+    """A publisher catches SQLAlchemy's errors (the rows stay for the sweep); a held connection must not
+    be left in the check's failed transaction, or every later statement on it would fail."""
+    settings, sessions = races_db
+    message = start(sessions)
+    autocommit_session.execute(text("SET statement_timeout = '200ms'"))
+    with sessions() as holder, holder.begin():  # another publisher holds the queue's window
+        holder.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:queue))"),
+                       {"space": window_rows.LOCK_SPACE, "queue": QUEUE})
+        with pytest.raises(DBAPIError, match="statement timeout"):
+            window_rows.pass_or_hold(autocommit_session, QUEUE, [message], 2)
+        assert _status(autocommit_session) is TransactionStatus.IDLE
+    assert window_rows.pass_or_hold(autocommit_session, QUEUE, [message], 2) == 1
+
+
+def _status(session) -> TransactionStatus:
+    return session.connection().connection.driver_connection.info.transaction_status

@@ -13,12 +13,11 @@ overfilled. ``admit`` turns held messages back into places, under the same lock,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
-from psycopg import ClientCursor
 from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import and_, delete, exists, func, or_, select, text, tuple_, update
@@ -27,6 +26,7 @@ from sqlalchemy.orm import Session
 from orchestrator import diagnosis
 from orchestrator.core.admission import Held
 from orchestrator.db.repository.common import OUTBOX, RUNS, STEPS
+from orchestrator.db.session import on_driver
 from orchestrator.db.types import db_now
 from orchestrator.messages import StepMessage
 from orchestrator.states import StepStatus
@@ -50,9 +50,9 @@ def _window_in_use(queue: str) -> str:
 # The places in use in the window of %(queue)s, in the statements below.
 _WINDOW_IN_USE = _window_in_use("%(queue)s")
 
-# The publishers' full check on PostgreSQL (when _ALL_PASS_PG below finds it needed), in one round
-# trip: two statements in one simple query (so one implicit transaction, the lock held to its end), the
-# second taking its snapshot after the lock is held. The messages' own steps are not counted; the first
+# The publishers' full check on PostgreSQL (when _ALL_PASS_PG below finds it needed), sent after the
+# window's lock in one round trip (_under_window_lock), so it takes its snapshot after the lock is
+# held. The messages' own steps are not counted; the first
 # :room of them pass if nothing is held in the queue already (the database's order comes first), the
 # others are held.
 # A step is marked held only with its outbox row, and only while it is `queued` at the row's attempt:
@@ -60,7 +60,6 @@ _WINDOW_IN_USE = _window_in_use("%(queue)s")
 # sending), and a step marked held whose row the other then deletes as published, or that a worker
 # already took, would wait for an admission that never comes (found by the chaos scenario).
 _PASS_OR_HOLD_PG = f"""
-SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
 WITH own AS (
     SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(run_ids)s::varchar[], %(step_ids)s::varchar[])
         WITH ORDINALITY AS o (outbox_id, run_id, step_id, ord)
@@ -103,7 +102,6 @@ def pass_or_hold(session: Session, queue: str, messages: Sequence[StepMessage], 
 # nothing is held in the queue (so none of their steps is: a step is held only with its outbox row).
 # Only otherwise is the full statement sent, which decides again under the lock taken anew.
 _ALL_PASS_PG = f"""
-SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s));
 SELECT %(window)s::int - (
         SELECT count(*) FROM steps s
         WHERE {_WINDOW_IN_USE}
@@ -117,23 +115,51 @@ _BACKLOGGED: set[str] = set()
 
 
 def _pass_or_hold_pg(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
-    driver = session.connection().connection.driver_connection
     params = {"queue": queue, "window": window, "count": len(messages), "outbox_ids": [m.outbox_id for m in messages],
               "run_ids": [m.run_id for m in messages], "step_ids": [m.step_id for m in messages]}
-    with ClientCursor(driver, row_factory=namedtuple_row) as cursor:
-        if queue not in _BACKLOGGED:
-            cursor.execute(_ALL_PASS_PG, params)
-            cursor.nextset()
-            if cursor.fetchone().all_pass:
-                return len(messages)
-        cursor.execute(_PASS_OR_HOLD_PG, params)
-        cursor.nextset()
-        passed = cursor.fetchone().passed
+    with on_driver(session) as driver:
+        if queue not in _BACKLOGGED and _under_window_lock(driver, _ALL_PASS_PG, params).all_pass:
+            return len(messages)
+        passed = _under_window_lock(driver, _PASS_OR_HOLD_PG, params).passed
     if passed < len(messages):
         _BACKLOGGED.add(queue)
     else:
         _BACKLOGGED.discard(queue)
     return passed
+
+
+_LOCK_PG = f"SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s))"
+
+
+def _under_window_lock(driver: psycopg.Connection, query: str, params: Mapping[str, Any]) -> Any:
+    """The first row of ``query`` (a named tuple), read under the window's lock of ``params["queue"]`` in
+    one round trip: the lock and the query go in one pipeline, each prepared once per connection (sent
+    as one simple query, a check was planned anew every time, most of its round trip). In autocommit
+    the transaction is written out around them, so the lock is held until the query has read; else
+    they run in the caller's transaction."""
+    own = driver.autocommit
+    with _rolled_back_on_error(driver, own):
+        with driver.pipeline():
+            if own:
+                driver.execute("BEGIN")
+            driver.execute(_LOCK_PG, params)
+            cursor = driver.cursor(row_factory=namedtuple_row)
+            cursor.execute(query, params)
+            if own:
+                driver.execute("COMMIT")
+    return cursor.fetchone()
+
+
+@contextmanager
+def _rolled_back_on_error(driver: psycopg.Connection, own: bool = True) -> Iterator[None]:
+    """Roll back the transaction the block wrote out (``own``) if it raises before its commit."""
+    try:
+        yield
+    except BaseException:
+        if own and not driver.closed and driver.info.transaction_status != TransactionStatus.IDLE:
+            with suppress(Exception):  # a connection the server cut is discarded by the pool
+                driver.execute("ROLLBACK")
+        raise
 
 
 def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[StepMessage], window: int) -> int:
@@ -168,7 +194,6 @@ def _pass_or_hold_portable(session: Session, queue: str, messages: Sequence[Step
 # query), their planning took more of PostgreSQL's time than their execution.
 _BOUNDS_PG = ("SELECT set_config('idle_in_transaction_session_timeout', '2000', true) AS idle, "
               "set_config('statement_timeout', '30000', true) AS statement")
-_LOCK_PG = f"SELECT pg_advisory_xact_lock({LOCK_SPACE}, hashtext(%(queue)s))"
 _HOLDERS_PG = f"""
 SELECT r.tenant_id, count(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE {_WINDOW_IN_USE} GROUP BY r.tenant_id
 """
@@ -250,14 +275,8 @@ class WindowTransaction:
 def window_transaction(session: Session) -> Iterator[WindowTransaction]:
     """A window's admission on ``session`` (in autocommit, on PostgreSQL); rolled back if it raises
     before its commit."""
-    driver = session.connection().connection.driver_connection
-    try:
+    with on_driver(session) as driver, _rolled_back_on_error(driver):
         yield WindowTransaction(driver)
-    except BaseException:
-        if not driver.closed and driver.info.transaction_status != TransactionStatus.IDLE:
-            with suppress(Exception):  # a connection the server cut is discarded by the pool
-                driver.execute("ROLLBACK")
-        raise
 
 
 def lock_window(session: Session, queue: str) -> None:
