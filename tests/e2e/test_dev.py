@@ -50,11 +50,15 @@ def dev(tmp_path):
 
     threading.Thread(target=read, daemon=True).start()
     yield proc, lines, ready, tmp_path
+    exited = proc.poll()
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
+    # Shown by pytest for a failed test only: what `switchyard dev` and its processes printed.
+    print(f"switchyard dev {'exited with ' + str(exited) if exited is not None else 'was running'} at the end; "
+          f"its output:\n{''.join(lines)}")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl to run the printed command")
