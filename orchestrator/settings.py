@@ -134,7 +134,8 @@ class Settings(BaseSettings):
     tenant_weights: dict[str, float] = Field(default_factory=dict)
     admit_interval_s: float = Field(default=0.02, gt=0)
     # While every window with held messages is full, the look for room backs off up to this (the
-    # longest a freed place stays empty); a busy window is filled about half of it at a time.
+    # longest a freed place stays empty); a busy window is filled about half of it at a time. Also the
+    # longest between two looks at every queue (in between, known backlogs are admitted without one).
     admit_max_wait_s: float = Field(default=0.25, gt=0)
     # LLM rate limits for the whole installation, by provider or provider/model:
     # {"openai/gpt-4o-mini": {"requests_per_min": 500, "tokens_per_min": 200000}}.
