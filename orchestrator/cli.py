@@ -324,8 +324,13 @@ def _supervise(children: list[subprocess.Popen]) -> None:
         while not stop["now"] and all(c.poll() is None for c in children):
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        stop["now"] = True  # the children had the Ctrl-C too
+    exited = [] if stop["now"] else [c for c in children if c.poll() is not None]
     _stop(children)
+    if exited:
+        raise click.ClickException(
+            f"`{' '.join(exited[0].args[3:])}` exited with code {exited[0].returncode} (its output is above); the "
+            "others were stopped. Run `switchyard dev` again once it is fixed.")
 
 
 def _stop(children: list[subprocess.Popen]) -> None:

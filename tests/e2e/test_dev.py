@@ -96,3 +96,18 @@ def test_dev_serves_health_within_60s_and_its_curl_line_runs_the_sample_to_succe
                 seen.append(int(line[4:]))
     logged = httpx.get(f"{base}/runs/{again['id']}/events", headers=headers).json()["events"]
     assert seen == [e["seq"] for e in logged] and logged[-1]["type"] == "run_succeeded"
+
+
+def test_dev_stops_everything_and_says_which_process_exited_when_one_does(dev):
+    proc, lines, ready, folder = dev
+    assert ready.wait(60), "switchyard dev did not come up within 60 s:\n" + "".join(lines)
+    found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "orchestrator.cli scheduler"],
+                           capture_output=True, text=True)
+    [scheduler] = found.stdout.split()
+    os.kill(int(scheduler), 9)
+    assert proc.wait(timeout=30) == 1
+    deadline = time.monotonic() + 10
+    while not any("exited with code" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the reader thread may still be taking the last lines
+    output = "".join(lines)
+    assert "`scheduler` exited with code -9" in output and "the others were stopped" in output, output
