@@ -39,7 +39,7 @@ class Services:
         """Close the database connections the app's pools keep (an app made for a while, as in tests)."""
         self.sessions.kw["bind"].dispose()
         if self.statements is not None:
-            self.statements.held.close_all()
+            self.statements.close()
             self.statements.maker.kw["bind"].dispose()
 
     def at_once(self) -> AbstractContextManager[Session]:

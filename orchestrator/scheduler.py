@@ -465,7 +465,7 @@ class Scheduler:
                 log.exception("scheduler pass failed; reconnecting in 1s")
                 self.stopping.wait(1.0)
         if self.statements is not None:
-            self.statements.held.close_all()
+            self.statements.close()
 
     def _loop(self, wait_for_ring) -> None:
         next_sweep, drain = 0.0, True

@@ -168,6 +168,10 @@ class AutocommitSessions:
             else:
                 session.expunge_all()  # nothing it loaded may be served stale to the next use
 
+    def close(self) -> None:
+        """Give back the connections every thread keeps (for an owner whose threads are done with them)."""
+        self.held.close_all()
+
     @contextmanager
     def _pooled(self) -> Iterator[Session]:
         """A session of its own for this use, on a connection from the pool, given back after."""

@@ -37,7 +37,7 @@ def looks_db(tmp_path, settings):
                 service.publish_workflow(session, Settings(), "looks", queue, _one_step(queue))
         scheduler = Scheduler(own, sessions, broker.make_celery(own))
         yield sessions, scheduler
-        scheduler.statements.held.close_all()
+        scheduler.statements.close()
         engine.dispose()
 
 

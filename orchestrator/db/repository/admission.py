@@ -238,7 +238,6 @@ class WindowTransaction:
 
     def __init__(self, driver: psycopg.Connection):
         self.driver = driver
-        self.queue = ""
 
     def _cursor(self) -> psycopg.Cursor:
         return self.driver.cursor(row_factory=namedtuple_row)
@@ -246,7 +245,6 @@ class WindowTransaction:
     def holders_and_candidates(self, queue: str, window: int) -> tuple[dict[str, int], list[Held]]:
         """Begin, hold the window of ``queue``, and read the places held by tenant and each tenant's best
         held messages (as many as the room, by priority then age)."""
-        self.queue = queue
         params = {"queue": queue, "window": window}
         with self.driver.pipeline():
             self.driver.execute("BEGIN")
