@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -295,27 +296,8 @@ class Doorbell:
         """A ``wait(timeout) -> rings`` function: block until a ring or ``timeout`` seconds (at most
         ``max_wait_s``), then take every ring that is waiting (one pass over the runs serves them all)."""
         if self.client is not None:
-            import redis
-
-            # Its own connection, whose read timeout outlasts the longest BLPOP (redis-py's default
-            # of 5 s would cut a 5 s wait short and count it as a broken connection).
-            client = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_keepalive=True,
-                                          socket_timeout=max_wait_s + 10)
-
-            def wait_redis(timeout: float) -> int:
-                ring = client.blpop([self.key], timeout=min(max(timeout, 0.001), max_wait_s))
-                if ring is None:
-                    return 0
-                self._heard_trace = _trace_of(ring[1])
-                pipe = client.pipeline(transaction=False)
-                pipe.llen(self.key)
-                pipe.delete(self.key)
-                return 1 + pipe.execute()[0]
-
-            try:
-                yield wait_redis
-            finally:
-                client.close()
+            with _RingListener(self, max_wait_s) as listener:
+                yield listener.wait
             return
         with self.app.connection_for_read() as conn:
             simple_queue = conn.SimpleQueue(self.queue)
@@ -340,6 +322,75 @@ class Doorbell:
                     simple_queue.close()
                 except Exception as exc:  # noqa: BLE001 - the connection may already be gone
                     log.debug("closing the wake queue failed: %s", exc)
+
+
+class _RingListener:
+    """Hears a Redis doorbell's rings on a thread of its own, while the scheduler's loop waits on a
+    local event with its own timeout. Redis serves a blocking pop's timeout at its clock's tick (100 ms
+    at its default ``hz`` of 10) whenever nothing else wakes it: a 20 ms wait for the pace of admission
+    took 100 ms, a 0.25 s one 0.3-0.4 s, and a window left empty that long drained the workers
+    (make bench --only throughput)."""
+
+    def __init__(self, doorbell: Doorbell, max_wait_s: float):
+        import redis
+
+        self.doorbell, self.max_wait_s = doorbell, max_wait_s
+        # Its own connection, whose read timeout outlasts the longest pop (redis-py's default of 5 s
+        # would cut a 5 s wait short and count it as a broken connection).
+        self.client = redis.Redis.from_url(doorbell.url, socket_connect_timeout=5, socket_keepalive=True,
+                                           socket_timeout=max_wait_s + 10)
+        # Pushed to when the listener is closed, so its pop returns at once (a key of its own: no
+        # other scheduler hears it).
+        self.stop_key = f"{doorbell.key}:stop:{uuid.uuid4().hex}"
+        self.heard = threading.Condition()
+        self.rings = 0
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._listen, name="doorbell", daemon=True)
+
+    def __enter__(self) -> _RingListener:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        try:
+            self.doorbell.client.lpush(self.stop_key, 1)
+            self.thread.join(timeout=self.doorbell.TIMEOUT_S)
+            self.doorbell.client.delete(self.stop_key)
+        except Exception as exc:  # noqa: BLE001 - Redis gone: the thread's pop fails with the closed connection
+            log.debug("stopping the doorbell's listener failed: %s", exc)
+        self.client.close()
+
+    def _listen(self) -> None:
+        try:
+            while True:
+                ring = self.client.blpop([self.stop_key, self.doorbell.key], timeout=self.max_wait_s)
+                if ring is None:
+                    continue
+                if ring[0].decode() == self.stop_key:
+                    return
+                trace = _trace_of(ring[1])
+                pipe = self.client.pipeline(transaction=False)
+                pipe.llen(self.doorbell.key)
+                pipe.delete(self.doorbell.key)
+                waiting = pipe.execute()[0]
+                with self.heard:
+                    self.rings += 1 + waiting
+                    self.doorbell._heard_trace = trace or self.doorbell._heard_trace
+                    self.heard.notify_all()
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting loop, which reconnects
+            with self.heard:
+                self.failure = exc
+                self.heard.notify_all()
+
+    def wait(self, timeout: float) -> int:
+        """Block until a ring or ``timeout`` seconds (at most max_wait_s); the rings heard since the
+        last wait (one pass over the runs serves them all). Raises what broke the listener's connection."""
+        with self.heard:
+            self.heard.wait_for(lambda: self.rings or self.failure, timeout=min(max(timeout, 0.0), self.max_wait_s))
+            if self.failure is not None:
+                raise self.failure
+            rings, self.rings = self.rings, 0
+        return rings
 
 
 def _trace_of(value: bytes) -> dict[str, str] | None:
