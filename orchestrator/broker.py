@@ -326,7 +326,7 @@ class Doorbell:
 
 class _RingListener:
     """Hears a Redis doorbell's rings on a thread of its own, while the scheduler's loop waits on a
-    local event with its own timeout. Redis serves a blocking pop's timeout at its clock's tick (100 ms
+    local condition with its own timeout. Redis serves a blocking pop's timeout at its clock's tick (100 ms
     at its default ``hz`` of 10) whenever nothing else wakes it: a 20 ms wait for the pace of admission
     took 100 ms, a 0.25 s one 0.3-0.4 s, and a window left empty that long drained the workers
     (make bench --only throughput)."""
@@ -353,9 +353,9 @@ class _RingListener:
 
     def __exit__(self, *_exc) -> None:
         try:
-            self.doorbell.client.lpush(self.stop_key, 1)
+            # Expiring: a value the thread never pops (it had stopped already) does not stay behind.
+            self.doorbell.client.pipeline(transaction=False).lpush(self.stop_key, 1).expire(self.stop_key, 60).execute()
             self.thread.join(timeout=self.doorbell.TIMEOUT_S)
-            self.doorbell.client.delete(self.stop_key)
         except Exception as exc:  # noqa: BLE001 - Redis gone: the thread's pop fails with the closed connection
             log.debug("stopping the doorbell's listener failed: %s", exc)
         self.client.close()
