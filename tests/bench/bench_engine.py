@@ -252,16 +252,21 @@ class Bench:
                                    "WHERE workflow_id = 'one' AND id LIKE %(p)s", {"p": prefix + "%"}).fetchone()
         assert ok == size, f"only {ok} of {size} throughput runs succeeded"
         self.memory("switchyard")
-        return Round((end - t0).total_seconds(), spent, size, commits, self._steady_rate(prefix, size))
+        return Round((end - t0).total_seconds(), spent, size, commits, self._steady_rate(prefix, size, t0))
 
-    def _steady_rate(self, prefix: str, size: int) -> float:
+    def _steady_rate(self, prefix: str, size: int, t0) -> float:
         """Steps/s over the round's last STEADY_SHARE of runs (by completion): after the scheduler's first
         passes over the released runs, which take the CPU the workers would use (a flood's first second
-        or two runs at about 60 % of the rate after it, on 2 cores)."""
+        or two runs at about 60 % of the rate after it, on 2 cores). Also says when each share of the
+        round was done (from the release at ``t0``): whether a gap between two codes is in the flood's
+        first passes or spread over the round."""
         with self.admin() as conn:
             ends = [row[0] for row in conn.execute(
                 "SELECT completed_at FROM runs WHERE workflow_id = 'one' AND id LIKE %(p)s ORDER BY completed_at",
                 {"p": prefix + "%"})]
+        say("    done by share of the round: " + ", ".join(
+            f"{share:.0%} at {(ends[min(int(size * share), size) - 1] - t0).total_seconds():.2f} s"
+            for share in (0.1, 0.3, 0.8, 1.0)))
         first = int(size * (1 - STEADY_SHARE))
         return (size - 1 - first) / max((ends[-1] - ends[first]).total_seconds(), 1e-6)
 
