@@ -354,7 +354,7 @@ class _RingListener:
     def __exit__(self, *_exc) -> None:
         try:
             # Expiring: a value the thread never pops (it had stopped already) does not stay behind.
-            self.doorbell.client.pipeline(transaction=False).lpush(self.stop_key, 1).expire(self.stop_key, 60).execute()
+            self.doorbell.line.send([("LPUSH", self.stop_key, 1), ("EXPIRE", self.stop_key, 60)])
             self.thread.join(timeout=self.doorbell.TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - Redis gone: the thread's pop fails with the closed connection
             log.debug("stopping the doorbell's listener failed: %s", exc)
