@@ -84,8 +84,9 @@ class Runtime:
         return self.autocommit() if self.autocommit is not None else transaction(self.sessions)
 
     def transaction(self) -> AbstractContextManager[Session]:
-        """A session in a transaction of its own, committed when the block ends."""
-        return transaction(self.sessions)
+        """A session in a transaction of its own, committed when the block ends: on PostgreSQL written
+        out on the autocommit connection, its BEGIN sent with its first statement (the outcome's lock)."""
+        return self.autocommit.transaction() if self.autocommit is not None else transaction(self.sessions)
 
 
 _runtimes: dict[int, Runtime] = {}

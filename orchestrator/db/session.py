@@ -141,6 +141,8 @@ class AutocommitSessions:
         self.keep = held
         self.after_use: list[Callable[[Session], None]] = []
         self._kept = threading.local()
+        # A statement SQLAlchemy sends in a transaction() whose BEGIN is still to go sends it first.
+        event.listen(maker.kw["bind"], "before_cursor_execute", _begin_if_pending)
 
     @contextmanager
     def __call__(self) -> Iterator[Session]:
@@ -171,6 +173,33 @@ class AutocommitSessions:
     def close(self) -> None:
         """Give back the connections every thread keeps (for an owner whose threads are done with them)."""
         self.held.close_all()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A transaction written out on this thread's connection in autocommit (PostgreSQL): committed
+        when the block ends, rolled back if it raises. Its BEGIN is not sent on its own but with the
+        first statement run on the driver (``rows_on_driver``, ``first_row_on_driver``), in one
+        pipeline: a round trip less than psycopg's own transaction, whose BEGIN it sends and waits for
+        before the first statement, even in a pipeline. The worker's outcome (a chain's every step)
+        starts with such a statement, its run's lock."""
+        with self() as session:
+            connection = session.connection()
+            connection.info[_BEGIN_PENDING] = True
+            try:
+                yield session
+                session.flush()
+                if not connection.info.pop(_BEGIN_PENDING, False):  # nothing sent, nothing to commit
+                    with on_driver(session, "COMMIT") as driver:
+                        driver.execute("COMMIT")
+            except BaseException:
+                if not connection.info.pop(_BEGIN_PENDING, False):
+                    _roll_back_written_out(connection)
+                # Nothing of it committed: the live streams get none of the events it wrote. (Imported
+                # here: the repository imports this module.)
+                from orchestrator.db.repository.events import WRITTEN_EVENTS
+
+                session.info.pop(WRITTEN_EVENTS, None)
+                raise
 
     @contextmanager
     def _pooled(self) -> Iterator[Session]:
@@ -261,10 +290,40 @@ def rows_on_driver(session: Session, statement: CompiledOnDriver, params: Mappin
 @contextmanager
 def _driver_cursor(session: Session, sql: str, params: Mapping[str, Any], row_factory: Any) -> Iterator[Any]:
     """A psycopg cursor of the session's connection that has run ``sql`` (prepared); psycopg's errors
-    raised as SQLAlchemy's, a connection they broke invalidated."""
+    raised as SQLAlchemy's, a connection they broke invalidated. The first statement of a transaction
+    written out (AutocommitSessions.transaction) goes with its BEGIN."""
+    begin = session.connection().info.pop(_BEGIN_PENDING, False)
     with on_driver(session, sql, params) as driver, driver.cursor(row_factory=row_factory) as cursor:
-        cursor.execute(sql, params, prepare=True)
+        if begin:
+            with driver.pipeline():  # both in one round trip; the results are read after its sync
+                driver.execute("BEGIN")
+                cursor.execute(sql, params, prepare=True)
+        else:
+            cursor.execute(sql, params, prepare=True)
         yield cursor
+
+
+# The info key of a connection whose written-out transaction (AutocommitSessions.transaction) has not
+# sent its BEGIN yet.
+_BEGIN_PENDING = "switchyard.begin_pending"
+
+
+def _begin_if_pending(connection: sqlalchemy.Connection, cursor, *_args) -> None:
+    if connection.info.pop(_BEGIN_PENDING, False):
+        cursor.connection.execute("BEGIN")
+
+
+def _roll_back_written_out(connection: sqlalchemy.Connection) -> None:
+    """Roll back a written-out transaction that raised; a connection that cannot be brought back to
+    idle (broken, or left mid-command by a signal's exception) is invalidated, so that no later use
+    of it runs inside the transaction left open."""
+    driver = connection.connection.driver_connection
+    if not driver.closed and driver.pgconn.transaction_status in (pq.TransactionStatus.INTRANS,
+                                                                  pq.TransactionStatus.INERROR):
+        with suppress(psycopg.Error):
+            driver.execute("ROLLBACK")
+    if driver.closed or driver.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        connection.invalidate()
 
 
 @contextmanager

@@ -8,7 +8,9 @@ and its success written as claimed (one statement in autocommit, which finishes 
 
 SQL statements are counted where psycopg sends them (the claim goes to the driver, past SQLAlchemy; the
 statements of a psycopg pipeline, sent together, count as one), transactions with SQLAlchemy's
-``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in autocommit), and Redis requests
+``commit``/``rollback`` (each a BEGIN and a COMMIT on the wire; none in autocommit; a transaction the
+worker writes out on its autocommit connection, as it does an outcome's, sends its BEGIN in the pipeline
+of its first statement and its COMMIT as a statement, counted as such), and Redis requests
 by the commands redis-py sends (a pipeline is one request). Celery's own
 traffic around a task (BRPOP, the late ack, the task events) is the same as the raw baseline's and is
 not counted here.
@@ -163,7 +165,7 @@ def _worker_on(settings, celery, tenant: str, workflow_id: str, steps: list[dict
         with one_statement() as session:
             session.execute(text("SELECT 1"))
     worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions, one_statement=autocommit,
-                             transaction=lambda: transaction(sessions))
+                             transaction=autocommit.transaction)
     return engine, worker, catalog, run_id, settled
 
 

@@ -195,3 +195,78 @@ def test_a_held_connection_left_mid_command_is_replaced_by_the_next_session(held
     second = _backend(held)
     assert second != first
     assert _backend(held) == second
+
+
+# AutocommitSessions.transaction: a transaction written out on the autocommit connection, its BEGIN sent
+# with its first statement on the driver (the worker's outcome, which starts with its run's lock).
+
+
+def _insert_on_driver(session, table: str, n: int) -> None:
+    first_row_on_driver(session, f"INSERT INTO {table} VALUES (%(n)s) RETURNING n", {"n": n})
+
+
+def _insert_on_sqlalchemy(session, table: str, n: int) -> None:
+    session.execute(text(f"INSERT INTO {table} VALUES (:n)"), {"n": n})
+
+
+@pytest.mark.parametrize("first", [_insert_on_driver, _insert_on_sqlalchemy], ids=["driver", "sqlalchemy"])
+def test_a_written_out_transaction_commits_when_its_block_ends_and_not_before(autocommit, settings, probe_table,
+                                                                              first):
+    used: list = []
+    autocommit.after_use.append(used.append)
+    with autocommit.transaction() as session:
+        first(session, probe_table, 1)
+        _insert_on_sqlalchemy(session, probe_table, 2)
+        _insert_on_driver(session, probe_table, 3)
+        assert _count(settings, probe_table) == 0  # in a transaction from its first statement on
+    assert _count(settings, probe_table) == 3
+    assert used == [session]
+    with autocommit() as after:  # the connection is back to statements that commit on their own
+        assert after is session
+        _insert_on_sqlalchemy(after, probe_table, 4)
+        assert _count(settings, probe_table) == 4
+
+
+def test_a_written_out_transactions_first_statement_on_the_driver_holds_its_locks_until_the_commit(
+        autocommit, settings, probe_table):
+    """The BEGIN went with the first statement (in its pipeline), not after it: the row it locked stays
+    locked for another connection until the block ends."""
+    with psycopg.connect(_libpq(settings.resolved_database_url), autocommit=True) as other:
+        other.execute(f"INSERT INTO {probe_table} VALUES (1)")
+        with autocommit.transaction() as session:
+            assert first_row_on_driver(session, f"SELECT n FROM {probe_table} FOR UPDATE", {}).n == 1
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute(f"SELECT n FROM {probe_table} FOR UPDATE NOWAIT")
+        assert other.execute(f"SELECT n FROM {probe_table} FOR UPDATE NOWAIT").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("failing", [
+    lambda session: first_row_on_driver(session, "SELECT 1 / 0", {}),
+    lambda session: session.execute(text("SELECT 1 / 0")),
+    lambda session: (_ for _ in ()).throw(RuntimeError("the block's own error")),
+], ids=["driver", "sqlalchemy", "python"])
+def test_a_written_out_transaction_that_raises_writes_nothing_and_hands_on_no_events(autocommit, settings,
+                                                                                     probe_table, failing):
+    from orchestrator.db.repository.events import WRITTEN_EVENTS
+
+    handed: list = []
+    autocommit.after_use.append(lambda session: handed.append(session.info.get(WRITTEN_EVENTS)))
+    with pytest.raises((DBAPIError, RuntimeError)), autocommit.transaction() as session:
+        _insert_on_driver(session, probe_table, 1)
+        session.info[WRITTEN_EVENTS] = ["an event the rolled-back insert wrote"]
+        failing(session)
+    assert handed == [None]
+    assert _count(settings, probe_table) == 0
+    with autocommit() as after:  # statements commit on their own again, outside any transaction
+        _insert_on_sqlalchemy(after, probe_table, 2)
+        assert _count(settings, probe_table) == 1
+
+
+def test_a_written_out_transaction_that_sent_nothing_sends_no_commit(autocommit, settings):
+    with autocommit.transaction() as session:
+        pass
+    with autocommit() as after:
+        assert after is session
+        driver = after.connection().connection.driver_connection
+        assert driver.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert after.execute(text("SELECT 1")).scalar_one() == 1
