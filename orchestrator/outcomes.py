@@ -10,6 +10,7 @@ since); otherwise, or if it was stale, the run is locked and read again.
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ from orchestrator.db import repository as repo
 from orchestrator.definitions import Definition
 from orchestrator.policy import Limits
 from orchestrator.states import RunStatus, StepStatus
+
+log = logging.getLogger(__name__)
 
 __all__ = ["WORKER_LOST", "AttemptKey", "Claim", "ErrorInfo", "Outcome", "Suspension", "claim_attempt",
            "defer_attempt", "empty_usage", "record", "record_as_claimed", "record_outcome"]
@@ -134,6 +137,11 @@ def record(sessions: WorkerSessions, definition: Definition, report: AttemptRepo
             written = record_as_claimed(session, definition, seen, report, env)
         if written.applied:
             return written
+    try:
+        with sessions.transaction() as session:
+            return record_outcome(session, definition, report, env, together=True)
+    except writer.NotAsDecided as exc:
+        log.info("an outcome's queued steps were not as decided (%s); writing it again step by step", exc)
     with sessions.transaction() as session:
         return record_outcome(session, definition, report, env)
 
@@ -162,12 +170,14 @@ def _decidable_as_claimed(definition: Definition, report: AttemptReport) -> bool
     return report.outcome.succeeded and not (report.queue_ready and definition.dependents[report.step_id])
 
 
-def record_outcome(session: Session, definition: Definition, report: AttemptReport, env: Env) -> writer.Written:
-    """Write a worker's report of one attempt under its run's lock, in the caller's transaction."""
+def record_outcome(session: Session, definition: Definition, report: AttemptReport, env: Env, *,
+                   together: bool = False) -> writer.Written:
+    """Write a worker's report of one attempt under its run's lock, in the caller's transaction
+    (``together``: see writer.apply)."""
     state = _locked_snapshot(session, definition, report)
     if state is None:
         return writer.STALE
-    return writer.apply(session, decide.on_report(state, definition, report, env))
+    return writer.apply(session, decide.on_report(state, definition, report, env), together=together)
 
 
 def _locked_snapshot(session: Session, definition: Definition, report: AttemptReport) -> RunState | None:

@@ -37,6 +37,7 @@ from orchestrator.core.vocabulary import ErrorCode, EventType
 from orchestrator.db import repository as repo
 from orchestrator.db.repository import children as child_rows
 from orchestrator.db.repository import items as item_rows
+from orchestrator.db.session import sent_together
 from orchestrator.db.types import db_now
 from orchestrator.messages import StepMessage, task_id
 from orchestrator.states import StepStatus
@@ -77,12 +78,23 @@ _FOLDABLE = frozenset({StepStatus.SUCCEEDED, StepStatus.RETRYING, StepStatus.CAN
 _MARKERS = {Marker.NOW: repo.NOW, Marker.NEXT_ATTEMPT: repo.NEXT_ATTEMPT}
 
 
-def apply(session: Session, transition: Transition | None) -> Written:
+class NotAsDecided(Exception):
+    """Steps queued together with the run's statement (``apply(together=True)``) got other attempts
+    than decided, which the run's events name: the caller undoes its transaction and writes the
+    transition again without ``together``. It would take step rows read with the run's lock that were
+    stale (the lock's read may predate it), which no step's writer leaves as its own outcome does."""
+
+
+def apply(session: Session, transition: Transition | None, *, together: bool = False) -> Written:
     """Write ``transition`` (None: a stale input, nothing to write). Returns STALE, having written
     nothing, if its first move's guard matched nothing or, for a snapshot not read under the run's
     lock, if the run changed since or the transition is more than one statement. Raises
     repo.StaleRunState if a later guard matched nothing (under the run's lock it cannot: the caller's
-    transaction is undone whole)."""
+    transaction is undone whole).
+
+    ``together``: a reported step's success that queues steps sends the queueing and the run's
+    statement in one round trip (PostgreSQL), its events naming the attempts decided; raises
+    NotAsDecided if the database queued others."""
     if transition is None:
         return STALE
     if not transition.run.locked:
@@ -92,7 +104,7 @@ def apply(session: Session, transition: Transition | None) -> Written:
         transition = _with_item_outputs(session, transition)
         return _apply_direct(session, transition, [m for m in transition.moves if not m.optional])
     if _foldable(transition, required):
-        return _apply_folded(session, transition, required[0])
+        return _apply_folded(session, transition, required[0], together)
     return _apply_direct(session, transition, required)
 
 
@@ -180,9 +192,13 @@ def _foldable(transition: Transition, required: list[StepMove]) -> bool:
             and all(m.message is not None for m in transition.moves if m.optional))
 
 
-def _apply_folded(session: Session, transition: Transition, reported: StepMove) -> Written:
+def _apply_folded(session: Session, transition: Transition, reported: StepMove, together: bool = False) -> Written:
     """The reported step's move in the run's statement, after the steps its success made ready."""
     queued = [m for m in transition.moves if m.optional]
+    if queued and together:
+        written = _folded_together(session, transition, reported, queued)
+        if written is not None:
+            return written
     messages = repo.queue_steps_with_outbox(
         session, transition.run.id, {m.step_id: m.message.soft_time_limit for m in queued}, reported.step_id,
         reported.attempt,
@@ -195,6 +211,32 @@ def _apply_folded(session: Session, transition: Transition, reported: StepMove) 
             # Cannot happen: the queueing statement checked the step's guard under the run's lock.
             raise repo.StaleRunState(f"step {reported.step_id} of run {transition.run.id} moved under its run's lock")
         return STALE
+    return _written(transition, messages)
+
+
+def _folded_together(session: Session, transition: Transition, reported: StepMove,
+                     queued: list[StepMove]) -> Written | None:
+    """_apply_folded's two statements sent together, in one round trip: the steps queued and the run's
+    statement, whose events name the attempts decided (each step's next, as read with the run's lock).
+    None, having sent nothing, if the run's statement is not one sent on the driver."""
+    decided = {m.step_id: m.message.attempt for m in queued}
+    changes = _run_changes(transition, _events_of(transition.events, decided))
+    changes.step_move = _repo_move(reported)
+    statement = repo.run_statement(session, changes)
+    if statement is None:
+        return None
+    with sent_together(session):
+        queueing = repo.send_queue_steps_with_outbox(
+            session, transition.run.id, {m.step_id: m.message.soft_time_limit for m in queued}, reported.step_id,
+            reported.attempt)
+        written = statement.send(session)
+    messages = queueing()
+    if {m.step_id: m.attempt for m in messages} != decided:
+        raise NotAsDecided(f"run {transition.run.id}: queued {sorted((m.step_id, m.attempt) for m in messages)}, "
+                           f"decided {sorted(decided.items())}")
+    if not written():
+        # Cannot happen: the queueing statement checked the step's guard under the run's lock.
+        raise repo.StaleRunState(f"step {reported.step_id} of run {transition.run.id} moved under its run's lock")
     return _written(transition, messages)
 
 

@@ -288,6 +288,46 @@ def rows_on_driver(session: Session, statement: CompiledOnDriver, params: Mappin
 
 
 @contextmanager
+def sent_together(session: Session) -> Iterator[None]:
+    """The statements sent with ``send_on_driver`` in the block go to the server together, in one
+    pipeline (after a written-out transaction's BEGIN still to go): one round trip, when the block
+    ends; their rows are read after it (``Sent.rows``). An error of any of them is raised when the
+    block ends, as SQLAlchemy's, and the ones after it were not run."""
+    session.flush()  # ORM changes first: SQLAlchemy's statements cannot run in a pipeline
+    begin = session.connection().info.pop(_BEGIN_PENDING, False)
+    with on_driver(session) as driver, driver.pipeline():
+        if begin:
+            driver.execute("BEGIN")
+        yield
+
+
+class Sent:
+    """A statement sent in ``sent_together``'s pipeline, its rows to read once the pipeline ended."""
+
+    __slots__ = ("statement", "cursor", "session")
+
+    def __init__(self, statement: CompiledOnDriver, cursor: psycopg.Cursor, session: Session):
+        self.statement, self.cursor, self.session = statement, cursor, session
+
+    def rows(self) -> list[Any]:
+        """Every row (named tuples, as ``rows_on_driver`` answers them)."""
+        with on_driver(self.session, self.statement.sql), self.cursor as cursor:
+            if cursor.description is None:
+                return []
+            return [self.statement.row(row) for row in cursor.fetchall()]
+
+
+def send_on_driver(session: Session, statement: CompiledOnDriver, params: Mapping[str, Any]) -> Sent:
+    """Send a Core statement (as ``rows_on_driver`` runs it) in the pipeline of ``sent_together``."""
+    if statement.compiled is None:
+        statement._compile(session.get_bind().dialect)
+    with on_driver(session, statement.sql, params) as driver:
+        cursor = driver.cursor(row_factory=namedtuple_row)
+        cursor.execute(statement.sql, statement.parameters(params), prepare=True)
+    return Sent(statement, cursor, session)
+
+
+@contextmanager
 def _driver_cursor(session: Session, sql: str, params: Mapping[str, Any], row_factory: Any) -> Iterator[Any]:
     """A psycopg cursor of the session's connection that has run ``sql`` (prepared); psycopg's errors
     raised as SQLAlchemy's, a connection they broke invalidated. The first statement of a transaction

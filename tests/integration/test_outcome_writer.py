@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -20,11 +21,11 @@ from orchestrator.core.vocabulary import EventType
 from orchestrator.db import migrate
 from orchestrator.db import repository as repo
 from orchestrator.db.models import Outbox, Run, Step
-from orchestrator.db.session import make_engine, make_sessionmaker, transaction
+from orchestrator.db.session import AutocommitSessions, make_engine, make_sessionmaker, transaction
 from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
 from orchestrator.states import RunStatus, StepStatus
-from tests.integration.conftest import fresh_database
+from tests.integration.conftest import _libpq, fresh_database
 
 ONE_STEP = {"name": "one", "steps": [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}}]}
 
@@ -94,19 +95,26 @@ CHAIN = {"name": "chain", "steps": [
 ]}
 
 
+def _chain_run_with_a_running(settings, factory) -> str:
+    """A run of CHAIN as the scheduler left it: running, ``a`` queued and claimed, nothing more for the
+    scheduler to do."""
+    with transaction(factory) as session:
+        service.publish_workflow(session, settings, "t", "chain", CHAIN)
+        run_id = service.start_run(session, settings, "t", "chain", {}).run.id
+        session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.RUNNING.value, has_work=False))
+        session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
+                        .values(status=StepStatus.RUNNING.value, attempt=1))
+        session.execute(delete(Outbox).where(Outbox.run_id == run_id))
+    return run_id
+
+
 @pytest.mark.parametrize(("status_now", "queued"), [(StepStatus.RUNNING, True), (StepStatus.CANCELLED, False)])
 def test_a_success_queues_the_next_step_with_its_outbox_row_only_if_its_guard_matched(sessions, status_now, queued):
     """The worker's dispatch: the step a success made ready is queued, with its outbox row and its
     event, in the outcome's transaction (on PostgreSQL the queueing and the outbox row are one
     statement); if another writer moved the reported step under the run's lock, nothing is written."""
     settings, factory = sessions
-    with transaction(factory) as session:
-        service.publish_workflow(session, settings, "t", "chain", CHAIN)
-        run_id = service.start_run(session, settings, "t", "chain", {}).run.id
-        # As the scheduler left it: running, a queued and claimed, nothing more for the scheduler to do.
-        session.execute(update(Run).where(Run.id == run_id).values(status=RunStatus.RUNNING.value, has_work=False))
-        session.execute(update(Step).where(Step.run_id == run_id, Step.step_id == "a")
-                        .values(status=StepStatus.RUNNING.value, attempt=1))
+    run_id = _chain_run_with_a_running(settings, factory)
     catalog = DefinitionCatalog()
     with transaction(factory) as session:
         locked = repo.lock_run_with_steps(session, run_id, ["a", "b"])  # what the report saw
@@ -307,3 +315,80 @@ def test_a_success_as_claimed_writes_nothing_unless_the_run_is_as_the_claim_left
     assert recorded.applied is (meanwhile != "step-moved")
     if meanwhile == "queues-next":
         assert [m.step_id for m in recorded.messages] == ["b"]
+
+
+def _written_facts(factory, run_id: str) -> tuple:
+    with transaction(factory) as session:
+        events = [(e.type, e.step_id, e.attempt) for e in repo.run_events(session, run_id, 0, 100)]
+        steps = {s.step_id: (s.status, s.attempt) for s in repo.run_steps(session, run_id)}
+        outbox = session.execute(select(Outbox.step_id, Outbox.attempt).where(Outbox.run_id == run_id)).all()
+        run = session.execute(select(Run.status, Run.has_work, Run.last_seq).where(Run.id == run_id)).one()
+    return events, steps, [tuple(row) for row in outbox], tuple(run)
+
+
+def test_a_success_sent_together_writes_what_the_statements_one_by_one_write(settings, quiet_database):
+    """writer.apply(together=True), as a worker's outcome is written: the next step's queueing and the
+    run's statement go in one pipeline, the events naming the attempt decided. The rows written are
+    those of the two statements sent one after the other."""
+    settings = settings.model_copy(update={"database_url": quiet_database})
+    engine = make_engine(settings)
+    factory = make_sessionmaker(engine)
+    catalog = DefinitionCatalog()
+    try:
+        facts = []
+        for together in (False, True):
+            run_id = _chain_run_with_a_running(settings, factory)
+            with transaction(factory) as session:
+                definition = catalog.get(session, ("t", "chain", 1))
+                recorded = outcomes.record_outcome(session, definition, _report(run_id, {"n": 1}, queue_ready=True),
+                                                   Env(), together=together)
+            assert [(m.step_id, m.attempt) for m in recorded.messages] == [("b", 1)]
+            facts.append(_written_facts(factory, run_id))
+        assert facts[0] == facts[1]
+        events, steps, outbox, _run = facts[1]
+        assert events[-2:] == [("step_completed", "a", 1), ("step_queued", "b", 1)]
+        assert (steps, outbox) == ({"a": (StepStatus.SUCCEEDED, 1), "b": (StepStatus.QUEUED, 1)}, [("b", 1)])
+    finally:
+        engine.dispose()
+
+
+def test_steps_queued_together_at_other_attempts_than_decided_are_written_again_one_by_one(
+        settings, quiet_database, monkeypatch, caplog):
+    """The race the check is for: a step's row read with the run's lock is older than the lock (the
+    lock's read may predate it), and a writer moved it meanwhile. Sent together, the run's events
+    would name the attempt decided from the stale row: the transaction is undone and the outcome
+    written again, the queueing first, so its events name the attempt the database queued."""
+    settings = settings.model_copy(update={"database_url": quiet_database})
+    engine = make_engine(settings)
+    factory = make_sessionmaker(engine)
+    autocommit = AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+    worker = SimpleNamespace(one_statement=autocommit, transaction=autocommit.transaction)
+    try:
+        run_id = _chain_run_with_a_running(settings, factory)
+        read_with_the_lock = repo.lock_run_with_steps
+        raced: list[int] = []
+
+        def then_another_writer_moves_b(session, run, step_ids):
+            found = read_with_the_lock(session, run, step_ids)
+            if not raced:  # once: b's attempt goes up after the read (b stays pending)
+                with psycopg.connect(_libpq(quiet_database), autocommit=True) as other:
+                    raced.append(other.execute("UPDATE steps SET attempt = 4 WHERE run_id = %s AND step_id = 'b'",
+                                               (run_id,)).rowcount)
+            return found
+
+        monkeypatch.setattr(outcomes.repo, "lock_run_with_steps", then_another_writer_moves_b)
+        with transaction(factory) as session:
+            definition = DefinitionCatalog().get(session, ("t", "chain", 1))
+        with caplog.at_level("INFO", logger="orchestrator.outcomes"):
+            recorded = outcomes.record(worker, definition, _report(run_id, {"n": 1}, queue_ready=True),
+                                       seen=None, env=Env())
+        assert raced == [1]
+        assert "not as decided" in caplog.text
+        assert [(m.step_id, m.attempt) for m in recorded.messages] == [("b", 5)]
+        events, steps, outbox, _run = _written_facts(factory, run_id)
+        assert events[-2:] == [("step_completed", "a", 1), ("step_queued", "b", 5)]
+        assert [e for e in events if e[0] == "step_completed"] == [("step_completed", "a", 1)]  # written once
+        assert (steps, outbox) == ({"a": (StepStatus.SUCCEEDED, 1), "b": (StepStatus.QUEUED, 5)}, [("b", 5)])
+    finally:
+        autocommit.close()
+        engine.dispose()

@@ -110,6 +110,7 @@ from orchestrator.db.repository.run_changes import (
     StepMove,
     apply_many_run_changes,
     apply_run_changes,
+    run_statement,
 )
 from orchestrator.db.repository.runs import (
     find_run_by_idempotency_key,
@@ -147,6 +148,7 @@ from orchestrator.db.repository.scheduling import (
     queue_steps_with_outbox,
     queued_steps,
     seconds_until_next_due,
+    send_queue_steps_with_outbox,
     stale_outbox,
     step_outputs,
 )
@@ -196,7 +198,7 @@ __all__ = [
     "list_approvals", "list_questions", "pending_approvals", "run_approvals", "run_questions",
     "runs_waiting_on_key", "step_checkpoint", "step_fields",
     # run_changes
-    "RunChanges", "StaleRunState", "StepMove", "apply_many_run_changes", "apply_run_changes",
+    "RunChanges", "StaleRunState", "StepMove", "apply_many_run_changes", "apply_run_changes", "run_statement",
     # runs
     "NewRun", "insert_new_run", "read_workflow",
     "find_run_by_idempotency_key", "get_run", "insert_run", "list_runs", "run_events", "run_status",
@@ -213,7 +215,7 @@ __all__ = [
     "next_fire_at", "put_schedule", "set_fire_run",
     # scheduling
     "delete_outbox", "diagnosis_facts", "flag_runs_with_due_steps", "insert_held_outbox", "insert_outbox", "HeldRow", "lock_runs_with_work",
-    "outputs_if_others_succeeded", "queue_steps_with_outbox", "queued_steps", "seconds_until_next_due",
+    "outputs_if_others_succeeded", "queue_steps_with_outbox", "send_queue_steps_with_outbox", "queued_steps", "seconds_until_next_due",
     "stale_outbox", "step_outputs",
     # steps
     "NEXT_ATTEMPT", "NOW", "move_steps_many", "update_steps",

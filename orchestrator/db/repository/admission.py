@@ -135,9 +135,10 @@ def _under_window_lock(driver: psycopg.Connection, query: str, params: Mapping[s
     """The first row of ``query`` (a named tuple), read under the window's lock of ``params["queue"]`` in
     one round trip: the lock and the query go in one pipeline, each prepared once per connection (sent
     as one simple query, a check was planned anew every time, most of its round trip). In autocommit
-    the transaction is written out around them, so the lock is held until the query has read; else
-    they run in the caller's transaction."""
-    own = driver.autocommit
+    with no transaction open, the transaction is written out around them, so the lock is held until
+    the query has read; else they run in the open one (psycopg's, or one written out on the autocommit
+    connection whose BEGIN went: AutocommitSessions.transaction)."""
+    own = driver.autocommit and driver.info.transaction_status == TransactionStatus.IDLE
     with _rolled_back_on_error(driver, own):
         with driver.pipeline():
             if own:

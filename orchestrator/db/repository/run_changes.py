@@ -5,7 +5,7 @@ step's path ends here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from orchestrator.db.repository.changes import RunRow
 from orchestrator.db.repository.common import EVENTS, RUNS, STEPS
 from orchestrator.db.repository.events import EVENT_COLUMNS, insert_events, stage_written
 from orchestrator.db.repository.steps import guarded_step_update, statement_shape, update_steps
-from orchestrator.db.session import CompiledOnDriver, rows_on_driver
+from orchestrator.db.session import CompiledOnDriver, rows_on_driver, send_on_driver
 from orchestrator.states import RunStatus, StepStatus, run_allowed_from, step_allowed_from
 
 
@@ -86,14 +86,13 @@ def apply_run_changes(session: Session, changes: RunChanges) -> bool:
         params["seen_seq"] = changes.unchanged_since
     if with_events:
         # One round trip for both: every transaction on a step's path ends with this.
-        params["new_events"] = [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
+        params["new_events"] = _event_params(rows)
         on_driver = _ON_DRIVER.get(id(query))  # a statement built once (the others are this call's own)
         created = dict(rows_on_driver(session, on_driver, params) if on_driver is not None
                        else session.execute(query, params).all())
         if folded and not created:
             return False  # the step did not move, so neither did anything else
-        for row in rows:
-            row["created_at"] = created.get(row["seq"])
+        _stamp(rows, created)
         moved = bool(created)
     else:
         moved = session.execute(query, params).rowcount == 1
@@ -103,6 +102,62 @@ def apply_run_changes(session: Session, changes: RunChanges) -> bool:
         raise StaleRunState(f"run {run.id} is no longer {run.status!r}; cannot move it to {changes.run_target}")
     _stage(session, run, values, rows)
     return True
+
+
+@dataclass(frozen=True)
+class RunStatement:
+    """A locked run's changes with its step's move, as the one statement apply_run_changes sends on the
+    driver (PostgreSQL), to send with others in one pipeline (``session.sent_together``)."""
+
+    run: RunRow
+    values: dict[str, Any]
+    rows: list[dict]
+    statement: CompiledOnDriver
+    params: dict[str, Any]
+
+    def send(self, session: Session) -> Callable[[], bool]:
+        """Send it in ``sent_together``'s pipeline; what it answers once the pipeline ended: whether it
+        wrote (False, having written nothing, if the step's guard matched nothing)."""
+        sent = send_on_driver(session, self.statement, self.params)
+
+        def written() -> bool:
+            created = dict(sent.rows())
+            if not created:
+                return False
+            _stamp(self.rows, created)
+            _stage(session, self.run, self.values, self.rows)
+            return True
+
+        return written
+
+
+def run_statement(session: Session, changes: RunChanges) -> RunStatement | None:
+    """``changes`` (of a locked run, with ``step_move``) as the one statement apply_run_changes would
+    send on the driver; None where it would not (another database, no events, a status guard the
+    run's locked status does not pass, or a statement of this call's own)."""
+    prepared = _prepare(changes)
+    if (prepared is None or not prepared[2] or changes.step_move is None or changes.unchanged_since is not None
+            or session.get_bind().dialect.name != "postgresql"):
+        return None
+    guard, values, rows = prepared
+    if guard is not None and RunStatus(changes.run.status) not in guard:
+        return None
+    query, params = _run_update(guard, values, True, changes.step_move)
+    statement = _ON_DRIVER.get(id(query))
+    if statement is None:
+        return None
+    params.update(of_run=changes.run.id, new_events=_event_params(rows))
+    return RunStatement(changes.run, values, rows, statement, params)
+
+
+def _event_params(rows: list[dict]) -> list[dict]:
+    return [{k: row[k] for k in _RUN_EVENT_COLUMNS} for row in rows]
+
+
+def _stamp(rows: list[dict], created: dict) -> None:
+    """The events' created_at as the statement that wrote them answered it (by seq)."""
+    for row in rows:
+        row["created_at"] = created.get(row["seq"])
 
 
 def _prepare(changes: RunChanges) -> tuple[frozenset[RunStatus] | None, dict[str, Any], list[dict]] | None:

@@ -4,7 +4,7 @@ passed, the next due time, queued attempts, a run's diagnosis facts) and the out
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -34,7 +34,7 @@ from orchestrator.db.repository.changes import RunRow, others_succeeded
 from orchestrator.db.repository.common import OUTBOX, RUNS, STEP_STATUSES, STEPS, now, sql_list
 from orchestrator.db.repository.runs import run_steps
 from orchestrator.db.repository.steps import NEXT_ATTEMPT, NOW, update_steps
-from orchestrator.db.session import CompiledOnDriver, rows_on_driver
+from orchestrator.db.session import CompiledOnDriver, rows_on_driver, send_on_driver
 from orchestrator.db.types import db_now, seconds_between
 from orchestrator.messages import StepMessage
 from orchestrator.states import RunStatus, StepStatus, step_allowed_from
@@ -262,11 +262,8 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
     the steps queued, each with its ``outbox_id``. The run must be locked by the caller."""
     step_ids = list(soft_time_limits)
     if session.get_bind().dialect.name == "postgresql":
-        rows = rows_on_driver(session, _QUEUE_WITH_OUTBOX_ON_DRIVER, dict(
-            run_id=run_id, step_ids=step_ids, limits=[float(soft_time_limits[s]) for s in step_ids],
-            done_step_id=done_step_id, done_attempt=done_attempt,
-        ))
-        return [StepMessage(r.run_id, r.step_id, r.attempt, r.queue, r.soft_time_limit, outbox_id=r.id) for r in rows]
+        return _queued_messages(rows_on_driver(session, _QUEUE_WITH_OUTBOX_ON_DRIVER, _queue_params(
+            run_id, soft_time_limits, done_step_id, done_attempt)))
     done = session.execute(select(STEPS.c.status).where(
         STEPS.c.run_id == run_id, STEPS.c.step_id == done_step_id, STEPS.c.attempt == done_attempt)).scalar()
     if done is None or STEP_STATUSES[done] not in _REPORTED_FROM:
@@ -281,6 +278,25 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
     ).all()
     return insert_outbox(session, [StepMessage(run_id, step_id, attempt, queue, float(soft_time_limits[step_id]))
                                    for step_id, attempt, queue in found])
+
+
+def send_queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dict[str, float], done_step_id: str,
+                                 done_attempt: int) -> Callable[[], list[StepMessage]]:
+    """queue_steps_with_outbox's statement on PostgreSQL, sent in ``sent_together``'s pipeline; the
+    messages of the steps it queued, to read once the pipeline ended."""
+    sent = send_on_driver(session, _QUEUE_WITH_OUTBOX_ON_DRIVER, _queue_params(
+        run_id, soft_time_limits, done_step_id, done_attempt))
+    return lambda: _queued_messages(sent.rows())
+
+
+def _queue_params(run_id: str, soft_time_limits: dict[str, float], done_step_id: str, done_attempt: int) -> dict:
+    step_ids = list(soft_time_limits)
+    return dict(run_id=run_id, step_ids=step_ids, limits=[float(soft_time_limits[s]) for s in step_ids],
+                done_step_id=done_step_id, done_attempt=done_attempt)
+
+
+def _queued_messages(rows) -> list[StepMessage]:
+    return [StepMessage(r.run_id, r.step_id, r.attempt, r.queue, r.soft_time_limit, outbox_id=r.id) for r in rows]
 
 
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
