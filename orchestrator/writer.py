@@ -6,7 +6,8 @@ was applied. It alone chooses how to write it:
   update and its events (PostgreSQL; a success as claimed, in autocommit, with no BEGIN or COMMIT);
 - a report whose only required move is its own step's (succeeded, retrying, cancelled) folds that move
   into the run's statement, after queueing the steps its success made ready with their outbox rows in
-  one statement that checks the step is still at its attempt;
+  one statement that checks the step is still at its attempt (a worker's outcome sends the two together,
+  in one round trip: ``apply(together=True)``);
 - anything else is written move by move (moves of one shape in one statement), then its approvals and
   questions, then the run's update with its events;
 - the scheduler's batch (``apply_batch``) writes the moves and run updates of many runs together, a
