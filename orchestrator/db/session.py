@@ -266,6 +266,10 @@ class CompiledOnDriver:
             values[position] = convert(values[position])
         return type(row)._make(values)
 
+    def rows(self, cursor: psycopg.Cursor) -> list[Any]:
+        """Every row the cursor that ran it holds, as SQLAlchemy's execution would answer them."""
+        return [self.row(row) for row in cursor.fetchall()] if cursor.description is not None else []
+
     def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` with the statement's own bound values (its literals) added, processed."""
         values = self.compiled.construct_params(params)
@@ -284,7 +288,7 @@ def rows_on_driver(session: Session, statement: CompiledOnDriver, params: Mappin
         statement._compile(session.get_bind().dialect)
     session.flush()
     with _driver_cursor(session, statement.sql, statement.parameters(params), namedtuple_row) as cursor:
-        return [statement.row(row) for row in cursor.fetchall()] if cursor.description is not None else []
+        return statement.rows(cursor)
 
 
 @contextmanager
@@ -294,10 +298,8 @@ def sent_together(session: Session) -> Iterator[None]:
     ends; their rows are read after it (``Sent.rows``). An error of any of them is raised when the
     block ends, as SQLAlchemy's, and the ones after it were not run."""
     session.flush()  # ORM changes first: SQLAlchemy's statements cannot run in a pipeline
-    begin = session.connection().info.pop(_BEGIN_PENDING, False)
     with on_driver(session) as driver, driver.pipeline():
-        if begin:
-            driver.execute("BEGIN")
+        _send_pending_begin(session, driver)
         yield
 
 
@@ -312,9 +314,7 @@ class Sent:
     def rows(self) -> list[Any]:
         """Every row (named tuples, as ``rows_on_driver`` answers them)."""
         with on_driver(self.session, self.statement.sql), self.cursor as cursor:
-            if cursor.description is None:
-                return []
-            return [self.statement.row(row) for row in cursor.fetchall()]
+            return self.statement.rows(cursor)
 
 
 def send_on_driver(session: Session, statement: CompiledOnDriver, params: Mapping[str, Any]) -> Sent:
@@ -332,11 +332,10 @@ def _driver_cursor(session: Session, sql: str, params: Mapping[str, Any], row_fa
     """A psycopg cursor of the session's connection that has run ``sql`` (prepared); psycopg's errors
     raised as SQLAlchemy's, a connection they broke invalidated. The first statement of a transaction
     written out (AutocommitSessions.transaction) goes with its BEGIN."""
-    begin = session.connection().info.pop(_BEGIN_PENDING, False)
     with on_driver(session, sql, params) as driver, driver.cursor(row_factory=row_factory) as cursor:
-        if begin:
+        if session.connection().info.get(_BEGIN_PENDING):
             with driver.pipeline():  # both in one round trip; the results are read after its sync
-                driver.execute("BEGIN")
+                _send_pending_begin(session, driver)
                 cursor.execute(sql, params, prepare=True)
         else:
             cursor.execute(sql, params, prepare=True)
@@ -346,6 +345,12 @@ def _driver_cursor(session: Session, sql: str, params: Mapping[str, Any], row_fa
 # The info key of a connection whose written-out transaction (AutocommitSessions.transaction) has not
 # sent its BEGIN yet.
 _BEGIN_PENDING = "switchyard.begin_pending"
+
+
+def _send_pending_begin(session: Session, driver: psycopg.Connection) -> None:
+    """Send (in the caller's pipeline) the BEGIN of a written-out transaction that has not gone yet."""
+    if session.connection().info.pop(_BEGIN_PENDING, False):
+        driver.execute("BEGIN")
 
 
 def _begin_if_pending(connection: sqlalchemy.Connection, cursor, *_args) -> None:
