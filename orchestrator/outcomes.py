@@ -32,7 +32,7 @@ from orchestrator.states import RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WORKER_LOST", "AttemptKey", "Claim", "ErrorInfo", "Outcome", "Suspension", "claim_attempt",
+__all__ = ["WORKER_LOST", "AttemptKey", "Claim", "ErrorInfo", "Outcome", "Suspension", "claim_attempt", "claim_of",
            "defer_attempt", "empty_usage", "record", "record_as_claimed", "record_outcome"]
 
 
@@ -88,6 +88,13 @@ def claim_attempt(session: Session, catalog: DefinitionCatalog, key: AttemptKey,
                                     outbox_id=outbox_id)
     if found is None or not found.claimed:
         return None
+    return claim_of(session, catalog, key, found)
+
+
+def claim_of(session: Session, catalog: DefinitionCatalog, key: AttemptKey, found: repo.Claimed) -> Claim:
+    """The Claim of an attempt claimed (``found``: by claim_attempt, or by the outcome that queued it,
+    writer.ClaimNext), with what its templates read: the definition (cached), the other steps' outputs
+    and the latest approval if they use them (read now, no lock needed)."""
     run = found.run
     definition = catalog.get(session, (run.tenant_id, run.workflow_id, run.workflow_version))
     tenant = policy.Policy.model_validate(run.tenant_policy) if run.tenant_policy else None
@@ -128,10 +135,11 @@ class WorkerSessions(Protocol):
 
 
 def record(sessions: WorkerSessions, definition: Definition, report: AttemptReport, *,
-           seen: RunState | None, env: Env) -> writer.Written:
+           seen: RunState | None, env: Env, claim_next: writer.ClaimNext | None = None) -> writer.Written:
     """Write a worker's report of one attempt; a stale or duplicate report changes nothing. From the
     snapshot its claim left (``seen``) in one statement if the decision allows it and the run did not
-    change since; otherwise under the run's lock."""
+    change since; otherwise under the run's lock. ``claim_next``: the worker runs the one next step
+    this queues on its queue itself, claimed with the outcome (``Written.claimed``) where it can be."""
     if seen is not None and _decidable_as_claimed(definition, report):
         with sessions.one_statement() as session:
             written = record_as_claimed(session, definition, seen, report, env)
@@ -139,7 +147,7 @@ def record(sessions: WorkerSessions, definition: Definition, report: AttemptRepo
             return written
     try:
         with sessions.transaction() as session:
-            return record_outcome(session, definition, report, env, together=True)
+            return record_outcome(session, definition, report, env, together=True, claim_next=claim_next)
     except writer.NotAsDecided as exc:
         log.info("an outcome's queued steps were not as decided (%s); writing it again step by step", exc)
     with sessions.transaction() as session:
@@ -171,13 +179,14 @@ def _decidable_as_claimed(definition: Definition, report: AttemptReport) -> bool
 
 
 def record_outcome(session: Session, definition: Definition, report: AttemptReport, env: Env, *,
-                   together: bool = False) -> writer.Written:
+                   together: bool = False, claim_next: writer.ClaimNext | None = None) -> writer.Written:
     """Write a worker's report of one attempt under its run's lock, in the caller's transaction
-    (``together``: see writer.apply)."""
+    (``together``, ``claim_next``: see writer.apply)."""
     state = _locked_snapshot(session, definition, report)
     if state is None:
         return writer.STALE
-    return writer.apply(session, decide.on_report(state, definition, report, env), together=together)
+    return writer.apply(session, decide.on_report(state, definition, report, env), together=together,
+                        claim_next=claim_next)
 
 
 def _locked_snapshot(session: Session, definition: Definition, report: AttemptReport) -> RunState | None:

@@ -7,7 +7,8 @@ was applied. It alone chooses how to write it:
 - a report whose only required move is its own step's (succeeded, retrying, cancelled) folds that move
   into the run's statement, after queueing the steps its success made ready with their outbox rows in
   one statement that checks the step is still at its attempt (a worker's outcome sends the two together,
-  in one round trip: ``apply(together=True)``);
+  in one round trip: ``apply(together=True)``, with the claim of the next step if its worker runs it
+  itself: ``ClaimNext``);
 - anything else is written move by move (moves of one shape in one statement), then its approvals and
   questions, then the run's update with its events;
 - the scheduler's batch (``apply_batch``) writes the moves and run updates of many runs together, a
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -57,6 +58,21 @@ class Written:
     wakes_scheduler: bool = False
     started: Mapping[str, list[tuple[str, int]]] = field(default_factory=dict)
     held: int = 0  # steps queued held for their windows' room (apply_batch's Holding): no message to publish
+    # The one step queued that the same transaction claimed for the writing worker (ClaimNext): its
+    # message (no outbox row) is in ``messages``, not to publish.
+    claimed: repo.Claimed | None = None
+
+
+@dataclass(frozen=True)
+class ClaimNext:
+    """A worker that runs the one next step its outcome queues on its own queue (an eager step): the
+    step is claimed in the outcome's transaction (``apply(together=True)``), in the same round trip as
+    its queueing and the run's statement, with no outbox row, if ``accepts`` its message."""
+
+    worker: str
+    lease_s: float
+    queue: str
+    accepts: Callable[[StepMessage], bool]
 
 
 @dataclass(frozen=True)
@@ -83,10 +99,12 @@ class NotAsDecided(Exception):
     """Steps queued together with the run's statement (``apply(together=True)``) got other attempts
     than decided, which the run's events name: the caller undoes its transaction and writes the
     transition again without ``together``. It would take step rows read with the run's lock that were
-    stale (the lock's read may predate it), which no step's writer leaves as its own outcome does."""
+    stale (the lock's read may predate it), which no step's writer leaves as its own outcome does.
+    Raised too if the step claimed with them (``ClaimNext``) was not: written again, it is published."""
 
 
-def apply(session: Session, transition: Transition | None, *, together: bool = False) -> Written:
+def apply(session: Session, transition: Transition | None, *, together: bool = False,
+          claim_next: ClaimNext | None = None) -> Written:
     """Write ``transition`` (None: a stale input, nothing to write). Returns STALE, having written
     nothing, if its first move's guard matched nothing or, for a snapshot not read under the run's
     lock, if the run changed since or the transition is more than one statement. Raises
@@ -95,7 +113,8 @@ def apply(session: Session, transition: Transition | None, *, together: bool = F
 
     ``together``: a reported step's success that queues steps sends the queueing and the run's
     statement in one round trip (PostgreSQL), its events naming the attempts decided; raises
-    NotAsDecided if the database queued others."""
+    NotAsDecided if the database queued others. With ``claim_next``, the one step it queues on that
+    queue is claimed in the same round trip (``Written.claimed``)."""
     if transition is None:
         return STALE
     if not transition.run.locked:
@@ -105,7 +124,7 @@ def apply(session: Session, transition: Transition | None, *, together: bool = F
         transition = _with_item_outputs(session, transition)
         return _apply_direct(session, transition, [m for m in transition.moves if not m.optional])
     if _foldable(transition, required):
-        return _apply_folded(session, transition, required[0], together)
+        return _apply_folded(session, transition, required[0], together, claim_next)
     return _apply_direct(session, transition, required)
 
 
@@ -193,11 +212,12 @@ def _foldable(transition: Transition, required: list[StepMove]) -> bool:
             and all(m.message is not None for m in transition.moves if m.optional))
 
 
-def _apply_folded(session: Session, transition: Transition, reported: StepMove, together: bool = False) -> Written:
+def _apply_folded(session: Session, transition: Transition, reported: StepMove, together: bool = False,
+                  claim_next: ClaimNext | None = None) -> Written:
     """The reported step's move in the run's statement, after the steps its success made ready."""
     queued = [m for m in transition.moves if m.optional]
     if queued and together:
-        written = _folded_together(session, transition, reported, queued)
+        written = _folded_together(session, transition, reported, queued, claim_next)
         if written is not None:
             return written
     messages = repo.queue_steps_with_outbox(
@@ -215,22 +235,28 @@ def _apply_folded(session: Session, transition: Transition, reported: StepMove, 
     return _written(transition, messages)
 
 
-def _folded_together(session: Session, transition: Transition, reported: StepMove,
-                     queued: list[StepMove]) -> Written | None:
+def _folded_together(session: Session, transition: Transition, reported: StepMove, queued: list[StepMove],
+                     claim_next: ClaimNext | None = None) -> Written | None:
     """_apply_folded's two statements sent together, in one round trip: the steps queued and the run's
-    statement, whose events name the attempts decided (each step's next, as read with the run's lock).
-    None, having sent nothing, if the run's statement is not one sent on the driver."""
+    statement, whose events name the attempts decided (each step's next, as read with the run's lock),
+    and the claim of the step ``claim_next`` takes, if it takes the one queued (the claim is the
+    transaction's last statement: its ``step_started`` follows the run's events). None, having sent
+    nothing, if the run's statement is not one sent on the driver."""
     decided = {m.step_id: m.message.attempt for m in queued}
     changes = _run_changes(transition, _events_of(transition.events, decided))
     changes.step_move = _repo_move(reported)
     statement = repo.run_statement(session, changes)
     if statement is None:
         return None
+    claiming = _claimed_next(transition, queued, claim_next)
     with sent_together(session):
         queueing = repo.send_queue_steps_with_outbox(
             session, transition.run.id, {m.step_id: m.message.soft_time_limit for m in queued}, reported.step_id,
-            reported.attempt)
+            reported.attempt, outbox=claiming is None)
         written = statement.send(session)
+        if claiming is not None:
+            claim = repo.send_claim(session, transition.run.id, claiming.step_id, claiming.attempt,
+                                    worker=claim_next.worker, lease_s=claim_next.lease_s)
     messages = queueing()
     if {m.step_id: m.attempt for m in messages} != decided:
         raise NotAsDecided(f"run {transition.run.id}: queued {sorted((m.step_id, m.attempt) for m in messages)}, "
@@ -238,7 +264,24 @@ def _folded_together(session: Session, transition: Transition, reported: StepMov
     if not written():
         # Cannot happen: the queueing statement checked the step's guard under the run's lock.
         raise repo.StaleRunState(f"step {reported.step_id} of run {transition.run.id} moved under its run's lock")
-    return _written(transition, messages)
+    if claiming is None:
+        return _written(transition, messages)
+    claimed = claim()
+    if claimed is None or not claimed.claimed:
+        # Its step would be left queued with no outbox row: written again without the claim.
+        raise NotAsDecided(f"run {transition.run.id}: {claiming.step_id} attempt {claiming.attempt} queued "
+                           "but not claimed")
+    return dataclasses.replace(_written(transition, messages), claimed=claimed)
+
+
+def _claimed_next(transition: Transition, queued: list[StepMove], claim_next: ClaimNext | None) -> StepMessage | None:
+    """The message of the step ``claim_next`` claims: the one step queued, on its queue, if it accepts it
+    and the run is left where a step may be claimed (a paused run's step is put back by its claim)."""
+    after = transition.after
+    if claim_next is None or len(queued) != 1 or after is None or after.status not in repo.CLAIMABLE_RUN:
+        return None
+    message = queued[0].message
+    return message if message.queue == claim_next.queue and claim_next.accepts(message) else None
 
 
 def _apply_direct(session: Session, transition: Transition, required: list[StepMove]) -> Written:

@@ -42,7 +42,7 @@ from orchestrator.db.session import (
 from orchestrator.errors import StepError
 from orchestrator.messages import StepMessage
 from orchestrator.settings import Settings
-from orchestrator.writer import Written
+from orchestrator.writer import ClaimNext, Written
 from workers import executors
 from workers import metrics as worker_metrics
 from workers.context import StepContext, Suspend
@@ -215,16 +215,26 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
     return outcome
 
 
-def _follow(rt: Runtime, message: StepMessage, worker: str, eager: EagerBudget) -> StepMessage | None:
-    """Run the eager step of ``message`` (announced to Celery's event stream as its task would be); the
-    message of the step to run after it, if any."""
+@dataclass(frozen=True)
+class _Next:
+    """The step a worker runs next itself (eager): its message, and its claim if the outcome that
+    queued it claimed it too (writer.ClaimNext; else it is claimed with its outbox row)."""
+
+    message: StepMessage
+    claimed: repo.Claimed | None = None
+
+
+def _follow(rt: Runtime, following: _Next, worker: str, eager: EagerBudget) -> _Next | None:
+    """Run the eager step ``following`` (announced to Celery's event stream as its task would be); the
+    step to run after it, if any."""
+    message = following.message
     key = outcomes.AttemptKey(message.run_id, message.step_id, message.attempt)
     _announce(eager, message.task_id, ("task-received", {
         "name": broker.RUN_STEP_TASK, "args": repr([key.run_id, key.step_id, key.attempt]), "kwargs": "{}",
         "retries": 0, "root_id": message.task_id, "parent_id": None}), ("task-started", {}))
     started = time.monotonic()
     with logs.bound(run_id=key.run_id, step_id=key.step_id, attempt=key.attempt):
-        done = _execute_attempt(rt, key, worker, message.outbox_id, eager)
+        done = _execute_attempt(rt, key, worker, message.outbox_id, eager, following.claimed)
     try:
         result = task_result(done[0] if done is not None else None)
     except AttemptFailed as failed:
@@ -303,9 +313,14 @@ def _announce(eager: EagerBudget, task_id: str, *events: tuple[str, dict]) -> No
 
 
 def _execute_attempt(rt: Runtime, key: outcomes.AttemptKey, worker: str, outbox_id: int | None,
-                     eager: EagerBudget | None) -> tuple[Outcome, StepMessage | None] | None:
-    """Claim and run one attempt; its outcome and the message of the step to run after it, if any."""
-    claim = _claim(rt, key, worker, outbox_id)
+                     eager: EagerBudget | None, claimed: repo.Claimed | None = None) -> tuple[Outcome, _Next | None] | None:
+    """Claim and run one attempt (``claimed`` already: by the outcome that queued it); its outcome and
+    the step to run after it, if any."""
+    if claimed is not None:
+        with rt.one_statement() as session:
+            claim = outcomes.claim_of(session, rt.catalog, key, claimed)
+    else:
+        claim = _claim(rt, key, worker, outbox_id)
     if claim is None:
         return None
     logs.bind(tenant=claim.tenant_id)  # undone with the rest when execute_attempt's block ends
@@ -325,7 +340,7 @@ def _execute_attempt(rt: Runtime, key: outcomes.AttemptKey, worker: str, outbox_
     report = AttemptReport(key.run_id, key.step_id, key.attempt, outcome, queue_ready=rt.settings.worker_dispatch)
     write = functools.partial(_write_outcome, rt, report, claim, heartbeat, started)
     if eager is not None and _may_be_followed(rt, claim, outcome):
-        return outcome, write(follow=eager.fits)
+        return outcome, write(follow=ClaimNext(worker, rt.settings.lease_s, _queue_of(rt, claim), eager.fits))
     if rt.settings.worker_record_behind:
         rt.outcomes_behind.submit(write)
     else:
@@ -390,22 +405,25 @@ def _step_context(settings: Settings, claim: outcomes.Claim) -> StepContext:
 
 
 def _write_outcome(rt: Runtime, report: AttemptReport, claim: outcomes.Claim, heartbeat: _Beat,
-                   started: float, follow: Callable[[StepMessage], bool] | None = None) -> StepMessage | None:
+                   started: float, follow: ClaimNext | None = None) -> _Next | None:
     """Record the outcome, then do what follows its commit: publish the steps it queued, wake the
     scheduler, revoke what fail-fast cancelled. The one step it queued on its own queue is not published
-    but returned, to run here, if ``follow`` accepts its message."""
+    but returned, to run here, if ``follow`` accepts its message: claimed with the outcome, or (if
+    the outcome was written again step by step) to claim with its outbox row."""
     try:
-        written = _record(rt, report, claim)
+        written = _record(rt, report, claim, follow)
     finally:
         # The heartbeat keeps the lease alive until the outcome is written, also while the database
         # is briefly down, so the attempt is not taken for lost.
         rt.heartbeats.forget(heartbeat)
     following = None
-    if written.messages:
+    if written.claimed is not None:
+        following = _Next(written.messages[0], written.claimed)  # it took this step's place in the window
+    elif written.messages:
         queue = _queue_of(rt, claim)
         if follow is not None and len(written.messages) == 1 and written.messages[0].queue == queue \
-                and follow(written.messages[0]):
-            following = written.messages[0]  # it takes this step's place in the window, as a handoff does
+                and follow.accepts(written.messages[0]):
+            following = _Next(written.messages[0])  # it takes this step's place in the window, as a handoff does
         else:
             # The step's place in its queue's window goes to the one next step it queued there (admission.checked).
             dispatch.publish_queued(rt.celery, rt.one_statement, written.messages,
@@ -428,14 +446,14 @@ def _queue_of(rt: Runtime, claim: outcomes.Claim) -> str:
     return claim.definition.step(step_id).queue or rt.settings.default_queue
 
 
-def _record(rt: Runtime, report: AttemptReport, claim: outcomes.Claim) -> Written:
+def _record(rt: Runtime, report: AttemptReport, claim: outcomes.Claim, claim_next: ClaimNext | None = None) -> Written:
     """Write the outcome, retrying with backoff while the database is unreachable (the work is done;
     losing its result would run it again)."""
     deadline = time.monotonic() + RECORD_RETRY_S
     delay = 0.2
     while True:
         try:
-            return outcomes.record(rt, claim.definition, report, seen=claim.seen, env=rt.env)
+            return outcomes.record(rt, claim.definition, report, seen=claim.seen, env=rt.env, claim_next=claim_next)
         except DBAPIError as exc:
             if not database_unavailable(exc) or time.monotonic() + delay > deadline:
                 raise

@@ -327,6 +327,19 @@ def send_on_driver(session: Session, statement: CompiledOnDriver, params: Mappin
     return Sent(statement, cursor, session)
 
 
+def send_first_row_on_driver(session: Session, sql: str, params: Mapping[str, Any]) -> Callable[[], Any]:
+    """Send a PostgreSQL statement (as ``first_row_on_driver`` runs it) in the pipeline of
+    ``sent_together``; its first row (a named tuple) or None, to read once the pipeline ended."""
+    with on_driver(session, sql, params) as driver:
+        cursor = driver.cursor(row_factory=namedtuple_row)
+        cursor.execute(sql, params, prepare=True)
+
+    def first_row() -> Any:
+        with on_driver(session, sql), cursor:
+            return cursor.fetchone()
+    return first_row
+
+
 @contextmanager
 def _driver_cursor(session: Session, sql: str, params: Mapping[str, Any], row_factory: Any) -> Iterator[Any]:
     """A psycopg cursor of the session's connection that has run ``sql`` (prepared); psycopg's errors

@@ -136,6 +136,7 @@ class Front:
         try:
             insert_ms = self.insert_and_commit()
             self.post_alone(insert_ms)
+            self.floor(insert_ms)
             self.ten_steps()
             self.single_step_runs()
         finally:
@@ -172,6 +173,45 @@ class Front:
         say(f"POST /runs alone: p50 {median:.2f} ms, p99 {p(times, 99):.2f} ms; {median / insert_ms:.1f}× an insert")
         self.bench.rows.append(("POST /runs alone p50 / p99 (ratio: p50 over an insert + commit)",
                                 f"{median:.1f} / {p(times, 99):.1f} ms", "–", f"{median / insert_ms:.2f}×"))
+
+    def floor(self, insert_ms: float, n: int = 300) -> None:
+        """The floor under POST /runs on this stack (tests/bench/floor_app.py): a bare Flask route that
+        inserts one row and commits, under gunicorn as `switchyard api` runs it, one request after the
+        other from the same kind of client."""
+        from api.serve import default_workers
+
+        port = 19000 + (self.bench.folder.stat().st_ino + 500) % 1000
+        self.bench.start("floor-api", [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
+                                       "--workers", str(default_workers()), "--threads", "4",
+                                       "--bind", f"127.0.0.1:{port}", "tests.bench.floor_app:app"])
+        url = f"http://127.0.0.1:{port}/floor"
+        try:
+            with httpx.Client(timeout=30) as client:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        client.post(url, json={"workflow_id": "front-one", "input": {}}).raise_for_status()
+                        break
+                    except httpx.HTTPError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"the floor app did not answer; see {self.bench.folder}/floor-api.log"
+                                               ) from None
+                        time.sleep(0.2)
+                for _ in range(40):  # every process's connection opened
+                    client.post(url, json={"workflow_id": "front-one", "input": {}}).raise_for_status()
+                times = []
+                for _ in range(n):
+                    t = time.perf_counter()
+                    client.post(url, json={"workflow_id": "front-one", "input": {}}).raise_for_status()
+                    times.append((time.perf_counter() - t) * 1000)
+        finally:
+            self.bench.stop("floor-api")
+        median = statistics.median(times)
+        say(f"the floor (a bare Flask route that inserts one row, same gunicorn): p50 {median:.2f} ms; "
+            f"{median / insert_ms:.1f}× an insert")
+        self.bench.rows.append(("the floor: a bare Flask POST that inserts one row, same gunicorn, p50 / p99 "
+                                "(ratio: over an insert + commit)",
+                                f"{median:.2f} / {p(times, 99):.2f} ms", "–", f"{median / insert_ms:.2f}×"))
 
     def ten_steps(self) -> None:
         """A 10-step sequential workflow from submission to its end, one run at a time, each side in turn."""

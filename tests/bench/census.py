@@ -116,11 +116,11 @@ EAGER_STEP = "a step whose worker runs the next at once (eager)"
 
 def totals(phases: dict[str, dict[str, int]]) -> dict[str, Counter]:
     """The round trips of the phases summed per kind of step: the first three phases are a step that
-    queues the next through the broker, the first two one whose worker then claims the next itself (its
-    claim deletes the next step's outbox row: the same one statement), the last two a run's last step."""
+    queues the next through the broker, the next two a run's last step, the last one a step whose
+    worker runs the next itself (its outcome claims the next step: no claim of its own)."""
     names = list(phases)
     result = {}
-    for what, of in ((STEP_THAT_QUEUES_THE_NEXT, names[:3]), (EAGER_STEP, names[:2]), (RUNS_LAST_STEP, names[3:])):
+    for what, of in ((STEP_THAT_QUEUES_THE_NEXT, names[:3]), (RUNS_LAST_STEP, names[3:5]), (EAGER_STEP, names[5:])):
         total = Counter()
         for name in of:
             total.update(phases[name])
@@ -128,10 +128,11 @@ def totals(phases: dict[str, dict[str, int]]) -> dict[str, Counter]:
     return result
 
 
-def _worker_on(settings, celery, tenant: str, workflow_id: str, steps: list[dict], run_input: dict):
-    """A run of ``steps`` started and dispatched (outside any count), and a worker's sessions set up as a
-    worker's Runtime does (held connections, no ping before a transaction) and opened: what is counted
-    is a step's, not a connection's set-up. (engine, worker, catalog, run id, settled)."""
+def _worker_on(settings, celery, tenant: str, workflow_id: str, steps: list[dict], run_input: dict, runs: int = 1):
+    """``runs`` runs of ``steps`` started and dispatched (outside any count), and a worker's sessions set up
+    as a worker's Runtime does (held connections, no ping before a transaction) and opened: what is
+    counted is a step's, not a connection's set-up. (engine, worker, catalog, run id (the first), settled,
+    every run id)."""
     from types import SimpleNamespace
 
     from orchestrator import service, streams
@@ -151,7 +152,7 @@ def _worker_on(settings, celery, tenant: str, workflow_id: str, steps: list[dict
     publisher = streams.install_publisher([sessions.maker, autocommit], streams.make_bus(settings))
     with transaction(sessions) as session:
         service.publish_workflow(session, settings, tenant, workflow_id, {"name": workflow_id, "steps": steps})
-        run_id = service.start_run(session, settings, tenant, workflow_id, run_input).run.id
+        run_ids = [service.start_run(session, settings, tenant, workflow_id, run_input).run.id for _ in range(runs)]
     catalog = DefinitionCatalog()
     Scheduler(settings, sessions, celery).advance_batch()  # warm: run_started and the first dispatch
     with sessions() as session:  # a worker has the definition after its first step
@@ -166,18 +167,20 @@ def _worker_on(settings, celery, tenant: str, workflow_id: str, steps: list[dict
             session.execute(text("SELECT 1"))
     worker = SimpleNamespace(celery=celery, settings=settings, sessions=sessions, one_statement=autocommit,
                              transaction=autocommit.transaction)
-    return engine, worker, catalog, run_id, settled
+    return engine, worker, catalog, run_ids[0], settled, run_ids
 
 
 def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
     """The round trips of each phase of the hot path, by phase; the scheduler must not be running."""
     from orchestrator import dispatch, outcomes
     from orchestrator.core.inputs import AttemptReport, Env
+    from orchestrator.writer import ClaimNext
 
     steps = [{"id": "a", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census"},
              {"id": "b", "type": "tool", "tool": "echo", "args": {"text": "x"}, "queue": "bench.census",
               "needs": ["a"]}]
-    engine, worker, catalog, run_id, settled = _worker_on(settings, celery, tenant, "census", steps, {})
+    engine, worker, catalog, run_id, settled, (_, eager_run_id) = _worker_on(settings, celery, tenant, "census",
+                                                                           steps, {}, runs=2)
     autocommit = worker.one_statement
     env = Env(prices=settings.prices)
     phases: dict[str, dict[str, int]] = {}
@@ -212,6 +215,16 @@ def measure(settings, celery, tenant: str) -> dict[str, dict[str, int]]:
         settled()
     assert recorded.applied and c["transactions"] == 0, "the last step's success was not written as claimed"
     phases["record the run's last step (as claimed: finishes the run)"] = _trips(c)
+    with autocommit() as session:
+        claim = outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(eager_run_id, "a", 1), worker="census",
+                                       lease_s=settings.lease_s)
+    with _counting(engine) as c:  # as a worker that runs b itself next: b claimed with a's outcome
+        report = AttemptReport(eager_run_id, "a", 1, outcomes.Outcome(output={"text": "x"}), queue_ready=True)
+        recorded = outcomes.record(worker, claim.definition, report, seen=claim.seen, env=env,
+                                   claim_next=ClaimNext("census", settings.lease_s, "bench.census", lambda _: True))
+        settled()
+    assert recorded.claimed is not None and recorded.claimed.claimed, "the outcome did not claim the next step"
+    phases["record outcome, claiming the next step (eager)"] = _trips(c)
     return phases
 
 
@@ -224,8 +237,8 @@ def item_outcome(settings, celery, tenant: str, items: int) -> dict[str, int]:
 
     steps = [{"id": "each", "type": "tool", "tool": "echo", "args": {"n": "{{ item }}"}, "queue": "bench.census",
               "for_each": "input.numbers", "max_parallel": 1}]
-    engine, worker, catalog, run_id, settled = _worker_on(settings, celery, tenant, f"census-items-{items}", steps,
-                                                          {"numbers": list(range(items))})
+    engine, worker, catalog, run_id, settled, _ = _worker_on(settings, celery, tenant, f"census-items-{items}", steps,
+                                                             {"numbers": list(range(items))})
     with worker.one_statement() as session:
         claim = outcomes.claim_attempt(session, catalog, outcomes.AttemptKey(run_id, "each[0]", 1), worker="census",
                                        lease_s=settings.lease_s)

@@ -70,6 +70,8 @@ def test_a_chain_runs_on_one_message_while_the_budget_lasts(api, settings, artif
         procs.stop_all()
         heard.stopping.set()
     assert _received(procs, name, run_id) == ["s0"], "steps after the first went through the broker"
+    # Each next step was claimed with its predecessor's outcome, none written again step by step.
+    assert "not as decided" not in (procs.folder / f"{name}.log").read_text(errors="replace")
     for task in tasks[1:]:  # the eager steps' events, sent by the worker child (workers/tasks.py)
         assert heard.types(task) == ["task-received", "task-started", "task-succeeded"], (task, heard.types(task))
         assert "succeeded" in heard.last(task)["result"], heard.last(task)

@@ -392,3 +392,129 @@ def test_steps_queued_together_at_other_attempts_than_decided_are_written_again_
     finally:
         autocommit.close()
         engine.dispose()
+
+
+def _claim_facts(factory, run_id: str) -> tuple:
+    """_written_facts with what a claim writes: the claimed step's worker and whether it has a lease,
+    and the events' sequence numbers (dense, the run's last_seq the last)."""
+    events, steps, outbox, run = _written_facts(factory, run_id)
+    with transaction(factory) as session:
+        claimed = session.execute(select(Step.worker, Step.lease_expires_at.is_not(None))
+                                  .where(Step.run_id == run_id, Step.step_id == "b")).one()
+        seqs = [e.seq for e in repo.run_events(session, run_id, 0, 100)]
+    return events, steps, outbox, run, tuple(claimed), seqs == list(range(1, run[2] + 1))
+
+
+def _worker_sessions(engine) -> SimpleNamespace:
+    autocommit = AutocommitSessions(make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")))
+    return SimpleNamespace(one_statement=autocommit, transaction=autocommit.transaction, close=autocommit.close)
+
+
+def _claim_next(accepts=lambda _message: True) -> writer.ClaimNext:
+    return writer.ClaimNext("w:2", 30, "steps", accepts)
+
+
+@contextmanager
+def _chain_with_a_running(settings, url: str) -> Iterator[SimpleNamespace]:
+    """A run of CHAIN with ``a`` running (``run_id``), its ``definition``, the tests' sessions (``factory``)
+    and a worker's (``worker``), closed after."""
+    engine = make_engine(settings.model_copy(update={"database_url": url}))
+    factory = make_sessionmaker(engine)
+    worker = _worker_sessions(engine)
+    try:
+        run_id = _chain_run_with_a_running(settings, factory)
+        with transaction(factory) as session:
+            definition = DefinitionCatalog().get(session, ("t", "chain", 1))
+        yield SimpleNamespace(factory=factory, worker=worker, run_id=run_id, definition=definition)
+    finally:
+        worker.close()
+        engine.dispose()
+
+
+def test_an_outcome_that_claims_the_next_step_writes_what_its_outcome_and_the_claim_write(settings, quiet_database):
+    """writer.ClaimNext, as a worker that runs the next step itself records its outcome: the next step is
+    claimed in the outcome's transaction, sent with its queueing and the run's statement. The rows are
+    those of the outcome followed by the claim of the step's message (claim_attempt with its outbox row),
+    but no outbox row is ever written; and the claim answers what claim_attempt's would."""
+    settings = settings.model_copy(update={"database_url": quiet_database})
+    engine = make_engine(settings)
+    factory = make_sessionmaker(engine)
+    worker = _worker_sessions(engine)
+    catalog = DefinitionCatalog()
+    try:
+        facts, claims = [], []
+        for together in (False, True):
+            run_id = _chain_run_with_a_running(settings, factory)
+            with transaction(factory) as session:
+                definition = catalog.get(session, ("t", "chain", 1))
+            report = _report(run_id, {"n": 1}, queue_ready=True)
+            key = outcomes.AttemptKey(run_id, "b", 1)
+            if together:
+                with _statements_sent(engine) as sent:
+                    recorded = outcomes.record(worker, definition, report, seen=None, env=Env(),
+                                               claim_next=_claim_next())
+                assert recorded.claimed is not None and recorded.claimed.claimed
+                assert [(m.step_id, m.attempt, m.outbox_id) for m in recorded.messages] == [("b", 1, None)]
+                assert sum("INSERT INTO outbox" in q for q in sent) == 0, sent
+                with worker.one_statement() as session:
+                    claim = outcomes.claim_of(session, catalog, key, recorded.claimed)
+            else:
+                recorded = outcomes.record(worker, definition, report, seen=None, env=Env())
+                assert recorded.claimed is None
+                with worker.one_statement() as session:
+                    claim = outcomes.claim_attempt(session, catalog, key, worker="w:2", lease_s=30,
+                                                   outbox_id=recorded.messages[0].outbox_id)
+            facts.append(_claim_facts(factory, run_id))
+            claims.append(claim)
+            assert claim.seen.last_seq == facts[-1][3][2]  # the claim's snapshot: its own event is the run's last
+        assert facts[0] == facts[1]
+        events, steps, outbox, _run, claimed, dense = facts[1]
+        assert events[-3:] == [("step_completed", "a", 1), ("step_queued", "b", 1), ("step_started", "b", 1)]
+        assert (steps, outbox, claimed, dense) == (
+            {"a": (StepStatus.SUCCEEDED, 1), "b": (StepStatus.RUNNING, 1)}, [], ("w:2", True), True)
+
+        def what_it_runs(claim: outcomes.Claim) -> tuple:
+            return (claim.step_id, claim.attempt, claim.tenant_id, claim.run_input, claim.run_attempt, claim.outputs,
+                    claim.checkpoint, claim.limits, claim.run_usage, claim.seen.steps["b"].status)
+
+        assert what_it_runs(claims[1]) == what_it_runs(claims[0])
+    finally:
+        worker.close()
+        engine.dispose()
+
+
+def test_an_outcome_claims_the_next_step_only_if_the_worker_takes_its_message(settings, quiet_database):
+    """ClaimNext's ``accepts`` says no (the worker's budget for eager steps is spent): the step is queued
+    with its outbox row, for its message to be published."""
+    with _chain_with_a_running(settings, quiet_database) as chain:
+        offered: list[StepMessage] = []
+        recorded = outcomes.record(chain.worker, chain.definition, _report(chain.run_id, {"n": 1}, queue_ready=True),
+                                   seen=None, env=Env(),
+                                   claim_next=_claim_next(lambda message: offered.append(message) and False))
+        assert [(m.step_id, m.attempt) for m in offered] == [("b", 1)]
+        assert recorded.claimed is None and recorded.messages[0].outbox_id is not None
+        _events, steps, outbox, _run = _written_facts(chain.factory, chain.run_id)
+        assert (steps, outbox) == ({"a": (StepStatus.SUCCEEDED, 1), "b": (StepStatus.QUEUED, 1)}, [("b", 1)])
+
+
+def test_a_claim_with_the_outcome_that_matches_nothing_is_written_again_without_it(
+        settings, quiet_database, monkeypatch, caplog):
+    """A claim sent with the outcome whose guard matches nothing would leave its step queued with no
+    outbox row, so no message: the transaction is undone and the outcome written again, one statement
+    after the other, the step queued with its outbox row. (The claim is sent for an attempt the step
+    does not have: under the run's lock nothing else can make a claim of the queued step miss.)"""
+    send_claim = repo.send_claim
+
+    def claim_another_attempt(session, run, step_id, attempt, **kwargs):
+        return send_claim(session, run, step_id, attempt + 1, **kwargs)
+
+    monkeypatch.setattr(writer.repo, "send_claim", claim_another_attempt)
+    with _chain_with_a_running(settings, quiet_database) as chain, \
+            caplog.at_level("INFO", logger="orchestrator.outcomes"):
+        recorded = outcomes.record(chain.worker, chain.definition, _report(chain.run_id, {"n": 1}, queue_ready=True),
+                                   seen=None, env=Env(), claim_next=_claim_next())
+        assert "not claimed" in caplog.text
+        assert recorded.claimed is None and [(m.step_id, m.attempt) for m in recorded.messages] == [("b", 1)]
+        events, steps, outbox, _run = _written_facts(chain.factory, chain.run_id)
+        assert [e for e in events if e[0] in ("step_completed", "step_started")] == [("step_completed", "a", 1)]
+        assert (steps, outbox) == ({"a": (StepStatus.SUCCEEDED, 1), "b": (StepStatus.QUEUED, 1)}, [("b", 1)])

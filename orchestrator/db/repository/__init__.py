@@ -31,7 +31,7 @@ The modules:
   ``apply_run_changes``, ``apply_many_run_changes``): every step's path ends here;
 - ``children``: child runs (sub-runs): their facts for a parent's pass, waking a parent, live children;
 - ``items``: a for-each step's item rows (written, dispatched, stopped and read set-based);
-- ``attempts``: the worker's side of an attempt (``lock_run_and_claim``, ``extend_lease``);
+- ``attempts``: the worker's side of an attempt (``lock_run_and_claim``, ``send_claim``, ``extend_lease``);
 - ``schedules``: cron schedules and the record of their fires (each slot's unique key);
 - ``lifecycle``: event triggers and event ids seen, archived workflows, the retention sweep's deletes;
 - ``scheduling``: the scheduler's pass and sweep, due times, a run's diagnosis facts and the outbox;
@@ -59,7 +59,13 @@ from orchestrator.db.repository.aggregates import (
     sum_run_usage,
     timeseries,
 )
-from orchestrator.db.repository.attempts import extend_lease, lock_run_and_claim
+from orchestrator.db.repository.attempts import (
+    CLAIMABLE_RUN,
+    Claimed,
+    extend_lease,
+    lock_run_and_claim,
+    send_claim,
+)
 from orchestrator.db.repository.changes import lock_run, lock_run_with_steps, steps_for_update, steps_of
 from orchestrator.db.repository.children import child_facts, child_run_ids, flag_run, live_children
 from orchestrator.db.repository.common import LIVE_RUN, now
@@ -183,7 +189,7 @@ __all__ = [
     "TIMESERIES", "Histogram", "advance_step_rollups", "count_runs_by_status", "count_step_errors", "lease_heartbeats",
     "live_step_queues", "runs_of_tenant", "step_histograms", "step_queue_rates", "sum_run_usage", "timeseries",
     # attempts
-    "extend_lease", "lock_run_and_claim",
+    "CLAIMABLE_RUN", "Claimed", "extend_lease", "lock_run_and_claim", "send_claim",
     # changes
     "lock_run", "lock_run_with_steps", "steps_for_update", "steps_of",
     # common

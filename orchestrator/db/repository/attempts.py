@@ -3,6 +3,7 @@ statement) and extending its lease."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from orchestrator.db.repository.changes import CLAIM_RUN_COLUMNS, OUTCOME_RUN_CO
 from orchestrator.db.repository.common import STEPS, sql_list
 from orchestrator.db.repository.events import stage_written
 from orchestrator.db.repository.run_changes import RunChanges, apply_run_changes
-from orchestrator.db.session import first_row_on_driver
+from orchestrator.db.session import first_row_on_driver, send_first_row_on_driver
 from orchestrator.db.types import db_now
 from orchestrator.states import RunStatus, StepStatus, step_allowed_from
 
@@ -101,19 +102,7 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
             row = first_row_on_driver(session, _CLAIM_PG, params)
         else:
             row = first_row_on_driver(session, _CLAIM_EAGER_PG, params | {"outbox_id": outbox_id})
-        if row is None:
-            return None
-        if row.started_seq is None:
-            return Claimed(row, False)
-        event = dict(run_id=run_id, seq=row.started_seq, type="step_started", step_id=step_id, attempt=attempt,
-                     data=data, created_at=row.started_created_at.astimezone(UTC))
-        stage_written(session, row, [event], previous_status=None, status=row.status,
-                      waiting_on=row.waiting_on, status_changed=False)
-        step = StepState(step_id, row.claimed_type, StepStatus.RUNNING, attempt, row.claimed_max_attempts,
-                         row.claimed_queue, policy=tuple(row.claimed_policy or ()))
-        run = SimpleNamespace(**{name: getattr(row, name) for name in OUTCOME_RUN_COLUMNS} | {"last_seq": row.started_seq})
-        seen = RunState.from_row(run, [step], complete=False, locked=False)
-        return Claimed(row, True, row.claimed_checkpoint, seen, row.claimed_item_value)
+        return _claimed(session, row, step_id, attempt, data)
     run = lock_run(session, run_id, with_tenant_policy=True)
     if run is None:
         return None
@@ -125,6 +114,36 @@ def lock_run_and_claim(session: Session, run_id: str, step_id: str, attempt: int
     changes.event("step_started", step_id, attempt, **data)
     apply_run_changes(session, changes)
     return Claimed(run, True, claimed.checkpoint, item_value=claimed.item_value)
+
+
+def send_claim(session: Session, run_id: str, step_id: str, attempt: int, *, worker: str,
+               lease_s: float) -> Callable[[], Claimed | None]:
+    """``lock_run_and_claim``'s statement on PostgreSQL, sent in ``sent_together``'s pipeline after the
+    statements of the transaction that queued the step (a worker's outcome whose next step it runs
+    itself: the step's queueing, its claim and the run's lock in one transaction, no outbox row); what
+    it found, to read once the pipeline ended."""
+    data = {"worker": worker}
+    first_row = send_first_row_on_driver(session, _CLAIM_PG, dict(
+        run_id=run_id, step_id=step_id, attempt=attempt, worker=worker, lease_s=float(lease_s), data=Jsonb(data)))
+    return lambda: _claimed(session, first_row(), step_id, attempt, data)
+
+
+def _claimed(session: Session, row: Any, step_id: str, attempt: int, data: dict) -> Claimed | None:
+    """What the claim's statement answered (``row``), its ``step_started`` event handed to the live
+    streams after the commit."""
+    if row is None:
+        return None
+    if row.started_seq is None:
+        return Claimed(row, False)
+    event = dict(run_id=row.id, seq=row.started_seq, type="step_started", step_id=step_id, attempt=attempt,
+                 data=data, created_at=row.started_created_at.astimezone(UTC))
+    stage_written(session, row, [event], previous_status=None, status=row.status,
+                  waiting_on=row.waiting_on, status_changed=False)
+    step = StepState(step_id, row.claimed_type, StepStatus.RUNNING, attempt, row.claimed_max_attempts,
+                     row.claimed_queue, policy=tuple(row.claimed_policy or ()))
+    run = SimpleNamespace(**{name: getattr(row, name) for name in OUTCOME_RUN_COLUMNS} | {"last_seq": row.started_seq})
+    seen = RunState.from_row(run, [step], complete=False, locked=False)
+    return Claimed(row, True, row.claimed_checkpoint, seen, row.claimed_item_value)
 
 
 def claim_step(session: Session, run_id: str, step_id: str, attempt: int, *, worker: str, lease_s: float) -> Any:

@@ -237,15 +237,16 @@ _SUCCEED_FROM = sql_list(_REPORTED_FROM)
 # their outbox rows. The soft time limits go beside the step ids, one array each. Written as text
 # (an UPDATE … FROM unnest(…) feeding an INSERT): the guards' allowed sets are enum constants of the
 # transition table, formatted in once, like the claim's (attempts._CLAIM_PG).
-_QUEUE_WITH_OUTBOX_PG = text(f"""
-WITH moved AS (
+_QUEUE_PG = f"""
     UPDATE steps SET status = 'queued', attempt = steps.attempt + 1, queued_at = clock_timestamp(), held = false
     FROM unnest(CAST(:step_ids AS varchar[]), CAST(:limits AS float8[])) AS next (step_id, soft_time_limit)
     WHERE steps.run_id = :run_id AND steps.step_id = next.step_id AND steps.status IN ({_QUEUE_FROM})
       AND EXISTS (SELECT 1 FROM steps AS done WHERE done.run_id = :run_id AND done.step_id = :done_step_id
                   AND done.attempt = :done_attempt AND done.status IN ({_SUCCEED_FROM}))
     RETURNING steps.run_id, steps.step_id, steps.attempt, steps.queue, next.soft_time_limit
-)
+"""
+_QUEUE_WITH_OUTBOX_PG = text(f"""
+WITH moved AS ({_QUEUE_PG})
 INSERT INTO outbox (run_id, step_id, attempt, queue, soft_time_limit, created_at)
 SELECT run_id, step_id, attempt, queue, soft_time_limit, clock_timestamp() FROM moved
 RETURNING id, run_id, step_id, attempt, queue, soft_time_limit
@@ -253,6 +254,8 @@ RETURNING id, run_id, step_id, attempt, queue, soft_time_limit
 
 
 _QUEUE_WITH_OUTBOX_ON_DRIVER = CompiledOnDriver(_QUEUE_WITH_OUTBOX_PG)  # a chain's every step writes it
+# The same without outbox rows: for a step claimed in the same transaction (attempts.send_claim).
+_QUEUE_ON_DRIVER = CompiledOnDriver(text(_QUEUE_PG))
 
 
 def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dict[str, float], done_step_id: str,
@@ -281,10 +284,11 @@ def queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dic
 
 
 def send_queue_steps_with_outbox(session: Session, run_id: str, soft_time_limits: dict[str, float], done_step_id: str,
-                                 done_attempt: int) -> Callable[[], list[StepMessage]]:
+                                 done_attempt: int, *, outbox: bool = True) -> Callable[[], list[StepMessage]]:
     """queue_steps_with_outbox's statement on PostgreSQL, sent in ``sent_together``'s pipeline; the
-    messages of the steps it queued, to read once the pipeline ended."""
-    sent = send_on_driver(session, _QUEUE_WITH_OUTBOX_ON_DRIVER, _queue_params(
+    messages of the steps it queued, to read once the pipeline ended. Without ``outbox`` rows (and
+    the messages without ``outbox_id``) for steps the same transaction claims."""
+    sent = send_on_driver(session, _QUEUE_WITH_OUTBOX_ON_DRIVER if outbox else _QUEUE_ON_DRIVER, _queue_params(
         run_id, soft_time_limits, done_step_id, done_attempt))
     return lambda: _queued_messages(sent.rows())
 
@@ -296,7 +300,8 @@ def _queue_params(run_id: str, soft_time_limits: dict[str, float], done_step_id:
 
 
 def _queued_messages(rows) -> list[StepMessage]:
-    return [StepMessage(r.run_id, r.step_id, r.attempt, r.queue, r.soft_time_limit, outbox_id=r.id) for r in rows]
+    return [StepMessage(r.run_id, r.step_id, r.attempt, r.queue, r.soft_time_limit, outbox_id=getattr(r, "id", None))
+            for r in rows]
 
 
 def delete_outbox(session: Session, outbox_ids: Sequence[int]) -> None:
