@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
@@ -86,7 +86,7 @@ class Admission:
 
 def admit_backlog(sessions: sessionmaker[Session], settings: Settings, published: Sequence[int] = (), *,
                   statements: Callable[[], AbstractContextManager[Session]] | None = None,
-                  queues: Sequence[str] | None = None) -> Admission:
+                  queues: Sequence[str] | None = None, windows: Mapping[str, int] | None = None) -> Admission:
     """Look for room in the windows of the queues with held messages (one statement, no lock, no
     transaction); fill the room of each that has some (a transaction per queue, under its window's
     lock). A full window costs the look only. The outbox rows ``published`` (their messages sent) are
@@ -95,7 +95,8 @@ def admit_backlog(sessions: sessionmaker[Session], settings: Settings, published
     ``statements``: sessions in autocommit for the look and the admissions on PostgreSQL (the
     scheduler's, on a connection it keeps), else each takes one from the pool. ``queues`` (on
     PostgreSQL): the queues known to have held messages, admitted into without the look, each in its
-    transaction even if its window is full (which then admits nothing)."""
+    transaction even if its window is full (which then admits nothing). ``windows``: the windows the
+    scheduler stretched (core.admission.stretched), by queue; the others are their own size."""
     one_statement = statements or (lambda: _autocommit(sessions))
     if queues is None:
         with one_statement() as session:
@@ -105,24 +106,24 @@ def admit_backlog(sessions: sessionmaker[Session], settings: Settings, published
         in_use, on_postgres = dict.fromkeys(queues), True  # not looked at: None
     done = Admission()
     for queue, used in sorted(in_use.items()):
-        window = settings.window_of(queue)
+        window = (windows or {}).get(queue) or settings.window_of(queue)
         messages, more = [], True  # a full window keeps its held messages
         if used is None or decide.has_room(used, window):
             forget = published if not done.forgotten else ()
             if on_postgres:
                 with one_statement() as session:
-                    messages, more = _admit_queue_pg(session, settings, queue, forget)
+                    messages, more = _admit_queue_pg(session, settings, queue, window, forget)
             else:
                 with transaction(sessions) as session:
                     rows.lock_window(session, queue)
-                    messages, more = _admit_queue(session, settings, queue)
+                    messages, more = _admit_queue(session, settings, queue, window)
                     if forget:
                         delete_outbox(session, forget)
             done.forgotten = len(published)
         done.messages += messages
         if more:
             done.left_in.add(queue)
-        done.looked.append(decide.Looked(window, len(messages)))
+        done.looked.append(decide.Looked(window, len(messages), queue))
     return done
 
 
@@ -141,10 +142,11 @@ def _autocommit(sessions: sessionmaker[Session]) -> Iterator[Session]:
             yield session
 
 
-def _admit_queue(session: Session, settings: Settings, queue: str) -> tuple[list[StepMessage], bool]:
-    """Admit into the room of ``queue`` (its window held); True beside them if some are left held."""
+def _admit_queue(session: Session, settings: Settings, queue: str, window: int) -> tuple[list[StepMessage], bool]:
+    """Admit into the room of ``queue`` (its window, of ``window`` places, held); True beside them if
+    some are left held."""
     holders = {tenant: n for (_, tenant), n in rows.window_holders(session, queue).items()}
-    room = settings.window_of(queue) - sum(holders.values())
+    room = window - sum(holders.values())
     if room <= 0:
         return [], True
     candidates = rows.held_candidates(session, queue, room)
@@ -155,12 +157,11 @@ def _admit_queue(session: Session, settings: Settings, queue: str) -> tuple[list
     return messages, len(candidates) > len(messages) or len(messages) >= room
 
 
-def _admit_queue_pg(session: Session, settings: Settings, queue: str,
+def _admit_queue_pg(session: Session, settings: Settings, queue: str, window: int,
                     forget: Sequence[int]) -> tuple[list[StepMessage], bool]:
     """``_admit_queue`` on PostgreSQL in two round trips: the window's lock, its holders and the
     candidates in one; the admission, the deletion of the outbox rows ``forget`` and the commit in the
     other (the same work in seven round trips was most of the scheduler's time under a backlog)."""
-    window = settings.window_of(queue)
     with rows.window_transaction(session) as trip:
         holders, candidates = trip.holders_and_candidates(queue, window)
         room = window - sum(holders.values())

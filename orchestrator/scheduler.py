@@ -142,6 +142,9 @@ class Scheduler:
         self.admit_wait = settings.admit_interval_s
         self.last_look: float | None = None
         self.last_full_look = -math.inf  # when a look last counted every queue's places (admit)
+        # Each queue's drain rate while it has a backlog (places freed a second, as its looks found them),
+        # which stretches its window (core.admission.stretched); forgotten when its backlog is gone.
+        self.drain_rates: dict[str, float] = {}
         # The look's and the admissions' statements, in autocommit on a connection the loop keeps (on
         # PostgreSQL): taking one from the pool and giving it back cost as much CPU as a statement.
         engine = getattr(sessions, "kw", {}).get("bind")  # none for sessions on a held connection (tests/bench/census.py)
@@ -304,13 +307,15 @@ class Scheduler:
         known = (self.statements is not None and bool(self.held_queues)
                  and now - self.last_full_look < self.settings.admit_max_wait_s)
         done = admission.admit_backlog(self.sessions, self.settings, list(self.published_outbox),
-                                       statements=self.statements, queues=sorted(self.held_queues) if known else None)
+                                       statements=self.statements, queues=sorted(self.held_queues) if known else None,
+                                       windows=self._stretched_windows())
         if not known:
             self.last_full_look = now
         del self.published_outbox[:done.forgotten]
         self._publish_admitted(done.messages)
         fastest = self.settings.admit_interval_s
         self.held_queues = done.left_in
+        self._follow_drain(done, now)
         if done.left_in:
             elapsed = now - self.last_look if self.last_look is not None else fastest
             self.admit_wait = decide_admission.next_look_in(
@@ -321,6 +326,23 @@ class Scheduler:
             self.admit_wait, self.last_look = fastest, None
         self.backlog, self.next_admit = bool(done.left_in), now + self.admit_wait
         return len(done.messages)
+
+    def _stretched_windows(self) -> dict[str, int]:
+        """The windows of the queues with a backlog, stretched to their drain (core.admission.stretched)."""
+        s = self.settings
+        return {queue: decide_admission.stretched(s.window_of(queue), rate, seconds=s.window_seconds, most=s.window_max)
+                for queue, rate in self.drain_rates.items()}
+
+    def _follow_drain(self, done: admission.Admission, now: float) -> None:
+        """Update the drain rate of each queue a look left a backlog in from what it admitted since the
+        look before (which left one too); forget the others'."""
+        if self.last_look is not None:
+            for looked in done.looked:
+                if looked.queue in done.left_in:
+                    self.drain_rates[looked.queue] = decide_admission.drained_per_s(
+                        self.drain_rates.get(looked.queue), looked.admitted, now - self.last_look)
+        for queue in set(self.drain_rates) - done.left_in:
+            del self.drain_rates[queue]
 
     def _publish_admitted(self, messages: list[StepMessage]) -> None:
         """Publish messages that hold their places in their windows; the rows are deleted by the next transaction."""

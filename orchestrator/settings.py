@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     # longest a freed place stays empty); a busy window is filled about half of it at a time. Also the
     # longest between two looks at every queue (in between, known backlogs are admitted without one).
     admit_max_wait_s: float = Field(default=0.25, gt=0)
+    # While a queue has a backlog, the scheduler stretches its window to what the queue's workers drain
+    # in this many seconds (0: never), up to `window_max` places: a newcomer then waits behind about as
+    # long on a queue of fast steps as on one of slow steps, and a fast queue's flood is admitted in
+    # fewer, larger looks (core.admission.stretched).
+    window_seconds: float = Field(default=0.25, ge=0)
+    window_max: int = Field(default=256, ge=1)
     # LLM rate limits for the whole installation, by provider or provider/model:
     # {"openai/gpt-4o-mini": {"requests_per_min": 500, "tokens_per_min": 200000}}.
     rate_limits: dict[str, dict[str, int]] = Field(default_factory=dict)

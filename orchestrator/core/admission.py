@@ -80,6 +80,31 @@ class Looked:
 
     window: int
     admitted: int
+    queue: str = ""
+
+
+# How far one look moves a queue's drain rate (an exponential average): one look's burst does not
+# stretch a window on its own, and a flood's rate is followed within a second of looks.
+DRAIN_SMOOTHING = 0.3
+
+
+def drained_per_s(previous: float | None, admitted: int, elapsed_s: float) -> float | None:
+    """A queue's drain rate (places freed a second), from a look under its backlog: what it admitted
+    is what freed since the look before, which filled the window, ``elapsed_s`` earlier."""
+    if elapsed_s <= 0:
+        return previous
+    rate = admitted / elapsed_s
+    return rate if previous is None else previous + DRAIN_SMOOTHING * (rate - previous)
+
+
+def stretched(window: int, drain_per_s: float | None, *, seconds: float, most: int) -> int:
+    """The window of a queue with a backlog: what its workers drain in ``seconds`` at its drain rate,
+    never less than its own size (``window``), nor more than ``most`` unless its own size is. A newcomer
+    waits behind a window's worth of messages: sized by time, that wait stays about ``seconds`` for a
+    queue of slow steps and a queue of fast ones alike, and a fast queue is looked at as seldom."""
+    if drain_per_s is None or seconds <= 0:
+        return window
+    return max(window, min(most, round(drain_per_s * seconds)))
 
 
 def has_room(in_use: int, window: int) -> bool:

@@ -88,3 +88,31 @@ def test_full_windows_back_off_doubling_up_to_the_slowest_pace():
         wait = next_look_in([Looked(32, 0)], elapsed_s=wait, previous_s=wait, fastest_s=0.02, slowest_s=0.25)
         waits.append(wait)
     assert waits == pytest.approx([0.04, 0.08, 0.16, 0.25, 0.25])
+
+
+def test_a_queues_drain_rate_follows_its_looks_smoothly():
+    from orchestrator.core.admission import DRAIN_SMOOTHING, drained_per_s
+
+    assert drained_per_s(None, 16, 0.04) == pytest.approx(400)  # the first look sets it
+    # One look's burst moves it part of the way; looks at the same pace converge on the rate.
+    assert drained_per_s(400, 32, 0.04) == pytest.approx(400 + DRAIN_SMOOTHING * 400)
+    rate = 100.0
+    for _ in range(20):
+        rate = drained_per_s(rate, 16, 0.04)
+    assert rate == pytest.approx(400, rel=0.01)
+    assert drained_per_s(250, 0, 0.25) == pytest.approx(250 * (1 - DRAIN_SMOOTHING))  # nothing freed: slower
+    assert drained_per_s(250, 5, 0.0) == 250  # no time between the looks: nothing learnt
+
+
+def test_a_window_is_stretched_to_a_time_of_its_queues_drain_within_its_bounds():
+    from orchestrator.core.admission import stretched
+
+    # No-op steps drained at 400 a second: a quarter of a second's worth.
+    assert stretched(32, 400, seconds=0.25, most=256) == 100
+    # Slow steps (0.2 s on 16 threads: 80 a second) never shrink a window below its own size.
+    assert stretched(32, 80, seconds=0.25, most=256) == 32
+    assert stretched(32, 5000, seconds=0.25, most=256) == 256
+    assert stretched(512, 5000, seconds=0.25, most=256) == 512  # a queue's own size above the most stays
+    # Unknown rate (a backlog's first look), or stretching turned off: the window's own size.
+    assert stretched(32, None, seconds=0.25, most=256) == 32
+    assert stretched(32, 400, seconds=0, most=256) == 32
