@@ -202,7 +202,9 @@ def execute_attempt(rt: Runtime, run_id: str, step_id: str, attempt: int, worker
     written before.
 
     Raises DatabaseUnavailable if an attempt could not be claimed because the database is down (an eager
-    step's outbox row then stays, and the sweep publishes its message).
+    step's outbox row then stays, and the sweep publishes its message). An eager step claimed with its
+    predecessor's outcome is `running` with a lease: if the database goes down before it has run, the
+    lease's expiry retries it, as for any attempt whose worker stopped.
     """
     rt.outcomes_behind.wait()
     with logs.bound(run_id=run_id, step_id=step_id, attempt=attempt):
