@@ -254,7 +254,9 @@ class Processes:
         return proc
 
     def stop(self, name: str, kill: bool = False) -> None:
-        """SIGTERM (a warm shutdown) or, with ``kill`` or after 20 s, SIGKILL to the whole process group."""
+        """SIGTERM (a warm shutdown) or, with ``kill`` or after 20 s, SIGKILL to the whole process group.
+        A process that outlives its 20 s has its threads' stacks (and its children's) written to
+        ``<name>.stacks.txt`` first: what it was waiting on."""
         proc = self.procs.pop(name)
         if not kill:
             proc.terminate()
@@ -262,12 +264,29 @@ class Processes:
                 proc.wait(timeout=20)
                 return
             except subprocess.TimeoutExpired:
-                pass
+                self.dump_stacks(name, proc.pid)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
+
+    def dump_stacks(self, name: str, pid: int) -> Path | None:
+        """py-spy's dump of the process ``pid`` and of its children (a worker's pool) into
+        ``<name>.stacks.txt``; None, with nothing written, where py-spy is not installed."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(spy).exists():
+            return None
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        pids = [pid, *(int(p) for p in children.read_text().split())] if children.exists() else [pid]
+        path = self.folder / f"{name}.stacks.txt"
+        with path.open("w") as out:
+            for each in pids:
+                out.write(f"--- pid {each}\n")
+                out.flush()
+                subprocess.run([spy, "dump", "--pid", str(each)], stdout=out, stderr=subprocess.STDOUT, timeout=30,
+                               check=False)
+        return path
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.folder / f"{name}.log"

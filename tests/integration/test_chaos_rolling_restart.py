@@ -153,7 +153,8 @@ def test_every_worker_restarted_one_by_one_under_load_loses_and_doubles_nothing(
         assert done["lost"] >= len(WORKERS), f"{done['lost']} attempts lost with {len(WORKERS)} workers killed"
     else:
         assert all(code is not None and code >= 0 for *_, code in restarts), \
-            f"a worker did not end its warm shutdown within 20 s and was killed: {restarts}"
+            f"a worker did not end its warm shutdown within 20 s and was killed: {restarts} " \
+            f"(its threads' stacks at the kill: {procs.folder}/<worker>.stacks.txt)"
         assert done["lost"] == 0, f"{done['lost']} attempts were lost with a worker stopped by SIGTERM"
     assert_no_violations(settings)
     print(f"\nrolling restart ({signal_name}): {len(WORKERS)} workers restarted one by one, each stopped in "
