@@ -364,8 +364,9 @@ class Window(_Out):
 
     size: int = Field(description="The most step messages the broker holds for the queue, running steps included "
                                   "(SWITCHYARD_DISPATCH_WINDOW or its queue's own). While the queue has a backlog, the "
-                                  "scheduler may stretch it to a quarter of a second of the queue's drain "
-                                  "(SWITCHYARD_WINDOW_SECONDS, at most SWITCHYARD_WINDOW_MAX): `in_use` can then be above it.")
+                                  "scheduler may stretch the default window to a quarter of a second of the queue's drain "
+                                  "(SWITCHYARD_WINDOW_SECONDS, at most SWITCHYARD_WINDOW_MAX): `in_use` can then be "
+                                  "above it. A queue's own window is never stretched.")
     in_use: int = Field(description="The places taken: the queue's step messages in the broker and its steps running.")
     held: int = Field(description="Step messages of every tenant waiting in the database for room.")
     tenant: WindowShare

@@ -328,10 +328,11 @@ class Scheduler:
         return len(done.messages)
 
     def _stretched_windows(self) -> dict[str, int]:
-        """The windows of the queues with a backlog, stretched to their drain (core.admission.stretched)."""
+        """The windows of the queues with a backlog, stretched to their drain (core.admission.stretched).
+        A queue's own window (SWITCHYARD_QUEUE_WINDOWS) is an operator's bound, kept as set: never stretched."""
         s = self.settings
-        return {queue: decide_admission.stretched(s.window_of(queue), rate, seconds=s.window_seconds, most=s.window_max)
-                for queue, rate in self.drain_rates.items()}
+        return {queue: decide_admission.stretched(s.dispatch_window, rate, seconds=s.window_seconds, most=s.window_max)
+                for queue, rate in self.drain_rates.items() if queue not in s.queue_windows}
 
     def _follow_drain(self, done: admission.Admission, now: float) -> None:
         """Update the drain rate of each queue a look left a backlog in from what it admitted since the

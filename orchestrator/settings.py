@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     # While a queue has a backlog, the scheduler stretches its window to what the queue's workers drain
     # in this many seconds (0: never), up to `window_max` places: a newcomer then waits behind about as
     # long on a queue of fast steps as on one of slow steps, and a fast queue's flood is admitted in
-    # fewer, larger looks (core.admission.stretched).
+    # fewer, larger looks (core.admission.stretched). A queue's own window (`queue_windows`) is never stretched.
     window_seconds: float = Field(default=0.25, ge=0)
     window_max: int = Field(default=256, ge=1)
     # LLM rate limits for the whole installation, by provider or provider/model:

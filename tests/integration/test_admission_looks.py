@@ -29,7 +29,7 @@ def _one_step(queue: str) -> dict:
 def looks_db(tmp_path, settings):
     with fresh_database("switchyard_looks") as url:
         own = Settings(**{**settings.model_dump(), "database_url": url, "data_dir": tmp_path,
-                          "queue_windows": {FULL: 1, OTHER: 5, STRETCHED: 2}, "window_seconds": 1.0,
+                          "queue_windows": {FULL: 1, OTHER: 5}, "dispatch_window": 2, "window_seconds": 1.0,
                           "window_max": 6})
         engine = make_engine(own)
         sessions = make_sessionmaker(engine)
@@ -87,8 +87,9 @@ def _in_window(sessions, queue: str) -> int:
 
 
 def test_a_draining_backlogs_window_is_stretched_to_its_drain_and_is_its_own_size_once_it_is_gone(looks_db):
-    """STRETCHED's window is 2 places, stretched to one second of its drain (window_seconds) up to 6.
-    The time between looks is set back by half a second instead of waited for."""
+    """STRETCHED's window is the default one, 2 places, stretched to one second of its drain
+    (window_seconds) up to 6; a queue with a window of its own (SWITCHYARD_QUEUE_WINDOWS) keeps it. The
+    time between looks is set back by half a second instead of waited for."""
     sessions, scheduler = looks_db
     _queued(sessions, STRETCHED, 2)
     _queued(sessions, STRETCHED, 2)
@@ -106,6 +107,9 @@ def test_a_draining_backlogs_window_is_stretched_to_its_drain_and_is_its_own_siz
     # smoothed to 5.2; then the most, 6.
     assert admitted == [2, 4, 5, 6], admitted
     assert scheduler.drain_rates[STRETCHED] > 6
+    scheduler.drain_rates[OTHER] = 1000.0  # as fast a drain on a queue whose window is its own: kept at 5
+    assert scheduler._stretched_windows() == {STRETCHED: 6}
+    del scheduler.drain_rates[OTHER]
 
     _finish_admitted(sessions, STRETCHED)
     scheduler.last_look -= 0.5
