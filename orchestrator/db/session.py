@@ -321,23 +321,26 @@ def send_on_driver(session: Session, statement: CompiledOnDriver, params: Mappin
     """Send a Core statement (as ``rows_on_driver`` runs it) in the pipeline of ``sent_together``."""
     if statement.compiled is None:
         statement._compile(session.get_bind().dialect)
-    with on_driver(session, statement.sql, params) as driver:
-        cursor = driver.cursor(row_factory=namedtuple_row)
-        cursor.execute(statement.sql, statement.parameters(params), prepare=True)
-    return Sent(statement, cursor, session)
+    return Sent(statement, _sent_cursor(session, statement.sql, statement.parameters(params)), session)
 
 
 def send_first_row_on_driver(session: Session, sql: str, params: Mapping[str, Any]) -> Callable[[], Any]:
     """Send a PostgreSQL statement (as ``first_row_on_driver`` runs it) in the pipeline of
     ``sent_together``; its first row (a named tuple) or None, to read once the pipeline ended."""
-    with on_driver(session, sql, params) as driver:
-        cursor = driver.cursor(row_factory=namedtuple_row)
-        cursor.execute(sql, params, prepare=True)
+    cursor = _sent_cursor(session, sql, params)
 
     def first_row() -> Any:
         with on_driver(session, sql), cursor:
             return cursor.fetchone()
     return first_row
+
+
+def _sent_cursor(session: Session, sql: str, params: Mapping[str, Any]) -> psycopg.Cursor:
+    """A cursor that has sent ``sql`` (prepared) in the pipeline of ``sent_together``, its rows to read later."""
+    with on_driver(session, sql, params) as driver:
+        cursor = driver.cursor(row_factory=namedtuple_row)
+        cursor.execute(sql, params, prepare=True)
+    return cursor
 
 
 @contextmanager

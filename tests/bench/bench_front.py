@@ -47,6 +47,20 @@ def p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def _timed_posts(client: httpx.Client, url: str, n: int, *, warm: int) -> list[float]:
+    """Milliseconds of each of ``n`` POSTs of a one-step run's start body to ``url``, one after the other,
+    after ``warm`` untimed ones."""
+    body = {"workflow_id": "front-one", "input": {}}
+    for _ in range(warm):
+        client.post(url, json=body).raise_for_status()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        client.post(url, json=body).raise_for_status()
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
 class Front:
     """The front-door figures of one `make bench`; ``bench`` is tests.bench.bench_engine.Bench."""
 
@@ -161,13 +175,7 @@ class Front:
     def post_alone(self, insert_ms: float, n: int = 300) -> None:
         """POST /runs one after the other from one client (its runs run meanwhile)."""
         with httpx.Client(headers=self.headers, timeout=30) as client:
-            for _ in range(20):  # warm every API process's caches and connections
-                client.post(f"{self.base}/runs", json={"workflow_id": "front-one", "input": {}}).raise_for_status()
-            times = []
-            for _ in range(n):
-                t = time.perf_counter()
-                client.post(f"{self.base}/runs", json={"workflow_id": "front-one", "input": {}}).raise_for_status()
-                times.append((time.perf_counter() - t) * 1000)
+            times = _timed_posts(client, f"{self.base}/runs", n, warm=20)  # warm: every API process's caches
         self.bench.wait_runs("workflow_id = 'front-one'", timeout=300)
         median = statistics.median(times)
         say(f"POST /runs alone: p50 {median:.2f} ms, p99 {p(times, 99):.2f} ms; {median / insert_ms:.1f}× an insert")
@@ -197,13 +205,7 @@ class Front:
                             raise RuntimeError(f"the floor app did not answer; see {self.bench.folder}/floor-api.log"
                                                ) from None
                         time.sleep(0.2)
-                for _ in range(40):  # every process's connection opened
-                    client.post(url, json={"workflow_id": "front-one", "input": {}}).raise_for_status()
-                times = []
-                for _ in range(n):
-                    t = time.perf_counter()
-                    client.post(url, json={"workflow_id": "front-one", "input": {}}).raise_for_status()
-                    times.append((time.perf_counter() - t) * 1000)
+                times = _timed_posts(client, url, n, warm=40)  # warm: every process's connection opened
         finally:
             self.bench.stop("floor-api")
         median = statistics.median(times)
